@@ -1,0 +1,215 @@
+"""The hub: one Redis reader per web process, fanning stream entries out to every client that watches them.
+
+A single thread (a greenlet under gunicorn's gevent worker) runs ``XREAD BLOCK`` over every watched key at
+once and appends what it reads to each subscriber's bounded buffer. Client count never multiplies Redis
+connections. A new key wakes the blocked read at once with ``CLIENT UNBLOCK``.
+
+Joining without a gap or a duplicate: ``subscribe`` returns the hub's position for the key at the moment
+the subscriber was registered; the subscriber reads ``(its cursor, position]`` itself with ``XRANGE`` and
+then takes everything after ``position`` from its buffer.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from typing import Any
+
+import redis
+
+from bridge.events import ClientEvent, decode_out
+from bridge.streams import parse_stream_id
+
+logger = logging.getLogger(__name__)
+
+
+def id_after(a: str, b: str) -> bool:
+    """True when stream id ``a`` comes strictly after ``b``."""
+    pa, pb = parse_stream_id(a), parse_stream_id(b)
+    assert pa is not None and pb is not None
+    return pa > pb
+
+
+class Subscription:
+    """One client's view of one key: a bounded buffer that the hub fills and the client drains."""
+
+    __slots__ = ("_buffer", "_ready", "closed", "key", "maxsize", "overflowed")
+
+    def __init__(self, key: str, maxsize: int) -> None:
+        self.key = key
+        self.maxsize = maxsize
+        self.overflowed = False
+        self.closed = False
+        self._buffer: deque[ClientEvent] = deque()
+        self._ready = threading.Event()
+
+    def push(self, events: list[ClientEvent]) -> None:
+        """Called by the hub. A client that falls too far behind is marked and re-reads from Redis."""
+        if self.overflowed:
+            return
+        if len(self._buffer) + len(events) > self.maxsize:
+            self.overflowed = True
+            self._buffer.clear()
+        else:
+            self._buffer.extend(events)
+        self._ready.set()
+
+    def wake(self) -> None:
+        self._ready.set()
+
+    def drain(self, timeout_s: float) -> list[ClientEvent] | None:
+        """Everything buffered, waiting up to ``timeout_s``; None when nothing came (time for a keep-alive)."""
+        if not self._buffer and not self.overflowed and not self.closed and not self._ready.wait(timeout_s):
+            return None
+        self._ready.clear()
+        events = list(self._buffer)
+        self._buffer.clear()
+        return events
+
+
+class Hub:
+    """Fan-out of stream entries to subscribers, with one blocking reader per process."""
+
+    def __init__(
+        self,
+        reader: redis.Redis,
+        commands: redis.Redis,
+        *,
+        block_ms: int = 2000,
+        count: int = 1000,
+        queue_size: int = 1024,
+    ) -> None:
+        # ``reader`` must be a single-connection client: its connection id is what CLIENT UNBLOCK targets.
+        self.reader = reader
+        self.commands = commands
+        self.block_ms = block_ms
+        self.count = count
+        self.queue_size = queue_size
+        self._positions: dict[str, str] = {}
+        self._subscribers: dict[str, set[Subscription]] = {}
+        self._lock = threading.Lock()
+        self._changed = threading.Event()
+        self._blocked = False
+        self._reader_id: int | None = None
+        self._thread: threading.Thread | None = None
+        self._stopping = threading.Event()
+        self.healthy = True
+        self.last_error: str | None = None
+        self.last_read_at = 0.0
+
+    # -- subscribers -------------------------------------------------------------------------------
+
+    def subscribe(self, key: str, after_id: str) -> tuple[Subscription, str]:
+        """Watch ``key``; returns the subscription and the id up to which the caller must read by itself."""
+        sub = Subscription(key, self.queue_size)
+        with self._lock:
+            new = key not in self._positions
+            if new:
+                self._positions[key] = after_id
+                self._subscribers[key] = set()
+            self._subscribers[key].add(sub)
+            position = self._positions[key]
+        self._start()
+        if new:
+            self._changed.set()
+            self._interrupt()
+        return sub, position
+
+    def unsubscribe(self, sub: Subscription) -> None:
+        sub.closed = True
+        with self._lock:
+            subscribers = self._subscribers.get(sub.key)
+            if subscribers is None:
+                return
+            subscribers.discard(sub)
+            if not subscribers:
+                del self._subscribers[sub.key]
+                del self._positions[sub.key]
+
+    @property
+    def watched_keys(self) -> int:
+        return len(self._positions)
+
+    @property
+    def subscriber_count(self) -> int:
+        with self._lock:
+            return sum(len(s) for s in self._subscribers.values())
+
+    # -- the reader --------------------------------------------------------------------------------
+
+    def _start(self) -> None:
+        if self._thread is not None and self._thread.is_alive():
+            return
+        with self._lock:
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._run, name="tokenbridge-hub", daemon=True)
+                self._thread.start()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self._changed.set()
+        self._interrupt()
+        with self._lock:
+            subscribers = [s for subs in self._subscribers.values() for s in subs]
+        for sub in subscribers:
+            sub.closed = True
+            sub.wake()
+
+    def _interrupt(self) -> None:
+        if not self._blocked or self._reader_id is None:
+            return
+        try:
+            self.commands.client_unblock(self._reader_id)
+        except redis.RedisError as exc:
+            logger.debug("Could not wake the hub reader: %s", exc)
+
+    def _run(self) -> None:
+        backoff_s = 0.1
+        while not self._stopping.is_set():
+            try:
+                self._read_once()
+                backoff_s = 0.1
+                self.healthy = True
+            except (redis.ConnectionError, redis.TimeoutError, redis.ResponseError) as exc:
+                self.healthy = False
+                self.last_error = str(exc)
+                self._reader_id = None
+                logger.warning("Hub read failed (%s); retrying in %.1fs.", exc, backoff_s)
+                self._stopping.wait(backoff_s)
+                backoff_s = min(backoff_s * 2, 5.0)
+            except Exception:
+                self.healthy = False
+                logger.exception("Hub read failed; retrying.")
+                self._stopping.wait(backoff_s)
+                backoff_s = min(backoff_s * 2, 5.0)
+
+    def _read_once(self) -> None:
+        self._changed.clear()
+        with self._lock:
+            streams = dict(self._positions)
+        if not streams:
+            self._changed.wait(1.0)
+            return
+        if self._reader_id is None:
+            self._reader_id = int(self.reader.client_id())
+        self._blocked = True
+        try:
+            if self._changed.is_set():
+                return  # a key was added while we took the snapshot: read again with it
+            reply: Any = self.reader.xread(streams, count=self.count, block=self.block_ms)  # type: ignore[arg-type]
+        finally:
+            self._blocked = False
+        self.last_read_at = time.time()
+        for key, entries in reply or []:
+            if not entries:
+                continue
+            events = [decode_out(entry_id, fields) for entry_id, fields in entries]
+            with self._lock:
+                # Deliver only if nobody re-registered the key from another position meanwhile.
+                if self._positions.get(key) != streams[key]:
+                    continue
+                self._positions[key] = events[-1].id
+                for sub in self._subscribers[key]:
+                    sub.push(events)

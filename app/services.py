@@ -1,0 +1,55 @@
+"""What the web process holds: settings, Redis clients, the hub, the Celery client, the authenticator."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import redis
+from celery import Celery
+from flask import current_app
+
+from app.auth import Authenticator
+from app.hub import Hub
+from bridge.connections import redis_client
+from bridge.settings import Settings
+
+
+@dataclass
+class Services:
+    settings: Settings
+    redis: redis.Redis
+    hub: Hub
+    celery: Celery
+    auth: Authenticator
+
+    @classmethod
+    def build(cls, settings: Settings) -> Services:
+        commands = redis_client(settings, max_connections=64)
+        reader = redis_client(
+            settings,
+            socket_timeout_s=settings.hub_block_ms / 1000 + 10,
+            max_connections=1,
+            single_connection=True,
+        )
+        hub = Hub(
+            reader,
+            commands,
+            block_ms=settings.hub_block_ms,
+            count=settings.hub_read_count,
+            queue_size=settings.client_queue_size,
+        )
+        celery = Celery("tokenbridge-web", broker=settings.broker_url)
+        celery.conf.update(
+            task_serializer="json",
+            accept_content=["json"],
+            task_ignore_result=True,
+            broker_connection_retry_on_startup=True,
+            broker_transport_options={"visibility_timeout": settings.celery_visibility_timeout_s},
+            task_send_sent_event=True,
+        )
+        return cls(settings=settings, redis=commands, hub=hub, celery=celery, auth=Authenticator(settings))
+
+
+def services() -> Services:
+    result: Services = current_app.extensions["tokenbridge"]
+    return result

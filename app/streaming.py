@@ -1,0 +1,87 @@
+"""Reading one client stream from a cursor: catch up from Redis, then follow live through the hub."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+import redis
+
+from app.hub import Hub, id_after
+from bridge.events import ClientEvent
+from bridge.streams import read_events
+
+CATCH_UP_BATCH = 500
+
+
+def _catch_up(client: redis.Redis, key: str, after_id: str, until_id: str | None) -> Iterator[ClientEvent]:
+    last = after_id
+    while True:
+        events = read_events(client, key, last, CATCH_UP_BATCH, until_id=until_id)
+        yield from events
+        if len(events) < CATCH_UP_BATCH:
+            return
+        last = events[-1].id
+
+
+def follow(
+    hub: Hub,
+    client: redis.Redis,
+    key: str,
+    after_id: str,
+    *,
+    keepalive_s: float,
+    max_duration_s: float,
+    stop_at_terminal: bool = True,
+) -> Iterator[ClientEvent | None]:
+    """Every event of ``key`` after ``after_id``, in order, without a gap or a duplicate.
+
+    Yields None when ``keepalive_s`` passes without an event. Ends after a terminal event (when
+    ``stop_at_terminal``) or after ``max_duration_s``, when the client is expected to resume.
+    """
+    deadline = time.monotonic() + max_duration_s
+    last = after_id
+    while True:
+        for event in _catch_up(client, key, last, None):
+            yield event
+            last = event.id
+            if stop_at_terminal and event.terminal:
+                return
+        sub, position = hub.subscribe(key, last)
+        try:
+            if id_after(position, last):
+                for event in _catch_up(client, key, last, position):
+                    yield event
+                    last = event.id
+                    if stop_at_terminal and event.terminal:
+                        return
+            while not sub.overflowed:
+                if sub.closed:
+                    return
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return
+                events = sub.drain(min(keepalive_s, remaining))
+                if events is None:
+                    yield None
+                    continue
+                for event in events:
+                    if id_after(event.id, last):
+                        yield event
+                        last = event.id
+                        if stop_at_terminal and event.terminal:
+                            return
+        finally:
+            hub.unsubscribe(sub)
+        # Overflowed: this client fell behind the hub; read what it missed from Redis and rejoin.
+
+
+def sse_frame(event: ClientEvent) -> str:
+    return f"id: {event.id}\nevent: {event.event}\ndata: {event.data}\n\n"
+
+
+KEEPALIVE_FRAME = ": keep-alive\n\n"
+
+
+def ws_frame(event: ClientEvent) -> str:
+    return f'{{"event":"{event.event}","id":"{event.id}","data":{event.data}}}'

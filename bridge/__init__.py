@@ -1,0 +1,1 @@
+"""tokenbridge's shared core: settings, keys, events, stream operations, Redis client, logging."""

@@ -1,0 +1,20 @@
+"""Exceptions of tokenbridge, under one root."""
+
+from __future__ import annotations
+
+
+class TokenbridgeError(Exception):
+    """Raised when tokenbridge itself fails; the root of every project exception."""
+
+
+class ProviderError(TokenbridgeError):
+    """Raised when a model provider fails; ``code`` is the error code readers see."""
+
+    def __init__(self, message: str, *, code: str = "provider_error", retryable: bool = False) -> None:
+        super().__init__(message)
+        self.code = code
+        self.retryable = retryable
+
+
+class UnknownModelError(TokenbridgeError):
+    """Raised when a generation names a model that is not configured."""

@@ -1,0 +1,147 @@
+"""The event schema: what producers write to ``:raw`` and what clients read from ``:out``.
+
+The hot path (one event per token) moves plain dicts through orjson; the pydantic models below are the
+documented schema of each event's ``data`` and are used to validate at the edges.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any, Literal
+
+import orjson
+from pydantic import BaseModel, ConfigDict
+
+
+class GenerationStatus(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def finished(self) -> bool:
+        return self in (GenerationStatus.COMPLETED, GenerationStatus.FAILED, GenerationStatus.CANCELLED)
+
+
+class EventType(StrEnum):
+    TOKEN = "token"
+    RESTART = "restart"
+    DONE = "done"
+    ERROR = "error"
+    CANCELLED = "cancelled"
+
+
+TERMINAL_EVENTS = frozenset({EventType.DONE.value, EventType.ERROR.value, EventType.CANCELLED.value})
+
+STATUS_AFTER = {
+    EventType.DONE.value: GenerationStatus.COMPLETED,
+    EventType.ERROR.value: GenerationStatus.FAILED,
+    EventType.CANCELLED.value: GenerationStatus.CANCELLED,
+}
+
+
+class _Data(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    seq: int
+
+
+class TokenData(_Data):
+    content: str
+    ts: float
+
+
+class RestartData(_Data):
+    reason: str
+
+
+class Usage(BaseModel):
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+
+class DoneData(_Data):
+    finish_reason: str
+    usage: Usage
+
+
+class ErrorData(_Data):
+    code: str
+    message: str
+
+
+class CancelledData(_Data):
+    pass
+
+
+DATA_MODELS: dict[str, type[_Data]] = {
+    EventType.TOKEN.value: TokenData,
+    EventType.RESTART.value: RestartData,
+    EventType.DONE.value: DoneData,
+    EventType.ERROR.value: ErrorData,
+    EventType.CANCELLED.value: CancelledData,
+}
+
+
+def validate_event(event: str, data: dict[str, Any]) -> _Data:
+    """Check one client event against the schema; raises pydantic.ValidationError or KeyError."""
+    return DATA_MODELS[event].model_validate(data)
+
+
+@dataclass(slots=True)
+class Event:
+    """One entry of a generation stream: its id, its type and its data (without ``seq`` until processed)."""
+
+    id: str
+    type: str
+    data: dict[str, Any] = field(default_factory=dict)
+    attempt: int = 0
+
+    @property
+    def terminal(self) -> bool:
+        return self.type in TERMINAL_EVENTS
+
+
+def encode_raw(event_type: str, data: dict[str, Any], attempt: int) -> dict[str, bytes | str]:
+    """Fields of a ``:raw`` entry."""
+    return {"type": event_type, "attempt": str(attempt), "data": orjson.dumps(data)}
+
+
+def decode_raw(entry_id: str, fields: dict[str, str]) -> Event:
+    return Event(
+        id=entry_id,
+        type=fields["type"],
+        data=orjson.loads(fields.get("data", "{}")),
+        attempt=int(fields.get("attempt", 0)),
+    )
+
+
+def encode_out(event: Event) -> dict[str, bytes | str]:
+    """Fields of an ``:out`` entry: the event name and its JSON data, ready to be sent as is."""
+    return {"event": event.type, "data": orjson.dumps(event.data)}
+
+
+@dataclass(slots=True)
+class ClientEvent:
+    """One event as a reader sees it: entry id, event name and the JSON text of its data."""
+
+    id: str
+    event: str
+    data: str
+
+    @property
+    def terminal(self) -> bool:
+        return self.event in TERMINAL_EVENTS
+
+    def json(self) -> dict[str, Any]:
+        loaded: dict[str, Any] = orjson.loads(self.data)
+        return loaded
+
+
+def decode_out(entry_id: str, fields: dict[str, str]) -> ClientEvent:
+    return ClientEvent(id=entry_id, event=fields["event"], data=fields.get("data", "{}"))
+
+
+ErrorCode = Literal["worker_lost", "provider_error", "internal_error", "poison_entry", "timeout"]

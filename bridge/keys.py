@@ -1,0 +1,61 @@
+"""Every Redis key tokenbridge uses, built in one place.
+
+All keys of one generation share the hash tag ``{G}`` so they live in one slot of a Redis Cluster.
+"""
+
+from __future__ import annotations
+
+WORK_STREAM = "llm:work"
+CONSUMERS_ZSET = "llm:consumers"
+STATS_PREFIX = "llm:stats"
+
+
+def gen_meta(generation_id: str) -> str:
+    return f"llm:gen:{{{generation_id}}}:meta"
+
+
+def gen_raw(generation_id: str) -> str:
+    return f"llm:gen:{{{generation_id}}}:raw"
+
+
+def gen_out(generation_id: str) -> str:
+    return f"llm:gen:{{{generation_id}}}:out"
+
+
+def gen_cancel(generation_id: str) -> str:
+    return f"llm:gen:{{{generation_id}}}:cancel"
+
+
+def gen_lease(generation_id: str) -> str:
+    return f"llm:gen:{{{generation_id}}}:lease"
+
+
+def generation_keys(generation_id: str) -> tuple[str, ...]:
+    """Every key of one generation, for expiry."""
+    return (
+        gen_meta(generation_id),
+        gen_raw(generation_id),
+        gen_out(generation_id),
+        gen_cancel(generation_id),
+        gen_lease(generation_id),
+    )
+
+
+def session_index(session_id: str) -> str:
+    """Stream of the generations started in a session, one entry each."""
+    return f"llm:session:{{{session_id}}}"
+
+
+def session_out(session_id: str) -> str:
+    """Stream of every client event of every generation in a session."""
+    return f"llm:session:{{{session_id}}}:out"
+
+
+def stats(model: str) -> str:
+    return f"{STATS_PREFIX}:{model}"
+
+
+def generation_id_from_key(key: str) -> str:
+    """The generation id inside a ``llm:gen:{G}:...`` key."""
+    start = key.index("{") + 1
+    return key[start : key.index("}", start)]

@@ -1,0 +1,86 @@
+"""Every setting of tokenbridge, read once from the environment by each entry point."""
+
+from __future__ import annotations
+
+from functools import cached_property
+from typing import Literal
+from urllib.parse import quote
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Configuration shared by web, worker and consumer. Field names map to upper-case environment variables."""
+
+    model_config = SettingsConfigDict(env_prefix="", case_sensitive=False, extra="ignore")
+
+    # Redis for streams and state; seed-compatible REDIS_HOST/PORT/PASSWORD/DB when REDIS_URL is unset.
+    redis_url: str | None = None
+    redis_host: str = "localhost"
+    redis_port: int = 6379
+    redis_password: str | None = None
+    redis_db: int = 0
+    celery_broker_url: str | None = None
+
+    port: int = 8000
+    api_keys: str = ""
+    auth_disabled: bool = False
+    secret_key: str | None = None
+    stream_token_ttl_s: int = Field(default=3600, ge=1)
+
+    redis_stream_max_length: int = Field(default=100_000, ge=10)
+    redis_stream_retention_ms: int = Field(default=86_400_000, ge=1000)
+    redis_consumer_group: str = "llm:processors"
+    log_format: Literal["json", "text"] = "json"
+    log_level: str = "INFO"
+
+    # web
+    sse_keepalive_s: float = Field(default=15.0, gt=0, le=15.0)
+    stream_max_duration_s: float = Field(default=3600.0, gt=0)
+    hub_block_ms: int = Field(default=5000, ge=10)
+    hub_read_count: int = Field(default=1000, ge=1)
+    client_queue_size: int = Field(default=1024, ge=8)
+    max_body_bytes: int = Field(default=1_048_576, ge=1024)
+    max_tokens_limit: int = Field(default=32_768, ge=1)
+    redis_retry_after_s: int = Field(default=2, ge=1)
+
+    # tasks
+    flush_window_ms: float = Field(default=2.0, ge=0)
+    lease_ms: int = Field(default=30_000, ge=1000)
+    cancel_poll_ms: int = Field(default=200, ge=10)
+    celery_visibility_timeout_s: int = Field(default=3600, ge=10)
+
+    # consumer workers
+    consumer_name: str | None = None
+    consumer_block_ms: int = Field(default=1000, ge=10)
+    consumer_batch: int = Field(default=256, ge=1)
+    consumer_claim_idle_ms: int = Field(default=10_000, ge=100)
+    consumer_heartbeat_ms: int = Field(default=2000, ge=50)
+
+    @model_validator(mode="after")
+    def _check(self) -> Settings:
+        if self.consumer_heartbeat_ms * 3 > self.consumer_claim_idle_ms:
+            raise ValueError("CONSUMER_CLAIM_IDLE_MS must be at least 3 x CONSUMER_HEARTBEAT_MS")
+        return self
+
+    @cached_property
+    def resolved_redis_url(self) -> str:
+        """REDIS_URL, or one built from REDIS_HOST/REDIS_PORT/REDIS_PASSWORD/REDIS_DB."""
+        if self.redis_url:
+            return self.redis_url
+        auth = f":{quote(self.redis_password, safe='')}@" if self.redis_password else ""
+        return f"redis://{auth}{self.redis_host}:{self.redis_port}/{self.redis_db}"
+
+    @cached_property
+    def broker_url(self) -> str:
+        return self.celery_broker_url or self.resolved_redis_url
+
+    @cached_property
+    def api_key_set(self) -> frozenset[str]:
+        return frozenset(key.strip() for key in self.api_keys.split(",") if key.strip())
+
+    @property
+    def signing_key(self) -> str:
+        # With AUTH_DISABLED and no SECRET_KEY, tokens are still signed, with a fixed development key.
+        return self.secret_key or "tokenbridge-development-only"

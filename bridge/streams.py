@@ -1,0 +1,128 @@
+"""Stream operations on one generation. Every function takes the Redis client it works with."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import orjson
+import redis
+
+from bridge import keys, scripts
+from bridge.events import ClientEvent, EventType, decode_out
+from bridge.generation import GenerationRecord
+
+
+class AbortResult:
+    UNKNOWN = 0
+    FINISHED = -1
+    WRITTEN = 1
+    REQUESTED = 2
+
+
+def ensure_group(client: redis.Redis, stream: str, group: str) -> None:
+    """Create ``group`` on ``stream`` (and the stream) unless it exists."""
+    try:
+        client.xgroup_create(stream, group, id="0", mkstream=True)
+    except redis.ResponseError as exc:
+        if "BUSYGROUP" not in str(exc):
+            raise
+
+
+def create_generation(
+    client: redis.Redis,
+    *,
+    generation_id: str,
+    session_id: str,
+    model: str,
+    request: dict[str, Any],
+    group: str,
+    retention_ms: int,
+    created_at: float | None = None,
+) -> float:
+    """Store a new generation, open its raw stream to the processors and hand it to the consumer workers."""
+    created = created_at if created_at is not None else time.time()
+    pipe = client.pipeline(transaction=True)
+    pipe.hset(
+        keys.gen_meta(generation_id),
+        mapping={
+            "request": orjson.dumps(request),
+            "model": model,
+            "session_id": session_id,
+            "status": "queued",
+            "created_at": repr(created),
+            "attempt": 0,
+        },
+    )
+    pipe.xgroup_create(keys.gen_raw(generation_id), group, id="0", mkstream=True)
+    pipe.xadd(keys.WORK_STREAM, {"generation_id": generation_id})
+    pipe.xadd(keys.session_index(session_id), {"generation_id": generation_id})
+    pipe.pexpire(keys.session_index(session_id), retention_ms * 2)
+    pipe.execute()
+    return created
+
+
+def load_record(client: redis.Redis, generation_id: str) -> GenerationRecord | None:
+    meta: dict[str, str] = client.hgetall(keys.gen_meta(generation_id))  # type: ignore[assignment]
+    if not meta:
+        return None
+    return GenerationRecord.from_meta(generation_id, meta)
+
+
+def load_meta(client: redis.Redis, generation_id: str) -> dict[str, str]:
+    result: dict[str, str] = client.hgetall(keys.gen_meta(generation_id))  # type: ignore[assignment]
+    return result
+
+
+def abort(
+    client: redis.Redis,
+    generation_id: str,
+    event_type: str,
+    data: dict[str, Any],
+    *,
+    max_length: int,
+    cancel_ttl_ms: int = 3_600_000,
+) -> int:
+    """End a generation no live attempt holds, or ask the live attempt to cancel. Returns an AbortResult."""
+    result: int = scripts.run(
+        client,
+        scripts.ABORT,
+        [
+            keys.gen_meta(generation_id),
+            keys.gen_lease(generation_id),
+            keys.gen_raw(generation_id),
+            keys.gen_cancel(generation_id),
+        ],
+        [event_type, orjson.dumps(data), max_length, cancel_ttl_ms],
+    )
+    return result
+
+
+def cancel(client: redis.Redis, generation_id: str, *, max_length: int) -> int:
+    """Request cancellation: written at once when no attempt runs, otherwise signalled to the running attempt."""
+    return abort(client, generation_id, EventType.CANCELLED.value, {}, max_length=max_length)
+
+
+def read_events(
+    client: redis.Redis, stream: str, after_id: str, count: int, *, until_id: str | None = None
+) -> list[ClientEvent]:
+    """Events of a client stream strictly after ``after_id`` (``0`` for all) up to ``until_id``, oldest first."""
+    start = "-" if after_id in ("0", "0-0") else f"({after_id}"
+    entries: Any = client.xrange(stream, min=start, max=until_id or "+", count=count)
+    return [decode_out(entry_id, fields) for entry_id, fields in entries]
+
+
+def last_event(client: redis.Redis, stream: str) -> ClientEvent | None:
+    entries: Any = client.xrevrange(stream, max="+", min="-", count=1)
+    if not entries:
+        return None
+    entry_id, fields = entries[0]
+    return decode_out(entry_id, fields)
+
+
+def parse_stream_id(value: str) -> tuple[int, int] | None:
+    """``(ms, seq)`` of a stream id such as ``1700000000000-3``; None when it is not one."""
+    ms, _, seq = value.partition("-")
+    if not ms.isdigit() or (seq and not seq.isdigit()) or len(ms) > 20 or len(seq) > 20:
+        return None
+    return int(ms), int(seq or 0)

@@ -1,0 +1,43 @@
+"""The Celery app that runs generation tasks: JSON only, late acks, one message prefetched at a time."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import Celery
+from celery.signals import setup_logging
+
+from bridge.constants import GENERATE_TASK, GENERATION_QUEUE
+from bridge.logs import configure_logging
+from bridge.settings import Settings
+
+
+def create_celery(settings: Settings) -> Celery:
+    app = Celery("tokenbridge", broker=settings.broker_url, include=["tasks.generation"])
+    app.conf.update(
+        task_serializer="json",
+        result_serializer="json",
+        accept_content=["json"],
+        event_serializer="json",
+        task_ignore_result=True,
+        task_acks_late=True,
+        # A generation that the worker loses is handled by its lease, not by Celery's redelivery.
+        task_reject_on_worker_lost=False,
+        worker_prefetch_multiplier=1,
+        task_default_queue=GENERATION_QUEUE,
+        task_routes={GENERATE_TASK: {"queue": GENERATION_QUEUE}},
+        broker_connection_retry_on_startup=True,
+        broker_transport_options={"visibility_timeout": settings.celery_visibility_timeout_s},
+        worker_hijack_root_logger=False,
+        worker_send_task_events=True,
+        task_send_sent_event=True,
+        enable_utc=True,
+    )
+    app.conf.tokenbridge_settings = settings
+    return app
+
+
+@setup_logging.connect
+def _configure_logging(**_: Any) -> None:
+    settings = Settings()
+    configure_logging(settings.log_format, settings.log_level, process="worker")

@@ -1,0 +1,70 @@
+"""The generation task: claim an attempt, stream the provider's tokens into ``:raw``, end with one terminal."""
+
+from __future__ import annotations
+
+import logging
+from functools import cache
+
+import orjson
+import redis
+from celery import shared_task
+
+from bridge import keys
+from bridge.connections import redis_client
+from bridge.constants import GENERATE_TASK
+from bridge.errors import UnknownModelError
+from bridge.events import EventType
+from bridge.generation import GenerationRequest
+from bridge.producer import Claim, GenerationWriter, Outcome, pump
+from bridge.settings import Settings
+from tasks.providers import provider_for
+
+logger = logging.getLogger(__name__)
+
+
+@cache
+def _settings() -> Settings:
+    return Settings()
+
+
+@cache
+def _client() -> redis.Redis:
+    return redis_client(_settings(), max_connections=256)
+
+
+@shared_task(name=GENERATE_TASK, ignore_result=True, acks_late=True)
+def generate(generation_id: str) -> str:
+    """Run one generation. Returns what happened (for logs and Flower)."""
+    return run_generation(_client(), _settings(), generation_id)
+
+
+def run_generation(client: redis.Redis, settings: Settings, generation_id: str) -> str:
+    writer = GenerationWriter(
+        client, generation_id, lease_ms=settings.lease_ms, max_length=settings.redis_stream_max_length
+    )
+    attempt = writer.claim(reason="worker_lost")
+    if attempt <= 0:
+        reason = Claim(attempt).name.lower()
+        logger.info("Generation %s not started: %s.", generation_id, reason, extra={"generation_id": generation_id})
+        return f"skipped:{reason}"
+    log_extra = {"generation_id": generation_id, "attempt": attempt}
+    raw_request = client.hget(keys.gen_meta(generation_id), "request")
+    try:
+        request = GenerationRequest.model_validate(orjson.loads(raw_request or "{}"))
+        provider = provider_for(request.model)
+    except (ValueError, UnknownModelError) as exc:
+        logger.error("Generation %s cannot start: %s", generation_id, exc, extra=log_extra)
+        writer.write([(EventType.ERROR.value, {"code": "invalid_request", "message": str(exc)})])
+        return "failed"
+    logger.info("Generation %s started (model %s).", generation_id, request.model, extra=log_extra)
+    outcome = pump(
+        writer,
+        lambda stop: provider.stream(request, stop),
+        flush_window_s=settings.flush_window_ms / 1000,
+        poll_s=settings.cancel_poll_ms / 1000,
+    )
+    logger.info("Generation %s attempt %s %s.", generation_id, attempt, outcome.value, extra=log_extra)
+    return outcome.value
+
+
+__all__ = ["Outcome", "generate", "run_generation"]

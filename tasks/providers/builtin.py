@@ -1,0 +1,115 @@
+"""The built-in models: ``echo`` and ``synthetic``. They need no network."""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import re
+import threading
+import time
+from collections.abc import Iterator
+
+from bridge.generation import GenerationRequest
+from bridge.models import SYNTHETIC_DEFAULT_MAX_TOKENS, EchoOptions, SyntheticOptions
+from bridge.producer import Chunk, Finish
+from tasks.providers.base import Provider
+
+# A word with its following whitespace; leading whitespace of the text is a token of its own.
+_WORDS = re.compile(r"^\s+|\S+\s*")
+
+_VOCABULARY = (
+    "the",
+    "stream",
+    "carries",
+    "every",
+    "token",
+    "in",
+    "order",
+    "to",
+    "each",
+    "reader",
+    "that",
+    "watches",
+    "the",
+    "answer",
+    "and",
+    "a",
+    "reader",
+    "that",
+    "comes",
+    "back",
+    "later",
+    "resumes",
+    "where",
+    "it",
+    "left",
+    "off",
+    "without",
+    "a",
+    "gap",
+    "or",
+    "a",
+    "duplicate",
+    "while",
+    "processors",
+    "look",
+    "at",
+    "what",
+    "passes",
+    "through",
+    "redis",
+    "keeps",
+    "the",
+    "log",
+)
+
+
+def split_words(text: str) -> list[str]:
+    """Tokens of ``echo``: concatenated, they give back ``text`` exactly."""
+    return _WORDS.findall(text)
+
+
+def _paced(stop: threading.Event, start: float, index: int, interval_s: float) -> bool:
+    """Wait until token ``index`` is due; False when stopped meanwhile."""
+    if interval_s <= 0:
+        return not stop.is_set()
+    delay = start + index * interval_s - time.monotonic()
+    if delay > 0:
+        return not stop.wait(delay)
+    return not stop.is_set()
+
+
+class EchoProvider(Provider):
+    """Streams the prompt (or the last user message) back, word by word."""
+
+    def stream(self, request: GenerationRequest, stop: threading.Event) -> Iterator[Chunk]:
+        options = EchoOptions.model_validate(request.options or {})
+        words = split_words(request.input_text())
+        limit = request.max_tokens if request.max_tokens is not None else len(words)
+        interval_s = options.delay_ms / 1000
+        start = time.monotonic() + interval_s
+        for index, word in enumerate(words[:limit]):
+            if not _paced(stop, start, index, interval_s):
+                return
+            yield word
+        reason = "length" if limit < len(words) else "stop"
+        yield Finish(reason, {"prompt_tokens": len(words), "completion_tokens": min(limit, len(words))})
+
+
+class SyntheticProvider(Provider):
+    """Deterministic pseudo-text for load tests: ``max_tokens`` tokens at ``options.tokens_per_second``."""
+
+    def stream(self, request: GenerationRequest, stop: threading.Event) -> Iterator[Chunk]:
+        options = SyntheticOptions.model_validate(request.options or {})
+        count = request.max_tokens if request.max_tokens is not None else SYNTHETIC_DEFAULT_MAX_TOKENS
+        seed = options.seed
+        if seed is None:
+            seed = int.from_bytes(hashlib.sha256(request.input_text().encode()).digest()[:8], "big")
+        rng = random.Random(seed)
+        interval_s = 1.0 / options.tokens_per_second
+        start = time.monotonic()
+        for index in range(count):
+            if not _paced(stop, start, index, interval_s):
+                return
+            yield rng.choice(_VOCABULARY) + " "
+        yield Finish("length", {"prompt_tokens": len(split_words(request.input_text())), "completion_tokens": count})

@@ -1,0 +1,23 @@
+"""``python -m workers``: one consumer worker, until SIGTERM."""
+
+from __future__ import annotations
+
+from bridge.connections import redis_client
+from bridge.logs import configure_logging
+from bridge.settings import Settings
+from workers.consumer import ConsumerWorker
+from workers.processors import default_processors
+
+
+def main() -> None:
+    settings = Settings()
+    configure_logging(settings.log_format, settings.log_level, process="consumer")
+    # The socket timeout must outlast the longest blocking read.
+    client = redis_client(settings, socket_timeout_s=settings.consumer_block_ms / 1000 + 10)
+    worker = ConsumerWorker(client, settings, default_processors(client))
+    worker.install_signal_handlers()
+    worker.run()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,209 @@
+"""The processor chain: what runs on every event between ``:raw`` and ``:out``.
+
+A processor can transform an event (return a changed one), drop it (return None) or only observe it
+(return it unchanged). Terminal events cannot be dropped. ``start`` runs when a consumer takes a
+generation (again after a takeover), ``finish`` once its terminal event is committed.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+import redis
+
+from bridge import keys
+from bridge.events import STATUS_AFTER, Event, EventType
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class GenerationState:
+    """What a consumer keeps about a generation it owns. Restored from ``:meta`` after a takeover."""
+
+    generation_id: str
+    work_id: str
+    model: str = ""
+    session_id: str = ""
+    created_at: float = 0.0
+    seq: int = 0
+    text: str = ""
+    completion_tokens: int = 0
+    first_token_at: float | None = None
+    resumed: bool = False
+    finished: bool = False
+    # Fields for ``:meta``, written in the same transaction as the batch that produced them.
+    meta_updates: dict[str, Any] = field(default_factory=dict)
+    scratch: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_meta(cls, generation_id: str, work_id: str, meta: dict[str, str]) -> GenerationState:
+        first = meta.get("first_token_at")
+        return cls(
+            generation_id=generation_id,
+            work_id=work_id,
+            model=meta.get("model", ""),
+            session_id=meta.get("session_id", ""),
+            created_at=float(meta.get("created_at", 0) or 0),
+            seq=int(meta.get("seq", 0)),
+            text=meta.get("text", ""),
+            completion_tokens=int(meta.get("completion_tokens", 0)),
+            first_token_at=float(first) if first else None,
+            resumed=int(meta.get("seq", 0)) > 0,
+        )
+
+
+class Processor:
+    """Base of every processor; each hook's default does nothing."""
+
+    name = "processor"
+
+    def start(self, gen: GenerationState) -> None:
+        """Called when this consumer takes the generation."""
+
+    def process(self, gen: GenerationState, event: Event) -> Event | None:
+        """Return the event to pass on (changed or not), or None to drop it."""
+        return event
+
+    def finish(self, gen: GenerationState, event: Event) -> None:
+        """Called once the terminal event is committed."""
+
+
+class PersistenceProcessor(Processor):
+    """Keeps ``:meta`` current: text so far, usage, status, finish reason, error."""
+
+    name = "persistence"
+
+    def process(self, gen: GenerationState, event: Event) -> Event | None:
+        updates = gen.meta_updates
+        if event.type == EventType.TOKEN.value:
+            gen.text += event.data.get("content", "")
+            gen.completion_tokens += 1
+            if gen.first_token_at is None:
+                gen.first_token_at = float(event.data.get("ts", time.time()))
+                updates["first_token_at"] = repr(gen.first_token_at)
+            updates["text"] = gen.text
+            updates["completion_tokens"] = gen.completion_tokens
+            updates["status"] = "running"
+        elif event.type == EventType.RESTART.value:
+            gen.text = ""
+            gen.completion_tokens = 0
+            updates["text"] = ""
+            updates["completion_tokens"] = 0
+        elif event.terminal:
+            updates["status"] = STATUS_AFTER[event.type].value
+            updates["finished_at"] = repr(time.time())
+            if event.type == EventType.DONE.value:
+                updates["finish_reason"] = event.data.get("finish_reason", "stop")
+                usage = event.data.get("usage") or {}
+                updates["prompt_tokens"] = int(usage.get("prompt_tokens", 0))
+                updates["completion_tokens"] = int(usage.get("completion_tokens", gen.completion_tokens))
+            elif event.type == EventType.ERROR.value:
+                updates["finish_reason"] = "error"
+                updates["error"] = orjson.dumps({"code": event.data.get("code"), "message": event.data.get("message")})
+            else:
+                updates["finish_reason"] = "cancelled"
+        return event
+
+
+class AnalyticsProcessor(Processor):
+    """Counts per model: generations by status, tokens, time to first token and tokens per second."""
+
+    name = "analytics"
+
+    def __init__(self, client: redis.Redis, *, ttft_samples: int = 1000) -> None:
+        self.client = client
+        self.ttft_samples = ttft_samples
+
+    def finish(self, gen: GenerationState, event: Event) -> None:
+        key = keys.stats(gen.model or "unknown")
+        status = STATUS_AFTER[event.type].value
+        pipe = self.client.pipeline(transaction=False)
+        pipe.hincrby(key, "generations", 1)
+        pipe.hincrby(key, f"status:{status}", 1)
+        pipe.hincrby(key, "tokens", gen.completion_tokens)
+        if gen.first_token_at is not None and gen.created_at:
+            ttft_ms = max(0.0, (gen.first_token_at - gen.created_at) * 1000)
+            duration_s = max(1e-6, time.time() - gen.first_token_at)
+            pipe.lpush(f"{key}:ttft_ms", round(ttft_ms, 3))
+            pipe.ltrim(f"{key}:ttft_ms", 0, self.ttft_samples - 1)
+            pipe.lpush(f"{key}:tokens_per_s", round(gen.completion_tokens / duration_s, 3))
+            pipe.ltrim(f"{key}:tokens_per_s", 0, self.ttft_samples - 1)
+        pipe.execute()
+
+
+class LoggingProcessor(Processor):
+    """One summary line per generation."""
+
+    name = "logging"
+
+    def finish(self, gen: GenerationState, event: Event) -> None:
+        now = time.time()
+        ttft_ms = (gen.first_token_at - gen.created_at) * 1000 if gen.first_token_at and gen.created_at else None
+        logger.info(
+            "Generation %s %s: %s tokens.",
+            gen.generation_id,
+            event.type,
+            gen.completion_tokens,
+            extra={
+                "generation_id": gen.generation_id,
+                "session_id": gen.session_id,
+                "model": gen.model,
+                "tokens": gen.completion_tokens,
+                "ttft_ms": round(ttft_ms, 3) if ttft_ms is not None else None,
+                "duration_ms": round((now - gen.created_at) * 1000, 3) if gen.created_at else None,
+                "finish_reason": event.data.get("finish_reason") or event.type,
+            },
+        )
+
+
+class Chain:
+    """Runs processors in order; a processor that raises is logged and skipped for that event."""
+
+    def __init__(self, processors: list[Processor]) -> None:
+        self.processors = processors
+
+    def start(self, gen: GenerationState) -> None:
+        for processor in self.processors:
+            try:
+                processor.start(gen)
+            except Exception:
+                logger.exception("Processor %s failed to start generation %s.", processor.name, gen.generation_id)
+
+    def process(self, gen: GenerationState, event: Event) -> Event | None:
+        current = event
+        for processor in self.processors:
+            try:
+                result = processor.process(gen, current)
+            except Exception:
+                logger.exception(
+                    "Processor %s failed on entry %s of generation %s; skipped.",
+                    processor.name,
+                    current.id,
+                    gen.generation_id,
+                    extra={"generation_id": gen.generation_id},
+                )
+                continue
+            if result is None:
+                if current.terminal:
+                    logger.warning("Processor %s cannot drop a terminal event; kept.", processor.name)
+                    continue
+                return None
+            current = result
+        return current
+
+    def finish(self, gen: GenerationState, event: Event) -> None:
+        for processor in self.processors:
+            try:
+                processor.finish(gen, event)
+            except Exception:
+                logger.exception("Processor %s failed to finish generation %s.", processor.name, gen.generation_id)
+
+
+def default_processors(client: redis.Redis) -> list[Processor]:
+    # Transformers (moderation, redaction) go before persistence so that :meta holds what readers see.
+    return [AnalyticsProcessor(client), LoggingProcessor(), PersistenceProcessor()]
