@@ -98,6 +98,8 @@ class Hub:
         self.healthy = True
         self.last_error: str | None = None
         self.last_read_at = 0.0
+        # Times a subscriber fell too far behind and re-read from Redis.
+        self.resyncs = 0
 
     # -- subscribers -------------------------------------------------------------------------------
 

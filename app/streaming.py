@@ -74,6 +74,7 @@ def follow(
         finally:
             hub.unsubscribe(sub)
         # Overflowed: this client fell behind the hub; read what it missed from Redis and rejoin.
+        hub.resyncs += 1
 
 
 def sse_frame(event: ClientEvent) -> str:

@@ -1,0 +1,76 @@
+"""Fixtures: every Redis a test uses is a server the fixture started itself, on a free loopback port."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+from bridge.embedded import EmbeddedRedis, embedded_binary
+from bridge.settings import Settings
+
+
+def _redis_binaries() -> list[tuple[str, str]]:
+    """The embedded 6.2 always; the system's redis-server too when it is a 7.x."""
+    found = [("redis6", embedded_binary())]
+    system = os.environ.get("TOKENBRIDGE_TEST_REDIS7") or shutil.which("redis-server")
+    if system:
+        out = subprocess.run([system, "--version"], capture_output=True, text=True).stdout
+        if "v=7." in out or "v=8." in out:
+            found.append(("redis7", system))
+    return found
+
+
+_BINARIES = _redis_binaries()
+
+
+@pytest.fixture(scope="session", params=[b for _, b in _BINARIES], ids=[n for n, _ in _BINARIES])
+def redis_server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedRedis]:
+    server = EmbeddedRedis(tmp_path_factory.mktemp("redis"), binary=request.param, appendonly=False).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def r(redis_server: EmbeddedRedis) -> Iterator[redis.Redis]:
+    """A client on a server this test session started, emptied before each test."""
+    client = redis.Redis.from_url(redis_server.url, decode_responses=True)
+    client.flushall()
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def make_settings(redis_server: EmbeddedRedis) -> Callable[..., Settings]:
+    def create(**overrides: object) -> Settings:
+        values: dict[str, object] = {
+            "redis_url": redis_server.url,
+            "secret_key": "test-secret",
+            "api_keys": "test-key",
+            "log_format": "text",
+            "consumer_block_ms": 100,
+            "consumer_heartbeat_ms": 100,
+            "consumer_claim_idle_ms": 500,
+            "hub_block_ms": 500,
+        }
+        values.update(overrides)
+        return Settings(**values)  # type: ignore[arg-type]
+
+    return create
+
+
+@pytest.fixture
+def settings(make_settings: Callable[..., Settings]) -> Settings:
+    return make_settings()
+
+
+@pytest.fixture
+def artifacts_dir() -> Path:
+    path = Path(__file__).resolve().parent.parent / "test-artifacts"
+    path.mkdir(exist_ok=True)
+    return path

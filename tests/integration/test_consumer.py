@@ -1,0 +1,159 @@
+"""The consumer worker on a real Redis: processing, atomic commit, expiry, takeover of a dead worker's work."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+import redis
+
+from bridge import keys
+from bridge.events import Event
+from bridge.producer import GenerationWriter
+from bridge.settings import Settings
+from tests.integration.helpers import new_generation, wait_for
+from workers.consumer import ConsumerWorker
+from workers.processors import GenerationState, PersistenceProcessor, Processor, default_processors
+
+
+def _write_tokens(r: redis.Redis, gid: str, words: list[str], *, finish: bool = True) -> GenerationWriter:
+    writer = GenerationWriter(r, gid, lease_ms=10_000, max_length=10_000)
+    writer.claim()
+    entries: list[tuple[str, dict[str, Any]]] = [("token", {"content": w, "ts": 1.0}) for w in words]
+    if finish:
+        entries.append(("done", {"finish_reason": "stop", "usage": {"prompt_tokens": 1, "completion_tokens": len(words)}}))
+    writer.write(entries)
+    return writer
+
+
+def _out(r: redis.Redis, gid: str) -> list[tuple[str, str, dict[str, Any]]]:
+    return [(i, f["event"], orjson.loads(f["data"])) for i, f in r.xrange(keys.gen_out(gid))]
+
+
+def _worker(r: redis.Redis, settings: Settings, processors: list[Processor] | None = None, **kw: Any) -> ConsumerWorker:
+    return ConsumerWorker(r, settings, processors if processors is not None else default_processors(r), **kw)
+
+
+def _finished(r: redis.Redis, gid: str) -> Callable[[], bool]:
+    return lambda: r.hget(keys.gen_meta(gid), "status") in ("completed", "failed", "cancelled")
+
+
+def test_a_generation_flows_from_raw_to_out_with_the_same_ids_and_contiguous_seq(
+    r: redis.Redis, settings: Settings
+) -> None:
+    # Given a generation whose producer wrote five tokens and done
+    gid = new_generation(r, settings, "gen_1")
+    words = ["one ", "two ", "three ", "four ", "five"]
+    _write_tokens(r, gid, words)
+    # When a consumer runs
+    worker = _worker(r, settings)
+    wait_for(_finished(r, gid), step=lambda: worker.run_once(block_ms=50))
+    # Then :out mirrors :raw id for id, with seq 0..n
+    out = _out(r, gid)
+    assert [i for i, *_ in out] == [i for i, _ in r.xrange(keys.gen_raw(gid))]
+    assert [d["seq"] for *_, d in out] == list(range(6))
+    assert "".join(d["content"] for _, e, d in out if e == "token") == "".join(words)
+    meta = r.hgetall(keys.gen_meta(gid))
+    assert (meta["status"], meta["text"], meta["completion_tokens"]) == ("completed", "one two three four five", "5")
+    # And everything is acknowledged, the work entry is gone, and every key expires
+    assert r.xpending(keys.gen_raw(gid), settings.redis_consumer_group)["pending"] == 0
+    assert r.xlen(keys.WORK_STREAM) == 0
+    assert all(r.pttl(k) > 0 for k in (keys.gen_meta(gid), keys.gen_raw(gid), keys.gen_out(gid)))
+    assert gid not in worker.owned
+
+
+def test_session_stream_carries_events_of_every_generation_with_their_id(r: redis.Redis, settings: Settings) -> None:
+    a = new_generation(r, settings, "gen_a", session="chat")
+    b = new_generation(r, settings, "gen_b", session="chat")
+    _write_tokens(r, a, ["x "])
+    _write_tokens(r, b, ["y "])
+    worker = _worker(r, settings)
+    wait_for(lambda: _finished(r, a)() and _finished(r, b)(), step=lambda: worker.run_once(block_ms=50))
+    session = [(f["event"], orjson.loads(f["data"])["generation_id"]) for _, f in r.xrange(keys.session_out("chat"))]
+    assert sorted(session) == sorted([("token", a), ("done", a), ("token", b), ("done", b)])
+
+
+def test_dropped_events_leave_no_hole_in_seq(r: redis.Redis, settings: Settings) -> None:
+    class DropB(Processor):
+        def process(self, gen: GenerationState, event: Event) -> Event | None:
+            return None if event.data.get("content") == "b " else event
+
+    gid = new_generation(r, settings, "gen_1")
+    _write_tokens(r, gid, ["a ", "b ", "c "])
+    worker = _worker(r, settings, [DropB(), PersistenceProcessor()])
+    wait_for(_finished(r, gid), step=lambda: worker.run_once(block_ms=50))
+    out = _out(r, gid)
+    assert [(e, d["seq"]) for _, e, d in out] == [("token", 0), ("token", 1), ("done", 2)]
+    assert r.hget(keys.gen_meta(gid), "text") == "a c "
+
+
+def test_many_generations_are_read_in_one_blocking_call_each_in_order(r: redis.Redis, settings: Settings) -> None:
+    gids = [new_generation(r, settings, f"gen_{i}") for i in range(20)]
+    worker = _worker(r, settings)
+    worker.run_once(block_ms=50)  # adopts all twenty
+    assert set(worker.owned) == set(gids)
+    for i, gid in enumerate(gids):
+        _write_tokens(r, gid, [f"{i}-{n} " for n in range(10)])
+    wait_for(lambda: all(_finished(r, g)() for g in gids), step=lambda: worker.run_once(block_ms=50))
+    for i, gid in enumerate(gids):
+        assert r.hget(keys.gen_meta(gid), "text") == "".join(f"{i}-{n} " for n in range(10))
+
+
+def test_a_dead_consumers_generation_is_taken_over_from_the_first_unacknowledged_entry(
+    r: redis.Redis, settings: Settings
+) -> None:
+    # Given consumer A committed three entries, then read four more and died before committing them
+    gid = new_generation(r, settings, "gen_1")
+    words = [f"w{i} " for i in range(10)]
+    _write_tokens(r, gid, words)
+    a = _worker(r, settings.model_copy(update={"consumer_batch": 3}), name="consumer-a")
+    a.run_once(block_ms=50)  # adopts
+    a.run_once(block_ms=50)  # processes w0..w2
+    assert r.hget(keys.gen_meta(gid), "text") == "w0 w1 w2 "
+    r.xreadgroup(settings.redis_consumer_group, "consumer-a", {keys.gen_raw(gid): ">"}, count=4)
+    # When consumer B runs past the claim idle time
+    b = _worker(r, settings, name="consumer-b")
+    wait_for(_finished(r, gid), step=lambda: b.run_once(block_ms=50))
+    # Then the reader sees every token once, in order
+    out = _out(r, gid)
+    assert "".join(d["content"] for _, e, d in out if e == "token") == "".join(words)
+    assert [d["seq"] for *_, d in out] == list(range(11))
+    assert len({i for i, *_ in out}) == len(out)
+    # And A, coming back, notices it no longer owns the generation
+    a.housekeeping()
+    assert gid not in a.owned
+
+
+def test_a_live_consumer_keeps_its_generations(r: redis.Redis, settings: Settings) -> None:
+    gid = new_generation(r, settings, "gen_1")
+    a = _worker(r, settings, name="consumer-a")
+    b = _worker(r, settings, name="consumer-b")
+    a.run_once(block_ms=50)
+    assert gid in a.owned
+    deadline_runs = int(settings.consumer_claim_idle_ms / 50) * 3
+    for _ in range(deadline_runs):
+        a.run_once(block_ms=25)
+        b.run_once(block_ms=25)
+    assert gid in a.owned and gid not in b.owned
+
+
+def test_entries_after_the_terminal_are_acknowledged_and_dropped(r: redis.Redis, settings: Settings) -> None:
+    gid = new_generation(r, settings, "gen_1")
+    _write_tokens(r, gid, ["a "])
+    r.xadd(keys.gen_raw(gid), {"type": "token", "attempt": "1", "data": '{"content":"late","ts":1}'})
+    worker = _worker(r, settings)
+    wait_for(_finished(r, gid), step=lambda: worker.run_once(block_ms=50))
+    assert [e for _, e, _ in _out(r, gid)] == ["token", "done"]
+    assert r.xpending(keys.gen_raw(gid), settings.redis_consumer_group)["pending"] == 0
+
+
+def test_a_generation_whose_streams_vanished_is_released(r: redis.Redis, settings: Settings) -> None:
+    gid = new_generation(r, settings, "gen_1")
+    worker = _worker(r, settings)
+    worker.run_once(block_ms=50)
+    r.delete(keys.gen_raw(gid))
+    worker.run_once(block_ms=50)
+    assert gid not in worker.owned
+    assert r.xlen(keys.WORK_STREAM) == 0
+    worker.run_once(block_ms=10)  # and the loop carries on

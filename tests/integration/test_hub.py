@@ -1,0 +1,152 @@
+"""The hub on a real Redis: one reader for every key, catch-up then live without a gap or a duplicate."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+
+import orjson
+import pytest
+import redis
+
+from app.hub import Hub
+from app.streaming import follow
+from bridge.embedded import EmbeddedRedis
+from bridge.events import ClientEvent
+
+
+@pytest.fixture
+def hub(redis_server: EmbeddedRedis, r: redis.Redis) -> Iterator[Hub]:
+    reader = redis.Redis.from_url(redis_server.url, decode_responses=True, single_connection_client=True)
+    commands = redis.Redis.from_url(redis_server.url, decode_responses=True)
+    hub = Hub(reader, commands, block_ms=10_000, queue_size=16)
+    yield hub
+    hub.stop()
+
+
+def _produce(r: redis.Redis, key: str, count: int, *, interval_s: float) -> threading.Thread:
+    def run() -> None:
+        for i in range(count):
+            r.xadd(key, {"event": "token", "data": orjson.dumps({"seq": i}).decode()})
+            time.sleep(interval_s)
+        r.xadd(key, {"event": "done", "data": orjson.dumps({"seq": count}).decode()})
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread
+
+
+def _collect(hub: Hub, r: redis.Redis, key: str, after: str = "0", *, slow_s: float = 0.0) -> list[ClientEvent]:
+    events: list[ClientEvent] = []
+    for event in follow(hub, r, key, after, keepalive_s=5, max_duration_s=30):
+        if event is not None:
+            events.append(event)
+            if slow_s:
+                time.sleep(slow_s)
+    return events
+
+
+def test_readers_joining_at_any_moment_get_every_event_once_in_order(hub: Hub, r: redis.Redis) -> None:
+    # Given a stream being written while readers join one after another
+    key = "llm:gen:{g1}:out"
+    producer = _produce(r, key, 300, interval_s=0.002)
+    results: list[list[ClientEvent]] = []
+
+    def reader() -> None:
+        results.append(_collect(hub, r, key))
+
+    threads = []
+    for _ in range(6):
+        thread = threading.Thread(target=reader)
+        thread.start()
+        threads.append(thread)
+        time.sleep(0.08)
+    producer.join()
+    for thread in threads:
+        thread.join(20)
+    # Then each got seq 0..300 exactly, ending with the terminal event
+    assert len(results) == 6
+    for events in results:
+        assert [e.json()["seq"] for e in events] == list(range(301))
+        assert events[-1].event == "done"
+    assert hub.watched_keys == 0  # every reader left
+
+
+def test_a_reader_resuming_from_an_id_gets_exactly_what_follows(hub: Hub, r: redis.Redis) -> None:
+    key = "llm:gen:{g2}:out"
+    _produce(r, key, 50, interval_s=0).join()
+    everything = _collect(hub, r, key)
+    resumed = _collect(hub, r, key, after=everything[19].id)
+    assert [e.id for e in resumed] == [e.id for e in everything[20:]]
+
+
+def test_a_slow_reader_falls_back_to_redis_and_still_gets_everything(hub: Hub, r: redis.Redis) -> None:
+    # Given a reader that is much slower than the producer (buffer of 16 events)
+    key = "llm:gen:{g3}:out"
+    fast: list[list[ClientEvent]] = []
+    slow: list[list[ClientEvent]] = []
+    threads = [
+        threading.Thread(target=lambda: slow.append(_collect(hub, r, key, slow_s=0.005))),
+        threading.Thread(target=lambda: fast.append(_collect(hub, r, key))),
+    ]
+    for thread in threads:
+        thread.start()
+    time.sleep(0.1)
+    _produce(r, key, 400, interval_s=0.0005).join()
+    for thread in threads:
+        thread.join(30)
+    # Then both readers get all 401 events, in order, the slow one after falling back at least once
+    assert hub.resyncs >= 1
+    assert [e.json()["seq"] for e in slow[0]] == list(range(401))
+    assert [e.json()["seq"] for e in fast[0]] == list(range(401))
+
+
+def test_a_new_key_is_read_without_waiting_for_the_blocked_read(hub: Hub, r: redis.Redis) -> None:
+    # Given the hub blocked (10 s) on another key
+    other = threading.Thread(target=lambda: _collect(hub, r, "llm:gen:{idle}:out"), daemon=True)
+    other.start()
+    time.sleep(0.3)
+    # When a reader watches a new key and an event arrives on it
+    got: list[float] = []
+
+    def reader() -> None:
+        for event in follow(hub, r, "llm:gen:{fresh}:out", "0", keepalive_s=20, max_duration_s=20):
+            if event is not None:
+                got.append(time.monotonic())
+                return
+
+    thread = threading.Thread(target=reader)
+    thread.start()
+    time.sleep(0.2)
+    sent = time.monotonic()
+    r.xadd("llm:gen:{fresh}:out", {"event": "done", "data": '{"seq":0}'})
+    thread.join(15)
+    # Then it arrives well before the blocked read would have timed out
+    assert got and got[0] - sent < 5
+    r.xadd("llm:gen:{idle}:out", {"event": "done", "data": '{"seq":0}'})
+    other.join(5)
+
+
+def test_one_redis_connection_reads_for_every_client(hub: Hub, r: redis.Redis) -> None:
+    keys_ = [f"llm:gen:{{c{i}}}:out" for i in range(30)]
+    threads = [threading.Thread(target=_collect, args=(hub, r, k), daemon=True) for k in keys_ for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    deadline = time.monotonic() + 5
+    while hub.subscriber_count < 90 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    blocked = [c for c in r.client_list() if c.get("cmd") == "xread"]
+    assert hub.watched_keys == 30
+    assert len(blocked) == 1
+    for key in keys_:
+        r.xadd(key, {"event": "done", "data": '{"seq":0}'})
+    for thread in threads:
+        thread.join(5)
+    assert hub.subscriber_count == 0
+
+
+def test_keepalives_are_yielded_while_nothing_happens(hub: Hub, r: redis.Redis) -> None:
+    stream = follow(hub, r, "llm:gen:{quiet}:out", "0", keepalive_s=0.05, max_duration_s=0.3)
+    items = list(stream)
+    assert items and all(item is None for item in items)

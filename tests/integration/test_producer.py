@@ -1,0 +1,85 @@
+"""Producer writes on a real Redis: claims, fencing by attempt, cancellation, terminal entries."""
+
+from __future__ import annotations
+
+import redis
+
+from bridge import keys, streams
+from bridge.producer import Claim, GenerationWriter, WriteResult
+from bridge.settings import Settings
+from tests.integration.helpers import new_generation
+
+
+def _writer(r: redis.Redis, gid: str, lease_ms: int = 5000) -> GenerationWriter:
+    return GenerationWriter(r, gid, lease_ms=lease_ms, max_length=1000)
+
+
+def _raw_types(r: redis.Redis, gid: str) -> list[tuple[str, str]]:
+    return [(f["type"], f["attempt"]) for _, f in r.xrange(keys.gen_raw(gid))]
+
+
+def test_creating_a_generation_queues_it_for_the_processors(r: redis.Redis, settings: Settings) -> None:
+    new_generation(r, settings, "gen_1")
+    assert r.hget(keys.gen_meta("gen_1"), "status") == "queued"
+    assert [g["name"] for g in r.xinfo_groups(keys.gen_raw("gen_1"))] == [settings.redis_consumer_group]
+    assert [f["generation_id"] for _, f in r.xrange(keys.WORK_STREAM)] == ["gen_1"]
+    assert [f["generation_id"] for _, f in r.xrange(keys.session_index("s1"))] == ["gen_1"]
+
+
+def test_a_second_attempt_is_refused_while_the_first_holds_its_lease(r: redis.Redis, settings: Settings) -> None:
+    # Given a running first attempt
+    new_generation(r, settings, "gen_1")
+    first = _writer(r, "gen_1")
+    assert first.claim() == 1
+    assert r.hget(keys.gen_meta("gen_1"), "status") == "running"
+    # When a redelivered task tries to start
+    second = _writer(r, "gen_1")
+    # Then it is refused and writes nothing
+    assert second.claim() == Claim.HELD
+    assert first.write([("token", {"content": "a", "ts": 1.0})]) is WriteResult.WRITTEN
+    assert _raw_types(r, "gen_1") == [("token", "1")]
+
+
+def test_a_new_attempt_after_the_lease_expired_fences_the_old_one(r: redis.Redis, settings: Settings) -> None:
+    # Given an attempt whose worker stopped renewing its lease
+    new_generation(r, settings, "gen_1")
+    old = _writer(r, "gen_1", lease_ms=1000)
+    old.claim()
+    old.write([("token", {"content": "a", "ts": 1.0})])
+    r.delete(keys.gen_lease("gen_1"))  # the lease ran out
+    # When a new attempt starts
+    new = _writer(r, "gen_1")
+    assert new.claim(reason="worker_lost") == 2
+    # Then readers are told to restart, and the old attempt can no longer write
+    assert old.write([("token", {"content": "stale", "ts": 2.0})]) is WriteResult.FENCED
+    assert new.write([("token", {"content": "b", "ts": 3.0}), ("done", {"finish_reason": "stop"})]) is WriteResult.WRITTEN
+    assert _raw_types(r, "gen_1") == [("token", "1"), ("restart", "2"), ("token", "2"), ("done", "2")]
+
+
+def test_nothing_is_written_after_the_terminal_entry(r: redis.Redis, settings: Settings) -> None:
+    new_generation(r, settings, "gen_1")
+    writer = _writer(r, "gen_1")
+    writer.claim()
+    writer.write([("done", {"finish_reason": "stop"})])
+    assert writer.write([("token", {"content": "late", "ts": 1.0})]) is WriteResult.FENCED
+    assert _writer(r, "gen_1").claim() == Claim.FINISHED
+    assert r.exists(keys.gen_lease("gen_1")) == 0
+
+
+def test_cancelling_a_queued_generation_ends_it_at_once(r: redis.Redis, settings: Settings) -> None:
+    new_generation(r, settings, "gen_1")
+    assert streams.cancel(r, "gen_1", max_length=1000) == streams.AbortResult.WRITTEN
+    assert _raw_types(r, "gen_1") == [("cancelled", "0")]
+    assert _writer(r, "gen_1").claim() == Claim.FINISHED
+    assert streams.cancel(r, "gen_1", max_length=1000) == streams.AbortResult.FINISHED
+    assert streams.cancel(r, "gen_unknown", max_length=1000) == streams.AbortResult.UNKNOWN
+
+
+def test_cancelling_a_running_generation_is_seen_by_its_next_write(r: redis.Redis, settings: Settings) -> None:
+    new_generation(r, settings, "gen_1")
+    writer = _writer(r, "gen_1")
+    writer.claim()
+    assert streams.cancel(r, "gen_1", max_length=1000) == streams.AbortResult.REQUESTED
+    assert writer.heartbeat() is WriteResult.CANCELLED
+    assert _raw_types(r, "gen_1") == [("cancelled", "1")]
+    assert writer.write([("token", {"content": "x", "ts": 1.0})]) is WriteResult.FENCED

@@ -1,0 +1,109 @@
+from __future__ import annotations
+
+import orjson
+import pytest
+from pydantic import ValidationError
+from redis.crc import key_slot
+
+from bridge import keys
+from bridge.events import (
+    TERMINAL_EVENTS,
+    Event,
+    decode_out,
+    decode_raw,
+    encode_out,
+    encode_raw,
+    validate_event,
+)
+from bridge.settings import Settings
+
+
+def test_every_key_of_a_generation_shares_one_cluster_slot() -> None:
+    gid = "gen_0123abcd"
+    slots = {key_slot(key.encode()) for key in keys.generation_keys(gid)}
+    assert len(slots) == 1
+    assert all(f"{{{gid}}}" in key for key in keys.generation_keys(gid))
+
+
+def test_session_keys_share_one_slot_and_generation_id_is_recovered_from_a_key() -> None:
+    assert key_slot(keys.session_index("s1").encode()) == key_slot(keys.session_out("s1").encode())
+    assert keys.generation_id_from_key(keys.gen_raw("gen_x.y:z")) == "gen_x.y:z"
+
+
+def test_raw_entry_round_trips_with_its_attempt() -> None:
+    fields = encode_raw("token", {"content": "hé ", "ts": 1.5}, attempt=3)
+    as_read = {k: v.decode() if isinstance(v, bytes) else v for k, v in fields.items()}
+    event = decode_raw("1-0", as_read)
+    assert (event.id, event.type, event.attempt, event.data) == ("1-0", "token", 3, {"content": "hé ", "ts": 1.5})
+    assert not event.terminal
+
+
+def test_out_entry_carries_the_json_a_client_receives() -> None:
+    out = encode_out(Event(id="5-1", type="done", data={"seq": 4, "finish_reason": "stop", "usage": {}}))
+    event = decode_out("5-1", {k: v.decode() if isinstance(v, bytes) else v for k, v in out.items()})
+    assert event.terminal
+    assert orjson.loads(event.data) == {"seq": 4, "finish_reason": "stop", "usage": {}}
+
+
+@pytest.mark.parametrize(
+    ("event", "data"),
+    [
+        ("token", {"seq": 0, "content": "a", "ts": 1.0}),
+        ("restart", {"seq": 1, "reason": "worker_lost"}),
+        ("done", {"seq": 2, "finish_reason": "stop", "usage": {"prompt_tokens": 1, "completion_tokens": 2}}),
+        ("error", {"seq": 3, "code": "provider_error", "message": "boom"}),
+        ("cancelled", {"seq": 4}),
+    ],
+)
+def test_event_schema_accepts_each_documented_event(event: str, data: dict[str, object]) -> None:
+    assert validate_event(event, data).seq == data["seq"]
+
+
+def test_event_schema_rejects_a_token_without_content() -> None:
+    with pytest.raises(ValidationError):
+        validate_event("token", {"seq": 0, "ts": 1.0})
+
+
+def test_terminal_events_are_exactly_done_error_cancelled() -> None:
+    assert frozenset({"done", "error", "cancelled"}) == TERMINAL_EVENTS
+
+
+def test_settings_fall_back_to_seed_variables(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("REDIS_URL", "CELERY_BROKER_URL"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("REDIS_HOST", "cache.internal")
+    monkeypatch.setenv("REDIS_PORT", "6380")
+    monkeypatch.setenv("REDIS_PASSWORD", "p@ss/word")
+    monkeypatch.setenv("REDIS_DB", "2")
+    settings = Settings()
+    assert settings.resolved_redis_url == "redis://:p%40ss%2Fword@cache.internal:6380/2"
+    assert settings.broker_url == settings.resolved_redis_url
+
+
+def test_redis_url_wins_and_broker_can_differ(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("REDIS_URL", "rediss://r.example:6390/1")
+    monkeypatch.setenv("REDIS_HOST", "ignored")
+    monkeypatch.setenv("CELERY_BROKER_URL", "amqp://guest:guest@127.0.0.1:5672//")
+    settings = Settings()
+    assert settings.resolved_redis_url == "rediss://r.example:6390/1"
+    assert settings.broker_url.startswith("amqp://")
+
+
+def test_settings_defaults_match_the_contract(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("PORT", "REDIS_STREAM_MAX_LENGTH", "REDIS_STREAM_RETENTION_MS", "REDIS_CONSUMER_GROUP", "LOG_FORMAT"):
+        monkeypatch.delenv(name, raising=False)
+    settings = Settings()
+    assert settings.port == 8000
+    assert settings.redis_stream_max_length == 100_000
+    assert settings.redis_stream_retention_ms == 86_400_000
+    assert settings.redis_consumer_group == "llm:processors"
+    assert settings.log_format == "json"
+
+
+def test_api_keys_are_split_and_trimmed() -> None:
+    assert Settings(api_keys=" a , b,,ops:c ").api_key_set == frozenset({"a", "b", "ops:c"})
+
+
+def test_claim_idle_time_must_outlast_heartbeats() -> None:
+    with pytest.raises(ValidationError):
+        Settings(consumer_heartbeat_ms=1000, consumer_claim_idle_ms=2000)

@@ -1,0 +1,91 @@
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from bridge.events import Event
+from workers.processors import Chain, GenerationState, LoggingProcessor, PersistenceProcessor, Processor
+
+
+class Upper(Processor):
+    name = "upper"
+
+    def process(self, gen: GenerationState, event: Event) -> Event | None:
+        if event.type == "token":
+            event.data["content"] = event.data["content"].upper()
+        return event
+
+
+class DropSecrets(Processor):
+    name = "drop-secrets"
+
+    def process(self, gen: GenerationState, event: Event) -> Event | None:
+        return None if "secret" in event.data.get("content", "") else event
+
+
+class Broken(Processor):
+    name = "broken"
+
+    def process(self, gen: GenerationState, event: Event) -> Event | None:
+        raise RuntimeError("processor bug")
+
+
+class DropAll(Processor):
+    name = "drop-all"
+
+    def process(self, gen: GenerationState, event: Event) -> Event | None:
+        return None
+
+
+def _token(content: str, n: int = 1) -> Event:
+    return Event(id=f"{n}-0", type="token", data={"content": content, "ts": 100.0 + n})
+
+
+def _gen() -> GenerationState:
+    return GenerationState(generation_id="gen_a", work_id="1-0", model="echo", created_at=99.5)
+
+
+def test_processors_run_in_order_and_persistence_keeps_what_readers_see() -> None:
+    chain = Chain([DropSecrets(), Upper(), PersistenceProcessor()])
+    gen = _gen()
+    outputs = [chain.process(gen, _token(c, i)) for i, c in enumerate(["hello ", "secret ", "world"], 1)]
+    assert [o.data["content"] if o else None for o in outputs] == ["HELLO ", None, "WORLD"]
+    assert gen.text == "HELLO WORLD"
+    assert gen.meta_updates["completion_tokens"] == 2
+    assert gen.first_token_at == 101.0
+
+
+def test_a_processor_that_raises_is_logged_and_skipped(caplog: pytest.LogCaptureFixture) -> None:
+    chain = Chain([Broken(), Upper()])
+    with caplog.at_level(logging.ERROR):
+        out = chain.process(_gen(), _token("abc"))
+    assert out is not None and out.data["content"] == "ABC"
+    assert "broken" in caplog.text
+
+
+def test_terminal_events_cannot_be_dropped() -> None:
+    done = Event(id="9-0", type="done", data={"finish_reason": "stop", "usage": {}})
+    assert Chain([DropAll()]).process(_gen(), done) is done
+
+
+def test_persistence_records_status_usage_and_errors() -> None:
+    gen = _gen()
+    persistence = PersistenceProcessor()
+    persistence.process(gen, Event(id="1-0", type="restart", data={"reason": "worker_lost"}))
+    assert gen.meta_updates["text"] == ""
+    persistence.process(gen, Event(id="2-0", type="error", data={"code": "provider_error", "message": "x"}))
+    assert gen.meta_updates["status"] == "failed"
+    assert b"provider_error" in gen.meta_updates["error"]
+
+
+def test_logging_writes_one_summary_line_per_generation(caplog: pytest.LogCaptureFixture) -> None:
+    gen = _gen()
+    gen.completion_tokens = 7
+    gen.first_token_at = 100.0
+    with caplog.at_level(logging.INFO, logger="workers.processors"):
+        LoggingProcessor().finish(gen, Event(id="3-0", type="done", data={"finish_reason": "stop"}))
+    [record] = caplog.records
+    assert record.generation_id == "gen_a"  # type: ignore[attr-defined]
+    assert record.tokens == 7  # type: ignore[attr-defined]
+    assert record.ttft_ms == pytest.approx(500.0)  # type: ignore[attr-defined]

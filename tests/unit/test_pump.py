@@ -1,0 +1,100 @@
+"""The producer pump: coalescing, terminal entries, cancellation and fencing (no Redis: a recording writer)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from bridge.errors import ProviderError
+from bridge.producer import Chunk, Finish, GenerationWriter, Outcome, WriteResult, pump
+
+
+class RecordingWriter(GenerationWriter):
+    def __init__(self, results: list[WriteResult] | None = None) -> None:
+        self.generation_id = "gen_test"
+        self.attempt = 1
+        self.writes: list[list[tuple[str, dict[str, Any]]]] = []
+        self.heartbeats = 0
+        self.results = results or []
+
+    def write(self, entries: list[tuple[str, dict[str, Any]]]) -> WriteResult:
+        self.writes.append(entries)
+        return self.results.pop(0) if self.results else WriteResult.WRITTEN
+
+    def heartbeat(self) -> WriteResult:
+        self.heartbeats += 1
+        return self.results.pop(0) if self.results else WriteResult.WRITTEN
+
+
+def _burst(n: int) -> Any:
+    def source(stop: threading.Event) -> Iterator[Chunk]:
+        for i in range(n):
+            yield f"t{i} "
+        yield Finish("stop", {"prompt_tokens": 3})
+
+    return source
+
+
+def test_tokens_that_arrive_together_are_written_in_one_round_trip() -> None:
+    writer = RecordingWriter()
+    assert pump(writer, _burst(200), flush_window_s=0.05) is Outcome.FINISHED
+    entries = [e for batch in writer.writes for e in batch]
+    assert [e[1]["content"] for e in entries[:-1]] == [f"t{i} " for i in range(200)]
+    assert entries[-1] == ("done", {"finish_reason": "stop", "usage": {"prompt_tokens": 3, "completion_tokens": 200}})
+    assert len(writer.writes) <= 3
+
+
+def test_tokens_slower_than_the_window_are_written_one_by_one() -> None:
+    def slow(stop: threading.Event) -> Iterator[Chunk]:
+        for i in range(4):
+            stop.wait(0.03)
+            yield str(i)
+
+    writer = RecordingWriter()
+    pump(writer, slow, flush_window_s=0.001)
+    # The last token and the end of the source arrive together and share a write.
+    assert [len(batch) for batch in writer.writes] == [1, 1, 1, 2]
+
+
+def test_each_token_is_stamped_with_the_time_it_was_produced() -> None:
+    writer = RecordingWriter()
+    before = time.time()
+    pump(writer, _burst(3), flush_window_s=0)
+    stamps = [e[1]["ts"] for batch in writer.writes for e in batch if e[0] == "token"]
+    assert all(before <= ts <= time.time() for ts in stamps)
+    assert stamps == sorted(stamps)
+
+
+def test_a_provider_error_becomes_one_error_entry_with_its_code() -> None:
+    def failing(stop: threading.Event) -> Iterator[Chunk]:
+        yield "partial "
+        raise ProviderError("upstream closed the stream", code="upstream_closed")
+
+    writer = RecordingWriter()
+    assert pump(writer, failing, flush_window_s=0.01) is Outcome.FINISHED
+    last = writer.writes[-1][-1]
+    assert last == ("error", {"code": "upstream_closed", "message": "upstream closed the stream"})
+    assert sum(1 for batch in writer.writes for e in batch if e[0] in ("done", "error")) == 1
+
+
+def test_cancellation_seen_at_a_heartbeat_stops_the_source() -> None:
+    stopped = threading.Event()
+
+    def endless(stop: threading.Event) -> Iterator[Chunk]:
+        while not stop.wait(10):
+            yield "never"
+        stopped.set()
+
+    writer = RecordingWriter(results=[WriteResult.CANCELLED])
+    started = time.monotonic()
+    assert pump(writer, endless, poll_s=0.05) is Outcome.CANCELLED
+    assert time.monotonic() - started < 1
+    assert stopped.wait(1)
+
+
+def test_a_fenced_attempt_stops_writing() -> None:
+    writer = RecordingWriter(results=[WriteResult.FENCED])
+    assert pump(writer, _burst(1000), flush_window_s=0) is Outcome.FENCED
+    assert len(writer.writes) == 1
