@@ -18,7 +18,7 @@ from app import metrics
 from app.errors import ApiError
 from app.extensions import sock
 from app.hub import id_after
-from app.services import services
+from app.services import Services, services
 from app.streaming import KEEPALIVE_FRAME, follow, sse_frame, ws_frame
 from bridge import keys, streams
 from bridge.constants import GENERATE_TASK, GENERATION_QUEUE
@@ -39,6 +39,10 @@ _STREAM_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 def _authenticate() -> None:
     s = services()
     g.principal = s.auth.authenticate(request.headers.get("Authorization"), request.args.get("token"))
+    if request.endpoint == "api.generation_ws" and request.view_args:
+        # Refuse with an HTTP error before the upgrade: a browser cannot read a WebSocket close reason.
+        _load_meta(request.view_args["generation_id"])
+        _cursor()
 
 
 # -- helpers ---------------------------------------------------------------------------------------
@@ -252,18 +256,18 @@ def get_generation(generation_id: str) -> Response:
 @bp.post("/generations/<generation_id>/cancel")
 def cancel_generation(generation_id: str) -> tuple[Response, int]:
     _load_meta(generation_id)
-    return _cancel(generation_id)
+    _cancel(services(), generation_id)
+    return jsonify({"id": generation_id, "status": "cancelling"}), 202
 
 
-def _cancel(generation_id: str) -> tuple[Response, int]:
-    s = services()
+def _cancel(s: Services, generation_id: str) -> None:
+    """Request cancellation; raises ApiError 404 or 409. Needs no app context (the WebSocket reader calls it)."""
     result = streams.cancel(s.redis, generation_id, max_length=s.settings.redis_stream_max_length)
     if result == AbortResult.UNKNOWN:
         raise ApiError(404, "not_found", f"No generation with id {generation_id!r}.")
     if result == AbortResult.FINISHED:
         raise ApiError(409, "already_finished", "The generation has already finished.")
     logger.info("Generation %s cancellation requested.", generation_id, extra={"generation_id": generation_id})
-    return jsonify({"id": generation_id, "status": "cancelling"}), 202
 
 
 @bp.get("/generations/<generation_id>/events")
@@ -311,7 +315,7 @@ def generation_ws(ws: Any, generation_id: str) -> None:
                 command = None
             if isinstance(command, dict) and command.get("type") == "cancel":
                 try:
-                    _cancel(generation_id)
+                    _cancel(s, generation_id)
                 except ApiError as exc:
                     send(orjson.dumps({"type": "error", "error": {"code": exc.code, "message": exc.message}}).decode())
                 except redis.RedisError:

@@ -25,7 +25,9 @@ def new_generation(r: redis.Redis, settings: Settings, gid: str, *, model: str =
     return gid
 
 
-def wait_for(condition: Callable[[], object], *, timeout_s: float = 10.0, step: Callable[[], object] | None = None) -> None:
+def wait_for(
+    condition: Callable[[], object], *, timeout_s: float = 10.0, step: Callable[[], object] | None = None
+) -> None:
     """Poll ``condition`` (running ``step`` between polls) until it is true; fail after ``timeout_s``."""
     deadline = time.monotonic() + timeout_s
     while not condition():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -22,7 +23,9 @@ def _write_tokens(r: redis.Redis, gid: str, words: list[str], *, finish: bool = 
     writer.claim()
     entries: list[tuple[str, dict[str, Any]]] = [("token", {"content": w, "ts": 1.0}) for w in words]
     if finish:
-        entries.append(("done", {"finish_reason": "stop", "usage": {"prompt_tokens": 1, "completion_tokens": len(words)}}))
+        entries.append(
+            ("done", {"finish_reason": "stop", "usage": {"prompt_tokens": 1, "completion_tokens": len(words)}})
+        )
     writer.write(entries)
     return writer
 
@@ -131,8 +134,9 @@ def test_a_live_consumer_keeps_its_generations(r: redis.Redis, settings: Setting
     b = _worker(r, settings, name="consumer-b")
     a.run_once(block_ms=50)
     assert gid in a.owned
-    deadline_runs = int(settings.consumer_claim_idle_ms / 50) * 3
-    for _ in range(deadline_runs):
+    # Both run for three claim-idle periods: A's heartbeats keep its work entry fresh.
+    until = time.monotonic() + 3 * settings.consumer_claim_idle_ms / 1000
+    while time.monotonic() < until:
         a.run_once(block_ms=25)
         b.run_once(block_ms=25)
     assert gid in a.owned and gid not in b.owned

@@ -52,7 +52,9 @@ def test_a_new_attempt_after_the_lease_expired_fences_the_old_one(r: redis.Redis
     assert new.claim(reason="worker_lost") == 2
     # Then readers are told to restart, and the old attempt can no longer write
     assert old.write([("token", {"content": "stale", "ts": 2.0})]) is WriteResult.FENCED
-    assert new.write([("token", {"content": "b", "ts": 3.0}), ("done", {"finish_reason": "stop"})]) is WriteResult.WRITTEN
+    assert (
+        new.write([("token", {"content": "b", "ts": 3.0}), ("done", {"finish_reason": "stop"})]) is WriteResult.WRITTEN
+    )
     assert _raw_types(r, "gen_1") == [("token", "1"), ("restart", "2"), ("token", "2"), ("done", "2")]
 
 

@@ -78,7 +78,9 @@ def test_echo_delay_paces_tokens_and_stops_at_once_when_asked() -> None:
 
 
 def test_synthetic_is_deterministic_and_counts_max_tokens() -> None:
-    request = GenerationRequest(model="synthetic", prompt="seed me", max_tokens=30, options={"tokens_per_second": 10_000})
+    request = GenerationRequest(
+        model="synthetic", prompt="seed me", max_tokens=30, options={"tokens_per_second": 10_000}
+    )
     first, finish = _run(SyntheticProvider(), request)
     second, _ = _run(SyntheticProvider(), request)
     assert first == second

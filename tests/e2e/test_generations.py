@@ -1,0 +1,169 @@
+"""End to end over HTTP against web, worker and consumer started from the Procfile."""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+import pytest
+
+from tests.e2e.conftest import Stack
+from tests.sse import SseEvent, read_sse
+
+pytestmark = pytest.mark.e2e
+
+PROMPT = "The quick brown fox  jumps over\nthe lazy dog, again and again: tokens in order!"
+
+
+def _text(events: list[SseEvent]) -> str:
+    return "".join(e.data["content"] for e in events if e.event == "token")
+
+
+def test_echo_streams_the_prompt_back_exactly_and_ends_with_one_done(stack: Stack) -> None:
+    gen = stack.create(model="echo", prompt=PROMPT)
+    assert gen["status"] == "queued" and gen["id"].startswith("gen_")
+    result = stack.events(gen)
+    assert result.status == 200
+    assert result.headers["content-type"].startswith("text/event-stream")
+    assert result.headers["cache-control"] == "no-cache"
+    assert result.headers["x-accel-buffering"] == "no"
+    assert _text(result.events) == PROMPT
+    assert [e.data["seq"] for e in result.events] == list(range(len(result.events)))
+    assert [e.event for e in result.events if e.event in ("done", "error", "cancelled")] == ["done"]
+    assert result.events[-1].event == "done"
+    assert result.events[-1].data["finish_reason"] == "stop"
+    assert result.ended_by_server
+
+
+def test_get_shows_the_completed_generation_and_its_text(stack: Stack) -> None:
+    gen = stack.create(model="echo", prompt=PROMPT, session_id="get-test")
+    stack.events(gen)
+    body = stack.get(f"/v1/generations/{gen['id']}").json()
+    assert body["status"] == "completed"
+    assert body["text"] == PROMPT
+    assert body["session_id"] == "get-test"
+    assert body["finish_reason"] == "stop"
+    assert body["usage"]["completion_tokens"] == len([w for w in PROMPT.split()])
+    assert body["created_at"] <= body["started_at"] <= body["finished_at"]
+    assert body["error"] is None
+
+
+def test_a_reader_that_disconnects_resumes_with_last_event_id_without_gap_or_duplicate(stack: Stack) -> None:
+    # Given a reader that read four events and dropped the connection mid-stream
+    gen = stack.create(model="echo", prompt=PROMPT, options={"delay_ms": 30})
+    first = stack.events(gen, max_events=4)
+    assert len(first.events) == 4 and not first.ended_by_server
+    # When it reconnects with Last-Event-ID, then once more with ?last_event_id=
+    second = stack.events(gen, headers={"Last-Event-ID": first.events[-1].id}, max_events=3)
+    third = stack.events(gen, params={"last_event_id": second.events[-1].id})
+    # Then the three parts are exactly the generation
+    events = first.events + second.events + third.events
+    assert _text(events) == PROMPT
+    assert [e.data["seq"] for e in events] == list(range(len(events)))
+    assert len({e.id for e in events}) == len(events)
+
+
+def test_five_readers_at_once_all_get_every_event(stack: Stack) -> None:
+    gen = stack.create(model="echo", prompt=PROMPT, options={"delay_ms": 10})
+    results: list[list[SseEvent]] = []
+
+    def read() -> None:
+        results.append(stack.events(gen).events)
+
+    threads = [threading.Thread(target=read) for _ in range(5)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert len(results) == 5
+    assert all(_text(events) == PROMPT for events in results)
+    assert len({tuple(e.id for e in events) for events in results}) == 1
+
+
+def test_a_reconnect_after_the_end_gets_204_and_no_loop(stack: Stack) -> None:
+    gen = stack.create(model="echo", prompt="short one")
+    events = stack.events(gen).events
+    again = stack.events(gen, headers={"Last-Event-ID": events[-1].id})
+    assert again.status == 204
+    replay = stack.events(gen)  # without a cursor: the whole generation again
+    assert [e.id for e in replay.events] == [e.id for e in events]
+
+
+def test_cancel_mid_stream_ends_with_cancelled_within_a_second(stack: Stack) -> None:
+    # Given a slow generation that has started streaming
+    gen = stack.create(model="echo", prompt=" ".join(["word"] * 200), options={"delay_ms": 100})
+    first = stack.events(gen, max_events=1)
+    # When it is cancelled
+    asked = time.monotonic()
+    response = stack.post(f"/v1/generations/{gen['id']}/cancel")
+    assert response.status_code == 202
+    rest = stack.events(gen, headers={"Last-Event-ID": first.events[-1].id})
+    took = time.monotonic() - asked
+    # Then the stream ends with one cancelled event within a second
+    assert rest.events[-1].event == "cancelled"
+    assert took < 1.0
+    assert stack.get(f"/v1/generations/{gen['id']}").json()["status"] == "cancelled"
+    again = stack.post(f"/v1/generations/{gen['id']}/cancel")
+    assert again.status_code == 409
+    assert again.json()["error"]["code"] == "already_finished"
+
+
+def test_session_events_carry_every_generation_of_the_session(stack: Stack) -> None:
+    a = stack.create(model="echo", prompt="first answer", session_id="session-e2e")
+    b = stack.create(model="echo", prompt="second answer", session_id="session-e2e")
+    result = read_sse(stack.url(a["session_events_url"]), headers=stack.headers, stop_after_terminals=2)
+    by_generation: dict[str, list[SseEvent]] = {}
+    for event in result.events:
+        by_generation.setdefault(event.data["generation_id"], []).append(event)
+    assert _text(by_generation[a["id"]]) == "first answer"
+    assert _text(by_generation[b["id"]]) == "second answer"
+    for events in by_generation.values():
+        assert [e.data["seq"] for e in events] == list(range(len(events)))
+    # And a session reader resumes too
+    resumed = read_sse(
+        stack.url(a["session_events_url"]),
+        headers={**stack.headers, "Last-Event-ID": result.events[1].id},
+        max_events=len(result.events) - 2,
+    )
+    assert [e.id for e in resumed.events] == [e.id for e in result.events[2:]]
+
+
+def test_synthetic_streams_max_tokens_tokens(stack: Stack) -> None:
+    gen = stack.create(model="synthetic", prompt="load", max_tokens=50, options={"tokens_per_second": 2000})
+    events = stack.events(gen).events
+    assert len([e for e in events if e.event == "token"]) == 50
+    assert events[-1].data["finish_reason"] == "length"
+
+
+def test_idle_streams_get_keep_alive_comments(stack: Stack) -> None:
+    gen = stack.create(model="echo", prompt="slow words here", options={"delay_ms": 1500})
+    result = stack.events(gen)
+    assert "keep-alive" in result.comments
+    assert _text(result.events) == "slow words here"
+
+
+def test_stream_token_reads_its_own_generation_only(stack: Stack) -> None:
+    a = stack.create(model="echo", prompt="mine")
+    b = stack.create(model="echo", prompt="theirs")
+    own = read_sse(stack.url(a["events_url"]), params={"token": a["stream_token"]})
+    assert _text(own.events) == "mine"
+    other = stack.get(b["events_url"], headers={"Authorization": ""}, params={"token": a["stream_token"]})
+    assert other.status_code == 403
+    assert other.json()["error"]["code"] == "forbidden"
+    session = read_sse(stack.url(a["session_events_url"]), params={"token": a["session_stream_token"]}, max_events=1)
+    assert session.status == 200
+
+
+def test_page_and_health_endpoints(stack: Stack) -> None:
+    page = stack.get("/", headers={"Authorization": ""})
+    assert page.status_code == 200 and "<form" in page.text and "synthetic" in page.text
+    assert stack.get("/healthz").json() == {"status": "ok"}
+    ready = stack.get("/readyz")
+    assert ready.status_code == 200
+    body: dict[str, Any] = ready.json()
+    assert body["status"] == "healthy"
+    assert set(body["checks"]) >= {"redis", "consumers", "celery"}
+    metrics = stack.get("/metrics")
+    assert metrics.headers["content-type"].startswith("text/plain")
+    assert "tokenbridge_events_sent_total" in metrics.text
