@@ -89,7 +89,8 @@ def run_dev(*, port: int = 8000, procfile: str = "Procfile") -> int:
     except KeyboardInterrupt:
         honcho.send_signal(signal.SIGINT)
         try:
-            return honcho.wait(30)
+            honcho.wait(30)
+            return 0
         except subprocess.TimeoutExpired:
             honcho.kill()
             return 1

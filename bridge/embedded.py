@@ -42,7 +42,7 @@ class EmbeddedRedis:
         appendonly: bool = True,
         extra_args: list[str] | None = None,
     ) -> None:
-        self.directory = Path(directory)
+        self.directory = Path(directory).resolve()
         self.port = port or free_port()
         self.binary = binary or embedded_binary()
         self.appendonly = appendonly
@@ -79,7 +79,10 @@ class EmbeddedRedis:
             "no",
             *self.extra_args,
         ]
-        self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        # Its own session: a Ctrl-C meant for the processes using it must not stop it before them.
+        self.process = subprocess.Popen(
+            args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+        )
         client = redis.Redis(host="127.0.0.1", port=self.port, socket_connect_timeout=0.5)
         deadline = time.monotonic() + timeout_s
         try:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -18,11 +17,16 @@ from bridge.settings import Settings
 def _redis_binaries() -> list[tuple[str, str]]:
     """The embedded 6.2 always; the system's redis-server too when it is a 7.x."""
     found = [("redis6", embedded_binary())]
-    system = os.environ.get("TOKENBRIDGE_TEST_REDIS7") or shutil.which("redis-server")
-    if system:
-        out = subprocess.run([system, "--version"], capture_output=True, text=True).stdout
-        if "v=7." in out or "v=8." in out:
-            found.append(("redis7", system))
+    candidates = [os.environ.get("TOKENBRIDGE_TEST_REDIS7", "")]
+    # Every redis-server on PATH: a virtualenv's bin may hold the embedded 6.2 copy first.
+    candidates += [os.path.join(d, "redis-server") for d in os.environ.get("PATH", "").split(os.pathsep)]
+    candidates.append("/usr/bin/redis-server")
+    for candidate in candidates:
+        if candidate and os.access(candidate, os.X_OK):
+            out = subprocess.run([candidate, "--version"], capture_output=True, text=True).stdout
+            if "v=7." in out or "v=8." in out:
+                found.append(("redis7", candidate))
+                break
     return found
 
 
