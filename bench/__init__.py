@@ -1,0 +1,1 @@
+"""Benchmarks of tokenbridge (``make bench``)."""
