@@ -149,7 +149,8 @@ class Hub:
                 self._thread = threading.Thread(target=self._run, name="tokenbridge-hub", daemon=True)
                 self._thread.start()
 
-    def stop(self) -> None:
+    def stop(self, *, timeout_s: float = 5.0) -> None:
+        """Stop reading, wake every subscriber (their streams end) and close the reader connection."""
         self._stopping.set()
         self._changed.set()
         self._interrupt()
@@ -158,6 +159,9 @@ class Hub:
         for sub in subscribers:
             sub.closed = True
             sub.wake()
+        if self._thread is not None:
+            self._thread.join(timeout_s)
+        self.reader.close()
 
     def _interrupt(self) -> None:
         if not self._blocked or self._reader_id is None:
