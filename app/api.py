@@ -21,7 +21,7 @@ from app.hub import id_after
 from app.services import Services, services
 from app.streaming import KEEPALIVE_FRAME, follow, sse_frame, ws_frame
 from bridge import keys, streams
-from bridge.constants import GENERATE_TASK, GENERATION_QUEUE
+from bridge.constants import send_generation
 from bridge.events import EventType
 from bridge.generation import ID_PATTERN, GenerationRecord, GenerationRequest, new_generation_id, new_session_id
 from bridge.models import BUILTIN_MODELS, available_models, parse_options
@@ -141,14 +141,7 @@ def _event_stream(key: str, cursor: str, *, stop_at_terminal: bool) -> Response:
 def _enqueue(generation_id: str) -> None:
     s = services()
     try:
-        s.celery.send_task(
-            GENERATE_TASK,
-            args=[generation_id],
-            task_id=generation_id,
-            queue=GENERATION_QUEUE,
-            retry=True,
-            retry_policy={"max_retries": 2, "interval_start": 0, "interval_step": 0.2, "interval_max": 0.5},
-        )
+        send_generation(s.celery, generation_id)
     except Exception as exc:
         logger.error("Could not enqueue generation %s: %s", generation_id, exc, extra={"generation_id": generation_id})
         streams.abort(

@@ -11,6 +11,7 @@ from flask import current_app
 from app.auth import Authenticator
 from app.hub import Hub
 from bridge.connections import redis_client
+from bridge.constants import celery_client_options
 from bridge.settings import Settings
 
 
@@ -39,14 +40,7 @@ class Services:
             queue_size=settings.client_queue_size,
         )
         celery = Celery("tokenbridge-web", broker=settings.broker_url)
-        celery.conf.update(
-            task_serializer="json",
-            accept_content=["json"],
-            task_ignore_result=True,
-            broker_connection_retry_on_startup=True,
-            broker_transport_options={"visibility_timeout": settings.celery_visibility_timeout_s},
-            task_send_sent_event=True,
-        )
+        celery.conf.update(celery_client_options(settings))
         return cls(settings=settings, redis=commands, hub=hub, celery=celery, auth=Authenticator(settings))
 
 

@@ -1,6 +1,33 @@
-"""Names that more than one process must agree on."""
+"""Names and Celery options that more than one process must agree on (no Celery import here)."""
 
 from __future__ import annotations
 
+from typing import Any
+
+from bridge.settings import Settings
+
 GENERATE_TASK = "tokenbridge.generate"
 GENERATION_QUEUE = "generations"
+
+
+def celery_client_options(settings: Settings) -> dict[str, Any]:
+    """Options of a Celery app that only sends generation tasks (web, consumer supervisor)."""
+    return {
+        "task_serializer": "json",
+        "accept_content": ["json"],
+        "task_ignore_result": True,
+        "broker_connection_retry_on_startup": True,
+        "broker_transport_options": {"visibility_timeout": settings.celery_visibility_timeout_s},
+        "task_send_sent_event": True,
+    }
+
+
+def send_generation(celery: Any, generation_id: str) -> None:
+    """Enqueue the generation task; raises the broker's error when it cannot."""
+    celery.send_task(
+        GENERATE_TASK,
+        args=[generation_id],
+        queue=GENERATION_QUEUE,
+        retry=True,
+        retry_policy={"max_retries": 2, "interval_start": 0, "interval_step": 0.2, "interval_max": 0.5},
+    )

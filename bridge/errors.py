@@ -18,3 +18,7 @@ class ProviderError(TokenbridgeError):
 
 class UnknownModelError(TokenbridgeError):
     """Raised when a generation names a model that is not configured."""
+
+
+class ProcessingError(TokenbridgeError):
+    """Raised when an entry cannot be processed (a critical processor failed, or the entry is malformed)."""

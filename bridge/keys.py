@@ -7,6 +7,7 @@ from __future__ import annotations
 
 WORK_STREAM = "llm:work"
 CONSUMERS_ZSET = "llm:consumers"
+DEAD_LETTERS = "llm:dead"
 STATS_PREFIX = "llm:stats"
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import queue
+import random
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -51,14 +52,28 @@ TokenSource = Callable[[threading.Event], Iterator[Chunk]]
 
 
 class GenerationWriter:
-    """The producer side of one generation: claims an attempt, then writes only while that attempt is current."""
+    """The producer side of one generation: claims an attempt, then writes only while that attempt is current.
 
-    def __init__(self, client: redis.Redis, generation_id: str, *, lease_ms: int, max_length: int) -> None:
+    Writes survive a short Redis outage: a write that fails on the connection is retried with backoff for
+    up to ``retry_s``; each write carries its batch number, so one whose reply was lost is not applied twice.
+    """
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        generation_id: str,
+        *,
+        lease_ms: int,
+        max_length: int,
+        retry_s: float = 30.0,
+    ) -> None:
         self.client = client
         self.generation_id = generation_id
         self.lease_ms = lease_ms
         self.max_length = max_length
+        self.retry_s = retry_s
         self.attempt = 0
+        self.batch = 0
         self._keys = [
             keys.gen_meta(generation_id),
             keys.gen_lease(generation_id),
@@ -69,18 +84,21 @@ class GenerationWriter:
     def claim(self, *, reason: str = "retry") -> int:
         """Start a new attempt. Returns its number (1, 2, …) or a negative ``Claim`` when refused."""
         args = [self.lease_ms, repr(time.time()), self.max_length, reason]
-        result = int(scripts.run(self.client, scripts.CLAIM_ATTEMPT, self._keys[:3], args))
+        result = int(self._retrying(lambda: scripts.run(self.client, scripts.CLAIM_ATTEMPT, self._keys[:3], args)))
         if result > 0:
             self.attempt = result
+            self.batch = 0
         return result
 
     def write(self, entries: list[tuple[str, dict[str, Any]]]) -> WriteResult:
         """Append entries in one round trip (renewing the lease), unless fenced or cancelled."""
-        args: list[Any] = [self.attempt, self.lease_ms, self.max_length]
+        if entries:
+            self.batch += 1
+        args: list[Any] = [self.attempt, self.lease_ms, self.max_length, self.batch if entries else 0]
         for event_type, data in entries:
             args.append(event_type)
             args.append(orjson.dumps(data))
-        result = int(scripts.run(self.client, scripts.WRITE, self._keys, args))
+        result = int(self._retrying(lambda: scripts.run(self.client, scripts.WRITE, self._keys, args)))
         if result == -1:
             return WriteResult.FENCED
         if result == -2:
@@ -90,6 +108,32 @@ class GenerationWriter:
     def heartbeat(self) -> WriteResult:
         """Renew the lease and check for cancellation without writing a token."""
         return self.write([])
+
+    def release(self) -> None:
+        """Give the lease up at once (the worker is going away), so that a new attempt need not wait for it."""
+        try:
+            scripts.run(self.client, scripts.RELEASE, [self._keys[1]], [self.attempt])
+        except redis.RedisError as exc:
+            logger.warning("Generation %s could not release its lease: %s", self.generation_id, exc)
+
+    def _retrying(self, call: Callable[[], Any]) -> Any:
+        deadline = time.monotonic() + self.retry_s
+        delay_s = 0.05
+        while True:
+            try:
+                return call()
+            except (redis.ConnectionError, redis.TimeoutError) as exc:
+                if time.monotonic() + delay_s > deadline:
+                    raise
+                logger.warning(
+                    "Generation %s: Redis unavailable (%s); retrying in %.2fs.",
+                    self.generation_id,
+                    exc,
+                    delay_s,
+                    extra={"generation_id": self.generation_id},
+                )
+                time.sleep(delay_s)
+                delay_s = min(delay_s * 2, 2.0)
 
 
 class Outcome(Enum):
@@ -115,15 +159,54 @@ def _terminal_entry(item: Finish | _Failure, completion_tokens: int) -> tuple[st
     return EventType.DONE.value, {"finish_reason": item.finish_reason, "usage": usage}
 
 
+def with_retries(source: TokenSource, *, retries: int, base_delay_s: float, generation_id: str) -> TokenSource:
+    """Retry a source that fails before its first token (``ProviderError`` with ``retryable``), with backoff."""
+
+    def run(stop: threading.Event) -> Iterator[Chunk]:
+        failures = 0
+        while True:
+            produced = False
+            try:
+                for chunk in source(stop):
+                    produced = True
+                    yield chunk
+                return
+            except ProviderError as exc:
+                if produced or not exc.retryable or failures >= retries or stop.is_set():
+                    raise
+                delay_s = min(base_delay_s * 2**failures, 30.0) * random.uniform(0.8, 1.2)
+                failures += 1
+                logger.warning(
+                    "Generation %s: provider failed before its first token (%s); retry %s/%s in %.2fs.",
+                    generation_id,
+                    exc,
+                    failures,
+                    retries,
+                    delay_s,
+                    extra={"generation_id": generation_id},
+                )
+                if stop.wait(delay_s):
+                    return
+
+    return run
+
+
 def pump(
     writer: GenerationWriter,
     source: TokenSource,
     *,
     flush_window_s: float = 0.002,
     poll_s: float = 0.2,
+    idle_timeout_s: float | None = None,
+    max_duration_s: float | None = None,
     join_timeout_s: float = 5.0,
 ) -> Outcome:
-    """Run ``source`` and write what it yields until a terminal entry, cancellation or fencing."""
+    """Run ``source`` and write what it yields until a terminal entry, cancellation or fencing.
+
+    A source silent for ``idle_timeout_s`` ends the generation with ``provider_timeout``; one that runs past
+    ``max_duration_s`` with ``max_duration``. If the pump itself is interrupted (the worker shuts down), the
+    lease is released so that a new attempt can start at once.
+    """
     inbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
     stop = threading.Event()
 
@@ -136,7 +219,8 @@ def pump(
                     inbox.put(chunk)
                     return
                 inbox.put((time.time(), chunk))
-            inbox.put(Finish())
+            if not stop.is_set():
+                inbox.put(Finish())
         except Exception as exc:
             inbox.put(_Failure(exc))
         finally:
@@ -145,20 +229,30 @@ def pump(
     thread = threading.Thread(target=produce, name=f"source-{writer.generation_id}", daemon=True)
     thread.start()
     completion_tokens = 0
+    started = last_item = time.monotonic()
+    finished = False
     try:
         while True:
+            now = time.monotonic()
+            limit = _limit_reached(now, started, last_item, idle_timeout_s, max_duration_s)
+            if limit is not None:
+                logger.warning("Generation %s: %s.", writer.generation_id, limit[1])
+                result = writer.write([(EventType.ERROR.value, {"code": limit[0], "message": limit[1]})])
+                finished = True
+                return _outcome(result, writer)
             try:
                 item = inbox.get(timeout=poll_s)
             except queue.Empty:
                 result = writer.heartbeat()
                 if result is not WriteResult.WRITTEN:
-                    return Outcome.CANCELLED if result is WriteResult.CANCELLED else Outcome.FENCED
+                    finished = True
+                    return _outcome(result, writer)
                 continue
+            last_item = time.monotonic()
             entries: list[tuple[str, dict[str, Any]]] = []
-            deadline = time.monotonic() + flush_window_s
+            deadline = last_item + flush_window_s
             while True:
                 if item is _END:
-                    # The source ended without a terminal chunk only after a Finish/_Failure was queued.
                     break
                 if isinstance(item, Finish | _Failure):
                     entries.append(_terminal_entry(item, completion_tokens))
@@ -173,13 +267,31 @@ def pump(
                     break
             if entries:
                 result = writer.write(entries)
-                if result is WriteResult.CANCELLED:
-                    return Outcome.CANCELLED
-                if result is WriteResult.FENCED:
-                    logger.warning("Generation %s attempt %s was fenced off.", writer.generation_id, writer.attempt)
-                    return Outcome.FENCED
-                if entries[-1][0] in TERMINAL_EVENTS:
-                    return Outcome.FINISHED
+                if result is not WriteResult.WRITTEN or entries[-1][0] in TERMINAL_EVENTS:
+                    finished = True
+                    return _outcome(result, writer)
     finally:
         stop.set()
+        if not finished:
+            # Interrupted (worker shutdown, Redis gone for longer than the writer retries): hand the generation back.
+            writer.release()
         thread.join(join_timeout_s)
+
+
+def _limit_reached(
+    now: float, started: float, last_item: float, idle_timeout_s: float | None, max_duration_s: float | None
+) -> tuple[str, str] | None:
+    if max_duration_s is not None and now - started > max_duration_s:
+        return "max_duration", f"The generation ran longer than {max_duration_s:g} s."
+    if idle_timeout_s is not None and now - last_item > idle_timeout_s:
+        return "provider_timeout", f"The model sent nothing for {idle_timeout_s:g} s."
+    return None
+
+
+def _outcome(result: WriteResult, writer: GenerationWriter) -> Outcome:
+    if result is WriteResult.CANCELLED:
+        return Outcome.CANCELLED
+    if result is WriteResult.FENCED:
+        logger.warning("Generation %s attempt %s was fenced off.", writer.generation_id, writer.attempt)
+        return Outcome.FENCED
+    return Outcome.FINISHED

@@ -19,7 +19,7 @@ if redis.call('HEXISTS', KEYS[1], 'terminal') == 1 then return -2 end
 if redis.call('EXISTS', KEYS[2]) == 1 then return -1 end
 local attempt = redis.call('HINCRBY', KEYS[1], 'attempt', 1)
 redis.call('SET', KEYS[2], attempt, 'PX', ARGV[1])
-redis.call('HSET', KEYS[1], 'started_at', ARGV[2])
+redis.call('HSET', KEYS[1], 'started_at', ARGV[2], 'wseq', 0)
 if redis.call('HGET', KEYS[1], 'status') == 'queued' then
   redis.call('HSET', KEYS[1], 'status', 'running')
 end
@@ -30,13 +30,17 @@ end
 return attempt
 """
 
-# KEYS: meta, lease, raw, cancel   ARGV: attempt, lease_ms, maxlen, then type/data pairs
+# KEYS: meta, lease, raw, cancel   ARGV: attempt, lease_ms, maxlen, batch, then type/data pairs
+# Returns the number of entries written, -1 fenced, -2 cancelled, -4 this batch was already written.
+# ``batch`` numbers the writes of an attempt (1, 2, …; 0 for a heartbeat): a write retried after a lost
+# reply is recognised and not applied twice.
 WRITE = """
 local meta, lease, raw, cancel = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local attempt = ARGV[1]
-if redis.call('HGET', meta, 'attempt') ~= attempt or redis.call('HEXISTS', meta, 'terminal') == 1 then
-  return -1
-end
+local batch = tonumber(ARGV[4])
+if redis.call('HGET', meta, 'attempt') ~= attempt then return -1 end
+if batch > 0 and batch <= tonumber(redis.call('HGET', meta, 'wseq') or '0') then return -4 end
+if redis.call('HEXISTS', meta, 'terminal') == 1 then return -1 end
 local holder = redis.call('GET', lease)
 if holder and holder ~= attempt then return -1 end
 if redis.call('EXISTS', cancel) == 1 then
@@ -47,11 +51,12 @@ if redis.call('EXISTS', cancel) == 1 then
 end
 local written = 0
 local last_type = nil
-for i = 4, #ARGV, 2 do
+for i = 5, #ARGV, 2 do
   redis.call('XADD', raw, 'MAXLEN', '~', ARGV[3], '*', 'type', ARGV[i], 'attempt', attempt, 'data', ARGV[i + 1])
   last_type = ARGV[i]
   written = written + 1
 end
+if batch > 0 then redis.call('HSET', meta, 'wseq', batch) end
 if last_type == 'done' or last_type == 'error' or last_type == 'cancelled' then
   redis.call('HSET', meta, 'terminal', last_type)
   redis.call('DEL', lease)
@@ -59,6 +64,40 @@ else
   redis.call('SET', lease, attempt, 'PX', ARGV[2])
 end
 return written
+"""
+
+# Ends a generation whatever holds it (the supervisor and the poison handler use it); the live attempt, if
+# any, is fenced off by the terminal marker.
+# KEYS: meta, lease, raw   ARGV: type, data, maxlen      Returns 0 unknown id, -1 already finished, 1 written.
+FAIL = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+if redis.call('HEXISTS', KEYS[1], 'terminal') == 1 then return -1 end
+local attempt = redis.call('HGET', KEYS[1], 'attempt') or '0'
+redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[3], '*', 'type', ARGV[1], 'attempt', attempt, 'data', ARGV[2])
+redis.call('HSET', KEYS[1], 'terminal', ARGV[1])
+redis.call('DEL', KEYS[2])
+return 1
+"""
+
+# What the supervisor should do about a generation whose attempt may be dead.
+# KEYS: meta, lease   ARGV: now_ms, lease_ms, max_attempts, queue_timeout_ms
+# Returns 0 nothing, 1 enqueue a new attempt (marked), 2 attempts exhausted, 3 never started in time.
+SUPERVISE = """
+if redis.call('EXISTS', KEYS[1]) == 0 or redis.call('HEXISTS', KEYS[1], 'terminal') == 1 then return 0 end
+if redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
+local now = tonumber(ARGV[1])
+local attempt = tonumber(redis.call('HGET', KEYS[1], 'attempt') or '0')
+local requeued_at = tonumber(redis.call('HGET', KEYS[1], 'requeued_at') or '0')
+local requeues = tonumber(redis.call('HGET', KEYS[1], 'requeues') or '0')
+if attempt == 0 and requeues == 0 then
+  local created_ms = tonumber(redis.call('HGET', KEYS[1], 'created_at') or '0') * 1000
+  if now - created_ms > tonumber(ARGV[4]) then return 3 end
+  return 0
+end
+if now - requeued_at < tonumber(ARGV[2]) then return 0 end
+if requeues + 1 >= tonumber(ARGV[3]) then return 2 end
+redis.call('HSET', KEYS[1], 'requeued_at', ARGV[1], 'requeues', requeues + 1)
+return 1
 """
 
 # Ends a generation that no live attempt holds (queued, or its worker is gone).
@@ -78,6 +117,12 @@ local attempt = redis.call('HGET', KEYS[1], 'attempt') or '0'
 redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[3], '*', 'type', ARGV[1], 'attempt', attempt, 'data', ARGV[2])
 redis.call('HSET', KEYS[1], 'terminal', ARGV[1])
 return 1
+"""
+
+# KEYS: lease   ARGV: attempt      Deletes the lease only if this attempt holds it.
+RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
 """
 
 _scripts: dict[str, Script] = {}

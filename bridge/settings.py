@@ -47,9 +47,15 @@ class Settings(BaseSettings):
 
     # tasks
     flush_window_ms: float = Field(default=2.0, ge=0)
-    lease_ms: int = Field(default=30_000, ge=1000)
+    lease_ms: int = Field(default=15_000, ge=500)
     cancel_poll_ms: int = Field(default=200, ge=10)
-    celery_visibility_timeout_s: int = Field(default=3600, ge=10)
+    generation_max_duration_s: float = Field(default=600.0, gt=0)
+    provider_idle_timeout_s: float = Field(default=120.0, gt=0)
+    provider_retries: int = Field(default=3, ge=0, le=20)
+    provider_retry_base_ms: int = Field(default=500, ge=1)
+    redis_retry_s: float = Field(default=30.0, ge=0)
+    celery_visibility_timeout_s: int = Field(default=3600, ge=1)
+    celery_soft_shutdown_s: float = Field(default=15.0, ge=0)
 
     # consumer workers
     consumer_name: str | None = None
@@ -57,12 +63,33 @@ class Settings(BaseSettings):
     consumer_batch: int = Field(default=256, ge=1)
     consumer_claim_idle_ms: int = Field(default=10_000, ge=100)
     consumer_heartbeat_ms: int = Field(default=2000, ge=50)
+    dead_letter_after: int = Field(default=5, ge=1)
+    dead_letter_max_length: int = Field(default=10_000, ge=10)
+    generation_max_attempts: int = Field(default=3, ge=1)
+    queue_timeout_s: float = Field(default=600.0, gt=0)
 
     @model_validator(mode="after")
     def _check(self) -> Settings:
         if self.consumer_heartbeat_ms * 3 > self.consumer_claim_idle_ms:
             raise ValueError("CONSUMER_CLAIM_IDLE_MS must be at least 3 x CONSUMER_HEARTBEAT_MS")
         return self
+
+    @property
+    def celery_time_limit_s(self) -> float:
+        """Celery's hard time limit: a backstop a minute past the generation's own maximum duration."""
+        return self.generation_max_duration_s + 60
+
+    def order_problems(self) -> list[str]:
+        """Timeouts whose order defeats the failure model (logged as warnings at start)."""
+        problems = []
+        if self.celery_visibility_timeout_s <= self.celery_time_limit_s:
+            problems.append(
+                "CELERY_VISIBILITY_TIMEOUT_S should exceed GENERATION_MAX_DURATION_S + 60: a live task would be "
+                "redelivered (the lease still refuses the copy)."
+            )
+        if self.lease_ms <= 2 * self.cancel_poll_ms:
+            problems.append("LEASE_MS should be well above CANCEL_POLL_MS, which is how often a lease is renewed.")
+        return problems
 
     @cached_property
     def resolved_redis_url(self) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from celery import Celery
@@ -30,6 +31,10 @@ def create_celery(settings: Settings) -> Celery:
         broker_transport_options={"visibility_timeout": settings.celery_visibility_timeout_s},
         worker_hijack_root_logger=False,
         worker_send_task_events=True,
+        # With REMAP_SIGTERM=SIGQUIT (the Procfile sets it), SIGTERM gives running generations this long to
+        # finish, then hands them back: their lease is released and the message requeued (acks_late).
+        worker_soft_shutdown_timeout=settings.celery_soft_shutdown_s,
+        task_time_limit=settings.celery_time_limit_s,
         task_send_sent_event=True,
         enable_utc=True,
     )
@@ -41,3 +46,5 @@ def create_celery(settings: Settings) -> Celery:
 def _configure_logging(**_: Any) -> None:
     settings = Settings()
     configure_logging(settings.log_format, settings.log_level, process="worker")
+    for problem in settings.order_problems():
+        logging.getLogger(__name__).warning(problem)

@@ -15,7 +15,7 @@ from bridge.constants import GENERATE_TASK
 from bridge.errors import UnknownModelError
 from bridge.events import EventType
 from bridge.generation import GenerationRequest
-from bridge.producer import Claim, GenerationWriter, Outcome, pump
+from bridge.producer import Claim, GenerationWriter, Outcome, pump, with_retries
 from bridge.settings import Settings
 from tasks.providers import provider_for
 
@@ -40,7 +40,11 @@ def generate(generation_id: str) -> str:
 
 def run_generation(client: redis.Redis, settings: Settings, generation_id: str) -> str:
     writer = GenerationWriter(
-        client, generation_id, lease_ms=settings.lease_ms, max_length=settings.redis_stream_max_length
+        client,
+        generation_id,
+        lease_ms=settings.lease_ms,
+        max_length=settings.redis_stream_max_length,
+        retry_s=settings.redis_retry_s,
     )
     attempt = writer.claim(reason="worker_lost")
     if attempt <= 0:
@@ -57,11 +61,19 @@ def run_generation(client: redis.Redis, settings: Settings, generation_id: str) 
         writer.write([(EventType.ERROR.value, {"code": "invalid_request", "message": str(exc)})])
         return "failed"
     logger.info("Generation %s started (model %s).", generation_id, request.model, extra=log_extra)
+    source = with_retries(
+        lambda stop: provider.stream(request, stop),
+        retries=settings.provider_retries,
+        base_delay_s=settings.provider_retry_base_ms / 1000,
+        generation_id=generation_id,
+    )
     outcome = pump(
         writer,
-        lambda stop: provider.stream(request, stop),
+        source,
         flush_window_s=settings.flush_window_ms / 1000,
         poll_s=settings.cancel_poll_ms / 1000,
+        idle_timeout_s=settings.provider_idle_timeout_s,
+        max_duration_s=settings.generation_max_duration_s,
     )
     logger.info("Generation %s attempt %s %s.", generation_id, attempt, outcome.value, extra=log_extra)
     return outcome.value

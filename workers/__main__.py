@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from celery import Celery
+
 from bridge.connections import redis_client
+from bridge.constants import celery_client_options, send_generation
 from bridge.logs import configure_logging
 from bridge.settings import Settings
 from workers.consumer import ConsumerWorker
@@ -14,7 +17,11 @@ def main() -> None:
     configure_logging(settings.log_format, settings.log_level, process="consumer")
     # The socket timeout must outlast the longest blocking read.
     client = redis_client(settings, socket_timeout_s=settings.consumer_block_ms / 1000 + 10)
-    worker = ConsumerWorker(client, settings, default_processors(client))
+    celery = Celery("tokenbridge-supervisor", broker=settings.broker_url)
+    celery.conf.update(celery_client_options(settings))
+    worker = ConsumerWorker(
+        client, settings, default_processors(client), enqueue=lambda gid: send_generation(celery, gid)
+    )
     worker.install_signal_handlers()
     worker.run()
 

@@ -5,6 +5,10 @@ owns. Each batch of a generation is committed in one transaction: ``XADD :out`` 
 ``XACK :raw``, and the ``:meta`` fields the batch changed. A work entry stays pending while its generation
 runs; re-reading our own pending entries keeps them fresh, so only a dead worker's go idle and are taken
 over with ``XAUTOCLAIM`` by another, which continues from the first unacknowledged raw entry.
+
+The worker also supervises the generations it owns: an attempt whose lease ran out (its Celery worker
+died) is enqueued again or, after ``GENERATION_MAX_ATTEMPTS``, ended with ``worker_lost``. An entry that
+cannot be processed is retried, then moved to ``llm:dead`` and its generation ended with ``poison_entry``.
 """
 
 from __future__ import annotations
@@ -16,15 +20,16 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from types import FrameType
 from typing import Any
 
 import orjson
 import redis
 
-from bridge import keys
-from bridge.events import Event, decode_raw, encode_out
+from bridge import keys, scripts
+from bridge.errors import ProcessingError
+from bridge.events import Event, EventType, decode_raw, encode_out
 from bridge.settings import Settings
 from bridge.streams import ensure_group
 from workers.processors import Chain, GenerationState, Processor
@@ -33,6 +38,8 @@ logger = logging.getLogger(__name__)
 
 FINISHED_STATUSES = frozenset({"completed", "failed", "cancelled"})
 _PAGE = 100
+
+Enqueue = Callable[[str], None]
 
 
 def default_consumer_name() -> str:
@@ -49,16 +56,19 @@ class ConsumerWorker:
         processors: list[Processor],
         *,
         name: str | None = None,
+        enqueue: Enqueue | None = None,
     ) -> None:
         self.client = client
         self.settings = settings
         self.chain = Chain(processors)
         self.group = settings.redis_consumer_group
         self.name = name or settings.consumer_name or default_consumer_name()
+        self.enqueue = enqueue
         self.owned: dict[str, GenerationState] = {}
         self._stopping = threading.Event()
         self._next_housekeeping = 0.0
         self._group_ready = False
+        self._resync = False
 
     # -- lifecycle ---------------------------------------------------------------------------------
 
@@ -81,12 +91,13 @@ class ConsumerWorker:
             try:
                 self.run_once()
                 backoff_s = 0.1
-            except (redis.ConnectionError, redis.TimeoutError) as exc:
-                logger.warning("Redis unavailable (%s); retrying in %.1fs.", exc, backoff_s)
-                self._stopping.wait(backoff_s)
-                backoff_s = min(backoff_s * 2, 5.0)
-            except Exception:
-                logger.exception("Consumer %s loop failed; retrying in %.1fs.", self.name, backoff_s)
+            except Exception as exc:
+                # Whatever was in flight may or may not have been committed: re-read our pending entries.
+                self._resync = True
+                if isinstance(exc, redis.ConnectionError | redis.TimeoutError):
+                    logger.warning("Redis unavailable (%s); retrying in %.1fs.", exc, backoff_s)
+                else:
+                    logger.exception("Consumer %s loop failed; retrying in %.1fs.", self.name, backoff_s)
                 self._stopping.wait(backoff_s)
                 backoff_s = min(backoff_s * 2, 5.0)
         self._leave()
@@ -105,18 +116,20 @@ class ConsumerWorker:
         if not self._group_ready:
             ensure_group(self.client, keys.WORK_STREAM, self.group)
             self._group_ready = True
+        if self._resync:
+            self._reload_owned()
         if time.monotonic() >= self._next_housekeeping:
             self.housekeeping()
             self._next_housekeeping = time.monotonic() + self.settings.consumer_heartbeat_ms / 1000
-        streams = {keys.WORK_STREAM: ">"}
-        streams.update({keys.gen_raw(gid): ">" for gid in self.owned})
+        block = block_ms if block_ms is not None else self.settings.consumer_block_ms
+        streams, block = self._streams_to_read(block)
         try:
             reply: Any = self.client.xreadgroup(
                 self.group,
                 self.name,
                 streams,  # type: ignore[arg-type]
                 count=self.settings.consumer_batch,
-                block=block_ms if block_ms is not None else self.settings.consumer_block_ms,
+                block=block,
             )
         except redis.ResponseError as exc:
             if "NOGROUP" not in str(exc):
@@ -128,18 +141,40 @@ class ConsumerWorker:
             if stream == keys.WORK_STREAM:
                 for work_id, fields in entries:
                     self.adopt(fields.get("generation_id", ""), work_id, taken_over=False)
-            else:
-                gid = keys.generation_id_from_key(stream)
-                if gid in self.owned:
-                    processed += self.process(gid, entries)
+                continue
+            gid = keys.generation_id_from_key(stream)
+            state = self.owned.get(gid)
+            if state is None:
+                continue
+            if streams[stream] == "0" and not entries:
+                state.pending_retry = False  # nothing of ours is pending any more: back to new entries
+                continue
+            processed += self.process(gid, entries)
         return processed
 
+    def _streams_to_read(self, block_ms: int) -> tuple[dict[str, str], int]:
+        """New entries for most generations; our own pending ones (id 0) for those that must retry."""
+        streams = {keys.WORK_STREAM: ">"}
+        now = time.monotonic()
+        next_retry = None
+        for gid, state in self.owned.items():
+            if not state.pending_retry:
+                streams[keys.gen_raw(gid)] = ">"
+            elif state.retry_at <= now:
+                streams[keys.gen_raw(gid)] = "0"
+            else:
+                next_retry = state.retry_at if next_retry is None else min(next_retry, state.retry_at)
+        if next_retry is not None:
+            block_ms = max(1, min(block_ms, int((next_retry - now) * 1000) + 1))
+        return streams, block_ms
+
     def housekeeping(self) -> None:
-        """Heartbeat, keep our work entries fresh (and notice lost ones), take over a dead worker's."""
+        """Heartbeat, keep our work entries fresh (and notice lost ones), take over a dead worker's, supervise."""
         now_ms = int(time.time() * 1000)
         self.client.zadd(keys.CONSUMERS_ZSET, {self.name: now_ms})
         self._refresh_owned()
         self._take_over_idle()
+        self._supervise()
 
     def _refresh_owned(self) -> None:
         # Reading our own pending entries resets their idle time and lists exactly what we still own.
@@ -186,6 +221,50 @@ class ConsumerWorker:
             if start == "0-0":
                 break
 
+    def _supervise(self) -> None:
+        """Restart or end generations whose attempt stopped renewing its lease, or that never started."""
+        gids = [gid for gid, state in self.owned.items() if not state.finished]
+        if not gids:
+            return
+        settings = self.settings
+        args = [
+            int(time.time() * 1000),
+            settings.lease_ms,
+            settings.generation_max_attempts,
+            settings.queue_timeout_s * 1000,
+        ]
+        pipe = self.client.pipeline(transaction=False)
+        for gid in gids:
+            scripts.run(pipe, scripts.SUPERVISE, [keys.gen_meta(gid), keys.gen_lease(gid)], args)
+        for gid, action in zip(gids, pipe.execute(), strict=True):
+            if action == 1 and self.enqueue is not None:
+                logger.warning(
+                    "Generation %s lost its worker; enqueuing a new attempt.", gid, extra={"generation_id": gid}
+                )
+                self.enqueue(gid)
+            elif action in (1, 2):
+                self.fail(gid, "worker_lost", "The worker running this generation stopped, and it was not retried.")
+            elif action == 3:
+                self.fail(
+                    gid, "queue_timeout", f"No worker started this generation within {settings.queue_timeout_s:g} s."
+                )
+
+    def fail(self, generation_id: str, code: str, message: str) -> None:
+        """End a generation with an error, whatever attempt holds it (the attempt is fenced off)."""
+        logger.warning(
+            "Generation %s ends with %s: %s", generation_id, code, message, extra={"generation_id": generation_id}
+        )
+        scripts.run(
+            self.client,
+            scripts.FAIL,
+            [keys.gen_meta(generation_id), keys.gen_lease(generation_id), keys.gen_raw(generation_id)],
+            [
+                EventType.ERROR.value,
+                orjson.dumps({"code": code, "message": message}),
+                self.settings.redis_stream_max_length,
+            ],
+        )
+
     # -- generations -------------------------------------------------------------------------------
 
     def adopt(self, generation_id: str, work_id: str, *, taken_over: bool) -> None:
@@ -204,6 +283,19 @@ class ConsumerWorker:
         if taken_over:
             self._process_left_over(generation_id)
 
+    def _reload_owned(self) -> None:
+        """After an error mid-commit: state from ``:meta`` (what was committed) and our pending entries again."""
+        for gid, old in list(self.owned.items()):
+            meta: dict[str, str] = self.client.hgetall(keys.gen_meta(gid))  # type: ignore[assignment]
+            if not meta:
+                self._forget(gid)
+                continue
+            state = GenerationState.from_meta(gid, old.work_id, meta)
+            state.pending_retry = True
+            state.scratch = old.scratch
+            self.owned[gid] = state
+        self._resync = False
+
     def _process_left_over(self, generation_id: str) -> None:
         raw = keys.gen_raw(generation_id)
         start = "0-0"
@@ -220,23 +312,40 @@ class ConsumerWorker:
             start, entries = reply[0], [(i, f) for i, f in reply[1] if f is not None]
             if entries:
                 self.process(generation_id, entries)
-            if start == "0-0":
+            if start == "0-0" or self.owned.get(generation_id, None) is None or self.owned[generation_id].pending_retry:
                 return
 
-    def process(self, generation_id: str, entries: Iterable[tuple[str, dict[str, str]]]) -> int:
-        """Run the chain over a batch of raw entries of one generation and commit it atomically."""
+    def process(self, generation_id: str, entries: Iterable[tuple[str, dict[str, str] | None]]) -> int:
+        """Run the chain over a batch of raw entries of one generation and commit it atomically.
+
+        Stops at an entry that cannot be processed: what came before is committed, that entry and the rest
+        stay pending and are read again (or the entry is dead-lettered).
+        """
         state = self.owned[generation_id]
         out_key = keys.gen_out(generation_id)
         maxlen = self.settings.redis_stream_max_length
         pipe = self.client.pipeline(transaction=True)
         acked: list[str] = []
         terminal: Event | None = None
+        failure: tuple[str, dict[str, str], Exception, bool] | None = None
         for entry_id, fields in entries:
+            if state.finished or not fields:
+                acked.append(entry_id)  # after the terminal entry, or trimmed: acknowledged and dropped
+                continue
+            try:
+                event = decode_raw(entry_id, fields)
+            except (KeyError, ValueError) as exc:
+                failure = (entry_id, fields, exc, True)
+                break
+            if state.poisoned and not event.terminal:
+                acked.append(entry_id)
+                continue
+            try:
+                out = self.chain.process(state, event)
+            except ProcessingError as exc:
+                failure = (entry_id, fields, exc, False)
+                break
             acked.append(entry_id)
-            if state.finished:
-                continue  # anything after the terminal entry is acknowledged and dropped
-            event = decode_raw(entry_id, fields)
-            out = self.chain.process(state, event)
             if out is not None:
                 out.data["seq"] = state.seq
                 state.seq += 1
@@ -257,40 +366,103 @@ class ConsumerWorker:
             if event.terminal:
                 state.finished = True
                 terminal = out or event
-        if not acked:
-            return 0
-        pipe.xack(keys.gen_raw(generation_id), self.group, *acked)
+        if acked:
+            self._commit(state, pipe, acked, terminal)
+        if failure is not None:
+            self._handle_failure(state, *failure)
+        return len(acked)
+
+    def _commit(self, state: GenerationState, pipe: Any, acked: list[str], terminal: Event | None) -> None:
+        gid = state.generation_id
+        pipe.xack(keys.gen_raw(gid), self.group, *acked)
         state.meta_updates["seq"] = state.seq
         state.meta_updates["last_id"] = acked[-1]
-        pipe.hset(keys.gen_meta(generation_id), mapping=state.meta_updates)  # type: ignore[arg-type]
+        pipe.hset(keys.gen_meta(gid), mapping=state.meta_updates)
         if terminal is not None:
             retention_ms = self.settings.redis_stream_retention_ms
-            for key in keys.generation_keys(generation_id):
+            for key in keys.generation_keys(gid):
                 pipe.pexpire(key, retention_ms)
             if state.session_id:
                 pipe.pexpire(keys.session_out(state.session_id), retention_ms)
                 pipe.pexpire(keys.session_index(state.session_id), retention_ms * 2)
         results = pipe.execute(raise_on_error=False)
         state.meta_updates = {}
-        self._check(generation_id, results)
+        self._check(gid, results)
         if terminal is not None:
             self.chain.finish(state, terminal)
             self._release_work(state.work_id)
-            self.owned.pop(generation_id, None)
-        return len(acked)
+            self.owned.pop(gid, None)
+
+    def _handle_failure(
+        self, state: GenerationState, entry_id: str, fields: dict[str, str], error: Exception, malformed: bool
+    ) -> None:
+        gid = state.generation_id
+        deliveries = self._deliveries(gid, entry_id)
+        state.failures += 1
+        state.pending_retry = True
+        if malformed or deliveries >= self.settings.dead_letter_after:
+            self._dead_letter(state, entry_id, fields, error, deliveries)
+            state.retry_at = time.monotonic()
+            return
+        state.retry_at = time.monotonic() + min(0.05 * 2**state.failures, 2.0)
+        logger.warning(
+            "Generation %s: entry %s failed (delivery %s of %s): %s",
+            gid,
+            entry_id,
+            deliveries,
+            self.settings.dead_letter_after,
+            error,
+            extra={"generation_id": gid},
+        )
+
+    def _deliveries(self, generation_id: str, entry_id: str) -> int:
+        pending: Any = self.client.xpending_range(
+            keys.gen_raw(generation_id), self.group, min=entry_id, max=entry_id, count=1
+        )
+        return int(pending[0]["times_delivered"]) if pending else 1
+
+    def _dead_letter(
+        self, state: GenerationState, entry_id: str, fields: dict[str, str], error: Exception, deliveries: int
+    ) -> None:
+        gid = state.generation_id
+        logger.error(
+            "Generation %s: entry %s moved to %s after %s deliveries: %s",
+            gid,
+            entry_id,
+            keys.DEAD_LETTERS,
+            deliveries,
+            error,
+            extra={"generation_id": gid},
+        )
+        pipe = self.client.pipeline(transaction=False)
+        pipe.xadd(
+            keys.DEAD_LETTERS,
+            {
+                "generation_id": gid,
+                "entry_id": entry_id,
+                "fields": orjson.dumps(fields),
+                "error": repr(error),
+                "deliveries": deliveries,
+                "consumer": self.name,
+            },
+            maxlen=self.settings.dead_letter_max_length,
+            approximate=True,
+        )
+        pipe.xack(keys.gen_raw(gid), self.group, entry_id)
+        pipe.execute()
+        state.poisoned = True
+        self.fail(gid, "poison_entry", f"Entry {entry_id} could not be processed after {deliveries} deliveries.")
 
     def _check(self, generation_id: str, results: list[Any]) -> None:
         for result in results:
+            if isinstance(result, redis.ConnectionError | redis.TimeoutError):
+                raise result
             if isinstance(result, redis.ResponseError):
                 if "equal or smaller" in str(result):
                     # Already written by an earlier owner of this generation: the id makes it a no-op.
                     logger.warning("Generation %s: entry already in :out; skipped.", generation_id)
                     continue
-                if isinstance(result, redis.ConnectionError):
-                    raise result
                 logger.error("Generation %s: commit step failed: %s", generation_id, result)
-            elif isinstance(result, redis.ConnectionError):
-                raise result
 
     def _release_work(self, work_id: str) -> None:
         pipe = self.client.pipeline(transaction=False)
@@ -307,7 +479,7 @@ class ConsumerWorker:
     def _recover_missing_groups(self) -> None:
         for gid in list(self.owned):
             try:
-                groups = self.client.xinfo_groups(keys.gen_raw(gid))
+                groups: Any = self.client.xinfo_groups(keys.gen_raw(gid))
             except redis.ResponseError:
                 groups = []
             if not any(group.get("name") == self.group for group in groups):

@@ -16,6 +16,7 @@ import orjson
 import redis
 
 from bridge import keys
+from bridge.errors import ProcessingError
 from bridge.events import STATUS_AFTER, Event, EventType
 
 logger = logging.getLogger(__name__)
@@ -36,6 +37,11 @@ class GenerationState:
     first_token_at: float | None = None
     resumed: bool = False
     finished: bool = False
+    # Consumer bookkeeping: re-read our own pending entries (after a failure or an outage), when, and why.
+    pending_retry: bool = False
+    retry_at: float = 0.0
+    failures: int = 0
+    poisoned: bool = False
     # Fields for ``:meta``, written in the same transaction as the batch that produced them.
     meta_updates: dict[str, Any] = field(default_factory=dict)
     scratch: dict[str, Any] = field(default_factory=dict)
@@ -58,9 +64,15 @@ class GenerationState:
 
 
 class Processor:
-    """Base of every processor; each hook's default does nothing."""
+    """Base of every processor; each hook's default does nothing.
+
+    A processor that raises is logged and skipped for that event, unless it is ``critical`` (a moderation
+    step that must not be bypassed): then the entry is retried, and after ``DEAD_LETTER_AFTER`` deliveries
+    it goes to the dead-letter stream and the generation ends with an error.
+    """
 
     name = "processor"
+    critical = False
 
     def start(self, gen: GenerationState) -> None:
         """Called when this consumer takes the generation."""
@@ -162,7 +174,7 @@ class LoggingProcessor(Processor):
 
 
 class Chain:
-    """Runs processors in order; a processor that raises is logged and skipped for that event."""
+    """Runs processors in order; a processor that raises is logged and skipped (critical ones: see Processor)."""
 
     def __init__(self, processors: list[Processor]) -> None:
         self.processors = processors
@@ -179,7 +191,9 @@ class Chain:
         for processor in self.processors:
             try:
                 result = processor.process(gen, current)
-            except Exception:
+            except Exception as exc:
+                if processor.critical:
+                    raise ProcessingError(f"{processor.name}: {exc!r}") from exc
                 logger.exception(
                     "Processor %s failed on entry %s of generation %s; skipped.",
                     processor.name,

@@ -7,8 +7,10 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+import pytest
+
 from bridge.errors import ProviderError
-from bridge.producer import Chunk, Finish, GenerationWriter, Outcome, WriteResult, pump
+from bridge.producer import Chunk, Finish, GenerationWriter, Outcome, WriteResult, pump, with_retries
 
 
 class RecordingWriter(GenerationWriter):
@@ -26,6 +28,9 @@ class RecordingWriter(GenerationWriter):
     def heartbeat(self) -> WriteResult:
         self.heartbeats += 1
         return self.results.pop(0) if self.results else WriteResult.WRITTEN
+
+    def release(self) -> None:
+        self.released = True
 
 
 def _burst(n: int) -> Any:
@@ -98,3 +103,82 @@ def test_a_fenced_attempt_stops_writing() -> None:
     writer = RecordingWriter(results=[WriteResult.FENCED])
     assert pump(writer, _burst(1000), flush_window_s=0) is Outcome.FENCED
     assert len(writer.writes) == 1
+
+
+def test_a_provider_failing_before_its_first_token_is_retried_with_backoff() -> None:
+    calls: list[float] = []
+
+    def flaky(stop: threading.Event) -> Iterator[Chunk]:
+        calls.append(time.monotonic())
+        if len(calls) < 3:
+            raise ProviderError("connection refused", retryable=True)
+        yield "finally "
+        yield Finish()
+
+    writer = RecordingWriter()
+    source = with_retries(flaky, retries=3, base_delay_s=0.05, generation_id="g")
+    assert pump(writer, source, flush_window_s=0) is Outcome.FINISHED
+    assert len(calls) == 3
+    assert calls[2] - calls[1] > calls[1] - calls[0] > 0.03  # backoff grows
+    assert [e[0] for batch in writer.writes for e in batch] == ["token", "done"]
+
+
+def test_retries_are_bounded_and_errors_after_a_token_are_not_retried() -> None:
+    def always_down(stop: threading.Event) -> Iterator[Chunk]:
+        raise ProviderError("down", code="provider_unavailable", retryable=True)
+        yield "never"
+
+    writer = RecordingWriter()
+    pump(writer, with_retries(always_down, retries=2, base_delay_s=0.01, generation_id="g"), flush_window_s=0)
+    assert writer.writes[-1] == [("error", {"code": "provider_unavailable", "message": "down"})]
+
+    attempts: list[int] = []
+
+    def breaks_midway(stop: threading.Event) -> Iterator[Chunk]:
+        attempts.append(1)
+        yield "one "
+        raise ProviderError("reset by peer", retryable=True)
+
+    writer = RecordingWriter()
+    pump(writer, with_retries(breaks_midway, retries=5, base_delay_s=0.01, generation_id="g"), flush_window_s=0)
+    assert len(attempts) == 1
+    assert writer.writes[-1][-1][0] == "error"
+
+
+def test_a_silent_provider_hits_the_idle_timeout() -> None:
+    def silent(stop: threading.Event) -> Iterator[Chunk]:
+        yield "hello "
+        stop.wait(30)
+        yield "too late"
+
+    writer = RecordingWriter()
+    started = time.monotonic()
+    assert pump(writer, silent, flush_window_s=0, poll_s=0.02, idle_timeout_s=0.2) is Outcome.FINISHED
+    assert time.monotonic() - started < 2
+    assert writer.writes[-1][-1][1]["code"] == "provider_timeout"
+
+
+def test_every_generation_has_a_maximum_duration() -> None:
+    def chatty(stop: threading.Event) -> Iterator[Chunk]:
+        while not stop.wait(0.01):
+            yield "more "
+
+    writer = RecordingWriter()
+    assert pump(writer, chatty, flush_window_s=0, poll_s=0.02, idle_timeout_s=5, max_duration_s=0.3) is Outcome.FINISHED
+    message = "The generation ran longer than 0.3 s."
+    assert writer.writes[-1] == [("error", {"code": "max_duration", "message": message})]
+
+
+def test_an_interrupted_pump_releases_the_lease() -> None:
+    class Interrupted(BaseException):
+        pass
+
+    class FailingWriter(RecordingWriter):
+        def write(self, entries: list[tuple[str, dict[str, Any]]]) -> WriteResult:
+            raise Interrupted()
+
+    writer = FailingWriter()
+    writer.released = False
+    with pytest.raises(Interrupted):
+        pump(writer, _burst(3), flush_window_s=0)
+    assert writer.released
