@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import re
 import threading
@@ -19,10 +20,10 @@ from app.errors import ApiError
 from app.extensions import sock
 from app.hub import id_after
 from app.services import Services, services
-from app.streaming import KEEPALIVE_FRAME, follow, sse_frame, ws_frame
+from app.streaming import KEEPALIVE_FRAME, GapHandler, follow, sse_frame, ws_frame
 from bridge import keys, streams
 from bridge.constants import send_generation
-from bridge.events import EventType
+from bridge.events import ClientEvent, EventType
 from bridge.generation import ID_PATTERN, GenerationRecord, GenerationRequest, new_generation_id, new_session_id
 from bridge.models import BUILTIN_MODELS, available_models, parse_options
 from bridge.streams import AbortResult, parse_stream_id
@@ -104,7 +105,45 @@ def _ended_before(key: str, cursor: str, meta: dict[str, str]) -> bool:
     return last is None or not id_after(last.id, cursor)
 
 
-def _event_stream(key: str, cursor: str, *, stop_at_terminal: bool) -> Response:
+def _generation_reset(generation_id: str) -> GapHandler:
+    """A ``reset`` for a cursor older than what the generation's stream still keeps.
+
+    The reset carries the text up to the oldest entry still kept and takes the id just before it, so the
+    reader then gets every kept entry (the terminal one included) as usual.
+    """
+    client = services().redis  # bound now: the handler runs after the request context is gone
+    key = keys.gen_out(generation_id)
+
+    def reset(cursor: str, oldest: ClientEvent) -> ClientEvent | None:
+        oldest_seq = int(orjson.loads(oldest.data).get("seq", 0))
+        if oldest_seq == 0:
+            return None  # nothing was trimmed: the cursor is just before the first event
+        values: Any = client.hmget(keys.gen_meta(generation_id), ["text", "last_id"])
+        text, last_id = values[0] or "", values[1]
+        kept = ""
+        restarted = False
+        after = "0"
+        while last_id:
+            events = streams.read_events(client, key, after, 500, until_id=last_id)
+            for event in events:
+                if event.event == EventType.TOKEN.value:
+                    kept += event.json().get("content", "")
+                elif event.event == EventType.RESTART.value:
+                    restarted = True
+            if len(events) < 500:
+                break
+            after = events[-1].id
+        # :meta holds the text since the last restart; with a restart among the kept entries the reader
+        # discards what came before anyway.
+        before = text[: len(text) - len(kept)] if not restarted and text.endswith(kept) else ""
+        data = {"reason": "cursor_trimmed", "text": before, "next_seq": oldest_seq}
+        logger.info("Generation %s: cursor %s was trimmed; sent a reset.", generation_id, cursor)
+        return ClientEvent(id=streams.previous_id(oldest.id), event="reset", data=orjson.dumps(data).decode())
+
+    return reset
+
+
+def _event_stream(key: str, cursor: str, *, stop_at_terminal: bool, on_gap: GapHandler | None = None) -> Response:
     s = services()
     if cursor != "0":
         metrics.RESUMES.labels("sse").inc()
@@ -123,6 +162,7 @@ def _event_stream(key: str, cursor: str, *, stop_at_terminal: bool) -> Response:
                 keepalive_s=s.settings.sse_keepalive_s,
                 max_duration_s=s.settings.stream_max_duration_s,
                 stop_at_terminal=stop_at_terminal,
+                on_gap=on_gap,
             ):
                 if event is None:
                     yield KEEPALIVE_FRAME
@@ -209,16 +249,25 @@ def create_generation() -> tuple[Response, int, dict[str, str]]:
 
     generation_id = new_generation_id()
     session_id = req.session_id or new_session_id()
-    streams.create_generation(
-        s.redis,
-        generation_id=generation_id,
-        session_id=session_id,
-        model=req.model,
-        request=req.model_dump(mode="json", exclude_none=True),
-        group=s.settings.redis_consumer_group,
-        retention_ms=s.settings.redis_stream_retention_ms,
-    )
-    _enqueue(generation_id)
+    idempotency_key = _claim_idempotency_key(body, generation_id, session_id)
+    if isinstance(idempotency_key, dict):
+        headers = {"Location": f"/v1/generations/{idempotency_key['id']}", "Idempotent-Replayed": "true"}
+        return jsonify(idempotency_key), 202, headers
+    try:
+        streams.create_generation(
+            s.redis,
+            generation_id=generation_id,
+            session_id=session_id,
+            model=req.model,
+            request=req.model_dump(mode="json", exclude_none=True),
+            group=s.settings.redis_consumer_group,
+            retention_ms=s.settings.redis_stream_retention_ms,
+        )
+        _enqueue(generation_id)
+    except Exception:
+        if idempotency_key is not None:
+            s.redis.delete(idempotency_key)  # nothing was started: the same key may be tried again
+        raise
     metrics.GENERATIONS_CREATED.labels(req.model).inc()
     logger.info(
         "Generation %s created (model %s).",
@@ -226,18 +275,47 @@ def create_generation() -> tuple[Response, int, dict[str, str]]:
         req.model,
         extra={"generation_id": generation_id, "session_id": session_id, "api_key": g.principal.name},
     )
-    payload = {
+    payload = _created(generation_id, session_id, req.model, "queued")
+    return jsonify(payload), 202, {"Location": f"/v1/generations/{generation_id}"}
+
+
+def _created(generation_id: str, session_id: str, model: str, status: str) -> dict[str, Any]:
+    auth = services().auth
+    return {
         "id": generation_id,
         "session_id": session_id,
-        "status": "queued",
-        "model": req.model,
+        "status": status,
+        "model": model,
         "events_url": f"/v1/generations/{generation_id}/events",
         "ws_url": f"/v1/generations/{generation_id}/ws",
-        "stream_token": s.auth.stream_token(generation_id=generation_id),
+        "stream_token": auth.stream_token(generation_id=generation_id),
         "session_events_url": f"/v1/sessions/{session_id}/events",
-        "session_stream_token": s.auth.stream_token(session_id=session_id),
+        "session_stream_token": auth.stream_token(session_id=session_id),
     }
-    return jsonify(payload), 202, {"Location": f"/v1/generations/{generation_id}"}
+
+
+def _claim_idempotency_key(body: dict[str, Any], generation_id: str, session_id: str) -> str | dict[str, Any] | None:
+    """Reserve the request's Idempotency-Key for this generation (its Redis key), or the earlier response."""
+    value = request.headers.get("Idempotency-Key")
+    if value is None:
+        return None
+    if not 1 <= len(value) <= 255 or not value.isascii() or not value.isprintable():
+        raise ApiError(400, "invalid_idempotency_key", "Idempotency-Key must be 1 to 255 printable ASCII characters.")
+    s = services()
+    fingerprint = hashlib.sha256(orjson.dumps(body, option=orjson.OPT_SORT_KEYS)).hexdigest()
+    key = keys.idempotency(g.principal.name, hashlib.sha256(value.encode()).hexdigest())
+    record = {"id": generation_id, "session_id": session_id, "model": body.get("model"), "fingerprint": fingerprint}
+    if s.redis.set(key, orjson.dumps(record), nx=True, px=s.settings.idempotency_ttl_s * 1000):
+        return key
+    stored = s.redis.get(key)
+    if stored is None:  # expired between the two calls: treat as new
+        s.redis.set(key, orjson.dumps(record), px=s.settings.idempotency_ttl_s * 1000)
+        return key
+    earlier = orjson.loads(stored)
+    if earlier["fingerprint"] != fingerprint:
+        raise ApiError(409, "idempotency_key_reused", "This Idempotency-Key was used with a different request body.")
+    status = s.redis.hget(keys.gen_meta(earlier["id"]), "status") or "queued"
+    return _created(earlier["id"], earlier["session_id"], earlier["model"], str(status))
 
 
 @bp.get("/generations/<generation_id>")
@@ -271,7 +349,7 @@ def generation_events(generation_id: str) -> Response:
     if _ended_before(key, cursor, meta):
         # The client already has the terminal event: 204 tells EventSource to stop reconnecting.
         return Response(status=204, headers=_STREAM_HEADERS)
-    return _event_stream(key, cursor, stop_at_terminal=True)
+    return _event_stream(key, cursor, stop_at_terminal=True, on_gap=_generation_reset(generation_id))
 
 
 @bp.get("/sessions/<session_id>/events")
@@ -290,6 +368,7 @@ def generation_ws(ws: Any, generation_id: str) -> None:
     meta = _load_meta(generation_id)
     cursor = _cursor()
     key = keys.gen_out(generation_id)
+    reset = _generation_reset(generation_id)
     send_lock = threading.Lock()
 
     def send(text: str) -> None:
@@ -333,6 +412,7 @@ def generation_ws(ws: Any, generation_id: str) -> None:
             cursor,
             keepalive_s=s.settings.sse_keepalive_s,
             max_duration_s=s.settings.stream_max_duration_s,
+            on_gap=reset,
         ):
             if not ws.connected:
                 return

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import redis
 
@@ -12,6 +12,13 @@ from bridge.events import ClientEvent
 from bridge.streams import read_events
 
 CATCH_UP_BATCH = 500
+
+GapHandler = Callable[[str, ClientEvent], ClientEvent | None]
+
+
+def first_event(client: redis.Redis, key: str) -> ClientEvent | None:
+    events = read_events(client, key, "0", 1)
+    return events[0] if events else None
 
 
 def _catch_up(client: redis.Redis, key: str, after_id: str, until_id: str | None) -> Iterator[ClientEvent]:
@@ -33,15 +40,25 @@ def follow(
     keepalive_s: float,
     max_duration_s: float,
     stop_at_terminal: bool = True,
+    on_gap: GapHandler | None = None,
 ) -> Iterator[ClientEvent | None]:
     """Every event of ``key`` after ``after_id``, in order, without a gap or a duplicate.
 
     Yields None when ``keepalive_s`` passes without an event. Ends after a terminal event (when
-    ``stop_at_terminal``) or after ``max_duration_s``, when the client is expected to resume.
+    ``stop_at_terminal``) or after ``max_duration_s``, when the client is expected to resume. When the
+    cursor is older than the oldest entry still kept, ``on_gap`` may answer with an event that replaces what
+    was trimmed (a ``reset``); reading continues after that event's id.
     """
     deadline = time.monotonic() + max_duration_s
     last = after_id
     while True:
+        if on_gap is not None and last != "0":
+            oldest = first_event(client, key)
+            if oldest is not None and id_after(oldest.id, last):
+                reset = on_gap(last, oldest)
+                if reset is not None:
+                    yield reset
+                    last = reset.id
         for event in _catch_up(client, key, last, None):
             yield event
             last = event.id

@@ -52,6 +52,11 @@ def session_out(session_id: str) -> str:
     return f"llm:session:{{{session_id}}}:out"
 
 
+def idempotency(principal: str, key_hash: str) -> str:
+    """The generation created for one Idempotency-Key of one API key."""
+    return f"llm:idempotency:{principal}:{key_hash}"
+
+
 def stats(model: str) -> str:
     return f"{STATS_PREFIX}:{model}"
 

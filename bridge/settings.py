@@ -44,6 +44,7 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(default=1_048_576, ge=1024)
     max_tokens_limit: int = Field(default=32_768, ge=1)
     redis_retry_after_s: int = Field(default=2, ge=1)
+    idempotency_ttl_s: int = Field(default=86_400, ge=1)
 
     # tasks
     flush_window_ms: float = Field(default=2.0, ge=0)

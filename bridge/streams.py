@@ -126,3 +126,11 @@ def parse_stream_id(value: str) -> tuple[int, int] | None:
     if not ms.isdigit() or (seq and not seq.isdigit()) or len(ms) > 20 or len(seq) > 20:
         return None
     return int(ms), int(seq or 0)
+
+
+def previous_id(entry_id: str) -> str:
+    """The greatest stream id smaller than ``entry_id``."""
+    parsed = parse_stream_id(entry_id)
+    assert parsed is not None
+    ms, seq = parsed
+    return f"{ms}-{seq - 1}" if seq > 0 else f"{ms - 1}-{2**64 - 1}"

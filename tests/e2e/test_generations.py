@@ -167,3 +167,56 @@ def test_page_and_health_endpoints(stack: Stack) -> None:
     metrics = stack.get("/metrics")
     assert metrics.headers["content-type"].startswith("text/plain")
     assert "tokenbridge_events_sent_total" in metrics.text
+
+
+def test_a_cursor_older_than_the_kept_entries_gets_a_reset_with_the_text_so_far(stack: Stack) -> None:
+    import redis
+
+    # Given a finished generation whose stream lost its oldest entries
+    gen = stack.create(model="echo", prompt=PROMPT)
+    events = stack.events(gen).events
+    client = redis.Redis.from_url(stack.redis.url, decode_responses=True)
+    client.xtrim(f"llm:gen:{{{gen['id']}}}:out", maxlen=3, approximate=False)
+    client.close()
+    # When a reader resumes from an entry that is gone
+    resumed = stack.events(gen, headers={"Last-Event-ID": events[1].id})
+    # Then it first gets a reset with the text up to the oldest kept entry, then every kept entry
+    reset, *kept = resumed.events
+    assert reset.event == "reset"
+    assert reset.data["reason"] == "cursor_trimmed"
+    assert [e.id for e in kept] == [e.id for e in events[-3:]]
+    assert reset.data["next_seq"] == kept[0].data["seq"]
+    assert reset.data["text"] + "".join(e.data.get("content", "") for e in kept) == PROMPT
+    assert kept[-1].event == "done" and resumed.ended_by_server
+
+
+def test_the_same_idempotency_key_returns_the_same_generation(stack: Stack) -> None:
+    body = {"model": "echo", "prompt": "only once, please"}
+    first = stack.post("/v1/generations", body, headers={"Idempotency-Key": "order-42"})
+    again = stack.post("/v1/generations", body, headers={"Idempotency-Key": "order-42"})
+    assert first.status_code == again.status_code == 202
+    assert again.json()["id"] == first.json()["id"]
+    assert again.headers["idempotent-replayed"] == "true"
+    assert _text(stack.events(first.json()).events) == "only once, please"
+    # A different body under the same key is refused; another key is a new generation
+    other = stack.post("/v1/generations", {**body, "prompt": "something else"}, headers={"Idempotency-Key": "order-42"})
+    assert other.status_code == 409 and other.json()["error"]["code"] == "idempotency_key_reused"
+    fresh = stack.post("/v1/generations", body, headers={"Idempotency-Key": "order-43"})
+    assert fresh.json()["id"] != first.json()["id"]
+
+
+def test_concurrent_retries_with_one_idempotency_key_start_one_generation(stack: Stack) -> None:
+    ids: list[str] = []
+
+    def post() -> None:
+        response = stack.post(
+            "/v1/generations", {"model": "echo", "prompt": "race"}, headers={"Idempotency-Key": "race-1"}
+        )
+        ids.append(response.json()["id"])
+
+    threads = [threading.Thread(target=post) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(10)
+    assert len(ids) == 8 and len(set(ids)) == 1
