@@ -16,4 +16,4 @@ USER tokenbridge
 EXPOSE 8000
 
 # The Procfile's web line; `exec` makes gunicorn PID 1 so it receives SIGTERM from `docker stop`.
-CMD ["sh", "-c", "exec gunicorn --worker-class gevent --workers ${WEB_CONCURRENCY:-2} --worker-connections ${WEB_WORKER_CONNECTIONS:-10000} --bind 0.0.0.0:${PORT:-8000} --graceful-timeout 20 --no-control-socket 'app:create_app()'"]
+CMD ["sh", "-c", "exec gunicorn --worker-class gevent --workers ${WEB_CONCURRENCY:-2} --worker-connections ${WEB_WORKER_CONNECTIONS:-10000} --bind 0.0.0.0:${PORT:-8000} --graceful-timeout 20 --no-control-socket -c gunicorn.conf.py 'app:create_app()'"]

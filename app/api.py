@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
+import socket
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -149,6 +150,7 @@ def _event_stream(key: str, cursor: str, *, stop_at_terminal: bool, on_gap: GapH
         metrics.RESUMES.labels("sse").inc()
     sent = metrics.EVENTS_SENT.labels("sse")
     open_streams = metrics.OPEN_STREAMS.labels("sse")
+    _bound_writes(request.environ.get("gunicorn.socket"), s.settings.sse_send_timeout_s)
 
     def body() -> Iterator[str]:
         open_streams.inc()
@@ -176,6 +178,22 @@ def _event_stream(key: str, cursor: str, *, stop_at_terminal: bool, on_gap: GapH
             open_streams.dec()
 
     return Response(body(), mimetype="text/event-stream", headers=_STREAM_HEADERS)
+
+
+def _bound_writes(sock: Any, timeout_s: float) -> None:
+    """Make a write to a client that stopped reading, or vanished without a FIN, fail within ``timeout_s``.
+
+    The socket timeout bounds a write blocked on a full buffer; TCP_USER_TIMEOUT bounds data left
+    unacknowledged (the keep-alive comments make sure there is some). Either frees the greenlet.
+    """
+    if not isinstance(sock, socket.socket):
+        return
+    try:
+        sock.settimeout(timeout_s)
+        if hasattr(socket, "TCP_USER_TIMEOUT"):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, int(timeout_s * 1000))
+    except OSError as exc:
+        logger.debug("Could not bound writes on the client socket: %s", exc)
 
 
 def _enqueue(generation_id: str) -> None:

@@ -164,12 +164,19 @@ class Hub:
         self.reader.close()
 
     def _interrupt(self) -> None:
-        if not self._blocked or self._reader_id is None:
-            return
-        try:
-            self.commands.client_unblock(self._reader_id)
-        except redis.RedisError as exc:
-            logger.debug("Could not wake the hub reader: %s", exc)
+        # CLIENT UNBLOCK answers 0 when the read has not reached Redis yet (it was sent an instant ago, on
+        # another connection): try again briefly rather than leave the new key waiting for the block time.
+        for _ in range(50):
+            reader_id = self._reader_id
+            if not self._blocked or reader_id is None:
+                return
+            try:
+                if self.commands.client_unblock(reader_id):
+                    return
+            except redis.RedisError as exc:
+                logger.debug("Could not wake the hub reader: %s", exc)
+                return
+            time.sleep(0.002)
 
     def _run(self) -> None:
         backoff_s = 0.1

@@ -17,8 +17,17 @@ def celery_client_options(settings: Settings) -> dict[str, Any]:
         "accept_content": ["json"],
         "task_ignore_result": True,
         "broker_connection_retry_on_startup": True,
-        "broker_transport_options": {"visibility_timeout": settings.celery_visibility_timeout_s},
+        "broker_transport_options": broker_transport_options(settings),
         "task_send_sent_event": True,
+    }
+
+
+def broker_transport_options(settings: Settings) -> dict[str, Any]:
+    """Redis broker: when an unacknowledged task is delivered again, and how often that is checked."""
+    return {
+        "visibility_timeout": settings.celery_visibility_timeout_s,
+        "unacked_restore_interval": settings.celery_restore_interval_s,
+        "unacked_restore_throttle": 1,
     }
 
 

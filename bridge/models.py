@@ -22,6 +22,10 @@ class EchoOptions(ModelOptions):
 class SyntheticOptions(ModelOptions):
     tokens_per_second: float = Field(default=20.0, gt=0, le=100_000)
     seed: int | None = Field(default=None, description="seed of the pseudo-text; default derives from the prompt")
+    # Fault injection, for testing what readers see when a model misbehaves.
+    fail_before_first: int = Field(default=0, ge=0, le=10, description="tries that fail before the first token")
+    fail_after_tokens: int | None = Field(default=None, ge=0, description="fail after this many tokens")
+    stall_after_tokens: int | None = Field(default=None, ge=0, description="go silent after this many tokens")
 
 
 BUILTIN_MODELS: dict[str, type[ModelOptions]] = {

@@ -37,6 +37,7 @@ class Settings(BaseSettings):
 
     # web
     sse_keepalive_s: float = Field(default=15.0, gt=0, le=15.0)
+    sse_send_timeout_s: float = Field(default=30.0, gt=0)
     stream_max_duration_s: float = Field(default=3600.0, gt=0)
     hub_block_ms: int = Field(default=5000, ge=10)
     hub_read_count: int = Field(default=1000, ge=1)
@@ -57,6 +58,7 @@ class Settings(BaseSettings):
     redis_retry_s: float = Field(default=30.0, ge=0)
     celery_visibility_timeout_s: int = Field(default=3600, ge=1)
     celery_soft_shutdown_s: float = Field(default=15.0, ge=0)
+    celery_restore_interval_s: int = Field(default=10, ge=1)
 
     # consumer workers
     consumer_name: str | None = None
@@ -64,6 +66,7 @@ class Settings(BaseSettings):
     consumer_batch: int = Field(default=256, ge=1)
     consumer_claim_idle_ms: int = Field(default=10_000, ge=100)
     consumer_heartbeat_ms: int = Field(default=2000, ge=50)
+    processors: str = ""
     dead_letter_after: int = Field(default=5, ge=1)
     dead_letter_max_length: int = Field(default=10_000, ge=10)
     generation_max_attempts: int = Field(default=3, ge=1)

@@ -8,7 +8,7 @@ from typing import Any
 from celery import Celery
 from celery.signals import setup_logging
 
-from bridge.constants import GENERATE_TASK, GENERATION_QUEUE
+from bridge.constants import GENERATE_TASK, GENERATION_QUEUE, broker_transport_options
 from bridge.logs import configure_logging
 from bridge.settings import Settings
 
@@ -28,7 +28,7 @@ def create_celery(settings: Settings) -> Celery:
         task_default_queue=GENERATION_QUEUE,
         task_routes={GENERATE_TASK: {"queue": GENERATION_QUEUE}},
         broker_connection_retry_on_startup=True,
-        broker_transport_options={"visibility_timeout": settings.celery_visibility_timeout_s},
+        broker_transport_options=broker_transport_options(settings),
         worker_hijack_root_logger=False,
         worker_send_task_events=True,
         # With REMAP_SIGTERM=SIGQUIT (the Procfile sets it), SIGTERM gives running generations this long to

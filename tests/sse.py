@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,6 +29,30 @@ class SseResult:
 TERMINAL = {"done", "error", "cancelled"}
 
 
+def iter_sse(lines: Iterator[str], comments: list[str] | None = None) -> Iterator[SseEvent]:
+    """Events of an SSE body, as EventSource parses them."""
+    fields: dict[str, str] = {}
+    data_lines: list[str] = []
+    for line in lines:
+        if line.startswith(":"):
+            if comments is not None:
+                comments.append(line[1:].strip())
+            continue
+        if line == "":
+            if data_lines:
+                yield SseEvent(
+                    fields.get("id", ""), fields.get("event", "message"), orjson.loads("\n".join(data_lines))
+                )
+            fields, data_lines = {}, []
+            continue
+        name, _, value = line.partition(":")
+        value = value[1:] if value.startswith(" ") else value
+        if name == "data":
+            data_lines.append(value)
+        else:
+            fields[name] = value
+
+
 def read_sse(
     url: str,
     *,
@@ -46,31 +71,13 @@ def read_sse(
         if response.status_code != 200:
             response.read()
             return result
-        fields: dict[str, str] = {}
-        data_lines: list[str] = []
         terminals = 0
-        for line in response.iter_lines():
-            if line.startswith(":"):
-                result.comments.append(line[1:].strip())
-                continue
-            if line == "":
-                if data_lines:
-                    event = SseEvent(
-                        fields.get("id", ""), fields.get("event", "message"), orjson.loads("\n".join(data_lines))
-                    )
-                    result.events.append(event)
-                    terminals += event.event in TERMINAL
-                    if max_events is not None and len(result.events) >= max_events:
-                        return result
-                    if stop_after_terminals is not None and terminals >= stop_after_terminals:
-                        return result
-                fields, data_lines = {}, []
-                continue
-            name, _, value = line.partition(":")
-            value = value[1:] if value.startswith(" ") else value
-            if name == "data":
-                data_lines.append(value)
-            else:
-                fields[name] = value
+        for event in iter_sse(response.iter_lines(), result.comments):
+            result.events.append(event)
+            terminals += event.event in TERMINAL
+            if max_events is not None and len(result.events) >= max_events:
+                return result
+            if stop_after_terminals is not None and terminals >= stop_after_terminals:
+                return result
         result.ended_by_server = True
         return result

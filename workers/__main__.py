@@ -20,7 +20,10 @@ def main() -> None:
     celery = Celery("tokenbridge-supervisor", broker=settings.broker_url)
     celery.conf.update(celery_client_options(settings))
     worker = ConsumerWorker(
-        client, settings, default_processors(client), enqueue=lambda gid: send_generation(celery, gid)
+        client,
+        settings,
+        default_processors(client, settings.processors),
+        enqueue=lambda gid: send_generation(celery, gid),
     )
     worker.install_signal_handlers()
     worker.run()

@@ -104,7 +104,20 @@ class ConsumerWorker:
         logger.info("Consumer %s stopped.", self.name)
 
     def _leave(self) -> None:
+        """Deregister, and mark our work entries idle so that another consumer takes them over at once."""
         try:
+            work_ids: list[Any] = [state.work_id for state in self.owned.values()]
+            if work_ids:
+                self.client.xclaim(
+                    keys.WORK_STREAM,
+                    self.group,
+                    self.name,
+                    min_idle_time=0,
+                    message_ids=work_ids,
+                    idle=self.settings.consumer_claim_idle_ms,
+                    justid=True,
+                )
+                logger.info("Consumer %s handed back %s generations.", self.name, len(work_ids))
             self.client.zrem(keys.CONSUMERS_ZSET, self.name)
         except redis.RedisError:
             logger.warning("Consumer %s could not deregister.", self.name)
@@ -337,9 +350,12 @@ class ConsumerWorker:
             except (KeyError, ValueError) as exc:
                 failure = (entry_id, fields, exc, True)
                 break
-            if state.poisoned and not event.terminal:
-                acked.append(entry_id)
-                continue
+            if state.poisoned:
+                if not event.terminal:
+                    acked.append(entry_id)
+                    continue
+                # Whatever the producer ended with, a generation that lost an entry ends with the error.
+                event = Event(id=event.id, type=EventType.ERROR.value, data=dict(state.scratch["poison"]))
             try:
                 out = self.chain.process(state, event)
             except ProcessingError as exc:
@@ -451,7 +467,9 @@ class ConsumerWorker:
         pipe.xack(keys.gen_raw(gid), self.group, entry_id)
         pipe.execute()
         state.poisoned = True
-        self.fail(gid, "poison_entry", f"Entry {entry_id} could not be processed after {deliveries} deliveries.")
+        message = f"Entry {entry_id} could not be processed after {deliveries} deliveries."
+        state.scratch["poison"] = {"code": "poison_entry", "message": message}
+        self.fail(gid, "poison_entry", message)
 
     def _check(self, generation_id: str, results: list[Any]) -> None:
         for result in results:

@@ -7,6 +7,7 @@ generation (again after a takeover), ``finish`` once its terminal event is commi
 
 from __future__ import annotations
 
+import importlib
 import logging
 import time
 from dataclasses import dataclass, field
@@ -218,6 +219,23 @@ class Chain:
                 logger.exception("Processor %s failed to finish generation %s.", processor.name, gen.generation_id)
 
 
-def default_processors(client: redis.Redis) -> list[Processor]:
+def default_processors(client: redis.Redis, extra: str = "") -> list[Processor]:
+    """The shipped chain, with the ``PROCESSORS`` setting's extra processors before persistence.
+
+    ``extra`` is a comma-separated list of ``module:name``; each names a callable that takes the Redis
+    client and returns a Processor (a Processor subclass whose ``__init__`` takes the client will do).
+    """
     # Transformers (moderation, redaction) go before persistence so that :meta holds what readers see.
-    return [AnalyticsProcessor(client), LoggingProcessor(), PersistenceProcessor()]
+    added = [_load_processor(path.strip(), client) for path in extra.split(",") if path.strip()]
+    return [AnalyticsProcessor(client), LoggingProcessor(), *added, PersistenceProcessor()]
+
+
+def _load_processor(path: str, client: redis.Redis) -> Processor:
+    module_name, _, attribute = path.partition(":")
+    if not attribute:
+        raise ValueError(f"PROCESSORS entry {path!r} must look like 'package.module:name'")
+    factory = getattr(importlib.import_module(module_name), attribute)
+    processor = factory(client)
+    if not isinstance(processor, Processor):
+        raise TypeError(f"{path} returned {type(processor).__name__}, not a Processor")
+    return processor

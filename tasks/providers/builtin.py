@@ -7,8 +7,10 @@ import random
 import re
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Iterator
 
+from bridge.errors import ProviderError
 from bridge.generation import GenerationRequest
 from bridge.models import SYNTHETIC_DEFAULT_MAX_TOKENS, EchoOptions, SyntheticOptions
 from bridge.producer import Chunk, Finish
@@ -97,10 +99,27 @@ class EchoProvider(Provider):
 
 
 class SyntheticProvider(Provider):
-    """Deterministic pseudo-text for load tests: ``max_tokens`` tokens at ``options.tokens_per_second``."""
+    """Deterministic pseudo-text for load tests: ``max_tokens`` tokens at ``options.tokens_per_second``.
+
+    The ``fail_*`` and ``stall_*`` options inject the faults of a real model: failures before the first
+    token (retried), failures midway, silence.
+    """
+
+    def __init__(self) -> None:
+        # Tries so far per request object (the task retries with the same one); bounded.
+        self._tries: OrderedDict[int, int] = OrderedDict()
+
+    def _try_number(self, request: GenerationRequest) -> int:
+        tries = self._tries.pop(id(request), 0) + 1
+        self._tries[id(request)] = tries
+        while len(self._tries) > 1000:
+            self._tries.popitem(last=False)
+        return tries
 
     def stream(self, request: GenerationRequest, stop: threading.Event) -> Iterator[Chunk]:
         options = SyntheticOptions.model_validate(request.options or {})
+        if options.fail_before_first and self._try_number(request) <= options.fail_before_first:
+            raise ProviderError("synthetic failure before the first token", code="provider_unavailable", retryable=True)
         count = request.max_tokens if request.max_tokens is not None else SYNTHETIC_DEFAULT_MAX_TOKENS
         seed = options.seed
         if seed is None:
@@ -109,6 +128,11 @@ class SyntheticProvider(Provider):
         interval_s = 1.0 / options.tokens_per_second
         start = time.monotonic()
         for index in range(count):
+            if index == options.fail_after_tokens:
+                raise ProviderError(f"synthetic failure after {index} tokens", code="provider_error")
+            if index == options.stall_after_tokens:
+                stop.wait()
+                return
             if not _paced(stop, start, index, interval_s):
                 return
             yield rng.choice(_VOCABULARY) + " "

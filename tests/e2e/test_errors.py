@@ -5,7 +5,7 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from tests.e2e.conftest import OTHER_KEY, Stack
+from tests.stack import OTHER_KEY, Stack
 
 pytestmark = pytest.mark.e2e
 

@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.conftest import Stack
 from tests.sse import SseEvent, read_sse
+from tests.stack import Stack
 
 pytestmark = pytest.mark.e2e
 

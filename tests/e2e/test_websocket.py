@@ -10,7 +10,7 @@ import orjson
 import pytest
 from simple_websocket import Client, ConnectionClosed
 
-from tests.e2e.conftest import API_KEY, Stack
+from tests.stack import API_KEY, Stack
 
 pytestmark = pytest.mark.e2e
 

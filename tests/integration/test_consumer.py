@@ -161,3 +161,19 @@ def test_a_generation_whose_streams_vanished_is_released(r: redis.Redis, setting
     assert gid not in worker.owned
     assert r.xlen(keys.WORK_STREAM) == 0
     worker.run_once(block_ms=10)  # and the loop carries on
+
+
+def test_a_consumer_that_stops_hands_its_generations_over_at_once(r: redis.Redis, settings: Settings) -> None:
+    # Given consumer A owns a running generation (claim idle time: one minute)
+    settings = settings.model_copy(update={"consumer_claim_idle_ms": 60_000})
+    gid = new_generation(r, settings, "gen_1")
+    a = _worker(r, settings, name="consumer-a")
+    a.run_once(block_ms=20)
+    assert gid in a.owned
+    # When A stops gracefully
+    a.stop()
+    a.run()
+    # Then B takes the generation over on its next housekeeping, without waiting a minute
+    b = _worker(r, settings, name="consumer-b")
+    b.run_once(block_ms=20)
+    assert gid in b.owned

@@ -1,0 +1,26 @@
+"""gunicorn hooks for ``web`` (the Procfile loads them with ``-c gunicorn.conf.py``).
+
+Kept outside the ``app`` package: importing it must not import Flask, Redis or ssl into the master before
+the gevent worker monkey-patches.
+
+On SIGTERM a gunicorn worker stops accepting and waits for open responses, but an SSE response never
+ends by itself. Stopping the hub ends every open stream at once (no terminal event: clients reconnect to
+another instance and resume with Last-Event-ID), so a deploy does not wait out the graceful timeout.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def post_worker_init(worker: Any) -> None:
+    import gevent
+
+    def end_streams_on_shutdown() -> None:
+        while worker.alive:
+            gevent.sleep(0.2)
+        services = getattr(worker.wsgi, "extensions", {}).get("tokenbridge")
+        if services is not None:
+            services.hub.stop(timeout_s=2.0)
+
+    gevent.spawn(end_streams_on_shutdown)

@@ -1,0 +1,288 @@
+"""The failure model, proven with real processes: kill -9, redelivery, poison, Redis outage, deploys.
+
+The standard for every scenario: each reader ends with exactly the text the producer produced (or an
+explicit restart / error), no token lost, none duplicated, no stream left hanging.
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+from collections.abc import Callable
+
+import httpx
+import pytest
+
+from bridge import keys
+from tests.reader import ReadOutcome, ResumingReader, read_all
+from tests.stack import Stack
+
+pytestmark = [pytest.mark.slow, pytest.mark.faults]
+
+WORDS = " ".join(f"word{i}" for i in range(60))
+
+
+def _readers(stack: Stack, generations: list[dict[str, object]], webs: list[int] | None = None) -> list[ResumingReader]:
+    urls = [f"http://127.0.0.1:{stack.web_ports[i]}" for i in (webs or [0])]
+    return [ResumingReader(urls, g, stack.headers) for g in generations]  # type: ignore[arg-type]
+
+
+def _assert_exact(outcomes: list[ReadOutcome], text: str, *, terminal: str = "done") -> None:
+    for outcome in outcomes:
+        assert outcome.terminal is not None, "stream left hanging"
+        assert outcome.terminal.event == terminal, outcome.terminal
+        assert outcome.duplicates == 0
+        assert outcome.seq_gaps == 0
+        if terminal == "done":
+            assert outcome.text == text
+
+
+def _wait(condition: Callable[[], object], timeout_s: float = 30, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} not met within {timeout_s}s")
+        time.sleep(0.05)
+
+
+def test_consumer_killed_mid_generation_is_taken_over(
+    make_stack: Callable[..., Stack], record: Callable[..., None]
+) -> None:
+    # Given generations being processed by consumer A only
+    stack = make_stack(CONSUMER_CLAIM_IDLE_MS="3000", CONSUMER_HEARTBEAT_MS="500")
+    stack.start("web")
+    stack.start("worker")
+    stack.start("consumer-a", "consumer")
+    stack.wait_ready()
+    generations = [stack.create(model="echo", prompt=WORDS, options={"delay_ms": 60}) for _ in range(5)]
+    readers = _readers(stack, generations)
+    for reader in readers:
+        reader.start()
+    _wait(lambda: all(len(r.outcome.events) >= 5 for r in readers), what="streams started")
+    # When another consumer starts (as a PaaS would) and A is killed with SIGKILL
+    stack.start("consumer-b", "consumer")
+    time.sleep(1)
+    killed_at = time.monotonic()
+    stack.kill("consumer-a")
+    outcomes = read_all(readers)
+    # Then every reader has the whole text, no gap, no duplicate
+    _assert_exact(outcomes, WORDS)
+    stalls = [o.longest_stall_s for o in outcomes]
+    record(scenario="consumer kill -9", recovery_s=round(max(stalls), 2), lost=0, duplicated=0, readers=len(outcomes))
+    assert max(stalls) < 15
+    assert time.monotonic() - killed_at < 60
+
+
+def test_celery_worker_killed_mid_generation_restarts_on_another(
+    make_stack: Callable[..., Stack], record: Callable[..., None]
+) -> None:
+    # Given generations running on worker A, with worker B idle beside it
+    stack = make_stack(LEASE_MS="2000")
+    stack.start("web")
+    stack.start("consumer")
+    stack.start("worker-a", "worker")
+    stack.wait_ready()
+    generations = [stack.create(model="echo", prompt=WORDS, options={"delay_ms": 150}) for _ in range(4)]
+    readers = _readers(stack, generations)
+    for reader in readers:
+        reader.start()
+    _wait(lambda: all(len(r.outcome.events) >= 5 for r in readers), what="streams started")
+    stack.start("worker-b", "worker")
+    stack.wait_ready(workers=2)
+    # When worker A is killed with SIGKILL
+    killed_at = time.monotonic()
+    stack.kill("worker-a")
+    outcomes = read_all(readers)
+    # Then each generation restarts (readers told to discard) and ends with the exact text
+    _assert_exact(outcomes, WORDS)
+    assert [o.restarts for o in outcomes] == [1] * len(outcomes)
+    restart_after = [
+        next(t for t, e in zip(o.arrivals, o.events, strict=True) if e.event == "restart") - killed_at for o in outcomes
+    ]
+    record(scenario="celery worker kill -9", recovery_s=round(max(restart_after), 2), lost=0, duplicated=0)
+    assert max(restart_after) < 30
+
+
+def test_a_redelivered_task_never_interleaves_with_the_live_one(
+    make_stack: Callable[..., Stack], record: Callable[..., None]
+) -> None:
+    from celery import Celery
+
+    # Given a broker whose visibility timeout (2 s) is shorter than the generations (~5 s)
+    stack = make_stack(CELERY_VISIBILITY_TIMEOUT_S="2")
+    stack.start("web")
+    stack.start("consumer")
+    stack.start("worker-a", "worker")
+    stack.start("worker-b", "worker")
+    stack.wait_ready(workers=2)
+    generations = [stack.create(model="echo", prompt=WORDS, options={"delay_ms": 80}) for _ in range(3)]
+    readers = _readers(stack, generations)
+    for reader in readers:
+        reader.start()
+    _wait(lambda: all(len(r.outcome.events) >= 3 for r in readers), what="streams started")
+    # When the broker's sweep redelivers the still-running tasks (kombu's own restore of unacked messages)
+    time.sleep(2.5)
+    celery = Celery(broker=stack.redis.url)
+    celery.conf.broker_transport_options = {"visibility_timeout": 2}
+    with celery.connection_for_write() as connection:
+        connection.default_channel.qos.restore_visible(num=100, interval=1)
+    outcomes = read_all(readers)
+    # Then the copies were refused and wrote nothing: no restart, exact text
+    _assert_exact(outcomes, WORDS)
+    assert all(o.restarts == 0 for o in outcomes)
+    logs = "".join((stack.logs / f"{name}.log").read_text() for name in ("worker-a", "worker-b"))
+    refused = logs.count("not started: held")
+    record(scenario="redelivery while alive", redelivered=refused, refused=refused, lost=0, duplicated=0)
+    assert refused == len(generations)
+
+
+def test_a_poison_entry_is_dead_lettered_and_other_generations_flow(
+    make_stack: Callable[..., Stack], record: Callable[..., None]
+) -> None:
+    stack = make_stack(PROCESSORS="tests.fault_processors:PoisonOnMarker", DEAD_LETTER_AFTER="3")
+    for name in ("web", "worker", "consumer"):
+        stack.start(name)
+    stack.wait_ready()
+    bad = stack.create(model="echo", prompt="fine so far POISON never seen", options={"delay_ms": 20})
+    good = [stack.create(model="echo", prompt=WORDS, options={"delay_ms": 10}) for _ in range(3)]
+    started = time.monotonic()
+    bad_outcome, *good_outcomes = read_all(_readers(stack, [bad, *good]))
+    assert bad_outcome.terminal is not None and bad_outcome.terminal.data["code"] == "poison_entry"
+    assert bad_outcome.text == "fine so far "
+    _assert_exact(good_outcomes, WORDS)
+    client = stack.client()
+    assert client.xlen(keys.DEAD_LETTERS) == 1
+    assert client.xpending(keys.gen_raw(bad["id"]), "llm:processors")["pending"] == 0
+    record(scenario="poison entry", ended_after_s=round(time.monotonic() - started, 2), dead_letters=1)
+
+
+def test_redis_outage_then_everything_recovers_without_restarts(
+    make_stack: Callable[..., Stack], record: Callable[..., None]
+) -> None:
+    # Given long generations being read
+    stack = make_stack(LEASE_MS="30000", REDIS_RETRY_S="60")
+    for name in ("web", "worker", "consumer"):
+        stack.start(name)
+    stack.wait_ready()
+    generations = [stack.create(model="echo", prompt=WORDS, options={"delay_ms": 150}) for _ in range(3)]
+    readers = _readers(stack, generations)
+    for reader in readers:
+        reader.start()
+    _wait(lambda: all(len(r.outcome.events) >= 3 for r in readers), what="streams started")
+    # When Redis is stopped for 6 s
+    stack.redis.stop()
+    down_at = time.monotonic()
+    time.sleep(1)
+    create = stack.post("/v1/generations", {"model": "echo", "prompt": "x"})
+    ready = stack.get("/readyz")
+    time.sleep(max(0.0, 6 - (time.monotonic() - down_at)))
+    stack.redis.start()
+    up_at = time.monotonic()
+    # Then the API answered 503 with Retry-After meanwhile, and every reader ends with the exact text
+    assert create.status_code == 503 and create.headers["retry-after"]
+    assert create.json()["error"]["code"] == "redis_unavailable"
+    assert ready.status_code == 503 and ready.json()["status"] == "unhealthy"
+    outcomes = read_all(readers)
+    _assert_exact(outcomes, WORDS)
+    # And new work flows without restarting any process
+    after = stack.create(model="echo", prompt="back again")
+    fresh = read_all(_readers(stack, [after]))
+    _assert_exact(fresh, "back again")
+    assert all(p.poll() is None for p in stack.processes.values())
+    first_after = min(t for o in outcomes for t in o.arrivals if t > up_at)
+    record(scenario="redis outage 6 s", recovery_s=round(first_after - up_at, 2), lost=0, duplicated=0)
+
+
+def test_graceful_deploy_of_web_consumer_and_worker_loses_nothing(
+    make_stack: Callable[..., Stack], record: Callable[..., None]
+) -> None:
+    stack = make_stack(CELERY_SOFT_SHUTDOWN_S="2", LEASE_MS="5000", CONSUMER_CLAIM_IDLE_MS="3000")
+    stack.start("web-a", "web")
+    stack.start("web-b", "web")
+    stack.start("consumer-a", "consumer")
+    stack.start("consumer-b", "consumer")
+    stack.start("worker-a", "worker")
+    stack.wait_ready(consumers=2)
+    generations = [stack.create(model="echo", prompt=WORDS, options={"delay_ms": 100}) for _ in range(4)]
+    readers = _readers(stack, generations, webs=[0, 1])
+    for reader in readers:
+        reader.start()
+    _wait(lambda: all(len(r.outcome.events) >= 3 for r in readers), what="streams started")
+    stack.start("worker-b", "worker")
+    stack.wait_ready(consumers=2, workers=2)
+    timings: dict[str, float] = {}
+    # When each process type gets SIGTERM in turn, as a rolling deploy does
+    for name in ("web-a", "consumer-a", "worker-a"):
+        stack.signal(name, signal.SIGTERM)
+        timings[name] = round(stack.wait_stopped(name, 40), 2)
+        stack.processes[f"gone-{name}"] = stack.processes.pop(name)
+    outcomes = read_all(readers)
+    # Then every reader still ends with the exact text
+    _assert_exact(outcomes, WORDS)
+    record(
+        scenario="graceful deploy", stop_s=timings, reconnects=sum(o.reconnects for o in outcomes), lost=0, duplicated=0
+    )
+    assert timings["web-a"] < 10 and timings["consumer-a"] < 5
+
+
+def test_a_reader_that_stops_reading_does_not_slow_the_others_and_is_freed(
+    make_stack: Callable[..., Stack], record: Callable[..., None]
+) -> None:
+    import socket
+
+    stack = make_stack(WEB_CONCURRENCY="1", SSE_SEND_TIMEOUT_S="2", CLIENT_QUEUE_SIZE="64")
+    for name in ("web", "worker", "consumer"):
+        stack.start(name)
+    stack.wait_ready()
+    gen = stack.create(model="synthetic", prompt="big", max_tokens=20000, options={"tokens_per_second": 5000})
+    # Given a client that sends its request and then never reads
+    stalled = socket.create_connection(("127.0.0.1", stack.web_ports[0]))
+    stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    stalled.sendall(f"GET {gen['events_url']} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer e2e-key\r\n\r\n".encode())
+    # When normal readers read the same generation
+    outcomes = read_all(_readers(stack, [gen, gen]))
+    # Then they get all of it
+    for outcome in outcomes:
+        assert outcome.terminal is not None and outcome.terminal.event == "done"
+        assert outcome.duplicates == 0 and outcome.seq_gaps == 0
+        assert len([e for e in outcome.events if e.event == "token"]) == 20000
+
+    # And the stalled client's stream is dropped within the send timeout, freeing its greenlet
+    def open_streams() -> float:
+        for line in httpx.get(stack.url("/metrics"), timeout=5).text.splitlines():
+            if line.startswith('tokenbridge_open_streams{transport="sse"}'):
+                return float(line.split()[-1])
+        return 0.0
+
+    freed_from = time.monotonic()
+    _wait(lambda: open_streams() == 0, timeout_s=30, what="stalled stream freed")
+    record(scenario="stalled reader", freed_s=round(time.monotonic() - freed_from, 2))
+    stalled.close()
+
+
+@pytest.mark.parametrize(
+    ("options", "terminal", "code"),
+    [
+        ({"fail_before_first": 2}, "done", None),
+        ({"fail_after_tokens": 5}, "error", "provider_error"),
+        ({"stall_after_tokens": 3}, "error", "provider_timeout"),
+        ({"tokens_per_second": 5}, "error", "max_duration"),
+    ],
+    ids=["retried-before-first-token", "error-after-tokens", "silent-provider", "max-duration"],
+)
+def test_provider_failures_end_cleanly(
+    make_stack: Callable[..., Stack], options: dict[str, int], terminal: str, code: str | None
+) -> None:
+    stack = make_stack(PROVIDER_IDLE_TIMEOUT_S="1.5", PROVIDER_RETRY_BASE_MS="100", GENERATION_MAX_DURATION_S="3")
+    for name in ("web", "worker", "consumer"):
+        stack.start(name)
+    stack.wait_ready()
+    gen = stack.create(model="synthetic", prompt="p", max_tokens=20, options={"tokens_per_second": 500, **options})
+    [outcome] = read_all(_readers(stack, [gen]))
+    assert outcome.terminal is not None and outcome.terminal.event == terminal
+    assert outcome.duplicates == 0 and outcome.seq_gaps == 0
+    if code is not None:
+        assert outcome.terminal.data["code"] == code
+        assert stack.get(f"/v1/generations/{gen['id']}").json()["status"] == "failed"
+    else:
+        assert len([e for e in outcome.events if e.event == "token"]) == 20

@@ -1,0 +1,175 @@
+"""The whole stack, started the way the Procfile starts it: web (gunicorn gevent), worker (Celery), consumer.
+
+End-to-end tests share one stack per session; fault-injection tests build their own and kill parts of it.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import redis
+
+from bridge.embedded import EmbeddedRedis, free_port
+from tests.procfile import ROOT, procfile_commands
+from tests.sse import SseResult, read_sse
+
+API_KEY = "e2e-key"
+OTHER_KEY = "e2e-other"
+
+# Variables of the host environment that must not leak into the processes under test.
+_SCRUB = ("REDIS_URL", "REDIS_HOST", "REDIS_PORT", "REDIS_PASSWORD", "REDIS_DB", "CELERY_BROKER_URL", "API_KEYS")
+
+
+@dataclass
+class Stack:
+    redis: EmbeddedRedis
+    env: dict[str, str]
+    logs: Path
+    web_ports: list[int] = field(default_factory=list)
+    processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    _log_files: list[Any] = field(default_factory=list)
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.web_ports[0]}"
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {API_KEY}"}
+
+    def url(self, path: str, *, web: int = 0) -> str:
+        return f"http://127.0.0.1:{self.web_ports[web]}{path}"
+
+    def client(self) -> redis.Redis:
+        return redis.Redis.from_url(self.redis.url, decode_responses=True)
+
+    def post(self, path: str, body: Any = None, **kw: Any) -> httpx.Response:
+        headers = {**self.headers, **kw.pop("headers", {})}
+        return httpx.post(self.url(path), json=body, headers=headers, timeout=10, **kw)
+
+    def get(self, path: str, **kw: Any) -> httpx.Response:
+        headers = {**self.headers, **kw.pop("headers", {})}
+        return httpx.get(self.url(path), headers=headers, timeout=10, **kw)
+
+    def create(self, **body: Any) -> dict[str, Any]:
+        response = self.post("/v1/generations", body)
+        assert response.status_code == 202, response.text
+        created: dict[str, Any] = response.json()
+        return created
+
+    def events(self, generation: dict[str, Any], **kw: Any) -> SseResult:
+        headers = {**self.headers, **kw.pop("headers", {})}
+        return read_sse(self.url(generation["events_url"]), headers=headers, **kw)
+
+    # -- processes ---------------------------------------------------------------------------------
+
+    def start(self, name: str, kind: str | None = None, **env: str) -> subprocess.Popen[bytes]:
+        """Start one Procfile process (``kind``, default ``name``) under the name ``name``."""
+        kind = kind or name
+        process_env = {**self.env, **env}
+        if kind == "web":
+            port = int(env.get("PORT") or free_port())
+            process_env["PORT"] = str(port)
+            self.web_ports.append(port)
+        log = open(self.logs / f"{name}.log", "ab")  # noqa: SIM115 - closed in stop_all
+        self._log_files.append(log)
+        process = subprocess.Popen(
+            ["sh", "-c", procfile_commands()[kind]],
+            env=process_env,
+            cwd=ROOT,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        self.processes[name] = process
+        return process
+
+    def signal(self, name: str, signum: int) -> None:
+        os.killpg(self.processes[name].pid, signum)
+
+    def wait_stopped(self, name: str, timeout_s: float) -> float:
+        """Wait until every process of ``name``'s group is gone (sh exits before the program it ran)."""
+        started = time.monotonic()
+        pgid = self.processes[name].pid
+        while time.monotonic() - started < timeout_s:
+            self.processes[name].poll()  # reap the shell, or the group never looks empty
+            try:
+                os.killpg(pgid, 0)
+            except ProcessLookupError:
+                self.processes[name].wait(1)
+                return time.monotonic() - started
+            time.sleep(0.05)
+        raise TimeoutError(f"{name} still running {timeout_s}s after the signal")
+
+    def kill(self, name: str) -> None:
+        """SIGKILL, no chance to clean up: what a crash or an OOM kill does."""
+        self.signal(name, signal.SIGKILL)
+        self.processes[name].wait(10)
+
+    def wait_ready(self, *, consumers: int = 1, workers: int = 1, timeout_s: float = 90) -> None:
+        deadline = time.monotonic() + timeout_s
+        last = ""
+        while time.monotonic() < deadline:
+            for name, process in self.processes.items():
+                if process.poll() is not None and not name.startswith("gone-"):
+                    raise RuntimeError(f"{name} exited with {process.returncode}; see {self.logs}/{name}.log")
+            try:
+                response = httpx.get(self.url("/readyz"), timeout=5)
+                last = response.text
+                checks = response.json().get("checks", {})
+                if (
+                    checks.get("consumers", {}).get("alive", 0) >= consumers
+                    and checks.get("celery", {}).get("workers", 0) >= workers
+                ):
+                    return
+            except (httpx.HTTPError, ValueError):
+                pass
+            time.sleep(0.3)
+        raise RuntimeError(f"stack not ready after {timeout_s}s: {last}")
+
+    def stop_all(self) -> None:
+        for process in self.processes.values():
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGTERM)
+        deadline = time.monotonic() + 20
+        for process in self.processes.values():
+            try:
+                process.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+        for log in self._log_files:
+            log.close()
+
+
+def build_stack(directory: Path, logs: Path, **env: str) -> Stack:
+    """An embedded Redis (with AOF, so it can be restarted with its data) and the environment of every process."""
+    logs.mkdir(parents=True, exist_ok=True)
+    for old in logs.glob("*.log"):
+        old.unlink()
+    server = EmbeddedRedis(directory).start()
+    base = {k: v for k, v in os.environ.items() if k not in _SCRUB}
+    base.update(
+        {
+            "REDIS_URL": server.url,
+            "API_KEYS": f"{API_KEY},other:{OTHER_KEY}",
+            "SECRET_KEY": "e2e-secret",
+            "WEB_CONCURRENCY": "2",
+            "CELERY_CONCURRENCY": "50",
+            "LOG_FORMAT": "json",
+            "SSE_KEEPALIVE_S": "1",
+            "CONSUMER_HEARTBEAT_MS": "200",
+            "CONSUMER_CLAIM_IDLE_MS": "2000",
+            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+            **env,
+        }
+    )
+    return Stack(redis=server, env=base, logs=logs)
