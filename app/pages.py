@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from flask import Blueprint, render_template
 
-from bridge.models import available_models
+from app.services import services
 
 bp = Blueprint("pages", __name__)
 
 
 @bp.get("/")
 def index() -> str:
-    return render_template("index.html", models=available_models())
+    models = sorted(name for name, spec in services().models.items() if spec.provider != "external")
+    return render_template("index.html", models=models)

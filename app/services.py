@@ -12,6 +12,7 @@ from app.auth import Authenticator
 from app.hub import Hub
 from bridge.connections import redis_client
 from bridge.constants import celery_client_options
+from bridge.models import ModelSpec, load_registry
 from bridge.settings import Settings
 
 
@@ -22,6 +23,7 @@ class Services:
     hub: Hub
     celery: Celery
     auth: Authenticator
+    models: dict[str, ModelSpec]
 
     @classmethod
     def build(cls, settings: Settings) -> Services:
@@ -41,7 +43,14 @@ class Services:
         )
         celery = Celery("tokenbridge-web", broker=settings.broker_url)
         celery.conf.update(celery_client_options(settings))
-        return cls(settings=settings, redis=commands, hub=hub, celery=celery, auth=Authenticator(settings))
+        return cls(
+            settings=settings,
+            redis=commands,
+            hub=hub,
+            celery=celery,
+            auth=Authenticator(settings),
+            models=load_registry(settings.models_file),
+        )
 
 
 def services() -> Services:

@@ -10,10 +10,19 @@ class TokenbridgeError(Exception):
 class ProviderError(TokenbridgeError):
     """Raised when a model provider fails; ``code`` is the error code readers see."""
 
-    def __init__(self, message: str, *, code: str = "provider_error", retryable: bool = False) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: str = "provider_error",
+        retryable: bool = False,
+        retry_after_s: float | None = None,
+    ) -> None:
         super().__init__(message)
         self.code = code
         self.retryable = retryable
+        # The upstream's own Retry-After, honoured instead of the backoff when longer.
+        self.retry_after_s = retry_after_s
 
 
 class UnknownModelError(TokenbridgeError):

@@ -1,14 +1,31 @@
-"""The models a generation can name, and the options each accepts.
+"""The models a generation can name: the model registry, and the options each built-in model accepts.
 
-``echo`` and ``synthetic`` are always present and need no network. Providers (in ``tasks/``) read the
-options through these classes, and the web validates them at submission, so both agree on one schema.
+``echo`` and ``synthetic`` are always present and need no network; ``external`` generations are fed by an
+outside producer. Real models come from a TOML file named by ``MODELS_FILE``::
+
+    [models.llama3]
+    provider = "openai"                       # OpenAI-compatible Chat Completions (vLLM, Ollama, ...)
+    base_url = "http://127.0.0.1:11434/v1"
+    model = "llama3.1:8b"                     # the upstream model name (default: the table name)
+    api_key_env = "OLLAMA_API_KEY"            # environment variable holding the key (optional)
+    max_tokens = 4096                         # ceiling on a request's max_tokens
+    concurrency = 8                           # generations of this model running at once
+    timeout_s = 60                            # connect/read timeout towards the upstream
+
+The web validates requests against the registry and the providers (in ``tasks/``) read it, so both agree.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import os
+import tomllib
+from functools import cache
+from pathlib import Path
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from bridge.errors import TokenbridgeError
 
 
 class ModelOptions(BaseModel):
@@ -28,18 +45,88 @@ class SyntheticOptions(ModelOptions):
     stall_after_tokens: int | None = Field(default=None, ge=0, description="go silent after this many tokens")
 
 
-BUILTIN_MODELS: dict[str, type[ModelOptions]] = {
+class UpstreamOptions(ModelOptions):
+    """Options of a real model: none yet beyond the request's own fields."""
+
+
+ProviderKind = Literal["echo", "synthetic", "external", "openai", "anthropic"]
+
+OPTIONS: dict[str, type[ModelOptions]] = {
     "echo": EchoOptions,
     "synthetic": SyntheticOptions,
+    "external": UpstreamOptions,
+    "openai": UpstreamOptions,
+    "anthropic": UpstreamOptions,
+}
+
+
+class ModelSpec(BaseModel):
+    """One entry of the registry."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str
+    provider: ProviderKind
+    base_url: str | None = None
+    model: str | None = Field(default=None, description="upstream model name; default: the registry name")
+    api_key_env: str | None = None
+    max_tokens: int | None = Field(default=None, ge=1)
+    concurrency: int | None = Field(default=None, ge=1)
+    timeout_s: float = Field(default=60.0, gt=0)
+    headers: dict[str, str] = Field(default_factory=dict)
+
+    @property
+    def upstream_model(self) -> str:
+        return self.model or self.name
+
+    def api_key(self) -> str | None:
+        """The key from the environment (never stored, never logged)."""
+        return os.environ.get(self.api_key_env) if self.api_key_env else None
+
+    def options_class(self) -> type[ModelOptions]:
+        return OPTIONS[self.provider]
+
+
+class ModelRegistryError(TokenbridgeError):
+    """Raised when the models file cannot be read or is invalid."""
+
+
+BUILTIN: dict[str, ModelSpec] = {
+    "echo": ModelSpec(name="echo", provider="echo"),
+    "synthetic": ModelSpec(name="synthetic", provider="synthetic"),
+    "external": ModelSpec(name="external", provider="external"),
 }
 
 SYNTHETIC_DEFAULT_MAX_TOKENS = 256
 
 
-def available_models() -> list[str]:
-    return sorted(BUILTIN_MODELS)
+def load_registry(models_file: str | None) -> dict[str, ModelSpec]:
+    """The built-in models plus those of ``models_file`` (TOML); raises ModelRegistryError."""
+    registry = dict(BUILTIN)
+    if not models_file:
+        return registry
+    try:
+        document = tomllib.loads(Path(models_file).read_text())
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ModelRegistryError(f"cannot read MODELS_FILE {models_file}: {exc}") from exc
+    for name, table in (document.get("models") or {}).items():
+        if name in BUILTIN:
+            raise ModelRegistryError(f"{models_file}: {name!r} is a built-in model name")
+        try:
+            spec = ModelSpec.model_validate({"name": name, **table})
+        except ValidationError as exc:
+            raise ModelRegistryError(f"{models_file}: model {name!r}: {exc}") from exc
+        if spec.provider in ("openai", "anthropic") and not spec.base_url:
+            raise ModelRegistryError(f"{models_file}: model {name!r} needs a base_url")
+        registry[name] = spec
+    return registry
 
 
-def parse_options(model: str, options: dict[str, Any] | None) -> ModelOptions:
-    """Validate ``options`` for ``model``; raises KeyError for an unknown model, ValidationError for bad options."""
-    return BUILTIN_MODELS[model].model_validate(options or {})
+@cache
+def registry_for(models_file: str | None) -> dict[str, ModelSpec]:
+    return load_registry(models_file)
+
+
+def parse_options(spec: ModelSpec, options: dict[str, Any] | None) -> ModelOptions:
+    """Validate ``options`` for a model; raises ValidationError."""
+    return spec.options_class().model_validate(options or {})

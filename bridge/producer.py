@@ -175,6 +175,8 @@ def with_retries(source: TokenSource, *, retries: int, base_delay_s: float, gene
                 if produced or not exc.retryable or failures >= retries or stop.is_set():
                     raise
                 delay_s = min(base_delay_s * 2**failures, 30.0) * random.uniform(0.8, 1.2)
+                if exc.retry_after_s is not None:
+                    delay_s = max(delay_s, min(exc.retry_after_s, 60.0))
                 failures += 1
                 logger.warning(
                     "Generation %s: provider failed before its first token (%s); retry %s/%s in %.2fs.",

@@ -80,24 +80,42 @@ return 1
 """
 
 # What the supervisor should do about a generation whose attempt may be dead.
-# KEYS: meta, lease   ARGV: now_ms, lease_ms, max_attempts, queue_timeout_ms
-# Returns 0 nothing, 1 enqueue a new attempt (marked), 2 attempts exhausted, 3 never started in time.
+# KEYS: meta, lease   ARGV: now_ms, max_attempts, queue_timeout_ms
+# Returns 0 nothing, 1 enqueue a new attempt (marked), 2 attempts exhausted, 3 not started in time,
+# 4 an external producer went silent. Attempts are counted when they start (claim), not when enqueued:
+# a new attempt that waits in a busy queue is given QUEUE_TIMEOUT to start.
 SUPERVISE = """
 if redis.call('EXISTS', KEYS[1]) == 0 or redis.call('HEXISTS', KEYS[1], 'terminal') == 1 then return 0 end
 if redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
 local now = tonumber(ARGV[1])
 local attempt = tonumber(redis.call('HGET', KEYS[1], 'attempt') or '0')
-local requeued_at = tonumber(redis.call('HGET', KEYS[1], 'requeued_at') or '0')
-local requeues = tonumber(redis.call('HGET', KEYS[1], 'requeues') or '0')
-if attempt == 0 and requeues == 0 then
-  local created_ms = tonumber(redis.call('HGET', KEYS[1], 'created_at') or '0') * 1000
-  if now - created_ms > tonumber(ARGV[4]) then return 3 end
+if redis.call('HGET', KEYS[1], 'model') == 'external' then
+  if attempt > 0 then return 4 end
+end
+local requeued_attempt = tonumber(redis.call('HGET', KEYS[1], 'requeued_attempt') or '-1')
+local waiting_since
+if attempt == 0 and requeued_attempt < 0 then
+  waiting_since = tonumber(redis.call('HGET', KEYS[1], 'created_at') or '0') * 1000
+elseif requeued_attempt == attempt then
+  waiting_since = tonumber(redis.call('HGET', KEYS[1], 'requeued_at') or '0')
+end
+if waiting_since then
+  if now - waiting_since > tonumber(ARGV[3]) then return 3 end
   return 0
 end
-if now - requeued_at < tonumber(ARGV[2]) then return 0 end
-if requeues + 1 >= tonumber(ARGV[3]) then return 2 end
-redis.call('HSET', KEYS[1], 'requeued_at', ARGV[1], 'requeues', requeues + 1)
+if attempt >= tonumber(ARGV[2]) then return 2 end
+redis.call('HSET', KEYS[1], 'requeued_attempt', attempt, 'requeued_at', ARGV[1])
+redis.call('HINCRBY', KEYS[1], 'requeues', 1)
 return 1
+"""
+
+# Undoes SUPERVISE's mark when the new attempt could not be enqueued.  KEYS: meta   ARGV: attempt
+UNMARK_REQUEUE = """
+if redis.call('HGET', KEYS[1], 'requeued_attempt') == ARGV[1] then
+  redis.call('HDEL', KEYS[1], 'requeued_attempt', 'requeued_at')
+  redis.call('HINCRBY', KEYS[1], 'requeues', -1)
+end
+return 0
 """
 
 # Ends a generation that no live attempt holds (queued, or its worker is gone).
@@ -117,6 +135,32 @@ local attempt = redis.call('HGET', KEYS[1], 'attempt') or '0'
 redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[3], '*', 'type', ARGV[1], 'attempt', attempt, 'data', ARGV[2])
 redis.call('HSET', KEYS[1], 'terminal', ARGV[1])
 return 1
+"""
+
+# Appends a batch of an external producer's tokens, once: ``index`` is the position of the batch's first
+# token; tokens already accepted are skipped, a batch that would leave a gap is refused.
+# KEYS: meta, raw, lease   ARGV: index, maxlen, idle_ms, ts, tokens...
+# Returns {status, next_index}: 0 unknown, -5 not external, -1 finished, -2 gap, 1 duplicate, 2 appended.
+EXTERNAL_APPEND = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return {0, 0} end
+if redis.call('HGET', KEYS[1], 'model') ~= 'external' then return {-5, 0} end
+local next_index = tonumber(redis.call('HGET', KEYS[1], 'ext_next') or '0')
+if redis.call('HEXISTS', KEYS[1], 'terminal') == 1 then return {-1, next_index} end
+local index = tonumber(ARGV[1])
+local count = #ARGV - 4
+if index > next_index then return {-2, next_index} end
+if index + count <= next_index then return {1, next_index} end
+if redis.call('HGET', KEYS[1], 'attempt') == '0' then
+  redis.call('HSET', KEYS[1], 'attempt', 1, 'started_at', ARGV[4], 'status', 'running')
+end
+local ts = tonumber(ARGV[4])
+for i = next_index - index + 1, count do
+  redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*', 'type', 'token', 'attempt', 1,
+             'data', cjson.encode({content = ARGV[4 + i], ts = ts}))
+end
+redis.call('HSET', KEYS[1], 'ext_next', index + count)
+redis.call('SET', KEYS[3], 1, 'PX', ARGV[3])
+return {2, index + count}
 """
 
 # KEYS: lease   ARGV: attempt      Deletes the lease only if this attempt holds it.

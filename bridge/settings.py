@@ -34,6 +34,7 @@ class Settings(BaseSettings):
     redis_consumer_group: str = "llm:processors"
     log_format: Literal["json", "text"] = "json"
     log_level: str = "INFO"
+    models_file: str | None = None
 
     # web
     sse_keepalive_s: float = Field(default=15.0, gt=0, le=15.0)
@@ -71,6 +72,7 @@ class Settings(BaseSettings):
     dead_letter_max_length: int = Field(default=10_000, ge=10)
     generation_max_attempts: int = Field(default=3, ge=1)
     queue_timeout_s: float = Field(default=600.0, gt=0)
+    external_idle_timeout_s: float = Field(default=300.0, gt=0)
 
     @model_validator(mode="after")
     def _check(self) -> Settings:

@@ -15,6 +15,7 @@ from bridge.constants import GENERATE_TASK
 from bridge.errors import UnknownModelError
 from bridge.events import EventType
 from bridge.generation import GenerationRequest
+from bridge.models import registry_for
 from bridge.producer import Claim, GenerationWriter, Outcome, pump, with_retries
 from bridge.settings import Settings
 from tasks.providers import provider_for
@@ -55,7 +56,12 @@ def run_generation(client: redis.Redis, settings: Settings, generation_id: str) 
     raw_request = client.hget(keys.gen_meta(generation_id), "request")
     try:
         request = GenerationRequest.model_validate(orjson.loads(raw_request or "{}"))
-        provider = provider_for(request.model)
+        spec = registry_for(settings.models_file).get(request.model)
+        if spec is not None and spec.provider == "external":
+            return "skipped:external"  # fed over HTTP or by bridge.external, never by a task
+        if spec is None:
+            raise UnknownModelError(f"model {request.model!r} is not configured on this worker")
+        provider = provider_for(spec)
     except (ValueError, UnknownModelError) as exc:
         logger.error("Generation %s cannot start: %s", generation_id, exc, extra=log_extra)
         writer.write([(EventType.ERROR.value, {"code": "invalid_request", "message": str(exc)})])

@@ -240,12 +240,7 @@ class ConsumerWorker:
         if not gids:
             return
         settings = self.settings
-        args = [
-            int(time.time() * 1000),
-            settings.lease_ms,
-            settings.generation_max_attempts,
-            settings.queue_timeout_s * 1000,
-        ]
+        args = [int(time.time() * 1000), settings.generation_max_attempts, int(settings.queue_timeout_s * 1000)]
         pipe = self.client.pipeline(transaction=False)
         for gid in gids:
             scripts.run(pipe, scripts.SUPERVISE, [keys.gen_meta(gid), keys.gen_lease(gid)], args)
@@ -254,13 +249,26 @@ class ConsumerWorker:
                 logger.warning(
                     "Generation %s lost its worker; enqueuing a new attempt.", gid, extra={"generation_id": gid}
                 )
-                self.enqueue(gid)
+                self._requeue(gid)
             elif action in (1, 2):
                 self.fail(gid, "worker_lost", "The worker running this generation stopped, and it was not retried.")
             elif action == 3:
                 self.fail(
                     gid, "queue_timeout", f"No worker started this generation within {settings.queue_timeout_s:g} s."
                 )
+            elif action == 4:
+                self.fail(gid, "producer_timeout", "The external producer sent nothing for too long.")
+
+    def _requeue(self, generation_id: str) -> None:
+        assert self.enqueue is not None
+        try:
+            self.enqueue(generation_id)
+        except Exception as exc:
+            # Not enqueued: take the mark back so that the next round tries again.
+            logger.warning("Generation %s could not be enqueued: %s", generation_id, exc)
+            attempt = self.client.hget(keys.gen_meta(generation_id), "requeued_attempt")
+            if attempt is not None:
+                scripts.run(self.client, scripts.UNMARK_REQUEUE, [keys.gen_meta(generation_id)], [attempt])
 
     def fail(self, generation_id: str, code: str, message: str) -> None:
         """End a generation with an error, whatever attempt holds it (the attempt is fenced off)."""

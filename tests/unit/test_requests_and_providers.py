@@ -7,7 +7,7 @@ import pytest
 from pydantic import ValidationError
 
 from bridge.generation import GenerationRequest
-from bridge.models import parse_options
+from bridge.models import BUILTIN, parse_options
 from bridge.producer import Finish
 from tasks.providers.builtin import EchoProvider, SyntheticProvider, split_words
 
@@ -89,10 +89,8 @@ def test_synthetic_is_deterministic_and_counts_max_tokens() -> None:
 
 
 def test_model_options_are_validated_per_model() -> None:
-    assert parse_options("echo", {"delay_ms": 5}).delay_ms == 5  # type: ignore[attr-defined]
+    assert parse_options(BUILTIN["echo"], {"delay_ms": 5}).delay_ms == 5  # type: ignore[attr-defined]
     with pytest.raises(ValidationError):
-        parse_options("echo", {"delay_ms": 10_001})
+        parse_options(BUILTIN["echo"], {"delay_ms": 10_001})
     with pytest.raises(ValidationError):
-        parse_options("synthetic", {"tokens_per_second": 0})
-    with pytest.raises(KeyError):
-        parse_options("nope", {})
+        parse_options(BUILTIN["synthetic"], {"tokens_per_second": 0})

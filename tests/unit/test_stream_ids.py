@@ -8,7 +8,14 @@ from bridge.streams import parse_stream_id, previous_id
 
 @pytest.mark.parametrize(
     ("value", "parsed"),
-    [("1700000000000-3", (1700000000000, 3)), ("5", (5, 0)), ("0-0", (0, 0)), ("abc", None), ("1-x", None), ("-1", None)],
+    [
+        ("1700000000000-3", (1700000000000, 3)),
+        ("5", (5, 0)),
+        ("0-0", (0, 0)),
+        ("abc", None),
+        ("1-x", None),
+        ("-1", None),
+    ],
 )
 def test_stream_ids_are_parsed_strictly(value: str, parsed: tuple[int, int] | None) -> None:
     assert parse_stream_id(value) == parsed

@@ -1,0 +1,107 @@
+"""Reading a request: credentials, JSON body, ids, cursor, and validation details (shared by every /v1 route)."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import orjson
+from flask import g, request
+from pydantic import ValidationError
+
+from app.errors import ApiError
+from app.services import services
+from bridge import streams
+from bridge.generation import ID_PATTERN
+from bridge.models import parse_options
+from bridge.streams import parse_stream_id
+
+_ID = re.compile(ID_PATTERN)
+
+
+def authenticate() -> None:
+    """Identify the caller (``g.principal``); raises ApiError 401."""
+    g.principal = services().auth.authenticate(request.headers.get("Authorization"), request.args.get("token"))
+
+
+def require_api_key(action: str) -> None:
+    if g.principal.kind == "stream_token":
+        raise ApiError(403, "forbidden", f"{action} needs an API key, not a stream token.")
+
+
+def json_body() -> dict[str, Any]:
+    if request.mimetype != "application/json":
+        raise ApiError(415, "unsupported_media_type", "Send the body as JSON with 'Content-Type: application/json'.")
+    raw = request.get_data(cache=False)
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise ApiError(400, "malformed_json", f"The body is not valid JSON: {exc}.") from None
+    if not isinstance(body, dict):
+        raise ApiError(422, "validation_failed", "The body must be a JSON object.", details=[])
+    return body
+
+
+def validation_details(exc: ValidationError, prefix: tuple[str | int, ...] = ()) -> list[dict[str, Any]]:
+    return [
+        {
+            "field": ".".join(str(part) for part in (*prefix, *error["loc"])) or "body",
+            "message": error["msg"],
+            "type": error["type"],
+        }
+        for error in exc.errors(include_url=False)
+    ]
+
+
+def checked_id(value: str, what: str) -> str:
+    if not _ID.match(value):
+        raise ApiError(404, "not_found", f"No {what} with id {value!r}.")
+    return value
+
+
+def read_cursor() -> str:
+    value = request.headers.get("Last-Event-ID") or request.args.get("last_event_id") or "0"
+    value = value.strip()
+    if value != "0" and parse_stream_id(value) is None:
+        raise ApiError(400, "invalid_last_event_id", "Last-Event-ID must be an event id received from this stream.")
+    return value
+
+
+def load_meta(generation_id: str) -> dict[str, str]:
+    checked_id(generation_id, "generation")
+    if not g.principal.may_read_generation(generation_id):
+        raise ApiError(403, "forbidden", "This stream token is for another generation.")
+    meta = streams.load_meta(services().redis, generation_id)
+    if not meta:
+        raise ApiError(404, "not_found", f"No generation with id {generation_id!r}.")
+    return meta
+
+
+def model_errors(model: Any, options: Any, max_tokens: Any) -> list[dict[str, Any]]:
+    """Unknown model, options the model does not accept, or more tokens than it (or the server) allows."""
+    if not isinstance(model, str) or not model:
+        return []  # reported by the request model
+    s = services()
+    spec = s.models.get(model)
+    if spec is None:
+        available = sorted(s.models)
+        return [
+            {
+                "field": "model",
+                "message": f"Unknown model {model!r}; available: {', '.join(available)}.",
+                "type": "unknown_model",
+                "available": available,
+            }
+        ]
+    errors: list[dict[str, Any]] = []
+    if options is None or isinstance(options, dict):  # otherwise reported by the request model
+        try:
+            parse_options(spec, options)
+        except ValidationError as exc:
+            errors.extend(validation_details(exc, ("options",)))
+    ceiling = min(spec.max_tokens or s.settings.max_tokens_limit, s.settings.max_tokens_limit)
+    if isinstance(max_tokens, int) and max_tokens > ceiling:
+        errors.append(
+            {"field": "max_tokens", "message": f"max_tokens may be at most {ceiling}.", "type": "less_than_equal"}
+        )
+    return errors

@@ -1,0 +1,143 @@
+"""Submitting a generation: validate, store, enqueue, with Idempotency-Key (shared by /v1 and the OpenAI route)."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from flask import g, request
+from pydantic import ValidationError
+
+from app import metrics
+from app.errors import ApiError
+from app.inputs import model_errors, require_api_key, validation_details
+from app.services import services
+from bridge import keys, streams
+from bridge.constants import send_generation
+from bridge.events import EventType
+from bridge.generation import GenerationRequest, new_generation_id, new_session_id
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Submitted:
+    """A generation just created (or found again through its Idempotency-Key)."""
+
+    payload: dict[str, Any]
+    headers: dict[str, str]
+
+    @property
+    def generation_id(self) -> str:
+        value: str = self.payload["id"]
+        return value
+
+
+def submit_generation(body: dict[str, Any]) -> Submitted:
+    """Validate, store and enqueue a generation (an external one is only stored); 422/503 as ApiError."""
+    s = services()
+    require_api_key("Creating a generation")
+    details = model_errors(body.get("model"), body.get("options"), body.get("max_tokens"))
+    try:
+        req = GenerationRequest.model_validate(body)
+    except ValidationError as exc:
+        fields = {d["field"] for d in details}
+        details = [d for d in validation_details(exc) if d["field"] not in fields] + details
+        raise ApiError(422, "validation_failed", "The request is not valid.", details=details) from None
+    if details:
+        raise ApiError(422, "validation_failed", "The request is not valid.", details=details)
+
+    generation_id = new_generation_id()
+    session_id = req.session_id or new_session_id()
+    idempotency_key = claim_idempotency_key(body, generation_id, session_id)
+    if isinstance(idempotency_key, dict):
+        headers = {"Location": f"/v1/generations/{idempotency_key['id']}", "Idempotent-Replayed": "true"}
+        return Submitted(idempotency_key, headers)
+    try:
+        streams.create_generation(
+            s.redis,
+            generation_id=generation_id,
+            session_id=session_id,
+            model=req.model,
+            request=req.model_dump(mode="json", exclude_none=True),
+            group=s.settings.redis_consumer_group,
+            retention_ms=s.settings.redis_stream_retention_ms,
+        )
+        if s.models[req.model].provider != "external":
+            enqueue(generation_id)
+    except Exception:
+        if idempotency_key is not None:
+            s.redis.delete(idempotency_key)  # nothing was started: the same key may be tried again
+        raise
+    metrics.GENERATIONS_CREATED.labels(req.model).inc()
+    logger.info(
+        "Generation %s created (model %s).",
+        generation_id,
+        req.model,
+        extra={"generation_id": generation_id, "session_id": session_id, "api_key": g.principal.name},
+    )
+    payload = created(generation_id, session_id, req.model, "queued")
+    return Submitted(payload, {"Location": f"/v1/generations/{generation_id}"})
+
+
+def created(generation_id: str, session_id: str, model: str, status: str) -> dict[str, Any]:
+    auth = services().auth
+    return {
+        "id": generation_id,
+        "session_id": session_id,
+        "status": status,
+        "model": model,
+        "events_url": f"/v1/generations/{generation_id}/events",
+        "ws_url": f"/v1/generations/{generation_id}/ws",
+        "stream_token": auth.stream_token(generation_id=generation_id),
+        "session_events_url": f"/v1/sessions/{session_id}/events",
+        "session_stream_token": auth.stream_token(session_id=session_id),
+    }
+
+
+def claim_idempotency_key(body: dict[str, Any], generation_id: str, session_id: str) -> str | dict[str, Any] | None:
+    """Reserve the request's Idempotency-Key for this generation (its Redis key), or the earlier response."""
+    value = request.headers.get("Idempotency-Key")
+    if value is None:
+        return None
+    if not 1 <= len(value) <= 255 or not value.isascii() or not value.isprintable():
+        raise ApiError(400, "invalid_idempotency_key", "Idempotency-Key must be 1 to 255 printable ASCII characters.")
+    s = services()
+    fingerprint = hashlib.sha256(orjson.dumps(body, option=orjson.OPT_SORT_KEYS)).hexdigest()
+    key = keys.idempotency(g.principal.name, hashlib.sha256(value.encode()).hexdigest())
+    record = {"id": generation_id, "session_id": session_id, "model": body.get("model"), "fingerprint": fingerprint}
+    if s.redis.set(key, orjson.dumps(record), nx=True, px=s.settings.idempotency_ttl_s * 1000):
+        return key
+    stored = s.redis.get(key)
+    if stored is None:  # expired between the two calls: treat as new
+        s.redis.set(key, orjson.dumps(record), px=s.settings.idempotency_ttl_s * 1000)
+        return key
+    earlier = orjson.loads(stored)
+    if earlier["fingerprint"] != fingerprint:
+        raise ApiError(409, "idempotency_key_reused", "This Idempotency-Key was used with a different request body.")
+    status = s.redis.hget(keys.gen_meta(earlier["id"]), "status") or "queued"
+    return created(earlier["id"], earlier["session_id"], earlier["model"], str(status))
+
+
+def enqueue(generation_id: str) -> None:
+    s = services()
+    try:
+        send_generation(s.celery, generation_id)
+    except Exception as exc:
+        logger.error("Could not enqueue generation %s: %s", generation_id, exc, extra={"generation_id": generation_id})
+        streams.abort(
+            s.redis,
+            generation_id,
+            EventType.ERROR.value,
+            {"code": "enqueue_failed", "message": "The task queue is unavailable."},
+            max_length=s.settings.redis_stream_max_length,
+        )
+        raise ApiError(
+            503,
+            "queue_unavailable",
+            "The task queue is unavailable; retry shortly.",
+            headers={"Retry-After": str(s.settings.redis_retry_after_s)},
+        ) from None
