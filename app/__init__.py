@@ -6,7 +6,7 @@ import logging
 
 from flask import Flask
 
-from app import api, health, pages
+from app import api, health, openai_compat, pages, producers
 from app.errors import register_error_handlers
 from app.extensions import sock
 from app.services import Services
@@ -36,6 +36,8 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.extensions["tokenbridge"] = Services.build(settings)
     sock.init_app(app)
     app.register_blueprint(api.bp)
+    app.register_blueprint(producers.bp)
+    app.register_blueprint(openai_compat.bp)
     app.register_blueprint(health.bp)
     app.register_blueprint(pages.bp)
     register_error_handlers(app, retry_after_s=settings.redis_retry_after_s)

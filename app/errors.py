@@ -47,6 +47,13 @@ class ApiError(Exception):
         self.headers = headers or {}
 
 
+def invalid(details: list[dict[str, Any]]) -> ApiError:
+    """422 listing each field; the message names the first problems so that a human reading it knows what to fix."""
+    summary = "; ".join(f"{d['field']}: {d['message']}" for d in details[:3])
+    more = f" (and {len(details) - 3} more)" if len(details) > 3 else ""
+    return ApiError(422, "validation_failed", f"The request is not valid: {summary}{more}", details=details)
+
+
 def error_response(
     status: int, code: str, message: str, details: Any = None, headers: dict[str, str] | None = None
 ) -> Response:

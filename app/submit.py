@@ -12,7 +12,7 @@ from flask import g, request
 from pydantic import ValidationError
 
 from app import metrics
-from app.errors import ApiError
+from app.errors import ApiError, invalid
 from app.inputs import model_errors, require_api_key, validation_details
 from app.services import services
 from bridge import keys, streams
@@ -46,9 +46,9 @@ def submit_generation(body: dict[str, Any]) -> Submitted:
     except ValidationError as exc:
         fields = {d["field"] for d in details}
         details = [d for d in validation_details(exc) if d["field"] not in fields] + details
-        raise ApiError(422, "validation_failed", "The request is not valid.", details=details) from None
+        raise invalid(details) from None
     if details:
-        raise ApiError(422, "validation_failed", "The request is not valid.", details=details)
+        raise invalid(details)
 
     generation_id = new_generation_id()
     session_id = req.session_id or new_session_id()
