@@ -106,12 +106,15 @@ def test_the_openai_package_without_streaming_and_the_generation_header(stack: S
 def test_an_openai_stream_cut_short_is_resumed_on_the_events_endpoint(stack: Stack) -> None:
     # Given an OpenAI client that reads three chunks and goes away
     prompt = " ".join(f"w{i}" for i in range(40))
-    with _client(stack) as client, client.chat.completions.with_streaming_response.create(
-        model="echo",
-        messages=[{"role": "user", "content": prompt}],
-        stream=True,
-        extra_body={"tokenbridge": {"options": {"delay_ms": 30}}},
-    ) as response:
+    with (
+        _client(stack) as client,
+        client.chat.completions.with_streaming_response.create(
+            model="echo",
+            messages=[{"role": "user", "content": prompt}],
+            stream=True,
+            extra_body={"tokenbridge": {"options": {"delay_ms": 30}}},
+        ) as response,
+    ):
         generation_id = response.headers["x-tokenbridge-generation-id"]
         received = ""
         for index, chunk in enumerate(response.parse()):
