@@ -1,0 +1,402 @@
+"""AnthropicMessagesProvider against a real local HTTP server that writes the Messages API wire format byte for byte."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+from bridge.errors import ProviderError
+from bridge.generation import GenerationRequest
+from bridge.models import ModelSpec
+from bridge.producer import Chunk, Finish
+from tasks.providers.anthropic import AnthropicMessagesProvider
+from tests.unit.test_provider_openai import (
+    Exchange,
+    FakeUpstream,
+    Script,
+    cut,
+    no_watcher_left,
+    refused_base_url,
+    run,
+    split_finish,
+    stop_later,
+)
+
+
+def event(name: str, data: dict[str, Any]) -> str:
+    """One event as Anthropic writes it: ``event:`` then ``data:`` (compact JSON), then a blank line."""
+    return f"event: {name}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n"
+
+
+def message_start(input_tokens: int = 25, **usage: int) -> str:
+    message = {
+        "id": "msg_01",
+        "type": "message",
+        "role": "assistant",
+        "content": [],
+        "model": "claude-sonnet-4-20250514",
+        "stop_reason": None,
+        "stop_sequence": None,
+        "usage": {"input_tokens": input_tokens, "output_tokens": 1, **usage},
+    }
+    return event("message_start", {"type": "message_start", "message": message})
+
+
+def block_start(index: int = 0, kind: str = "text") -> str:
+    block: dict[str, Any] = {"type": kind, "text": ""} if kind == "text" else {"type": kind, "thinking": ""}
+    return event("content_block_start", {"type": "content_block_start", "index": index, "content_block": block})
+
+
+def block_delta(delta: dict[str, str], index: int = 0) -> str:
+    return event("content_block_delta", {"type": "content_block_delta", "index": index, "delta": delta})
+
+
+def text_delta(text: str, index: int = 0) -> str:
+    return block_delta({"type": "text_delta", "text": text}, index)
+
+
+def block_stop(index: int = 0) -> str:
+    return event("content_block_stop", {"type": "content_block_stop", "index": index})
+
+
+def message_delta(stop_reason: str = "end_turn", output_tokens: int = 15) -> str:
+    delta = {"stop_reason": stop_reason, "stop_sequence": None}
+    return event("message_delta", {"type": "message_delta", "delta": delta, "usage": {"output_tokens": output_tokens}})
+
+
+MESSAGE_STOP = event("message_stop", {"type": "message_stop"})
+PING = event("ping", {"type": "ping"})
+
+
+def error_event(kind: str, message: str) -> str:
+    return event("error", {"type": "error", "error": {"type": kind, "message": message}})
+
+
+def answer(*texts: str, stop_reason: str = "end_turn") -> Script:
+    """A script streaming a whole answer of ``texts``."""
+
+    def script(ex: Exchange) -> None:
+        ex.start_stream()
+        ex.send(message_start(), block_start(), *[text_delta(t) for t in texts], block_stop())
+        ex.send(message_delta(stop_reason, len(texts)), MESSAGE_STOP)
+        ex.end_stream()
+
+    return script
+
+
+@pytest.fixture
+def upstream() -> Iterator[Callable[[Script], FakeUpstream]]:
+    servers: list[FakeUpstream] = []
+
+    def create(script: Script) -> FakeUpstream:
+        servers.append(FakeUpstream(script))
+        return servers[-1]
+
+    yield create
+    for server in servers:
+        server.stop()
+
+
+@pytest.fixture
+def provider(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., AnthropicMessagesProvider]]:
+    """``create(base_url, **spec_fields)``: a provider on a client that the fixture closes."""
+    monkeypatch.setenv("TEST_ANTHROPIC_KEY", "sk-ant-test-456")
+    clients: list[httpx.Client] = []
+
+    def create(base_url: str, **fields: Any) -> AnthropicMessagesProvider:
+        spec = ModelSpec.model_validate(
+            {"name": "claude", "provider": "anthropic", "base_url": base_url, "api_key_env": "TEST_ANTHROPIC_KEY"}
+            | fields
+        )
+        clients.append(httpx.Client(timeout=spec.timeout_s))
+        return AnthropicMessagesProvider(spec, client=clients[-1])
+
+    yield create
+    for client in clients:
+        client.close()
+
+
+PROMPT = GenerationRequest(model="claude", prompt="Say hello")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Streams that succeed.
+
+
+def test_tokens_concatenate_and_finish_and_usage_are_mapped(upstream: Any, provider: Any) -> None:
+    # Given an upstream that sends a thinking block, a ping, text deltas split across network chunks, and usage in
+    # message_start and message_delta
+    hello = text_delta("Hello", 1)
+
+    def script(ex: Exchange) -> None:
+        ex.start_stream()
+        ex.send(message_start(input_tokens=25))
+        ex.send(block_start(0, "thinking"))
+        ex.send(block_delta({"type": "thinking_delta", "thinking": "Hmm."}, 0))
+        ex.send(block_delta({"type": "signature_delta", "signature": "c2ln"}, 0))
+        ex.send(block_stop(0), block_start(1), PING)
+        ex.send(*cut(hello, 10, 27, len(hello) - 1))
+        ex.send(text_delta(", wor", 1) + text_delta("", 1) + text_delta("ld!", 1))
+        ex.send(block_stop(1), message_delta("end_turn", 15), MESSAGE_STOP)
+        ex.end_stream()
+
+    server = upstream(script)
+
+    # When the provider streams it
+    tokens, finish = split_finish(run(provider(server.base_url), PROMPT))
+
+    # Then only the text comes through, and the finish carries the mapped reason and the usage
+    assert tokens == ["Hello", ", wor", "ld!"]
+    assert "".join(tokens) == "Hello, world!"
+    assert finish == Finish("stop", {"prompt_tokens": 25, "completion_tokens": 15})
+    assert no_watcher_left()
+
+
+@pytest.mark.parametrize(
+    ("stop_reason", "finish_reason"),
+    [("end_turn", "stop"), ("max_tokens", "length"), ("stop_sequence", "stop"), ("tool_use", "tool_use")],
+)
+def test_stop_reasons_are_mapped(upstream: Any, provider: Any, stop_reason: str, finish_reason: str) -> None:
+    server = upstream(answer("a", "b", stop_reason=stop_reason))
+
+    tokens, finish = split_finish(run(provider(server.base_url), PROMPT))
+
+    assert tokens == ["a", "b"]
+    assert finish.finish_reason == finish_reason
+
+
+def test_cached_prompt_tokens_count_towards_the_prompt(upstream: Any, provider: Any) -> None:
+    def script(ex: Exchange) -> None:
+        ex.start_stream()
+        ex.send(message_start(3, cache_creation_input_tokens=100, cache_read_input_tokens=2000))
+        ex.send(block_start(), text_delta("ok"), block_stop(), message_delta("end_turn", 2), MESSAGE_STOP)
+        ex.end_stream()
+
+    server = upstream(script)
+
+    _, finish = split_finish(run(provider(server.base_url), PROMPT))
+
+    assert finish.usage == {"prompt_tokens": 2103, "completion_tokens": 2}
+
+
+def test_request_body_and_headers_follow_the_request_and_the_spec(upstream: Any, provider: Any) -> None:
+    # Given a request whose system messages are spread out, and a spec with an upstream name and a beta header
+    server = upstream(answer("ok"))
+    request = GenerationRequest.model_validate(
+        {
+            "model": "claude",
+            "messages": [
+                {"role": "system", "content": "Be brief."},
+                {"role": "user", "content": "Hi"},
+                {"role": "assistant", "content": "Hello."},
+                {"role": "system", "content": "Answer in French."},
+                {"role": "user", "content": "Again"},
+            ],
+            "max_tokens": 50,
+            "temperature": 0.3,
+            "stop": ["END", "STOP"],
+        }
+    )
+    claude = provider(server.base_url, model="claude-sonnet-4-20250514", headers={"anthropic-beta": "b-1"})
+
+    # When it streams
+    run(claude, request)
+
+    # Then the system text is hoisted, the rest maps field for field, and the key comes from the environment
+    sent = server.requests[0]
+    assert sent.path == "/v1/messages"
+    assert sent.body == {
+        "model": "claude-sonnet-4-20250514",
+        "max_tokens": 50,
+        "system": "Be brief.\n\nAnswer in French.",
+        "messages": [
+            {"role": "user", "content": "Hi"},
+            {"role": "assistant", "content": "Hello."},
+            {"role": "user", "content": "Again"},
+        ],
+        "temperature": 0.3,
+        "stop_sequences": ["END", "STOP"],
+        "stream": True,
+    }
+    assert sent.headers["x-api-key"] == "sk-ant-test-456"
+    assert sent.headers["anthropic-version"] == "2023-06-01"
+    assert sent.headers["anthropic-beta"] == "b-1"
+    assert "authorization" not in sent.headers
+
+
+@pytest.mark.parametrize(
+    ("request_max", "spec_max", "sent_max"), [(50, 4096, 50), (None, 4096, 4096), (None, None, 1024)]
+)
+def test_max_tokens_is_always_sent(
+    upstream: Any, provider: Any, request_max: int | None, spec_max: int | None, sent_max: int
+) -> None:
+    server = upstream(answer("ok"))
+    request = GenerationRequest(model="claude", prompt="Say hello", max_tokens=request_max)
+
+    run(provider(server.base_url, max_tokens=spec_max), request)
+
+    sent = server.requests[0].body
+    assert sent["max_tokens"] == sent_max
+    assert sent["messages"] == [{"role": "user", "content": "Say hello"}]
+    assert "system" not in sent and "temperature" not in sent and "stop_sequences" not in sent
+
+
+def test_a_tool_message_is_rejected_before_anything_is_sent(upstream: Any, provider: Any) -> None:
+    server = upstream(answer("ok"))
+    request = GenerationRequest.model_validate(
+        {"model": "claude", "messages": [{"role": "user", "content": "Hi"}, {"role": "tool", "content": "42"}]}
+    )
+
+    with pytest.raises(ProviderError) as caught:
+        run(provider(server.base_url), request)
+
+    assert caught.value.code == "provider_rejected"
+    assert server.requests == []
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Failures.
+
+
+@pytest.mark.parametrize(
+    ("status", "kind", "headers", "retry_after_s"),
+    [
+        (529, "overloaded_error", {"retry-after": "3"}, 3.0),
+        (429, "rate_limit_error", {"retry-after": "12"}, 12.0),
+        (500, "api_error", {}, None),
+    ],
+)
+def test_overload_rate_limit_and_5xx_are_retryable_with_the_upstream_retry_after(
+    upstream: Any, provider: Any, status: int, kind: str, headers: dict[str, str], retry_after_s: float | None
+) -> None:
+    body = json.dumps({"type": "error", "error": {"type": kind, "message": "Overloaded"}})
+    server = upstream(lambda ex: ex.reply(status, body, headers))
+
+    with pytest.raises(ProviderError) as caught:
+        run(provider(server.base_url), PROMPT)
+
+    assert caught.value.code == "provider_unavailable"
+    assert caught.value.retryable is True
+    assert caught.value.retry_after_s == retry_after_s
+    assert "Overloaded" in str(caught.value)
+
+
+def test_a_400_is_rejected_with_the_upstream_message(upstream: Any, provider: Any) -> None:
+    body = '{"type":"error","error":{"type":"invalid_request_error","message":"max_tokens: Field required"}}'
+    server = upstream(lambda ex: ex.reply(400, body))
+
+    with pytest.raises(ProviderError) as caught:
+        run(provider(server.base_url), PROMPT)
+
+    assert caught.value.code == "provider_rejected"
+    assert caught.value.retryable is False
+    assert "max_tokens: Field required" in str(caught.value)
+    assert "sk-ant-test-456" not in str(caught.value)
+
+
+def test_a_refused_connection_is_retryable(provider: Any) -> None:
+    with pytest.raises(ProviderError) as caught:
+        run(provider(refused_base_url()), PROMPT)
+
+    assert caught.value.code == "provider_unavailable"
+    assert caught.value.retryable is True
+
+
+@pytest.mark.parametrize(
+    ("kind", "code", "retryable"),
+    [
+        ("overloaded_error", "provider_unavailable", True),
+        ("api_error", "provider_unavailable", True),
+        ("rate_limit_error", "provider_unavailable", True),
+        ("invalid_request_error", "provider_rejected", False),
+    ],
+)
+def test_an_error_event_before_the_first_token_is_judged_by_its_type(
+    upstream: Any, provider: Any, kind: str, code: str, retryable: bool
+) -> None:
+    # Given an upstream that answers 200, starts the message, then sends an error event
+    def script(ex: Exchange) -> None:
+        ex.start_stream()
+        ex.send(message_start(), PING, error_event(kind, "Something went wrong"))
+        ex.end_stream()
+
+    server = upstream(script)
+
+    # When the provider streams
+    with pytest.raises(ProviderError) as caught:
+        run(provider(server.base_url), PROMPT)
+
+    # Then transient types are worth a retry and the others are not
+    assert caught.value.code == code
+    assert caught.value.retryable is retryable
+    assert "Something went wrong" in str(caught.value)
+
+
+def test_an_error_event_after_tokens_is_a_final_provider_error(upstream: Any, provider: Any) -> None:
+    # Given an upstream that is overloaded mid-answer
+    def script(ex: Exchange) -> None:
+        ex.start_stream()
+        ex.send(message_start(), block_start(), text_delta("Half"), text_delta(" an"))
+        ex.send(*cut(error_event("overloaded_error", "Overloaded"), 20))
+        ex.end_stream()
+
+    server = upstream(script)
+    received: list[Chunk] = []
+
+    # When the provider streams
+    with pytest.raises(ProviderError) as caught:
+        for chunk in provider(server.base_url).stream(PROMPT, threading.Event()):
+            received.append(chunk)
+
+    # Then the tokens before it came through, and the error is final even though its type is transient
+    assert received == ["Half", " an"]
+    assert caught.value.code == "provider_error"
+    assert caught.value.retryable is False
+    assert "Overloaded" in str(caught.value)
+
+
+def test_a_stream_that_ends_before_message_stop_after_tokens_is_a_final_error(upstream: Any, provider: Any) -> None:
+    def script(ex: Exchange) -> None:
+        ex.start_stream()
+        ex.send(message_start(), block_start(), text_delta("Cut"))
+        ex.end_stream()
+
+    server = upstream(script)
+
+    with pytest.raises(ProviderError) as caught:
+        run(provider(server.base_url), PROMPT)
+
+    assert caught.value.code == "provider_error"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Cancellation.
+
+
+def test_stop_while_the_upstream_is_slow_closes_the_connection_at_once(upstream: Any, provider: Any) -> None:
+    # Given an upstream that starts the message, sends one token and goes quiet
+    def script(ex: Exchange) -> None:
+        ex.start_stream()
+        ex.send(message_start(), block_start(), PING, text_delta("Hel"))
+        ex.wait_for_disconnect()
+
+    server = upstream(script)
+    stop = threading.Event()
+
+    # When stop is set while the provider is blocked reading
+    timer = stop_later(stop, 0.3)
+    started = time.monotonic()
+    chunks = run(provider(server.base_url, timeout_s=10), PROMPT, stop)
+    timer.join()
+
+    # Then the iterator ends without an error, and the upstream sees the disconnect within a second
+    assert chunks == ["Hel"]
+    assert server.disconnected.wait(1.0)
+    assert server.disconnected_at - started < 1.3
+    assert no_watcher_left()
