@@ -57,6 +57,11 @@ def idempotency(principal: str, key_hash: str) -> str:
     return f"llm:idempotency:{principal}:{key_hash}"
 
 
+def model_running(model: str) -> str:
+    """Generations of a model running now (sorted set, score = when the slot expires)."""
+    return f"llm:model:{model}:running"
+
+
 def stats(model: str) -> str:
     return f"{STATS_PREFIX}:{model}"
 

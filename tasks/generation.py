@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import logging
+import time
 from functools import cache
 
 import orjson
 import redis
-from celery import shared_task
+from celery import Task, shared_task
 
-from bridge import keys
+from bridge import keys, scripts
 from bridge.connections import redis_client
 from bridge.constants import GENERATE_TASK
 from bridge.errors import UnknownModelError
@@ -33,10 +34,17 @@ def _client() -> redis.Redis:
     return redis_client(_settings(), max_connections=256)
 
 
-@shared_task(name=GENERATE_TASK, ignore_result=True, acks_late=True)
-def generate(generation_id: str) -> str:
+@shared_task(name=GENERATE_TASK, ignore_result=True, acks_late=True, bind=True, max_retries=None)
+def generate(self: Task, generation_id: str) -> str:  # type: ignore[type-arg]
     """Run one generation. Returns what happened (for logs and Flower)."""
-    return run_generation(_client(), _settings(), generation_id)
+    outcome = run_generation(_client(), _settings(), generation_id)
+    if outcome == DEFERRED:
+        # The model is at its concurrency limit: try again shortly (QUEUE_TIMEOUT_S bounds the wait).
+        raise self.retry(countdown=0.5)
+    return outcome
+
+
+DEFERRED = "deferred"
 
 
 def run_generation(client: redis.Redis, settings: Settings, generation_id: str) -> str:
@@ -47,42 +55,58 @@ def run_generation(client: redis.Redis, settings: Settings, generation_id: str) 
         max_length=settings.redis_stream_max_length,
         retry_s=settings.redis_retry_s,
     )
-    attempt = writer.claim(reason="worker_lost")
-    if attempt <= 0:
-        reason = Claim(attempt).name.lower()
-        logger.info("Generation %s not started: %s.", generation_id, reason, extra={"generation_id": generation_id})
-        return f"skipped:{reason}"
-    log_extra = {"generation_id": generation_id, "attempt": attempt}
+    log_extra: dict[str, object] = {"generation_id": generation_id}
     raw_request = client.hget(keys.gen_meta(generation_id), "request")
     try:
         request = GenerationRequest.model_validate(orjson.loads(raw_request or "{}"))
         spec = registry_for(settings.models_file).get(request.model)
-        if spec is not None and spec.provider == "external":
-            return "skipped:external"  # fed over HTTP or by bridge.external, never by a task
         if spec is None:
             raise UnknownModelError(f"model {request.model!r} is not configured on this worker")
+        if spec.provider == "external":
+            return "skipped:external"  # fed over HTTP or by bridge.external, never by a task
         provider = provider_for(spec)
     except (ValueError, UnknownModelError) as exc:
-        logger.error("Generation %s cannot start: %s", generation_id, exc, extra=log_extra)
-        writer.write([(EventType.ERROR.value, {"code": "invalid_request", "message": str(exc)})])
+        if writer.claim() > 0:
+            logger.error("Generation %s cannot start: %s", generation_id, exc, extra=log_extra)
+            writer.write([(EventType.ERROR.value, {"code": "invalid_request", "message": str(exc)})])
         return "failed"
-    logger.info("Generation %s started (model %s).", generation_id, request.model, extra=log_extra)
-    source = with_retries(
-        lambda stop: provider.stream(request, stop),
-        retries=settings.provider_retries,
-        base_delay_s=settings.provider_retry_base_ms / 1000,
-        generation_id=generation_id,
-    )
-    outcome = pump(
-        writer,
-        source,
-        flush_window_s=settings.flush_window_ms / 1000,
-        poll_s=settings.cancel_poll_ms / 1000,
-        idle_timeout_s=settings.provider_idle_timeout_s,
-        max_duration_s=settings.generation_max_duration_s,
-    )
-    logger.info("Generation %s attempt %s %s.", generation_id, attempt, outcome.value, extra=log_extra)
-    return outcome.value
+    slot = keys.model_running(spec.name) if spec.concurrency else None
+    if slot is not None and not _take_slot(client, slot, generation_id, spec.concurrency or 0, settings):
+        return DEFERRED
+    try:
+        attempt = writer.claim(reason="worker_lost")
+        if attempt <= 0:
+            reason = Claim(attempt).name.lower()
+            logger.info("Generation %s not started: %s.", generation_id, reason, extra=log_extra)
+            return f"skipped:{reason}"
+        log_extra["attempt"] = attempt
+        logger.info("Generation %s started (model %s).", generation_id, request.model, extra=log_extra)
+        source = with_retries(
+            lambda stop: provider.stream(request, stop),
+            retries=settings.provider_retries,
+            base_delay_s=settings.provider_retry_base_ms / 1000,
+            generation_id=generation_id,
+        )
+        outcome = pump(
+            writer,
+            source,
+            flush_window_s=settings.flush_window_ms / 1000,
+            poll_s=settings.cancel_poll_ms / 1000,
+            idle_timeout_s=settings.provider_idle_timeout_s,
+            max_duration_s=settings.generation_max_duration_s,
+        )
+        logger.info("Generation %s attempt %s %s.", generation_id, attempt, outcome.value, extra=log_extra)
+        return outcome.value
+    finally:
+        if slot is not None:
+            client.zrem(slot, generation_id)
+
+
+def _take_slot(client: redis.Redis, slot: str, generation_id: str, limit: int, settings: Settings) -> bool:
+    # A slot outlives a killed worker by at most the generation's maximum duration.
+    expire_ms = int((settings.generation_max_duration_s + 60) * 1000)
+    args = [generation_id, int(time.time() * 1000), limit, expire_ms]
+    return bool(scripts.run(client, scripts.TAKE_SLOT, [slot], args))
 
 
 __all__ = ["Outcome", "generate", "run_generation"]

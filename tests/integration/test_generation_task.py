@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from pathlib import Path
 
 import orjson
 import redis
@@ -78,3 +79,29 @@ def test_cancelling_a_running_task_stops_it_promptly(r: redis.Redis, settings: S
     thread.join(2)
     assert outcome == ["cancelled"]
     assert _raw(r, gid)[-1][0] == "cancelled"
+
+
+def test_a_model_at_its_concurrency_limit_defers_new_generations(
+    r: redis.Redis, settings: Settings, tmp_path: Path
+) -> None:
+    from bridge.models import registry_for
+
+    # Given a model that may run one generation at a time, and one running
+    models = tmp_path / "models.toml"
+    models.write_text(
+        '[models.one-at-a-time]\nprovider = "openai"\nbase_url = "http://127.0.0.1:9/v1"\nconcurrency = 1\n'
+    )
+    settings = settings.model_copy(update={"models_file": str(models), "provider_retries": 0})
+    registry_for.cache_clear()
+    r.zadd(keys.model_running("one-at-a-time"), {"gen_running": 10**15})
+    gid = new_generation(r, settings, "gen_waiting", model="one-at-a-time")
+    _set_request(r, gid, {"model": "one-at-a-time", "prompt": "x"})
+    # When its task runs, the generation is deferred, untouched
+    assert run_generation(r, settings, gid) == "deferred"
+    assert r.hget(keys.gen_meta(gid), "attempt") == "0"
+    assert _raw(r, gid) == []
+    # And once the slot frees, it starts (and gives the slot back when done)
+    r.delete(keys.model_running("one-at-a-time"))
+    assert run_generation(r, settings, gid) == "finished"  # the upstream is unreachable: it ends with an error
+    assert _raw(r, gid)[-1][0] == "error"
+    assert r.zcard(keys.model_running("one-at-a-time")) == 0
