@@ -12,6 +12,10 @@ from __future__ import annotations
 
 from typing import Any
 
+# If access logs are turned on (--access-logfile), they carry the path without the query string, so that
+# stream tokens (?token=) never reach a log.
+access_log_format = '%(h)s "%(m)s %(U)s %(H)s" %(s)s %(B)s %(D)sus'
+
 
 def post_worker_init(worker: Any) -> None:
     import gevent

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import logging
+import time
 
-from flask import Flask
+from flask import Flask, Response
+from flask_limiter import RateLimitExceeded
 
 from app import api, health, openai_compat, pages, producers
-from app.errors import register_error_handlers
-from app.extensions import sock
+from app.errors import error_response, register_error_handlers
+from app.extensions import cors, limiter, sock
 from app.services import Services
 from bridge.logs import configure_logging
 from bridge.settings import Settings
@@ -34,11 +36,36 @@ def create_app(settings: Settings | None = None) -> Flask:
     )
     app.json.sort_keys = False  # type: ignore[attr-defined]
     app.extensions["tokenbridge"] = Services.build(settings)
+    app.config.update(
+        RATELIMIT_ENABLED=bool(settings.rate_limit),
+        RATELIMIT_STORAGE_URI=settings.resolved_redis_url,
+        RATELIMIT_KEY_PREFIX="llm:ratelimit",
+    )
+    limiter.init_app(app)
     sock.init_app(app)
-    app.register_blueprint(api.bp)
-    app.register_blueprint(producers.bp)
-    app.register_blueprint(openai_compat.bp)
+    if settings.cors_origin_list:
+        # Browsers on these origins may call the API; none by default.
+        cors.init_app(
+            app,
+            resources={r"/v1/*": {"origins": settings.cors_origin_list}},
+            allow_headers=["Authorization", "Content-Type", "Last-Event-ID", "Idempotency-Key"],
+            expose_headers=["Location", "Retry-After", "x-tokenbridge-generation-id", "Idempotent-Replayed"],
+            max_age=600,
+        )
+    for blueprint in (api.bp, producers.bp, openai_compat.bp):
+        if settings.rate_limit:
+            limiter.limit(settings.rate_limit)(blueprint)
+        app.register_blueprint(blueprint)
     app.register_blueprint(health.bp)
     app.register_blueprint(pages.bp)
     register_error_handlers(app, retry_after_s=settings.redis_retry_after_s)
+
+    @app.errorhandler(RateLimitExceeded)
+    def _rate_limited(exc: RateLimitExceeded) -> Response:
+        current = limiter.current_limit
+        retry_after_s = max(1, int(current.reset_at - time.time())) if current else 60
+        return error_response(
+            429, "rate_limited", f"Too many requests ({exc.description}).", headers={"Retry-After": str(retry_after_s)}
+        )
+
     return app

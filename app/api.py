@@ -38,8 +38,19 @@ def _authenticate() -> None:
     authenticate()
     if request.endpoint == "api.generation_ws" and request.view_args:
         # Refuse with an HTTP error before the upgrade: a browser cannot read a WebSocket close reason.
+        _check_origin()
         load_meta(request.view_args["generation_id"])
         read_cursor()
+
+
+def _check_origin() -> None:
+    """A browser's WebSocket may come from this site or an allowed origin; others are refused (403)."""
+    origin = request.headers.get("Origin")
+    if origin is None:
+        return  # not a browser
+    own = f"{request.scheme}://{request.host}"
+    if origin.rstrip("/") not in (own, *services().settings.cors_origin_list):
+        raise ApiError(403, "origin_not_allowed", f"WebSocket connections from {origin} are not allowed.")
 
 
 # -- helpers ---------------------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 from dataclasses import dataclass
 from typing import Literal
@@ -35,12 +36,13 @@ class Authenticator:
         self.disabled = settings.auth_disabled
         self.ttl_s = settings.stream_token_ttl_s
         self._serializer = URLSafeTimedSerializer(settings.signing_key, salt=_SALT)
-        # ``name:key`` names a key for logs and metrics; a bare key is named by its position.
+        # ``name:key`` names a key for logs, metrics and limits; a bare key gets a stable name derived from
+        # a hash of it (never the key itself).
         self._keys: list[tuple[str, bytes]] = []
-        for index, entry in enumerate(sorted(settings.api_key_set)):
+        for entry in sorted(settings.api_key_set):
             name, sep, key = entry.partition(":")
             if not sep:
-                name, key = f"key{index + 1}", entry
+                name, key = f"key-{hashlib.sha256(entry.encode()).hexdigest()[:10]}", entry
             self._keys.append((name, key.encode()))
 
     def stream_token(self, *, generation_id: str | None = None, session_id: str | None = None) -> str:
@@ -63,6 +65,13 @@ class Authenticator:
         if self.disabled:
             return Principal("anonymous", name="anonymous")
         raise ApiError(401, "missing_credentials", "Send 'Authorization: Bearer <api key>' or ?token=<stream token>.")
+
+    def key_name(self, authorization: str | None) -> str | None:
+        """The name of the API key in an Authorization header, or None (for rate limiting: no errors)."""
+        if not authorization:
+            return None
+        scheme, _, credential = authorization.partition(" ")
+        return self._match_key(credential.strip()) if scheme.lower() == "bearer" else None
 
     def _match_key(self, credential: str) -> str | None:
         given = credential.encode()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,7 +16,7 @@ from app import metrics
 from app.errors import ApiError, invalid
 from app.inputs import model_errors, require_api_key, validation_details
 from app.services import services
-from bridge import keys, streams
+from bridge import keys, scripts, streams
 from bridge.constants import send_generation
 from bridge.events import EventType
 from bridge.generation import GenerationRequest, new_generation_id, new_session_id
@@ -56,6 +57,7 @@ def submit_generation(body: dict[str, Any]) -> Submitted:
     if isinstance(idempotency_key, dict):
         headers = {"Location": f"/v1/generations/{idempotency_key['id']}", "Idempotent-Replayed": "true"}
         return Submitted(idempotency_key, headers)
+    running = _take_running_slot(generation_id)
     try:
         streams.create_generation(
             s.redis,
@@ -65,12 +67,15 @@ def submit_generation(body: dict[str, Any]) -> Submitted:
             request=req.model_dump(mode="json", exclude_none=True),
             group=s.settings.redis_consumer_group,
             retention_ms=s.settings.redis_stream_retention_ms,
+            api_key=g.principal.name,
         )
         if s.models[req.model].provider != "external":
             enqueue(generation_id)
     except Exception:
         if idempotency_key is not None:
             s.redis.delete(idempotency_key)  # nothing was started: the same key may be tried again
+        if running is not None:
+            s.redis.zrem(running, generation_id)
         raise
     metrics.GENERATIONS_CREATED.labels(req.model).inc()
     logger.info(
@@ -81,6 +86,26 @@ def submit_generation(body: dict[str, Any]) -> Submitted:
     )
     payload = created(generation_id, session_id, req.model, "queued")
     return Submitted(payload, {"Location": f"/v1/generations/{generation_id}"})
+
+
+def _take_running_slot(generation_id: str) -> str | None:
+    """Count the generation against its API key's cap on running generations; 429 when the cap is reached."""
+    s = services()
+    limit = s.settings.max_running_per_key
+    if not limit or g.principal.kind != "api_key":
+        return None
+    running = keys.key_running(g.principal.name)
+    # A slot is released when the generation ends; one whose end was never seen lapses after this long.
+    expire_ms = int((s.settings.generation_max_duration_s + s.settings.queue_timeout_s + 60) * 1000)
+    args = [generation_id, int(time.time() * 1000), limit, expire_ms]
+    if not scripts.run(s.redis, scripts.TAKE_SLOT, [running], args):
+        raise ApiError(
+            429,
+            "too_many_running",
+            f"This API key already has {limit} generations running; wait for one to finish.",
+            headers={"Retry-After": "1"},
+        )
+    return running
 
 
 def created(generation_id: str, session_id: str, model: str, status: str) -> dict[str, Any]:

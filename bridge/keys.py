@@ -57,6 +57,11 @@ def idempotency(principal: str, key_hash: str) -> str:
     return f"llm:idempotency:{principal}:{key_hash}"
 
 
+def key_running(api_key_name: str) -> str:
+    """Generations of an API key running now (sorted set, score = when the slot lapses)."""
+    return f"llm:key:{api_key_name}:running"
+
+
 def model_running(model: str) -> str:
     """Generations of a model running now (sorted set, score = when the slot expires)."""
     return f"llm:model:{model}:running"

@@ -46,6 +46,9 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(default=1_048_576, ge=1024)
     max_tokens_limit: int = Field(default=32_768, ge=1)
     redis_retry_after_s: int = Field(default=2, ge=1)
+    rate_limit: str = "600/minute"
+    max_running_per_key: int = Field(default=100, ge=0)
+    cors_origins: str = ""
     idempotency_ttl_s: int = Field(default=86_400, ge=1)
 
     # tasks
@@ -112,6 +115,10 @@ class Settings(BaseSettings):
     @cached_property
     def api_key_set(self) -> frozenset[str]:
         return frozenset(key.strip() for key in self.api_keys.split(",") if key.strip())
+
+    @cached_property
+    def cors_origin_list(self) -> list[str]:
+        return [origin.strip().rstrip("/") for origin in self.cors_origins.split(",") if origin.strip()]
 
     @property
     def signing_key(self) -> str:

@@ -39,6 +39,7 @@ def create_generation(
     group: str,
     retention_ms: int,
     created_at: float | None = None,
+    api_key: str = "",
 ) -> float:
     """Store a new generation, open its raw stream to the processors and hand it to the consumer workers."""
     created = created_at if created_at is not None else time.time()
@@ -52,6 +53,7 @@ def create_generation(
             "status": "queued",
             "created_at": repr(created),
             "attempt": 0,
+            "api_key": api_key,
         },
     )
     pipe.xgroup_create(keys.gen_raw(generation_id), group, id="0", mkstream=True)

@@ -406,6 +406,8 @@ class ConsumerWorker:
             retention_ms = self.settings.redis_stream_retention_ms
             for key in keys.generation_keys(gid):
                 pipe.pexpire(key, retention_ms)
+            if state.api_key:
+                pipe.zrem(keys.key_running(state.api_key), gid)
             if state.session_id:
                 pipe.pexpire(keys.session_out(state.session_id), retention_ms)
                 pipe.pexpire(keys.session_index(state.session_id), retention_ms * 2)

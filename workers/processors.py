@@ -31,6 +31,7 @@ class GenerationState:
     work_id: str
     model: str = ""
     session_id: str = ""
+    api_key: str = ""
     created_at: float = 0.0
     seq: int = 0
     text: str = ""
@@ -55,6 +56,7 @@ class GenerationState:
             work_id=work_id,
             model=meta.get("model", ""),
             session_id=meta.get("session_id", ""),
+            api_key=meta.get("api_key", ""),
             created_at=float(meta.get("created_at", 0) or 0),
             seq=int(meta.get("seq", 0)),
             text=meta.get("text", ""),
