@@ -10,11 +10,28 @@ another instance and resume with Last-Event-ID), so a deploy does not wait out t
 
 from __future__ import annotations
 
+import glob
+import os
+import tempfile
 from typing import Any
 
 # If access logs are turned on (--access-logfile), they carry the path without the query string, so that
 # stream tokens (?token=) never reach a log.
 access_log_format = '%(h)s "%(m)s %(U)s %(H)s" %(s)s %(B)s %(D)sus'
+
+
+def on_starting(server: Any) -> None:
+    # Every worker writes its metrics here and /metrics adds them up (prometheus-client multiprocess mode).
+    if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="tokenbridge-metrics-")
+
+
+def child_exit(server: Any, worker: Any) -> None:
+    # What prometheus_client.multiprocess.mark_process_dead does, without importing it (and ssl) here.
+    directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if directory:
+        for path in glob.glob(os.path.join(directory, f"gauge_live*_{worker.pid}.db")):
+            os.remove(path)
 
 
 def post_worker_init(worker: Any) -> None:

@@ -8,7 +8,7 @@ import time
 from flask import Flask, Response
 from flask_limiter import RateLimitExceeded
 
-from app import api, health, openai_compat, pages, producers
+from app import api, health, openai_compat, pages, producers, stats
 from app.errors import error_response, register_error_handlers
 from app.extensions import cors, limiter, sock
 from app.services import Services
@@ -52,7 +52,7 @@ def create_app(settings: Settings | None = None) -> Flask:
             expose_headers=["Location", "Retry-After", "x-tokenbridge-generation-id", "Idempotent-Replayed"],
             max_age=600,
         )
-    for blueprint in (api.bp, producers.bp, openai_compat.bp):
+    for blueprint in (api.bp, producers.bp, openai_compat.bp, stats.bp):
         if settings.rate_limit:
             limiter.limit(settings.rate_limit)(blueprint)
         app.register_blueprint(blueprint)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -108,6 +109,7 @@ def _event_stream(key: str, cursor: str, *, stop_at_terminal: bool, on_gap: GapH
         metrics.RESUMES.labels("sse").inc()
     sent = metrics.EVENTS_SENT.labels("sse")
     open_streams = metrics.OPEN_STREAMS.labels("sse")
+    latency = metrics.DELIVERY_LATENCY.labels("sse")
     _bound_writes(request.environ.get("gunicorn.socket"), s.settings.sse_send_timeout_s)
 
     def body() -> Iterator[str]:
@@ -129,6 +131,8 @@ def _event_stream(key: str, cursor: str, *, stop_at_terminal: bool, on_gap: GapH
                 else:
                     yield sse_frame(event)
                     sent.inc()
+                    if event.event == "token":
+                        latency.observe(time.time() - orjson.loads(event.data).get("ts", time.time()))
         except redis.RedisError as exc:
             # End the response; the client resumes from its Last-Event-ID once Redis is back.
             logger.warning("Stream %s ended early: %s", key, exc)

@@ -7,15 +7,14 @@ from typing import Any
 
 import redis
 from flask import Blueprint, Response, jsonify
-from prometheus_client import CONTENT_TYPE_LATEST, Gauge, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 
+from app.metrics import render
 from app.services import Services, services
 from bridge import keys
 
 bp = Blueprint("health", __name__)
 
-HUB_KEYS = Gauge("tokenbridge_hub_watched_keys", "Stream keys the hub of this web process watches")
-HUB_SUBSCRIBERS = Gauge("tokenbridge_hub_subscribers", "Client subscriptions served by the hub of this web process")
 
 _celery_cache: dict[str, Any] = {"at": 0.0, "result": None}
 
@@ -28,7 +27,9 @@ def healthz() -> Response:
 def _check_redis(s: Services) -> dict[str, Any]:
     started = time.perf_counter()
     s.redis.ping()
-    return {"status": "healthy", "latency_ms": round((time.perf_counter() - started) * 1000, 3)}
+    latency_ms = (time.perf_counter() - started) * 1000
+    status = "degraded" if latency_ms > s.settings.ready_max_redis_latency_ms else "healthy"
+    return {"status": status, "latency_ms": round(latency_ms, 3)}
 
 
 def _check_consumers(s: Services) -> dict[str, Any]:
@@ -37,15 +38,33 @@ def _check_consumers(s: Services) -> dict[str, Any]:
     alive = s.redis.zcount(keys.CONSUMERS_ZSET, alive_after, "+inf")
     pending = 0
     lag: int | None = None
+    oldest_s = 0.0
     try:
-        for group in s.redis.xinfo_groups(keys.WORK_STREAM):
+        groups: Any = s.redis.xinfo_groups(keys.WORK_STREAM)
+        for group in groups:
             if group.get("name") == s.settings.redis_consumer_group:
                 pending = int(group.get("pending", 0))
                 lag = group.get("lag")
+        oldest: Any = s.redis.xpending_range(keys.WORK_STREAM, s.settings.redis_consumer_group, "-", "+", 1)
+        if oldest:
+            oldest_s = max(0.0, time.time() - int(oldest[0]["message_id"].split("-")[0]) / 1000)
     except redis.ResponseError:
         pass  # no work stream yet
-    status = "healthy" if alive else "degraded"
-    return {"status": status, "alive": alive, "pending_generations": pending, "lag": lag}
+    problems = []
+    if not alive:
+        problems.append("no consumer worker is alive")
+    if lag is not None and lag > s.settings.ready_max_lag:
+        problems.append(f"{lag} generations wait for a consumer")
+    if oldest_s > s.settings.ready_max_pending_age_s:
+        problems.append(f"a generation has been running for {oldest_s:.0f} s")
+    return {
+        "status": "degraded" if problems else "healthy",
+        "alive": alive,
+        "pending_generations": pending,
+        "lag": lag,
+        "oldest_pending_s": round(oldest_s, 3),
+        "problems": problems,
+    }
 
 
 def _check_celery(s: Services) -> dict[str, Any]:
@@ -91,7 +110,4 @@ def readyz() -> tuple[Response, int, dict[str, str]]:
 
 @bp.get("/metrics")
 def metrics() -> Response:
-    s = services()
-    HUB_KEYS.set(s.hub.watched_keys)
-    HUB_SUBSCRIBERS.set(s.hub.subscriber_count)
-    return Response(generate_latest(), mimetype=CONTENT_TYPE_LATEST)
+    return Response(render(), mimetype=CONTENT_TYPE_LATEST)

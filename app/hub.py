@@ -19,6 +19,7 @@ from typing import Any
 
 import redis
 
+from app import metrics
 from bridge.events import ClientEvent, decode_out
 from bridge.streams import parse_stream_id
 
@@ -113,6 +114,7 @@ class Hub:
                 self._subscribers[key] = set()
             self._subscribers[key].add(sub)
             position = self._positions[key]
+            self._count()
         self._start()
         if new:
             self._changed.set()
@@ -129,6 +131,12 @@ class Hub:
             if not subscribers:
                 del self._subscribers[sub.key]
                 del self._positions[sub.key]
+            self._count()
+
+    def _count(self) -> None:
+        # Under the lock: cheap, and exact for the gauges.
+        metrics.HUB_KEYS.set(len(self._positions))
+        metrics.HUB_SUBSCRIBERS.set(sum(len(s) for s in self._subscribers.values()))
 
     @property
     def watched_keys(self) -> int:

@@ -1,10 +1,36 @@
-"""Prometheus metrics of the web process (a first set; no generation ids in labels)."""
+"""Prometheus metrics of the web processes. Labels are bounded: transport, model, outcome; never ids.
+
+Under gunicorn every worker process writes its samples to ``PROMETHEUS_MULTIPROC_DIR`` (set by
+``gunicorn.conf.py``) and ``/metrics`` adds them up, so a scrape sees the whole ``web`` process.
+"""
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge
+import os
 
-OPEN_STREAMS = Gauge("tokenbridge_open_streams", "Client streams open on this web process", ["transport"])
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
+from prometheus_client.registry import REGISTRY
+
+OPEN_STREAMS = Gauge("tokenbridge_open_streams", "Client streams open", ["transport"], multiprocess_mode="livesum")
 EVENTS_SENT = Counter("tokenbridge_events_sent_total", "Events written to clients", ["transport"])
 RESUMES = Counter("tokenbridge_resumes_total", "Streams opened with a Last-Event-ID", ["transport"])
 GENERATIONS_CREATED = Counter("tokenbridge_generations_created_total", "Generations submitted", ["model"])
+DELIVERY_LATENCY = Histogram(
+    "tokenbridge_delivery_latency_seconds",
+    "From the producer's timestamp of a token to its write to a client socket",
+    ["transport"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.015, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+)
+HUB_KEYS = Gauge("tokenbridge_hub_watched_keys", "Stream keys the hubs watch", multiprocess_mode="livesum")
+HUB_SUBSCRIBERS = Gauge("tokenbridge_hub_subscribers", "Client subscriptions of the hubs", multiprocess_mode="livesum")
+HUB_RESYNCS = Counter("tokenbridge_hub_resyncs_total", "Clients that fell behind and re-read from Redis")
+REJECTED = Counter("tokenbridge_requests_rejected_total", "Requests answered with an error", ["status"])
+
+
+def render() -> bytes:
+    """The exposition text: this process's registry, or every worker's under gunicorn."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        return generate_latest(registry)
+    return generate_latest(REGISTRY)

@@ -58,7 +58,7 @@ def _to_generation(body: dict[str, Any]) -> dict[str, Any]:
     request: dict[str, Any] = {
         "model": body.get("model"),
         "messages": messages,
-        "max_tokens": body.get("max_completion_tokens", body.get("max_tokens")),
+        "max_tokens": body.get("max_completion_tokens") or body.get("max_tokens"),
         "temperature": body.get("temperature"),
         "stop": body.get("stop"),
         "metadata": body.get("metadata"),
@@ -107,7 +107,7 @@ def chat_completions() -> Response | tuple[Response, int, dict[str, str]]:
     submitted = submit_generation(_to_generation(body))
     generation_id = submitted.generation_id
     model = str(submitted.payload["model"])
-    headers = {"x-tokenbridge-generation-id": generation_id, "Location": f"/v1/generations/{generation_id}"}
+    headers = {**submitted.headers, "x-tokenbridge-generation-id": generation_id}
     cid, created = f"chatcmpl-{generation_id}", int(time.time())
     options: dict[str, Any] = body["stream_options"] if isinstance(body.get("stream_options"), dict) else {}
     include_usage = bool(options.get("include_usage"))

@@ -7,6 +7,7 @@ from collections.abc import Callable, Iterator
 
 import redis
 
+from app import metrics
 from app.hub import Hub, id_after
 from bridge.events import ClientEvent
 from bridge.streams import read_events
@@ -92,6 +93,7 @@ def follow(
             hub.unsubscribe(sub)
         # Overflowed: this client fell behind the hub; read what it missed from Redis and rejoin.
         hub.resyncs += 1
+        metrics.HUB_RESYNCS.inc()
 
 
 def sse_frame(event: ClientEvent) -> str:

@@ -72,7 +72,8 @@ class ModelSpec(BaseModel):
     api_key_env: str | None = None
     max_tokens: int | None = Field(default=None, ge=1)
     concurrency: int | None = Field(default=None, ge=1)
-    timeout_s: float = Field(default=60.0, gt=0)
+    # Below PROVIDER_IDLE_TIMEOUT_S, so that a hung upstream is retried before the generation times out.
+    timeout_s: float = Field(default=30.0, gt=0)
     headers: dict[str, str] = Field(default_factory=dict)
 
     @property

@@ -74,6 +74,9 @@ class GenerationWriter:
         self.retry_s = retry_s
         self.attempt = 0
         self.batch = 0
+        # What this writer wrote, for metrics: tokens, and the code of an error entry.
+        self.tokens = 0
+        self.error_code: str | None = None
         self._keys = [
             keys.gen_meta(generation_id),
             keys.gen_lease(generation_id),
@@ -99,6 +102,12 @@ class GenerationWriter:
             args.append(event_type)
             args.append(orjson.dumps(data))
         result = int(self._retrying(lambda: scripts.run(self.client, scripts.WRITE, self._keys, args)))
+        if result > 0:
+            for event_type, data in entries:
+                if event_type == EventType.TOKEN.value:
+                    self.tokens += 1
+                elif event_type == EventType.ERROR.value:
+                    self.error_code = str(data.get("code"))
         if result == -1:
             return WriteResult.FENCED
         if result == -2:
@@ -159,7 +168,14 @@ def _terminal_entry(item: Finish | _Failure, completion_tokens: int) -> tuple[st
     return EventType.DONE.value, {"finish_reason": item.finish_reason, "usage": usage}
 
 
-def with_retries(source: TokenSource, *, retries: int, base_delay_s: float, generation_id: str) -> TokenSource:
+def with_retries(
+    source: TokenSource,
+    *,
+    retries: int,
+    base_delay_s: float,
+    generation_id: str,
+    on_retry: Callable[[ProviderError], None] | None = None,
+) -> TokenSource:
     """Retry a source that fails before its first token (``ProviderError`` with ``retryable``), with backoff."""
 
     def run(stop: threading.Event) -> Iterator[Chunk]:
@@ -178,6 +194,8 @@ def with_retries(source: TokenSource, *, retries: int, base_delay_s: float, gene
                 if exc.retry_after_s is not None:
                     delay_s = max(delay_s, min(exc.retry_after_s, 60.0))
                 failures += 1
+                if on_retry is not None:
+                    on_retry(exc)
                 logger.warning(
                     "Generation %s: provider failed before its first token (%s); retry %s/%s in %.2fs.",
                     generation_id,

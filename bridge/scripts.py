@@ -124,7 +124,8 @@ return 0
 ABORT = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
 if redis.call('HEXISTS', KEYS[1], 'terminal') == 1 then return -1 end
-if redis.call('EXISTS', KEYS[2]) == 1 then
+-- An external producer's lease only measures its silence: nobody would read a cancel request.
+if redis.call('EXISTS', KEYS[2]) == 1 and redis.call('HGET', KEYS[1], 'model') ~= 'external' then
   if ARGV[1] == 'cancelled' then
     redis.call('SET', KEYS[4], '1', 'PX', ARGV[4])
     return 2

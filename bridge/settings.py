@@ -50,6 +50,9 @@ class Settings(BaseSettings):
     max_running_per_key: int = Field(default=100, ge=0)
     cors_origins: str = ""
     idempotency_ttl_s: int = Field(default=86_400, ge=1)
+    ready_max_redis_latency_ms: float = Field(default=100.0, gt=0)
+    ready_max_lag: int = Field(default=1000, ge=0)
+    ready_max_pending_age_s: float = Field(default=1800.0, gt=0)
 
     # tasks
     flush_window_ms: float = Field(default=2.0, ge=0)
@@ -70,6 +73,8 @@ class Settings(BaseSettings):
     consumer_batch: int = Field(default=256, ge=1)
     consumer_claim_idle_ms: int = Field(default=10_000, ge=100)
     consumer_heartbeat_ms: int = Field(default=2000, ge=50)
+    consumer_metrics_port: int | None = None
+    worker_metrics_port: int | None = None
     processors: str = ""
     dead_letter_after: int = Field(default=5, ge=1)
     dead_letter_max_length: int = Field(default=10_000, ge=10)

@@ -6,14 +6,18 @@ import logging
 from typing import Any
 
 from celery import Celery
-from celery.signals import setup_logging
+from celery.signals import setup_logging, worker_init
+from prometheus_client import start_http_server
 
 from bridge.constants import GENERATE_TASK, GENERATION_QUEUE, broker_transport_options
 from bridge.logs import configure_logging
+from bridge.models import load_registry
 from bridge.settings import Settings
 
 
 def create_celery(settings: Settings) -> Celery:
+    # A broken MODELS_FILE stops the worker at start rather than failing every generation later.
+    load_registry(settings.models_file)
     app = Celery("tokenbridge", broker=settings.broker_url, include=["tasks.generation"])
     app.conf.update(
         task_serializer="json",
@@ -40,6 +44,13 @@ def create_celery(settings: Settings) -> Celery:
     )
     app.conf.tokenbridge_settings = settings
     return app
+
+
+@worker_init.connect
+def _serve_metrics(**_: Any) -> None:
+    port = Settings().worker_metrics_port
+    if port:
+        start_http_server(port)
 
 
 @setup_logging.connect

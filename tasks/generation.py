@@ -19,6 +19,7 @@ from bridge.generation import GenerationRequest
 from bridge.models import registry_for
 from bridge.producer import Claim, GenerationWriter, Outcome, pump, with_retries
 from bridge.settings import Settings
+from tasks import metrics
 from tasks.providers import provider_for
 
 logger = logging.getLogger(__name__)
@@ -56,7 +57,9 @@ def run_generation(client: redis.Redis, settings: Settings, generation_id: str) 
         retry_s=settings.redis_retry_s,
     )
     log_extra: dict[str, object] = {"generation_id": generation_id}
-    raw_request = client.hget(keys.gen_meta(generation_id), "request")
+    raw_request, terminal = client.hmget(keys.gen_meta(generation_id), ["request", "terminal"])
+    if terminal or raw_request is None:
+        return "skipped:finished"  # cancelled, timed out or expired while it waited
     try:
         request = GenerationRequest.model_validate(orjson.loads(raw_request or "{}"))
         spec = registry_for(settings.models_file).get(request.model)
@@ -86,6 +89,7 @@ def run_generation(client: redis.Redis, settings: Settings, generation_id: str) 
             retries=settings.provider_retries,
             base_delay_s=settings.provider_retry_base_ms / 1000,
             generation_id=generation_id,
+            on_retry=lambda exc: metrics.PROVIDER_RETRIES.labels(spec.name).inc(),
         )
         outcome = pump(
             writer,
@@ -96,6 +100,10 @@ def run_generation(client: redis.Redis, settings: Settings, generation_id: str) 
             max_duration_s=settings.generation_max_duration_s,
         )
         logger.info("Generation %s attempt %s %s.", generation_id, attempt, outcome.value, extra=log_extra)
+        metrics.GENERATIONS.labels(spec.name, outcome.value).inc()
+        metrics.TOKENS.labels(spec.name).inc(writer.tokens)
+        if writer.error_code:
+            metrics.PROVIDER_ERRORS.labels(spec.name, writer.error_code).inc()
         return outcome.value
     finally:
         if slot is not None:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import logging
+
 from celery import Celery
+from prometheus_client import start_http_server
 
 from bridge.connections import redis_client
 from bridge.constants import celery_client_options, send_generation
@@ -26,6 +29,10 @@ def main() -> None:
         enqueue=lambda gid: send_generation(celery, gid),
     )
     worker.install_signal_handlers()
+    for problem in settings.order_problems():
+        logging.getLogger(__name__).warning(problem)
+    if settings.consumer_metrics_port:
+        start_http_server(settings.consumer_metrics_port)
     worker.run()
 
 

@@ -32,6 +32,7 @@ from bridge.errors import ProcessingError
 from bridge.events import Event, EventType, decode_raw, encode_out
 from bridge.settings import Settings
 from bridge.streams import ensure_group
+from workers import metrics
 from workers.processors import Chain, GenerationState, Processor
 
 logger = logging.getLogger(__name__)
@@ -188,6 +189,20 @@ class ConsumerWorker:
         self._refresh_owned()
         self._take_over_idle()
         self._supervise()
+        self._measure()
+
+    def _measure(self) -> None:
+        """Gauges of the work stream (every consumer reports the same figures; aggregate with max)."""
+        metrics.OWNED.set(len(self.owned))
+        groups: Any = self.client.xinfo_groups(keys.WORK_STREAM)
+        for group in groups:
+            if group.get("name") == self.group:
+                metrics.PENDING.set(int(group.get("pending") or 0))
+                if group.get("lag") is not None:
+                    metrics.LAG.set(int(group["lag"]))
+        oldest: Any = self.client.xpending_range(keys.WORK_STREAM, self.group, min="-", max="+", count=1)
+        age_s = (time.time() * 1000 - int(oldest[0]["message_id"].split("-")[0])) / 1000 if oldest else 0.0
+        metrics.OLDEST_PENDING.set(max(0.0, age_s))
 
     def _refresh_owned(self) -> None:
         # Reading our own pending entries resets their idle time and lists exactly what we still own.
@@ -230,6 +245,7 @@ class ConsumerWorker:
                     continue
                 gid = fields.get("generation_id", "")
                 logger.info("Taking over generation %s from an idle consumer.", gid, extra={"generation_id": gid})
+                metrics.TAKEOVERS.inc()
                 self.adopt(gid, work_id, taken_over=True)
             if start == "0-0":
                 break
@@ -263,6 +279,7 @@ class ConsumerWorker:
         assert self.enqueue is not None
         try:
             self.enqueue(generation_id)
+            metrics.REQUEUES.inc()
         except Exception as exc:
             # Not enqueued: take the mark back so that the next round tries again.
             logger.warning("Generation %s could not be enqueued: %s", generation_id, exc)
@@ -392,6 +409,7 @@ class ConsumerWorker:
                 terminal = out or event
         if acked:
             self._commit(state, pipe, acked, terminal)
+            metrics.ENTRIES.inc(len(acked))
         if failure is not None:
             self._handle_failure(state, *failure)
         return len(acked)
@@ -476,6 +494,7 @@ class ConsumerWorker:
         )
         pipe.xack(keys.gen_raw(gid), self.group, entry_id)
         pipe.execute()
+        metrics.DEAD_LETTERS.inc()
         state.poisoned = True
         message = f"Entry {entry_id} could not be processed after {deliveries} deliveries."
         state.scratch["poison"] = {"code": "poison_entry", "message": message}

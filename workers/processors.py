@@ -19,6 +19,7 @@ import redis
 from bridge import keys
 from bridge.errors import ProcessingError
 from bridge.events import STATUS_AFTER, Event, EventType
+from workers import metrics
 
 logger = logging.getLogger(__name__)
 
@@ -137,6 +138,9 @@ class AnalyticsProcessor(Processor):
     def finish(self, gen: GenerationState, event: Event) -> None:
         key = keys.stats(gen.model or "unknown")
         status = STATUS_AFTER[event.type].value
+        metrics.FINISHED.labels(gen.model or "unknown", status).inc()
+        if gen.first_token_at is not None and gen.created_at:
+            metrics.TTFT.labels(gen.model or "unknown").observe(max(0.0, gen.first_token_at - gen.created_at))
         pipe = self.client.pipeline(transaction=False)
         pipe.hincrby(key, "generations", 1)
         pipe.hincrby(key, f"status:{status}", 1)
@@ -192,9 +196,11 @@ class Chain:
     def process(self, gen: GenerationState, event: Event) -> Event | None:
         current = event
         for processor in self.processors:
+            started = time.perf_counter()
             try:
                 result = processor.process(gen, current)
             except Exception as exc:
+                metrics.PROCESSOR_ERRORS.labels(processor.name).inc()
                 if processor.critical:
                     raise ProcessingError(f"{processor.name}: {exc!r}") from exc
                 logger.exception(
@@ -205,6 +211,8 @@ class Chain:
                     extra={"generation_id": gen.generation_id},
                 )
                 continue
+            finally:
+                metrics.PROCESSOR_SECONDS.labels(processor.name).observe(time.perf_counter() - started)
             if result is None:
                 if current.terminal:
                     logger.warning("Processor %s cannot drop a terminal event; kept.", processor.name)

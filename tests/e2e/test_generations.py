@@ -220,3 +220,22 @@ def test_concurrent_retries_with_one_idempotency_key_start_one_generation(stack:
     for thread in threads:
         thread.join(10)
     assert len(ids) == 8 and len(set(ids)) == 1
+
+
+def test_stats_and_metrics_reflect_what_streamed(stack: Stack) -> None:
+    gen = stack.create(model="echo", prompt="count me in the statistics")
+    stack.events(gen)
+    deadline = time.monotonic() + 10
+    while True:
+        echo = stack.get("/v1/stats").json()["models"]["echo"]
+        if echo["generations"] >= 1 or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    assert echo["generations"] >= 1 and echo["tokens"] >= 5
+    assert echo["ttft_ms"]["p50"] is not None and echo["ttft_ms"]["p95"] >= echo["ttft_ms"]["p50"]
+    assert echo["by_status"]["completed"] >= 1
+    text = stack.get("/metrics").text
+    assert "tokenbridge_delivery_latency_seconds_count" in text
+    assert 'tokenbridge_open_streams{transport="sse"}' in text
+    stream_token = stack.get("/v1/stats", headers={"Authorization": ""}, params={"token": gen["stream_token"]})
+    assert stream_token.status_code == 403

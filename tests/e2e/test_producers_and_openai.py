@@ -143,3 +143,13 @@ def test_openai_errors_come_back_as_openai_errors(stack: Stack) -> None:
         with pytest.raises(APIError) as failed:
             list(stream)
     assert "synthetic failure" in str(failed.value)
+
+
+def test_cancelling_an_external_generation_ends_it_and_refuses_more_tokens(stack: Stack) -> None:
+    gen = stack.create(model="external", prompt="x")
+    stack.post(f"/v1/generations/{gen['id']}/tokens", {"index": 0, "tokens": ["started "]})
+    assert stack.post(f"/v1/generations/{gen['id']}/cancel").status_code == 202
+    events = stack.events(gen).events
+    assert [e.event for e in events] == ["token", "cancelled"]
+    more = stack.post(f"/v1/generations/{gen['id']}/tokens", {"index": 1, "tokens": ["more"]})
+    assert more.status_code == 409 and more.json()["error"]["code"] == "already_finished"
