@@ -9,7 +9,7 @@ import redis
 from flask import Blueprint, Response, jsonify
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from app.metrics import render
+from app.metrics import REDIS_UP, render
 from app.services import Services, services
 from bridge import keys
 
@@ -110,4 +110,9 @@ def readyz() -> tuple[Response, int, dict[str, str]]:
 
 @bp.get("/metrics")
 def metrics() -> Response:
+    try:
+        services().redis.ping()
+        REDIS_UP.set(1)
+    except redis.RedisError:
+        REDIS_UP.set(0)
     return Response(render(), mimetype=CONTENT_TYPE_LATEST)

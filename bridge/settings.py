@@ -53,6 +53,8 @@ class Settings(BaseSettings):
     ready_max_redis_latency_ms: float = Field(default=100.0, gt=0)
     ready_max_lag: int = Field(default=1000, ge=0)
     ready_max_pending_age_s: float = Field(default=1800.0, gt=0)
+    alert_webhook_url: str | None = None
+    alert_interval_s: float = Field(default=30.0, gt=0)
 
     # tasks
     flush_window_ms: float = Field(default=2.0, ge=0)

@@ -33,6 +33,7 @@ from bridge.events import Event, EventType, decode_raw, encode_out
 from bridge.settings import Settings
 from bridge.streams import ensure_group
 from workers import metrics
+from workers.alerts import Alerter
 from workers.processors import Chain, GenerationState, Processor
 
 logger = logging.getLogger(__name__)
@@ -70,6 +71,7 @@ class ConsumerWorker:
         self._next_housekeeping = 0.0
         self._group_ready = False
         self._resync = False
+        self.alerter = Alerter(client, settings, self.name)
 
     # -- lifecycle ---------------------------------------------------------------------------------
 
@@ -190,6 +192,7 @@ class ConsumerWorker:
         self._take_over_idle()
         self._supervise()
         self._measure()
+        self.alerter.tick()
 
     def _measure(self) -> None:
         """Gauges of the work stream (every consumer reports the same figures; aggregate with max)."""

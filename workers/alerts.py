@@ -1,0 +1,83 @@
+"""Health alerts to a webhook: one consumer at a time checks the pipeline and posts to ALERT_WEBHOOK_URL
+when it turns unhealthy and when it recovers — once per change, not at every check."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import httpx
+import orjson
+import redis
+
+from bridge import keys
+from bridge.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+LEADER = "llm:alerts:leader"
+STATE = "llm:alerts:state"
+
+
+def pipeline_problems(client: redis.Redis, settings: Settings) -> list[str]:
+    """What is wrong with the pipeline as a whole (empty when healthy)."""
+    problems = []
+    now_ms = int(time.time() * 1000)
+    alive = client.zcount(keys.CONSUMERS_ZSET, now_ms - 3 * settings.consumer_heartbeat_ms, "+inf")
+    if not alive:
+        problems.append("no consumer worker is alive")
+    groups: Any = client.xinfo_groups(keys.WORK_STREAM)
+    for group in groups:
+        lag = group.get("lag")
+        if group.get("name") == settings.redis_consumer_group and lag is not None and lag > settings.ready_max_lag:
+            problems.append(f"{lag} generations wait for a consumer")
+    oldest: Any = client.xpending_range(keys.WORK_STREAM, settings.redis_consumer_group, "-", "+", 1)
+    if oldest:
+        age_s = time.time() - int(oldest[0]["message_id"].split("-")[0]) / 1000
+        if age_s > settings.ready_max_pending_age_s:
+            problems.append(f"a generation has been running for {age_s:.0f} s")
+    return problems
+
+
+class Alerter:
+    """Runs inside consumer housekeeping; only the elected consumer checks and posts."""
+
+    def __init__(self, client: redis.Redis, settings: Settings, name: str, *, http: httpx.Client | None = None) -> None:
+        self.client = client
+        self.settings = settings
+        self.name = name
+        self.http = http
+        self._next_check = 0.0
+
+    def tick(self) -> None:
+        if not self.settings.alert_webhook_url or time.monotonic() < self._next_check:
+            return
+        self._next_check = time.monotonic() + self.settings.alert_interval_s
+        lease_ms = int(self.settings.alert_interval_s * 3000)
+        leader = self.client.set(LEADER, self.name, nx=True, px=lease_ms) or self.client.get(LEADER) == self.name
+        if not leader:
+            return
+        self.client.pexpire(LEADER, lease_ms)
+        problems = pipeline_problems(self.client, self.settings)
+        status = "unhealthy" if problems else "healthy"
+        previous = self.client.getset(STATE, status) or "healthy"
+        if previous != status:
+            self._post(status, problems)
+
+    def _post(self, status: str, problems: list[str]) -> None:
+        body = {"service": "tokenbridge", "status": status, "problems": problems, "at": time.time()}
+        if self.http is None:
+            self.http = httpx.Client(timeout=5.0)
+        try:
+            response = self.http.post(
+                self.settings.alert_webhook_url or "",
+                content=orjson.dumps(body),
+                headers={"Content-Type": "application/json"},
+            )
+            response.raise_for_status()
+            logger.warning("Pipeline %s; alert sent.", status, extra={"problems": problems})
+        except httpx.HTTPError as exc:
+            # Forget the state so that the next check tries again.
+            self.client.delete(STATE)
+            logger.error("Could not post the %s alert: %s", status, exc)
