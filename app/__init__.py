@@ -8,7 +8,7 @@ import time
 from flask import Flask, Response
 from flask_limiter import RateLimitExceeded
 
-from app import api, health, openai_compat, pages, producers, stats
+from app import api, health, openai_compat, openapi, pages, producers, stats
 from app.errors import error_response, register_error_handlers
 from app.extensions import cors, limiter, sock
 from app.services import Services
@@ -57,6 +57,7 @@ def create_app(settings: Settings | None = None) -> Flask:
             limiter.limit(settings.rate_limit)(blueprint)
         app.register_blueprint(blueprint)
     app.register_blueprint(health.bp)
+    app.register_blueprint(openapi.bp)
     app.register_blueprint(pages.bp)
     register_error_handlers(app, retry_after_s=settings.redis_retry_after_s)
 

@@ -1,0 +1,192 @@
+"""``GET /openapi.json``: the OpenAPI 3.1 description of every ``/v1`` route.
+
+Request bodies come from the same pydantic models that validate them, so the document cannot drift from
+what the server accepts.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Blueprint, Response, jsonify
+
+from app.producers import Completion, TokenBatch
+from bridge.generation import GenerationRequest
+
+bp = Blueprint("openapi", __name__)
+
+_ERROR = {
+    "type": "object",
+    "required": ["error"],
+    "properties": {
+        "error": {
+            "type": "object",
+            "required": ["code", "message"],
+            "properties": {"code": {"type": "string"}, "message": {"type": "string"}, "details": {}},
+        }
+    },
+}
+_SSE = {"text/event-stream": {"schema": {"type": "string"}}}
+_ID = {"type": "string", "pattern": r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$"}
+_GENERATION_ID = {"name": "generation_id", "in": "path", "required": True, "schema": _ID}
+
+
+def _errors(*statuses: int) -> dict[str, Any]:
+    common = (400, 401, 403, 404, 413, 415, 422, 429, 503)
+    return {
+        str(status): {"description": "Error", "content": {"application/json": {"schema": _ERROR}}}
+        for status in sorted(set(statuses) | set(common))
+    }
+
+
+def _json(schema: dict[str, Any], description: str = "OK") -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+_COMPONENTS: dict[str, Any] = {}
+
+
+def _body(model: type[Any]) -> dict[str, Any]:
+    schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+    _COMPONENTS.update(schema.pop("$defs", {}))
+    return {"required": True, "content": {"application/json": {"schema": schema}}}
+
+
+_CREATED = {
+    "type": "object",
+    "required": ["id", "session_id", "status", "model", "events_url", "ws_url", "stream_token"],
+    "properties": {
+        "id": {"type": "string"},
+        "session_id": {"type": "string"},
+        "status": {"type": "string"},
+        "model": {"type": "string"},
+        "events_url": {"type": "string"},
+        "ws_url": {"type": "string"},
+        "stream_token": {"type": "string"},
+        "session_events_url": {"type": "string"},
+        "session_stream_token": {"type": "string"},
+    },
+}
+_GENERATION = {
+    "type": "object",
+    "required": ["id", "session_id", "model", "status", "created_at", "usage", "text", "error"],
+    "properties": {
+        "id": {"type": "string"},
+        "session_id": {"type": "string"},
+        "model": {"type": "string"},
+        "status": {"enum": ["queued", "running", "completed", "failed", "cancelled"]},
+        "created_at": {"type": "number"},
+        "started_at": {"type": ["number", "null"]},
+        "finished_at": {"type": ["number", "null"]},
+        "finish_reason": {"type": ["string", "null"]},
+        "usage": {"type": "object"},
+        "text": {"type": "string"},
+        "error": {"type": ["object", "null"]},
+    },
+}
+
+
+def document() -> dict[str, Any]:
+    paths = _paths()
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "tokenbridge", "version": "1"},
+        "components": {
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+            "schemas": dict(_COMPONENTS),
+        },
+        "security": [{"bearer": []}],
+        "paths": paths,
+    }
+
+
+def _paths() -> dict[str, Any]:
+    return {
+        "/v1/generations": {
+            "post": {
+                "summary": "Submit a generation",
+                "requestBody": _body(GenerationRequest),
+                "responses": {"202": _json(_CREATED, "Accepted"), **_errors(409)},
+            }
+        },
+        "/v1/generations/{generation_id}": {
+            "get": {
+                "summary": "A generation's state and text so far",
+                "parameters": [_GENERATION_ID],
+                "responses": {"200": _json(_GENERATION), **_errors()},
+            }
+        },
+        "/v1/generations/{generation_id}/cancel": {
+            "post": {
+                "summary": "Cancel a generation",
+                "parameters": [_GENERATION_ID],
+                "responses": {"202": _json({"type": "object"}, "Accepted"), **_errors(409)},
+            }
+        },
+        "/v1/generations/{generation_id}/events": {
+            "get": {
+                "summary": "Server-Sent Events of a generation (resume with Last-Event-ID)",
+                "parameters": [
+                    _GENERATION_ID,
+                    {"name": "Last-Event-ID", "in": "header", "required": False, "schema": {"type": "string"}},
+                    {"name": "token", "in": "query", "required": False, "schema": {"type": "string"}},
+                ],
+                "responses": {
+                    "200": {"description": "Event stream", "content": _SSE},
+                    "204": {"description": "Already ended"},
+                    **_errors(),
+                },
+            }
+        },
+        "/v1/generations/{generation_id}/ws": {
+            "get": {
+                "summary": "WebSocket of a generation (same events as JSON frames)",
+                "parameters": [_GENERATION_ID],
+                "responses": {"101": {"description": "Switching protocols"}, **_errors()},
+            }
+        },
+        "/v1/generations/{generation_id}/tokens": {
+            "post": {
+                "summary": "Append a batch of an external producer's tokens",
+                "parameters": [_GENERATION_ID],
+                "requestBody": _body(TokenBatch),
+                "responses": {"202": _json({"type": "object"}, "Accepted"), **_errors(409)},
+            }
+        },
+        "/v1/generations/{generation_id}/complete": {
+            "post": {
+                "summary": "End an external generation",
+                "parameters": [_GENERATION_ID],
+                "requestBody": _body(Completion),
+                "responses": {"202": _json({"type": "object"}, "Accepted"), **_errors(409)},
+            }
+        },
+        "/v1/sessions/{session_id}/events": {
+            "get": {
+                "summary": "Server-Sent Events of every generation in a session",
+                "parameters": [{"name": "session_id", "in": "path", "required": True, "schema": _ID}],
+                "responses": {"200": {"description": "Event stream", "content": _SSE}, **_errors()},
+            }
+        },
+        "/v1/chat/completions": {
+            "post": {
+                "summary": "OpenAI Chat Completions, backed by a generation",
+                "requestBody": {"required": True, "content": {"application/json": {"schema": {"type": "object"}}}},
+                "responses": {
+                    "200": {
+                        "description": "Completion or stream",
+                        "content": {"application/json": {"schema": {"type": "object"}}, **_SSE},
+                    },
+                    **_errors(502, 504),
+                },
+            }
+        },
+        "/v1/stats": {
+            "get": {"summary": "Per-model statistics", "responses": {"200": _json({"type": "object"}), **_errors()}}
+        },
+    }
+
+
+@bp.get("/openapi.json")
+def openapi() -> Response:
+    return jsonify(document())
