@@ -57,7 +57,8 @@ class EmbeddedRedis:
         out = subprocess.run([self.binary, "--version"], capture_output=True, text=True, check=True).stdout
         return out.split("v=")[1].split()[0]
 
-    def start(self, *, timeout_s: float = 10.0) -> EmbeddedRedis:
+    def start(self, *, timeout_s: float = 10.0, probe_url: str | None = None) -> EmbeddedRedis:
+        """Start and wait until it answers (``probe_url`` when the default user cannot log in)."""
         self.directory.mkdir(parents=True, exist_ok=True)
         args = [
             self.binary,
@@ -83,7 +84,11 @@ class EmbeddedRedis:
         self.process = subprocess.Popen(
             args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
         )
-        client = redis.Redis(host="127.0.0.1", port=self.port, socket_connect_timeout=0.5)
+        client = (
+            redis.Redis.from_url(probe_url, socket_connect_timeout=0.5)
+            if probe_url
+            else redis.Redis(host="127.0.0.1", port=self.port, socket_connect_timeout=0.5)
+        )
         deadline = time.monotonic() + timeout_s
         try:
             while True:
