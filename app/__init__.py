@@ -54,7 +54,8 @@ def create_app(settings: Settings | None = None) -> Flask:
         )
     for blueprint in (api.bp, producers.bp, openai_compat.bp, stats.bp):
         if settings.rate_limit:
-            limiter.limit(settings.rate_limit)(blueprint)
+            # One count per API key across every /v1 route.
+            limiter.shared_limit(settings.rate_limit, scope="v1")(blueprint)
         app.register_blueprint(blueprint)
     app.register_blueprint(health.bp)
     app.register_blueprint(openapi.bp)

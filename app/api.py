@@ -8,6 +8,7 @@ import threading
 import time
 from collections.abc import Iterator
 from typing import Any
+from urllib.parse import urlsplit
 
 import orjson
 import redis
@@ -49,8 +50,9 @@ def _check_origin() -> None:
     origin = request.headers.get("Origin")
     if origin is None:
         return  # not a browser
-    own = f"{request.scheme}://{request.host}"
-    if origin.rstrip("/") not in (own, *services().settings.cors_origin_list):
+    # Same site: compare hosts only, since behind a TLS proxy the scheme seen here may be http.
+    same_site = urlsplit(origin).netloc == request.host
+    if not same_site and origin.rstrip("/") not in services().settings.cors_origin_list:
         raise ApiError(403, "origin_not_allowed", f"WebSocket connections from {origin} are not allowed.")
 
 
@@ -252,6 +254,7 @@ def generation_ws(ws: Any, generation_id: str) -> None:
         metrics.RESUMES.labels("ws").inc()
     sent = metrics.EVENTS_SENT.labels("ws")
     open_streams = metrics.OPEN_STREAMS.labels("ws")
+    latency = metrics.DELIVERY_LATENCY.labels("ws")
     open_streams.inc()
     try:
         for event in follow(
@@ -269,6 +272,8 @@ def generation_ws(ws: Any, generation_id: str) -> None:
                 continue
             send(ws_frame(event))
             sent.inc()
+            if event.event == "token":
+                latency.observe(time.time() - orjson.loads(event.data).get("ts", time.time()))
             if event.terminal:
                 with send_lock:
                     ws.close(reason=1000, message="finished")

@@ -20,7 +20,9 @@ _ID = re.compile(ID_PATTERN)
 
 
 def authenticate() -> None:
-    """Identify the caller (``g.principal``); raises ApiError 401."""
+    """Identify the caller (``g.principal``); raises ApiError 401. CORS preflights carry no credentials."""
+    if request.method == "OPTIONS":
+        return
     g.principal = services().auth.authenticate(request.headers.get("Authorization"), request.args.get("token"))
 
 

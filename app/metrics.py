@@ -24,8 +24,9 @@ DELIVERY_LATENCY = Histogram(
 HUB_KEYS = Gauge("tokenbridge_hub_watched_keys", "Stream keys the hubs watch", multiprocess_mode="livesum")
 HUB_SUBSCRIBERS = Gauge("tokenbridge_hub_subscribers", "Client subscriptions of the hubs", multiprocess_mode="livesum")
 HUB_RESYNCS = Counter("tokenbridge_hub_resyncs_total", "Clients that fell behind and re-read from Redis")
-REDIS_UP = Gauge("tokenbridge_redis_up", "1 when Redis answered the last scrape's PING", multiprocess_mode="min")
-REJECTED = Counter("tokenbridge_requests_rejected_total", "Requests answered with an error", ["status"])
+REDIS_UP = Gauge(
+    "tokenbridge_redis_up", "1 when Redis answered the last scrape's PING", multiprocess_mode="livemostrecent"
+)
 
 
 def render() -> bytes:

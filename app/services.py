@@ -27,12 +27,13 @@ class Services:
 
     @classmethod
     def build(cls, settings: Settings) -> Services:
-        commands = redis_client(settings, max_connections=64)
+        commands = redis_client(settings, max_connections=64, client_name="tokenbridge-web")
         reader = redis_client(
             settings,
             socket_timeout_s=settings.hub_block_ms / 1000 + 10,
             max_connections=1,
             single_connection=True,
+            client_name="tokenbridge-web-hub",
         )
         hub = Hub(
             reader,

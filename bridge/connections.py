@@ -14,6 +14,7 @@ def redis_client(
     max_connections: int = 64,
     pool_timeout_s: float = 5.0,
     single_connection: bool = False,
+    client_name: str = "tokenbridge",
 ) -> redis.Redis:
     """A client on ``settings``' Redis with string replies and bounded waits.
 
@@ -29,6 +30,6 @@ def redis_client(
         health_check_interval=30,
         max_connections=max_connections,
         timeout=pool_timeout_s,
-        client_name="tokenbridge",
+        client_name=client_name,
     )
     return redis.Redis(connection_pool=pool, single_connection_client=single_connection)

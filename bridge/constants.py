@@ -28,6 +28,9 @@ def broker_transport_options(settings: Settings) -> dict[str, Any]:
         "visibility_timeout": settings.celery_visibility_timeout_s,
         "unacked_restore_interval": settings.celery_restore_interval_s,
         "unacked_restore_throttle": 1,
+        # kombu's default of 10 Redis connections is exhausted by a gevent pool acking hundreds of tasks
+        # ("Connection to broker lost … MaxConnectionsError").
+        "max_connections": 1024,
     }
 
 

@@ -25,4 +25,4 @@ TTFT = Histogram(
 OWNED = Gauge("tokenbridge_consumer_owned_generations", "Generations this consumer processes now")
 PENDING = Gauge("tokenbridge_work_pending", "Generations handed to consumers and not yet finished")
 LAG = Gauge("tokenbridge_work_lag", "Generations not yet handed to any consumer (Redis 7+)")
-OLDEST_PENDING = Gauge("tokenbridge_work_oldest_pending_seconds", "Idle time of the oldest pending work entry")
+OLDEST_PENDING = Gauge("tokenbridge_work_oldest_pending_seconds", "Age of the oldest generation not yet finished")

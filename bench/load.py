@@ -1,0 +1,115 @@
+"""The load process (``python -m bench.load``): runs every reader of one load level and prints JSON results.
+
+python -m bench.load ours URL API_KEY STREAMS RATE TOKENS
+python -m bench.load baseline URL REDIS_URL STREAMS RATE TOKENS
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import resource
+import subprocess
+import sys
+import time
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+import redis
+
+from bench.client import StreamResult, cpu_seconds, read_sse
+
+
+def _raise_fd_limit() -> None:
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+async def _ours(
+    url: str, api_key: str, streams: int, rate: float, tokens: int
+) -> tuple[list[StreamResult], list[float]]:
+    parts = urlsplit(url)
+    headers = {"Authorization": f"Bearer {api_key}"}
+    results = [StreamResult() for _ in range(streams)]
+    ttft: list[float] = []
+    semaphore = asyncio.Semaphore(50)
+    body = {"model": "synthetic", "prompt": "bench", "max_tokens": tokens, "options": {"tokens_per_second": rate}}
+    async with httpx.AsyncClient(base_url=url, headers=headers, timeout=60) as client:
+
+        async def one(index: int) -> None:
+            async with semaphore:
+                posted = time.time()
+                created = (await client.post("/v1/generations", json=body)).json()
+            await read_sse(parts.hostname or "", parts.port or 80, created["events_url"], headers, results[index])
+            if results[index].first_token_at is not None:
+                ttft.append(results[index].first_token_at - posted)
+
+        await asyncio.gather(*(one(i) for i in range(streams)))
+    return results, ttft
+
+
+async def _baseline(
+    url: str, redis_url: str, streams: int, rate: float, tokens: int
+) -> tuple[list[StreamResult], list[float]]:
+    parts = urlsplit(url)
+    results = [StreamResult() for _ in range(streams)]
+    readers = [
+        asyncio.create_task(
+            read_sse(parts.hostname or "", parts.port or 80, f"/stream?channel=gen-{i}", {}, results[i])
+        )
+        for i in range(streams)
+    ]
+    # Pub/sub keeps nothing: every reader must be subscribed before the first token is published.
+    client = redis.Redis.from_url(redis_url)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        subscribed = sum(count for _, count in client.pubsub_numsub(*[f"gen-{i}" for i in range(streams)]))
+        if subscribed >= streams:
+            break
+        await asyncio.sleep(0.2)
+    client.close()
+    publisher = subprocess.Popen(
+        [sys.executable, "-m", "bench.publisher", redis_url, str(streams), str(rate), str(tokens)]
+    )
+    await asyncio.gather(*readers)
+    publisher.wait(60)
+    return results, []
+
+
+def main() -> None:
+    _raise_fd_limit()
+    system, url, credential = sys.argv[1], sys.argv[2], sys.argv[3]
+    streams, rate, tokens = int(sys.argv[4]), float(sys.argv[5]), int(sys.argv[6])
+    cpu_before, started = cpu_seconds(), time.monotonic()
+    run = _ours if system == "ours" else _baseline
+    results, ttft = asyncio.run(run(url, credential, streams, rate, tokens))
+    elapsed = time.monotonic() - started
+    latencies = sorted(latency for r in results for latency in r.latencies_s)
+    out: dict[str, Any] = {
+        "system": system,
+        "streams": streams,
+        "rate": rate,
+        "tokens": tokens,
+        "delivered": len(latencies),
+        "expected": streams * tokens,
+        "gaps": sum(r.gaps for r in results),
+        "duplicates": sum(r.duplicates for r in results),
+        "errors": [r.error for r in results if r.error][:5],
+        "unfinished": sum(1 for r in results if r.terminal is None),
+        "elapsed_s": elapsed,
+        "client_cpu_s": cpu_seconds() - cpu_before,
+        "latency_ms": {
+            name: round(latencies[min(len(latencies) - 1, int(q * len(latencies)))] * 1000, 2) if latencies else None
+            for name, q in (("p50", 0.5), ("p90", 0.9), ("p99", 0.99), ("max", 1.0))
+        },
+        "ttft_ms": {
+            name: round(sorted(ttft)[min(len(ttft) - 1, int(q * len(ttft)))] * 1000, 2) if ttft else None
+            for name, q in (("p50", 0.5), ("p99", 0.99))
+        },
+    }
+    print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    main()
