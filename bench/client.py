@@ -64,10 +64,10 @@ async def _read(host: str, port: int, path: str, headers: dict[str, str], result
                 frame, buffer = buffer.split(b"\n\n", 1)
                 event, payload = b"message", b""
                 for line in frame.split(b"\n"):
-                    if line.startswith(b"event: "):
-                        event = line[7:]
-                    elif line.startswith(b"data: "):
-                        payload = line[6:]
+                    if line.startswith(b"event:"):
+                        event = line[6:].strip()
+                    elif line.startswith(b"data:"):
+                        payload = line[5:].strip()
                 if not payload:
                     continue
                 body: dict[str, Any] = json.loads(payload)

@@ -1,0 +1,51 @@
+"""Celery's broker apart from the streams: RabbitMQ (skipped where no RabbitMQ listens on 127.0.0.1:5672)."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterator
+
+import pytest
+
+from tests.procfile import ROOT
+from tests.stack import Stack, build_stack
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
+AMQP_URL = "amqp://guest:guest@127.0.0.1:5672//"
+
+
+def _rabbitmq_listens() -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", 5672), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+@pytest.fixture(scope="module")
+def amqp_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    if not _rabbitmq_listens():
+        pytest.skip("no RabbitMQ on 127.0.0.1:5672")
+    # A queue of our own on the shared broker: nothing else consumes it, and it is empty when we start.
+    queue_vhost = AMQP_URL
+    stack = build_stack(
+        tmp_path_factory.mktemp("amqp-redis"), ROOT / "test-artifacts" / "amqp-logs", CELERY_BROKER_URL=queue_vhost
+    )
+    try:
+        for name in ("web", "worker", "consumer"):
+            stack.start(name)
+        stack.wait_ready()
+        yield stack
+    finally:
+        stack.stop_all()
+        stack.redis.stop()
+
+
+def test_generations_stream_with_celery_on_rabbitmq(amqp_stack: Stack) -> None:
+    prompts = [f"over rabbitmq number {i}" for i in range(5)]
+    generations = [amqp_stack.create(model="echo", prompt=p) for p in prompts]
+    for prompt, generation in zip(prompts, generations, strict=True):
+        events = amqp_stack.events(generation).events
+        assert "".join(e.data["content"] for e in events if e.event == "token") == prompt
+        assert events[-1].event == "done"
