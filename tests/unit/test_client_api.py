@@ -1,0 +1,138 @@
+"""bridge.client: submit, get, cancel and status against a real HTTP server on a loopback socket."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+import pytest
+
+from bridge.client import TokenbridgeAPIError, TokenbridgeClient, TokenbridgeConnectionError
+from tests.unit.test_client_sse import ScriptedServer, api_error, make_client, serve, status
+
+__all__ = ["make_client", "serve"]  # fixtures shared with test_client_sse
+
+Serve = Callable[..., ScriptedServer]
+MakeClient = Callable[..., TokenbridgeClient]
+
+CREATED = {
+    "id": "gen_1",
+    "session_id": "ses_1",
+    "status": "queued",
+    "model": "echo",
+    "events_url": "/v1/generations/gen_1/events",
+    "stream_token": "tok",
+}
+
+
+def test_submit_posts_the_body_and_returns_the_answer(serve: Serve, make_client: MakeClient) -> None:
+    server = serve(status(202, CREATED))
+    client = make_client(server.url + "/")
+
+    created = client.submit(
+        "echo", "Hello", max_tokens=5, options={"delay_ms": 1}, session_id=None, idempotency_key="once"
+    )
+
+    assert created == CREATED
+    request = server.requests[0]
+    assert (request.method, request.path) == ("POST", "/v1/generations")
+    # Fields left at None are not sent: the server's defaults apply.
+    assert orjson.loads(request.body) == {
+        "model": "echo",
+        "prompt": "Hello",
+        "max_tokens": 5,
+        "options": {"delay_ms": 1},
+    }
+    assert request.headers["authorization"] == "Bearer k"
+    assert request.headers["idempotency-key"] == "once"
+    assert request.headers["content-type"] == "application/json"
+
+
+def test_submit_with_messages(serve: Serve, make_client: MakeClient) -> None:
+    server = serve(status(202, CREATED))
+    client = make_client(server.url)
+
+    client.submit("echo", messages=[{"role": "user", "content": "Hi"}])
+
+    assert orjson.loads(server.requests[0].body) == {"model": "echo", "messages": [{"role": "user", "content": "Hi"}]}
+
+
+def test_a_validation_error_carries_status_code_message_and_details(serve: Serve, make_client: MakeClient) -> None:
+    details = [{"field": "model", "message": "Unknown model.", "type": "value_error", "available": ["echo"]}]
+    server = serve(api_error(422, "validation_failed", "The request is not valid: model: Unknown model.", details))
+    client = make_client(server.url)
+
+    with pytest.raises(TokenbridgeAPIError) as caught:
+        client.submit("nope", "Hello")
+
+    error = caught.value
+    assert (error.status, error.code, error.details) == (422, "validation_failed", details)
+    assert str(error) == "422 validation_failed: The request is not valid: model: Unknown model."
+
+
+def test_a_429_keeps_its_retry_after(serve: Serve, make_client: MakeClient) -> None:
+    server = serve(api_error(429, "rate_limited", "Too many requests.", Retry_After="7"))
+    client = make_client(server.url)
+
+    with pytest.raises(TokenbridgeAPIError) as caught:
+        client.get("gen_1")
+
+    assert caught.value.retry_after_s == 7
+
+
+def test_an_error_page_that_is_not_json_still_raises_an_api_error(serve: Serve, make_client: MakeClient) -> None:
+    def html(handler: Any) -> None:
+        body = b"<html>Bad Gateway</html>"
+        handler.send_response(502)
+        handler.send_header("Content-Type", "text/html")
+        handler.send_header("Content-Length", str(len(body)))
+        handler.end_headers()
+        handler.wfile.write(body)
+
+    server = serve(html)
+    client = make_client(server.url)
+
+    with pytest.raises(TokenbridgeAPIError) as caught:
+        client.status()
+
+    assert (caught.value.status, caught.value.code) == (502, "http_error")
+    assert "Bad Gateway" in caught.value.message
+
+
+def test_get_and_cancel_use_the_generation_paths(serve: Serve, make_client: MakeClient) -> None:
+    server = serve(
+        status(200, {"id": "gen_1", "status": "running"}), status(202, {"id": "gen_1", "status": "cancelling"})
+    )
+    client = make_client(server.url)
+
+    assert client.get("gen_1")["status"] == "running"
+    assert client.cancel("gen_1")["status"] == "cancelling"
+    assert [(r.method, r.path) for r in server.requests] == [
+        ("GET", "/v1/generations/gen_1"),
+        ("POST", "/v1/generations/gen_1/cancel"),
+    ]
+
+
+def test_cancelling_a_finished_generation_raises_409(serve: Serve, make_client: MakeClient) -> None:
+    server = serve(api_error(409, "already_finished", "The generation has already finished."))
+    client = make_client(server.url)
+
+    with pytest.raises(TokenbridgeAPIError, match="already_finished"):
+        client.cancel("gen_1")
+
+
+def test_status_returns_the_body_also_when_unhealthy(serve: Serve, make_client: MakeClient) -> None:
+    unhealthy = {"status": "unhealthy", "checks": {"redis": {"status": "unhealthy", "error": "refused"}}}
+    server = serve(status(503, unhealthy, Retry_After="2"))
+    client = make_client(server.url)
+
+    assert client.status() == unhealthy
+    assert server.requests[0].path == "/readyz"
+
+
+def test_an_unreachable_server_raises_a_connection_error_naming_the_url(make_client: MakeClient) -> None:
+    client = make_client("http://127.0.0.1:9")
+
+    with pytest.raises(TokenbridgeConnectionError, match=r"cannot reach http://127\.0\.0\.1:9/v1/generations/gen_1"):
+        client.get("gen_1")
