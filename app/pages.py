@@ -1,15 +1,77 @@
-"""The page at ``/``: type a prompt, pick a model, watch the answer stream in."""
+"""The pages ``web`` serves itself: the chat demo at ``/`` and the operations dashboard at ``/dashboard``.
+
+Both are static HTML plus scripts from ``app/static`` that call the same JSON endpoints as any client; the
+only server-side data the dashboard adds is ``/dashboard/data`` (recent dead letters), behind the API key.
+"""
 
 from __future__ import annotations
 
-from flask import Blueprint, render_template
+from typing import Any
+from urllib.parse import urlsplit
 
+from flask import Blueprint, Response, jsonify, render_template, request
+
+from app.inputs import authenticate, require_api_key
 from app.services import services
+from bridge import keys
 
 bp = Blueprint("pages", __name__)
+
+RECENT_DEAD_LETTERS = 20
+# honcho gives each Procfile process its own port, 100 apart: flower is the fourth (as under `make dev`).
+FLOWER_PORT_OFFSET = 300
 
 
 @bp.get("/")
 def index() -> str:
-    models = sorted(name for name, spec in services().models.items() if spec.provider != "external")
+    models = [
+        {"name": name, "provider": spec.provider}
+        for name, spec in sorted(services().models.items())
+        if spec.provider != "external"
+    ]
     return render_template("index.html", models=models)
+
+
+@bp.get("/dashboard")
+def dashboard() -> str:
+    return render_template("dashboard.html", flower_url=_flower_url())
+
+
+@bp.get("/dashboard/data")
+def dashboard_data() -> Response:
+    """What the dashboard cannot read from /readyz, /metrics or /v1/stats: the latest dead letters."""
+    authenticate()
+    require_api_key("Reading the dashboard data")
+    client = services().redis
+    pipe = client.pipeline(transaction=False)
+    pipe.xlen(keys.DEAD_LETTERS)
+    pipe.xrevrange(keys.DEAD_LETTERS, "+", "-", count=RECENT_DEAD_LETTERS)
+    total, entries = pipe.execute()
+    return jsonify({"dead_letters": {"total": int(total), "recent": [_dead_letter(e) for e in entries]}})
+
+
+def _dead_letter(entry: tuple[str, dict[str, str]]) -> dict[str, Any]:
+    entry_id, fields = entry
+    deliveries = fields.get("deliveries", "")
+    return {
+        "id": entry_id,
+        "at": int(entry_id.split("-", 1)[0]) / 1000,  # the stream id's milliseconds: when it was moved there
+        "generation_id": fields.get("generation_id"),
+        "entry_id": fields.get("entry_id"),
+        "error": fields.get("error"),
+        "deliveries": int(deliveries) if deliveries.isdigit() else None,
+        "consumer": fields.get("consumer"),
+    }
+
+
+def _flower_url() -> str:
+    """``FLOWER_URL`` when set, else this host on ``PORT + 300`` (where ``make dev`` runs Flower)."""
+    settings = services().settings
+    # Read through getattr: FLOWER_URL is an optional setting that older Settings do not declare.
+    configured: str | None = getattr(settings, "flower_url", None)
+    if configured:
+        return configured
+    host = urlsplit(f"//{request.host}").hostname or "localhost"
+    if ":" in host:
+        host = f"[{host}]"  # IPv6 literal
+    return f"http://{host}:{settings.port + FLOWER_PORT_OFFSET}/"
