@@ -116,8 +116,8 @@ def _event_stream(key: str, cursor: str, *, stop_at_terminal: bool, on_gap: GapH
 
     def body() -> Iterator[str]:
         open_streams.inc()
-        yield "retry: 1000\n\n"
         try:
+            yield "retry: 1000\n\n"
             for event in follow(
                 s.hub,
                 s.redis,

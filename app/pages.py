@@ -67,10 +67,8 @@ def _dead_letter(entry: tuple[str, dict[str, str]]) -> dict[str, Any]:
 def _flower_url() -> str:
     """``FLOWER_URL`` when set, else this host on ``PORT + 300`` (where ``make dev`` runs Flower)."""
     settings = services().settings
-    # Read through getattr: FLOWER_URL is an optional setting that older Settings do not declare.
-    configured: str | None = getattr(settings, "flower_url", None)
-    if configured:
-        return configured
+    if settings.flower_url:
+        return settings.flower_url
     host = urlsplit(f"//{request.host}").hostname or "localhost"
     if ":" in host:
         host = f"[{host}]"  # IPv6 literal

@@ -49,6 +49,7 @@ class Settings(BaseSettings):
     rate_limit: str = "600/minute"
     max_running_per_key: int = Field(default=100, ge=0)
     cors_origins: str = ""
+    flower_url: str = ""
     idempotency_ttl_s: int = Field(default=86_400, ge=1)
     ready_max_redis_latency_ms: float = Field(default=100.0, gt=0)
     ready_max_lag: int = Field(default=1000, ge=0)

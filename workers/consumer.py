@@ -138,6 +138,8 @@ class ConsumerWorker:
             self.housekeeping()
             self._next_housekeeping = time.monotonic() + self.settings.consumer_heartbeat_ms / 1000
         block = block_ms if block_ms is not None else self.settings.consumer_block_ms
+        # Never block past the next heartbeat: a consumer that waits must still look alive.
+        block = max(1, min(block, int((self._next_housekeeping - time.monotonic()) * 1000) + 1))
         streams, block = self._streams_to_read(block)
         try:
             reply: Any = self.client.xreadgroup(

@@ -166,7 +166,7 @@ def test_page_and_health_endpoints(stack: Stack) -> None:
     assert set(body["checks"]) >= {"redis", "consumers", "celery"}
     metrics = stack.get("/metrics")
     assert metrics.headers["content-type"].startswith("text/plain")
-    assert "tokenbridge_events_sent_total" in metrics.text
+    assert "tokenbridge_hub_watched_keys" in metrics.text
 
 
 def test_a_cursor_older_than_the_kept_entries_gets_a_reset_with_the_text_so_far(stack: Stack) -> None:
