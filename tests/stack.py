@@ -10,6 +10,8 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -173,3 +175,19 @@ def build_stack(directory: Path, logs: Path, **env: str) -> Stack:
         }
     )
     return Stack(redis=server, env=base, logs=logs)
+
+
+@contextmanager
+def running_stack(
+    directory: Path, logs: Path, *, processes: tuple[str, ...] = ("web", "worker", "consumer"), **env: str
+) -> Iterator[Stack]:
+    """A stack with ``processes`` started and ready; everything stopped on the way out."""
+    stack = build_stack(directory, logs, **env)
+    try:
+        for name in processes:
+            stack.start(name)
+        stack.wait_ready(workers=1 if "worker" in processes else 0, consumers=1 if "consumer" in processes else 0)
+        yield stack
+    finally:
+        stack.stop_all()
+        stack.redis.stop()

@@ -6,15 +6,12 @@ import threading
 from collections.abc import Iterator
 from typing import Any
 
-import httpx
 import orjson
 
 from bridge.errors import ProviderError
 from bridge.generation import GenerationRequest
-from bridge.models import ModelSpec
 from bridge.producer import Chunk, Finish
-from tasks.providers.base import Provider
-from tasks.providers.openai import ServerSentEvent, Upstream, error_message, new_client, relay
+from tasks.providers.openai import ServerSentEvent, Upstream, UpstreamProvider, error_message, relay
 
 ANTHROPIC_VERSION = "2023-06-01"
 # Anthropic requires max_tokens; used when neither the request nor the model gives one.
@@ -88,24 +85,14 @@ class _MessagesDecoder:
         return self.upstream.error(message, retryable=kind in _TRANSIENT_ERRORS)
 
 
-class AnthropicMessagesProvider(Provider):
+class AnthropicMessagesProvider(UpstreamProvider):
     """Streams the Anthropic Messages API (``base_url`` like ``https://api.anthropic.com/v1``).
 
     ``client`` is for tests and for sharing a pool (see ``OpenAIChatProvider``); the provider closes only a client
     it made.
     """
 
-    def __init__(self, spec: ModelSpec, *, client: httpx.Client | None = None) -> None:
-        if not spec.base_url:
-            raise ValueError(f"model {spec.name!r} needs a base_url")
-        self.spec = spec
-        self._url = spec.base_url.rstrip("/") + "/messages"
-        self._owns_client = client is None
-        self._client = client if client is not None else new_client(spec)
-
-    def close(self) -> None:
-        if self._owns_client:
-            self._client.close()
+    endpoint = "/messages"
 
     def stream(self, request: GenerationRequest, stop: threading.Event) -> Iterator[Chunk]:
         upstream = Upstream.of(self.spec)

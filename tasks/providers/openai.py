@@ -383,24 +383,32 @@ class _ChatCompletionDecoder:
         return self.upstream.error(f"error event: {error_message(error)}", retryable=not blames_request)
 
 
-class OpenAIChatProvider(Provider):
-    """Streams an OpenAI-compatible Chat Completions endpoint.
+class UpstreamProvider(Provider):
+    """A provider that streams from an HTTP API at ``spec.base_url`` + ``endpoint``.
 
     ``client`` is for tests and for sharing a pool; a client with keep-alive cannot cancel a request that is still
     waiting for its headers on a reused connection until they arrive. The provider closes only a client it made.
     """
 
+    endpoint = ""
+
     def __init__(self, spec: ModelSpec, *, client: httpx.Client | None = None) -> None:
         if not spec.base_url:
             raise ValueError(f"model {spec.name!r} needs a base_url")
         self.spec = spec
-        self._url = spec.base_url.rstrip("/") + "/chat/completions"
+        self._url = spec.base_url.rstrip("/") + self.endpoint
         self._owns_client = client is None
         self._client = client if client is not None else new_client(spec)
 
     def close(self) -> None:
         if self._owns_client:
             self._client.close()
+
+
+class OpenAIChatProvider(UpstreamProvider):
+    """Streams an OpenAI-compatible Chat Completions endpoint."""
+
+    endpoint = "/chat/completions"
 
     def stream(self, request: GenerationRequest, stop: threading.Event) -> Iterator[Chunk]:
         upstream = Upstream.of(self.spec)

@@ -9,7 +9,7 @@ import pytest
 
 from tests.browser.support import CHROMIUM, LAUNCH_ARGS, missing
 from tests.procfile import ROOT
-from tests.stack import Stack, build_stack
+from tests.stack import Stack, running_stack
 
 if TYPE_CHECKING:
     from playwright.sync_api import Browser, Page
@@ -21,20 +21,11 @@ def pytest_configure(config: pytest.Config) -> None:
 
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    stack = build_stack(
+    with running_stack(
         tmp_path_factory.mktemp("browser-redis"),
         ROOT / "test-artifacts" / "browser" / "logs",
-        # Consumers block for less than their heartbeat window, so that /readyz does not flap between polls.
-        CONSUMER_BLOCK_MS="100",
-    )
-    try:
-        for name in ("web", "worker", "consumer"):
-            stack.start(name)
-        stack.wait_ready()
+    ) as stack:
         yield stack
-    finally:
-        stack.stop_all()
-        stack.redis.stop()
 
 
 @pytest.fixture(scope="session")

@@ -8,7 +8,7 @@ import pytest
 
 from tests.fake_upstream import FakeUpstream
 from tests.procfile import ROOT
-from tests.stack import API_KEY, OTHER_KEY, Stack, build_stack
+from tests.stack import API_KEY, OTHER_KEY, Stack, running_stack
 
 __all__ = ["API_KEY", "OTHER_KEY", "Stack"]
 
@@ -38,18 +38,11 @@ model = "claude-upstream"
 api_key_env = "FAKE_ANTHROPIC_KEY"
 """
     )
-    stack = build_stack(
+    with running_stack(
         tmp_path_factory.mktemp("e2e-redis"),
         ROOT / "test-artifacts" / "e2e-logs",
         MODELS_FILE=str(models),
         FAKE_OPENAI_KEY="sk-openai-secret",
         FAKE_ANTHROPIC_KEY="sk-ant-secret",
-    )
-    try:
-        for name in ("web", "worker", "consumer"):
-            stack.start(name)
-        stack.wait_ready()
+    ) as stack:
         yield stack
-    finally:
-        stack.stop_all()
-        stack.redis.stop()

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import pytest
 
 from tests.procfile import ROOT
-from tests.stack import Stack, build_stack
+from tests.stack import Stack, running_stack
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -29,17 +29,10 @@ def amqp_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         pytest.skip("no RabbitMQ on 127.0.0.1:5672")
     # A queue of our own on the shared broker: nothing else consumes it, and it is empty when we start.
     queue_vhost = AMQP_URL
-    stack = build_stack(
+    with running_stack(
         tmp_path_factory.mktemp("amqp-redis"), ROOT / "test-artifacts" / "amqp-logs", CELERY_BROKER_URL=queue_vhost
-    )
-    try:
-        for name in ("web", "worker", "consumer"):
-            stack.start(name)
-        stack.wait_ready()
+    ) as stack:
         yield stack
-    finally:
-        stack.stop_all()
-        stack.redis.stop()
 
 
 def test_generations_stream_with_celery_on_rabbitmq(amqp_stack: Stack) -> None:
