@@ -61,7 +61,7 @@ def test_consumer_killed_mid_generation_is_taken_over(
     _wait(lambda: all(len(r.outcome.events) >= 5 for r in readers), what="streams started")
     # When another consumer starts (as a PaaS would) and A is killed with SIGKILL
     stack.start("consumer-b", "consumer")
-    time.sleep(1)
+    stack.wait_ready(consumers=2)
     killed_at = time.monotonic()
     stack.kill("consumer-a")
     outcomes = read_all(readers)

@@ -18,7 +18,6 @@ from bridge.producer import Chunk, Finish
 from tasks.providers.anthropic import AnthropicMessagesProvider
 from tests.unit.test_provider_openai import (
     Exchange,
-    FakeUpstream,
     Script,
     cut,
     no_watcher_left,
@@ -88,19 +87,6 @@ def answer(*texts: str, stop_reason: str = "end_turn") -> Script:
         ex.end_stream()
 
     return script
-
-
-@pytest.fixture
-def upstream() -> Iterator[Callable[[Script], FakeUpstream]]:
-    servers: list[FakeUpstream] = []
-
-    def create(script: Script) -> FakeUpstream:
-        servers.append(FakeUpstream(script))
-        return servers[-1]
-
-    yield create
-    for server in servers:
-        server.stop()
 
 
 @pytest.fixture

@@ -220,19 +220,6 @@ KEEP_ALIVE = ": keep-alive\n\n"
 
 
 @pytest.fixture
-def upstream() -> Iterator[Callable[[Script], FakeUpstream]]:
-    servers: list[FakeUpstream] = []
-
-    def create(script: Script) -> FakeUpstream:
-        servers.append(FakeUpstream(script))
-        return servers[-1]
-
-    yield create
-    for server in servers:
-        server.stop()
-
-
-@pytest.fixture
 def provider(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., OpenAIChatProvider]]:
     """``create(base_url, **spec_fields)``: a provider on a client that the fixture closes."""
     monkeypatch.setenv("TEST_OPENAI_KEY", "sk-test-123")

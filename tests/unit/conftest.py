@@ -1,0 +1,23 @@
+"""Fixtures of the unit tests."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from tests.unit.test_provider_openai import FakeUpstream, Script
+
+
+@pytest.fixture
+def upstream() -> Iterator[Callable[[Script], FakeUpstream]]:
+    """``create(script)``: a local HTTP server answering with ``script``, stopped after the test."""
+    servers: list[FakeUpstream] = []
+
+    def create(script: Script) -> FakeUpstream:
+        servers.append(FakeUpstream(script))
+        return servers[-1]
+
+    yield create
+    for server in servers:
+        server.stop()
