@@ -38,7 +38,8 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.extensions["tokenbridge"] = Services.build(settings)
     app.config.update(
         RATELIMIT_ENABLED=bool(settings.rate_limit),
-        RATELIMIT_STORAGE_URI=settings.resolved_redis_url,
+        RATELIMIT_STORAGE_URI=settings.rate_limit_storage[0],
+        RATELIMIT_STORAGE_OPTIONS=settings.rate_limit_storage[1],
         RATELIMIT_KEY_PREFIX="llm:ratelimit",
     )
     limiter.init_app(app)

@@ -11,7 +11,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from app.metrics import REDIS_UP, render
 from app.services import Services, services
-from bridge import keys
+from bridge import keys, streams
 
 bp = Blueprint("health", __name__)
 
@@ -36,20 +36,7 @@ def _check_consumers(s: Services) -> dict[str, Any]:
     now_ms = int(time.time() * 1000)
     alive_after = now_ms - 3 * s.settings.consumer_heartbeat_ms
     alive = s.redis.zcount(keys.CONSUMERS_ZSET, alive_after, "+inf")
-    pending = 0
-    lag: int | None = None
-    oldest_s = 0.0
-    try:
-        groups: Any = s.redis.xinfo_groups(keys.WORK_STREAM)
-        for group in groups:
-            if group.get("name") == s.settings.redis_consumer_group:
-                pending = int(group.get("pending", 0))
-                lag = group.get("lag")
-        oldest: Any = s.redis.xpending_range(keys.WORK_STREAM, s.settings.redis_consumer_group, "-", "+", 1)
-        if oldest:
-            oldest_s = max(0.0, time.time() - int(oldest[0]["message_id"].split("-")[0]) / 1000)
-    except redis.ResponseError:
-        pass  # no work stream yet
+    pending, lag, oldest_s = streams.work_backlog(s.redis, s.settings.redis_consumer_group, s.settings.work_shard_count)
     problems = []
     if not alive:
         problems.append("no consumer worker is alive")

@@ -2,7 +2,9 @@
 
 A single thread (a greenlet under gunicorn's gevent worker) runs ``XREAD BLOCK`` over every watched key at
 once and appends what it reads to each subscriber's bounded buffer. Client count never multiplies Redis
-connections. A new key wakes the blocked read at once with ``CLIENT UNBLOCK``.
+connections. A new key wakes the blocked read at once with ``CLIENT UNBLOCK``. On a Redis Cluster, where one
+read cannot span the slots of many generations, ``bridge.cluster.NotifiedReader`` reads instead, woken by the
+writers' hints: still one subscription connection and one pipeline per node, whatever the client count.
 
 Joining without a gap or a duplicate: ``subscribe`` returns the hub's position for the key at the moment
 the subscriber was registered; the subscriber reads ``(its cursor, position]`` itself with ``XRANGE`` and
@@ -20,6 +22,7 @@ from typing import Any
 import redis
 
 from app import metrics
+from bridge.cluster import NotifiedReader
 from bridge.events import ClientEvent, decode_out
 from bridge.streams import parse_stream_id
 
@@ -75,15 +78,17 @@ class Hub:
 
     def __init__(
         self,
-        reader: redis.Redis,
+        reader: redis.Redis | None,
         commands: redis.Redis,
         *,
+        notified: NotifiedReader | None = None,
         block_ms: int = 2000,
         count: int = 1000,
         queue_size: int = 1024,
     ) -> None:
         # ``reader`` must be a single-connection client: its connection id is what CLIENT UNBLOCK targets.
         self.reader = reader
+        self.notified = notified
         self.commands = commands
         self.block_ms = block_ms
         self.count = count
@@ -169,7 +174,10 @@ class Hub:
             sub.wake()
         if self._thread is not None:
             self._thread.join(timeout_s)
-        self.reader.close()
+        if self.reader is not None:
+            self.reader.close()
+        if self.notified is not None:
+            self.notified.close()
 
     def _interrupt(self) -> None:
         # CLIENT UNBLOCK answers 0 when the read has not reached Redis yet (it was sent an instant ago, on
@@ -213,16 +221,26 @@ class Hub:
         if not streams:
             self._changed.wait(1.0)
             return
+        if self.notified is not None:
+            reply: Any = self.notified.read(streams, count=self.count, block_ms=self.block_ms, interrupt=self._changed)
+        else:
+            reply = self._blocking_read(streams)
+        self.last_read_at = time.time()
+        self._deliver(streams, reply)
+
+    def _blocking_read(self, streams: dict[str, str]) -> Any:
+        assert self.reader is not None
         if self._reader_id is None:
             self._reader_id = int(self.reader.client_id())
         self._blocked = True
         try:
             if self._changed.is_set():
-                return  # a key was added while we took the snapshot: read again with it
-            reply: Any = self.reader.xread(streams, count=self.count, block=self.block_ms)  # type: ignore[arg-type]
+                return None  # a key was added while we took the snapshot: read again with it
+            return self.reader.xread(streams, count=self.count, block=self.block_ms)  # type: ignore[arg-type]
         finally:
             self._blocked = False
-        self.last_read_at = time.time()
+
+    def _deliver(self, streams: dict[str, str], reply: Any) -> None:
         for key, entries in reply or []:
             if not entries:
                 continue

@@ -68,6 +68,7 @@ def submit_generation(body: dict[str, Any]) -> Submitted:
             group=s.settings.redis_consumer_group,
             retention_ms=s.settings.redis_stream_retention_ms,
             api_key=g.principal.name,
+            work_shards=s.settings.work_shard_count,
         )
         if s.models[req.model].provider != "external":
             enqueue(generation_id)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import cast
+
 import redis
 
 from bridge.settings import Settings
@@ -20,7 +22,22 @@ def redis_client(
 
     The pool is bounded and blocking: a caller waits up to ``pool_timeout_s`` for a free connection instead
     of opening more. ``socket_timeout_s`` must exceed the longest ``BLOCK`` a caller uses on this client.
+    On a Redis Cluster (``REDIS_CLUSTER``) the result is a ``RedisCluster`` that routes each command to the
+    node of its key's slot, with up to ``max_connections`` connections per node; it answers the same commands
+    for the keys tokenbridge uses, so callers treat it as a ``redis.Redis``.
     """
+    if settings.redis_cluster:
+        cluster = redis.RedisCluster.from_url(
+            settings.resolved_redis_url,
+            decode_responses=True,
+            socket_connect_timeout=5.0,
+            socket_timeout=socket_timeout_s,
+            socket_keepalive=True,
+            health_check_interval=30,
+            max_connections=max_connections,
+            client_name=client_name,
+        )
+        return cast(redis.Redis, cluster)
     pool = redis.BlockingConnectionPool.from_url(
         settings.resolved_redis_url,
         decode_responses=True,
@@ -33,3 +50,8 @@ def redis_client(
         client_name=client_name,
     )
     return redis.Redis(connection_pool=pool, single_connection_client=single_connection)
+
+
+def is_cluster(client: object) -> bool:
+    """True for a ``RedisCluster`` client or one of its pipelines."""
+    return isinstance(client, redis.RedisCluster)

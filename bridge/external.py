@@ -148,7 +148,6 @@ def open_generation(
         {"model": "external", "prompt": prompt, "messages": messages, "session_id": session_id, "metadata": metadata}
     )
     generation = ExternalGeneration(client, settings, new_generation_id(), request.session_id or new_session_id())
-    streams.ensure_group(client, keys.WORK_STREAM, settings.redis_consumer_group)
     streams.create_generation(
         client,
         generation_id=generation.id,
@@ -157,6 +156,7 @@ def open_generation(
         request=request.model_dump(mode="json", exclude_none=True),
         group=settings.redis_consumer_group,
         retention_ms=settings.redis_stream_retention_ms,
+        work_shards=settings.work_shard_count,
     )
     try:
         yield generation

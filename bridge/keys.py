@@ -5,6 +5,11 @@ All keys of one generation share the hash tag ``{G}`` so they live in one slot o
 
 from __future__ import annotations
 
+import zlib
+from functools import cache
+
+from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
+
 WORK_STREAM = "llm:work"
 CONSUMERS_ZSET = "llm:consumers"
 DEAD_LETTERS = "llm:dead"
@@ -42,6 +47,31 @@ def generation_keys(generation_id: str) -> tuple[str, ...]:
     )
 
 
+@cache
+def work_streams(shards: int) -> tuple[str, ...]:
+    """The shards of the work stream: ``llm:work`` alone, or ``llm:work:{tag}`` spread evenly over the slots.
+
+    Shard ``i`` of ``n`` gets the first tag whose slot lies in the ``i``-th ``n``-th of the slot range, so that
+    a cluster whose nodes hold contiguous slot ranges (what ``redis-cli --cluster create`` makes) carries an
+    even share of the shards on each node.
+    """
+    if shards == 1:
+        return (WORK_STREAM,)
+    streams = []
+    for shard in range(shards):
+        low = shard * REDIS_CLUSTER_HASH_SLOTS // shards
+        high = (shard + 1) * REDIS_CLUSTER_HASH_SLOTS // shards
+        tag = next(f"w{shard}.{n}" for n in range(1_000_000) if low <= key_slot(f"w{shard}.{n}".encode()) < high)
+        streams.append(f"{WORK_STREAM}:{{{tag}}}")
+    return tuple(streams)
+
+
+def work_stream_for(generation_id: str, shards: int) -> str:
+    """The work-stream shard that hands ``generation_id`` to a consumer."""
+    streams = work_streams(shards)
+    return streams[zlib.crc32(generation_id.encode()) % len(streams)]
+
+
 def session_index(session_id: str) -> str:
     """Stream of the generations started in a session, one entry each."""
     return f"llm:session:{{{session_id}}}"
@@ -50,6 +80,11 @@ def session_index(session_id: str) -> str:
 def session_out(session_id: str) -> str:
     """Stream of every client event of every generation in a session."""
     return f"llm:session:{{{session_id}}}:out"
+
+
+def session_copied(session_id: str) -> str:
+    """The last ``seq`` of each generation copied to the session stream (Redis Cluster only)."""
+    return f"llm:session:{{{session_id}}}:copied"
 
 
 def idempotency(principal: str, key_hash: str) -> str:

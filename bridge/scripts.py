@@ -3,6 +3,9 @@
 Every script touches only the keys of one generation (one hash slot). A write is accepted only from the
 attempt that ``:meta`` names as current, and never after a terminal entry: that is the fence that keeps a
 redelivered or stale task from interleaving with the live one.
+
+Every script that appends to a stream also publishes the stream's key as a channel: on a Redis Cluster the
+readers, which cannot block on keys of many slots at once, wait for these hints (``bridge.cluster``).
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 import redis
+from redis.cluster import ClusterPipeline
 from redis.commands.core import Script
 
 # KEYS: meta, lease, raw   ARGV: lease_ms, now, maxlen
@@ -26,6 +30,7 @@ end
 if attempt > 1 then
   redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[3], '*', 'type', 'restart', 'attempt', attempt,
              'data', cjson.encode({reason = ARGV[4]}))
+  redis.call('PUBLISH', KEYS[3], '')
 end
 return attempt
 """
@@ -47,6 +52,7 @@ if redis.call('EXISTS', cancel) == 1 then
   redis.call('XADD', raw, 'MAXLEN', '~', ARGV[3], '*', 'type', 'cancelled', 'attempt', attempt, 'data', '{}')
   redis.call('HSET', meta, 'terminal', 'cancelled')
   redis.call('DEL', lease)
+  redis.call('PUBLISH', raw, '')
   return -2
 end
 local written = 0
@@ -57,6 +63,7 @@ for i = 5, #ARGV, 2 do
   written = written + 1
 end
 if batch > 0 then redis.call('HSET', meta, 'wseq', batch) end
+if written > 0 then redis.call('PUBLISH', raw, '') end
 if last_type == 'done' or last_type == 'error' or last_type == 'cancelled' then
   redis.call('HSET', meta, 'terminal', last_type)
   redis.call('DEL', lease)
@@ -76,6 +83,7 @@ local attempt = redis.call('HGET', KEYS[1], 'attempt') or '0'
 redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[3], '*', 'type', ARGV[1], 'attempt', attempt, 'data', ARGV[2])
 redis.call('HSET', KEYS[1], 'terminal', ARGV[1])
 redis.call('DEL', KEYS[2])
+redis.call('PUBLISH', KEYS[3], '')
 return 1
 """
 
@@ -135,6 +143,7 @@ end
 local attempt = redis.call('HGET', KEYS[1], 'attempt') or '0'
 redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[3], '*', 'type', ARGV[1], 'attempt', attempt, 'data', ARGV[2])
 redis.call('HSET', KEYS[1], 'terminal', ARGV[1])
+redis.call('PUBLISH', KEYS[3], '')
 return 1
 """
 
@@ -160,6 +169,7 @@ for i = next_index - index + 1, count do
              'data', cjson.encode({content = ARGV[4 + i], ts = ts}))
 end
 redis.call('HSET', KEYS[1], 'ext_next', index + count)
+redis.call('PUBLISH', KEYS[2], '')
 redis.call('SET', KEYS[3], 1, 'PX', ARGV[3])
 return {2, index + count}
 """
@@ -181,11 +191,46 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) 
 return 0
 """
 
+# Tells readers on a cluster that a stream has new entries (inside a transaction, where PUBLISH itself
+# cannot go on a cluster).  KEYS: stream
+HINT = """
+return redis.call('PUBLISH', KEYS[1], '')
+"""
+
+# Copies a batch of one generation's client events to its session stream, once: a batch committed again
+# (after a takeover) skips the events whose ``seq`` was copied already. Used where the copy cannot share a
+# transaction with the generation's commit (Redis Cluster: the session is another slot).
+# KEYS: session out, session copied (hash: generation -> last seq)   ARGV: generation_id, maxlen, ttl_ms,
+# then seq, event, data, entry_id for each event.   Returns the number of events appended.
+SESSION_APPEND = """
+local last = tonumber(redis.call('HGET', KEYS[2], ARGV[1]) or '-1')
+local written = 0
+for i = 4, #ARGV, 4 do
+  local seq = tonumber(ARGV[i])
+  if seq > last then
+    redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], '*', 'event', ARGV[i + 1], 'data', ARGV[i + 2],
+               'entry_id', ARGV[i + 3])
+    last = seq
+    written = written + 1
+  end
+end
+redis.call('HSET', KEYS[2], ARGV[1], last)
+redis.call('PEXPIRE', KEYS[2], ARGV[3])
+if written > 0 then redis.call('PUBLISH', KEYS[1], '') end
+return written
+"""
+
 _scripts: dict[str, Script] = {}
 
 
 def run(client: redis.Redis, source: str, keys: list[str], args: list[Any]) -> Any:
-    """Run a script by its SHA, loading it on first use (per server)."""
+    """Run a script by its SHA, loading it on first use (per server).
+
+    A cluster pipeline cannot send EVALSHA (nor load a missing script between its commands): it sends the
+    source with EVAL.
+    """
+    if isinstance(client, ClusterPipeline):
+        return client.execute_command("EVAL", source, len(keys), *keys, *args)
     script = _scripts.get(source)
     if script is None:
         script = _scripts[source] = Script(client, source)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from functools import cached_property
 from typing import Literal
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -21,6 +21,10 @@ class Settings(BaseSettings):
     redis_port: int = 6379
     redis_password: str | None = None
     redis_db: int = 0
+    # REDIS_URL names one node of a Redis Cluster (any node: the others are discovered).
+    redis_cluster: bool = False
+    # Shards of the work stream; default 1 on a single Redis, 16 on a cluster (spread over its slots).
+    work_shards: int | None = Field(default=None, ge=1, le=1024)
     celery_broker_url: str | None = None
 
     port: int = 8000
@@ -89,7 +93,18 @@ class Settings(BaseSettings):
     def _check(self) -> Settings:
         if self.consumer_heartbeat_ms * 3 > self.consumer_claim_idle_ms:
             raise ValueError("CONSUMER_CLAIM_IDLE_MS must be at least 3 x CONSUMER_HEARTBEAT_MS")
+        if self.redis_cluster and not self.celery_broker_url:
+            raise ValueError(
+                "REDIS_CLUSTER needs CELERY_BROKER_URL: Celery's Redis transport cannot use a cluster; "
+                "point it at a standalone Redis or RabbitMQ (amqp://)."
+            )
         return self
+
+    @property
+    def work_shard_count(self) -> int:
+        if self.work_shards is not None:
+            return self.work_shards
+        return 16 if self.redis_cluster else 1
 
     @property
     def celery_time_limit_s(self) -> float:
@@ -115,6 +130,14 @@ class Settings(BaseSettings):
             return self.redis_url
         auth = f":{quote(self.redis_password, safe='')}@" if self.redis_password else ""
         return f"redis://{auth}{self.redis_host}:{self.redis_port}/{self.redis_db}"
+
+    @property
+    def rate_limit_storage(self) -> tuple[str, dict[str, object]]:
+        """Flask-Limiter's storage URI and options: the streams' Redis (its cluster client on a cluster)."""
+        if not self.redis_cluster:
+            return self.resolved_redis_url, {}
+        parsed = urlsplit(self.resolved_redis_url)
+        return f"redis+cluster://{parsed.netloc}", {"ssl": True} if parsed.scheme == "rediss" else {}
 
     @cached_property
     def broker_url(self) -> str:

@@ -9,6 +9,7 @@ import orjson
 import redis
 
 from bridge import keys, scripts
+from bridge.connections import is_cluster
 from bridge.events import ClientEvent, EventType, decode_out
 from bridge.generation import GenerationRecord
 
@@ -40,9 +41,15 @@ def create_generation(
     retention_ms: int,
     created_at: float | None = None,
     api_key: str = "",
+    work_shards: int = 1,
 ) -> float:
     """Store a new generation, open its raw stream to the processors and hand it to the consumer workers."""
     created = created_at if created_at is not None else time.time()
+    work = keys.work_stream_for(generation_id, work_shards)
+    cluster = is_cluster(client)
+    # On a cluster the work shard and the session are other slots than the generation: no shared transaction.
+    # The generation is stored first (a consumer that reads the work entry must find it) and removed again
+    # when the rest fails, so that the caller's error leaves nothing behind.
     pipe = client.pipeline(transaction=True)
     pipe.hset(
         keys.gen_meta(generation_id),
@@ -57,11 +64,49 @@ def create_generation(
         },
     )
     pipe.xgroup_create(keys.gen_raw(generation_id), group, id="0", mkstream=True)
-    pipe.xadd(keys.WORK_STREAM, {"generation_id": generation_id})
+    if cluster:
+        pipe.execute()
+        pipe = client.pipeline(transaction=False)
+    pipe.xadd(work, {"generation_id": generation_id})
     pipe.xadd(keys.session_index(session_id), {"generation_id": generation_id})
     pipe.pexpire(keys.session_index(session_id), retention_ms * 2)
-    pipe.execute()
+    if cluster:
+        scripts.run(pipe, scripts.HINT, [work], [])
+    try:
+        pipe.execute()
+    except redis.RedisError:
+        if cluster:
+            client.delete(*keys.generation_keys(generation_id))
+        raise
     return created
+
+
+def work_backlog(client: redis.Redis, group: str, shards: int) -> tuple[int, int | None, float]:
+    """Generations of the work stream (every shard): pending (running), lag (waiting), oldest pending age in s.
+
+    Lag is None when the server cannot tell (it reports none after entries were deleted).
+    """
+    pending = 0
+    lag: int | None = 0
+    oldest_ms: int | None = None
+    for stream in keys.work_streams(shards):
+        try:
+            groups: Any = client.xinfo_groups(stream)
+        except redis.ResponseError:
+            continue  # no such stream yet
+        for info in groups:
+            if info.get("name") != group:
+                continue
+            pending += int(info.get("pending") or 0)
+            shard_lag = info.get("lag")
+            lag = None if lag is None or shard_lag is None else lag + int(shard_lag)
+            if info.get("pending"):
+                first: Any = client.xpending_range(stream, group, min="-", max="+", count=1)
+                if first:
+                    ms = int(first[0]["message_id"].split("-")[0])
+                    oldest_ms = ms if oldest_ms is None else min(oldest_ms, ms)
+    oldest_s = max(0.0, time.time() - oldest_ms / 1000) if oldest_ms is not None else 0.0
+    return pending, lag, oldest_s
 
 
 def load_record(client: redis.Redis, generation_id: str) -> GenerationRecord | None:

@@ -6,11 +6,12 @@ import os
 import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
 
-from bridge.embedded import EmbeddedRedis, embedded_binary
+from bridge.embedded import EmbeddedCluster, EmbeddedRedis, embedded_binary, supports_cluster
 from bridge.settings import Settings
 
 
@@ -32,12 +33,54 @@ def _redis_binaries() -> list[tuple[str, str]]:
 
 _BINARIES = _redis_binaries()
 
+# Settings of every test: short waits, so that a test that waits does not wait long.
+_FAST: dict[str, Any] = {
+    "secret_key": "test-secret",
+    "api_keys": "test-key",
+    "log_format": "text",
+    "consumer_block_ms": 100,
+    "consumer_heartbeat_ms": 100,
+    "consumer_claim_idle_ms": 500,
+    "hub_block_ms": 500,
+}
+
 
 @pytest.fixture(scope="session", params=[b for _, b in _BINARIES], ids=[n for n, _ in _BINARIES])
 def redis_server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedRedis]:
     server = EmbeddedRedis(tmp_path_factory.mktemp("redis"), binary=request.param, appendonly=False).start()
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session", params=[b for _, b in _BINARIES], ids=[f"{n}-cluster" for n, _ in _BINARIES])
+def redis_cluster(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[EmbeddedCluster]:
+    """A 3-master Redis Cluster on loopback, started by ``redis-cli --cluster create``."""
+    binary: str = request.param
+    if not supports_cluster(binary):
+        pytest.skip(f"{binary} has no cluster support")
+    cluster = EmbeddedCluster(tmp_path_factory.mktemp("cluster"), binary=binary)
+    try:
+        cluster.redis_cli()
+    except RuntimeError as exc:
+        pytest.skip(str(exc))
+    yield cluster.start()
+    cluster.stop()
+
+
+@pytest.fixture
+def rc(redis_cluster: EmbeddedCluster) -> Iterator[redis.Redis]:
+    """A cluster client on a cluster this test session started, emptied before each test."""
+    client = redis.RedisCluster.from_url(redis_cluster.url, decode_responses=True)
+    client.flushall(target_nodes=redis.RedisCluster.PRIMARIES)
+    yield client  # type: ignore[misc]
+    client.close()
+
+
+@pytest.fixture
+def cluster_settings(redis_cluster: EmbeddedCluster) -> Settings:
+    return Settings(redis_url=redis_cluster.url, redis_cluster=True, celery_broker_url="memory://", **_FAST)
 
 
 @pytest.fixture
@@ -52,16 +95,7 @@ def r(redis_server: EmbeddedRedis) -> Iterator[redis.Redis]:
 @pytest.fixture
 def make_settings(redis_server: EmbeddedRedis) -> Callable[..., Settings]:
     def create(**overrides: object) -> Settings:
-        values: dict[str, object] = {
-            "redis_url": redis_server.url,
-            "secret_key": "test-secret",
-            "api_keys": "test-key",
-            "log_format": "text",
-            "consumer_block_ms": 100,
-            "consumer_heartbeat_ms": 100,
-            "consumer_claim_idle_ms": 500,
-            "hub_block_ms": 500,
-        }
+        values: dict[str, object] = {"redis_url": redis_server.url, **_FAST}
         values.update(overrides)
         return Settings(**values)  # type: ignore[arg-type]
 

@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any
 
 import httpx
 import orjson
 import redis
 
-from bridge import keys
 from bridge.settings import Settings
+from bridge.streams import work_backlog
 
 logger = logging.getLogger(__name__)
 
@@ -24,16 +23,11 @@ def pipeline_problems(client: redis.Redis, settings: Settings) -> list[str]:
     """What is wrong with the pipeline as a whole (empty when healthy)."""
     # (No consumer alive cannot be seen from a consumer: that one is the Prometheus alert's job.)
     problems = []
-    groups: Any = client.xinfo_groups(keys.WORK_STREAM)
-    for group in groups:
-        lag = group.get("lag")
-        if group.get("name") == settings.redis_consumer_group and lag is not None and lag > settings.ready_max_lag:
-            problems.append(f"{lag} generations wait for a consumer")
-    oldest: Any = client.xpending_range(keys.WORK_STREAM, settings.redis_consumer_group, "-", "+", 1)
-    if oldest:
-        age_s = time.time() - int(oldest[0]["message_id"].split("-")[0]) / 1000
-        if age_s > settings.ready_max_pending_age_s:
-            problems.append(f"a generation has been running for {age_s:.0f} s")
+    _, lag, age_s = work_backlog(client, settings.redis_consumer_group, settings.work_shard_count)
+    if lag is not None and lag > settings.ready_max_lag:
+        problems.append(f"{lag} generations wait for a consumer")
+    if age_s > settings.ready_max_pending_age_s:
+        problems.append(f"a generation has been running for {age_s:.0f} s")
     return problems
 
 

@@ -1,7 +1,8 @@
 """The consumer worker: takes generations from ``llm:work``, runs the processor chain, commits to ``:out``.
 
-One blocking ``XREADGROUP`` covers the work stream and the raw stream of every generation this worker
-owns. Each batch of a generation is committed in one transaction: ``XADD :out`` with the raw entry's id,
+One blocking ``XREADGROUP`` covers the work stream (its shards) and the raw stream of every generation this
+worker owns; on a Redis Cluster, where one command cannot span slots, ``bridge.cluster.NotifiedReader`` does
+that read instead. Each batch of a generation is committed in one transaction: ``XADD :out`` with the raw entry's id,
 ``XACK :raw``, and the ``:meta`` fields the batch changed. A work entry stays pending while its generation
 runs; re-reading our own pending entries keeps them fresh, so only a dead worker's go idle and are taken
 over with ``XAUTOCLAIM`` by another, which continues from the first unacknowledged raw entry.
@@ -28,10 +29,12 @@ import orjson
 import redis
 
 from bridge import keys, scripts
+from bridge.cluster import NotifiedReader
+from bridge.connections import is_cluster
 from bridge.errors import ProcessingError
 from bridge.events import Event, EventType, decode_raw, encode_out
 from bridge.settings import Settings
-from bridge.streams import ensure_group
+from bridge.streams import ensure_group, work_backlog
 from workers import metrics
 from workers.alerts import Alerter
 from workers.processors import Chain, GenerationState, Processor
@@ -72,6 +75,10 @@ class ConsumerWorker:
         self._group_ready = False
         self._resync = False
         self.alerter = Alerter(client, settings, self.name)
+        self.work_streams = keys.work_streams(settings.work_shard_count)
+        self.cluster = is_cluster(client)
+        # On a cluster: many reads woken by hints, instead of one blocking read.
+        self.notified = NotifiedReader(client, sweep_s=settings.consumer_block_ms / 1000) if self.cluster else None
 
     # -- lifecycle ---------------------------------------------------------------------------------
 
@@ -109,18 +116,20 @@ class ConsumerWorker:
     def _leave(self) -> None:
         """Deregister, and mark our work entries idle so that another consumer takes them over at once."""
         try:
-            work_ids: list[Any] = [state.work_id for state in self.owned.values()]
-            if work_ids:
-                self.client.xclaim(
-                    keys.WORK_STREAM,
-                    self.group,
-                    self.name,
-                    min_idle_time=0,
-                    message_ids=work_ids,
-                    idle=self.settings.consumer_claim_idle_ms,
-                    justid=True,
-                )
-                logger.info("Consumer %s handed back %s generations.", self.name, len(work_ids))
+            for stream in self.work_streams:
+                work_ids: list[Any] = [s.work_id for s in self.owned.values() if s.work_stream == stream]
+                if work_ids:
+                    self.client.xclaim(
+                        stream,
+                        self.group,
+                        self.name,
+                        min_idle_time=0,
+                        message_ids=work_ids,
+                        idle=self.settings.consumer_claim_idle_ms,
+                        justid=True,
+                    )
+            if self.owned:
+                logger.info("Consumer %s handed back %s generations.", self.name, len(self.owned))
             self.client.zrem(keys.CONSUMERS_ZSET, self.name)
         except redis.RedisError:
             logger.warning("Consumer %s could not deregister.", self.name)
@@ -130,7 +139,8 @@ class ConsumerWorker:
     def run_once(self, *, block_ms: int | None = None) -> int:
         """Housekeeping when due, then one blocking read and its processing. Returns entries processed."""
         if not self._group_ready:
-            ensure_group(self.client, keys.WORK_STREAM, self.group)
+            for stream in self.work_streams:
+                ensure_group(self.client, stream, self.group)
             self._group_ready = True
         if self._resync:
             self._reload_owned()
@@ -142,13 +152,7 @@ class ConsumerWorker:
         block = max(1, min(block, int((self._next_housekeeping - time.monotonic()) * 1000) + 1))
         streams, block = self._streams_to_read(block)
         try:
-            reply: Any = self.client.xreadgroup(
-                self.group,
-                self.name,
-                streams,  # type: ignore[arg-type]
-                count=self.settings.consumer_batch,
-                block=block,
-            )
+            reply = self._read(streams, block)
         except redis.ResponseError as exc:
             if "NOGROUP" not in str(exc):
                 raise
@@ -156,9 +160,9 @@ class ConsumerWorker:
             return 0
         processed = 0
         for stream, entries in reply or []:
-            if stream == keys.WORK_STREAM:
+            if stream in self.work_streams:
                 for work_id, fields in entries:
-                    self.adopt(fields.get("generation_id", ""), work_id, taken_over=False)
+                    self.adopt(fields.get("generation_id", ""), work_id, taken_over=False, work_stream=stream)
                 continue
             gid = keys.generation_id_from_key(stream)
             state = self.owned.get(gid)
@@ -170,9 +174,15 @@ class ConsumerWorker:
             processed += self.process(gid, entries)
         return processed
 
+    def _read(self, streams: dict[str, str], block_ms: int) -> Any:
+        count = self.settings.consumer_batch
+        if self.notified is not None:
+            return self.notified.read(streams, count=count, block_ms=block_ms, group=(self.group, self.name))
+        return self.client.xreadgroup(self.group, self.name, streams, count=count, block=block_ms)  # type: ignore[arg-type]
+
     def _streams_to_read(self, block_ms: int) -> tuple[dict[str, str], int]:
         """New entries for most generations; our own pending ones (id 0) for those that must retry."""
-        streams = {keys.WORK_STREAM: ">"}
+        streams = dict.fromkeys(self.work_streams, ">")
         now = time.monotonic()
         next_retry = None
         for gid, state in self.owned.items():
@@ -199,61 +209,59 @@ class ConsumerWorker:
     def _measure(self) -> None:
         """Gauges of the work stream (every consumer reports the same figures; aggregate with max)."""
         metrics.OWNED.set(len(self.owned))
-        groups: Any = self.client.xinfo_groups(keys.WORK_STREAM)
-        for group in groups:
-            if group.get("name") == self.group:
-                metrics.PENDING.set(int(group.get("pending") or 0))
-                if group.get("lag") is not None:
-                    metrics.LAG.set(int(group["lag"]))
-        oldest: Any = self.client.xpending_range(keys.WORK_STREAM, self.group, min="-", max="+", count=1)
-        age_s = (time.time() * 1000 - int(oldest[0]["message_id"].split("-")[0])) / 1000 if oldest else 0.0
-        metrics.OLDEST_PENDING.set(max(0.0, age_s))
+        pending, lag, age_s = work_backlog(self.client, self.group, self.settings.work_shard_count)
+        metrics.PENDING.set(pending)
+        if lag is not None:
+            metrics.LAG.set(lag)
+        metrics.OLDEST_PENDING.set(age_s)
 
     def _refresh_owned(self) -> None:
         # Reading our own pending entries resets their idle time and lists exactly what we still own.
         still_ours: set[str] = set()
-        last = "0-0"
-        while True:
-            reply: Any = self.client.xreadgroup(self.group, self.name, {keys.WORK_STREAM: last}, count=_PAGE)
-            entries = reply[0][1] if reply else []
-            for work_id, fields in entries:
-                last = work_id
-                if not fields:
-                    self._release_work(work_id)  # deleted while pending
-                    continue
-                gid = fields.get("generation_id", "")
-                still_ours.add(gid)
-                if gid and gid not in self.owned:
-                    # Ours from an earlier life under the same name: continue it.
-                    self.adopt(gid, work_id, taken_over=True)
-            if len(entries) < _PAGE:
-                break
+        for stream in self.work_streams:
+            last = "0-0"
+            while True:
+                reply: Any = self.client.xreadgroup(self.group, self.name, {stream: last}, count=_PAGE)
+                entries = reply[0][1] if reply else []
+                for work_id, fields in entries:
+                    last = work_id
+                    if not fields:
+                        self._release_work(stream, work_id)  # deleted while pending
+                        continue
+                    gid = fields.get("generation_id", "")
+                    still_ours.add(gid)
+                    if gid and gid not in self.owned:
+                        # Ours from an earlier life under the same name: continue it.
+                        self.adopt(gid, work_id, taken_over=True, work_stream=stream)
+                if len(entries) < _PAGE:
+                    break
         for gid in list(self.owned):
             if gid not in still_ours:
                 logger.warning("Generation %s was taken over by another consumer; letting it go.", gid)
                 del self.owned[gid]
 
     def _take_over_idle(self) -> None:
-        start = "0-0"
-        for _ in range(10):
-            reply: Any = self.client.xautoclaim(
-                keys.WORK_STREAM,
-                self.group,
-                self.name,
-                min_idle_time=self.settings.consumer_claim_idle_ms,
-                start_id=start,
-                count=_PAGE,
-            )
-            start, entries = reply[0], reply[1]
-            for work_id, fields in entries:
-                if fields is None:
-                    continue
-                gid = fields.get("generation_id", "")
-                logger.info("Taking over generation %s from an idle consumer.", gid, extra={"generation_id": gid})
-                metrics.TAKEOVERS.inc()
-                self.adopt(gid, work_id, taken_over=True)
-            if start == "0-0":
-                break
+        for stream in self.work_streams:
+            start = "0-0"
+            for _ in range(10):
+                reply: Any = self.client.xautoclaim(
+                    stream,
+                    self.group,
+                    self.name,
+                    min_idle_time=self.settings.consumer_claim_idle_ms,
+                    start_id=start,
+                    count=_PAGE,
+                )
+                start, entries = reply[0], reply[1]
+                for work_id, fields in entries:
+                    if fields is None:
+                        continue
+                    gid = fields.get("generation_id", "")
+                    logger.info("Taking over generation %s from an idle consumer.", gid, extra={"generation_id": gid})
+                    metrics.TAKEOVERS.inc()
+                    self.adopt(gid, work_id, taken_over=True, work_stream=stream)
+                if start == "0-0":
+                    break
 
     def _supervise(self) -> None:
         """Restart or end generations whose attempt stopped renewing its lease, or that never started."""
@@ -310,16 +318,16 @@ class ConsumerWorker:
 
     # -- generations -------------------------------------------------------------------------------
 
-    def adopt(self, generation_id: str, work_id: str, *, taken_over: bool) -> None:
+    def adopt(self, generation_id: str, work_id: str, *, taken_over: bool, work_stream: str = keys.WORK_STREAM) -> None:
         """Own a generation: load its state and, after a takeover, process what the last owner left."""
         if generation_id in self.owned:
             return
         meta: dict[str, str] = self.client.hgetall(keys.gen_meta(generation_id)) if generation_id else {}  # type: ignore[assignment]
         if not meta or meta.get("status") in FINISHED_STATUSES:
             # Unknown, expired or already finished: nothing left to do for it.
-            self._release_work(work_id)
+            self._release_work(work_stream, work_id)
             return
-        state = GenerationState.from_meta(generation_id, work_id, meta)
+        state = GenerationState.from_meta(generation_id, work_id, meta, work_stream=work_stream)
         state.resumed = state.resumed or taken_over
         self.owned[generation_id] = state
         self.chain.start(state)
@@ -333,7 +341,7 @@ class ConsumerWorker:
             if not meta:
                 self._forget(gid)
                 continue
-            state = GenerationState.from_meta(gid, old.work_id, meta)
+            state = GenerationState.from_meta(gid, old.work_id, meta, work_stream=old.work_stream)
             state.pending_retry = True
             state.scratch = old.scratch
             self.owned[gid] = state
@@ -365,9 +373,7 @@ class ConsumerWorker:
         stay pending and are read again (or the entry is dead-lettered).
         """
         state = self.owned[generation_id]
-        out_key = keys.gen_out(generation_id)
-        maxlen = self.settings.redis_stream_max_length
-        pipe = self.client.pipeline(transaction=True)
+        outs: list[tuple[str, Event]] = []
         acked: list[str] = []
         terminal: Event | None = None
         failure: tuple[str, dict[str, str], Exception, bool] | None = None
@@ -395,52 +401,71 @@ class ConsumerWorker:
             if out is not None:
                 out.data["seq"] = state.seq
                 state.seq += 1
-                encoded = encode_out(out)
-                pipe.xadd(out_key, encoded, id=entry_id, maxlen=maxlen, approximate=True)  # type: ignore[arg-type]
-                if state.session_id:
-                    session_fields = {
-                        "event": out.type,
-                        "data": orjson.dumps({**out.data, "generation_id": generation_id}),
-                        "entry_id": entry_id,
-                    }
-                    pipe.xadd(
-                        keys.session_out(state.session_id),
-                        session_fields,  # type: ignore[arg-type]
-                        maxlen=maxlen,
-                        approximate=True,
-                    )
+                outs.append((entry_id, out))
             if event.terminal:
                 state.finished = True
                 terminal = out or event
         if acked:
-            self._commit(state, pipe, acked, terminal)
+            self._commit(state, outs, acked, terminal)
             metrics.ENTRIES.inc(len(acked))
         if failure is not None:
             self._handle_failure(state, *failure)
         return len(acked)
 
-    def _commit(self, state: GenerationState, pipe: Any, acked: list[str], terminal: Event | None) -> None:
+    def _commit(
+        self, state: GenerationState, outs: list[tuple[str, Event]], acked: list[str], terminal: Event | None
+    ) -> None:
+        """One transaction: the batch's client events into ``:out`` (same ids), ``XACK :raw``, ``:meta``.
+
+        On a single Redis the session copy and the end-of-generation bookkeeping share that transaction. On a
+        cluster they are other slots: the session copy goes first, fenced by ``seq`` so that a batch committed
+        again after a crash copies nothing twice, and the bookkeeping after.
+        """
         gid = state.generation_id
+        maxlen = self.settings.redis_stream_max_length
+        retention_ms = self.settings.redis_stream_retention_ms
+        out_key = keys.gen_out(gid)
+        session_out = keys.session_out(state.session_id) if state.session_id else None
+        if self.cluster and session_out and outs:
+            self._copy_to_session(state, outs)
+        pipe: Any = self.client.pipeline(transaction=True)
+        for entry_id, out in outs:
+            pipe.xadd(out_key, encode_out(out), id=entry_id, maxlen=maxlen, approximate=True)
+            if session_out and not self.cluster:
+                pipe.xadd(session_out, _session_fields(gid, entry_id, out), maxlen=maxlen, approximate=True)
         pipe.xack(keys.gen_raw(gid), self.group, *acked)
         state.meta_updates["seq"] = state.seq
         state.meta_updates["last_id"] = acked[-1]
         pipe.hset(keys.gen_meta(gid), mapping=state.meta_updates)
+        after = pipe if not self.cluster else self.client.pipeline(transaction=False)
         if terminal is not None:
-            retention_ms = self.settings.redis_stream_retention_ms
             for key in keys.generation_keys(gid):
                 pipe.pexpire(key, retention_ms)
             if state.api_key:
-                pipe.zrem(keys.key_running(state.api_key), gid)
-            if state.session_id:
-                pipe.pexpire(keys.session_out(state.session_id), retention_ms)
-                pipe.pexpire(keys.session_index(state.session_id), retention_ms * 2)
+                after.zrem(keys.key_running(state.api_key), gid)
+            if session_out:
+                after.pexpire(session_out, retention_ms)
+                after.pexpire(keys.session_index(state.session_id), retention_ms * 2)
+        if self.cluster and outs:
+            scripts.run(pipe, scripts.HINT, [out_key], [])
         results = pipe.execute(raise_on_error=False)
         state.meta_updates = {}
         self._check(gid, results)
+        if after is not pipe and len(after):
+            self._check(gid, after.execute(raise_on_error=False))
         if terminal is not None:
             self.chain.finish(state, terminal)
-            self._release_work(state.work_id)
+            self._release_work(state.work_stream, state.work_id)
             self.owned.pop(gid, None)
+
+    def _copy_to_session(self, state: GenerationState, outs: list[tuple[str, Event]]) -> None:
+        args: list[Any] = [state.generation_id, self.settings.redis_stream_max_length]
+        args.append(self.settings.redis_stream_retention_ms * 2)
+        for entry_id, out in outs:
+            fields = _session_fields(state.generation_id, entry_id, out)
+            args += [out.data["seq"], fields["event"], fields["data"], entry_id]
+        session_keys = [keys.session_out(state.session_id), keys.session_copied(state.session_id)]
+        scripts.run(self.client, scripts.SESSION_APPEND, session_keys, args)
 
     def _handle_failure(
         self, state: GenerationState, entry_id: str, fields: dict[str, str], error: Exception, malformed: bool
@@ -516,17 +541,17 @@ class ConsumerWorker:
                     continue
                 logger.error("Generation %s: commit step failed: %s", generation_id, result)
 
-    def _release_work(self, work_id: str) -> None:
+    def _release_work(self, stream: str, work_id: str) -> None:
         pipe = self.client.pipeline(transaction=False)
-        pipe.xack(keys.WORK_STREAM, self.group, work_id)
-        pipe.xdel(keys.WORK_STREAM, work_id)
+        pipe.xack(stream, self.group, work_id)
+        pipe.xdel(stream, work_id)
         pipe.execute()
 
     def _forget(self, generation_id: str) -> None:
         state = self.owned.pop(generation_id, None)
         if state is not None:
             logger.warning("Generation %s has no raw stream any more; released.", generation_id)
-            self._release_work(state.work_id)
+            self._release_work(state.work_stream, state.work_id)
 
     def _recover_missing_groups(self) -> None:
         for gid in list(self.owned):
@@ -536,3 +561,12 @@ class ConsumerWorker:
                 groups = []
             if not any(group.get("name") == self.group for group in groups):
                 self._forget(gid)
+
+
+def _session_fields(generation_id: str, entry_id: str, out: Event) -> dict[str, Any]:
+    """A client event as the session stream holds it: with its generation and its ``:out`` id."""
+    return {
+        "event": out.type,
+        "data": orjson.dumps({**out.data, "generation_id": generation_id}),
+        "entry_id": entry_id,
+    }

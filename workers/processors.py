@@ -30,6 +30,8 @@ class GenerationState:
 
     generation_id: str
     work_id: str
+    # The work-stream shard that holds ``work_id``.
+    work_stream: str = "llm:work"
     model: str = ""
     session_id: str = ""
     api_key: str = ""
@@ -50,11 +52,14 @@ class GenerationState:
     scratch: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
-    def from_meta(cls, generation_id: str, work_id: str, meta: dict[str, str]) -> GenerationState:
+    def from_meta(
+        cls, generation_id: str, work_id: str, meta: dict[str, str], *, work_stream: str = "llm:work"
+    ) -> GenerationState:
         first = meta.get("first_token_at")
         return cls(
             generation_id=generation_id,
             work_id=work_id,
+            work_stream=work_stream,
             model=meta.get("model", ""),
             session_id=meta.get("session_id", ""),
             api_key=meta.get("api_key", ""),

@@ -1,0 +1,182 @@
+"""tokenbridge on a real 3-master Redis Cluster: sharded work, hinted reads across slots, the consumer and the hub."""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+import orjson
+import redis
+
+from app.hub import Hub
+from app.streaming import follow
+from bridge import keys, streams
+from bridge.cluster import NotifiedReader
+from bridge.embedded import EmbeddedCluster
+from bridge.events import Event
+from bridge.producer import GenerationWriter
+from bridge.settings import Settings
+from tests.integration.helpers import wait_for
+from workers.consumer import ConsumerWorker
+from workers.processors import GenerationState, default_processors
+
+WORDS = [f"w{i} " for i in range(30)]
+
+
+def _new(rc: redis.Redis, settings: Settings, gid: str, session: str = "s1") -> str:
+    streams.create_generation(
+        rc,
+        generation_id=gid,
+        session_id=session,
+        model="echo",
+        request={"model": "echo", "prompt": "hi"},
+        group=settings.redis_consumer_group,
+        retention_ms=settings.redis_stream_retention_ms,
+        work_shards=settings.work_shard_count,
+    )
+    return gid
+
+
+def _produce(rc: redis.Redis, gid: str, words: list[str]) -> None:
+    writer = GenerationWriter(rc, gid, lease_ms=10_000, max_length=10_000)
+    writer.claim()
+    writer.write([("token", {"content": w, "ts": 1.0}) for w in words])
+    writer.write([("done", {"finish_reason": "stop", "usage": {"prompt_tokens": 1, "completion_tokens": len(words)}})])
+
+
+def _text(rc: redis.Redis, key: str) -> str:
+    return "".join(orjson.loads(f["data"]).get("content", "") for _, f in rc.xrange(key) if f["event"] == "token")
+
+
+def _node_of(rc: Any, key: str) -> str:
+    node = rc.get_node_from_key(key)
+    return f"{node.host}:{node.port}"
+
+
+def test_work_shards_spread_over_every_node(rc: redis.Redis, cluster_settings: Settings) -> None:
+    # Given the default shard count on a cluster
+    shards = keys.work_streams(cluster_settings.work_shard_count)
+    # Then there are 16 shards, and each of the 3 masters holds some of them
+    assert len(shards) == 16
+    owners = {_node_of(rc, shard) for shard in shards}
+    assert len(owners) == 3
+    # And generations are spread over the shards
+    used = {keys.work_stream_for(f"gen_{i}", len(shards)) for i in range(200)}
+    assert len(used) == 16
+
+
+def test_a_hint_wakes_the_reader_and_reads_keys_of_every_node(rc: redis.Redis) -> None:
+    # Given a reader watching streams whose keys live on different nodes
+    watched = {f"llm:gen:{{g{i}}}:out": "0" for i in range(12)}
+    assert len({_node_of(rc, key) for key in watched}) == 3
+    reader = NotifiedReader(rc, sweep_s=60)
+    assert reader.read(watched, count=10, block_ms=50) == []
+    # When one of them gets an entry and its hint, while the reader waits for up to 5 s
+    key = "llm:gen:{g7}:out"
+
+    def write() -> None:
+        time.sleep(0.2)
+        rc.xadd(key, {"event": "token", "data": "{}"})
+        rc.publish(key, "")
+
+    threading.Thread(target=write).start()
+    started = time.monotonic()
+    reply = reader.read(watched, count=10, block_ms=5000)
+    # Then the read returns that entry as soon as the hint came, not after the block time
+    assert [k for k, _ in reply] == [key]
+    assert time.monotonic() - started < 2.0
+    reader.close()
+
+
+def test_an_entry_whose_hint_was_lost_is_read_by_the_sweep(rc: redis.Redis) -> None:
+    # Given a reader that swept its keys a moment ago
+    key = "llm:gen:{lost}:out"
+    reader = NotifiedReader(rc, sweep_s=0.5)
+    assert reader.read({key: "0"}, count=10, block_ms=10) == []
+    # When an entry is written without a hint
+    rc.xadd(key, {"event": "token", "data": "{}"})
+    # Then the reader still gets it, within the sweep interval
+    started = time.monotonic()
+    reply: list[Any] = []
+    while not reply and time.monotonic() - started < 3:
+        reply = reader.read({key: "0"}, count=10, block_ms=200)
+    assert reply and reply[0][0] == key
+    assert time.monotonic() - started < 1.5
+    reader.close()
+
+
+def test_generations_on_every_node_flow_through_a_consumer(rc: redis.Redis, cluster_settings: Settings) -> None:
+    # Given generations whose keys live on all three masters, their producers done
+    gids = [_new(rc, cluster_settings, f"gen_{i}", session=f"s{i % 3}") for i in range(9)]
+    assert len({_node_of(rc, keys.gen_out(g)) for g in gids}) == 3
+    for gid in gids:
+        _produce(rc, gid, WORDS)
+    # When one consumer runs
+    worker = ConsumerWorker(rc, cluster_settings, default_processors(rc))
+    status = lambda g: rc.hget(keys.gen_meta(g), "status")  # noqa: E731
+    wait_for(lambda: all(status(g) == "completed" for g in gids), step=lambda: worker.run_once(block_ms=50))
+    # Then every :out has the whole text, ids equal to :raw's, and every session stream has its events once
+    for gid in gids:
+        assert _text(rc, keys.gen_out(gid)) == "".join(WORDS)
+        assert [i for i, _ in rc.xrange(keys.gen_out(gid))] == [i for i, _ in rc.xrange(keys.gen_raw(gid))]
+    for session in ("s0", "s1", "s2"):
+        entries = rc.xrange(keys.session_out(session))
+        assert len(entries) == 3 * (len(WORDS) + 1)
+        assert len({(orjson.loads(f["data"])["generation_id"], f["entry_id"]) for _, f in entries}) == len(entries)
+    # And the work stream is empty again: every generation was acknowledged and released
+    assert streams.work_backlog(rc, cluster_settings.redis_consumer_group, cluster_settings.work_shard_count)[0] == 0
+    worker._leave()
+
+
+def test_a_batch_committed_again_is_copied_to_the_session_once(rc: redis.Redis, cluster_settings: Settings) -> None:
+    # Given a generation processed and committed by a consumer (session copy included)
+    gid = _new(rc, cluster_settings, "gen_again", session="s_again")
+    _produce(rc, gid, WORDS[:3])
+    worker = ConsumerWorker(rc, cluster_settings, default_processors(rc))
+    wait_for(lambda: rc.hget(keys.gen_meta(gid), "status") == "completed", step=lambda: worker.run_once(block_ms=50))
+    copied = rc.xlen(keys.session_out("s_again"))
+    # When the same events are copied again (a consumer that died between the copy and its commit, taken over)
+    replay = [
+        (entry_id, Event(id=entry_id, type=fields["event"], data=orjson.loads(fields["data"])))
+        for entry_id, fields in rc.xrange(keys.gen_out(gid))
+    ]
+    worker._copy_to_session(GenerationState(generation_id=gid, work_id="0-1", session_id="s_again"), replay)
+    # Then the session stream is unchanged
+    assert rc.xlen(keys.session_out("s_again")) == copied == 4
+
+
+def test_the_hub_follows_streams_of_every_node(rc: redis.Redis, redis_cluster: EmbeddedCluster) -> None:
+    # Given a hub on the cluster, and two generations on different nodes being written with hints
+    commands = redis.RedisCluster.from_url(redis_cluster.url, decode_responses=True)
+    hub = Hub(None, commands, notified=NotifiedReader(commands, sweep_s=30), block_ms=30_000)  # type: ignore[arg-type]
+    outs = ["llm:gen:{ha}:out", "llm:gen:{hz}:out"]
+    assert _node_of(rc, outs[0]) != _node_of(rc, outs[1])
+
+    def produce(key: str) -> None:
+        for i in range(20):
+            rc.xadd(key, {"event": "token", "data": orjson.dumps({"seq": i, "content": f"{i} "}).decode()})
+            rc.publish(key, "")
+            time.sleep(0.01)
+        rc.xadd(key, {"event": "done", "data": orjson.dumps({"seq": 20}).decode()})
+        rc.publish(key, "")
+
+    results: dict[str, list[int]] = {}
+
+    def read(key: str) -> None:
+        events = follow(hub, rc, key, "0", keepalive_s=5, max_duration_s=20)
+        results[key] = [orjson.loads(e.data)["seq"] for e in events if e is not None]
+
+    readers = [threading.Thread(target=read, args=(key,)) for key in outs]
+    for thread in readers:
+        thread.start()
+    started = time.monotonic()
+    for key in outs:
+        produce(key)
+    for thread in readers:
+        thread.join(20)
+    # Then each reader got every event once, in order, long before the hub's 30 s block time
+    assert results == {key: list(range(21)) for key in outs}
+    assert time.monotonic() - started < 10
+    hub.stop()
+    commands.close()
