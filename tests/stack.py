@@ -19,7 +19,7 @@ from typing import Any
 import httpx
 import redis
 
-from bridge.embedded import EmbeddedRedis, free_port
+from bridge.embedded import EmbeddedCluster, EmbeddedRedis, free_port
 from tests.procfile import ROOT, procfile_commands
 from tests.sse import SseResult, read_sse
 
@@ -32,9 +32,11 @@ _SCRUB = ("REDIS_URL", "REDIS_HOST", "REDIS_PORT", "REDIS_PASSWORD", "REDIS_DB",
 
 @dataclass
 class Stack:
-    redis: EmbeddedRedis
+    redis: EmbeddedRedis | EmbeddedCluster
     env: dict[str, str]
     logs: Path
+    # A Celery broker of its own (a cluster cannot be one).
+    broker: EmbeddedRedis | None = None
     web_ports: list[int] = field(default_factory=list)
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     _log_files: list[Any] = field(default_factory=list)
@@ -51,6 +53,8 @@ class Stack:
         return f"http://127.0.0.1:{self.web_ports[web]}{path}"
 
     def client(self) -> redis.Redis:
+        if isinstance(self.redis, EmbeddedCluster):
+            return redis.RedisCluster.from_url(self.redis.url, decode_responses=True)  # type: ignore[return-value]
         return redis.Redis.from_url(self.redis.url, decode_responses=True)
 
     def post(self, path: str, body: Any = None, **kw: Any) -> httpx.Response:
@@ -151,13 +155,28 @@ class Stack:
         for log in self._log_files:
             log.close()
 
+    def stop_servers(self) -> None:
+        self.redis.stop()
+        if self.broker is not None:
+            self.broker.stop()
 
-def build_stack(directory: Path, logs: Path, **env: str) -> Stack:
-    """An embedded Redis (with AOF, so it can be restarted with its data) and the environment of every process."""
+
+def build_stack(directory: Path, logs: Path, *, cluster: bool = False, **env: str) -> Stack:
+    """An embedded Redis (with AOF, so it can be restarted with its data) and the environment of every process.
+
+    With ``cluster``: a 3-master Redis Cluster for the streams and a standalone Redis as Celery's broker.
+    """
     logs.mkdir(parents=True, exist_ok=True)
     for old in logs.glob("*.log"):
         old.unlink()
-    server = EmbeddedRedis(directory).start()
+    server: EmbeddedRedis | EmbeddedCluster
+    broker = None
+    if cluster:
+        server = EmbeddedCluster(directory / "cluster").start()
+        broker = EmbeddedRedis(directory / "broker", appendonly=False).start()
+        env = {"REDIS_CLUSTER": "true", "CELERY_BROKER_URL": broker.url, **env}
+    else:
+        server = EmbeddedRedis(directory).start()
     base = {k: v for k, v in os.environ.items() if k not in _SCRUB}
     base.update(
         {
@@ -174,7 +193,7 @@ def build_stack(directory: Path, logs: Path, **env: str) -> Stack:
             **env,
         }
     )
-    return Stack(redis=server, env=base, logs=logs)
+    return Stack(redis=server, env=base, logs=logs, broker=broker)
 
 
 @contextmanager
@@ -190,4 +209,4 @@ def running_stack(
         yield stack
     finally:
         stack.stop_all()
-        stack.redis.stop()
+        stack.stop_servers()

@@ -169,4 +169,4 @@ def test_procfile_under_honcho_serves_and_stops_on_sigint(tmp_path: Path) -> Non
             honcho.kill()
             honcho.wait()
         log.close()
-        stack.redis.stop()
+        stack.stop_servers()

@@ -37,7 +37,7 @@ def strict(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         yield stack
     finally:
         stack.stop_all()
-        stack.redis.stop()
+        stack.stop_servers()
 
 
 def _as(key: str) -> dict[str, str]:

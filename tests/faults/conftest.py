@@ -32,7 +32,7 @@ def make_stack(
     yield create
     for stack in stacks:
         stack.stop_all()
-        stack.redis.stop()
+        stack.stop_servers()
 
 
 @pytest.fixture
