@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 PORT   ?= 8000
 
-.PHONY: install dev test test-fast lint format bench clean
+.PHONY: install dev test test-fast lint format bench bench-cluster clean
 
 install: $(VENV)/.installed
 
@@ -36,6 +36,10 @@ format: install
 bench: install
 	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
 	$(BIN)/python -m bench
+
+bench-cluster: install
+	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
+	$(BIN)/python -m bench.cluster
 
 clean:
 	rm -rf $(VENV) .tokenbridge .pytest_cache .mypy_cache .ruff_cache *.egg-info

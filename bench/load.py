@@ -1,6 +1,6 @@
 """The load process (``python -m bench.load``): runs every reader of one load level and prints JSON results.
 
-python -m bench.load ours URL API_KEY STREAMS RATE TOKENS
+python -m bench.load ours URL[,URL...] API_KEY STREAMS RATE TOKENS   (stream i uses the i-th URL, round robin)
 python -m bench.load baseline URL REDIS_URL STREAMS RATE TOKENS
 """
 
@@ -29,23 +29,29 @@ def _raise_fd_limit() -> None:
 async def _ours(
     url: str, api_key: str, streams: int, rate: float, tokens: int
 ) -> tuple[list[StreamResult], list[float]]:
-    parts = urlsplit(url)
+    urls = url.split(",")
     headers = {"Authorization": f"Bearer {api_key}"}
     results = [StreamResult() for _ in range(streams)]
     ttft: list[float] = []
     semaphore = asyncio.Semaphore(50)
     body = {"model": "synthetic", "prompt": "bench", "max_tokens": tokens, "options": {"tokens_per_second": rate}}
-    async with httpx.AsyncClient(base_url=url, headers=headers, timeout=60) as client:
+    clients = [httpx.AsyncClient(base_url=u, headers=headers, timeout=60) for u in urls]
 
-        async def one(index: int) -> None:
-            async with semaphore:
-                posted = time.time()
-                created = (await client.post("/v1/generations", json=body)).json()
-            await read_sse(parts.hostname or "", parts.port or 80, created["events_url"], headers, results[index])
-            if results[index].first_token_at is not None:
-                ttft.append(results[index].first_token_at - posted)
+    async def one(index: int) -> None:
+        client = clients[index % len(clients)]
+        parts = urlsplit(urls[index % len(urls)])
+        async with semaphore:
+            posted = time.time()
+            created = (await client.post("/v1/generations", json=body)).json()
+        await read_sse(parts.hostname or "", parts.port or 80, created["events_url"], headers, results[index])
+        if results[index].first_token_at is not None:
+            ttft.append(results[index].first_token_at - posted)
 
+    try:
         await asyncio.gather(*(one(i) for i in range(streams)))
+    finally:
+        for client in clients:
+            await client.aclose()
     return results, ttft
 
 

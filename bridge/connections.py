@@ -23,8 +23,8 @@ def redis_client(
     The pool is bounded and blocking: a caller waits up to ``pool_timeout_s`` for a free connection instead
     of opening more. ``socket_timeout_s`` must exceed the longest ``BLOCK`` a caller uses on this client.
     On a Redis Cluster (``REDIS_CLUSTER``) the result is a ``RedisCluster`` that routes each command to the
-    node of its key's slot, with up to ``max_connections`` connections per node; it answers the same commands
-    for the keys tokenbridge uses, so callers treat it as a ``redis.Redis``.
+    node of its key's slot, with the same bounded, blocking pool per node; it answers the same commands for
+    the keys tokenbridge uses, so callers treat it as a ``redis.Redis``.
     """
     if settings.redis_cluster:
         cluster = redis.RedisCluster.from_url(
@@ -35,6 +35,8 @@ def redis_client(
             socket_keepalive=True,
             health_check_interval=30,
             max_connections=max_connections,
+            connection_pool_class=redis.BlockingConnectionPool,
+            timeout=pool_timeout_s,
             client_name=client_name,
         )
         return cast(redis.Redis, cluster)

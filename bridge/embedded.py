@@ -200,8 +200,15 @@ class EmbeddedCluster:
             node.stop()
 
 
-def supports_cluster(binary: str) -> bool:
-    """Whether ``binary`` is a redis-server built with cluster support (every build since 3.0 is)."""
+def cluster_unavailable(binary: str | None = None) -> str | None:
+    """Why ``binary`` (default: the embedded one) cannot start a test cluster here, or None when it can."""
+    binary = binary or embedded_binary()
     out = subprocess.run([binary, "--version"], capture_output=True, text=True).stdout
     version = out.split("v=")[1].split()[0] if "v=" in out else "0"
-    return int(version.split(".")[0]) >= 3
+    if int(version.split(".")[0]) < 3:
+        return f"{binary} (version {version}) has no cluster support"
+    try:
+        EmbeddedCluster(Path("."), masters=0, binary=binary).redis_cli()
+    except RuntimeError as exc:
+        return str(exc)
+    return None

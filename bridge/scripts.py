@@ -5,15 +5,18 @@ attempt that ``:meta`` names as current, and never after a terminal entry: that 
 redelivered or stale task from interleaving with the live one.
 
 Every script that appends to a stream also publishes the stream's key as a channel: on a Redis Cluster the
-readers, which cannot block on keys of many slots at once, wait for these hints (``bridge.cluster``).
+readers, which cannot block on keys of many slots at once, wait for these hints (``bridge.cluster``). On a
+single Redis, where readers block on the streams themselves, ``run`` sends the scripts without those lines.
 """
 
 from __future__ import annotations
 
+import re
+from functools import cache
 from typing import Any
 
 import redis
-from redis.cluster import ClusterPipeline
+from redis.cluster import ClusterPipeline, RedisCluster
 from redis.commands.core import Script
 
 # KEYS: meta, lease, raw   ARGV: lease_ms, now, maxlen
@@ -221,6 +224,13 @@ return written
 """
 
 _scripts: dict[str, Script] = {}
+_HINT_LINE = re.compile(r"^.*redis\.call\('PUBLISH'.*\n", re.MULTILINE)
+
+
+@cache
+def without_hints(source: str) -> str:
+    """``source`` without its hint lines (each PUBLISH statement is a line of its own)."""
+    return _HINT_LINE.sub("", source)
 
 
 def run(client: redis.Redis, source: str, keys: list[str], args: list[Any]) -> Any:
@@ -231,6 +241,8 @@ def run(client: redis.Redis, source: str, keys: list[str], args: list[Any]) -> A
     """
     if isinstance(client, ClusterPipeline):
         return client.execute_command("EVAL", source, len(keys), *keys, *args)
+    if not isinstance(client, RedisCluster):
+        source = without_hints(source)
     script = _scripts.get(source)
     if script is None:
         script = _scripts[source] = Script(client, source)

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import redis
 
-from bridge.embedded import EmbeddedCluster, EmbeddedRedis, embedded_binary, supports_cluster
+from bridge.embedded import EmbeddedCluster, EmbeddedRedis, cluster_unavailable, embedded_binary
 from bridge.settings import Settings
 
 
@@ -58,13 +58,10 @@ def redis_cluster(
 ) -> Iterator[EmbeddedCluster]:
     """A 3-master Redis Cluster on loopback, started by ``redis-cli --cluster create``."""
     binary: str = request.param
-    if not supports_cluster(binary):
-        pytest.skip(f"{binary} has no cluster support")
+    reason = cluster_unavailable(binary)
+    if reason:
+        pytest.skip(reason)
     cluster = EmbeddedCluster(tmp_path_factory.mktemp("cluster"), binary=binary)
-    try:
-        cluster.redis_cli()
-    except RuntimeError as exc:
-        pytest.skip(str(exc))
     yield cluster.start()
     cluster.stop()
 

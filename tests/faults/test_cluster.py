@@ -12,10 +12,18 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import httpx
+import pytest
 
 from bridge import keys
+from bridge.embedded import cluster_unavailable
 from tests.reader import ResumingReader, read_all
 from tests.stack import Stack
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.faults,
+    pytest.mark.skipif(bool(cluster_unavailable()), reason=cluster_unavailable() or ""),
+]
 
 GENERATIONS = 200
 WORDS = " ".join(f"word{i}" for i in range(40))

@@ -180,3 +180,27 @@ def test_the_hub_follows_streams_of_every_node(rc: redis.Redis, redis_cluster: E
     assert time.monotonic() - started < 10
     hub.stop()
     commands.close()
+
+
+def test_producer_writes_hint_readers_on_a_cluster_and_not_on_a_single_redis(
+    rc: redis.Redis, cluster_settings: Settings, r: redis.Redis
+) -> None:
+    # Given a subscriber to a generation's raw stream, on a cluster and on a single Redis
+    for client, hinted in ((rc, True), (r, False)):
+        gid = f"gen_hint_{hinted}"
+        listener: Any = client.get_redis_connection(client.get_random_node()) if hinted else client  # type: ignore[attr-defined]
+        pubsub = listener.pubsub(ignore_subscribe_messages=True)
+        pubsub.subscribe(keys.gen_raw(gid))
+        # When the producer claims its attempt and writes tokens
+        client.hset(keys.gen_meta(gid), mapping={"status": "queued", "attempt": 0})
+        _produce(client, gid, ["a", "b"])
+        # Then a hint arrives on the cluster only (on a single Redis readers block on the stream itself)
+        messages = []
+        deadline = time.monotonic() + (2 if hinted else 0.3)
+        while time.monotonic() < deadline:
+            message = pubsub.get_message(timeout=0.1)
+            if message:
+                messages.append(message["channel"])
+        assert (len(messages) > 0) == hinted
+        assert set(messages) <= {keys.gen_raw(gid)}
+        pubsub.close()

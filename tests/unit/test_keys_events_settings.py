@@ -27,6 +27,7 @@ def test_every_key_of_a_generation_shares_one_cluster_slot() -> None:
 
 def test_session_keys_share_one_slot_and_generation_id_is_recovered_from_a_key() -> None:
     assert key_slot(keys.session_index("s1").encode()) == key_slot(keys.session_out("s1").encode())
+    assert key_slot(keys.session_copied("s1").encode()) == key_slot(keys.session_out("s1").encode())
     assert keys.generation_id_from_key(keys.gen_raw("gen_x.y:z")) == "gen_x.y:z"
 
 
@@ -107,3 +108,35 @@ def test_api_keys_are_split_and_trimmed() -> None:
 def test_claim_idle_time_must_outlast_heartbeats() -> None:
     with pytest.raises(ValidationError):
         Settings(consumer_heartbeat_ms=1000, consumer_claim_idle_ms=2000)
+
+
+def test_one_work_shard_is_the_plain_work_stream() -> None:
+    assert keys.work_streams(1) == ("llm:work",)
+    assert keys.work_stream_for("gen_anything", 1) == "llm:work"
+
+
+def test_work_shards_cover_the_slot_range_evenly_and_stay_put() -> None:
+    # Given 16 shards
+    shards = keys.work_streams(16)
+    # Then shard i lies in the i-th sixteenth of the slots (any 3 contiguous node ranges each get some)
+    assert [key_slot(s.encode()) * 16 // 16384 for s in shards] == list(range(16))
+    # And a generation always maps to the same shard
+    assert keys.work_stream_for("gen_abc", 16) == keys.work_stream_for("gen_abc", 16) in shards
+
+
+def test_a_cluster_needs_a_broker_of_its_own() -> None:
+    with pytest.raises(ValidationError, match="CELERY_BROKER_URL"):
+        Settings(redis_url="redis://10.0.0.1:7000", redis_cluster=True)
+    settings = Settings(redis_url="redis://10.0.0.1:7000", redis_cluster=True, celery_broker_url="amqp://b//")
+    assert settings.broker_url == "amqp://b//"
+    assert settings.work_shard_count == 16
+    assert Settings(redis_url="redis://10.0.0.1:7000").work_shard_count == 1
+    assert Settings(work_shards=4).work_shard_count == 4
+
+
+def test_rate_limits_share_the_streams_redis_cluster_included() -> None:
+    assert Settings(redis_url="redis://h:1/0").rate_limit_storage == ("redis://h:1/0", {})
+    cluster = Settings(redis_url="redis://:pw@h:7000/0", redis_cluster=True, celery_broker_url="amqp://b//")
+    assert cluster.rate_limit_storage == ("redis+cluster://:pw@h:7000", {})
+    tls = Settings(redis_url="rediss://h:7000", redis_cluster=True, celery_broker_url="amqp://b//")
+    assert tls.rate_limit_storage == ("redis+cluster://h:7000", {"ssl": True})
