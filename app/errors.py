@@ -5,9 +5,10 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-import redis
 from flask import Flask, Response, jsonify
 from werkzeug.exceptions import HTTPException
+
+from bridge.connections import UNAVAILABLE
 
 logger = logging.getLogger(__name__)
 
@@ -79,9 +80,7 @@ def register_error_handlers(app: Flask, *, retry_after_s: int) -> None:
             headers["Allow"] = ", ".join(exc.valid_methods)
         return error_response(status, code, message, headers=headers)
 
-    @app.errorhandler(redis.ConnectionError)
-    @app.errorhandler(redis.TimeoutError)
-    def _redis_down(exc: redis.RedisError) -> Response:
+    def _redis_down(exc: Exception) -> Response:
         logger.warning("Redis unavailable: %s", exc)
         return error_response(
             503,
@@ -89,6 +88,9 @@ def register_error_handlers(app: Flask, *, retry_after_s: int) -> None:
             "The stream store is unavailable; retry shortly.",
             headers={"Retry-After": str(retry_after_s)},
         )
+
+    for error in UNAVAILABLE:
+        app.register_error_handler(error, _redis_down)
 
     @app.errorhandler(Exception)
     def _unexpected(exc: Exception) -> Response:

@@ -180,6 +180,9 @@ class Hub:
             self.notified.close()
 
     def _interrupt(self) -> None:
+        if self.notified is not None:
+            self.notified.wake()
+            return
         # CLIENT UNBLOCK answers 0 when the read has not reached Redis yet (it was sent an instant ago, on
         # another connection): try again briefly rather than leave the new key waiting for the block time.
         for _ in range(50):

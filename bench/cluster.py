@@ -6,7 +6,7 @@ through both webs and reads every stream, round robin. For each load level: deli
 tokens per second, gaps and duplicates; per Redis node: the commands it served during the run, which shows
 whether the work is spread. Writes ``bench/results/<date>-cluster.md`` and prints the table.
 
-Environment: BENCH_CLUSTER_LEVELS (default "200,600" streams), BENCH_RATE (20 tokens/s per stream),
+Environment: BENCH_CLUSTER_LEVELS (default "20,200,600" streams), BENCH_RATE (20 tokens/s per stream),
 BENCH_TOKENS (60 per stream).
 """
 
@@ -96,7 +96,7 @@ def _table(rows: list[dict[str, Any]]) -> str:
 
 
 def main() -> None:
-    levels = [int(v) for v in os.environ.get("BENCH_CLUSTER_LEVELS", "200,600").split(",")]
+    levels = [int(v) for v in os.environ.get("BENCH_CLUSTER_LEVELS", "20,200,600").split(",")]
     rate = float(os.environ.get("BENCH_RATE", "20"))
     tokens = int(os.environ.get("BENCH_TOKENS", "60"))
     print(f"Cluster benchmark: {levels} streams x {rate:g} tokens/s x {tokens} tokens, {os.cpu_count()} cores")

@@ -2,25 +2,31 @@
 
 On a single Redis, one ``XREAD BLOCK`` (or ``XREADGROUP BLOCK``) waits on every watched key at once. A
 cluster refuses that: the keys of one command must share a slot, and each generation has its own. So every
-write to a stream also publishes the stream's key as a pub/sub channel (``bridge.scripts``; a plain PUBLISH
-reaches subscribers on every node), and a reader here:
+write to a stream also publishes the stream's key as a pub/sub channel, from a script that runs on the node
+holding the key (``bridge.scripts``), and a reader here:
 
-1. subscribes to the channels of the keys it watches, on one connection to one node, before reading them;
-2. waits for a hint (or its block time), and
-3. reads the hinted keys without blocking, in one pipeline, which the cluster client sends node by node.
+1. subscribes to the channel of each key it watches on the node that holds the key, before reading it:
+   the hint reaches it straight from that node. (A PUBLISH also travels to every other node over the
+   cluster bus, whose links delay a burst of small messages by some 40 ms: listening there would be slower.)
+2. waits for a hint on any of its subscription connections (or its block time), and
+3. reads the hinted keys without blocking, in one pipeline per node.
 
 A hint is only a wake-up: what is read is always the stream itself, from the reader's own position, so a
 lost hint delays entries and never loses one. Newly watched keys are read at once, and every key is read
-again every ``sweep_s`` and after the subscription connection was lost: that bounds the delay of a hint
-lost on the cluster bus.
+again every ``sweep_s`` and after a subscription connection was lost: that bounds the delay of a lost hint
+(for one, a key whose slot moved to another node while watched).
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import selectors
+import socket
 import threading
 import time
+import weakref
+from collections.abc import Iterable
 from typing import Any
 
 import redis
@@ -30,8 +36,6 @@ logger = logging.getLogger(__name__)
 
 Reply = list[tuple[str, list[tuple[str, dict[str, str]]]]]
 
-# How long one wait on the subscription lasts before the reader looks at its wake-up flag again.
-_SLICE_S = 0.05
 # Hints taken in one go before reading: a flood of them must not starve the reads.
 _MAX_HINTS = 10_000
 
@@ -42,19 +46,35 @@ class NotifiedReader:
     def __init__(self, client: Any, *, sweep_s: float = 5.0) -> None:
         self.client = client  # a RedisCluster
         self.sweep_s = sweep_s
-        self._pubsub: PubSub | None = None
-        self._subscribed: set[str] = set()
+        # One subscription connection per node that holds watched keys; each key's channel on its node.
+        self._pubsubs: dict[str, PubSub] = {}
+        self._subscribed: dict[str, str] = {}
         self._hinted: set[str] = set()
         self._next_sweep = 0.0
+        # ``wake`` writes to one end; a waiting read listens on the other beside its subscriptions.
+        self._wake_in, self._wake_out = socket.socketpair()
+        self._wake_in.setblocking(False)
+        self._wake_out.setblocking(False)
+        self._closer = weakref.finalize(self, _close_sockets, self._wake_in, self._wake_out)
         # Hints received, and reads they caused (for tests and metrics).
         self.hints = 0
 
+    def wake(self) -> None:
+        """End a waiting ``read`` at once (from another thread: it watches a new key)."""
+        with contextlib.suppress(OSError):
+            self._wake_out.send(b"\0")
+
     def close(self) -> None:
-        if self._pubsub is not None:
+        """Close every connection of this reader; it cannot be used afterwards."""
+        self._drop_subscriptions()
+        self._closer()
+
+    def _drop_subscriptions(self) -> None:
+        for pubsub in self._pubsubs.values():
             with contextlib.suppress(redis.RedisError):
-                self._pubsub.close()
-        self._pubsub = None
-        self._subscribed = set()
+                pubsub.close()
+        self._pubsubs = {}
+        self._subscribed = {}
 
     def read(
         self,
@@ -84,23 +104,18 @@ class NotifiedReader:
             self._take_hints(0.0)
         except (redis.ConnectionError, redis.TimeoutError):
             # Hints may have been lost with the connection: read everything once it is back.
-            self.close()
+            self._drop_subscriptions()
             self._next_sweep = 0.0
             raise
         due = [key for key in streams if key in self._hinted]
         if not due:
             return []
         self._hinted.difference_update(due)
-        pipe = self.client.pipeline(transaction=False)
-        for key in due:
-            if group is None:
-                pipe.xread({key: streams[key]}, count=count)
-            else:
-                pipe.xreadgroup(group[0], group[1], {key: streams[key]}, count=count)
-        results = pipe.execute(raise_on_error=False)
+        results = self._read_keys(due, streams, count, group)
         reply: Reply = []
         failure: Exception | None = None
-        for key, result in zip(due, results, strict=True):
+        for key in due:
+            result = results[key]
             if isinstance(result, Exception):
                 self._hinted.add(key)  # read it again next time
                 failure = failure or result
@@ -114,41 +129,95 @@ class NotifiedReader:
             raise failure
         return reply
 
+    def _read_keys(
+        self, due: list[str], streams: dict[str, str], count: int, group: tuple[str, str] | None
+    ) -> dict[str, Any]:
+        """One plain pipeline per node that holds some of ``due``.
+
+        Not the cluster pipeline: it asks the server for the keys of every XREAD (``COMMAND GETKEYS``, a round
+        trip each) to find their slots, which are known here. A key whose slot moved meanwhile answers
+        ``MOVED``: the slot map is refreshed and the key read again at the next turn.
+        """
+        by_node: dict[str, list[str]] = {}
+        for key in due:
+            by_node.setdefault(self.client.get_node_from_key(key).name, []).append(key)
+        results: dict[str, Any] = {}
+        for name, node_keys in by_node.items():
+            pipe = self.client.get_redis_connection(self.client.get_node(node_name=name)).pipeline(transaction=False)
+            for key in node_keys:
+                if group is None:
+                    pipe.xread({key: streams[key]}, count=count)
+                else:
+                    pipe.xreadgroup(group[0], group[1], {key: streams[key]}, count=count)
+            results.update(zip(node_keys, pipe.execute(raise_on_error=False), strict=True))
+        if any(isinstance(r, redis.ResponseError) and str(r).startswith(("MOVED", "ASK")) for r in results.values()):
+            self.client.nodes_manager.initialize()
+        return results
+
     def _subscribe(self, keys: set[str]) -> None:
-        if self._pubsub is None:
-            node = self.client.get_random_node()
-            self._pubsub = self.client.get_redis_connection(node).pubsub(ignore_subscribe_messages=True)
-            self._subscribed = set()
-        new = keys - self._subscribed
-        gone = self._subscribed - keys
-        if new:
+        new: dict[str, list[str]] = {}
+        for key in keys.difference(self._subscribed):
+            new.setdefault(self.client.get_node_from_key(key).name, []).append(key)
+        gone: dict[str, list[str]] = {}
+        for key in set(self._subscribed).difference(keys):
+            gone.setdefault(self._subscribed.pop(key), []).append(key)
+            self._hinted.discard(key)
+        for node, node_keys in gone.items():
+            self._pubsubs[node].unsubscribe(*node_keys)  # type: ignore[no-untyped-call]
+        for node, node_keys in new.items():
+            pubsub = self._pubsubs.get(node)
+            if pubsub is None:
+                connection = self.client.get_redis_connection(self.client.get_node(node_name=node))
+                pubsub = self._pubsubs[node] = connection.pubsub(ignore_subscribe_messages=True)
             # Subscribed before read: a write after this moment sends a hint, one before it is read now.
-            self._pubsub.subscribe(*new)
-            self._subscribed |= new
-            self._hinted |= new
-        if gone:
-            self._pubsub.unsubscribe(*gone)
-            self._subscribed -= gone
-            self._hinted -= gone
+            pubsub.subscribe(*node_keys)
+            self._subscribed.update(dict.fromkeys(node_keys, node))
+            self._hinted.update(node_keys)
 
     def _wait(self, streams: dict[str, str], deadline: float, interrupt: threading.Event | None) -> None:
         while interrupt is None or not interrupt.is_set():
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return
-            if self._take_hints(min(remaining, _SLICE_S)) and self._hinted.intersection(streams):
+            if self._take_hints(remaining) and self._hinted.intersection(streams):
                 return
 
     def _take_hints(self, timeout_s: float) -> int:
-        """Collect hints, waiting up to ``timeout_s`` for the first one. Returns how many came."""
-        assert self._pubsub is not None
+        """Collect the hints of every subscription, waiting up to ``timeout_s`` (or a ``wake``) when none is there."""
+        taken = self._drain(self._pubsubs.values())
+        if taken or timeout_s <= 0:
+            return taken
+        sockets: dict[Any, PubSub] = {}
+        for pubsub in self._pubsubs.values():
+            connection: Any = pubsub.connection
+            if connection is not None and connection._sock is not None:
+                sockets[connection._sock] = pubsub
+        with selectors.DefaultSelector() as selector:
+            selector.register(self._wake_in, selectors.EVENT_READ)
+            for sock in sockets:
+                selector.register(sock, selectors.EVENT_READ)
+            ready = [key.fileobj for key, _ in selector.select(timeout_s)]
+        if self._wake_in in ready:
+            with contextlib.suppress(OSError):
+                while self._wake_in.recv(4096):
+                    pass
+        return self._drain(sockets[sock] for sock in ready if sock is not self._wake_in)
+
+    def _drain(self, pubsubs: Iterable[PubSub]) -> int:
+        """Hints already received (read from the socket, or buffered by the parser), without waiting."""
         taken = 0
-        while taken < _MAX_HINTS:
-            message = self._pubsub.get_message(timeout=timeout_s if taken == 0 else 0.0)
-            if message is None:
-                break
-            if message.get("type") == "message":
-                self._hinted.add(message["channel"])
-                taken += 1
+        for pubsub in pubsubs:
+            while taken < _MAX_HINTS:
+                message = pubsub.get_message(timeout=0.0)
+                if message is None:
+                    break
+                if message.get("type") == "message":
+                    self._hinted.add(message["channel"])
+                    taken += 1
         self.hints += taken
         return taken
+
+
+def _close_sockets(*sockets: socket.socket) -> None:
+    for sock in sockets:
+        sock.close()

@@ -8,6 +8,16 @@ import redis
 
 from bridge.settings import Settings
 
+# Errors that mean "Redis cannot answer now" (retry later), on a single Redis and on a cluster: a cluster
+# client that reaches no node raises RedisClusterException, one whose slot has no master ClusterDownError.
+UNAVAILABLE: tuple[type[Exception], ...] = (
+    redis.ConnectionError,
+    redis.TimeoutError,
+    redis.exceptions.ClusterDownError,
+    redis.exceptions.SlotNotCoveredError,
+    redis.exceptions.RedisClusterException,
+)
+
 
 def redis_client(
     settings: Settings,
@@ -57,3 +67,12 @@ def redis_client(
 def is_cluster(client: object) -> bool:
     """True for a ``RedisCluster`` client or one of its pipelines."""
     return isinstance(client, redis.RedisCluster)
+
+
+def close(client: redis.Redis) -> None:
+    """Close ``client`` and its connections (a cluster client's close leaves its nodes' pools connected)."""
+    client.close()
+    if isinstance(client, redis.RedisCluster):
+        for node in client.get_nodes():
+            if node.redis_connection is not None:
+                node.redis_connection.connection_pool.disconnect()

@@ -21,6 +21,7 @@ import orjson
 import redis
 
 from bridge import keys, scripts
+from bridge.connections import UNAVAILABLE
 from bridge.errors import ProviderError
 from bridge.events import TERMINAL_EVENTS, EventType
 
@@ -131,7 +132,7 @@ class GenerationWriter:
         while True:
             try:
                 return call()
-            except (redis.ConnectionError, redis.TimeoutError) as exc:
+            except UNAVAILABLE as exc:
                 if time.monotonic() + delay_s > deadline:
                     raise
                 logger.warning(

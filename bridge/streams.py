@@ -86,14 +86,18 @@ def work_backlog(client: redis.Redis, group: str, shards: int) -> tuple[int, int
 
     Lag is None when the server cannot tell (it reports none after entries were deleted).
     """
+    streams = keys.work_streams(shards)
+    pipe = client.pipeline(transaction=False)
+    for stream in streams:
+        pipe.xinfo_groups(stream)
     pending = 0
     lag: int | None = 0
-    oldest_ms: int | None = None
-    for stream in keys.work_streams(shards):
-        try:
-            groups: Any = client.xinfo_groups(stream)
-        except redis.ResponseError:
+    busy = []
+    for stream, groups in zip(streams, pipe.execute(raise_on_error=False), strict=True):
+        if isinstance(groups, redis.ResponseError):
             continue  # no such stream yet
+        if isinstance(groups, Exception):
+            raise groups
         for info in groups:
             if info.get("name") != group:
                 continue
@@ -101,10 +105,12 @@ def work_backlog(client: redis.Redis, group: str, shards: int) -> tuple[int, int
             shard_lag = info.get("lag")
             lag = None if lag is None or shard_lag is None else lag + int(shard_lag)
             if info.get("pending"):
-                first: Any = client.xpending_range(stream, group, min="-", max="+", count=1)
-                if first:
-                    ms = int(first[0]["message_id"].split("-")[0])
-                    oldest_ms = ms if oldest_ms is None else min(oldest_ms, ms)
+                busy.append(stream)
+    pipe = client.pipeline(transaction=False)
+    for stream in busy:
+        pipe.xpending_range(stream, group, min="-", max="+", count=1)
+    firsts = [int(first[0]["message_id"].split("-")[0]) for first in pipe.execute() if first] if busy else []
+    oldest_ms = min(firsts, default=None)
     oldest_s = max(0.0, time.time() - oldest_ms / 1000) if oldest_ms is not None else 0.0
     return pending, lag, oldest_s
 

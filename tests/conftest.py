@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 import redis
 
+from bridge.connections import close
 from bridge.embedded import EmbeddedCluster, EmbeddedRedis, cluster_unavailable, embedded_binary
 from bridge.settings import Settings
 
@@ -72,7 +73,7 @@ def rc(redis_cluster: EmbeddedCluster) -> Iterator[redis.Redis]:
     client = redis.RedisCluster.from_url(redis_cluster.url, decode_responses=True)
     client.flushall(target_nodes=redis.RedisCluster.PRIMARIES)
     yield client  # type: ignore[misc]
-    client.close()
+    close(client)  # type: ignore[arg-type]
 
 
 @pytest.fixture

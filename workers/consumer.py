@@ -30,7 +30,7 @@ import redis
 
 from bridge import keys, scripts
 from bridge.cluster import NotifiedReader
-from bridge.connections import is_cluster
+from bridge.connections import UNAVAILABLE, is_cluster
 from bridge.errors import ProcessingError
 from bridge.events import Event, EventType, decode_raw, encode_out
 from bridge.settings import Settings
@@ -104,13 +104,15 @@ class ConsumerWorker:
             except Exception as exc:
                 # Whatever was in flight may or may not have been committed: re-read our pending entries.
                 self._resync = True
-                if isinstance(exc, redis.ConnectionError | redis.TimeoutError):
+                if isinstance(exc, UNAVAILABLE):
                     logger.warning("Redis unavailable (%s); retrying in %.1fs.", exc, backoff_s)
                 else:
                     logger.exception("Consumer %s loop failed; retrying in %.1fs.", self.name, backoff_s)
                 self._stopping.wait(backoff_s)
                 backoff_s = min(backoff_s * 2, 5.0)
         self._leave()
+        if self.notified is not None:
+            self.notified.close()
         logger.info("Consumer %s stopped.", self.name)
 
     def _leave(self) -> None:
@@ -131,7 +133,7 @@ class ConsumerWorker:
             if self.owned:
                 logger.info("Consumer %s handed back %s generations.", self.name, len(self.owned))
             self.client.zrem(keys.CONSUMERS_ZSET, self.name)
-        except redis.RedisError:
+        except (redis.RedisError, redis.exceptions.RedisClusterException):
             logger.warning("Consumer %s could not deregister.", self.name)
 
     # -- one turn of the loop ----------------------------------------------------------------------

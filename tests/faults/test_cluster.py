@@ -15,6 +15,7 @@ import httpx
 import pytest
 
 from bridge import keys
+from bridge.connections import close
 from bridge.embedded import cluster_unavailable
 from tests.reader import ResumingReader, read_all
 from tests.stack import Stack
@@ -106,4 +107,4 @@ def test_200_generations_on_a_cluster_survive_a_consumer_kill(
         takeovers=takeovers,
     )
     assert max(stalls) < 15
-    client.close()
+    close(client)

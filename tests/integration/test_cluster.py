@@ -13,6 +13,7 @@ from app.hub import Hub
 from app.streaming import follow
 from bridge import keys, streams
 from bridge.cluster import NotifiedReader
+from bridge.connections import close
 from bridge.embedded import EmbeddedCluster
 from bridge.events import Event
 from bridge.producer import GenerationWriter
@@ -179,7 +180,7 @@ def test_the_hub_follows_streams_of_every_node(rc: redis.Redis, redis_cluster: E
     assert results == {key: list(range(21)) for key in outs}
     assert time.monotonic() - started < 10
     hub.stop()
-    commands.close()
+    close(commands)  # type: ignore[arg-type]
 
 
 def test_producer_writes_hint_readers_on_a_cluster_and_not_on_a_single_redis(
@@ -204,3 +205,22 @@ def test_producer_writes_hint_readers_on_a_cluster_and_not_on_a_single_redis(
         assert (len(messages) > 0) == hinted
         assert set(messages) <= {keys.gen_raw(gid)}
         pubsub.close()
+
+
+def test_the_backlog_adds_up_every_work_shard(rc: redis.Redis, cluster_settings: Settings) -> None:
+    # Given the consumer group on every shard and three new generations on different shards
+    group, shards = cluster_settings.redis_consumer_group, cluster_settings.work_shard_count
+    for stream in keys.work_streams(shards):
+        streams.ensure_group(rc, stream, group)
+    gids = [_new(rc, cluster_settings, f"gen_backlog_{i}") for i in range(3)]
+    assert len({keys.work_stream_for(g, shards) for g in gids}) == 3
+    # Then they are waiting, none running (Redis 6.2 cannot tell the lag)
+    pending, lag, oldest_s = streams.work_backlog(rc, group, shards)
+    assert pending == 0 and lag in (3, None) and oldest_s == 0.0
+    # When a consumer takes them
+    time.sleep(0.05)
+    for stream in keys.work_streams(shards):
+        rc.xreadgroup(group, "c1", {stream: ">"})
+    # Then all three are running, the oldest since its creation
+    pending, lag, oldest_s = streams.work_backlog(rc, group, shards)
+    assert pending == 3 and lag in (0, None) and oldest_s >= 0.05
