@@ -4,7 +4,7 @@ A single thread (a greenlet under gunicorn's gevent worker) runs ``XREAD BLOCK``
 once and appends what it reads to each subscriber's bounded buffer. Client count never multiplies Redis
 connections. A new key wakes the blocked read at once with ``CLIENT UNBLOCK``. On a Redis Cluster, where one
 read cannot span the slots of many generations, ``bridge.cluster.NotifiedReader`` reads instead, woken by the
-writers' hints: still one subscription connection and one pipeline per node, whatever the client count.
+writers' hints: one subscription connection and one pipeline per node, whatever the client count.
 
 Joining without a gap or a duplicate: ``subscribe`` returns the hub's position for the key at the moment
 the subscriber was registered; the subscriber reads ``(its cursor, position]`` itself with ``XRANGE`` and

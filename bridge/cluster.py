@@ -138,26 +138,22 @@ class NotifiedReader:
         trip each) to find their slots, which are known here. A key whose slot moved meanwhile answers
         ``MOVED``: the slot map is refreshed and the key read again at the next turn.
         """
-        by_node: dict[str, list[str]] = {}
-        for key in due:
-            by_node.setdefault(self.client.get_node_from_key(key).name, []).append(key)
         results: dict[str, Any] = {}
-        for name, node_keys in by_node.items():
-            pipe = self.client.get_redis_connection(self.client.get_node(node_name=name)).pipeline(transaction=False)
+        for node, node_keys in by_node(self.client, due):
+            pipe = node.pipeline(transaction=False)
             for key in node_keys:
                 if group is None:
                     pipe.xread({key: streams[key]}, count=count)
                 else:
                     pipe.xreadgroup(group[0], group[1], {key: streams[key]}, count=count)
             results.update(zip(node_keys, pipe.execute(raise_on_error=False), strict=True))
-        if any(isinstance(r, redis.ResponseError) and str(r).startswith(("MOVED", "ASK")) for r in results.values()):
-            self.client.nodes_manager.initialize()
+        refresh_if_moved(self.client, results.values())
         return results
 
     def _subscribe(self, keys: set[str]) -> None:
         new: dict[str, list[str]] = {}
         for key in keys.difference(self._subscribed):
-            new.setdefault(self.client.get_node_from_key(key).name, []).append(key)
+            new.setdefault(_node_name(self.client, key), []).append(key)
         gone: dict[str, list[str]] = {}
         for key in set(self._subscribed).difference(keys):
             gone.setdefault(self._subscribed.pop(key), []).append(key)
@@ -221,3 +217,36 @@ class NotifiedReader:
 def _close_sockets(*sockets: socket.socket) -> None:
     for sock in sockets:
         sock.close()
+
+
+def _node_name(client: Any, key: str) -> str:
+    name: str = client.get_node_from_key(key).name
+    return name
+
+
+def node_client(client: redis.Redis, key: str) -> redis.Redis:
+    """A plain client on the node that holds ``key``; ``client`` itself on a single Redis.
+
+    For commands that a cluster client would route by asking the server ``COMMAND GETKEYS`` first (XREAD,
+    XREADGROUP, and EVAL in a cluster pipeline): one round trip each, saved here.
+    """
+    if not isinstance(client, redis.RedisCluster):
+        return client
+    return client.get_redis_connection(client.get_node_from_key(key))
+
+
+def by_node(client: redis.Redis, keys: Iterable[str]) -> list[tuple[redis.Redis, list[str]]]:
+    """``keys`` grouped by the node that holds them, each group with a plain client on its node."""
+    if not isinstance(client, redis.RedisCluster):
+        return [(client, list(keys))]
+    groups: dict[str, list[str]] = {}
+    for key in keys:
+        groups.setdefault(_node_name(client, key), []).append(key)
+    return [(client.get_redis_connection(client.get_node(node_name=name)), group) for name, group in groups.items()]
+
+
+def refresh_if_moved(client: redis.Redis, results: Iterable[object]) -> None:
+    """Refresh a cluster client's slot map when a node answered that a slot moved (read again later)."""
+    moved = any(isinstance(r, redis.ResponseError) and str(r).startswith(("MOVED", "ASK")) for r in results)
+    if moved and isinstance(client, redis.RedisCluster):
+        client.nodes_manager.initialize()

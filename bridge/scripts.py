@@ -233,15 +233,16 @@ def without_hints(source: str) -> str:
     return _HINT_LINE.sub("", source)
 
 
-def run(client: redis.Redis, source: str, keys: list[str], args: list[Any]) -> Any:
+def run(client: redis.Redis, source: str, keys: list[str], args: list[Any], *, cluster: bool | None = None) -> Any:
     """Run a script by its SHA, loading it on first use (per server).
 
     A cluster pipeline cannot send EVALSHA (nor load a missing script between its commands): it sends the
-    source with EVAL.
+    source with EVAL. ``cluster`` says whether the server is part of a cluster (whether to send the hints);
+    by default, whether ``client`` is a cluster client.
     """
     if isinstance(client, ClusterPipeline):
         return client.execute_command("EVAL", source, len(keys), *keys, *args)
-    if not isinstance(client, RedisCluster):
+    if not (isinstance(client, RedisCluster) if cluster is None else cluster):
         source = without_hints(source)
     script = _scripts.get(source)
     if script is None:

@@ -9,6 +9,7 @@ import orjson
 import redis
 
 from bridge import keys, scripts
+from bridge.cluster import node_client
 from bridge.connections import is_cluster
 from bridge.events import ClientEvent, EventType, decode_out
 from bridge.generation import GenerationRecord
@@ -64,19 +65,24 @@ def create_generation(
         },
     )
     pipe.xgroup_create(keys.gen_raw(generation_id), group, id="0", mkstream=True)
-    if cluster:
+    if not cluster:
+        pipe.xadd(work, {"generation_id": generation_id})
+        pipe.xadd(keys.session_index(session_id), {"generation_id": generation_id})
+        pipe.pexpire(keys.session_index(session_id), retention_ms * 2)
         pipe.execute()
-        pipe = client.pipeline(transaction=False)
-    pipe.xadd(work, {"generation_id": generation_id})
-    pipe.xadd(keys.session_index(session_id), {"generation_id": generation_id})
-    pipe.pexpire(keys.session_index(session_id), retention_ms * 2)
-    if cluster:
-        scripts.run(pipe, scripts.HINT, [work], [])
+        return created
+    pipe.execute()
     try:
-        pipe.execute()
-    except redis.RedisError:
-        if cluster:
-            client.delete(*keys.generation_keys(generation_id))
+        node = node_client(client, work).pipeline(transaction=False)
+        node.xadd(work, {"generation_id": generation_id})
+        scripts.run(node, scripts.HINT, [work], [], cluster=True)
+        node.execute()
+        session = client.pipeline(transaction=False)
+        session.xadd(keys.session_index(session_id), {"generation_id": generation_id})
+        session.pexpire(keys.session_index(session_id), retention_ms * 2)
+        session.execute()
+    except (redis.RedisError, redis.exceptions.RedisClusterException):
+        client.delete(*keys.generation_keys(generation_id))
         raise
     return created
 

@@ -29,7 +29,7 @@ import orjson
 import redis
 
 from bridge import keys, scripts
-from bridge.cluster import NotifiedReader
+from bridge.cluster import NotifiedReader, by_node, node_client
 from bridge.connections import UNAVAILABLE, is_cluster
 from bridge.errors import ProcessingError
 from bridge.events import Event, EventType, decode_raw, encode_out
@@ -223,7 +223,9 @@ class ConsumerWorker:
         for stream in self.work_streams:
             last = "0-0"
             while True:
-                reply: Any = self.client.xreadgroup(self.group, self.name, {stream: last}, count=_PAGE)
+                reply: Any = node_client(self.client, stream).xreadgroup(
+                    self.group, self.name, {stream: last}, count=_PAGE
+                )
                 entries = reply[0][1] if reply else []
                 for work_id, fields in entries:
                     last = work_id
@@ -272,10 +274,15 @@ class ConsumerWorker:
             return
         settings = self.settings
         args = [int(time.time() * 1000), settings.generation_max_attempts, int(settings.queue_timeout_s * 1000)]
-        pipe = self.client.pipeline(transaction=False)
+        actions: dict[str, int] = {}
+        for node, metas in by_node(self.client, [keys.gen_meta(gid) for gid in gids]):
+            pipe = node.pipeline(transaction=False)
+            for meta in metas:
+                gid = keys.generation_id_from_key(meta)
+                scripts.run(pipe, scripts.SUPERVISE, [meta, keys.gen_lease(gid)], args, cluster=self.cluster)
+            actions.update(zip(metas, pipe.execute(), strict=True))
         for gid in gids:
-            scripts.run(pipe, scripts.SUPERVISE, [keys.gen_meta(gid), keys.gen_lease(gid)], args)
-        for gid, action in zip(gids, pipe.execute(), strict=True):
+            action = actions[keys.gen_meta(gid)]
             if action == 1 and self.enqueue is not None:
                 logger.warning(
                     "Generation %s lost its worker; enqueuing a new attempt.", gid, extra={"generation_id": gid}
