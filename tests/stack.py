@@ -198,10 +198,15 @@ def build_stack(directory: Path, logs: Path, *, cluster: bool = False, **env: st
 
 @contextmanager
 def running_stack(
-    directory: Path, logs: Path, *, processes: tuple[str, ...] = ("web", "worker", "consumer"), **env: str
+    directory: Path,
+    logs: Path,
+    *,
+    processes: tuple[str, ...] = ("web", "worker", "consumer"),
+    cluster: bool = False,
+    **env: str,
 ) -> Iterator[Stack]:
     """A stack with ``processes`` started and ready; everything stopped on the way out."""
-    stack = build_stack(directory, logs, **env)
+    stack = build_stack(directory, logs, cluster=cluster, **env)
     try:
         for name in processes:
             stack.start(name)

@@ -6,6 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from bridge.embedded import cluster_unavailable
 from tests.fake_upstream import FakeUpstream
 from tests.procfile import ROOT
 from tests.stack import API_KEY, OTHER_KEY, Stack, running_stack
@@ -19,8 +20,15 @@ def upstream() -> Iterator[FakeUpstream]:
         yield server
 
 
-@pytest.fixture(scope="session")
-def stack(tmp_path_factory: pytest.TempPathFactory, upstream: FakeUpstream) -> Iterator[Stack]:
+@pytest.fixture(scope="session", params=["redis", "cluster"])
+def stack(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, upstream: FakeUpstream
+) -> Iterator[Stack]:
+    """The stack every end-to-end test runs against twice: on one Redis, and on a 3-master Redis Cluster
+    (with a standalone Redis as Celery's broker) -- the same code, configured differently."""
+    cluster = request.param == "cluster"
+    if cluster and cluster_unavailable():
+        pytest.skip(cluster_unavailable() or "")
     models = tmp_path_factory.mktemp("models") / "models.toml"
     models.write_text(
         f"""
@@ -40,7 +48,8 @@ api_key_env = "FAKE_ANTHROPIC_KEY"
     )
     with running_stack(
         tmp_path_factory.mktemp("e2e-redis"),
-        ROOT / "test-artifacts" / "e2e-logs",
+        ROOT / "test-artifacts" / ("e2e-logs-cluster" if cluster else "e2e-logs"),
+        cluster=cluster,
         MODELS_FILE=str(models),
         FAKE_OPENAI_KEY="sk-openai-secret",
         FAKE_ANTHROPIC_KEY="sk-ant-secret",

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from bridge.connections import close
 from tests.sse import SseEvent, read_sse
 from tests.stack import Stack
 
@@ -170,14 +171,12 @@ def test_page_and_health_endpoints(stack: Stack) -> None:
 
 
 def test_a_cursor_older_than_the_kept_entries_gets_a_reset_with_the_text_so_far(stack: Stack) -> None:
-    import redis
-
     # Given a finished generation whose stream lost its oldest entries
     gen = stack.create(model="echo", prompt=PROMPT)
     events = stack.events(gen).events
-    client = redis.Redis.from_url(stack.redis.url, decode_responses=True)
+    client = stack.client()
     client.xtrim(f"llm:gen:{{{gen['id']}}}:out", maxlen=3, approximate=False)
-    client.close()
+    close(client)
     # When a reader resumes from an entry that is gone
     resumed = stack.events(gen, headers={"Last-Event-ID": events[1].id})
     # Then it first gets a reset with the text up to the oldest kept entry, then every kept entry

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from bridge.embedded import free_port
+from bridge.embedded import cluster_unavailable, free_port
 from tests.procfile import ROOT, procfile_commands
 from tests.stack import API_KEY, OTHER_KEY, Stack, build_stack
 
@@ -19,11 +19,16 @@ pytestmark = pytest.mark.e2e
 THIRD_KEY = "e2e-third"
 
 
-@pytest.fixture(scope="module")
-def strict(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+@pytest.fixture(scope="module", params=["redis", "cluster"])
+def strict(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """Limits that bite, on one Redis and on a cluster (Flask-Limiter then counts on the cluster)."""
+    cluster = request.param == "cluster"
+    if cluster and cluster_unavailable():
+        pytest.skip(cluster_unavailable() or "")
     stack = build_stack(
         tmp_path_factory.mktemp("strict-redis"),
-        ROOT / "test-artifacts" / "security-logs",
+        ROOT / "test-artifacts" / ("security-logs-cluster" if cluster else "security-logs"),
+        cluster=cluster,
         RATE_LIMIT="8/minute",
         MAX_RUNNING_PER_KEY="2",
         CORS_ORIGINS="https://app.example",
