@@ -174,6 +174,14 @@ class EmbeddedCluster:
 
     def start(self, *, timeout_s: float = 30.0) -> EmbeddedCluster:
         """Start the nodes, assign every slot, and wait until each node reports ``cluster_state:ok``."""
+        try:
+            self._start(timeout_s)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _start(self, timeout_s: float) -> None:
         for node in self.nodes:
             node.start()
         addresses = [f"127.0.0.1:{node.port}" for node in self.nodes]
@@ -193,7 +201,6 @@ class EmbeddedCluster:
                     time.sleep(0.1)
             finally:
                 client.close()
-        return self
 
     def stop(self) -> None:
         for node in self.nodes:

@@ -224,3 +224,23 @@ def test_the_backlog_adds_up_every_work_shard(rc: redis.Redis, cluster_settings:
     # Then all three are running, the oldest since its creation
     pending, lag, oldest_s = streams.work_backlog(rc, group, shards)
     assert pending == 3 and lag in (0, None) and oldest_s >= 0.05
+
+
+def test_a_generation_whose_work_entry_cannot_be_written_leaves_nothing_behind(
+    rc: redis.Redis, cluster_settings: Settings, monkeypatch: Any
+) -> None:
+    # Given a cluster on which the write of the work entry fails (its node went away)
+    class Unreachable:
+        def pipeline(self, transaction: bool = False) -> Any:
+            raise redis.ConnectionError("node went away")
+
+    monkeypatch.setattr(streams, "node_client", lambda client, key: Unreachable())
+    # When a generation is created
+    try:
+        _new(rc, cluster_settings, "gen_orphan")
+    except redis.ConnectionError:
+        pass
+    else:
+        raise AssertionError("the failure was not reported")
+    # Then the caller got the error (the API answers 503) and no key of the generation is left
+    assert not any(rc.exists(key) for key in keys.generation_keys("gen_orphan"))
