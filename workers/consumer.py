@@ -2,8 +2,8 @@
 
 One blocking ``XREADGROUP`` covers the work stream (its shards) and the raw stream of every generation this
 worker owns; on a Redis Cluster, where one command cannot span slots, ``bridge.cluster.NotifiedReader`` does
-that read instead. Each batch of a generation is committed in one transaction: ``XADD :out`` with the raw entry's id,
-``XACK :raw``, and the ``:meta`` fields the batch changed. A work entry stays pending while its generation
+that read instead. Each batch of a generation is committed in one transaction: ``XADD :out`` with the raw
+entry's id, ``XACK :raw``, and the ``:meta`` fields the batch changed. A work entry stays pending while its generation
 runs; re-reading our own pending entries keeps them fresh, so only a dead worker's go idle and are taken
 over with ``XAUTOCLAIM`` by another, which continues from the first unacknowledged raw entry.
 
@@ -42,6 +42,7 @@ from workers.processors import Chain, GenerationState, Processor
 logger = logging.getLogger(__name__)
 
 FINISHED_STATUSES = frozenset({"completed", "failed", "cancelled"})
+_REDIRECTS = (redis.exceptions.AskError, redis.exceptions.TryAgainError)  # MovedError is an AskError
 _PAGE = 100
 
 Enqueue = Callable[[str], None]
@@ -541,7 +542,8 @@ class ConsumerWorker:
 
     def _check(self, generation_id: str, results: list[Any]) -> None:
         for result in results:
-            if isinstance(result, redis.ConnectionError | redis.TimeoutError):
+            # Redis (or the slot's node) cannot answer now, or the slot moved: not committed; resync and retry.
+            if isinstance(result, Exception) and isinstance(result, (*UNAVAILABLE, *_REDIRECTS)):
                 raise result
             if isinstance(result, redis.ResponseError):
                 if "equal or smaller" in str(result):
