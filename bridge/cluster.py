@@ -92,9 +92,13 @@ class NotifiedReader:
         The wait ends early when ``interrupt`` is set (another thread watches a new key).
         """
         try:
-            self._subscribe(set(streams))
             now = time.monotonic()
-            if now >= self._next_sweep:
+            sweep = now >= self._next_sweep
+            if sweep:
+                # The slot map may have changed meanwhile (the client follows MOVED for every caller).
+                self._rehome()
+            self._subscribe(set(streams))
+            if sweep:
                 self._hinted.update(streams)
                 self._next_sweep = now + self.sweep_s
             if group is not None:
@@ -147,8 +151,19 @@ class NotifiedReader:
                 else:
                     pipe.xreadgroup(group[0], group[1], {key: streams[key]}, count=count)
             results.update(zip(node_keys, pipe.execute(raise_on_error=False), strict=True))
-        refresh_if_moved(self.client, results.values())
+        if refresh_if_moved(self.client, results.values()):
+            self._rehome()
         return results
+
+    def _rehome(self) -> None:
+        """Drop the subscriptions of keys that another node holds now (after a resharding or a failover).
+
+        The next read subscribes them again on their new node (and reads them at once).
+        """
+        for key, node in list(self._subscribed.items()):
+            if _node_name(self.client, key) != node:
+                del self._subscribed[key]
+                self._pubsubs[node].unsubscribe(key)  # type: ignore[no-untyped-call]
 
     def _subscribe(self, keys: set[str]) -> None:
         new: dict[str, list[str]] = {}
@@ -245,8 +260,13 @@ def by_node(client: redis.Redis, keys: Iterable[str]) -> list[tuple[redis.Redis,
     return [(client.get_redis_connection(client.get_node(node_name=name)), group) for name, group in groups.items()]
 
 
-def refresh_if_moved(client: redis.Redis, results: Iterable[object]) -> None:
-    """Refresh a cluster client's slot map when a node answered that a slot moved (read again later)."""
-    moved = any(isinstance(r, redis.ResponseError) and str(r).startswith(("MOVED", "ASK")) for r in results)
+def refresh_if_moved(client: redis.Redis, results: Iterable[object]) -> bool:
+    """Refresh a cluster client's slot map when a node answered that a slot moved (read again later).
+
+    True when it was refreshed. A slot in the middle of a migration answers ASK until it is done: its keys are
+    read again at each turn until then.
+    """
+    moved = any(isinstance(r, redis.exceptions.AskError) for r in results)  # MovedError is an AskError
     if moved and isinstance(client, redis.RedisCluster):
         client.nodes_manager.initialize()
+    return moved

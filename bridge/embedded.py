@@ -11,6 +11,7 @@ import socket
 import subprocess
 import time
 from pathlib import Path
+from typing import Any
 
 import redis
 
@@ -205,6 +206,36 @@ class EmbeddedCluster:
     def stop(self) -> None:
         for node in self.nodes:
             node.stop()
+
+    def move_slot(self, slot: int, to: int) -> None:
+        """Migrate ``slot`` and its keys to node ``to``, the way ``redis-cli --cluster reshard`` does."""
+        clients: list[Any] = [
+            redis.Redis(host="127.0.0.1", port=node.port, decode_responses=True) for node in self.nodes
+        ]
+        try:
+            ids = [client.execute_command("CLUSTER MYID") for client in clients]
+            source = ids.index(_slot_owner(clients[0], slot))
+            if source == to:
+                return
+            clients[to].execute_command("CLUSTER SETSLOT", slot, "IMPORTING", ids[source])
+            clients[source].execute_command("CLUSTER SETSLOT", slot, "MIGRATING", ids[to])
+            while moving := clients[source].execute_command("CLUSTER GETKEYSINSLOT", slot, 100):
+                clients[source].migrate("127.0.0.1", self.nodes[to].port, moving, 0, 5000)
+            for client in clients:
+                client.execute_command("CLUSTER SETSLOT", slot, "NODE", ids[to])
+        finally:
+            for client in clients:
+                client.close()
+
+
+def _slot_owner(client: Any, slot: int) -> str:
+    """The id of the master that holds ``slot`` (redis-py parses ``CLUSTER NODES`` into a dict)."""
+    nodes: dict[str, dict[str, Any]] = client.execute_command("CLUSTER NODES")
+    for info in nodes.values():
+        for bounds in info.get("slots", []):
+            if int(bounds[0]) <= slot <= int(bounds[-1]):
+                return str(info["node_id"])
+    raise LookupError(f"no master holds slot {slot}")
 
 
 def cluster_unavailable(binary: str | None = None) -> str | None:

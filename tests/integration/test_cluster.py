@@ -11,7 +11,7 @@ import redis
 
 from app.hub import Hub
 from app.streaming import follow
-from bridge import keys, streams
+from bridge import keys, scripts, streams
 from bridge.cluster import NotifiedReader
 from bridge.connections import close
 from bridge.embedded import EmbeddedCluster
@@ -244,3 +244,46 @@ def test_a_generation_whose_work_entry_cannot_be_written_leaves_nothing_behind(
         raise AssertionError("the failure was not reported")
     # Then the caller got the error (the API answers 503) and no key of the generation is left
     assert not any(rc.exists(key) for key in keys.generation_keys("gen_orphan"))
+
+
+def test_a_watched_stream_whose_slot_moves_keeps_streaming(rc: redis.Redis, redis_cluster: EmbeddedCluster) -> None:
+    # Given a reader following a stream, subscribed to its hints on the node that holds it
+    key = "llm:gen:{moving}:out"
+    rc.xadd(key, {"n": "0"})
+    reader = NotifiedReader(rc, sweep_s=0.5)
+    position = reader.read({key: "0"}, count=10, block_ms=10)[0][1][-1][0]
+    before = _node_of(rc, key)
+    # When its slot is migrated to another node (as a resharding does) and the stream is written there
+    target = next(i for i, node in enumerate(redis_cluster.nodes) if f"127.0.0.1:{node.port}" != before)
+    redis_cluster.move_slot(rc.keyslot(key), target)  # type: ignore[attr-defined]
+
+    def write(n: int) -> None:
+        rc.xadd(key, {"n": str(n)})
+        scripts.run(rc, scripts.HINT, [key], [])
+
+    write(1)
+    # Then the reader gets the entry (its next sweep meets MOVED and re-reads the slot map)
+    got: list[Any] = []
+    deadline = time.monotonic() + 5
+    while not got and time.monotonic() < deadline:
+        got = reader.read({key: position}, count=10, block_ms=200)
+    assert got and got[0][1][0][1] == {"n": "1"}
+    position = got[0][1][-1][0]
+    # And from its next sweep on, it listens for hints on the new node only (straight from it, not over the
+    # cluster bus)
+    time.sleep(0.6)
+    reader.read({key: position}, count=10, block_ms=10)
+    listeners = {}
+    for node in redis_cluster.nodes:
+        direct = redis.Redis(host="127.0.0.1", port=node.port, decode_responses=True)
+        listeners[f"127.0.0.1:{node.port}"] = dict(direct.pubsub_numsub(key))[key]
+        direct.close()
+    after = _node_of(rc, key)
+    assert after != before
+    assert listeners == {name: int(name == after) for name in listeners}
+    # And the next entry still arrives with its hint
+    reader.sweep_s = 60
+    write(2)
+    got = reader.read({key: position}, count=10, block_ms=5000)
+    assert got and got[0][1][0][1] == {"n": "2"}
+    reader.close()
