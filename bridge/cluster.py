@@ -36,6 +36,10 @@ logger = logging.getLogger(__name__)
 
 Reply = list[tuple[str, list[tuple[str, dict[str, str]]]]]
 
+# Answers of a node whose slot moved, or is moving, away.
+MOVING = (redis.exceptions.AskError, redis.exceptions.TryAgainError)  # MovedError is an AskError
+# How soon a key whose slot is being migrated is read again.
+_RETRY_S = 0.05
 # Hints taken in one go before reading: a flood of them must not starve the reads.
 _MAX_HINTS = 10_000
 
@@ -51,6 +55,8 @@ class NotifiedReader:
         self._subscribed: dict[str, str] = {}
         self._hinted: set[str] = set()
         self._next_sweep = 0.0
+        # Keys to read again at a given time (their slot is being migrated).
+        self._retry: dict[str, float] = {}
         # ``wake`` writes to one end; a waiting read listens on the other beside its subscriptions.
         self._wake_in, self._wake_out = socket.socketpair()
         self._wake_in.setblocking(False)
@@ -103,8 +109,15 @@ class NotifiedReader:
                 self._next_sweep = now + self.sweep_s
             if group is not None:
                 self._hinted.update(key for key, position in streams.items() if position != ">")
+            deadline = now + block_ms / 1000
+            for key, at in list(self._retry.items()):
+                if at <= now or key not in streams:
+                    del self._retry[key]
+                    self._hinted.add(key)
+                else:
+                    deadline = min(deadline, at)
             if not self._hinted.intersection(streams):
-                self._wait(streams, now + block_ms / 1000, interrupt)
+                self._wait(streams, deadline, interrupt)
             self._take_hints(0.0)
         except (redis.ConnectionError, redis.TimeoutError):
             # Hints may have been lost with the connection: read everything once it is back.
@@ -120,6 +133,12 @@ class NotifiedReader:
         failure: Exception | None = None
         for key in due:
             result = results[key]
+            if isinstance(result, MOVING):
+                # Its slot moved (read it again at once, on the new node) or is moving (again a little later).
+                self._retry[key] = time.monotonic() + (
+                    0 if isinstance(result, redis.exceptions.MovedError) else _RETRY_S
+                )
+                continue
             if isinstance(result, Exception):
                 self._hinted.add(key)  # read it again next time
                 failure = failure or result
@@ -266,7 +285,7 @@ def refresh_if_moved(client: redis.Redis, results: Iterable[object]) -> bool:
     True when it was refreshed. A slot in the middle of a migration answers ASK until it is done: its keys are
     read again at each turn until then.
     """
-    moved = any(isinstance(r, redis.exceptions.AskError) for r in results)  # MovedError is an AskError
+    moved = any(isinstance(r, MOVING) for r in results)
     if moved and isinstance(client, redis.RedisCluster):
         client.nodes_manager.initialize()
     return moved

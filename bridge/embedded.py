@@ -10,6 +10,7 @@ import shutil
 import socket
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -217,15 +218,31 @@ class EmbeddedCluster:
             source = ids.index(_slot_owner(clients[0], slot))
             if source == to:
                 return
+            # Every node knows the greatest config epoch first. The target then claims the slot with an epoch
+            # above every other node's, so that a message the source sent before it learnt of the move (still
+            # claiming the slot) cannot take the slot back, which would also drop its keys on the target.
+            _settle(
+                clients, lambda: len({c.execute_command("CLUSTER INFO")["cluster_current_epoch"] for c in clients}) == 1
+            )
             clients[to].execute_command("CLUSTER SETSLOT", slot, "IMPORTING", ids[source])
             clients[source].execute_command("CLUSTER SETSLOT", slot, "MIGRATING", ids[to])
             while moving := clients[source].execute_command("CLUSTER GETKEYSINSLOT", slot, 100):
                 clients[source].migrate("127.0.0.1", self.nodes[to].port, moving, 0, 5000)
-            for client in clients:
-                client.execute_command("CLUSTER SETSLOT", slot, "NODE", ids[to])
+            # The target first, then the source, then the others: the order the CLUSTER SETSLOT documentation gives.
+            for index in [to, source, *(i for i in range(len(clients)) if i not in (to, source))]:
+                clients[index].execute_command("CLUSTER SETSLOT", slot, "NODE", ids[to])
+            _settle(clients, lambda: all(_slot_owner(c, slot) == ids[to] for c in clients))
         finally:
             for client in clients:
                 client.close()
+
+
+def _settle(clients: list[Any], agreed: Callable[[], bool], timeout_s: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not agreed():
+        if time.monotonic() > deadline:
+            raise RuntimeError("the cluster's nodes did not agree in time")
+        time.sleep(0.02)
 
 
 def _slot_owner(client: Any, slot: int) -> str:

@@ -9,7 +9,7 @@ import orjson
 import redis
 
 from bridge import keys, scripts
-from bridge.cluster import node_client
+from bridge.cluster import MOVING, node_client, refresh_if_moved
 from bridge.connections import is_cluster
 from bridge.events import ClientEvent, EventType, decode_out
 from bridge.generation import GenerationRecord
@@ -73,10 +73,7 @@ def create_generation(
         return created
     pipe.execute()
     try:
-        node = node_client(client, work).pipeline(transaction=False)
-        node.xadd(work, {"generation_id": generation_id})
-        scripts.run(node, scripts.HINT, [work], [], cluster=True)
-        node.execute()
+        _hand_over(client, work, generation_id)
         session = client.pipeline(transaction=False)
         session.xadd(keys.session_index(session_id), {"generation_id": generation_id})
         session.pexpire(keys.session_index(session_id), retention_ms * 2)
@@ -85,6 +82,21 @@ def create_generation(
         client.delete(*keys.generation_keys(generation_id))
         raise
     return created
+
+
+def _hand_over(client: redis.Redis, work: str, generation_id: str) -> None:
+    """Cluster: the work entry and its hint, in one round trip to the shard's node (once more if it moved)."""
+    for attempt in (1, 2):
+        node = node_client(client, work).pipeline(transaction=False)
+        node.xadd(work, {"generation_id": generation_id})
+        scripts.run(node, scripts.HINT, [work], [], cluster=True)
+        try:
+            node.execute()
+            return
+        except MOVING as exc:
+            refresh_if_moved(client, [exc])
+            if attempt == 2:
+                raise
 
 
 def work_backlog(client: redis.Redis, group: str, shards: int) -> tuple[int, int | None, float]:

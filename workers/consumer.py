@@ -29,7 +29,7 @@ import orjson
 import redis
 
 from bridge import keys, scripts
-from bridge.cluster import NotifiedReader, by_node, node_client
+from bridge.cluster import MOVING, NotifiedReader, by_node, node_client, refresh_if_moved
 from bridge.connections import UNAVAILABLE, is_cluster
 from bridge.errors import ProcessingError
 from bridge.events import Event, EventType, decode_raw, encode_out
@@ -42,7 +42,6 @@ from workers.processors import Chain, GenerationState, Processor
 logger = logging.getLogger(__name__)
 
 FINISHED_STATUSES = frozenset({"completed", "failed", "cancelled"})
-_REDIRECTS = (redis.exceptions.AskError, redis.exceptions.TryAgainError)  # MovedError is an AskError
 _PAGE = 100
 
 Enqueue = Callable[[str], None]
@@ -224,9 +223,7 @@ class ConsumerWorker:
         for stream in self.work_streams:
             last = "0-0"
             while True:
-                reply: Any = node_client(self.client, stream).xreadgroup(
-                    self.group, self.name, {stream: last}, count=_PAGE
-                )
+                reply = self._read_own(stream, last)
                 entries = reply[0][1] if reply else []
                 for work_id, fields in entries:
                     last = work_id
@@ -244,6 +241,15 @@ class ConsumerWorker:
             if gid not in still_ours:
                 logger.warning("Generation %s was taken over by another consumer; letting it go.", gid)
                 del self.owned[gid]
+
+    def _read_own(self, stream: str, after: str) -> Any:
+        """A page of our own pending entries of a work shard (straight from its node)."""
+        try:
+            return node_client(self.client, stream).xreadgroup(self.group, self.name, {stream: after}, count=_PAGE)
+        except MOVING as exc:
+            # The shard's slot moved: learn where, and read through the cluster client, which follows it.
+            refresh_if_moved(self.client, [exc])
+            return self.client.xreadgroup(self.group, self.name, {stream: after}, count=_PAGE)
 
     def _take_over_idle(self) -> None:
         for stream in self.work_streams:
@@ -281,9 +287,16 @@ class ConsumerWorker:
             for meta in metas:
                 gid = keys.generation_id_from_key(meta)
                 scripts.run(pipe, scripts.SUPERVISE, [meta, keys.gen_lease(gid)], args, cluster=self.cluster)
-            actions.update(zip(metas, pipe.execute(), strict=True))
+            results = pipe.execute(raise_on_error=False)
+            refresh_if_moved(self.client, results)
+            for meta, result in zip(metas, results, strict=True):
+                if isinstance(result, MOVING):
+                    continue  # its slot moved: supervised at the next heartbeat, on its new node
+                if isinstance(result, Exception):
+                    raise result
+                actions[meta] = result
         for gid in gids:
-            action = actions[keys.gen_meta(gid)]
+            action = actions.get(keys.gen_meta(gid), 0)
             if action == 1 and self.enqueue is not None:
                 logger.warning(
                     "Generation %s lost its worker; enqueuing a new attempt.", gid, extra={"generation_id": gid}
@@ -543,7 +556,7 @@ class ConsumerWorker:
     def _check(self, generation_id: str, results: list[Any]) -> None:
         for result in results:
             # Redis (or the slot's node) cannot answer now, or the slot moved: not committed; resync and retry.
-            if isinstance(result, Exception) and isinstance(result, (*UNAVAILABLE, *_REDIRECTS)):
+            if isinstance(result, Exception) and isinstance(result, (*UNAVAILABLE, *MOVING)):
                 raise result
             if isinstance(result, redis.ResponseError):
                 if "equal or smaller" in str(result):

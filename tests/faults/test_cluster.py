@@ -16,7 +16,7 @@ import pytest
 
 from bridge import keys
 from bridge.connections import close
-from bridge.embedded import cluster_unavailable
+from bridge.embedded import EmbeddedCluster, cluster_unavailable
 from tests.reader import ResumingReader, read_all
 from tests.stack import Stack
 
@@ -107,4 +107,51 @@ def test_200_generations_on_a_cluster_survive_a_consumer_kill(
         takeovers=takeovers,
     )
     assert max(stalls) < 15
+    close(client)
+
+
+def test_generations_keep_streaming_while_their_slots_move_to_other_nodes(
+    make_stack: Callable[..., Stack], record: Callable[..., None]
+) -> None:
+    # Given generations streaming on a cluster (one web, consumer and worker)
+    stack = make_stack(cluster=True, RATE_LIMIT="", MAX_RUNNING_PER_KEY="0")
+    for name in ("web", "consumer", "worker"):
+        stack.start(name)
+    stack.wait_ready()
+    cluster = stack.redis
+    assert isinstance(cluster, EmbeddedCluster)
+    generations = [stack.create(model="echo", prompt=WORDS, options={"delay_ms": 60}) for _ in range(12)]
+    readers = [ResumingReader([stack.url("")], g, stack.headers, timeout_s=90) for g in generations]
+    for reader in readers:
+        reader.start()
+    _wait(lambda: all(len(r.outcome.events) >= 3 for r in readers), 30, "streams started")
+    # When the slot of every generation moves to the next node mid-stream, as a resharding does
+    client: Any = stack.client()
+    ports = [node.port for node in cluster.nodes]
+    started = time.monotonic()
+    for generation in generations:
+        slot = client.keyslot(keys.gen_meta(generation["id"]))
+        here = ports.index(client.get_node_from_key(keys.gen_meta(generation["id"])).port)
+        cluster.move_slot(slot, (here + 1) % len(ports))
+    # And so do the slots of every work-stream shard, before more generations are submitted
+    for shard in keys.work_streams(16):
+        here = ports.index(client.get_node_from_key(shard).port)
+        cluster.move_slot(client.keyslot(shard), (here + 1) % len(ports))
+    moved_in_s = time.monotonic() - started
+    later = [stack.create(model="echo", prompt=WORDS, options={"delay_ms": 10}) for _ in range(8)]
+    readers += [ResumingReader([stack.url("")], g, stack.headers, timeout_s=90) for g in later]
+    outcomes = read_all(readers, timeout_s=90)
+    # Then every reader, of the moved generations and of the new ones, gets its exact text: nothing lost, nothing
+    # duplicated
+    hanging = sum(o.terminal is None for o in outcomes)
+    wrong = sum(o.terminal is not None and (o.terminal.event != "done" or o.text != WORDS) for o in outcomes)
+    assert (hanging, wrong, sum(o.duplicates for o in outcomes), sum(o.seq_gaps for o in outcomes)) == (0, 0, 0, 0)
+    record(
+        scenario="cluster: slots moved mid-stream",
+        generations=len(readers),
+        lost=0,
+        duplicated=0,
+        slots_moved_in_s=round(moved_in_s, 2),
+        longest_stall_s=round(max(o.longest_stall_s for o in outcomes), 2),
+    )
     close(client)
