@@ -62,8 +62,6 @@ class NotifiedReader:
         self._wake_in.setblocking(False)
         self._wake_out.setblocking(False)
         self._closer = weakref.finalize(self, _close_sockets, self._wake_in, self._wake_out)
-        # Hints received, and reads they caused (for tests and metrics).
-        self.hints = 0
 
     def wake(self) -> None:
         """End a waiting ``read`` at once (from another thread: it watches a new key)."""
@@ -181,6 +179,7 @@ class NotifiedReader:
         """
         for key, node in list(self._subscribed.items()):
             if _node_name(self.client, key) != node:
+                logger.info("Stream %s moved away from %s; listening for its hints on its new node.", key, node)
                 del self._subscribed[key]
                 self._pubsubs[node].unsubscribe(key)  # type: ignore[no-untyped-call]
 
@@ -198,7 +197,9 @@ class NotifiedReader:
             pubsub = self._pubsubs.get(node)
             if pubsub is None:
                 connection = self.client.get_redis_connection(self.client.get_node(node_name=node))
-                pubsub = self._pubsubs[node] = connection.pubsub(ignore_subscribe_messages=True)
+                # Confirmations are returned too (and skipped in ``_drain``): an ignored one reads as None, the
+                # same as "nothing more", which must mean that the parser holds nothing the selector cannot see.
+                pubsub = self._pubsubs[node] = connection.pubsub(ignore_subscribe_messages=False)
             # Subscribed before read: a write after this moment sends a hint, one before it is read now.
             pubsub.subscribe(*node_keys)
             self._subscribed.update(dict.fromkeys(node_keys, node))
@@ -244,7 +245,6 @@ class NotifiedReader:
                 if message.get("type") == "message":
                     self._hinted.add(message["channel"])
                     taken += 1
-        self.hints += taken
         return taken
 
 
