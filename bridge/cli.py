@@ -187,14 +187,17 @@ class _Reader:
         parts = [self.generation_id, f"{tokens if tokens is not None else len(self.token_ts)} tokens"]
         if self.submitted_at is not None and self.first_token_at is not None:
             parts.append(f"TTFT {(self.first_token_at - self.submitted_at) * 1000:.0f} ms")
-        if len(self.token_ts) > 1 and self.token_ts[-1] > self.token_ts[0]:
-            # Producer time: the pace of the model, not of this connection.
+        if len(self.token_ts) > 1 and self.token_ts[-1] - self.token_ts[0] >= _MIN_RATE_SPAN_S:
+            # Producer time: the pace of the model, not of this connection. (A burst has no pace to show.)
             parts.append(f"{(len(self.token_ts) - 1) / (self.token_ts[-1] - self.token_ts[0]):.1f} tokens/s")
         line = style(" · ".join(parts), DIM)
         reason = str(self.terminal.data.get("finish_reason", "")) if self.terminal else ""
         if reason:
             line += style(" · ", DIM) + style(reason, GREEN if reason == "stop" else YELLOW)
         return line
+
+
+_MIN_RATE_SPAN_S = 0.1
 
 
 def _read(client: TokenbridgeClient, reader: _Reader, *, after: str | None) -> int:

@@ -274,3 +274,18 @@ def test_a_bad_option_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> No
 
     assert caught.value.code == 2
     assert "expected key=value" in capsys.readouterr().err
+
+
+def test_a_burst_of_tokens_shows_no_rate(serve: Serve, capsys: pytest.CaptureFixture[str]) -> None:
+    # Given a model that produced its tokens all at once (echo)
+    burst = chunked(
+        frame("1-0", "token", {"seq": 0, "content": "a ", "ts": 5.0}),
+        frame("1-1", "token", {"seq": 1, "content": "b", "ts": 5.0001}),
+        done("1-2", 2),
+    )
+    server = serve(status(202, CREATED), burst)
+    # When it is submitted
+    code, out, err = run(capsys, "--url", server.url, "--api-key", "k", "submit", "a b")
+    # Then the summary shows no meaningless tokens-per-second figure
+    assert (code, out) == (0, "a b")
+    assert "tokens/s" not in err and err.endswith(" · stop\n")
