@@ -34,6 +34,19 @@ from tests.stack import API_KEY, Stack, build_stack
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
 
+# The deployment under load: no limits in the way, one gevent worker per web process, quiet logs, the
+# production defaults for keep-alives and consumer heartbeats.
+STACK_ENV = {
+    "RATE_LIMIT": "",
+    "MAX_RUNNING_PER_KEY": "0",
+    "WEB_CONCURRENCY": "1",
+    "CELERY_CONCURRENCY": "1000",
+    "LOG_LEVEL": "WARNING",
+    "SSE_KEEPALIVE_S": "15",
+    "CONSUMER_HEARTBEAT_MS": "2000",
+    "CONSUMER_CLAIM_IDLE_MS": "10000",
+}
+
 
 def _rss_mb(pid: int) -> float:
     try:
@@ -72,14 +85,7 @@ def run_ours(levels: list[int], rate: float, tokens: int, idle: int) -> tuple[li
     stack = build_stack(
         Path(tempfile.mkdtemp(prefix="bench-redis-")),
         ROOT / "test-artifacts" / "bench-logs",
-        RATE_LIMIT="",
-        MAX_RUNNING_PER_KEY="0",
-        WEB_CONCURRENCY="1",
-        CELERY_CONCURRENCY="1000",
-        LOG_LEVEL="WARNING",
-        SSE_KEEPALIVE_S="15",
-        CONSUMER_HEARTBEAT_MS="2000",
-        CONSUMER_CLAIM_IDLE_MS="10000",
+        **STACK_ENV,
     )
     rows: list[dict[str, Any]] = []
     extra: dict[str, Any] = {}

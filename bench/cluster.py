@@ -21,12 +21,9 @@ from typing import Any
 
 import redis
 
-from bench.__main__ import _load, _rss_mb
+from bench.__main__ import RESULTS, ROOT, STACK_ENV, _load, _rss_mb
 from bridge.embedded import EmbeddedCluster, EmbeddedRedis
 from tests.stack import API_KEY, build_stack
-
-ROOT = Path(__file__).resolve().parent.parent
-RESULTS = ROOT / "bench" / "results"
 
 PROCESSES = ("web-a", "web-b", "consumer-a", "consumer-b", "worker-a", "worker-b")
 
@@ -46,14 +43,7 @@ def run(cluster: bool, levels: list[int], rate: float, tokens: int) -> list[dict
         Path(tempfile.mkdtemp(prefix=f"bench-{name}-")),
         ROOT / "test-artifacts" / f"bench-{name}-logs",
         cluster=cluster,
-        RATE_LIMIT="",
-        MAX_RUNNING_PER_KEY="0",
-        WEB_CONCURRENCY="1",
-        CELERY_CONCURRENCY="1000",
-        LOG_LEVEL="WARNING",
-        SSE_KEEPALIVE_S="15",
-        CONSUMER_HEARTBEAT_MS="2000",
-        CONSUMER_CLAIM_IDLE_MS="10000",
+        **STACK_ENV,
     )
     rows: list[dict[str, Any]] = []
     try:

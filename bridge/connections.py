@@ -36,31 +36,22 @@ def redis_client(
     node of its key's slot, with the same bounded, blocking pool per node; it answers the same commands for
     the keys tokenbridge uses, so callers treat it as a ``redis.Redis``.
     """
+    options = {
+        "decode_responses": True,
+        "socket_connect_timeout": 5.0,
+        "socket_timeout": socket_timeout_s,
+        "socket_keepalive": True,
+        "health_check_interval": 30,
+        "max_connections": max_connections,
+        "timeout": pool_timeout_s,
+        "client_name": client_name,
+    }
     if settings.redis_cluster:
         cluster = redis.RedisCluster.from_url(
-            settings.resolved_redis_url,
-            decode_responses=True,
-            socket_connect_timeout=5.0,
-            socket_timeout=socket_timeout_s,
-            socket_keepalive=True,
-            health_check_interval=30,
-            max_connections=max_connections,
-            connection_pool_class=redis.BlockingConnectionPool,
-            timeout=pool_timeout_s,
-            client_name=client_name,
+            settings.resolved_redis_url, connection_pool_class=redis.BlockingConnectionPool, **options
         )
         return cast(redis.Redis, cluster)
-    pool = redis.BlockingConnectionPool.from_url(
-        settings.resolved_redis_url,
-        decode_responses=True,
-        socket_connect_timeout=5.0,
-        socket_timeout=socket_timeout_s,
-        socket_keepalive=True,
-        health_check_interval=30,
-        max_connections=max_connections,
-        timeout=pool_timeout_s,
-        client_name=client_name,
-    )
+    pool = redis.BlockingConnectionPool.from_url(settings.resolved_redis_url, **options)
     return redis.Redis(connection_pool=pool, single_connection_client=single_connection)
 
 

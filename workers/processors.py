@@ -31,7 +31,7 @@ class GenerationState:
     generation_id: str
     work_id: str
     # The work-stream shard that holds ``work_id``.
-    work_stream: str = "llm:work"
+    work_stream: str = keys.WORK_STREAM
     model: str = ""
     session_id: str = ""
     api_key: str = ""
@@ -53,7 +53,7 @@ class GenerationState:
 
     @classmethod
     def from_meta(
-        cls, generation_id: str, work_id: str, meta: dict[str, str], *, work_stream: str = "llm:work"
+        cls, generation_id: str, work_id: str, meta: dict[str, str], *, work_stream: str = keys.WORK_STREAM
     ) -> GenerationState:
         first = meta.get("first_token_at")
         return cls(

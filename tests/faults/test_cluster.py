@@ -17,6 +17,7 @@ import pytest
 from bridge import keys
 from bridge.connections import close
 from bridge.embedded import EmbeddedCluster, cluster_unavailable
+from tests.integration.helpers import wait_for
 from tests.reader import ResumingReader, read_all
 from tests.stack import Stack
 
@@ -28,14 +29,6 @@ pytestmark = [
 
 GENERATIONS = 200
 WORDS = " ".join(f"word{i}" for i in range(40))
-
-
-def _wait(condition: Callable[[], object], timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} not met within {timeout_s}s")
-        time.sleep(0.05)
 
 
 def test_200_generations_on_a_cluster_survive_a_consumer_kill(
@@ -73,7 +66,7 @@ def test_200_generations_on_a_cluster_survive_a_consumer_kill(
     started = time.monotonic()
     with ThreadPoolExecutor(20) as pool:
         readers = list(pool.map(start_reading, range(GENERATIONS // 2)))
-        _wait(lambda: sum(len(r.outcome.events) >= 3 for r in readers) >= 50, 60, "streams started")
+        wait_for(lambda: sum(len(r.outcome.events) >= 3 for r in readers) >= 50, timeout_s=60)
         # And consumer A is killed with SIGKILL mid-run, while the second half is being submitted
         stack.kill("consumer-a")
         readers += list(pool.map(start_reading, range(GENERATIONS // 2, GENERATIONS)))
@@ -124,7 +117,7 @@ def test_generations_keep_streaming_while_their_slots_move_to_other_nodes(
     readers = [ResumingReader([stack.url("")], g, stack.headers, timeout_s=90) for g in generations]
     for reader in readers:
         reader.start()
-    _wait(lambda: all(len(r.outcome.events) >= 3 for r in readers), 30, "streams started")
+    wait_for(lambda: all(len(r.outcome.events) >= 3 for r in readers), timeout_s=30)
     # When the slot of every generation moves to the next node mid-stream, as a resharding does
     client: Any = stack.client()
     ports = [node.port for node in cluster.nodes]
