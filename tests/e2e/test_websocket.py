@@ -8,9 +8,9 @@ from typing import Any
 import httpx
 import orjson
 import pytest
-from simple_websocket import Client, ConnectionClosed
 
 from tests.stack import API_KEY, Stack
+from tests.ws_client import Client, ConnectionClosed
 
 pytestmark = pytest.mark.e2e
 
