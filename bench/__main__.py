@@ -4,8 +4,14 @@ Both are served by gunicorn with one gevent worker on an embedded Redis. A separ
 (``bench.load``) reads every stream and timestamps every token; it reports its own CPU so that a reader can
 tell whether it was the bottleneck. Writes ``bench/results/<date>.md`` and a PNG plot, and prints the table.
 
-Environment: BENCH_LEVELS (default "100,300,1000" streams), BENCH_RATE (20 tokens/s per stream),
-BENCH_TOKENS (60 per stream), BENCH_IDLE (idle connections, default 5000).
+Every step also reports the CPU each process spent per delivered token (web, worker, consumer, Redis, load
+client), and the step of BENCH_PROFILE_AT streams is profiled with py-spy (raw stacks under
+``bench/results/<date>-profiles/``, summary in the report). A last step streams one long answer and compares
+the cost per token at its start and at its end.
+
+Environment: BENCH_LEVELS (default "100,200,300,500,750,1000,1500" streams), BENCH_RATE (20 tokens/s per
+stream), BENCH_TOKENS (200 per stream), BENCH_IDLE (idle connections, default 10000), BENCH_PROFILE_AT (300),
+BENCH_LONG_TOKENS (20000 tokens of the long answer, 0 to skip), BENCH_SYSTEMS ("ours,baseline").
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -27,6 +34,7 @@ import psutil
 import redis
 
 from bench.client import hold_idle
+from bench.profile import cpu_seconds, profile_table, python_pid, start_profiles
 from bench.ttft import measure as measure_ttft
 from bridge.embedded import EmbeddedRedis, free_port
 from tests.stack import API_KEY, Stack, build_stack
@@ -81,7 +89,45 @@ def _redis_connections(client: redis.Redis, name: str) -> int:
     return sum(1 for c in client.client_list() if c.get("name", "").startswith(name))
 
 
-def run_ours(levels: list[int], rate: float, tokens: int, idle: int) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+def _measured_load(
+    system: str,
+    url: str,
+    credential: str,
+    streams: int,
+    rate: float,
+    tokens: int,
+    cpu_pids: dict[str, int],
+    profile: tuple[dict[str, int], Path] | None = None,
+) -> dict[str, Any]:
+    """One load step, with the CPU each process spent per delivered token (and a profile when asked)."""
+    before = {name: cpu_seconds(pid) for name, pid in cpu_pids.items()}
+    profilers = []
+    if profile is not None:
+        # Sample the middle of the step: streams last tokens / rate seconds after a ramp of about a second.
+        duration_s = max(2.0, tokens / rate - 3)
+        timer = threading.Timer(
+            2.0, lambda: profilers.extend(start_profiles(profile[0], profile[1], duration_s=duration_s))
+        )
+        timer.start()
+    row = _load(system, url, credential, streams, rate, tokens)
+    if profile is not None:
+        timer.join()
+        for profiler in profilers:
+            profiler.wait(60)
+    delivered = max(1, row["delivered"])
+    cpu = {name: cpu_seconds(pid) - before[name] for name, pid in cpu_pids.items()}
+    cpu["load client"] = row["client_cpu_s"]
+    if "producer_cpu_s" in row:
+        cpu["publisher"] = row["producer_cpu_s"]
+    per_token = {name: round(seconds * 1e6 / delivered, 1) for name, seconds in cpu.items()}
+    per_token["pipeline"] = round(sum(v for k, v in per_token.items() if k != "load client"), 1)
+    row["cpu_us_per_token"] = per_token
+    return row
+
+
+def run_ours(
+    levels: list[int], rate: float, tokens: int, idle: int, profile_at: int, long_tokens: int, profiles: Path
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     stack = build_stack(
         Path(tempfile.mkdtemp(prefix="bench-redis-")),
         ROOT / "test-artifacts" / "bench-logs",
@@ -94,20 +140,80 @@ def run_ours(levels: list[int], rate: float, tokens: int, idle: int) -> tuple[li
             stack.start(name)
         stack.wait_ready()
         client = stack.client()
+        assert isinstance(stack.redis, EmbeddedRedis) and stack.redis.process is not None
+        cpu_pids = {name: p.pid for name, p in stack.processes.items()}
+        cpu_pids["redis"] = stack.redis.process.pid
+        markers = {"web": "gunicorn", "worker": "celery", "consumer": "workers"}
+        py_pids = {name: python_pid(stack.processes[name].pid, marker) for name, marker in markers.items()}
         ttft = sorted(measure_ttft(stack.base_url, API_KEY, 100))
         extra["ttft_echo_ms"] = {"p50": round(ttft[len(ttft) // 2], 2), "p99": round(ttft[int(0.99 * len(ttft))], 2)}
         for streams in levels:
             print(f"  tokenbridge: {streams} streams …", flush=True)
-            row = _load("ours", stack.base_url, API_KEY, streams, rate, tokens)
+            profile = (py_pids, profiles) if streams == profile_at else None
+            row = _measured_load("ours", stack.base_url, API_KEY, streams, rate, tokens, cpu_pids, profile)
             row["rss_mb"] = {name: round(_rss_mb(p.pid), 1) for name, p in stack.processes.items()}
             row["redis_connections_web"] = _redis_connections(client, "tokenbridge-web")
             rows.append(row)
+            print(
+                f"    p50 {row['latency_ms']['p50']} ms, p99 {row['latency_ms']['p99']} ms, "
+                f"CPU µs/token {row['cpu_us_per_token']}",
+                flush=True,
+            )
+        if long_tokens:
+            print(f"  tokenbridge: one answer of {long_tokens} tokens …", flush=True)
+            extra["long_answer"] = _long_answer(stack, client, cpu_pids, long_tokens)
         extra["idle"] = _idle_test(stack, client, idle)
         client.close()
     finally:
         stack.stop_all()
         stack.redis.stop()
     return rows, extra
+
+
+def _long_answer(stack: Stack, client: redis.Redis, cpu_pids: dict[str, int], tokens: int) -> dict[str, Any]:
+    """One long generation read by one client: CPU per token and delivery latency, first fifth vs last fifth.
+
+    CPU is sampled with the length of the generation's client stream, so each window's cost is divided by
+    the tokens committed in that window.
+    """
+    rate = 1000.0
+    samples: list[tuple[float, int]] = []
+    stop = threading.Event()
+    holder: dict[str, Any] = {}
+
+    def read() -> None:
+        holder["row"] = _load("ours", stack.base_url, API_KEY, 1, rate, tokens)
+
+    generation_ids_before = set(client.scan_iter("llm:gen:*:meta"))
+    reader = threading.Thread(target=read)
+    reader.start()
+    out_key = None
+    while reader.is_alive() and not stop.is_set():
+        if out_key is None:
+            new = set(client.scan_iter("llm:gen:*:meta")) - generation_ids_before
+            out_key = next(iter(new)).replace(":meta", ":out") if new else None
+        length = int(client.xlen(out_key)) if out_key else 0
+        samples.append((sum(cpu_seconds(pid) for pid in cpu_pids.values()), length))
+        reader.join(0.25)
+    row = holder.get("row", {})
+    stop.set()
+
+    def window(low: float, high: float) -> float | None:
+        inside = [(cpu, n) for cpu, n in samples if low * tokens <= n <= high * tokens]
+        if len(inside) < 2 or inside[-1][1] == inside[0][1]:
+            return None
+        return round((inside[-1][0] - inside[0][0]) * 1e6 / (inside[-1][1] - inside[0][1]), 1)
+
+    return {
+        "tokens": tokens,
+        "rate": rate,
+        "delivered": row.get("delivered"),
+        "gaps": row.get("gaps"),
+        "duplicates": row.get("duplicates"),
+        "latency_ms": row.get("latency_ms"),
+        "pipeline_cpu_us_per_token_first_fifth": window(0.02, 0.2),
+        "pipeline_cpu_us_per_token_last_fifth": window(0.8, 0.98),
+    }
 
 
 def _idle_test(stack: Stack, client: redis.Redis, count: int) -> dict[str, Any]:
@@ -195,9 +301,11 @@ def run_baseline(levels: list[int], rate: float, tokens: int) -> list[dict[str, 
                     raise
                 time.sleep(0.2)
         client = redis.Redis.from_url(server.url)
+        assert server.process is not None
+        cpu_pids = {"web": web.pid, "redis": server.process.pid}
         for streams in levels:
             print(f"  Flask-SSE: {streams} streams …", flush=True)
-            row = _load("baseline", url, server.url, streams, rate, tokens)
+            row = _measured_load("baseline", url, server.url, streams, rate, tokens, cpu_pids)
             row["rss_mb"] = {"web": round(_rss_mb(web.pid), 1)}
             row["redis_connections_web"] = len(client.client_list()) - 1
             rows.append(row)
@@ -247,19 +355,115 @@ def _plot(ours: list[dict[str, Any]], baseline: list[dict[str, Any]], path: Path
     figure.savefig(path, dpi=110)
 
 
+def _cpu_table(rows: list[dict[str, Any]]) -> str:
+    names = ["web", "worker", "consumer", "publisher", "redis", "pipeline", "load client"]
+    names = [n for n in names if any(n in r.get("cpu_us_per_token", {}) for r in rows)]
+    lines = [
+        "| streams | system | " + " | ".join(names) + " |",
+        "|" + "|".join(" --- " for _ in range(len(names) + 2)) + "|",
+    ]
+    for row in rows:
+        cpu = row.get("cpu_us_per_token", {})
+        name = "tokenbridge" if row["system"] == "ours" else "Flask-SSE"
+        lines.append(f"| {row['streams']} | {name} | " + " | ".join(str(cpu.get(n, "")) for n in names) + " |")
+    return "\n".join(lines)
+
+
+def _capacity(rows: list[dict[str, Any]]) -> int:
+    """The most streams at which every token arrived once, in order, with p99 ≤ 100 ms."""
+    good = [
+        r["streams"]
+        for r in rows
+        if r["latency_ms"]["p99"] is not None
+        and r["latency_ms"]["p99"] <= 100
+        and r["gaps"] == 0
+        and r["duplicates"] == 0
+        and r["delivered"] == r["expected"]
+    ]
+    return max(good, default=0)
+
+
+def _targets(ours: list[dict[str, Any]], baseline: list[dict[str, Any]], extra: dict[str, Any]) -> list[str]:
+    """One line per target of the load work: met, or missed with the figure."""
+
+    def at(rows: list[dict[str, Any]], streams: int) -> dict[str, Any] | None:
+        return next((r for r in rows if r["streams"] == streams), None)
+
+    def verdict(ok: bool) -> str:
+        return "met" if ok else "MISSED"
+
+    lines = []
+    row = at(ours, 300)
+    if row is not None:
+        lat = row["latency_ms"]
+        lines.append(
+            f"- 300 streams: p50 {lat['p50']} ms (≤ 15), p99 {lat['p99']} ms (≤ 50): "
+            f"{verdict(lat['p50'] <= 15 and lat['p99'] <= 50)}"
+        )
+        cpu = row["cpu_us_per_token"]["pipeline"]
+        lines.append(f"- pipeline CPU per delivered token at 300 streams: {cpu} µs (≤ 100): {verdict(cpu <= 100)}")
+    ours_cap, base_cap = _capacity(ours), _capacity(baseline)
+    if baseline:
+        lines.append(
+            f"- capacity (p99 ≤ 100 ms, no gap or duplicate): tokenbridge {ours_cap} streams, Flask-SSE "
+            f"{base_cap}: {verdict(ours_cap >= base_cap)}"
+        )
+    else:
+        lines.append(
+            f"- capacity (p99 ≤ 100 ms, no gap or duplicate): tokenbridge {ours_cap} streams (no baseline run)"
+        )
+    ttft = extra.get("ttft_echo_ms")
+    if ttft:
+        lines.append(f"- POST → first token unloaded: p99 {ttft['p99']} ms (≤ 30): {verdict(ttft['p99'] <= 30)}")
+    row = at(ours, 1000)
+    if row is not None and row["ttft_ms"]["p50"] is not None:
+        p50 = row["ttft_ms"]["p50"]
+        lines.append(f"- time to first token at 1,000 streams: p50 {p50} ms (≤ 250): {verdict(p50 <= 250)}")
+    idle = extra.get("idle")
+    if idle:
+        per = idle["rss_per_connection_kb"]
+        constant = idle["redis_connections_before"] == idle["redis_connections_after"]
+        lines.append(
+            f"- {idle['opened']} idle SSE connections: {per} KB RSS each (≤ 20), Redis connections "
+            f"{idle['redis_connections_before']} → {idle['redis_connections_after']}: "
+            f"{verdict(per <= 20 and constant and idle['opened'] == idle['requested'])}"
+        )
+    long = extra.get("long_answer")
+    if long:
+        first, last = long["pipeline_cpu_us_per_token_first_fifth"], long["pipeline_cpu_us_per_token_last_fifth"]
+        flat = first is not None and last is not None and last <= first * 1.25
+        lines.append(
+            f"- one answer of {long['tokens']} tokens: pipeline CPU {first} µs/token in its first fifth, "
+            f"{last} in its last: {verdict(flat)}"
+        )
+    return lines
+
+
 def main() -> None:
-    levels = [int(v) for v in os.environ.get("BENCH_LEVELS", "100,300,1000").split(",")]
+    levels = [int(v) for v in os.environ.get("BENCH_LEVELS", "100,200,300,500,750,1000,1500").split(",")]
     rate = float(os.environ.get("BENCH_RATE", "20"))
-    tokens = int(os.environ.get("BENCH_TOKENS", "60"))
-    idle = int(os.environ.get("BENCH_IDLE", "5000"))
+    tokens = int(os.environ.get("BENCH_TOKENS", "200"))
+    idle = int(os.environ.get("BENCH_IDLE", "10000"))
+    profile_at = int(os.environ.get("BENCH_PROFILE_AT", "300"))
+    long_tokens = int(os.environ.get("BENCH_LONG_TOKENS", "20000"))
+    systems = os.environ.get("BENCH_SYSTEMS", "ours,baseline").split(",")
+    stamp = os.environ.get("BENCH_NAME") or datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d")
+    profiles = RESULTS / f"{stamp}-profiles"
     print(f"Benchmark: {levels} streams x {rate:g} tokens/s x {tokens} tokens, {os.cpu_count()} cores")
-    ours, extra = run_ours(levels, rate, tokens, idle)
-    baseline = run_baseline(levels, rate, tokens)
+    ours, extra = (
+        run_ours(levels, rate, tokens, idle, profile_at, long_tokens, profiles) if "ours" in systems else ([], {})
+    )
+    baseline = run_baseline(levels, rate, tokens) if "baseline" in systems else []
     RESULTS.mkdir(parents=True, exist_ok=True)
-    stamp = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d")
     plot = RESULTS / f"{stamp}.png"
     _plot(ours, baseline, plot)
     table = _table(ours, baseline)
+    targets = "\n".join(_targets(ours, baseline, extra))
+    before = ""
+    if os.environ.get("BENCH_BEFORE"):
+        earlier = json.loads(Path(os.environ["BENCH_BEFORE"]).read_text())
+        before = f"Before (same harness, {os.environ['BENCH_BEFORE']}):\n\n{_cpu_table(earlier['ours'])}\n"
+    profile = profile_table(profiles, ["web", "worker", "consumer"])
     report = f"""# Benchmark {stamp}
 
 Machine: {os.cpu_count()} cores, everything on one box (embedded Redis {EmbeddedRedis(Path(".")).version()}).
@@ -267,14 +471,35 @@ Load: {levels} concurrent streams x {rate:g} tokens/s x {tokens} tokens. Both sy
 worker. tokenbridge runs its full pipeline (Celery worker, consumer worker, hub); Flask-SSE publishes with
 Redis pub/sub. Latency is per token, from the producer's timestamp to receipt by the load process.
 
+## Targets
+
+{targets}
+
+## Latency and throughput
+
 {table}
 
-POST → first token at an SSE client (`echo`, no delay, 100 runs): p50 {extra["ttft_echo_ms"]["p50"]} ms,
-p99 {extra["ttft_echo_ms"]["p99"]} ms.
+POST → first token at an SSE client (`echo`, no delay, 100 runs): {extra.get("ttft_echo_ms")}.
 
-Idle connections on one web process: {json.dumps(extra["idle"])}
+Idle connections on one web process: {json.dumps(extra.get("idle"))}
+
+One long answer: {json.dumps(extra.get("long_answer"))}
 
 ![latency vs load]({plot.name})
+
+## CPU per delivered token (µs, per process)
+
+"pipeline" adds up every process but the load client (for Flask-SSE: its web process, Redis and the
+publisher that stands in for the model).
+
+{_cpu_table(ours + baseline)}
+
+{before}
+## Where the time goes at {profile_at} streams (py-spy, self time, busy samples only)
+
+Raw stacks: `{profiles.relative_to(ROOT)}/`.
+
+{profile}
 
 Raw results:
 
@@ -283,8 +508,9 @@ Raw results:
 ```
 """
     (RESULTS / f"{stamp}.md").write_text(report)
+    (RESULTS / f"{stamp}.json").write_text(json.dumps({"ours": ours, "baseline": baseline, "extra": extra}, indent=1))
     print(table)
-    print(f"TTFT echo: {extra['ttft_echo_ms']}; idle: {extra['idle']}")
+    print(targets)
     print(f"Report: {RESULTS / f'{stamp}.md'}")
 
 

@@ -83,6 +83,11 @@ async def _baseline(
     return results, []
 
 
+def _producer_cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def main() -> None:
     _raise_fd_limit()
     system, url, credential = sys.argv[1], sys.argv[2], sys.argv[3]
@@ -114,6 +119,20 @@ def main() -> None:
             for name, q in (("p50", 0.5), ("p99", 0.99))
         },
     }
+    if system == "baseline":
+        out["producer_cpu_s"] = _producer_cpu_s()
+    if streams == 1 and len(results[0].latencies_s) >= 10:
+        # One long answer: does a token cost more at the end than at the start?
+        fifth = len(results[0].latencies_s) // 5
+        for name, part in (
+            ("first_fifth", results[0].latencies_s[:fifth]),
+            ("last_fifth", results[0].latencies_s[-fifth:]),
+        ):
+            ordered = sorted(part)
+            out[f"latency_ms_{name}"] = {
+                "p50": round(ordered[len(ordered) // 2] * 1000, 2),
+                "p99": round(ordered[int(0.99 * len(ordered))] * 1000, 2),
+            }
     print(json.dumps(out))
 
 

@@ -1,8 +1,10 @@
 """Writing a generation's tokens to its ``:raw`` stream: claimed, fenced by attempt, coalesced.
 
 ``GenerationWriter`` owns the Redis side (claim an attempt, write a batch, heartbeat). ``pump`` runs a
-token source in a thread and feeds the writer: tokens that arrive within ``flush_window_s`` of the first
-one in a batch are written in one round trip, and cancellation is noticed at each write or heartbeat.
+token source in a thread and feeds the writer: tokens waiting when a write starts (and those that arrive
+within ``flush_window_s`` of the first) are written together, and cancellation is noticed at each write or
+heartbeat. ``WriteBatcher`` sends the writes of every generation of a process to Redis together: a token
+costs no round trip of its own, however many generations run.
 """
 
 from __future__ import annotations
@@ -52,11 +54,95 @@ Chunk = str | Finish
 TokenSource = Callable[[threading.Event], Iterator[Chunk]]
 
 
+class _Pending:
+    __slots__ = ("call", "done", "error", "result")
+
+    def __init__(self, call: scripts.Call) -> None:
+        self.call = call
+        self.done = threading.Event()
+        self.result: Any = None
+        self.error: BaseException | None = None
+
+
+class WriteBatcher:
+    """Sends the script calls of every generation of a process to Redis together, one round trip per flush.
+
+    A writer hands its call over and waits for the result; one flushing thread sends everything handed over
+    since its last flush in one pipeline (one per node on a cluster). While a flush is on the wire the next
+    one fills up, so batches grow with the load and no write ever waits for a timer.
+    """
+
+    def __init__(self, client: redis.Redis, *, timeout_s: float = 30.0) -> None:
+        self.client = client
+        self.timeout_s = timeout_s
+        self._pending: list[_Pending] = []
+        self._lock = threading.Lock()
+        self._ready = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._closed = False
+        # Flushes and calls sent so far: calls / flushes is the batching achieved.
+        self.flushes = 0
+        self.calls = 0
+
+    def run(self, call: scripts.Call) -> Any:
+        """Run ``call`` with the next flush; returns its result or raises its error."""
+        pending = _Pending(call)
+        with self._lock:
+            if self._closed:
+                raise redis.ConnectionError("the write batcher is closed")
+            self._pending.append(pending)
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._flush_loop, name="tokenbridge-writes", daemon=True)
+                self._thread.start()
+        self._ready.set()
+        if not pending.done.wait(self.timeout_s):
+            # The batch number makes sending it again safe: a write applied late is recognised.
+            raise redis.TimeoutError(f"write not flushed within {self.timeout_s:g} s")
+        if pending.error is not None:
+            raise pending.error
+        return pending.result
+
+    def close(self) -> None:
+        """Stop the flushing thread once it has sent what it holds."""
+        with self._lock:
+            self._closed = True
+        self._ready.set()
+
+    def _flush_loop(self) -> None:
+        while True:
+            self._ready.wait()
+            with self._lock:
+                batch, self._pending = self._pending, []
+                self._ready.clear()
+                if not batch:
+                    if self._closed:
+                        return
+                    continue
+            self._flush(batch)
+
+    def _flush(self, batch: list[_Pending]) -> None:
+        try:
+            results = scripts.run_batch(self.client, [pending.call for pending in batch])
+        except Exception as exc:
+            results = [exc] * len(batch)
+        self.flushes += 1
+        self.calls += len(batch)
+        for pending, result in zip(batch, results, strict=True):
+            if isinstance(result, BaseException):
+                pending.error = result
+            else:
+                pending.result = result
+            pending.done.set()
+
+
 class GenerationWriter:
     """The producer side of one generation: claims an attempt, then writes only while that attempt is current.
 
     Writes survive a short Redis outage: a write that fails on the connection is retried with backoff for
     up to ``retry_s``; each write carries its batch number, so one whose reply was lost is not applied twice.
+    The lease is renewed by a write (or heartbeat) once a third of ``lease_ms`` has passed since the last
+    renewal, not by every write. With a ``batcher``, writes go to Redis together with those of the other
+    generations of the process.
     """
 
     def __init__(
@@ -67,14 +153,17 @@ class GenerationWriter:
         lease_ms: int,
         max_length: int,
         retry_s: float = 30.0,
+        batcher: WriteBatcher | None = None,
     ) -> None:
         self.client = client
         self.generation_id = generation_id
         self.lease_ms = lease_ms
         self.max_length = max_length
         self.retry_s = retry_s
+        self.batcher = batcher
         self.attempt = 0
         self.batch = 0
+        self._renewed_at = 0.0
         # What this writer wrote, for metrics: tokens, and the code of an error entry.
         self.tokens = 0
         self.error_code: str | None = None
@@ -88,21 +177,28 @@ class GenerationWriter:
     def claim(self, *, reason: str = "retry") -> int:
         """Start a new attempt. Returns its number (1, 2, …) or a negative ``Claim`` when refused."""
         args = [self.lease_ms, repr(time.time()), self.max_length, reason]
+        claimed_at = time.monotonic()
         result = int(self._retrying(lambda: scripts.run(self.client, scripts.CLAIM_ATTEMPT, self._keys[:3], args)))
         if result > 0:
             self.attempt = result
             self.batch = 0
+            self._renewed_at = claimed_at
         return result
 
     def write(self, entries: list[tuple[str, dict[str, Any]]]) -> WriteResult:
-        """Append entries in one round trip (renewing the lease), unless fenced or cancelled."""
+        """Append entries in one round trip (renewing the lease when due), unless fenced or cancelled."""
         if entries:
             self.batch += 1
-        args: list[Any] = [self.attempt, self.lease_ms, self.max_length, self.batch if entries else 0]
+        now = time.monotonic()
+        renew = now - self._renewed_at >= self.lease_ms / 3000
+        args: list[Any] = [self.attempt, self.lease_ms, self.max_length, self.batch if entries else 0, int(renew)]
         for event_type, data in entries:
             args.append(event_type)
             args.append(orjson.dumps(data))
-        result = int(self._retrying(lambda: scripts.run(self.client, scripts.WRITE, self._keys, args)))
+        call = scripts.Call(scripts.WRITE, self._keys, args)
+        result = int(self._retrying(lambda: self._run(call)))
+        if renew and result >= 0:
+            self._renewed_at = now
         if result > 0:
             for event_type, data in entries:
                 if event_type == EventType.TOKEN.value:
@@ -114,6 +210,11 @@ class GenerationWriter:
         if result == -2:
             return WriteResult.CANCELLED
         return WriteResult.WRITTEN
+
+    def _run(self, call: scripts.Call) -> Any:
+        if self.batcher is not None:
+            return self.batcher.run(call)
+        return scripts.run(self.client, call.source, call.keys, call.args)
 
     def heartbeat(self) -> WriteResult:
         """Renew the lease and check for cancellation without writing a token."""

@@ -4,20 +4,24 @@ Every script touches only the keys of one generation (one hash slot). A write is
 attempt that ``:meta`` names as current, and never after a terminal entry: that is the fence that keeps a
 redelivered or stale task from interleaving with the live one.
 
-Every script that appends to a stream also publishes the stream's key as a channel: on a Redis Cluster the
-readers, which cannot block on keys of many slots at once, wait for these hints (``bridge.cluster``). On a
-single Redis, where readers block on the streams themselves, ``run`` sends the scripts without those lines.
+Every script that appends to a stream also publishes the stream's key as a channel: readers wait for these
+hints instead of blocking on every key they watch (``bridge.cluster``), so that a read costs what it brings
+back, not what it watches.
 """
 
 from __future__ import annotations
 
-import re
+import hashlib
+from dataclasses import dataclass
 from functools import cache
 from typing import Any
 
 import redis
+import redis.client
 from redis.cluster import ClusterPipeline, RedisCluster
-from redis.commands.core import Script
+from redis.exceptions import NoScriptError
+
+from bridge.cluster import MOVING, refresh_if_moved
 
 # KEYS: meta, lease, raw   ARGV: lease_ms, now, maxlen
 CLAIM_ATTEMPT = """
@@ -38,19 +42,19 @@ end
 return attempt
 """
 
-# KEYS: meta, lease, raw, cancel   ARGV: attempt, lease_ms, maxlen, batch, then type/data pairs
+# KEYS: meta, lease, raw, cancel   ARGV: attempt, lease_ms, maxlen, batch, renew, then type/data pairs
 # Returns the number of entries written, -1 fenced, -2 cancelled, -4 this batch was already written.
 # ``batch`` numbers the writes of an attempt (1, 2, …; 0 for a heartbeat): a write retried after a lost
-# reply is recognised and not applied twice.
+# reply is recognised and not applied twice. The lease is renewed only when ``renew`` is 1 (the writer asks
+# for it on a timer, a fraction of the lease time): a token costs no lease write. A claim changes
+# ``attempt`` and an end sets ``terminal``, so these two fields alone fence a stale attempt off.
 WRITE = """
 local meta, lease, raw, cancel = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local attempt = ARGV[1]
 local batch = tonumber(ARGV[4])
-if redis.call('HGET', meta, 'attempt') ~= attempt then return -1 end
-if batch > 0 and batch <= tonumber(redis.call('HGET', meta, 'wseq') or '0') then return -4 end
-if redis.call('HEXISTS', meta, 'terminal') == 1 then return -1 end
-local holder = redis.call('GET', lease)
-if holder and holder ~= attempt then return -1 end
+local state = redis.call('HMGET', meta, 'attempt', 'wseq', 'terminal')
+if state[1] ~= attempt or state[3] then return -1 end
+if batch > 0 and batch <= tonumber(state[2] or '0') then return -4 end
 if redis.call('EXISTS', cancel) == 1 then
   redis.call('XADD', raw, 'MAXLEN', '~', ARGV[3], '*', 'type', 'cancelled', 'attempt', attempt, 'data', '{}')
   redis.call('HSET', meta, 'terminal', 'cancelled')
@@ -60,7 +64,7 @@ if redis.call('EXISTS', cancel) == 1 then
 end
 local written = 0
 local last_type = nil
-for i = 5, #ARGV, 2 do
+for i = 6, #ARGV, 2 do
   redis.call('XADD', raw, 'MAXLEN', '~', ARGV[3], '*', 'type', ARGV[i], 'attempt', attempt, 'data', ARGV[i + 1])
   last_type = ARGV[i]
   written = written + 1
@@ -70,7 +74,7 @@ if written > 0 then redis.call('PUBLISH', raw, '') end
 if last_type == 'done' or last_type == 'error' or last_type == 'cancelled' then
   redis.call('HSET', meta, 'terminal', last_type)
   redis.call('DEL', lease)
-else
+elseif ARGV[5] == '1' then
   redis.call('SET', lease, attempt, 'PX', ARGV[2])
 end
 return written
@@ -223,28 +227,85 @@ if written > 0 then redis.call('PUBLISH', KEYS[1], '') end
 return written
 """
 
-_scripts: dict[str, Script] = {}
-_HINT_LINE = re.compile(r"^.*redis\.call\('PUBLISH'.*\n", re.MULTILINE)
-
 
 @cache
-def without_hints(source: str) -> str:
-    """``source`` without its hint lines (each PUBLISH statement is a line of its own)."""
-    return _HINT_LINE.sub("", source)
+def sha(source: str) -> str:
+    """The SHA1 that ``EVALSHA`` knows ``source`` by."""
+    return hashlib.sha1(source.encode()).hexdigest()
 
 
-def run(client: redis.Redis, source: str, keys: list[str], args: list[Any], *, cluster: bool | None = None) -> Any:
+@dataclass(slots=True)
+class Call:
+    """One run of a script, for ``run_batch``."""
+
+    source: str
+    keys: list[str]
+    args: list[Any]
+
+
+def run(client: redis.Redis, source: str, keys: list[str], args: list[Any]) -> Any:
     """Run a script by its SHA, loading it on first use (per server).
 
-    A cluster pipeline cannot send EVALSHA (nor load a missing script between its commands): it sends the
-    source with EVAL. ``cluster`` says whether the server is part of a cluster (whether to send the hints);
-    by default, whether ``client`` is a cluster client.
+    A pipeline cannot load a missing script between its commands: it sends the source with EVAL. Many calls
+    go in one round trip with ``run_batch``.
     """
-    if isinstance(client, ClusterPipeline):
-        return client.execute_command("EVAL", source, len(keys), *keys, *args)
-    if not (isinstance(client, RedisCluster) if cluster is None else cluster):
-        source = without_hints(source)
-    script = _scripts.get(source)
-    if script is None:
-        script = _scripts[source] = Script(client, source)
-    return script(keys=keys, args=args, client=client)
+    if isinstance(client, ClusterPipeline | redis.client.Pipeline):
+        return client.execute_command("EVAL", source, len(keys), *keys, *args)  # type: ignore[no-untyped-call]
+    if isinstance(client, RedisCluster):
+        # The cluster client routes by key and follows MOVED and ASK by itself.
+        try:
+            return client.evalsha(sha(source), len(keys), *keys, *args)
+        except NoScriptError:
+            client.script_load(source)
+            return client.evalsha(sha(source), len(keys), *keys, *args)
+    return run_batch(client, [Call(source, keys, args)], raise_on_error=True)[0]
+
+
+def run_batch(client: redis.Redis, calls: list[Call], *, raise_on_error: bool = False) -> list[Any]:
+    """Run many scripts in one round trip per node (the node of each call's first key); results in order.
+
+    A call the server answered with an error has that error as its result (raised instead with
+    ``raise_on_error``); a connection error raises. A script the server did not know yet is loaded and its
+    calls sent again (a script that is not there did not run). On a cluster, a call whose slot moved away
+    is sent again through the cluster client, which follows the move.
+    """
+    results: list[Any] = [None] * len(calls)
+    for node, indexes in _by_node(client, calls):
+        replies = _send(node, [calls[i] for i in indexes])
+        missing = [n for n, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
+        if missing:
+            for source in {calls[indexes[n]].source for n in missing}:
+                node.script_load(source)
+            again = _send(node, [calls[indexes[n]] for n in missing])
+            for n, reply in zip(missing, again, strict=True):
+                replies[n] = reply
+        if isinstance(client, RedisCluster) and refresh_if_moved(client, replies):
+            for n, reply in enumerate(replies):
+                if isinstance(reply, MOVING):
+                    call = calls[indexes[n]]
+                    try:
+                        replies[n] = run(client, call.source, call.keys, call.args)
+                    except redis.ResponseError as exc:
+                        replies[n] = exc
+        for i, reply in zip(indexes, replies, strict=True):
+            if raise_on_error and isinstance(reply, Exception):
+                raise reply
+            results[i] = reply
+    return results
+
+
+def _send(node: redis.Redis, calls: list[Call]) -> list[Any]:
+    pipe = node.pipeline(transaction=False)
+    for call in calls:
+        pipe.execute_command("EVALSHA", sha(call.source), len(call.keys), *call.keys, *call.args)  # type: ignore[no-untyped-call]
+    replies: list[Any] = pipe.execute(raise_on_error=False)
+    return replies
+
+
+def _by_node(client: redis.Redis, calls: list[Call]) -> list[tuple[redis.Redis, list[int]]]:
+    if not isinstance(client, RedisCluster):
+        return [(client, list(range(len(calls))))]
+    groups: dict[str, list[int]] = {}
+    for i, call in enumerate(calls):
+        groups.setdefault(client.get_node_from_key(call.keys[0]).name, []).append(i)
+    return [(client.get_redis_connection(client.get_node(node_name=name)), group) for name, group in groups.items()]

@@ -62,7 +62,7 @@ class Settings(BaseSettings):
     alert_interval_s: float = Field(default=30.0, gt=0)
 
     # tasks
-    flush_window_ms: float = Field(default=2.0, ge=0)
+    flush_window_ms: float = Field(default=0.0, ge=0)
     lease_ms: int = Field(default=15_000, ge=500)
     cancel_poll_ms: int = Field(default=200, ge=10)
     generation_max_duration_s: float = Field(default=600.0, gt=0)

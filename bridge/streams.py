@@ -89,7 +89,7 @@ def _hand_over(client: redis.Redis, work: str, generation_id: str) -> None:
     for attempt in (1, 2):
         node = node_client(client, work).pipeline(transaction=False)
         node.xadd(work, {"generation_id": generation_id})
-        scripts.run(node, scripts.HINT, [work], [], cluster=True)
+        node.publish(work, "")
         try:
             node.execute()
             return

@@ -17,7 +17,7 @@ from bridge.errors import UnknownModelError
 from bridge.events import EventType
 from bridge.generation import GenerationRequest
 from bridge.models import registry_for
-from bridge.producer import Claim, GenerationWriter, Outcome, pump, with_retries
+from bridge.producer import Claim, GenerationWriter, Outcome, WriteBatcher, pump, with_retries
 from bridge.settings import Settings
 from tasks import metrics
 from tasks.providers import provider_for
@@ -35,10 +35,16 @@ def _client() -> redis.Redis:
     return redis_client(_settings(), max_connections=256)
 
 
+@cache
+def _batcher() -> WriteBatcher:
+    """One per worker process: the writes of all its generations go to Redis together."""
+    return WriteBatcher(_client())
+
+
 @shared_task(name=GENERATE_TASK, ignore_result=True, acks_late=True, bind=True, max_retries=None)
 def generate(self: Task, generation_id: str) -> str:  # type: ignore[type-arg]
     """Run one generation. Returns what happened (for logs and Flower)."""
-    outcome = run_generation(_client(), _settings(), generation_id)
+    outcome = run_generation(_client(), _settings(), generation_id, batcher=_batcher())
     if outcome == DEFERRED:
         # The model is at its concurrency limit: try again shortly (QUEUE_TIMEOUT_S bounds the wait).
         raise self.retry(countdown=0.5)
@@ -48,13 +54,16 @@ def generate(self: Task, generation_id: str) -> str:  # type: ignore[type-arg]
 DEFERRED = "deferred"
 
 
-def run_generation(client: redis.Redis, settings: Settings, generation_id: str) -> str:
+def run_generation(
+    client: redis.Redis, settings: Settings, generation_id: str, *, batcher: WriteBatcher | None = None
+) -> str:
     writer = GenerationWriter(
         client,
         generation_id,
         lease_ms=settings.lease_ms,
         max_length=settings.redis_stream_max_length,
         retry_s=settings.redis_retry_s,
+        batcher=batcher,
     )
     log_extra: dict[str, object] = {"generation_id": generation_id}
     raw_request, terminal = client.hmget(keys.gen_meta(generation_id), ["request", "terminal"])

@@ -29,7 +29,7 @@ import orjson
 import redis
 
 from bridge import keys, scripts
-from bridge.cluster import MOVING, NotifiedReader, by_node, node_client, refresh_if_moved
+from bridge.cluster import MOVING, NotifiedReader, node_client, refresh_if_moved
 from bridge.connections import UNAVAILABLE, is_cluster
 from bridge.errors import ProcessingError
 from bridge.events import Event, EventType, decode_raw, encode_out
@@ -281,22 +281,16 @@ class ConsumerWorker:
             return
         settings = self.settings
         args = [int(time.time() * 1000), settings.generation_max_attempts, int(settings.queue_timeout_s * 1000)]
+        calls = [scripts.Call(scripts.SUPERVISE, [keys.gen_meta(gid), keys.gen_lease(gid)], args) for gid in gids]
         actions: dict[str, int] = {}
-        for node, metas in by_node(self.client, [keys.gen_meta(gid) for gid in gids]):
-            pipe = node.pipeline(transaction=False)
-            for meta in metas:
-                gid = keys.generation_id_from_key(meta)
-                scripts.run(pipe, scripts.SUPERVISE, [meta, keys.gen_lease(gid)], args, cluster=self.cluster)
-            results = pipe.execute(raise_on_error=False)
-            refresh_if_moved(self.client, results)
-            for meta, result in zip(metas, results, strict=True):
-                if isinstance(result, MOVING):
-                    continue  # its slot moved: supervised at the next heartbeat, on its new node
-                if isinstance(result, Exception):
-                    raise result
-                actions[meta] = result
+        for gid, result in zip(gids, scripts.run_batch(self.client, calls), strict=True):
+            if isinstance(result, MOVING):
+                continue  # its slot is moving: supervised at the next heartbeat, on its new node
+            if isinstance(result, Exception):
+                raise result
+            actions[gid] = result
         for gid in gids:
-            action = actions.get(keys.gen_meta(gid), 0)
+            action = actions.get(gid, 0)
             if action == 1 and self.enqueue is not None:
                 logger.warning(
                     "Generation %s lost its worker; enqueuing a new attempt.", gid, extra={"generation_id": gid}
