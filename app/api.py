@@ -80,7 +80,10 @@ def _generation_reset(generation_id: str) -> GapHandler:
         oldest_seq = int(orjson.loads(oldest.data).get("seq", 0))
         if oldest_seq == 0:
             return None  # nothing was trimmed: the cursor is just before the first event
-        values: Any = client.hmget(keys.gen_meta(generation_id), ["text", "last_id"])
+        pipe = client.pipeline(transaction=False)
+        pipe.get(keys.gen_text(generation_id))
+        pipe.hget(keys.gen_meta(generation_id), "last_id")
+        values: Any = pipe.execute()
         text, last_id = values[0] or "", values[1]
         kept = ""
         restarted = False
@@ -95,7 +98,7 @@ def _generation_reset(generation_id: str) -> GapHandler:
             if len(events) < 500:
                 break
             after = events[-1].id
-        # :meta holds the text since the last restart; with a restart among the kept entries the reader
+        # :text holds the text since the last restart; with a restart among the kept entries the reader
         # discards what came before anyway.
         before = text[: len(text) - len(kept)] if not restarted and text.endswith(kept) else ""
         data = {"reason": "cursor_trimmed", "text": before, "next_seq": oldest_seq}
@@ -172,7 +175,8 @@ def create_generation() -> tuple[Response, int, dict[str, str]]:
 @bp.get("/generations/<generation_id>")
 def get_generation(generation_id: str) -> Response:
     meta = load_meta(generation_id)
-    return jsonify(GenerationRecord.from_meta(generation_id, meta).public())
+    text = streams.load_text(services().redis, generation_id)
+    return jsonify(GenerationRecord.from_meta(generation_id, {**meta, "text": text}).public())
 
 
 @bp.post("/generations/<generation_id>/cancel")

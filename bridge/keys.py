@@ -28,6 +28,11 @@ def gen_out(generation_id: str) -> str:
     return f"llm:gen:{{{generation_id}}}:out"
 
 
+def gen_text(generation_id: str) -> str:
+    """The text of the generation so far (since its last restart), appended by each commit."""
+    return f"llm:gen:{{{generation_id}}}:text"
+
+
 def gen_cancel(generation_id: str) -> str:
     return f"llm:gen:{{{generation_id}}}:cancel"
 
@@ -42,6 +47,7 @@ def generation_keys(generation_id: str) -> tuple[str, ...]:
         gen_meta(generation_id),
         gen_raw(generation_id),
         gen_out(generation_id),
+        gen_text(generation_id),
         gen_cancel(generation_id),
         gen_lease(generation_id),
     )

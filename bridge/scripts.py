@@ -181,6 +181,67 @@ redis.call('SET', KEYS[3], 1, 'PX', ARGV[3])
 return {2, index + count}
 """
 
+# Commits a batch of one generation, processed by a consumer: its client events into ``:out`` (same ids as
+# in ``:raw``), the text they add to ``:text``, ``XACK :raw``, the ``:meta`` fields the batch changed, and
+# on a single Redis the copy of each event into the session stream. After the terminal event every key of
+# the generation (and the session's) expires after the retention time. A batch, or the part of one, that
+# another consumer committed already (``:meta`` ``last_id`` is at or past it) writes nothing again.
+# KEYS: out, raw, meta, text, cancel, lease [, session out, session index]
+# ARGV: group, maxlen, retention_ms (0: not the end), generation_id, n_outs, n_acked,
+#       then id, event, data, content of each out, then the acked ids, then meta field/value pairs.
+# Returns the number of events written.
+COMMIT = """
+local maxlen, retention, gid = ARGV[2], tonumber(ARGV[3]), ARGV[4]
+local n_outs, n_acked = tonumber(ARGV[5]), tonumber(ARGV[6])
+local last = redis.call('HGET', KEYS[3], 'last_id')
+local function after(a, b)
+  if not b then return true end
+  local ams, aseq = string.match(a, '(%d+)-(%d+)')
+  local bms, bseq = string.match(b, '(%d+)-(%d+)')
+  if tonumber(ams) ~= tonumber(bms) then return tonumber(ams) > tonumber(bms) end
+  return tonumber(aseq) > tonumber(bseq)
+end
+local session = #KEYS > 6
+local parts = {}
+local written = 0
+local first_acked = 7 + 4 * n_outs
+for i = 7, first_acked - 1, 4 do
+  local id, event, data = ARGV[i], ARGV[i + 1], ARGV[i + 2]
+  if after(id, last) then
+    redis.call('XADD', KEYS[1], 'MAXLEN', '~', maxlen, id, 'event', event, 'data', data)
+    if session then
+      local tagged = string.sub(data, 1, -2) .. ',"generation_id":"' .. gid .. '"}'
+      redis.call('XADD', KEYS[7], 'MAXLEN', '~', maxlen, '*', 'event', event, 'data', tagged, 'entry_id', id)
+    end
+    if event == 'restart' then
+      parts = {}
+      redis.call('SET', KEYS[4], '')
+    elseif ARGV[i + 3] ~= '' then
+      parts[#parts + 1] = ARGV[i + 3]
+    end
+    written = written + 1
+  end
+end
+if #parts > 0 then redis.call('APPEND', KEYS[4], table.concat(parts)) end
+local last_acked = ARGV[first_acked + n_acked - 1]
+redis.call('XACK', KEYS[2], ARGV[1], unpack(ARGV, first_acked, first_acked + n_acked - 1))
+if after(last_acked, last) then
+  local fields = {'last_id', last_acked}
+  for i = first_acked + n_acked, #ARGV do fields[#fields + 1] = ARGV[i] end
+  redis.call('HSET', KEYS[3], unpack(fields))
+end
+if retention > 0 then
+  for i = 1, 6 do redis.call('PEXPIRE', KEYS[i], retention) end
+  if session then
+    redis.call('PEXPIRE', KEYS[7], retention)
+    redis.call('PEXPIRE', KEYS[8], retention * 2)
+  end
+end
+if written > 0 then redis.call('PUBLISH', KEYS[1], '') end
+if session and written > 0 then redis.call('PUBLISH', KEYS[7], '') end
+return written
+"""
+
 # A place among the generations of one model that may run at once (the registry's ``concurrency``).
 # KEYS: running zset   ARGV: generation_id, now_ms, limit, expire_ms      Returns 1 taken, 0 full.
 TAKE_SLOT = """

@@ -12,7 +12,6 @@ from bridge import keys, scripts
 from bridge.cluster import MOVING, node_client, refresh_if_moved
 from bridge.connections import is_cluster
 from bridge.events import ClientEvent, EventType, decode_out
-from bridge.generation import GenerationRecord
 
 
 class AbortResult:
@@ -133,11 +132,10 @@ def work_backlog(client: redis.Redis, group: str, shards: int) -> tuple[int, int
     return pending, lag, oldest_s
 
 
-def load_record(client: redis.Redis, generation_id: str) -> GenerationRecord | None:
-    meta: dict[str, str] = client.hgetall(keys.gen_meta(generation_id))  # type: ignore[assignment]
-    if not meta:
-        return None
-    return GenerationRecord.from_meta(generation_id, meta)
+def load_text(client: redis.Redis, generation_id: str) -> str:
+    """The generation's text so far (since its last restart)."""
+    text: str | None = client.get(keys.gen_text(generation_id))  # type: ignore[assignment]
+    return text or ""
 
 
 def load_meta(client: redis.Redis, generation_id: str) -> dict[str, str]:

@@ -22,6 +22,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from types import FrameType
 from typing import Any
 
@@ -32,7 +33,7 @@ from bridge import keys, scripts
 from bridge.cluster import MOVING, NotifiedReader, node_client, refresh_if_moved
 from bridge.connections import UNAVAILABLE, is_cluster
 from bridge.errors import ProcessingError
-from bridge.events import Event, EventType, decode_raw, encode_out
+from bridge.events import Event, EventType, decode_raw
 from bridge.settings import Settings
 from bridge.streams import ensure_group, work_backlog
 from workers import metrics
@@ -70,6 +71,8 @@ class ConsumerWorker:
         self.name = name or settings.consumer_name or default_consumer_name()
         self.enqueue = enqueue
         self.owned: dict[str, GenerationState] = {}
+        # Processed batches waiting for the commit of the current read.
+        self._batches: list[Batch] = []
         self._stopping = threading.Event()
         self._next_housekeeping = 0.0
         self._group_ready = False
@@ -174,6 +177,7 @@ class ConsumerWorker:
                 state.pending_retry = False  # nothing of ours is pending any more: back to new entries
                 continue
             processed += self.process(gid, entries)
+        self.flush()
         return processed
 
     def _read(self, streams: dict[str, str], block_ms: int) -> Any:
@@ -353,6 +357,7 @@ class ConsumerWorker:
 
     def _reload_owned(self) -> None:
         """After an error mid-commit: state from ``:meta`` (what was committed) and our pending entries again."""
+        self._batches = []  # processed from state that may not have been committed: processed again
         for gid, old in list(self.owned.items()):
             meta: dict[str, str] = self.client.hgetall(keys.gen_meta(gid))  # type: ignore[assignment]
             if not meta:
@@ -380,109 +385,144 @@ class ConsumerWorker:
             start, entries = reply[0], [(i, f) for i, f in reply[1] if f is not None]
             if entries:
                 self.process(generation_id, entries)
+                self.flush()
             if start == "0-0" or self.owned.get(generation_id, None) is None or self.owned[generation_id].pending_retry:
                 return
 
     def process(self, generation_id: str, entries: Iterable[tuple[str, dict[str, str] | None]]) -> int:
-        """Run the chain over a batch of raw entries of one generation and commit it atomically.
+        """Run the chain over a batch of raw entries of one generation; ``flush`` commits it.
 
         Stops at an entry that cannot be processed: what came before is committed, that entry and the rest
         stay pending and are read again (or the entry is dead-lettered).
         """
         state = self.owned[generation_id]
-        outs: list[tuple[str, Event]] = []
-        acked: list[str] = []
-        terminal: Event | None = None
-        failure: tuple[str, dict[str, str], Exception, bool] | None = None
+        batch = Batch(state)
         for entry_id, fields in entries:
             if state.finished or not fields:
-                acked.append(entry_id)  # after the terminal entry, or trimmed: acknowledged and dropped
+                batch.acked.append(entry_id)  # after the terminal entry, or trimmed: acknowledged and dropped
                 continue
             try:
                 event = decode_raw(entry_id, fields)
             except (KeyError, ValueError) as exc:
-                failure = (entry_id, fields, exc, True)
+                batch.failure = (entry_id, fields, exc, True)
                 break
             if state.poisoned:
                 if not event.terminal:
-                    acked.append(entry_id)
+                    batch.acked.append(entry_id)
                     continue
                 # Whatever the producer ended with, a generation that lost an entry ends with the error.
                 event = Event(id=event.id, type=EventType.ERROR.value, data=dict(state.scratch["poison"]))
             try:
                 out = self.chain.process(state, event)
             except ProcessingError as exc:
-                failure = (entry_id, fields, exc, False)
+                batch.failure = (entry_id, fields, exc, False)
                 break
-            acked.append(entry_id)
+            batch.acked.append(entry_id)
             if out is not None:
                 out.data["seq"] = state.seq
                 state.seq += 1
-                outs.append((entry_id, out))
+                batch.outs.append((entry_id, out))
             if event.terminal:
                 state.finished = True
-                terminal = out or event
-        if acked:
-            self._commit(state, outs, acked, terminal)
-            metrics.ENTRIES.inc(len(acked))
-        if failure is not None:
-            self._handle_failure(state, *failure)
-        return len(acked)
+                batch.terminal = out or event
+        if batch.acked or batch.failure is not None:
+            self._batches.append(batch)
+        return len(batch.acked)
 
-    def _commit(
-        self, state: GenerationState, outs: list[tuple[str, Event]], acked: list[str], terminal: Event | None
-    ) -> None:
-        """One transaction: the batch's client events into ``:out`` (same ids), ``XACK :raw``, ``:meta``.
+    def flush(self) -> None:
+        """Commit every batch processed since the last flush: one round trip (one per node on a cluster).
 
-        On a single Redis the session copy and the end-of-generation bookkeeping share that transaction. On a
-        cluster they are other slots: the session copy goes first, fenced by ``seq`` so that a batch committed
-        again after a crash copies nothing twice, and the bookkeeping after.
+        Each generation's batch is one script, atomic on its own: the batch's client events into ``:out``
+        (same ids), ``XACK :raw``, ``:meta`` and ``:text`` (``scripts.COMMIT``). On a single Redis the session
+        copy and the end-of-generation expiry are part of it. On a cluster the session is another slot: the
+        copy goes first, fenced by ``seq`` so that a batch committed again after a crash copies nothing twice.
         """
-        gid = state.generation_id
-        maxlen = self.settings.redis_stream_max_length
-        retention_ms = self.settings.redis_stream_retention_ms
-        out_key = keys.gen_out(gid)
-        session_out = keys.session_out(state.session_id) if state.session_id else None
-        if self.cluster and session_out and outs:
-            self._copy_to_session(state, outs)
-        pipe: Any = self.client.pipeline(transaction=True)
-        for entry_id, out in outs:
-            pipe.xadd(out_key, encode_out(out), id=entry_id, maxlen=maxlen, approximate=True)
-            if session_out and not self.cluster:
-                pipe.xadd(session_out, _session_fields(gid, entry_id, out), maxlen=maxlen, approximate=True)
-        pipe.xack(keys.gen_raw(gid), self.group, *acked)
-        state.meta_updates["seq"] = state.seq
-        state.meta_updates["last_id"] = acked[-1]
-        pipe.hset(keys.gen_meta(gid), mapping=state.meta_updates)
-        after = pipe if not self.cluster else self.client.pipeline(transaction=False)
-        if terminal is not None:
-            for key in keys.generation_keys(gid):
-                pipe.pexpire(key, retention_ms)
-            if state.api_key:
-                after.zrem(keys.key_running(state.api_key), gid)
-            if session_out:
-                after.pexpire(session_out, retention_ms)
-                after.pexpire(keys.session_index(state.session_id), retention_ms * 2)
-        if self.cluster and outs:
-            scripts.run(pipe, scripts.HINT, [out_key], [])
-        results = pipe.execute(raise_on_error=False)
-        state.meta_updates = {}
-        self._check(gid, results)
-        if after is not pipe and len(after):
-            self._check(gid, after.execute(raise_on_error=False))
-        if terminal is not None:
-            self.chain.finish(state, terminal)
-            self._release_work(state.work_stream, state.work_id)
-            self.owned.pop(gid, None)
+        batches, self._batches = self._batches, []
+        committed = [batch for batch in batches if batch.acked]
+        failure: Exception | None = None
+        if committed:
+            if self.cluster:
+                self._copy_to_sessions(committed)
+            results = scripts.run_batch(self.client, [self._commit_call(batch) for batch in committed])
+            ended = []
+            for batch, result in zip(committed, results, strict=True):
+                batch.state.meta_updates = {}
+                try:
+                    self._check(batch.state.generation_id, [result])
+                except Exception as exc:
+                    failure = failure or exc
+                    continue
+                metrics.ENTRIES.inc(len(batch.acked))
+                if batch.terminal is not None:
+                    ended.append(batch)
+            if ended:
+                self._end(ended)
+        for batch in batches:
+            if batch.failure is not None:
+                self._handle_failure(batch.state, *batch.failure)
+        if failure is not None:
+            raise failure
 
-    def _copy_to_session(self, state: GenerationState, outs: list[tuple[str, Event]]) -> None:
-        args: list[Any] = [state.generation_id, self.settings.redis_stream_max_length]
-        args.append(self.settings.redis_stream_retention_ms * 2)
-        for entry_id, out in outs:
-            fields = _session_fields(state.generation_id, entry_id, out)
-            args += [out.data["seq"], fields["event"], fields["data"], entry_id]
-        session_keys = [keys.session_out(state.session_id), keys.session_copied(state.session_id)]
-        scripts.run(self.client, scripts.SESSION_APPEND, session_keys, args)
+    def _commit_call(self, batch: Batch) -> scripts.Call:
+        state = batch.state
+        gid = state.generation_id
+        commit_keys = [
+            keys.gen_out(gid),
+            keys.gen_raw(gid),
+            keys.gen_meta(gid),
+            keys.gen_text(gid),
+            keys.gen_cancel(gid),
+            keys.gen_lease(gid),
+        ]
+        if state.session_id and not self.cluster:
+            commit_keys += [keys.session_out(state.session_id), keys.session_index(state.session_id)]
+        retention_ms = self.settings.redis_stream_retention_ms if batch.terminal is not None else 0
+        args: list[Any] = [self.group, self.settings.redis_stream_max_length, retention_ms, gid]
+        args += [len(batch.outs), len(batch.acked)]
+        for entry_id, out in batch.outs:
+            content = out.data.get("content", "") if out.type == EventType.TOKEN.value else ""
+            args += [entry_id, out.type, orjson.dumps(out.data), content if isinstance(content, str) else ""]
+        args += batch.acked
+        state.meta_updates["seq"] = state.seq
+        for field_name, value in state.meta_updates.items():
+            args += [field_name, value]
+        return scripts.Call(scripts.COMMIT, commit_keys, args)
+
+    def _end(self, ended: list[Batch]) -> None:
+        """After the terminal event's commit: release the key's running slot, expire the session (cluster)."""
+        retention_ms = self.settings.redis_stream_retention_ms
+        pipe = self.client.pipeline(transaction=False)
+        for batch in ended:
+            state = batch.state
+            if state.api_key:
+                pipe.zrem(keys.key_running(state.api_key), state.generation_id)
+            if state.session_id and self.cluster:
+                pipe.pexpire(keys.session_out(state.session_id), retention_ms)
+                pipe.pexpire(keys.session_index(state.session_id), retention_ms * 2)
+        if len(pipe):
+            self._check("(end of generations)", pipe.execute(raise_on_error=False))
+        for batch in ended:
+            assert batch.terminal is not None
+            self.chain.finish(batch.state, batch.terminal)
+            self._release_work(batch.state.work_stream, batch.state.work_id)
+            self.owned.pop(batch.state.generation_id, None)
+
+    def _copy_to_sessions(self, batches: list[Batch]) -> None:
+        calls = []
+        for batch in batches:
+            state = batch.state
+            if not state.session_id or not batch.outs:
+                continue
+            args: list[Any] = [state.generation_id, self.settings.redis_stream_max_length]
+            args.append(self.settings.redis_stream_retention_ms * 2)
+            for entry_id, out in batch.outs:
+                fields = _session_fields(state.generation_id, entry_id, out)
+                args += [out.data["seq"], fields["event"], fields["data"], entry_id]
+            session_keys = [keys.session_out(state.session_id), keys.session_copied(state.session_id)]
+            calls.append(scripts.Call(scripts.SESSION_APPEND, session_keys, args))
+        for result in scripts.run_batch(self.client, calls):
+            if isinstance(result, Exception):
+                raise result
 
     def _handle_failure(
         self, state: GenerationState, entry_id: str, fields: dict[str, str], error: Exception, malformed: bool
@@ -579,6 +619,18 @@ class ConsumerWorker:
                 groups = []
             if not any(group.get("name") == self.group for group in groups):
                 self._forget(gid)
+
+
+@dataclass(slots=True)
+class Batch:
+    """What one read brought for one generation, processed and waiting for ``flush``."""
+
+    state: GenerationState
+    outs: list[tuple[str, Event]] = field(default_factory=list)
+    acked: list[str] = field(default_factory=list)
+    terminal: Event | None = None
+    # An entry that could not be processed: (entry id, fields, error, malformed).
+    failure: tuple[str, dict[str, str], Exception, bool] | None = None
 
 
 def _session_fields(generation_id: str, entry_id: str, out: Event) -> dict[str, Any]:

@@ -37,7 +37,6 @@ class GenerationState:
     api_key: str = ""
     created_at: float = 0.0
     seq: int = 0
-    text: str = ""
     completion_tokens: int = 0
     first_token_at: float | None = None
     resumed: bool = False
@@ -65,7 +64,6 @@ class GenerationState:
             api_key=meta.get("api_key", ""),
             created_at=float(meta.get("created_at", 0) or 0),
             seq=int(meta.get("seq", 0)),
-            text=meta.get("text", ""),
             completion_tokens=int(meta.get("completion_tokens", 0)),
             first_token_at=float(first) if first else None,
             resumed=int(meta.get("seq", 0)) > 0,
@@ -95,25 +93,25 @@ class Processor:
 
 
 class PersistenceProcessor(Processor):
-    """Keeps ``:meta`` current: text so far, usage, status, finish reason, error."""
+    """Keeps ``:meta`` current: usage, status, finish reason, error.
+
+    The text so far is not kept here: the commit appends each token's content to ``:text`` (a field rewritten
+    whole at every commit would cost the answer's length per token).
+    """
 
     name = "persistence"
 
     def process(self, gen: GenerationState, event: Event) -> Event | None:
         updates = gen.meta_updates
         if event.type == EventType.TOKEN.value:
-            gen.text += event.data.get("content", "")
             gen.completion_tokens += 1
             if gen.first_token_at is None:
                 gen.first_token_at = float(event.data.get("ts", time.time()))
                 updates["first_token_at"] = repr(gen.first_token_at)
-            updates["text"] = gen.text
+                updates["status"] = "running"
             updates["completion_tokens"] = gen.completion_tokens
-            updates["status"] = "running"
         elif event.type == EventType.RESTART.value:
-            gen.text = ""
             gen.completion_tokens = 0
-            updates["text"] = ""
             updates["completion_tokens"] = 0
         elif event.terminal:
             updates["status"] = STATUS_AFTER[event.type].value

@@ -9,7 +9,7 @@ from typing import Any
 import orjson
 import redis
 
-from bridge import keys
+from bridge import keys, streams
 from bridge.events import Event
 from bridge.producer import GenerationWriter
 from bridge.settings import Settings
@@ -58,7 +58,8 @@ def test_a_generation_flows_from_raw_to_out_with_the_same_ids_and_contiguous_seq
     assert [d["seq"] for *_, d in out] == list(range(6))
     assert "".join(d["content"] for _, e, d in out if e == "token") == "".join(words)
     meta = r.hgetall(keys.gen_meta(gid))
-    assert (meta["status"], meta["text"], meta["completion_tokens"]) == ("completed", "one two three four five", "5")
+    assert (meta["status"], meta["completion_tokens"]) == ("completed", "5")
+    assert streams.load_text(r, gid) == "one two three four five"
     # And everything is acknowledged, the work entry is gone, and every key expires
     assert r.xpending(keys.gen_raw(gid), settings.redis_consumer_group)["pending"] == 0
     assert r.xlen(keys.WORK_STREAM) == 0
@@ -88,7 +89,7 @@ def test_dropped_events_leave_no_hole_in_seq(r: redis.Redis, settings: Settings)
     wait_for(_finished(r, gid), step=lambda: worker.run_once(block_ms=50))
     out = _out(r, gid)
     assert [(e, d["seq"]) for _, e, d in out] == [("token", 0), ("token", 1), ("done", 2)]
-    assert r.hget(keys.gen_meta(gid), "text") == "a c "
+    assert streams.load_text(r, gid) == "a c "
 
 
 def test_many_generations_are_read_in_one_blocking_call_each_in_order(r: redis.Redis, settings: Settings) -> None:
@@ -100,7 +101,7 @@ def test_many_generations_are_read_in_one_blocking_call_each_in_order(r: redis.R
         _write_tokens(r, gid, [f"{i}-{n} " for n in range(10)])
     wait_for(lambda: all(_finished(r, g)() for g in gids), step=lambda: worker.run_once(block_ms=50))
     for i, gid in enumerate(gids):
-        assert r.hget(keys.gen_meta(gid), "text") == "".join(f"{i}-{n} " for n in range(10))
+        assert streams.load_text(r, gid) == "".join(f"{i}-{n} " for n in range(10))
 
 
 def test_a_dead_consumers_generation_is_taken_over_from_the_first_unacknowledged_entry(
@@ -113,7 +114,7 @@ def test_a_dead_consumers_generation_is_taken_over_from_the_first_unacknowledged
     a = _worker(r, settings.model_copy(update={"consumer_batch": 3}), name="consumer-a")
     a.run_once(block_ms=50)  # adopts
     a.run_once(block_ms=50)  # processes w0..w2
-    assert r.hget(keys.gen_meta(gid), "text") == "w0 w1 w2 "
+    assert streams.load_text(r, gid) == "w0 w1 w2 "
     r.xreadgroup(settings.redis_consumer_group, "consumer-a", {keys.gen_raw(gid): ">"}, count=4)
     # When consumer B runs past the claim idle time
     b = _worker(r, settings, name="consumer-b")

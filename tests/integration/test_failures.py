@@ -8,7 +8,7 @@ import orjson
 import pytest
 import redis
 
-from bridge import keys
+from bridge import keys, streams
 from bridge.events import Event
 from bridge.producer import GenerationWriter, WriteResult
 from bridge.settings import Settings
@@ -96,7 +96,7 @@ def test_an_entry_that_fails_once_is_retried_and_passes(r: redis.Redis, settings
     _write(r, gid, ["a ", "b ", "c "])
     worker = ConsumerWorker(r, settings, [Flaky(), *default_processors(r)])
     wait_for(lambda: _status(r, gid) == "completed", step=lambda: worker.run_once(block_ms=20))
-    assert r.hget(keys.gen_meta(gid), "text") == "a b c "
+    assert streams.load_text(r, gid) == "a b c "
     assert [d["seq"] for _, d in _out_events(r, gid)] == [0, 1, 2, 3]
     assert r.xlen(keys.DEAD_LETTERS) == 0
 
@@ -131,7 +131,7 @@ def test_an_attempt_whose_lease_ran_out_is_enqueued_again(r: redis.Redis, settin
     new.write([("token", {"content": "uno ", "ts": 2.0}), ("done", {"finish_reason": "stop", "usage": {}})])
     wait_for(lambda: _status(r, gid) == "completed", step=lambda: worker.run_once(block_ms=20))
     assert [e for e, _ in _out_events(r, gid)] == ["token", "token", "restart", "token", "done"]
-    assert r.hget(keys.gen_meta(gid), "text") == "uno "
+    assert streams.load_text(r, gid) == "uno "
 
 
 def test_a_generation_that_keeps_losing_its_worker_ends_with_worker_lost(r: redis.Redis, settings: Settings) -> None:
@@ -167,7 +167,7 @@ def test_after_a_failed_commit_the_consumer_resyncs_without_loss_or_duplicate(
     worker = ConsumerWorker(r, settings, default_processors(r))
     worker.run_once(block_ms=20)
     _write(r, gid, [f"w{i} " for i in range(6)])
-    original = worker._commit
+    original = worker.flush
     calls = {"n": 0}
 
     def flaky_commit(*args: Any, **kwargs: Any) -> None:
@@ -178,7 +178,7 @@ def test_after_a_failed_commit_the_consumer_resyncs_without_loss_or_duplicate(
         if calls["n"] == 1:
             raise redis.ConnectionError("reply lost")
 
-    monkeypatch.setattr(worker, "_commit", flaky_commit)
+    monkeypatch.setattr(worker, "flush", flaky_commit)
     # When the loop carries on the way run() does after an error
     for _ in range(50):
         try:
@@ -188,5 +188,5 @@ def test_after_a_failed_commit_the_consumer_resyncs_without_loss_or_duplicate(
         if _status(r, gid) == "completed":
             break
     # Then the text is exact and seq has no gap or duplicate
-    assert r.hget(keys.gen_meta(gid), "text") == "".join(f"w{i} " for i in range(6))
+    assert streams.load_text(r, gid) == "".join(f"w{i} " for i in range(6))
     assert [d["seq"] for _, d in _out_events(r, gid)] == list(range(7))
