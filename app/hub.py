@@ -1,10 +1,9 @@
 """The hub: one Redis reader per web process, fanning stream entries out to every client that watches them.
 
-A single thread (a greenlet under gunicorn's gevent worker) runs ``XREAD BLOCK`` over every watched key at
-once and appends what it reads to each subscriber's bounded buffer. Client count never multiplies Redis
-connections. A new key wakes the blocked read at once with ``CLIENT UNBLOCK``. On a Redis Cluster, where one
-read cannot span the slots of many generations, ``bridge.cluster.NotifiedReader`` reads instead, woken by the
-writers' hints: one subscription connection and one pipeline per node, whatever the client count.
+A single thread (a greenlet under gunicorn's gevent worker) reads every watched key that the writers' hints
+name (``bridge.cluster.NotifiedReader``: one subscription connection, and one read, per Redis node, whatever
+the client count) and appends what it reads to each subscriber's bounded buffer. A new key wakes the
+waiting read at once.
 
 Joining without a gap or a duplicate: ``subscribe`` returns the hub's position for the key at the moment
 the subscriber was registered; the subscriber reads ``(its cursor, position]`` itself with ``XRANGE`` and
@@ -78,18 +77,13 @@ class Hub:
 
     def __init__(
         self,
-        reader: redis.Redis | None,
-        commands: redis.Redis,
+        reader: NotifiedReader,
         *,
-        notified: NotifiedReader | None = None,
         block_ms: int = 2000,
         count: int = 1000,
         queue_size: int = 1024,
     ) -> None:
-        # ``reader`` must be a single-connection client: its connection id is what CLIENT UNBLOCK targets.
         self.reader = reader
-        self.notified = notified
-        self.commands = commands
         self.block_ms = block_ms
         self.count = count
         self.queue_size = queue_size
@@ -97,8 +91,6 @@ class Hub:
         self._subscribers: dict[str, set[Subscription]] = {}
         self._lock = threading.Lock()
         self._changed = threading.Event()
-        self._blocked = False
-        self._reader_id: int | None = None
         self._thread: threading.Thread | None = None
         self._stopping = threading.Event()
         self.healthy = True
@@ -174,28 +166,10 @@ class Hub:
             sub.wake()
         if self._thread is not None:
             self._thread.join(timeout_s)
-        if self.reader is not None:
-            self.reader.close()
-        if self.notified is not None:
-            self.notified.close()
+        self.reader.close()
 
     def _interrupt(self) -> None:
-        if self.notified is not None:
-            self.notified.wake()
-            return
-        # CLIENT UNBLOCK answers 0 when the read has not reached Redis yet (it was sent an instant ago, on
-        # another connection): try again briefly rather than leave the new key waiting for the block time.
-        for _ in range(50):
-            reader_id = self._reader_id
-            if not self._blocked or reader_id is None:
-                return
-            try:
-                if self.commands.client_unblock(reader_id):
-                    return
-            except redis.RedisError as exc:
-                logger.debug("Could not wake the hub reader: %s", exc)
-                return
-            time.sleep(0.002)
+        self.reader.wake()
 
     def _run(self) -> None:
         backoff_s = 0.1
@@ -207,7 +181,6 @@ class Hub:
             except (redis.ConnectionError, redis.TimeoutError, redis.ResponseError) as exc:
                 self.healthy = False
                 self.last_error = str(exc)
-                self._reader_id = None
                 logger.warning("Hub read failed (%s); retrying in %.1fs.", exc, backoff_s)
                 self._stopping.wait(backoff_s)
                 backoff_s = min(backoff_s * 2, 5.0)
@@ -224,24 +197,9 @@ class Hub:
         if not streams:
             self._changed.wait(1.0)
             return
-        if self.notified is not None:
-            reply: Any = self.notified.read(streams, count=self.count, block_ms=self.block_ms, interrupt=self._changed)
-        else:
-            reply = self._blocking_read(streams)
+        reply = self.reader.read(streams, count=self.count, block_ms=self.block_ms, interrupt=self._changed)
         self.last_read_at = time.time()
         self._deliver(streams, reply)
-
-    def _blocking_read(self, streams: dict[str, str]) -> Any:
-        assert self.reader is not None
-        if self._reader_id is None:
-            self._reader_id = int(self.reader.client_id())
-        self._blocked = True
-        try:
-            if self._changed.is_set():
-                return None  # a key was added while we took the snapshot: read again with it
-            return self.reader.xread(streams, count=self.count, block=self.block_ms)  # type: ignore[arg-type]
-        finally:
-            self._blocked = False
 
     def _deliver(self, streams: dict[str, str], reply: Any) -> None:
         for key, entries in reply or []:

@@ -29,21 +29,8 @@ class Services:
     @classmethod
     def build(cls, settings: Settings) -> Services:
         commands = redis_client(settings, max_connections=64, client_name="tokenbridge-web")
-        reader = notified = None
-        if settings.redis_cluster:
-            notified = NotifiedReader(commands, sweep_s=settings.hub_block_ms / 1000)
-        else:
-            reader = redis_client(
-                settings,
-                socket_timeout_s=settings.hub_block_ms / 1000 + 10,
-                max_connections=1,
-                single_connection=True,
-                client_name="tokenbridge-web-hub",
-            )
         hub = Hub(
-            reader,
-            commands,
-            notified=notified,
+            NotifiedReader(commands, sweep_s=settings.hub_block_ms / 1000),
             block_ms=settings.hub_block_ms,
             count=settings.hub_read_count,
             queue_size=settings.client_queue_size,

@@ -1,15 +1,17 @@
-"""Reading many streams at once on a Redis Cluster.
+"""Reading many streams at once, woken by hints: on a single Redis and on a Redis Cluster.
 
-On a single Redis, one ``XREAD BLOCK`` (or ``XREADGROUP BLOCK``) waits on every watched key at once. A
-cluster refuses that: the keys of one command must share a slot, and each generation has its own. So every
-write to a stream also publishes the stream's key as a pub/sub channel, from a script that runs on the node
-holding the key (``bridge.scripts``), and a reader here:
+One ``XREAD BLOCK`` over every watched key would cost, at every read, the number of keys watched (packing
+them, and Redis registering and unregistering each one), however little came back: at a few hundred
+streams that is most of a web process's CPU. A cluster refuses it anyway: the keys of one command must share
+a slot, and each generation has its own. So every write to a stream also publishes the stream's key as a
+pub/sub channel, from a script that runs on the node holding the key (``bridge.scripts``), and a reader here:
 
 1. subscribes to the channel of each key it watches on the node that holds the key, before reading it:
    the hint reaches it straight from that node. (A PUBLISH also travels to every other node over the
    cluster bus, whose links delay a burst of small messages by some 40 ms: listening there would be slower.)
 2. waits for a hint on any of its subscription connections (or its block time), and
-3. reads the hinted keys without blocking, in one pipeline per node.
+3. reads the hinted keys without blocking: in one command on a single Redis, in one pipeline per node on a
+   cluster.
 
 A hint is only a wake-up: what is read is always the stream itself, from the reader's own position, so a
 lost hint delays entries and never loses one. Newly watched keys are read at once, and every key is read
@@ -48,7 +50,8 @@ class NotifiedReader:
     """``XREAD``/``XREADGROUP`` over keys of any slots, woken by the writers' hints. One thread uses it."""
 
     def __init__(self, client: Any, *, sweep_s: float = 5.0) -> None:
-        self.client = client  # a RedisCluster
+        self.client = client  # a Redis or a RedisCluster
+        self.cluster = isinstance(client, redis.RedisCluster)
         self.sweep_s = sweep_s
         # One subscription connection per node that holds watched keys; each key's channel on its node.
         self._pubsubs: dict[str, PubSub] = {}
@@ -159,6 +162,8 @@ class NotifiedReader:
         trip each) to find their slots, which are known here. A key whose slot moved meanwhile answers
         ``MOVED``: the slot map is refreshed and the key read again at the next turn.
         """
+        if not self.cluster:
+            return self._read_together(due, streams, count, group)
         results: dict[str, Any] = {}
         for node, node_keys in by_node(self.client, due):
             pipe = node.pipeline(transaction=False)
@@ -172,11 +177,27 @@ class NotifiedReader:
             self._rehome()
         return results
 
+    def _read_together(
+        self, due: list[str], streams: dict[str, str], count: int, group: tuple[str, str] | None
+    ) -> dict[str, Any]:
+        """A single Redis: every due key in one command, its reply split per key as ``_read_keys`` gives it."""
+        positions = {key: streams[key] for key in due}
+        if group is None:
+            reply = self.client.xread(positions, count=count)
+        else:
+            reply = self.client.xreadgroup(group[0], group[1], positions, count=count)
+        results: dict[str, Any] = {key: [] for key in due}
+        for key, entries in reply or []:
+            results[key] = [(key, entries)]
+        return results
+
     def _rehome(self) -> None:
         """Drop the subscriptions of keys that another node holds now (after a resharding or a failover).
 
         The next read subscribes them again on their new node (and reads them at once).
         """
+        if not self.cluster:
+            return
         for key, node in list(self._subscribed.items()):
             if _node_name(self.client, key) != node:
                 logger.info("Stream %s moved away from %s; listening for its hints on its new node.", key, node)
@@ -196,7 +217,11 @@ class NotifiedReader:
         for node, node_keys in new.items():
             pubsub = self._pubsubs.get(node)
             if pubsub is None:
-                connection = self.client.get_redis_connection(self.client.get_node(node_name=node))
+                connection = (
+                    self.client.get_redis_connection(self.client.get_node(node_name=node))
+                    if self.cluster
+                    else self.client
+                )
                 # Confirmations are returned too (and skipped in ``_drain``): an ignored one reads as None, the
                 # same as "nothing more", which must mean that the parser holds nothing the selector cannot see.
                 pubsub = self._pubsubs[node] = connection.pubsub(ignore_subscribe_messages=False)
@@ -254,7 +279,9 @@ def _close_sockets(*sockets: socket.socket) -> None:
 
 
 def _node_name(client: Any, key: str) -> str:
-    name: str = client.get_node_from_key(key).name
+    if not isinstance(client, redis.RedisCluster):
+        return ""
+    name: str = client.get_node_from_key(key).name  # type: ignore[no-untyped-call]
     return name
 
 

@@ -66,6 +66,7 @@ def create_generation(
     pipe.xgroup_create(keys.gen_raw(generation_id), group, id="0", mkstream=True)
     if not cluster:
         pipe.xadd(work, {"generation_id": generation_id})
+        pipe.publish(work, "")  # the consumers' hint
         pipe.xadd(keys.session_index(session_id), {"generation_id": generation_id})
         pipe.pexpire(keys.session_index(session_id), retention_ms * 2)
         pipe.execute()

@@ -1,10 +1,10 @@
 """The consumer worker: takes generations from ``llm:work``, runs the processor chain, commits to ``:out``.
 
-One blocking ``XREADGROUP`` covers the work stream (its shards) and the raw stream of every generation this
-worker owns; on a Redis Cluster, where one command cannot span slots, ``bridge.cluster.NotifiedReader`` does
-that read instead. Each batch of a generation is committed in one transaction: ``XADD :out`` with the raw
-entry's id, ``XACK :raw``, and the ``:meta`` fields the batch changed. A work entry stays pending while its generation
-runs; re-reading our own pending entries keeps them fresh, so only a dead worker's go idle and are taken
+One read (``bridge.cluster.NotifiedReader``: ``XREADGROUP`` of the keys the writers' hints name) covers the
+work stream (its shards) and the raw stream of every generation this worker owns. What a read brings is
+processed, then committed in one round trip: each generation's batch one atomic script (``XADD :out`` with the
+raw entry's id, ``XACK :raw``, the ``:meta`` fields the batch changed). A work entry stays pending while its
+generation runs; re-reading our own pending entries keeps them fresh, so only a dead worker's go idle and are taken
 over with ``XAUTOCLAIM`` by another, which continues from the first unacknowledged raw entry.
 
 The worker also supervises the generations it owns: an attempt whose lease ran out (its Celery worker
@@ -80,8 +80,8 @@ class ConsumerWorker:
         self.alerter = Alerter(client, settings, self.name)
         self.work_streams = keys.work_streams(settings.work_shard_count)
         self.cluster = is_cluster(client)
-        # On a cluster: many reads woken by hints, instead of one blocking read.
-        self.notified = NotifiedReader(client, sweep_s=settings.consumer_block_ms / 1000) if self.cluster else None
+        # Reads woken by the writers' hints: a read costs what it brings back, not the generations owned.
+        self.reader = NotifiedReader(client, sweep_s=settings.consumer_block_ms / 1000)
 
     # -- lifecycle ---------------------------------------------------------------------------------
 
@@ -114,8 +114,7 @@ class ConsumerWorker:
                 self._stopping.wait(backoff_s)
                 backoff_s = min(backoff_s * 2, 5.0)
         self._leave()
-        if self.notified is not None:
-            self.notified.close()
+        self.reader.close()
         logger.info("Consumer %s stopped.", self.name)
 
     def _leave(self) -> None:
@@ -181,10 +180,8 @@ class ConsumerWorker:
         return processed
 
     def _read(self, streams: dict[str, str], block_ms: int) -> Any:
-        count = self.settings.consumer_batch
-        if self.notified is not None:
-            return self.notified.read(streams, count=count, block_ms=block_ms, group=(self.group, self.name))
-        return self.client.xreadgroup(self.group, self.name, streams, count=count, block=block_ms)  # type: ignore[arg-type]
+        group = (self.group, self.name)
+        return self.reader.read(streams, count=self.settings.consumer_batch, block_ms=block_ms, group=group)
 
     def _streams_to_read(self, block_ms: int) -> tuple[dict[str, str], int]:
         """New entries for most generations; our own pending ones (id 0) for those that must retry."""

@@ -151,7 +151,7 @@ def test_a_batch_committed_again_is_copied_to_the_session_once(rc: redis.Redis, 
 def test_the_hub_follows_streams_of_every_node(rc: redis.Redis, redis_cluster: EmbeddedCluster) -> None:
     # Given a hub on the cluster, and two generations on different nodes being written with hints
     commands = redis.RedisCluster.from_url(redis_cluster.url, decode_responses=True)
-    hub = Hub(None, commands, notified=NotifiedReader(commands, sweep_s=30), block_ms=30_000)  # type: ignore[arg-type]
+    hub = Hub(NotifiedReader(commands, sweep_s=30), block_ms=30_000)
     outs = ["llm:gen:{ha}:out", "llm:gen:{hz}:out"]
     assert _node_of(rc, outs[0]) != _node_of(rc, outs[1])
 
