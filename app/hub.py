@@ -18,6 +18,7 @@ import time
 from collections import deque
 from typing import Any
 
+import orjson
 import redis
 
 from app import metrics
@@ -202,6 +203,7 @@ class Hub:
         self._deliver(streams, reply)
 
     def _deliver(self, streams: dict[str, str], reply: Any) -> None:
+        now = time.time()
         for key, entries in reply or []:
             if not entries:
                 continue
@@ -213,3 +215,13 @@ class Hub:
                 self._positions[key] = events[-1].id
                 for sub in self._subscribers[key]:
                     sub.push(events)
+            _observe_latency(events, now)
+
+
+def _observe_latency(events: list[ClientEvent], now: float) -> None:
+    """Producer → hub delay of live tokens, once per entry (not per client; replays never reach the hub)."""
+    for event in events:
+        if event.event == "token":
+            ts = orjson.loads(event.data).get("ts")
+            if isinstance(ts, int | float):
+                metrics.DELIVERY_LATENCY.observe(max(0.0, now - ts))

@@ -17,8 +17,7 @@ RESUMES = Counter("tokenbridge_resumes_total", "Streams opened with a Last-Event
 GENERATIONS_CREATED = Counter("tokenbridge_generations_created_total", "Generations submitted", ["model"])
 DELIVERY_LATENCY = Histogram(
     "tokenbridge_delivery_latency_seconds",
-    "From the producer's timestamp of a token to its write to a client socket",
-    ["transport"],
+    "From the producer's timestamp of a live token to the hub's read of it, once per token (not per client)",
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.015, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
 )
 HUB_KEYS = Gauge("tokenbridge_hub_watched_keys", "Stream keys the hubs watch", multiprocess_mode="livesum")

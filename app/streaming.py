@@ -22,14 +22,92 @@ def first_event(client: redis.Redis, key: str) -> ClientEvent | None:
     return events[0] if events else None
 
 
-def _catch_up(client: redis.Redis, key: str, after_id: str, until_id: str | None) -> Iterator[ClientEvent]:
+def _catch_up(client: redis.Redis, key: str, after_id: str, until_id: str | None) -> Iterator[list[ClientEvent]]:
     last = after_id
     while True:
         events = read_events(client, key, last, CATCH_UP_BATCH, until_id=until_id)
-        yield from events
+        if events:
+            yield events
         if len(events) < CATCH_UP_BATCH:
             return
         last = events[-1].id
+
+
+def _until_terminal(events: list[ClientEvent]) -> tuple[list[ClientEvent], bool]:
+    """``events`` up to and with the first terminal one, and whether there was one."""
+    for index, event in enumerate(events):
+        if event.terminal:
+            return events[: index + 1], True
+    return events, False
+
+
+def follow_batches(
+    hub: Hub,
+    client: redis.Redis,
+    key: str,
+    after_id: str,
+    *,
+    keepalive_s: float,
+    max_duration_s: float,
+    stop_at_terminal: bool = True,
+    on_gap: GapHandler | None = None,
+) -> Iterator[list[ClientEvent] | None]:
+    """Every event of ``key`` after ``after_id``, in order, without a gap or a duplicate, in batches.
+
+    A batch is what one wake-up brought (a page of catch-up, or what the hub delivered since the last one),
+    so that a client gets one socket write per batch. Yields None when ``keepalive_s`` passes without an
+    event. Ends after a terminal event (when ``stop_at_terminal``) or after ``max_duration_s``, when the
+    client is expected to resume. When the cursor is older than the oldest entry still kept, ``on_gap`` may
+    answer with an event that replaces what was trimmed (a ``reset``); reading continues after that event's id.
+    """
+    deadline = time.monotonic() + max_duration_s
+    last = after_id
+    while True:
+        if on_gap is not None and last != "0":
+            oldest = first_event(client, key)
+            if oldest is not None and id_after(oldest.id, last):
+                reset = on_gap(last, oldest)
+                if reset is not None:
+                    yield [reset]
+                    last = reset.id
+        for events in _catch_up(client, key, last, None):
+            events, ended = _until_terminal(events) if stop_at_terminal else (events, False)
+            yield events
+            last = events[-1].id
+            if ended:
+                return
+        sub, position = hub.subscribe(key, last)
+        try:
+            if id_after(position, last):
+                for events in _catch_up(client, key, last, position):
+                    events, ended = _until_terminal(events) if stop_at_terminal else (events, False)
+                    yield events
+                    last = events[-1].id
+                    if ended:
+                        return
+            while not sub.overflowed:
+                if sub.closed:
+                    return
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return
+                drained = sub.drain(min(keepalive_s, remaining))
+                if drained is None:
+                    yield None
+                    continue
+                fresh = [event for event in drained if id_after(event.id, last)]
+                if not fresh:
+                    continue
+                fresh, ended = _until_terminal(fresh) if stop_at_terminal else (fresh, False)
+                yield fresh
+                last = fresh[-1].id
+                if ended:
+                    return
+        finally:
+            hub.unsubscribe(sub)
+        # Overflowed: this client fell behind the hub; read what it missed from Redis and rejoin.
+        hub.resyncs += 1
+        metrics.HUB_RESYNCS.inc()
 
 
 def follow(
@@ -43,57 +121,21 @@ def follow(
     stop_at_terminal: bool = True,
     on_gap: GapHandler | None = None,
 ) -> Iterator[ClientEvent | None]:
-    """Every event of ``key`` after ``after_id``, in order, without a gap or a duplicate.
-
-    Yields None when ``keepalive_s`` passes without an event. Ends after a terminal event (when
-    ``stop_at_terminal``) or after ``max_duration_s``, when the client is expected to resume. When the
-    cursor is older than the oldest entry still kept, ``on_gap`` may answer with an event that replaces what
-    was trimmed (a ``reset``); reading continues after that event's id.
-    """
-    deadline = time.monotonic() + max_duration_s
-    last = after_id
-    while True:
-        if on_gap is not None and last != "0":
-            oldest = first_event(client, key)
-            if oldest is not None and id_after(oldest.id, last):
-                reset = on_gap(last, oldest)
-                if reset is not None:
-                    yield reset
-                    last = reset.id
-        for event in _catch_up(client, key, last, None):
-            yield event
-            last = event.id
-            if stop_at_terminal and event.terminal:
-                return
-        sub, position = hub.subscribe(key, last)
-        try:
-            if id_after(position, last):
-                for event in _catch_up(client, key, last, position):
-                    yield event
-                    last = event.id
-                    if stop_at_terminal and event.terminal:
-                        return
-            while not sub.overflowed:
-                if sub.closed:
-                    return
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    return
-                events = sub.drain(min(keepalive_s, remaining))
-                if events is None:
-                    yield None
-                    continue
-                for event in events:
-                    if id_after(event.id, last):
-                        yield event
-                        last = event.id
-                        if stop_at_terminal and event.terminal:
-                            return
-        finally:
-            hub.unsubscribe(sub)
-        # Overflowed: this client fell behind the hub; read what it missed from Redis and rejoin.
-        hub.resyncs += 1
-        metrics.HUB_RESYNCS.inc()
+    """``follow_batches`` one event at a time (None for a keep-alive)."""
+    for batch in follow_batches(
+        hub,
+        client,
+        key,
+        after_id,
+        keepalive_s=keepalive_s,
+        max_duration_s=max_duration_s,
+        stop_at_terminal=stop_at_terminal,
+        on_gap=on_gap,
+    ):
+        if batch is None:
+            yield None
+        else:
+            yield from batch
 
 
 def sse_frame(event: ClientEvent) -> str:
