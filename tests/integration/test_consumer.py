@@ -7,9 +7,10 @@ from collections.abc import Callable
 from typing import Any
 
 import orjson
+import pytest
 import redis
 
-from bridge import keys, streams
+from bridge import keys, scripts, streams
 from bridge.events import Event
 from bridge.producer import GenerationWriter
 from bridge.settings import Settings
@@ -178,3 +179,29 @@ def test_a_consumer_that_stops_hands_its_generations_over_at_once(r: redis.Redis
     b = _worker(r, settings, name="consumer-b")
     b.run_once(block_ms=20)
     assert gid in b.owned
+
+
+def test_every_generation_of_one_read_is_committed_in_one_round_trip(
+    r: redis.Redis, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a consumer that owns 20 running generations, each with three new tokens waiting
+    gids = [new_generation(r, settings, f"gen_{i}") for i in range(20)]
+    worker = _worker(r, settings)
+    wait_for(lambda: len(worker.owned) == 20, step=lambda: worker.run_once(block_ms=50))
+    for gid in gids:
+        _write_tokens(r, gid, ["a ", "b ", "c "], finish=False)
+    batches: list[int] = []
+    original = scripts.run_batch
+
+    def counting(client: redis.Redis, calls: list[scripts.Call], **kw: Any) -> list[Any]:
+        if calls and calls[0].source == scripts.COMMIT:
+            batches.append(len(calls))
+        return original(client, calls, **kw)
+
+    monkeypatch.setattr(scripts, "run_batch", counting)
+    # When it reads them all at once
+    wait_for(lambda: all(streams.load_text(r, gid) == "a b c " for gid in gids), step=lambda: worker.run_once())
+    # Then all 60 tokens went out in as many commits as reads, not one per generation
+    assert sum(batches) == 20
+    assert len(batches) < 5
+    assert all([d["seq"] for *_, d in _out(r, gid)] == [0, 1, 2] for gid in gids)

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import threading
+import time
+
+import orjson
 import redis
 
 from bridge import keys, streams
-from bridge.producer import Claim, GenerationWriter, WriteResult
+from bridge.producer import Claim, GenerationWriter, WriteBatcher, WriteResult
 from bridge.settings import Settings
 from tests.integration.helpers import new_generation
 
@@ -85,3 +89,64 @@ def test_cancelling_a_running_generation_is_seen_by_its_next_write(r: redis.Redi
     assert writer.heartbeat() is WriteResult.CANCELLED
     assert _raw_types(r, "gen_1") == [("cancelled", "1")]
     assert writer.write([("token", {"content": "x", "ts": 1.0})]) is WriteResult.FENCED
+
+
+def test_the_writes_of_many_generations_share_round_trips_and_stay_exact(r: redis.Redis, settings: Settings) -> None:
+    # Given 40 generations of one worker process writing 25 tokens each at once, through one batcher
+    batcher = WriteBatcher(r)
+    gids = [new_generation(r, settings, f"gen_{i}") for i in range(40)]
+    writers = [GenerationWriter(r, gid, lease_ms=5000, max_length=1000, batcher=batcher) for gid in gids]
+    for writer in writers:
+        assert writer.claim() == 1
+
+    def produce(writer: GenerationWriter) -> None:
+        for n in range(25):
+            assert writer.write([("token", {"content": f"{n} ", "ts": 1.0})]) is WriteResult.WRITTEN
+        assert writer.write([("done", {"finish_reason": "stop"})]) is WriteResult.WRITTEN
+
+    threads = [threading.Thread(target=produce, args=(w,)) for w in writers]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    batcher.close()
+    # Then every generation's raw stream holds its own tokens in order, once, and its end
+    for gid in gids:
+        entries = [f for _, f in r.xrange(keys.gen_raw(gid))]
+        assert [orjson.loads(f["data"]).get("content") for f in entries[:-1]] == [f"{n} " for n in range(25)]
+        assert entries[-1]["type"] == "done"
+    # And the 1,040 writes took far fewer round trips
+    assert batcher.calls == 40 * 26
+    assert batcher.flushes < batcher.calls / 2
+
+
+def test_a_stale_attempt_stays_fenced_through_the_batcher(r: redis.Redis, settings: Settings) -> None:
+    # Given an attempt whose lease ran out and a second attempt that took over
+    gid = new_generation(r, settings, "gen_1")
+    batcher = WriteBatcher(r)
+    stale = GenerationWriter(r, gid, lease_ms=5000, max_length=1000, batcher=batcher)
+    assert stale.claim() == 1
+    r.delete(keys.gen_lease(gid))
+    live = GenerationWriter(r, gid, lease_ms=5000, max_length=1000, batcher=batcher)
+    assert live.claim() == 2
+    # When both write through the same batcher
+    assert stale.write([("token", {"content": "old", "ts": 1.0})]) is WriteResult.FENCED
+    assert live.write([("token", {"content": "new", "ts": 1.0})]) is WriteResult.WRITTEN
+    batcher.close()
+    # Then only the live attempt's token is there
+    assert [(t, a) for t, a in _raw_types(r, gid) if t == "token"] == [("token", "2")]
+
+
+def test_the_lease_is_renewed_on_a_timer_not_by_every_write(r: redis.Redis, settings: Settings) -> None:
+    # Given a writer with a 3 s lease that has just claimed
+    gid = new_generation(r, settings, "gen_1")
+    writer = _writer(r, gid, lease_ms=3000)
+    assert writer.claim() == 1
+    r.pexpire(keys.gen_lease(gid), 100_000)  # a marker: a renewal sets the lease time back to 3 s
+    # When it writes at once, then again after a third of the lease
+    writer.write([("token", {"content": "a", "ts": 1.0})])
+    assert int(r.pttl(keys.gen_lease(gid))) > 3000
+    time.sleep(1.05)
+    writer.write([("token", {"content": "b", "ts": 1.0})])
+    # Then only the second write renewed it
+    assert 0 < int(r.pttl(keys.gen_lease(gid))) <= 3000
