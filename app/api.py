@@ -13,6 +13,7 @@ import orjson
 import redis
 from flask import Blueprint, Response, g, jsonify, request
 from simple_websocket import ConnectionClosed
+from wsproto.events import TextMessage
 
 from app import metrics
 from app.errors import ApiError
@@ -20,7 +21,7 @@ from app.extensions import sock
 from app.hub import id_after
 from app.inputs import authenticate, checked_id, json_body, load_meta, read_cursor
 from app.services import Services, services
-from app.streaming import KEEPALIVE_FRAME, GapHandler, follow, follow_batches, sse_frame, ws_frame
+from app.streaming import KEEPALIVE_FRAME, GapHandler, follow_batches, sse_frame, ws_frame
 from app.submit import submit_generation
 from bridge import keys, streams
 from bridge.events import ClientEvent, EventType
@@ -160,6 +161,15 @@ def _bound_writes(sock: Any, timeout_s: float) -> None:
         logger.debug("Could not bound writes on the client socket: %s", exc)
 
 
+def _send_frames(ws: Any, texts: tuple[str, ...]) -> None:
+    """Several text messages in one socket write (``ws.send`` writes each message on its own)."""
+    if len(texts) == 1:
+        ws.send(texts[0])
+        return
+    data = b"".join(ws.ws.send(TextMessage(data=text)) for text in texts)
+    ws.sock.sendall(data)
+
+
 # -- routes ----------------------------------------------------------------------------------------
 
 
@@ -223,9 +233,9 @@ def generation_ws(ws: Any, generation_id: str) -> None:
     reset = _generation_reset(generation_id)
     send_lock = threading.Lock()
 
-    def send(text: str) -> None:
+    def send(*texts: str) -> None:
         with send_lock:
-            ws.send(text)
+            _send_frames(ws, texts)
 
     def receive() -> None:
         while True:
@@ -257,7 +267,7 @@ def generation_ws(ws: Any, generation_id: str) -> None:
     open_streams = metrics.OPEN_STREAMS.labels("ws")
     open_streams.inc()
     try:
-        for event in follow(
+        for batch in follow_batches(
             s.hub,
             s.redis,
             key,
@@ -268,11 +278,11 @@ def generation_ws(ws: Any, generation_id: str) -> None:
         ):
             if not ws.connected:
                 return
-            if event is None:
+            if batch is None:
                 continue
-            send(ws_frame(event))
-            sent.inc()
-            if event.terminal:
+            send(*map(ws_frame, batch))
+            sent.inc(len(batch))
+            if batch[-1].terminal:
                 with send_lock:
                     ws.close(reason=1000, message="finished")
                 return

@@ -98,9 +98,11 @@ def _measured_load(
     tokens: int,
     cpu_pids: dict[str, int],
     profile: tuple[dict[str, int], Path] | None = None,
+    redis_client: redis.Redis | None = None,
 ) -> dict[str, Any]:
     """One load step, with the CPU each process spent per delivered token (and a profile when asked)."""
     before = {name: cpu_seconds(pid) for name, pid in cpu_pids.items()}
+    commands_before = _command_stats(redis_client) if redis_client is not None else {}
     profilers = []
     if profile is not None:
         # Sample the middle of the step: streams last tokens / rate seconds after a ramp of about a second.
@@ -122,7 +124,25 @@ def _measured_load(
     per_token = {name: round(seconds * 1e6 / delivered, 1) for name, seconds in cpu.items()}
     per_token["pipeline"] = round(sum(v for k, v in per_token.items() if k != "load client"), 1)
     row["cpu_us_per_token"] = per_token
+    if redis_client is not None:
+        # Where Redis spends its time, per delivered token: the commands (scripts count as EVALSHA).
+        after = _command_stats(redis_client)
+        spent = {
+            name: (stats[0] - commands_before.get(name, (0, 0))[0], stats[1] - commands_before.get(name, (0, 0))[1])
+            for name, stats in after.items()
+        }
+        top = sorted(spent.items(), key=lambda item: -item[1][1])[:8]
+        row["redis_commands_per_token"] = {
+            name: {"calls": round(calls / delivered, 3), "us": round(usec / delivered, 2)}
+            for name, (calls, usec) in top
+        }
     return row
+
+
+def _command_stats(client: redis.Redis) -> dict[str, tuple[int, int]]:
+    """Calls and microseconds of each command since the server started."""
+    stats: dict[str, Any] = client.info("commandstats")
+    return {name.removeprefix("cmdstat_"): (int(v["calls"]), int(v["usec"])) for name, v in stats.items()}
 
 
 def run_ours(
@@ -150,7 +170,7 @@ def run_ours(
         for streams in levels:
             print(f"  tokenbridge: {streams} streams …", flush=True)
             profile = (py_pids, profiles) if streams == profile_at else None
-            row = _measured_load("ours", stack.base_url, API_KEY, streams, rate, tokens, cpu_pids, profile)
+            row = _measured_load("ours", stack.base_url, API_KEY, streams, rate, tokens, cpu_pids, profile, client)
             row["rss_mb"] = {name: round(_rss_mb(p.pid), 1) for name, p in stack.processes.items()}
             row["redis_connections_web"] = _redis_connections(client, "tokenbridge-web")
             rows.append(row)
@@ -305,7 +325,7 @@ def run_baseline(levels: list[int], rate: float, tokens: int) -> list[dict[str, 
         cpu_pids = {"web": web.pid, "redis": server.process.pid}
         for streams in levels:
             print(f"  Flask-SSE: {streams} streams …", flush=True)
-            row = _measured_load("baseline", url, server.url, streams, rate, tokens, cpu_pids)
+            row = _measured_load("baseline", url, server.url, streams, rate, tokens, cpu_pids, None, client)
             row["rss_mb"] = {"web": round(_rss_mb(web.pid), 1)}
             row["redis_connections_web"] = len(client.client_list()) - 1
             rows.append(row)
