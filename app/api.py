@@ -112,7 +112,7 @@ def _event_stream(key: str, cursor: str, *, stop_at_terminal: bool, on_gap: GapH
     s = services()
     if cursor != "0":
         metrics.RESUMES.labels("sse").inc()
-    sent = metrics.EVENTS_SENT.labels("sse")
+    sent = metrics.BufferedCount(metrics.EVENTS_SENT.labels("sse"))
     open_streams = metrics.OPEN_STREAMS.labels("sse")
     _bound_writes(request.environ.get("gunicorn.socket"), s.settings.sse_send_timeout_s)
 
@@ -135,11 +135,12 @@ def _event_stream(key: str, cursor: str, *, stop_at_terminal: bool, on_gap: GapH
                 else:
                     # One socket write for everything this wake-up brought.
                     yield "".join(map(sse_frame, batch))
-                    sent.inc(len(batch))
+                    sent.add(len(batch))
         except redis.RedisError as exc:
             # End the response; the client resumes from its Last-Event-ID once Redis is back.
             logger.warning("Stream %s ended early: %s", key, exc)
         finally:
+            sent.flush()
             open_streams.dec()
 
     return Response(body(), mimetype="text/event-stream", headers=_STREAM_HEADERS)
@@ -263,7 +264,7 @@ def generation_ws(ws: Any, generation_id: str) -> None:
         return
     if cursor != "0":
         metrics.RESUMES.labels("ws").inc()
-    sent = metrics.EVENTS_SENT.labels("ws")
+    sent = metrics.BufferedCount(metrics.EVENTS_SENT.labels("ws"))
     open_streams = metrics.OPEN_STREAMS.labels("ws")
     open_streams.inc()
     try:
@@ -281,7 +282,7 @@ def generation_ws(ws: Any, generation_id: str) -> None:
             if batch is None:
                 continue
             send(*map(ws_frame, batch))
-            sent.inc(len(batch))
+            sent.add(len(batch))
             if batch[-1].terminal:
                 with send_lock:
                     ws.close(reason=1000, message="finished")
@@ -291,4 +292,5 @@ def generation_ws(ws: Any, generation_id: str) -> None:
     except redis.RedisError:
         ws.close(reason=1011, message="store unavailable")
     finally:
+        sent.flush()
         open_streams.dec()

@@ -204,6 +204,7 @@ class Hub:
 
     def _deliver(self, streams: dict[str, str], reply: Any) -> None:
         now = time.time()
+        latencies: list[float] = []
         for key, entries in reply or []:
             if not entries:
                 continue
@@ -215,13 +216,15 @@ class Hub:
                 self._positions[key] = events[-1].id
                 for sub in self._subscribers[key]:
                     sub.push(events)
-            _observe_latency(events, now)
+            _latencies(events, now, latencies)
+        if latencies:
+            metrics.observe_many(metrics.DELIVERY_LATENCY, latencies)
 
 
-def _observe_latency(events: list[ClientEvent], now: float) -> None:
+def _latencies(events: list[ClientEvent], now: float, into: list[float]) -> None:
     """Producer → hub delay of live tokens, once per entry (not per client; replays never reach the hub)."""
     for event in events:
         if event.event == "token":
             ts = orjson.loads(event.data).get("ts")
             if isinstance(ts, int | float):
-                metrics.DELIVERY_LATENCY.observe(max(0.0, now - ts))
+                into.append(max(0.0, now - ts))

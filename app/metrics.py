@@ -6,7 +6,10 @@ Under gunicorn every worker process writes its samples to ``PROMETHEUS_MULTIPROC
 
 from __future__ import annotations
 
+import bisect
 import os
+import time
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
 from prometheus_client.registry import REGISTRY
@@ -26,6 +29,52 @@ HUB_RESYNCS = Counter("tokenbridge_hub_resyncs_total", "Clients that fell behind
 REDIS_UP = Gauge(
     "tokenbridge_redis_up", "1 when Redis answered the last scrape's PING", multiprocess_mode="livemostrecent"
 )
+
+
+def observe_many(histogram: Histogram, values: list[float]) -> None:
+    """``histogram.observe`` for each of ``values``, with one write per bucket touched instead of two per value.
+
+    Under gunicorn every write goes to a shared memory map behind a lock: at one observation per token that
+    was a tenth of a web process's CPU. Falls back to plain ``observe`` where the histogram's layout differs.
+    """
+    bounds = getattr(histogram, "_upper_bounds", None)
+    buckets = getattr(histogram, "_buckets", None)
+    total = getattr(histogram, "_sum", None)
+    if bounds is None or buckets is None or total is None:
+        for value in values:
+            histogram.observe(value)
+        return
+    counts = [0] * len(bounds)
+    for value in values:
+        counts[bisect.bisect_left(bounds, value)] += 1
+    for bucket, count in zip(buckets, counts, strict=True):
+        if count:
+            bucket.inc(count)
+    total.inc(sum(values))
+
+
+class BufferedCount:
+    """Adds to a counter at most once per ``interval_s``, and at ``flush``: one stream's events sent."""
+
+    __slots__ = ("_counter", "_flushed_at", "_interval_s", "_pending")
+
+    def __init__(self, counter: Any, *, interval_s: float = 1.0) -> None:
+        self._counter = counter
+        self._interval_s = interval_s
+        self._pending = 0
+        self._flushed_at = time.monotonic()
+
+    def add(self, count: int) -> None:
+        self._pending += count
+        now = time.monotonic()
+        if now - self._flushed_at >= self._interval_s:
+            self._flushed_at = now
+            self.flush()
+
+    def flush(self) -> None:
+        if self._pending:
+            self._counter.inc(self._pending)
+            self._pending = 0
 
 
 def render() -> bytes:

@@ -9,6 +9,7 @@ from collections.abc import Iterator
 import orjson
 import pytest
 import redis
+from prometheus_client import REGISTRY
 
 from app.hub import Hub
 from app.streaming import follow
@@ -163,3 +164,27 @@ def test_keepalives_are_yielded_while_nothing_happens(hub: Hub, r: redis.Redis) 
     stream = follow(hub, r, "llm:gen:{quiet}:out", "0", keepalive_s=0.05, max_duration_s=0.3)
     items = list(stream)
     assert items and all(item is None for item in items)
+
+
+def test_delivery_latency_is_observed_once_per_live_token_not_per_reader(hub: Hub, r: redis.Redis) -> None:
+    # Given a generation with one token already written (a replay for whoever joins now)
+    key = "llm:gen:{lat}:out"
+    r.xadd(key, {"event": "token", "data": orjson.dumps({"seq": 0, "content": "a", "ts": time.time()}).decode()})
+
+    def observed() -> float:
+        return REGISTRY.get_sample_value("tokenbridge_delivery_latency_seconds_count") or 0.0
+
+    before = observed()
+    readers = [threading.Thread(target=_collect, args=(hub, r, key), daemon=True) for _ in range(3)]
+    for reader in readers:
+        reader.start()
+    wait_for(lambda: hub.subscriber_count == 3)
+    # When two live tokens and the end arrive while three readers follow
+    for seq in (1, 2):
+        r.xadd(key, {"event": "token", "data": orjson.dumps({"seq": seq, "content": "b", "ts": time.time()}).decode()})
+        r.publish(key, "")
+    _append(r, key, "done", 3)
+    for reader in readers:
+        reader.join(5)
+    # Then the histogram counted the two live tokens once each: not the replayed one, not once per reader
+    assert observed() - before == 2
