@@ -10,10 +10,10 @@ costs no round trip of its own, however many generations run.
 from __future__ import annotations
 
 import logging
-import queue
 import random
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from enum import Enum
@@ -70,11 +70,14 @@ class WriteBatcher:
     A writer hands its call over and waits for the result; one flushing thread sends everything handed over
     since its last flush in one pipeline (one per node on a cluster). While a flush is on the wire the next
     one fills up, so batches grow with the load and no write ever waits for a timer.
+
+    A writer waits without a timer of its own (a gevent timer per write cost a worker a sixth of its CPU):
+    every flush ends within the client's socket and pool timeouts, and a flushing thread that dies fails
+    every call it held.
     """
 
-    def __init__(self, client: redis.Redis, *, timeout_s: float = 30.0) -> None:
+    def __init__(self, client: redis.Redis) -> None:
         self.client = client
-        self.timeout_s = timeout_s
         self._pending: list[_Pending] = []
         self._lock = threading.Lock()
         self._ready = threading.Event()
@@ -95,9 +98,7 @@ class WriteBatcher:
                 self._thread = threading.Thread(target=self._flush_loop, name="tokenbridge-writes", daemon=True)
                 self._thread.start()
         self._ready.set()
-        if not pending.done.wait(self.timeout_s):
-            # The batch number makes sending it again safe: a write applied late is recognised.
-            raise redis.TimeoutError(f"write not flushed within {self.timeout_s:g} s")
+        pending.done.wait()  # bounded: see the class's docstring
         if pending.error is not None:
             raise pending.error
         return pending.result
@@ -109,16 +110,29 @@ class WriteBatcher:
         self._ready.set()
 
     def _flush_loop(self) -> None:
-        while True:
-            self._ready.wait()
+        batch: list[_Pending] = []
+        try:
+            while True:
+                self._ready.wait()
+                with self._lock:
+                    batch, self._pending = self._pending, []
+                    self._ready.clear()
+                    if not batch:
+                        if self._closed:
+                            return
+                        continue
+                self._flush(batch)
+                batch = []
+        except BaseException as exc:
+            # Killed (the worker is going away): nobody may wait for a flush that will not come.
             with self._lock:
-                batch, self._pending = self._pending, []
-                self._ready.clear()
-                if not batch:
-                    if self._closed:
-                        return
-                    continue
-            self._flush(batch)
+                orphans, self._pending = batch + self._pending, []
+                self._thread = None  # the next call starts a new one
+            for pending in orphans:
+                if not pending.done.is_set():
+                    pending.error = redis.ConnectionError(f"the write batcher stopped: {exc!r}")
+                    pending.done.set()
+            raise
 
     def _flush(self, batch: list[_Pending]) -> None:
         try:
@@ -317,7 +331,7 @@ def pump(
     writer: GenerationWriter,
     source: TokenSource,
     *,
-    flush_window_s: float = 0.002,
+    flush_window_s: float = 0.0,
     poll_s: float = 0.2,
     idle_timeout_s: float | None = None,
     max_duration_s: float | None = None,
@@ -329,8 +343,14 @@ def pump(
     ``max_duration_s`` with ``max_duration``. If the pump itself is interrupted (the worker shuts down), the
     lease is released so that a new attempt can start at once.
     """
-    inbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
+    inbox: deque[Any] = deque()
+    # Set by the source at each item, and by the ticker every ``poll_s`` (the idle checks' wake-up).
+    wake = threading.Event()
     stop = threading.Event()
+
+    def put(item: Any) -> None:
+        inbox.append(item)
+        wake.set()
 
     def produce() -> None:
         try:
@@ -338,66 +358,124 @@ def pump(
                 if stop.is_set():
                     return
                 if isinstance(chunk, Finish):
-                    inbox.put(chunk)
+                    put(chunk)
                     return
-                inbox.put((time.time(), chunk))
+                put((time.time(), chunk))
             if not stop.is_set():
-                inbox.put(Finish())
+                put(Finish())
         except Exception as exc:
-            inbox.put(_Failure(exc))
+            put(_Failure(exc))
         finally:
-            inbox.put(_END)
+            put(_END)
 
     thread = threading.Thread(target=produce, name=f"source-{writer.generation_id}", daemon=True)
     thread.start()
+    ticker = _Ticker.every(poll_s)
+    ticker.add(wake)
     completion_tokens = 0
-    started = last_item = time.monotonic()
+    started = last_item = last_write = time.monotonic()
     finished = False
     try:
         while True:
-            now = time.monotonic()
-            limit = _limit_reached(now, started, last_item, idle_timeout_s, max_duration_s)
+            limit = _limit_reached(time.monotonic(), started, last_item, idle_timeout_s, max_duration_s)
             if limit is not None:
                 logger.warning("Generation %s: %s.", writer.generation_id, limit[1])
                 result = writer.write([(EventType.ERROR.value, {"code": limit[0], "message": limit[1]})])
                 finished = True
                 return _outcome(result, writer)
-            try:
-                item = inbox.get(timeout=poll_s)
-            except queue.Empty:
+            if not inbox:
+                wake.wait()  # no timer per wait: the ticker sets it every poll_s
+                wake.clear()
+            if not inbox:
+                if time.monotonic() - last_write < poll_s:
+                    continue
+                # Idle: renew the lease when due and look for a cancellation.
                 result = writer.heartbeat()
+                last_write = time.monotonic()
                 if result is not WriteResult.WRITTEN:
                     finished = True
                     return _outcome(result, writer)
                 continue
             last_item = time.monotonic()
-            entries: list[tuple[str, dict[str, Any]]] = []
-            deadline = last_item + flush_window_s
-            while True:
-                if item is _END:
-                    break
-                if isinstance(item, Finish | _Failure):
-                    entries.append(_terminal_entry(item, completion_tokens))
-                    break
-                ts, content = item
-                completion_tokens += 1
-                entries.append((EventType.TOKEN.value, {"content": content, "ts": ts}))
-                remaining = deadline - time.monotonic()
-                try:
-                    item = inbox.get(timeout=remaining) if remaining > 0 else inbox.get_nowait()
-                except queue.Empty:
-                    break
+            if flush_window_s > 0:
+                time.sleep(flush_window_s)  # let the tokens that follow closely join this write
+            entries, completion_tokens = _take(inbox, completion_tokens)
             if entries:
                 result = writer.write(entries)
+                last_write = time.monotonic()
                 if result is not WriteResult.WRITTEN or entries[-1][0] in TERMINAL_EVENTS:
                     finished = True
                     return _outcome(result, writer)
     finally:
         stop.set()
+        ticker.discard(wake)
         if not finished:
             # Interrupted (worker shutdown, Redis gone for longer than the writer retries): hand the generation back.
             writer.release()
         thread.join(join_timeout_s)
+
+
+def _take(inbox: deque[Any], completion_tokens: int) -> tuple[list[tuple[str, dict[str, Any]]], int]:
+    """The entries of everything waiting in ``inbox``, up to the end of the source; and the tokens so far."""
+    entries: list[tuple[str, dict[str, Any]]] = []
+    while inbox:
+        item = inbox.popleft()
+        if item is _END:
+            break
+        if isinstance(item, Finish | _Failure):
+            entries.append(_terminal_entry(item, completion_tokens))
+            break
+        ts, content = item
+        completion_tokens += 1
+        entries.append((EventType.TOKEN.value, {"content": content, "ts": ts}))
+    return entries, completion_tokens
+
+
+class _Ticker:
+    """Sets every registered event every ``interval_s``: one timer for all the pumps of a process.
+
+    A gevent timer armed for every wait (one per token per generation) cost a worker process a sixth of its
+    CPU. The ticker's thread ends when nothing is registered and starts again with the next registration.
+    """
+
+    _by_interval: dict[float, _Ticker] = {}
+    _registry_lock = threading.Lock()
+
+    def __init__(self, interval_s: float) -> None:
+        self.interval_s = interval_s
+        self._events: set[threading.Event] = set()
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+
+    @classmethod
+    def every(cls, interval_s: float) -> _Ticker:
+        with cls._registry_lock:
+            ticker = cls._by_interval.get(interval_s)
+            if ticker is None:
+                ticker = cls._by_interval[interval_s] = cls(interval_s)
+            return ticker
+
+    def add(self, event: threading.Event) -> None:
+        with self._lock:
+            self._events.add(event)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="tokenbridge-ticker", daemon=True)
+                self._thread.start()
+
+    def discard(self, event: threading.Event) -> None:
+        with self._lock:
+            self._events.discard(event)
+
+    def _run(self) -> None:
+        while True:
+            time.sleep(self.interval_s)
+            with self._lock:
+                if not self._events:
+                    self._thread = None
+                    return
+                events = list(self._events)
+            for event in events:
+                event.set()
 
 
 def _limit_reached(

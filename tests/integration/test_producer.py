@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import threading
 import time
+from typing import Any
 
 import orjson
+import pytest
 import redis
 
-from bridge import keys, streams
+from bridge import keys, scripts, streams
 from bridge.producer import Claim, GenerationWriter, WriteBatcher, WriteResult
 from bridge.settings import Settings
 from tests.integration.helpers import new_generation
@@ -150,3 +152,29 @@ def test_the_lease_is_renewed_on_a_timer_not_by_every_write(r: redis.Redis, sett
     writer.write([("token", {"content": "b", "ts": 1.0})])
     # Then only the second write renewed it
     assert 0 < int(r.pttl(keys.gen_lease(gid))) <= 3000
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")  # the thread is meant to die
+def test_a_write_waiting_on_a_flush_that_dies_fails_instead_of_hanging(
+    r: redis.Redis, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a batcher whose flushing thread is killed in the middle of a flush (the worker going away)
+    class Killed(BaseException):
+        pass
+
+    def killed(*args: Any, **kwargs: Any) -> list[Any]:
+        raise Killed()
+
+    gid = new_generation(r, settings, "gen_1")
+    batcher = WriteBatcher(r)
+    writer = GenerationWriter(r, gid, lease_ms=5000, max_length=1000, batcher=batcher, retry_s=0)
+    assert writer.claim() == 1
+    monkeypatch.setattr(scripts, "run_batch", killed)
+    # When a token is written through it
+    # Then the write fails as a lost connection would, at once
+    with pytest.raises(redis.ConnectionError, match="batcher stopped"):
+        writer.write([("token", {"content": "a", "ts": 1.0})])
+    # And the next write, once Redis answers again, goes through a new flushing thread
+    monkeypatch.undo()
+    assert writer.write([("token", {"content": "a", "ts": 1.0})]) is WriteResult.WRITTEN
+    batcher.close()
