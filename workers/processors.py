@@ -188,8 +188,13 @@ class Chain:
 
     def __init__(self, processors: list[Processor]) -> None:
         self.processors = processors
-        # Each processor's histogram child, looked up once rather than for every event.
-        self._seconds = [metrics.PROCESSOR_SECONDS.labels(p.name) for p in processors]
+        # The processors that look at events (those that only start or finish are not called per event),
+        # each with its histogram child, looked up once rather than for every event.
+        self._per_event = [
+            (p, metrics.PROCESSOR_SECONDS.labels(p.name))
+            for p in processors
+            if type(p).process is not Processor.process
+        ]
 
     def start(self, gen: GenerationState) -> None:
         for processor in self.processors:
@@ -200,7 +205,7 @@ class Chain:
 
     def process(self, gen: GenerationState, event: Event) -> Event | None:
         current = event
-        for processor, seconds in zip(self.processors, self._seconds, strict=True):
+        for processor, seconds in self._per_event:
             started = time.perf_counter()
             try:
                 result = processor.process(gen, current)

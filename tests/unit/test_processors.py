@@ -3,6 +3,7 @@ from __future__ import annotations
 import logging
 
 import pytest
+from prometheus_client import REGISTRY
 
 from bridge.events import Event
 from workers.processors import Chain, GenerationState, LoggingProcessor, PersistenceProcessor, Processor
@@ -88,3 +89,21 @@ def test_logging_writes_one_summary_line_per_generation(caplog: pytest.LogCaptur
     assert record.generation_id == "gen_a"  # type: ignore[attr-defined]
     assert record.tokens == 7  # type: ignore[attr-defined]
     assert record.ttft_ms == pytest.approx(500.0)  # type: ignore[attr-defined]
+
+
+def test_processors_that_only_start_or_finish_cost_nothing_per_event() -> None:
+    class Summary(Processor):
+        name = "summary-only"
+
+        def finish(self, gen: GenerationState, event: Event) -> None:
+            pass
+
+    def timed(name: str) -> float:
+        return REGISTRY.get_sample_value("tokenbridge_processor_seconds_count", {"processor": name}) or 0.0
+
+    chain = Chain([Summary(), Upper()])
+    before_summary, before_upper = timed("summary-only"), timed(Upper.name)
+    for i in range(3):
+        chain.process(_gen(), _token("x", i))
+    assert timed("summary-only") == before_summary
+    assert timed(Upper.name) == before_upper + 3
