@@ -259,12 +259,6 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) 
 return 0
 """
 
-# Tells readers on a cluster that a stream has new entries (inside a transaction, where PUBLISH itself
-# cannot go on a cluster).  KEYS: stream
-HINT = """
-return redis.call('PUBLISH', KEYS[1], '')
-"""
-
 # Copies a batch of one generation's client events to its session stream, once: a batch committed again
 # (after a takeover) skips the events whose ``seq`` was copied already. Used where the copy cannot share a
 # transaction with the generation's commit (Redis Cluster: the session is another slot).

@@ -11,8 +11,8 @@ import redis
 
 from app.hub import Hub
 from app.streaming import follow
-from bridge import keys, scripts, streams
-from bridge.cluster import NotifiedReader
+from bridge import keys, streams
+from bridge.cluster import NotifiedReader, node_client
 from bridge.connections import close
 from bridge.embedded import EmbeddedCluster
 from bridge.events import Event
@@ -260,7 +260,7 @@ def test_a_watched_stream_whose_slot_moves_keeps_streaming(rc: redis.Redis, redi
 
     def write(n: int) -> None:
         rc.xadd(key, {"n": str(n)})
-        scripts.run(rc, scripts.HINT, [key], [])
+        node_client(rc, key).publish(key, "")  # the hint, from the key's node
 
     write(1)
     # Then the reader gets the entry (its next sweep meets MOVED and re-reads the slot map)
