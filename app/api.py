@@ -21,7 +21,7 @@ from app.extensions import sock
 from app.hub import id_after
 from app.inputs import authenticate, checked_id, json_body, load_meta, read_cursor
 from app.services import Services, services
-from app.streaming import KEEPALIVE_FRAME, GapHandler, follow_batches, sse_frame, ws_frame
+from app.streaming import KEEPALIVE_FRAME, GapHandler, follow, sse_frame, ws_frame
 from app.submit import submit_generation
 from bridge import keys, streams
 from bridge.events import ClientEvent, EventType
@@ -120,7 +120,7 @@ def _event_stream(key: str, cursor: str, *, stop_at_terminal: bool, on_gap: GapH
         open_streams.inc()
         try:
             yield "retry: 1000\n\n"
-            for batch in follow_batches(
+            for batch in follow(
                 s.hub,
                 s.redis,
                 key,
@@ -268,7 +268,7 @@ def generation_ws(ws: Any, generation_id: str) -> None:
     open_streams = metrics.OPEN_STREAMS.labels("ws")
     open_streams.inc()
     try:
-        for batch in follow_batches(
+        for batch in follow(
             s.hub,
             s.redis,
             key,

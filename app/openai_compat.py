@@ -19,7 +19,7 @@ from flask import Blueprint, Response, jsonify
 from app.errors import ApiError, invalid
 from app.inputs import authenticate, json_body
 from app.services import services
-from app.streaming import KEEPALIVE_FRAME, follow
+from app.streaming import KEEPALIVE_FRAME, follow, one_by_one
 from app.submit import submit_generation
 from bridge import keys
 from bridge.events import ClientEvent, EventType
@@ -91,13 +91,15 @@ def _usage(data: dict[str, Any]) -> dict[str, int]:
 
 def _events(generation_id: str) -> Iterator[ClientEvent | None]:
     s = services()
-    return follow(
-        s.hub,
-        s.redis,
-        keys.gen_out(generation_id),
-        "0",
-        keepalive_s=s.settings.sse_keepalive_s,
-        max_duration_s=s.settings.generation_max_duration_s + 60,
+    return one_by_one(
+        follow(
+            s.hub,
+            s.redis,
+            keys.gen_out(generation_id),
+            "0",
+            keepalive_s=s.settings.sse_keepalive_s,
+            max_duration_s=s.settings.generation_max_duration_s + 60,
+        )
     )
 
 

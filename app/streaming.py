@@ -41,7 +41,7 @@ def _until_terminal(events: list[ClientEvent]) -> tuple[list[ClientEvent], bool]
     return events, False
 
 
-def follow_batches(
+def follow(
     hub: Hub,
     client: redis.Redis,
     key: str,
@@ -110,28 +110,9 @@ def follow_batches(
         metrics.HUB_RESYNCS.inc()
 
 
-def follow(
-    hub: Hub,
-    client: redis.Redis,
-    key: str,
-    after_id: str,
-    *,
-    keepalive_s: float,
-    max_duration_s: float,
-    stop_at_terminal: bool = True,
-    on_gap: GapHandler | None = None,
-) -> Iterator[ClientEvent | None]:
-    """``follow_batches`` one event at a time (None for a keep-alive)."""
-    for batch in follow_batches(
-        hub,
-        client,
-        key,
-        after_id,
-        keepalive_s=keepalive_s,
-        max_duration_s=max_duration_s,
-        stop_at_terminal=stop_at_terminal,
-        on_gap=on_gap,
-    ):
+def one_by_one(batches: Iterator[list[ClientEvent] | None]) -> Iterator[ClientEvent | None]:
+    """The events of ``follow``'s batches one at a time (None for a keep-alive)."""
+    for batch in batches:
         if batch is None:
             yield None
         else:

@@ -10,7 +10,7 @@ import orjson
 import redis
 
 from app.hub import Hub
-from app.streaming import follow
+from app.streaming import follow, one_by_one
 from bridge import keys, streams
 from bridge.cluster import NotifiedReader, node_client
 from bridge.connections import close
@@ -166,7 +166,7 @@ def test_the_hub_follows_streams_of_every_node(rc: redis.Redis, redis_cluster: E
     results: dict[str, list[int]] = {}
 
     def read(key: str) -> None:
-        events = follow(hub, rc, key, "0", keepalive_s=5, max_duration_s=20)
+        events = one_by_one(follow(hub, rc, key, "0", keepalive_s=5, max_duration_s=20))
         results[key] = [orjson.loads(e.data)["seq"] for e in events if e is not None]
 
     readers = [threading.Thread(target=read, args=(key,)) for key in outs]

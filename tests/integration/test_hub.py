@@ -12,7 +12,7 @@ import redis
 from prometheus_client import REGISTRY
 
 from app.hub import Hub
-from app.streaming import follow
+from app.streaming import follow, one_by_one
 from bridge.cluster import NotifiedReader
 from bridge.embedded import EmbeddedRedis
 from bridge.events import ClientEvent
@@ -48,7 +48,7 @@ def _produce(r: redis.Redis, key: str, count: int, *, interval_s: float) -> thre
 
 def _collect(hub: Hub, r: redis.Redis, key: str, after: str = "0", *, slow_s: float = 0.0) -> list[ClientEvent]:
     events: list[ClientEvent] = []
-    for event in follow(hub, r, key, after, keepalive_s=5, max_duration_s=30):
+    for event in one_by_one(follow(hub, r, key, after, keepalive_s=5, max_duration_s=30)):
         if event is not None:
             events.append(event)
             if slow_s:
@@ -120,7 +120,7 @@ def test_a_new_key_is_read_without_waiting_for_the_blocked_read(hub: Hub, r: red
     got: list[float] = []
 
     def reader() -> None:
-        for event in follow(hub, r, "llm:gen:{fresh}:out", "0", keepalive_s=20, max_duration_s=20):
+        for event in one_by_one(follow(hub, r, "llm:gen:{fresh}:out", "0", keepalive_s=20, max_duration_s=20)):
             if event is not None:
                 got.append(time.monotonic())
                 return
@@ -161,7 +161,7 @@ def test_one_redis_connection_reads_for_every_client(hub: Hub, r: redis.Redis) -
 
 
 def test_keepalives_are_yielded_while_nothing_happens(hub: Hub, r: redis.Redis) -> None:
-    stream = follow(hub, r, "llm:gen:{quiet}:out", "0", keepalive_s=0.05, max_duration_s=0.3)
+    stream = one_by_one(follow(hub, r, "llm:gen:{quiet}:out", "0", keepalive_s=0.05, max_duration_s=0.3))
     items = list(stream)
     assert items and all(item is None for item in items)
 
