@@ -23,6 +23,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from functools import lru_cache
 from types import FrameType
 from typing import Any
 
@@ -462,28 +463,19 @@ class ConsumerWorker:
 
     def _commit_call(self, batch: Batch) -> scripts.Call:
         state = batch.state
-        gid = state.generation_id
-        commit_keys = [
-            keys.gen_out(gid),
-            keys.gen_raw(gid),
-            keys.gen_meta(gid),
-            keys.gen_text(gid),
-            keys.gen_cancel(gid),
-            keys.gen_lease(gid),
-        ]
-        if state.session_id and not self.cluster:
-            commit_keys += [keys.session_out(state.session_id), keys.session_index(state.session_id)]
         retention_ms = self.settings.redis_stream_retention_ms if batch.terminal is not None else 0
-        args: list[Any] = [self.group, self.settings.redis_stream_max_length, retention_ms, gid]
-        args += [len(batch.outs), len(batch.acked)]
+        args: list[Any] = [self.group, self.settings.redis_stream_max_length, retention_ms, state.generation_id]
+        args.append(len(batch.outs))
+        args.append(len(batch.acked))
         for entry_id, out in batch.outs:
-            content = out.data.get("content", "") if out.type == EventType.TOKEN.value else ""
-            args += [entry_id, out.type, orjson.dumps(out.data), content if isinstance(content, str) else ""]
-        args += batch.acked
+            content = out.data.get("content", "") if out.type == _TOKEN else ""
+            args.extend((entry_id, out.type, orjson.dumps(out.data), content if isinstance(content, str) else ""))
+        args.extend(batch.acked)
         state.meta_updates["seq"] = state.seq
-        for field_name, value in state.meta_updates.items():
-            args += [field_name, value]
-        return scripts.Call(scripts.COMMIT, commit_keys, args)
+        for item in state.meta_updates.items():
+            args.extend(item)
+        session = state.session_id if not self.cluster else ""
+        return scripts.Call(scripts.COMMIT, _commit_keys(state.generation_id, session), args)
 
     def _end(self, ended: list[Batch]) -> None:
         """After the terminal event's commit: release the key's running slot, expire the session (cluster)."""
@@ -628,6 +620,25 @@ class Batch:
     terminal: Event | None = None
     # An entry that could not be processed: (entry id, fields, error, malformed).
     failure: tuple[str, dict[str, str], Exception, bool] | None = None
+
+
+_TOKEN = EventType.TOKEN.value
+
+
+@lru_cache(maxsize=16_384)
+def _commit_keys(generation_id: str, session_id: str) -> list[str]:
+    """The keys of ``scripts.COMMIT``: the generation's, and its session's when the copy is part of the commit."""
+    commit_keys = [
+        keys.gen_out(generation_id),
+        keys.gen_raw(generation_id),
+        keys.gen_meta(generation_id),
+        keys.gen_text(generation_id),
+        keys.gen_cancel(generation_id),
+        keys.gen_lease(generation_id),
+    ]
+    if session_id:
+        commit_keys += [keys.session_out(session_id), keys.session_index(session_id)]
+    return commit_keys
 
 
 def _session_fields(generation_id: str, entry_id: str, out: Event) -> dict[str, Any]:

@@ -103,14 +103,14 @@ class PersistenceProcessor(Processor):
 
     def process(self, gen: GenerationState, event: Event) -> Event | None:
         updates = gen.meta_updates
-        if event.type == EventType.TOKEN.value:
+        if event.type == EventType.TOKEN:
             gen.completion_tokens += 1
             if gen.first_token_at is None:
                 gen.first_token_at = float(event.data.get("ts", time.time()))
                 updates["first_token_at"] = repr(gen.first_token_at)
                 updates["status"] = "running"
             updates["completion_tokens"] = gen.completion_tokens
-        elif event.type == EventType.RESTART.value:
+        elif event.type == EventType.RESTART:
             gen.completion_tokens = 0
             updates["completion_tokens"] = 0
         elif event.terminal:
