@@ -124,15 +124,16 @@ class WriteBatcher:
                 self._flush(batch)
                 batch = []
         except BaseException as exc:
-            # Killed (the worker is going away): nobody may wait for a flush that will not come.
+            # Killed (the worker is going away): the thread ends here, and
+            # nobody may wait for a flush that will not come.
             with self._lock:
                 orphans, self._pending = batch + self._pending, []
                 self._thread = None  # the next call starts a new one
+            logger.warning("The write batcher stopped (%r); failing %s waiting writes.", exc, len(orphans))
             for pending in orphans:
                 if not pending.done.is_set():
                     pending.error = redis.ConnectionError(f"the write batcher stopped: {exc!r}")
                     pending.done.set()
-            raise
 
     def _flush(self, batch: list[_Pending]) -> None:
         try:

@@ -154,7 +154,6 @@ def test_the_lease_is_renewed_on_a_timer_not_by_every_write(r: redis.Redis, sett
     assert 0 < int(r.pttl(keys.gen_lease(gid))) <= 3000
 
 
-@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")  # the thread is meant to die
 def test_a_write_waiting_on_a_flush_that_dies_fails_instead_of_hanging(
     r: redis.Redis, settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
