@@ -63,10 +63,13 @@ class Subscription:
     def wake(self) -> None:
         self._ready.set()
 
-    def drain(self, timeout_s: float) -> list[ClientEvent] | None:
-        """Everything buffered, waiting up to ``timeout_s``; None when nothing came (time for a keep-alive)."""
-        if not self._buffer and not self.overflowed and not self.closed and not self._ready.wait(timeout_s):
-            return None
+    def drain(self) -> list[ClientEvent]:
+        """Everything buffered, waiting until something is (or a ``wake``: then it may be nothing).
+
+        The wait has no timer of its own: a ``Ticker`` wakes every subscription of the process now and then.
+        """
+        if not self._buffer and not self.overflowed and not self.closed:
+            self._ready.wait()
         self._ready.clear()
         events = list(self._buffer)
         self._buffer.clear()

@@ -11,6 +11,7 @@ from app import metrics
 from app.hub import Hub, id_after
 from bridge.events import ClientEvent
 from bridge.streams import read_events
+from bridge.ticker import Ticker
 
 CATCH_UP_BATCH = 500
 
@@ -55,9 +56,10 @@ def follow(
     """Every event of ``key`` after ``after_id``, in order, without a gap or a duplicate, in batches.
 
     A batch is what one wake-up brought (a page of catch-up, or what the hub delivered since the last one),
-    so that a client gets one socket write per batch. Yields None when ``keepalive_s`` passes without an
-    event. Ends after a terminal event (when ``stop_at_terminal``) or after ``max_duration_s``, when the
-    client is expected to resume. When the cursor is older than the oldest entry still kept, ``on_gap`` may
+    so that a client gets one socket write per batch. Yields None (a keep-alive) when between half of
+    ``keepalive_s`` and ``keepalive_s`` passed without an event. Ends after a terminal event (when
+    ``stop_at_terminal``) or once ``max_duration_s`` has passed (noticed within half of ``keepalive_s``), when
+    the client is expected to resume. When the cursor is older than the oldest entry still kept, ``on_gap`` may
     answer with an event that replaces what was trimmed (a ``reset``); reading continues after that event's id.
     """
     deadline = time.monotonic() + max_duration_s
@@ -77,6 +79,11 @@ def follow(
             if ended:
                 return
         sub, position = hub.subscribe(key, last)
+        # Woken by the hub, or by the process's ticker for the keep-alive and the deadline: a client waiting
+        # for its next token arms no timer of its own.
+        ticker = Ticker.every(keepalive_s / 2)
+        ticker.add(sub.wake)
+        quiet_since = time.monotonic()
         try:
             if id_after(position, last):
                 for events in _catch_up(client, key, last, position):
@@ -86,24 +93,22 @@ def follow(
                     if ended:
                         return
             while not sub.overflowed:
-                if sub.closed:
+                if sub.closed or time.monotonic() >= deadline:
                     return
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    return
-                drained = sub.drain(min(keepalive_s, remaining))
-                if drained is None:
-                    yield None
-                    continue
-                fresh = [event for event in drained if id_after(event.id, last)]
+                fresh = [event for event in sub.drain() if id_after(event.id, last)]
                 if not fresh:
+                    if time.monotonic() - quiet_since >= ticker.interval_s:
+                        quiet_since = time.monotonic()
+                        yield None
                     continue
                 fresh, ended = _until_terminal(fresh) if stop_at_terminal else (fresh, False)
                 yield fresh
+                quiet_since = time.monotonic()
                 last = fresh[-1].id
                 if ended:
                     return
         finally:
+            ticker.discard(sub.wake)
             hub.unsubscribe(sub)
         # Overflowed: this client fell behind the hub; read what it missed from Redis and rejoin.
         hub.resyncs += 1

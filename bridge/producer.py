@@ -26,6 +26,7 @@ from bridge import keys, scripts
 from bridge.connections import UNAVAILABLE
 from bridge.errors import ProviderError
 from bridge.events import TERMINAL_EVENTS, EventType
+from bridge.ticker import Ticker
 
 logger = logging.getLogger(__name__)
 
@@ -371,8 +372,8 @@ def pump(
 
     thread = threading.Thread(target=produce, name=f"source-{writer.generation_id}", daemon=True)
     thread.start()
-    ticker = _Ticker.every(poll_s)
-    ticker.add(wake)
+    ticker = Ticker.every(poll_s)
+    ticker.add(wake.set)
     completion_tokens = 0
     started = last_item = last_write = time.monotonic()
     finished = False
@@ -409,7 +410,7 @@ def pump(
                     return _outcome(result, writer)
     finally:
         stop.set()
-        ticker.discard(wake)
+        ticker.discard(wake.set)
         if not finished:
             # Interrupted (worker shutdown, Redis gone for longer than the writer retries): hand the generation back.
             writer.release()
@@ -430,53 +431,6 @@ def _take(inbox: deque[Any], completion_tokens: int) -> tuple[list[tuple[str, di
         completion_tokens += 1
         entries.append((EventType.TOKEN.value, {"content": content, "ts": ts}))
     return entries, completion_tokens
-
-
-class _Ticker:
-    """Sets every registered event every ``interval_s``: one timer for all the pumps of a process.
-
-    A gevent timer armed for every wait (one per token per generation) cost a worker process a sixth of its
-    CPU. The ticker's thread ends when nothing is registered and starts again with the next registration.
-    """
-
-    _by_interval: dict[float, _Ticker] = {}
-    _registry_lock = threading.Lock()
-
-    def __init__(self, interval_s: float) -> None:
-        self.interval_s = interval_s
-        self._events: set[threading.Event] = set()
-        self._lock = threading.Lock()
-        self._thread: threading.Thread | None = None
-
-    @classmethod
-    def every(cls, interval_s: float) -> _Ticker:
-        with cls._registry_lock:
-            ticker = cls._by_interval.get(interval_s)
-            if ticker is None:
-                ticker = cls._by_interval[interval_s] = cls(interval_s)
-            return ticker
-
-    def add(self, event: threading.Event) -> None:
-        with self._lock:
-            self._events.add(event)
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._run, name="tokenbridge-ticker", daemon=True)
-                self._thread.start()
-
-    def discard(self, event: threading.Event) -> None:
-        with self._lock:
-            self._events.discard(event)
-
-    def _run(self) -> None:
-        while True:
-            time.sleep(self.interval_s)
-            with self._lock:
-                if not self._events:
-                    self._thread = None
-                    return
-                events = list(self._events)
-            for event in events:
-                event.set()
 
 
 def _limit_reached(
