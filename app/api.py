@@ -80,11 +80,8 @@ def _generation_reset(generation_id: str) -> GapHandler:
         oldest_seq = int(orjson.loads(oldest.data).get("seq", 0))
         if oldest_seq == 0:
             return None  # nothing was trimmed: the cursor is just before the first event
-        pipe = client.pipeline(transaction=False)
-        pipe.get(keys.gen_text(generation_id))
-        pipe.hget(keys.gen_meta(generation_id), "last_id")
-        values: Any = pipe.execute()
-        text, last_id = values[0] or "", values[1]
+        text = streams.load_text(client, generation_id)
+        last_id: Any = client.hget(keys.gen_meta(generation_id), "last_id")
         kept = ""
         restarted = False
         after = "0"

@@ -134,9 +134,16 @@ def work_backlog(client: redis.Redis, group: str, shards: int) -> tuple[int, int
 
 
 def load_text(client: redis.Redis, generation_id: str) -> str:
-    """The generation's text so far (since its last restart)."""
-    text: str | None = client.get(keys.gen_text(generation_id))  # type: ignore[assignment]
-    return text or ""
+    """The generation's text so far (since its last restart).
+
+    Generations committed before ``:text`` existed kept their text in ``:meta``: read there when ``:text`` is
+    missing (both keys share the generation's slot, one round trip).
+    """
+    pipe = client.pipeline(transaction=False)
+    pipe.get(keys.gen_text(generation_id))
+    pipe.hget(keys.gen_meta(generation_id), "text")
+    text, earlier = pipe.execute()
+    return str(text if text is not None else earlier or "")
 
 
 def load_meta(client: redis.Redis, generation_id: str) -> dict[str, str]:

@@ -205,3 +205,14 @@ def test_every_generation_of_one_read_is_committed_in_one_round_trip(
     assert sum(batches) == 20
     assert len(batches) < 5
     assert all([d["seq"] for *_, d in _out(r, gid)] == [0, 1, 2] for gid in gids)
+
+
+def test_a_generation_committed_before_the_text_key_existed_keeps_its_text(r: redis.Redis, settings: Settings) -> None:
+    # Given a generation whose text an earlier version kept in :meta
+    gid = new_generation(r, settings, "gen_old")
+    r.hset(keys.gen_meta(gid), "text", "written by an earlier version")
+    # Then its text is still there for readers
+    assert streams.load_text(r, gid) == "written by an earlier version"
+    # And once the commit appends to :text, that is the text
+    r.set(keys.gen_text(gid), "new")
+    assert streams.load_text(r, gid) == "new"
