@@ -216,3 +216,29 @@ def test_a_generation_committed_before_the_text_key_existed_keeps_its_text(r: re
     # And once the commit appends to :text, that is the text
     r.set(keys.gen_text(gid), "new")
     assert streams.load_text(r, gid) == "new"
+
+
+def test_a_paused_consumer_that_commits_after_a_takeover_writes_nothing_twice(
+    r: redis.Redis, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given consumer A processed a batch of a generation in session s1 and stopped before committing it
+    gid = new_generation(r, settings, "gen_1", session="s1")
+    words = [f"w{i} " for i in range(4)]
+    _write_tokens(r, gid, words)
+    a = _worker(r, settings, name="consumer-a")
+    flush = a.flush
+    monkeypatch.setattr(a, "flush", lambda: None)
+    a.run_once(block_ms=50)  # adopts
+    a.run_once(block_ms=50)  # processes all five entries; the commit does not go out
+    assert a._batches and not r.exists(keys.gen_out(gid))
+    # When consumer B takes the generation over past the claim idle time and commits it
+    b = _worker(r, settings, name="consumer-b")
+    wait_for(_finished(r, gid), step=lambda: b.run_once(block_ms=50))
+    # And A wakes up and commits what it held
+    flush()
+    # Then every event is in :out and in the session stream once, and the text is not doubled
+    out = _out(r, gid)
+    assert [d["seq"] for *_, d in out] == list(range(5))
+    session = [orjson.loads(f["data"])["seq"] for _, f in r.xrange(keys.session_out("s1"))]
+    assert session == list(range(5))
+    assert streams.load_text(r, gid) == "".join(words)
