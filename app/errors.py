@@ -1,11 +1,17 @@
-"""Every error the HTTP API returns, as JSON: ``{"error": {"code", "message", "details"}}``."""
+"""Every error the HTTP API returns, as JSON: ``{"error": {"code", "message", "details"}}``.
+
+The OpenAI-compatible routes (``OPENAI_PATHS``) answer in OpenAI's shape instead,
+``{"error": {"message", "type", "param", "code"}}``, so that OpenAI client libraries read them; the shape is
+chosen here, by path, so that errors raised before the view runs (authentication, rate limits, a body too
+large, an unknown path below them) take it too.
+"""
 
 from __future__ import annotations
 
 import logging
 from typing import Any
 
-from flask import Flask, Response, jsonify
+from flask import Flask, Response, has_request_context, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 from bridge.connections import UNAVAILABLE
@@ -25,6 +31,16 @@ _HTTP_CODES = {
     429: "rate_limited",
     500: "internal_error",
     503: "unavailable",
+}
+
+# Paths (and everything below them) that speak OpenAI's protocol.
+OPENAI_PATHS = ("/v1/chat/completions", "/v1/models")
+
+_OPENAI_TYPES = {
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    429: "rate_limit_error",
 }
 
 
@@ -55,10 +71,34 @@ def invalid(details: list[dict[str, Any]]) -> ApiError:
     return ApiError(422, "validation_failed", f"The request is not valid: {summary}{more}", details=details)
 
 
+def speaks_openai(path: str) -> bool:
+    """Whether errors on ``path`` take OpenAI's shape."""
+    return any(path == prefix or path.startswith(prefix + "/") for prefix in OPENAI_PATHS)
+
+
+def openai_error(status: int, code: str, message: str, details: Any = None) -> dict[str, Any]:
+    """OpenAI's error object; ``param`` names the first field at fault, ``details`` (when any) lists them all."""
+    error_type = _OPENAI_TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error")
+    error: dict[str, Any] = {"message": message, "type": error_type, "param": _param(details), "code": code}
+    if details is not None:
+        error["details"] = details
+    return error
+
+
+def _param(details: Any) -> str | None:
+    if isinstance(details, list) and details and isinstance(details[0], dict):
+        field = details[0].get("field")
+        return field if isinstance(field, str) and field != "body" else None
+    return None
+
+
 def error_response(
     status: int, code: str, message: str, details: Any = None, headers: dict[str, str] | None = None
 ) -> Response:
-    response = jsonify({"error": {"code": code, "message": message, "details": details}})
+    if has_request_context() and speaks_openai(request.path):
+        response = jsonify({"error": openai_error(status, code, message, details)})
+    else:
+        response = jsonify({"error": {"code": code, "message": message, "details": details}})
     response.status_code = status
     for name, value in (headers or {}).items():
         response.headers[name] = value

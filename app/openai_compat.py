@@ -16,7 +16,7 @@ import orjson
 import redis
 from flask import Blueprint, Response, jsonify
 
-from app.errors import ApiError, invalid
+from app.errors import ApiError, invalid, openai_error
 from app.inputs import authenticate, json_body
 from app.services import services
 from app.streaming import KEEPALIVE_FRAME, follow, one_by_one
@@ -83,6 +83,11 @@ def _chunk(cid: str, created: int, model: str, delta: dict[str, Any], finish: st
     return f"data: {orjson.dumps(payload).decode()}\n\n"
 
 
+def _error_chunk(code: str, message: str) -> str:
+    """The chunk that ends a stream that cannot finish: the ``openai`` package raises ``APIError`` for it."""
+    return f"data: {orjson.dumps({'error': openai_error(500, code, message)}).decode()}\n\n"
+
+
 def _usage(data: dict[str, Any]) -> dict[str, int]:
     usage = data.get("usage") or {}
     prompt, completion = int(usage.get("prompt_tokens", 0)), int(usage.get("completion_tokens", 0))
@@ -130,11 +135,10 @@ def chat_completions() -> Response | tuple[Response, int, dict[str, str]]:
                     elif event.event == EventType.RESTART.value:
                         # The protocol cannot take back what was sent: end with an error naming the resumable stream.
                         message = f"The generation restarted; read it from /v1/generations/{generation_id}/events."
-                        yield f"data: {orjson.dumps({'error': {'message': message, 'type': 'restart'}}).decode()}\n\n"
+                        yield _error_chunk("generation_restarted", message)
                         return
                     elif event.event == EventType.ERROR.value:
-                        error = {"message": data.get("message", ""), "type": "server_error", "code": data.get("code")}
-                        yield f"data: {orjson.dumps({'error': error}).decode()}\n\n"
+                        yield _error_chunk(str(data.get("code") or "provider_error"), str(data.get("message", "")))
                         return
                     elif event.terminal:
                         reason = (
@@ -147,8 +151,12 @@ def chat_completions() -> Response | tuple[Response, int, dict[str, str]]:
                             yield f"data: {orjson.dumps(usage).decode()}\n\n"
                         yield "data: [DONE]\n\n"
                         return
+                # The maximum duration passed, or this process is stopping: the generation goes on elsewhere.
+                message = f"The stream ended early; read the generation from /v1/generations/{generation_id}/events."
+                yield _error_chunk("stream_ended", message)
             except redis.RedisError as exc:
                 logger.warning("Chat completion %s ended early: %s", generation_id, exc)
+                yield _error_chunk("redis_unavailable", "The stream store became unavailable; retry shortly.")
 
         response = Response(stream(), mimetype="text/event-stream", headers=headers)
         response.headers["Cache-Control"] = "no-cache"
