@@ -43,5 +43,6 @@ def post_worker_init(worker: Any) -> None:
         services = getattr(worker.wsgi, "extensions", {}).get("tokenbridge")
         if services is not None:
             services.hub.stop(timeout_s=2.0)
+            services.presence.close()  # its readers are gone: stop counting them at once
 
     gevent.spawn(end_streams_on_shutdown)

@@ -16,10 +16,11 @@ from simple_websocket import ConnectionClosed
 from wsproto.events import TextMessage
 
 from app import metrics
+from app.auth import Action
 from app.errors import ApiError
 from app.extensions import sock
 from app.hub import id_after
-from app.inputs import authenticate, checked_id, json_body, load_meta, read_cursor
+from app.inputs import authenticate, check_session, json_body, load_meta, read_cursor
 from app.services import Services, services
 from app.streaming import KEEPALIVE_FRAME, GapHandler, follow, sse_frame, ws_frame
 from app.submit import submit_generation
@@ -105,7 +106,10 @@ def _generation_reset(generation_id: str) -> GapHandler:
     return reset
 
 
-def _event_stream(key: str, cursor: str, *, stop_at_terminal: bool, on_gap: GapHandler | None = None) -> Response:
+def _event_stream(
+    key: str, cursor: str, *, stop_at_terminal: bool, on_gap: GapHandler | None = None, **watched: str
+) -> Response:
+    """SSE of ``key`` from ``cursor``; ``watched`` names what the reader counts as a reader of (presence)."""
     s = services()
     if cursor != "0":
         metrics.RESUMES.labels("sse").inc()
@@ -116,23 +120,24 @@ def _event_stream(key: str, cursor: str, *, stop_at_terminal: bool, on_gap: GapH
     def body() -> Iterator[str]:
         open_streams.inc()
         try:
-            yield "retry: 1000\n\n"
-            for batch in follow(
-                s.hub,
-                s.redis,
-                key,
-                cursor,
-                keepalive_s=s.settings.sse_keepalive_s,
-                max_duration_s=s.settings.stream_max_duration_s,
-                stop_at_terminal=stop_at_terminal,
-                on_gap=on_gap,
-            ):
-                if batch is None:
-                    yield KEEPALIVE_FRAME
-                else:
-                    # One socket write for everything this wake-up brought.
-                    yield "".join(map(sse_frame, batch))
-                    sent.add(len(batch))
+            with s.presence.watching(**watched):
+                yield "retry: 1000\n\n"
+                for batch in follow(
+                    s.hub,
+                    s.redis,
+                    key,
+                    cursor,
+                    keepalive_s=s.settings.sse_keepalive_s,
+                    max_duration_s=s.settings.stream_max_duration_s,
+                    stop_at_terminal=stop_at_terminal,
+                    on_gap=on_gap,
+                ):
+                    if batch is None:
+                        yield KEEPALIVE_FRAME
+                    else:
+                        # One socket write for everything this wake-up brought.
+                        yield "".join(map(sse_frame, batch))
+                        sent.add(len(batch))
         except redis.RedisError as exc:
             # End the response; the client resumes from its Last-Event-ID once Redis is back.
             logger.warning("Stream %s ended early: %s", key, exc)
@@ -180,8 +185,47 @@ def create_generation() -> tuple[Response, int, dict[str, str]]:
 @bp.get("/generations/<generation_id>")
 def get_generation(generation_id: str) -> Response:
     meta = load_meta(generation_id)
-    text = streams.load_text(services().redis, generation_id)
-    return jsonify(GenerationRecord.from_meta(generation_id, {**meta, "text": text}).public())
+    s = services()
+    text = streams.load_text(s.redis, generation_id)
+    record = GenerationRecord.from_meta(generation_id, {**meta, "text": text}).public()
+    record["readers"] = s.presence.readers([f"g:{generation_id}"])[f"g:{generation_id}"]
+    return jsonify(record)
+
+
+def _records(generation_ids: list[str]) -> list[dict[str, Any] | None]:
+    """The public records of several generations in one round trip (None for one that expired)."""
+    client = services().redis
+    pipe = client.pipeline(transaction=False)
+    for generation_id in generation_ids:
+        pipe.hgetall(keys.gen_meta(generation_id))
+        pipe.get(keys.gen_text(generation_id))
+    results = pipe.execute()
+    readers = services().presence.readers([f"g:{generation_id}" for generation_id in generation_ids])
+    records: list[dict[str, Any] | None] = []
+    for index, generation_id in enumerate(generation_ids):
+        meta, text = results[2 * index], results[2 * index + 1]
+        if not meta:
+            records.append(None)
+            continue
+        text = text if text is not None else meta.get("text", "")
+        record = GenerationRecord.from_meta(generation_id, {**meta, "text": text}).public()
+        record["readers"] = readers[f"g:{generation_id}"]
+        records.append(record)
+    return records
+
+
+def _limit_arg(*, default: int, most: int) -> int:
+    raw = request.args.get("limit")
+    if raw is None:
+        return default
+    if not raw.isdigit() or not 1 <= int(raw) <= most:
+        raise ApiError(
+            422,
+            "validation_failed",
+            f"limit must be a whole number from 1 to {most}.",
+            details=[{"field": "limit", "message": f"between 1 and {most}", "type": "query"}],
+        )
+    return int(raw)
 
 
 @bp.post("/generations/<generation_id>/cancel")
@@ -209,17 +253,42 @@ def generation_events(generation_id: str) -> Response:
     if _ended_before(key, cursor, meta):
         # The client already has the terminal event: 204 tells EventSource to stop reconnecting.
         return Response(status=204, headers=_STREAM_HEADERS)
-    return _event_stream(key, cursor, stop_at_terminal=True, on_gap=_generation_reset(generation_id))
+    return _event_stream(
+        key, cursor, stop_at_terminal=True, on_gap=_generation_reset(generation_id), generation_id=generation_id
+    )
+
+
+@bp.post("/generations/<generation_id>/token")
+def generation_token(generation_id: str) -> Response:
+    load_meta(generation_id)
+    auth = services().auth
+    return jsonify(
+        {"stream_token": auth.stream_token(generation_id=generation_id), "expires_at": auth.token_expires_at()}
+    )
 
 
 @bp.get("/sessions/<session_id>/events")
 def session_events(session_id: str) -> Response:
-    checked_id(session_id, "session")
-    if not g.principal.may_read_session(session_id):
-        raise ApiError(403, "forbidden", "This stream token is for another session.")
-    if not services().redis.exists(keys.session_index(session_id)):
-        raise ApiError(404, "not_found", f"No session with id {session_id!r}.")
-    return _event_stream(keys.session_out(session_id), read_cursor(), stop_at_terminal=False)
+    check_session(session_id)
+    return _event_stream(keys.session_out(session_id), read_cursor(), stop_at_terminal=False, session_id=session_id)
+
+
+@bp.get("/sessions/<session_id>/generations")
+def session_generations(session_id: str) -> Response:
+    check_session(session_id)
+    limit = _limit_arg(default=20, most=100)
+    s = services()
+    ids = streams.session_generation_ids(s.redis, session_id, limit + 1)
+    records = [record for record in _records(ids[:limit]) if record is not None]
+    return jsonify({"data": records, "has_more": len(ids) > limit})
+
+
+@bp.post("/sessions/<session_id>/token")
+def session_token(session_id: str) -> Response:
+    check_session(session_id)
+    auth = services().auth
+    token = auth.stream_token(session_id=session_id)
+    return jsonify({"stream_token": token, "expires_at": auth.token_expires_at()})
 
 
 @sock.route("/generations/<generation_id>/ws", bp=bp)  # type: ignore[untyped-decorator]
@@ -230,6 +299,7 @@ def generation_ws(ws: Any, generation_id: str) -> None:
     key = keys.gen_out(generation_id)
     reset = _generation_reset(generation_id)
     send_lock = threading.Lock()
+    principal = g.principal
 
     def send(*texts: str) -> None:
         with send_lock:
@@ -246,6 +316,9 @@ def generation_ws(ws: Any, generation_id: str) -> None:
             except (orjson.JSONDecodeError, TypeError):
                 command = None
             if isinstance(command, dict) and command.get("type") == "cancel":
+                if not principal.may(Action.CANCEL):
+                    send('{"type":"error","error":{"code":"insufficient_scope","message":"This key may not cancel."}}')
+                    continue
                 try:
                     _cancel(s, generation_id)
                 except ApiError as exc:
@@ -264,30 +337,31 @@ def generation_ws(ws: Any, generation_id: str) -> None:
     sent = metrics.BufferedCount(metrics.EVENTS_SENT.labels("ws"))
     open_streams = metrics.OPEN_STREAMS.labels("ws")
     open_streams.inc()
-    try:
-        for batch in follow(
-            s.hub,
-            s.redis,
-            key,
-            cursor,
-            keepalive_s=s.settings.sse_keepalive_s,
-            max_duration_s=s.settings.stream_max_duration_s,
-            on_gap=reset,
-        ):
-            if not ws.connected:
-                return
-            if batch is None:
-                continue
-            send(*map(ws_frame, batch))
-            sent.add(len(batch))
-            if batch[-1].terminal:
-                with send_lock:
-                    ws.close(reason=1000, message="finished")
-                return
-        # Maximum duration reached: 1012 (service restart) tells the client to reconnect and resume.
-        ws.close(reason=1012, message="resume")
-    except redis.RedisError:
-        ws.close(reason=1011, message="store unavailable")
-    finally:
-        sent.flush()
-        open_streams.dec()
+    with s.presence.watching(generation_id=generation_id):
+        try:
+            for batch in follow(
+                s.hub,
+                s.redis,
+                key,
+                cursor,
+                keepalive_s=s.settings.sse_keepalive_s,
+                max_duration_s=s.settings.stream_max_duration_s,
+                on_gap=reset,
+            ):
+                if not ws.connected:
+                    return
+                if batch is None:
+                    continue
+                send(*map(ws_frame, batch))
+                sent.add(len(batch))
+                if batch[-1].terminal:
+                    with send_lock:
+                        ws.close(reason=1000, message="finished")
+                    return
+            # Maximum duration reached: 1012 (service restart) tells the client to reconnect and resume.
+            ws.close(reason=1012, message="resume")
+        except redis.RedisError:
+            ws.close(reason=1011, message="store unavailable")
+        finally:
+            sent.flush()
+            open_streams.dec()

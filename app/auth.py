@@ -1,28 +1,89 @@
-"""Who may call: API keys (``Authorization: Bearer``) and signed, expiring stream tokens (``?token=``)."""
+"""Who may call, and what they may do.
+
+Callers are API keys (``Authorization: Bearer``) and signed, expiring stream tokens (``?token=``). A key has
+a name, an owner and a scope:
+
+- the **owner** (the key's name unless a keys file says otherwise) owns what the key creates: another owner's
+  generations and sessions are answered with 404, as if they did not exist;
+- the **scope** says which actions the key may take (``SCOPES``); ``admin`` sees every owner's resources.
+
+Keys come from ``API_KEYS`` (``key`` or ``name:key``, scopes from ``API_KEY_SCOPES``) and from
+``API_KEYS_FILE`` (TOML), which is read again when it changes: keys rotate without a restart.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
+import os
+import threading
+import time
+import tomllib
 from dataclasses import dataclass
-from typing import Literal
+from enum import StrEnum
+from pathlib import Path
+from typing import Literal, cast
 
 from itsdangerous import BadSignature, SignatureExpired, URLSafeTimedSerializer
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from app.errors import ApiError
 from bridge.settings import Settings
 
+logger = logging.getLogger(__name__)
+
 _SALT = "tokenbridge.stream-token.v1"
+# How often the keys file's modification time is looked at (a stat per request would do, but need not).
+KEYS_FILE_CHECK_S = 1.0
+
+
+class Action(StrEnum):
+    """What a route does, for the scope check (``ROUTE_ACTIONS`` maps each route to one)."""
+
+    CREATE = "create"  # start generations
+    READ = "read"  # a generation's record and events, a session's events and generations
+    CANCEL = "cancel"
+    FEED = "feed"  # tokens and completion of external generations
+    MINT = "mint"  # new stream tokens
+    ACCOUNT = "account"  # models, statistics, dashboard data
+    ADMIN = "admin"  # dead letters
+
+
+SCOPES: dict[str, frozenset[Action]] = {
+    "full": frozenset(Action) - {Action.ADMIN},
+    "reader": frozenset({Action.READ, Action.MINT, Action.ACCOUNT}),
+    "producer": frozenset({Action.FEED}),
+    "admin": frozenset(Action),
+}
+Scope = Literal["full", "reader", "producer", "admin"]
+DEFAULT_SCOPE: Scope = "full"
 
 
 @dataclass(frozen=True, slots=True)
 class Principal:
-    """The caller: an API key (any resource) or a stream token (one generation or one session)."""
+    """The caller: an API key, a stream token (one generation or one session), or anyone (auth disabled)."""
 
     kind: Literal["api_key", "stream_token", "anonymous"]
     name: str = ""
+    owner: str = ""
+    scope: Scope = DEFAULT_SCOPE
     generation_id: str | None = None
     session_id: str | None = None
+
+    @property
+    def sees_everything(self) -> bool:
+        return self.kind == "anonymous" or self.scope == "admin"
+
+    def may(self, action: Action) -> bool:
+        if self.kind == "stream_token":
+            # A browser holding a generation's token may read it and stop it, nothing more.
+            return action in (Action.READ, Action.CANCEL)
+        return self.kind == "anonymous" or action in SCOPES[self.scope]
+
+    def owns(self, owner: str | None) -> bool:
+        """Whether a resource of ``owner`` is visible to this caller (stream tokens are checked by id)."""
+        return self.sees_everything or self.kind == "stream_token" or owner == self.owner
 
     def may_read_generation(self, generation_id: str) -> bool:
         return self.kind != "stream_token" or self.generation_id == generation_id
@@ -31,23 +92,149 @@ class Principal:
         return self.kind != "stream_token" or self.session_id == session_id
 
 
+class KeyEntry(BaseModel):
+    """One key of the keys file: the key itself or its SHA-256 (hex), a name, an owner and a scope."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.@-]+$")
+    key: str | None = Field(default=None, min_length=16)
+    key_sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
+    owner: str | None = Field(default=None, min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.@-]+$")
+    scope: Scope = DEFAULT_SCOPE
+
+    @model_validator(mode="after")
+    def _one_secret(self) -> KeyEntry:
+        if (self.key is None) == (self.key_sha256 is None):
+            raise ValueError("give exactly one of key and key_sha256")
+        return self
+
+    @property
+    def digest(self) -> bytes:
+        return bytes.fromhex(self.key_sha256) if self.key_sha256 else _digest(self.key or "")
+
+
+class KeyConfigError(ValueError):
+    pass
+
+
+def _digest(secret: str) -> bytes:
+    return hashlib.sha256(secret.encode()).digest()
+
+
+def load_keys_file(path: str) -> list[KeyEntry]:
+    """The ``[[keys]]`` of a TOML keys file; raises KeyConfigError (nothing half-read)."""
+    try:
+        document = tomllib.loads(Path(path).read_text())
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise KeyConfigError(f"cannot read API_KEYS_FILE {path}: {exc}") from exc
+    entries = document.get("keys", [])
+    if not isinstance(entries, list):
+        raise KeyConfigError(f"{path}: 'keys' must be an array of tables ([[keys]])")
+    try:
+        return [KeyEntry.model_validate(entry) for entry in entries]
+    except ValidationError as exc:
+        raise KeyConfigError(f"{path}: {exc}") from exc
+
+
+def env_keys(settings: Settings) -> list[KeyEntry]:
+    """The keys of ``API_KEYS`` with their scopes from ``API_KEY_SCOPES``; raises KeyConfigError."""
+    scopes: dict[str, Scope] = {}
+    for item in settings.api_key_scopes.split(","):
+        name, sep, scope = item.strip().partition("=")
+        if not item.strip():
+            continue
+        if not sep or not name.strip() or scope.strip() not in SCOPES:
+            raise KeyConfigError(f"API_KEY_SCOPES: {item.strip()!r} is not name=scope (scopes: {', '.join(SCOPES)})")
+        scopes[name.strip()] = cast(Scope, scope.strip())
+    entries = []
+    for entry in sorted(settings.api_key_set):
+        # ``name:key`` names a key for logs, limits and ownership; a bare key gets a stable name derived from
+        # a hash of it (never the key itself).
+        name, sep, key = entry.partition(":")
+        if not sep:
+            name, key = f"key-{hashlib.sha256(entry.encode()).hexdigest()[:10]}", entry
+        entries.append(
+            KeyEntry.model_construct(
+                name=name, key=key, key_sha256=None, owner=None, scope=scopes.get(name, DEFAULT_SCOPE)
+            )
+        )
+    unknown = sorted(set(scopes) - {entry.name for entry in entries})
+    if unknown:
+        # A misspelt name would leave its key with the default scope: refuse to start instead.
+        raise KeyConfigError(f"API_KEY_SCOPES names keys that API_KEYS does not name: {', '.join(unknown)}")
+    return entries
+
+
+class KeyRing:
+    """The accepted keys: ``API_KEYS`` plus the keys file, read again when the file changes."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._env = env_keys(settings)
+        self._file = settings.api_keys_file
+        self._lock = threading.Lock()
+        self._checked_at = 0.0
+        self._stamp: tuple[int, int] | None = None
+        self._entries: list[KeyEntry] = list(self._env)
+        if self._file:
+            self._entries = self._env + load_keys_file(self._file)  # a broken file at start is an error
+            self._stamp = self._file_stamp()
+            self._checked_at = time.monotonic()
+
+    def __len__(self) -> int:
+        return len(self.entries())
+
+    def entries(self) -> list[KeyEntry]:
+        if self._file and time.monotonic() - self._checked_at >= KEYS_FILE_CHECK_S:
+            self._reload_if_changed()
+        return self._entries
+
+    def _file_stamp(self) -> tuple[int, int] | None:
+        try:
+            stat = os.stat(self._file or "")
+        except OSError:
+            return None
+        return stat.st_mtime_ns, stat.st_size
+
+    def _reload_if_changed(self) -> None:
+        with self._lock:
+            self._checked_at = time.monotonic()
+            stamp = self._file_stamp()
+            if stamp == self._stamp:
+                return
+            self._stamp = stamp
+            try:
+                loaded = load_keys_file(self._file or "")
+            except KeyConfigError as exc:
+                # Keep serving with the keys we had: a typo must not lock every client out.
+                logger.error("%s; keeping the %s keys loaded before.", exc, len(self._entries))
+                return
+            self._entries = self._env + loaded
+            logger.info("API_KEYS_FILE %s read again: %s keys.", self._file, len(self._entries))
+
+    def match(self, credential: str) -> KeyEntry | None:
+        given = _digest(credential)
+        found: KeyEntry | None = None
+        # Compare against every key in constant time, so timing reveals neither a key nor its position.
+        for entry in self.entries():
+            if hmac.compare_digest(given, entry.digest):
+                found = entry
+        return found
+
+
 class Authenticator:
     def __init__(self, settings: Settings) -> None:
         self.disabled = settings.auth_disabled
         self.ttl_s = settings.stream_token_ttl_s
         self._serializer = URLSafeTimedSerializer(settings.signing_key, salt=_SALT)
-        # ``name:key`` names a key for logs, metrics and limits; a bare key gets a stable name derived from
-        # a hash of it (never the key itself).
-        self._keys: list[tuple[str, bytes]] = []
-        for entry in sorted(settings.api_key_set):
-            name, sep, key = entry.partition(":")
-            if not sep:
-                name, key = f"key-{hashlib.sha256(entry.encode()).hexdigest()[:10]}", entry
-            self._keys.append((name, key.encode()))
+        self.keys = KeyRing(settings)
 
     def stream_token(self, *, generation_id: str | None = None, session_id: str | None = None) -> str:
         payload = {"g": generation_id} if generation_id else {"s": session_id}
         return str(self._serializer.dumps(payload))
+
+    def token_expires_at(self) -> int:
+        """When a token minted now expires (UNIX seconds)."""
+        return int(time.time()) + self.ttl_s
 
     def authenticate(self, authorization: str | None, token: str | None) -> Principal:
         """Identify the caller from the Authorization header or a stream token; raises ApiError 401."""
@@ -55,15 +242,15 @@ class Authenticator:
             scheme, _, credential = authorization.partition(" ")
             if scheme.lower() != "bearer" or not credential.strip():
                 raise ApiError(401, "invalid_credentials", "Use 'Authorization: Bearer <api key>'.")
-            name = self._match_key(credential.strip())
-            if name is not None:
-                return Principal("api_key", name=name)
+            entry = self.keys.match(credential.strip())
+            if entry is not None:
+                return Principal("api_key", name=entry.name, owner=entry.owner or entry.name, scope=entry.scope)
             if not self.disabled:
                 raise ApiError(401, "invalid_credentials", "The API key is not valid.")
         if token:
             return self._verify(token)
         if self.disabled:
-            return Principal("anonymous", name="anonymous")
+            return Principal("anonymous", name="anonymous", owner="anonymous", scope="admin")
         raise ApiError(401, "missing_credentials", "Send 'Authorization: Bearer <api key>' or ?token=<stream token>.")
 
     def key_name(self, authorization: str | None) -> str | None:
@@ -71,16 +258,10 @@ class Authenticator:
         if not authorization:
             return None
         scheme, _, credential = authorization.partition(" ")
-        return self._match_key(credential.strip()) if scheme.lower() == "bearer" else None
-
-    def _match_key(self, credential: str) -> str | None:
-        given = credential.encode()
-        found: str | None = None
-        # Compare against every key in constant time, so timing reveals neither a key nor its position.
-        for name, key in self._keys:
-            if hmac.compare_digest(given, key):
-                found = name
-        return found
+        if scheme.lower() != "bearer":
+            return None
+        entry = self.keys.match(credential.strip())
+        return entry.name if entry else None
 
     def _verify(self, token: str) -> Principal:
         try:

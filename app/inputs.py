@@ -9,6 +9,7 @@ import orjson
 from flask import g, request
 from pydantic import ValidationError
 
+from app.auth import Action
 from app.errors import ApiError
 from app.services import services
 from bridge import streams
@@ -19,16 +20,64 @@ from bridge.streams import parse_stream_id
 _ID = re.compile(ID_PATTERN)
 
 
+# What each route does, for the scope check. A route missing here is only for keys that may do everything
+# (a test keeps every /v1 route listed).
+ROUTE_ACTIONS: dict[str, Action] = {
+    "api.create_generation": Action.CREATE,
+    "api.get_generation": Action.READ,
+    "api.cancel_generation": Action.CANCEL,
+    "api.generation_events": Action.READ,
+    "api.generation_ws": Action.READ,
+    "api.generation_token": Action.MINT,
+    "api.session_events": Action.READ,
+    "api.session_generations": Action.READ,
+    "api.session_token": Action.MINT,
+    "producers.append": Action.FEED,
+    "producers.complete": Action.FEED,
+    "openai.chat_completions": Action.CREATE,
+    "models.list_models": Action.ACCOUNT,
+    "models.get_model": Action.ACCOUNT,
+    "stats.stats": Action.ACCOUNT,
+    "pages.dashboard_data": Action.ACCOUNT,
+}
+
+
 def authenticate() -> None:
-    """Identify the caller (``g.principal``); raises ApiError 401. CORS preflights carry no credentials."""
+    """Identify the caller (``g.principal``) and check its scope; raises ApiError 401 or 403.
+
+    CORS preflights carry no credentials.
+    """
     if request.method == "OPTIONS":
         return
-    g.principal = services().auth.authenticate(request.headers.get("Authorization"), request.args.get("token"))
+    g.principal = principal = services().auth.authenticate(
+        request.headers.get("Authorization"), request.args.get("token")
+    )
+    action = ROUTE_ACTIONS.get(request.endpoint or "", Action.ADMIN)
+    if principal.may(action):
+        return
+    if principal.kind == "stream_token":
+        raise ApiError(
+            403, "forbidden", "This needs an API key: a stream token may only read (or cancel) its generation."
+        )
+    raise ApiError(
+        403, "insufficient_scope", f"This API key (scope {principal.scope!r}) may not {_ACTION_WORDS[action]}."
+    )
 
 
-def require_api_key(action: str) -> None:
-    if g.principal.kind == "stream_token":
-        raise ApiError(403, "forbidden", f"{action} needs an API key, not a stream token.")
+_ACTION_WORDS = {
+    Action.CREATE: "create generations",
+    Action.READ: "read generations or sessions",
+    Action.CANCEL: "cancel generations",
+    Action.FEED: "feed external generations",
+    Action.MINT: "mint stream tokens",
+    Action.ACCOUNT: "read models, statistics or the dashboard",
+    Action.ADMIN: "use administration routes",
+}
+
+
+def owner_of(meta: dict[str, str]) -> str:
+    """The owner of a generation (generations created before owners were recorded: the key's name)."""
+    return meta.get("owner") or meta.get("api_key") or ""
 
 
 def json_body() -> dict[str, Any]:
@@ -74,9 +123,20 @@ def load_meta(generation_id: str) -> dict[str, str]:
     if not g.principal.may_read_generation(generation_id):
         raise ApiError(403, "forbidden", "This stream token is for another generation.")
     meta = streams.load_meta(services().redis, generation_id)
-    if not meta:
+    if not meta or not g.principal.owns(owner_of(meta)):
+        # Another owner's generation is answered exactly like one that does not exist.
         raise ApiError(404, "not_found", f"No generation with id {generation_id!r}.")
     return meta
+
+
+def check_session(session_id: str) -> None:
+    """The session exists and the caller may read it; raises ApiError 403 (token of another) or 404."""
+    checked_id(session_id, "session")
+    if not g.principal.may_read_session(session_id):
+        raise ApiError(403, "forbidden", "This stream token is for another session.")
+    owner = streams.session_owner(services().redis, session_id)
+    if owner is None or not g.principal.owns(owner):
+        raise ApiError(404, "not_found", f"No session with id {session_id!r}.")
 
 
 def model_errors(model: Any, options: Any, max_tokens: Any) -> list[dict[str, Any]]:

@@ -39,6 +39,47 @@ def _errors(*statuses: int) -> dict[str, Any]:
     }
 
 
+# The OpenAI-compatible routes answer errors in OpenAI's shape (app/errors.py).
+_OPENAI_ERROR = {
+    "type": "object",
+    "required": ["error"],
+    "properties": {
+        "error": {
+            "type": "object",
+            "required": ["message", "type", "param", "code"],
+            "properties": {
+                "message": {"type": "string"},
+                "type": {"type": "string"},
+                "param": {"type": ["string", "null"]},
+                "code": {"type": ["string", "null"]},
+                "details": {},
+            },
+        }
+    },
+}
+_MODEL = {
+    "type": "object",
+    "required": ["id", "object", "created", "owned_by"],
+    "properties": {
+        "id": {"type": "string"},
+        "object": {"const": "model"},
+        "created": {"type": "integer"},
+        "owned_by": {"type": "string"},
+        "tokenbridge": {
+            "type": "object",
+            "properties": {"provider": {"type": "string"}, "max_tokens": {"type": "integer"}},
+        },
+    },
+}
+
+
+def _openai_errors(*statuses: int) -> dict[str, Any]:
+    errors = _errors(*statuses)
+    for response in errors.values():
+        response["content"] = {"application/json": {"schema": _OPENAI_ERROR}}
+    return errors
+
+
 def _json(schema: dict[str, Any], description: str = "OK") -> dict[str, Any]:
     return {"description": description, "content": {"application/json": {"schema": schema}}}
 
@@ -82,7 +123,20 @@ _GENERATION = {
         "usage": {"type": "object"},
         "text": {"type": "string"},
         "error": {"type": ["object", "null"]},
+        "readers": {"type": "integer", "minimum": 0, "description": "live readers across every web process"},
     },
+}
+_SESSION_ID = {"name": "session_id", "in": "path", "required": True, "schema": _ID}
+_TOKEN = {
+    "type": "object",
+    "required": ["stream_token", "expires_at"],
+    "properties": {"stream_token": {"type": "string"}, "expires_at": {"type": "integer"}},
+}
+_LIMIT = {
+    "name": "limit",
+    "in": "query",
+    "required": False,
+    "schema": {"type": "integer", "minimum": 1, "maximum": 100},
 }
 
 
@@ -161,11 +215,44 @@ def _paths() -> dict[str, Any]:
                 "responses": {"202": _json({"type": "object"}, "Accepted"), **_errors(409)},
             }
         },
+        "/v1/generations/{generation_id}/token": {
+            "post": {
+                "summary": "A fresh stream token for a generation",
+                "parameters": [_GENERATION_ID],
+                "responses": {"200": _json(_TOKEN), **_errors()},
+            }
+        },
         "/v1/sessions/{session_id}/events": {
             "get": {
                 "summary": "Server-Sent Events of every generation in a session",
-                "parameters": [{"name": "session_id", "in": "path", "required": True, "schema": _ID}],
+                "parameters": [_SESSION_ID],
                 "responses": {"200": {"description": "Event stream", "content": _SSE}, **_errors()},
+            }
+        },
+        "/v1/sessions/{session_id}/generations": {
+            "get": {
+                "summary": "The generations of a session, newest first",
+                "parameters": [_SESSION_ID, _LIMIT],
+                "responses": {
+                    "200": _json(
+                        {
+                            "type": "object",
+                            "required": ["data", "has_more"],
+                            "properties": {
+                                "data": {"type": "array", "items": _GENERATION},
+                                "has_more": {"type": "boolean"},
+                            },
+                        }
+                    ),
+                    **_errors(),
+                },
+            }
+        },
+        "/v1/sessions/{session_id}/token": {
+            "post": {
+                "summary": "A fresh stream token for a session",
+                "parameters": [_SESSION_ID],
+                "responses": {"200": _json(_TOKEN), **_errors()},
             }
         },
         "/v1/chat/completions": {
@@ -177,8 +264,30 @@ def _paths() -> dict[str, Any]:
                         "description": "Completion or stream",
                         "content": {"application/json": {"schema": {"type": "object"}}, **_SSE},
                     },
-                    **_errors(502, 504),
+                    **_openai_errors(502, 504),
                 },
+            }
+        },
+        "/v1/models": {
+            "get": {
+                "summary": "The models a request may name, in OpenAI's list shape",
+                "responses": {
+                    "200": _json(
+                        {
+                            "type": "object",
+                            "required": ["object", "data"],
+                            "properties": {"object": {"const": "list"}, "data": {"type": "array", "items": _MODEL}},
+                        }
+                    ),
+                    **_openai_errors(),
+                },
+            }
+        },
+        "/v1/models/{model_id}": {
+            "get": {
+                "summary": "One model, as an OpenAI model object",
+                "parameters": [{"name": "model_id", "in": "path", "required": True, "schema": {"type": "string"}}],
+                "responses": {"200": _json(_MODEL), **_openai_errors()},
             }
         },
         "/v1/stats": {

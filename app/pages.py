@@ -9,9 +9,9 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import urlsplit
 
-from flask import Blueprint, Response, jsonify, render_template, request
+from flask import Blueprint, Response, g, jsonify, render_template, request
 
-from app.inputs import authenticate, require_api_key
+from app.inputs import authenticate
 from app.services import services
 from bridge import keys
 
@@ -41,13 +41,23 @@ def dashboard() -> str:
 def dashboard_data() -> Response:
     """What the dashboard cannot read from /readyz, /metrics or /v1/stats: the latest dead letters."""
     authenticate()
-    require_api_key("Reading the dashboard data")
     client = services().redis
     pipe = client.pipeline(transaction=False)
     pipe.xlen(keys.DEAD_LETTERS)
     pipe.xrevrange(keys.DEAD_LETTERS, "+", "-", count=RECENT_DEAD_LETTERS)
     total, entries = pipe.execute()
+    if not g.principal.sees_everything:
+        entries = _owned(client, entries)
     return jsonify({"dead_letters": {"total": int(total), "recent": [_dead_letter(e) for e in entries]}})
+
+
+def _owned(client: Any, entries: list[tuple[str, dict[str, str]]]) -> list[tuple[str, dict[str, str]]]:
+    """The dead letters of the caller's own generations (an owner sees only those; ``admin`` sees all)."""
+    pipe = client.pipeline(transaction=False)
+    for _, fields in entries:
+        pipe.hmget(keys.gen_meta(fields.get("generation_id", "")), "owner", "api_key")
+    owners = pipe.execute()
+    return [entry for entry, (owner, name) in zip(entries, owners, strict=True) if g.principal.owns(owner or name)]
 
 
 def _dead_letter(entry: tuple[str, dict[str, str]]) -> dict[str, Any]:

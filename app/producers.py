@@ -8,7 +8,7 @@ from flask import Blueprint, Response, jsonify
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from app.errors import ApiError, invalid
-from app.inputs import authenticate, json_body, load_meta, require_api_key, validation_details
+from app.inputs import authenticate, json_body, load_meta, validation_details
 from app.services import services
 from bridge.external import AppendStatus, append_tokens, finish
 
@@ -45,7 +45,6 @@ class Completion(BaseModel):
 
 
 def _external(generation_id: str) -> None:
-    require_api_key("Feeding a generation")
     meta = load_meta(generation_id)
     if meta.get("model") != "external":
         raise ApiError(409, "not_external", "Only generations created with model 'external' take tokens over HTTP.")

@@ -10,6 +10,7 @@ from flask import current_app
 
 from app.auth import Authenticator
 from app.hub import Hub
+from app.presence import Presence
 from bridge.cluster import NotifiedReader
 from bridge.connections import redis_client
 from bridge.constants import celery_client_options
@@ -25,6 +26,7 @@ class Services:
     celery: Celery
     auth: Authenticator
     models: dict[str, ModelSpec]
+    presence: Presence
 
     @classmethod
     def build(cls, settings: Settings) -> Services:
@@ -44,6 +46,7 @@ class Services:
             celery=celery,
             auth=Authenticator(settings),
             models=load_registry(settings.models_file),
+            presence=Presence(commands, settings.presence_interval_s),
         )
 
 

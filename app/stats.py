@@ -9,7 +9,7 @@ from typing import Any
 
 from flask import Blueprint, Response, jsonify
 
-from app.inputs import authenticate, require_api_key
+from app.inputs import authenticate
 from app.services import services
 from bridge import keys
 
@@ -26,7 +26,6 @@ def _percentile(values: list[float], fraction: float) -> float | None:
 
 @bp.get("/stats")
 def stats() -> Response:
-    require_api_key("Reading statistics")
     s = services()
     models = sorted(s.models)
     pipe = s.redis.pipeline(transaction=False)
@@ -48,4 +47,4 @@ def stats() -> Response:
             "ttft_ms": {"p50": _percentile(ttft_ms, 0.5), "p95": _percentile(ttft_ms, 0.95), "samples": len(ttft_ms)},
             "tokens_per_s": {"p50": _percentile(tokens_per_s, 0.5), "p95": _percentile(tokens_per_s, 0.95)},
         }
-    return jsonify({"models": body})
+    return jsonify({"models": body, "readers": s.presence.summary()})

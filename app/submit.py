@@ -14,7 +14,7 @@ from pydantic import ValidationError
 
 from app import metrics
 from app.errors import ApiError, invalid
-from app.inputs import model_errors, require_api_key, validation_details
+from app.inputs import model_errors, validation_details
 from app.services import services
 from bridge import keys, scripts, streams
 from bridge.constants import send_generation
@@ -40,7 +40,6 @@ class Submitted:
 def submit_generation(body: dict[str, Any]) -> Submitted:
     """Validate, store and enqueue a generation (an external one is only stored); 422/503 as ApiError."""
     s = services()
-    require_api_key("Creating a generation")
     details = model_errors(body.get("model"), body.get("options"), body.get("max_tokens"))
     try:
         req = GenerationRequest.model_validate(body)
@@ -57,6 +56,11 @@ def submit_generation(body: dict[str, Any]) -> Submitted:
     if isinstance(idempotency_key, dict):
         headers = {"Location": f"/v1/generations/{idempotency_key['id']}", "Idempotent-Replayed": "true"}
         return Submitted(idempotency_key, headers)
+    if not streams.claim_session(s.redis, session_id, g.principal.owner, _session_ttl_ms()):
+        if idempotency_key is not None:
+            s.redis.delete(idempotency_key)
+        # Another owner's session is answered like one that does not exist (its id reveals nothing).
+        raise ApiError(404, "not_found", f"No session with id {session_id!r}.")
     running = _take_running_slot(generation_id)
     try:
         streams.create_generation(
@@ -68,6 +72,7 @@ def submit_generation(body: dict[str, Any]) -> Submitted:
             group=s.settings.redis_consumer_group,
             retention_ms=s.settings.redis_stream_retention_ms,
             api_key=g.principal.name,
+            owner=g.principal.owner,
             work_shards=s.settings.work_shard_count,
         )
         if s.models[req.model].provider != "external":
@@ -87,6 +92,13 @@ def submit_generation(body: dict[str, Any]) -> Submitted:
     )
     payload = created(generation_id, session_id, req.model, "queued")
     return Submitted(payload, {"Location": f"/v1/generations/{generation_id}"})
+
+
+def _session_ttl_ms() -> int:
+    """How long a session's owner is kept: longer than its streams, which expire twice the retention after its end."""
+    settings = services().settings
+    longest_s = settings.generation_max_duration_s + settings.queue_timeout_s + 60
+    return settings.redis_stream_retention_ms * 2 + int(longest_s * 1000)
 
 
 def _take_running_slot(generation_id: str) -> str | None:

@@ -14,6 +14,8 @@ WORK_STREAM = "llm:work"
 CONSUMERS_ZSET = "llm:consumers"
 DEAD_LETTERS = "llm:dead"
 STATS_PREFIX = "llm:stats"
+# Web processes publishing reader counts (sorted set, score = last heartbeat).
+PRESENCE_PROCESSES = "llm:presence:web"
 
 
 def gen_meta(generation_id: str) -> str:
@@ -88,6 +90,11 @@ def session_out(session_id: str) -> str:
     return f"llm:session:{{{session_id}}}:out"
 
 
+def session_owner(session_id: str) -> str:
+    """The owner (API key owner) of a session: set by its first generation, checked by every later one."""
+    return f"llm:session:{{{session_id}}}:owner"
+
+
 def session_copied(session_id: str) -> str:
     """The last ``seq`` of each generation copied to the session stream (Redis Cluster only)."""
     return f"llm:session:{{{session_id}}}:copied"
@@ -106,6 +113,11 @@ def key_running(api_key_name: str) -> str:
 def model_running(model: str) -> str:
     """Generations of a model running now (sorted set, score = when the slot expires)."""
     return f"llm:model:{model}:running"
+
+
+def presence_process(process_id: str) -> str:
+    """Readers of one web process: ``g:<generation>`` / ``s:<session>`` -> count."""
+    return f"{PRESENCE_PROCESSES}:{process_id}"
 
 
 def stats(model: str) -> str:

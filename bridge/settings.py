@@ -29,6 +29,10 @@ class Settings(BaseSettings):
 
     port: int = 8000
     api_keys: str = ""
+    # TOML file of [[keys]] (name, key or key_sha256, owner, scope), read again when it changes.
+    api_keys_file: str | None = None
+    # name=scope pairs for the keys of API_KEYS (scopes: full, reader, producer, admin; default full).
+    api_key_scopes: str = ""
     auth_disabled: bool = False
     secret_key: str | None = None
     stream_token_ttl_s: int = Field(default=3600, ge=1)
@@ -45,6 +49,8 @@ class Settings(BaseSettings):
     sse_send_timeout_s: float = Field(default=30.0, gt=0)
     stream_max_duration_s: float = Field(default=3600.0, gt=0)
     hub_block_ms: int = Field(default=5000, ge=10)
+    # How often each web process publishes its reader counts (a dead process stops counting after 3 of these).
+    presence_interval_s: float = Field(default=2.0, gt=0, le=60)
     hub_read_count: int = Field(default=1000, ge=1)
     client_queue_size: int = Field(default=1024, ge=8)
     max_body_bytes: int = Field(default=1_048_576, ge=1024)

@@ -41,9 +41,13 @@ def create_generation(
     retention_ms: int,
     created_at: float | None = None,
     api_key: str = "",
+    owner: str = "",
     work_shards: int = 1,
 ) -> float:
-    """Store a new generation, open its raw stream to the processors and hand it to the consumer workers."""
+    """Store a new generation, open its raw stream to the processors and hand it to the consumer workers.
+
+    The caller has claimed the session for ``owner`` first (``claim_session``).
+    """
     created = created_at if created_at is not None else time.time()
     work = keys.work_stream_for(generation_id, work_shards)
     cluster = is_cluster(client)
@@ -61,6 +65,7 @@ def create_generation(
             "created_at": repr(created),
             "attempt": 0,
             "api_key": api_key,
+            "owner": owner or api_key,
         },
     )
     pipe.xgroup_create(keys.gen_raw(generation_id), group, id="0", mkstream=True)
@@ -144,6 +149,48 @@ def load_text(client: redis.Redis, generation_id: str) -> str:
     pipe.hget(keys.gen_meta(generation_id), "text")
     text, earlier = pipe.execute()
     return str(text if text is not None else earlier or "")
+
+
+def claim_session(client: redis.Redis, session_id: str, owner: str, ttl_ms: int) -> bool:
+    """Make ``owner`` the owner of a new session, or tell whether it owns the existing one.
+
+    ``ttl_ms`` must outlive the session's streams (they expire twice the retention after its last generation
+    ends): each new generation renews it.
+    """
+    key = keys.session_owner(session_id)
+    for _ in range(2):
+        if client.set(key, owner, nx=True, px=ttl_ms):
+            return True
+        current = client.get(key)
+        if current is not None:
+            if current != owner:
+                return False
+            client.pexpire(key, ttl_ms)
+            return True
+    return False
+
+
+def session_owner(client: redis.Redis, session_id: str) -> str | None:
+    """Who owns a session, or None when there is no such session.
+
+    A session started before owners were recorded is owned by the owner of its first generation.
+    """
+    pipe = client.pipeline(transaction=False)
+    pipe.get(keys.session_owner(session_id))
+    pipe.xrange(keys.session_index(session_id), count=1)
+    owner, first = pipe.execute()
+    if not first:
+        return None
+    if owner is not None:
+        return str(owner)
+    meta = load_meta(client, first[0][1].get("generation_id", ""))
+    return meta.get("owner") or meta.get("api_key") or ""
+
+
+def session_generation_ids(client: redis.Redis, session_id: str, limit: int) -> list[str]:
+    """The ids of a session's generations, newest first (at most ``limit``)."""
+    entries: Any = client.xrevrange(keys.session_index(session_id), count=limit)
+    return [fields["generation_id"] for _, fields in entries if fields.get("generation_id")]
 
 
 def load_meta(client: redis.Redis, generation_id: str) -> dict[str, str]:

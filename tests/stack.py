@@ -5,6 +5,7 @@ End-to-end tests share one stack per session; fault-injection tests build their 
 
 from __future__ import annotations
 
+import hashlib
 import os
 import signal
 import subprocess
@@ -25,9 +26,43 @@ from tests.sse import SseResult, read_sse
 
 API_KEY = "e2e-key"
 OTHER_KEY = "e2e-other"
+# API_KEY's name (a bare key is named after its hash): the owner of what it creates.
+API_KEY_OWNER = f"key-{hashlib.sha256(API_KEY.encode()).hexdigest()[:10]}"
+# Keys of the keys file every stack reads (API_KEYS_FILE): a reader and a producer for API_KEY's owner, an admin.
+READER_KEY = "e2e-reader-key-0001"
+PRODUCER_KEY = "e2e-producer-key-01"
+ADMIN_KEY = "e2e-admin-key-00001"
+KEYS_FILE = f"""
+[[keys]]
+name = "app-reader"
+key = "{READER_KEY}"
+owner = "{API_KEY_OWNER}"
+scope = "reader"
+
+[[keys]]
+name = "app-producer"
+key_sha256 = "{hashlib.sha256(PRODUCER_KEY.encode()).hexdigest()}"
+owner = "{API_KEY_OWNER}"
+scope = "producer"
+
+[[keys]]
+name = "ops"
+key = "{ADMIN_KEY}"
+scope = "admin"
+"""
 
 # Variables of the host environment that must not leak into the processes under test.
-_SCRUB = ("REDIS_URL", "REDIS_HOST", "REDIS_PORT", "REDIS_PASSWORD", "REDIS_DB", "CELERY_BROKER_URL", "API_KEYS")
+_SCRUB = (
+    "REDIS_URL",
+    "REDIS_HOST",
+    "REDIS_PORT",
+    "REDIS_PASSWORD",
+    "REDIS_DB",
+    "CELERY_BROKER_URL",
+    "API_KEYS",
+    "API_KEYS_FILE",
+    "API_KEY_SCOPES",
+)
 
 
 @dataclass
@@ -178,15 +213,19 @@ def build_stack(directory: Path, logs: Path, *, cluster: bool = False, **env: st
     else:
         server = EmbeddedRedis(directory).start()
     base = {k: v for k, v in os.environ.items() if k not in _SCRUB}
+    keys_file = directory / "keys.toml"
+    keys_file.write_text(KEYS_FILE)
     base.update(
         {
             "REDIS_URL": server.url,
             "API_KEYS": f"{API_KEY},other:{OTHER_KEY}",
+            "API_KEYS_FILE": str(keys_file),
             "SECRET_KEY": "e2e-secret",
             "WEB_CONCURRENCY": "2",
             "CELERY_CONCURRENCY": "50",
             "LOG_FORMAT": "json",
             "SSE_KEEPALIVE_S": "1",
+            "PRESENCE_INTERVAL_S": "0.5",
             "CONSUMER_HEARTBEAT_MS": "200",
             "CONSUMER_CLAIM_IDLE_MS": "2000",
             "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",

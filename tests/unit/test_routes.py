@@ -1,0 +1,32 @@
+"""Every /v1 route is described: in the OpenAPI document, and by the action its scope check uses."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from flask import Flask
+
+from app import create_app
+from app.inputs import ROUTE_ACTIONS
+from app.openapi import document
+from bridge.settings import Settings
+
+
+@pytest.fixture(scope="module")
+def app() -> Flask:
+    return create_app(Settings(auth_disabled=True, redis_url="redis://127.0.0.1:1"))
+
+
+def _v1_rules(app: Flask) -> list[tuple[str, str]]:
+    return [(rule.endpoint, rule.rule) for rule in app.url_map.iter_rules() if rule.rule.startswith("/v1")]
+
+
+def test_every_v1_route_says_what_it_does(app: Flask) -> None:
+    assert {endpoint for endpoint, _ in _v1_rules(app)} - set(ROUTE_ACTIONS) == set()
+
+
+def test_every_v1_route_is_in_the_openapi_document(app: Flask) -> None:
+    documented = set(document()["paths"])
+    routes = {re.sub(r"<(?:\w+:)?(\w+)>", r"{\1}", rule) for _, rule in _v1_rules(app)}
+    assert routes - documented == set()
