@@ -16,7 +16,7 @@ from __future__ import annotations
 import random
 import re
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
@@ -239,6 +239,20 @@ class TokenbridgeClient:
         """``POST /v1/generations/{id}/cancel``; a finished generation raises a 409 ``already_finished``."""
         return self._json(self._request("POST", f"/v1/generations/{quote(generation_id, safe='')}/cancel"))
 
+    def token(self, generation_id: str) -> dict[str, Any]:
+        """``POST /v1/generations/{id}/token``: a fresh ``stream_token`` and its ``expires_at``."""
+        return self._json(self._request("POST", f"/v1/generations/{quote(generation_id, safe='')}/token"))
+
+    def session_token(self, session_id: str) -> dict[str, Any]:
+        """``POST /v1/sessions/{id}/token``: a fresh ``stream_token`` for the session and its ``expires_at``."""
+        return self._json(self._request("POST", f"/v1/sessions/{quote(session_id, safe='')}/token"))
+
+    def session_generations(self, session_id: str, *, limit: int = 20) -> list[dict[str, Any]]:
+        """``GET /v1/sessions/{id}/generations``: the session's generations, newest first."""
+        path = f"/v1/sessions/{quote(session_id, safe='')}/generations?limit={limit}"
+        data = self._json(self._request("GET", path)).get("data")
+        return data if isinstance(data, list) else []
+
     def status(self) -> dict[str, Any]:
         """``GET /readyz``: the health body, also when it is ``unhealthy`` (503)."""
         response = self._request("GET", "/readyz", check=False)
@@ -288,11 +302,19 @@ class TokenbridgeClient:
 
     # -- streams -----------------------------------------------------------------------------------
 
-    def stream(self, generation_or_id: dict[str, Any] | str, *, last_event_id: str | None = None) -> Iterator[Event]:
+    def stream(
+        self,
+        generation_or_id: dict[str, Any] | str,
+        *,
+        last_event_id: str | None = None,
+        refresh_token: Callable[[], str] | None = None,
+    ) -> Iterator[Event]:
         """Events of a generation, from the start or after ``last_event_id``, until its terminal event.
 
         Takes the id or the body ``submit`` returned (whose ``stream_token`` is used when the client has no
         API key). Yields nothing when the generation had already ended at ``last_event_id`` (204).
+        ``refresh_token`` returns a new stream token (from the backend that holds the API key, which asks
+        ``token()``); it is called when a reconnect finds the token expired, and the stream resumes where it was.
         """
         if isinstance(generation_or_id, str):
             generation_id, token = generation_or_id, None
@@ -300,12 +322,15 @@ class TokenbridgeClient:
             generation_id, token = str(generation_or_id["id"]), generation_or_id.get("stream_token")
         url = f"{self.base_url}/v1/generations/{quote(generation_id, safe='')}/events"
         params = {"token": token} if token and not self.api_key else {}
-        return self._follow(url, params, last_event_id)
+        return self._follow(url, params, last_event_id, refresh_token if params else None)
 
-    def _follow(self, url: str, params: dict[str, str], cursor: str | None) -> Iterator[Event]:
+    def _follow(
+        self, url: str, params: dict[str, str], cursor: str | None, refresh_token: Callable[[], str] | None = None
+    ) -> Iterator[Event]:
         retry_s = 1.0
         failures = 0
         answered = False  # whether the server was ever reached: a server that never was is reported at once
+        refreshed = False  # a token refreshed since the last event: one that is refused again is not retried
         while True:
             parser = SseParser()
             headers = self._headers()
@@ -321,6 +346,10 @@ class TokenbridgeClient:
                     if response.status_code != 200:
                         response.read()
                         error = _api_error(response)
+                        if error.code == "token_expired" and refresh_token is not None and not refreshed:
+                            params = {**params, "token": refresh_token()}
+                            refreshed = True
+                            continue
                         if response.status_code not in _RETRY_STATUSES:
                             raise error
                         problem, retry_after_s = str(error), error.retry_after_s
@@ -330,6 +359,7 @@ class TokenbridgeClient:
                                 event = _decode(message)
                                 cursor = event.id or cursor
                                 failures = 0
+                                refreshed = False
                                 yield event
                                 if event.terminal:
                                     return

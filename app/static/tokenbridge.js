@@ -71,6 +71,9 @@
    * @property {string} [lastEventId]  Start after this event id instead of from the beginning.
    * @property {string} [text]  The text received up to `lastEventId`.
    * @property {number} [maxRetries=20]  Failed reconnects in a row before giving up.
+   * @property {function(TokenbridgeHandle): (string|{stream_token: string}|Promise<string|{stream_token: string}>)} [refreshToken]
+   *   Returns a new stream token (your backend asks `POST /v1/generations/{id}/token` with its API key).
+   *   Called when a reconnect or a cancel finds the token expired; the stream then resumes where it was.
    * @property {function(string, TokenbridgeEvent, TokenbridgeHandle): void} [onToken]  A token's content.
    * @property {function(TokenbridgeEvent, TokenbridgeHandle): void} [onRestart]  The text was discarded.
    * @property {function(string, TokenbridgeEvent, TokenbridgeHandle): void} [onReset]  The text was replaced.
@@ -143,20 +146,68 @@
     });
   }
 
-  /** POST /v1/generations/{id}/cancel with the stream token. */
-  function cancelOverHttp(url, token) {
-    return global.fetch(withQuery(generationUrl(url) + "/cancel", { token: token }), { method: "POST" }).then(
+  function tokenExpired(response, body) {
+    return response.status === 401 && !!body && !!body.error && body.error.code === "token_expired";
+  }
+
+  /** Asks `opts.refreshToken` for a new stream token; resolves true once `opts.token` holds it. */
+  function refreshToken(opts, handle) {
+    if (typeof opts.refreshToken !== "function") return Promise.resolve(false);
+    return Promise.resolve()
+      .then(function () {
+        return opts.refreshToken(handle);
+      })
+      .then(
+        function (fresh) {
+          var token = fresh && typeof fresh === "object" ? fresh.stream_token : fresh;
+          if (typeof token !== "string" || !token) return false;
+          opts.token = token;
+          return true;
+        },
+        function (err) {
+          if (global.console) global.console.error("tokenbridge refreshToken failed:", err);
+          return false;
+        }
+      );
+  }
+
+  /** POST /v1/generations/{id}/cancel with the stream token (refreshed once if it expired). */
+  function cancelOverHttp(url, opts, handle, refreshed) {
+    return global.fetch(withQuery(generationUrl(url) + "/cancel", { token: opts.token }), { method: "POST" }).then(
       function (response) {
         if (response.ok) return undefined;
         return readJson(response).then(function (body) {
-          var info = httpError(response, body);
-          var err = new Error(info.message);
-          err.code = info.code;
-          err.status = info.status;
-          throw err;
+          if (!refreshed && tokenExpired(response, body)) {
+            return refreshToken(opts, handle).then(function (ok) {
+              if (ok) return cancelOverHttp(url, opts, handle, true);
+              throw cancelError(response, body);
+            });
+          }
+          throw cancelError(response, body);
         });
       }
     );
+  }
+
+  function cancelError(response, body) {
+    var info = httpError(response, body);
+    var err = new Error(info.message);
+    err.code = info.code;
+    err.status = info.status;
+    return err;
+  }
+
+  /**
+   * After a refusal: when it says the token expired and no token was refreshed since the last event, ask for a
+   * new one and call `retry`; resolves false when the refusal stands.
+   */
+  function retryWithFreshToken(reader, opts, response, body, retry) {
+    if (!tokenExpired(response, body) || reader.refreshed) return Promise.resolve(false);
+    reader.refreshed = true;
+    return refreshToken(opts, reader.handle).then(function (ok) {
+      if (ok) retry();
+      return ok;
+    });
   }
 
   /**
@@ -178,6 +229,7 @@
       handle: handle,
       maxRetries: typeof opts.maxRetries === "number" ? opts.maxRetries : 20,
       retries: 0,
+      refreshed: false, // a token was refreshed since the last event
 
       setStatus: function (status) {
         if (handle.status === status) return;
@@ -244,6 +296,7 @@
           lastSeq = data.seq;
         }
         reader.retries = 0;
+        reader.refreshed = false;
         if (event.id) handle.lastEventId = event.id;
         if (event.event === "token") {
           handle.text += typeof data.content === "string" ? data.content : "";
@@ -375,12 +428,9 @@
               return undefined;
             }
             return readJson(response).then(function (body) {
-              if (FATAL_STATUSES.indexOf(response.status) >= 0) {
-                reader.fail(httpError(response, body));
-              } else if (reader.retryAllowed()) {
-                reader.setStatus("reconnecting");
-                reader.later(open, backoffMs(reader.retries, Number(response.headers.get("Retry-After")) || 0));
-              }
+              return retryWithFreshToken(reader, opts, response, body, open).then(function (retried) {
+                if (!retried) refused(response, body);
+              });
             });
           },
           function () {
@@ -392,8 +442,17 @@
         );
     }
 
+    function refused(response, body) {
+      if (FATAL_STATUSES.indexOf(response.status) >= 0) {
+        reader.fail(httpError(response, body));
+      } else if (reader.retryAllowed()) {
+        reader.setStatus("reconnecting");
+        reader.later(open, backoffMs(reader.retries, Number(response.headers.get("Retry-After")) || 0));
+      }
+    }
+
     handle.cancel = function () {
-      return cancelOverHttp(opts.eventsUrl, opts.token);
+      return cancelOverHttp(opts.eventsUrl, opts, handle, false);
     };
     handle.close = function () {
       shut();
@@ -486,7 +545,9 @@
         function (response) {
           if (FATAL_STATUSES.indexOf(response.status) >= 0) {
             return readJson(response).then(function (body) {
-              reader.fail(httpError(response, body));
+              return retryWithFreshToken(reader, opts, response, body, connect).then(function (retried) {
+                if (!retried) reader.fail(httpError(response, body));
+              });
             });
           }
           reader.later(connect, backoffMs(reader.retries, Number(response.headers.get("Retry-After")) || 0));
@@ -503,7 +564,7 @@
         ws.send(JSON.stringify({ type: "cancel" }));
         return Promise.resolve();
       }
-      return cancelOverHttp(opts.wsUrl, opts.token);
+      return cancelOverHttp(opts.wsUrl, opts, handle, false);
     };
     handle.close = function () {
       shut();

@@ -429,3 +429,39 @@ def test_without_an_api_key_the_stream_token_of_the_submit_answer_is_used(serve:
 
     assert server.requests[0].path == "/v1/generations/gen_1/events?token=tok.en"
     assert "authorization" not in server.requests[0].headers
+
+
+def test_a_stream_whose_token_expired_refreshes_it_and_resumes_where_it_was(
+    serve: Callable[..., ScriptedServer], make_client: Callable[..., TokenbridgeClient]
+) -> None:
+    # Given a stream read with a stream token that expires while the connection is down
+    server = serve(
+        chunked(b"retry: 10\n\n", token("1-0", 0, "Hello"), complete=False),
+        api_error(401, "token_expired", "The stream token has expired; ask for a new one."),
+        chunked(token("2-0", 1, " world"), done("3-0", 2)),
+    )
+    asked = []
+
+    def refresh() -> str:
+        asked.append(True)
+        return "fresh-token"
+
+    client = make_client(server.url, api_key=None)
+    # When it is read with a refresh callback
+    events = list(client.stream({"id": "gen_a", "stream_token": "old-token"}, refresh_token=refresh))
+    # Then the callback was asked once, the stream resumed after the last event with the new token, and the
+    # reader got every event once
+    assert asked == [True]
+    assert [e.id for e in events] == ["1-0", "2-0", "3-0"]
+    resumed = server.requests[2]
+    assert "token=fresh-token" in resumed.path and resumed.headers["last-event-id"] == "1-0"
+
+
+def test_a_refreshed_token_that_is_refused_again_ends_the_stream(
+    serve: Callable[..., ScriptedServer], make_client: Callable[..., TokenbridgeClient]
+) -> None:
+    server = serve(api_error(401, "token_expired", "expired"))
+    client = make_client(server.url, api_key=None)
+    with pytest.raises(TokenbridgeAPIError) as info:
+        list(client.stream({"id": "gen_a", "stream_token": "old"}, refresh_token=lambda: "also-expired"))
+    assert info.value.code == "token_expired" and len(server.requests) == 2
