@@ -5,6 +5,9 @@
  * Storage:
  * - localStorage "tokenbridge.key": the API key (also taken from a #key=... fragment, then removed from the URL);
  * - localStorage "tokenbridge.prefs": model, transport and pace of the last send;
+ * - localStorage "tokenbridge.session": the session every answer of this browser belongs to; a tab that has no
+ *   answer of its own (a new tab, a restored browser) asks the session for its newest generation and, when it
+ *   is still running, reads it from the start;
  * - sessionStorage "tokenbridge.answer": the answer of this tab: generation id, events and ws URLs, stream
  *   token, last event id and the text up to it (always saved together), timings and status. On load, an
  *   answer that has not ended is resumed from its last event id with its text.
@@ -15,6 +18,7 @@
   var KEY_STORE = "tokenbridge.key";
   var PREFS_STORE = "tokenbridge.prefs";
   var ANSWER_STORE = "tokenbridge.answer";
+  var SESSION_STORE = "tokenbridge.session";
   var SAVE_EVERY_MS = 200;
 
   var $ = function (id) {
@@ -98,8 +102,92 @@
     });
   }
 
+  /** This browser's session id (made on first use). */
+  function sessionId() {
+    var id = null;
+    try {
+      id = localStorage.getItem(SESSION_STORE);
+    } catch (err) {
+      id = null;
+    }
+    if (!id) {
+      var bytes = new Uint8Array(12);
+      crypto.getRandomValues(bytes);
+      id = "demo-" + Array.prototype.map.call(bytes, function (b) { return ("0" + b.toString(16)).slice(-2); }).join("");
+      try {
+        localStorage.setItem(SESSION_STORE, id);
+      } catch (err) {
+        // private mode: a session for this page only
+      }
+    }
+    return id;
+  }
+
+  function authorized(url, method) {
+    return fetch(url, { method: method || "GET", headers: { Authorization: "Bearer " + keyInput.value.trim() } }).then(
+      function (response) {
+        return response.json().then(function (body) {
+          if (!response.ok) throw new Error((body.error && body.error.message) || "request failed");
+          return body;
+        });
+      }
+    );
+  }
+
+  /** A new stream token for the current answer, minted with the API key (tokenbridge.js asks when one expired). */
+  function refreshToken() {
+    return authorized("/v1/generations/" + encodeURIComponent(answer.id) + "/token", "POST").then(function (body) {
+      answer.token = body.stream_token;
+      saveAnswer();
+      return body.stream_token;
+    });
+  }
+
+  /** A tab without an answer of its own: resume the session's newest generation if it is still running. */
+  function resumeFromSession() {
+    if (!keyInput.value.trim()) return;
+    var session;
+    try {
+      session = localStorage.getItem(SESSION_STORE);
+    } catch (err) {
+      session = null;
+    }
+    if (!session) return;
+    authorized("/v1/sessions/" + encodeURIComponent(session) + "/generations?limit=1")
+      .then(function (listing) {
+        var newest = listing.data && listing.data[0];
+        if (!newest || (newest.status !== "queued" && newest.status !== "running") || reader) return undefined;
+        return authorized("/v1/generations/" + encodeURIComponent(newest.id) + "/token", "POST").then(function (minted) {
+          var base = "/v1/generations/" + encodeURIComponent(newest.id);
+          answer = {
+            id: newest.id,
+            model: newest.model,
+            prompt: "",
+            transport: transport(),
+            eventsUrl: base + "/events",
+            wsUrl: base + "/ws",
+            token: minted.stream_token,
+            lastEventId: "",
+            text: "",
+            tokens: 0,
+            startedAt: Date.now(),
+            firstAt: 0,
+            lastAt: 0,
+            status: "streaming",
+            message: "",
+          };
+          saveAnswer();
+          follow(true);
+          setStatus("streaming", "Found the session's running answer; reading it from the start…");
+        });
+      })
+      .catch(function () {
+        // Nothing to resume (no such session yet, or the key cannot read it): the page starts empty.
+      });
+  }
+
   function requestBody() {
-    var body = { model: modelSelect.value, prompt: promptInput.value };
+    var body = { model: modelSelect.value, prompt: promptInput.value, session_id: sessionId() };
     var maxTokens = parseInt($("max-tokens").value, 10);
     if (maxTokens > 0) body.max_tokens = maxTokens;
     if (provider() === "echo") {
@@ -200,6 +288,7 @@
   function follow(resumed) {
     var options = {
       token: answer.token,
+      refreshToken: refreshToken,
       lastEventId: answer.lastEventId || undefined,
       text: answer.text,
       onEvent: function (event, handle) {
@@ -382,6 +471,11 @@
   }
   keyInput.addEventListener("change", function () {
     store(localStorage, KEY_STORE, keyInput.value.trim());
+    try {
+      localStorage.removeItem(SESSION_STORE); // a session belongs to its key's owner: start a new one
+    } catch (err) {
+      // nothing stored
+    }
   });
   modelSelect.addEventListener("change", function () {
     showProviderFields();
@@ -414,5 +508,6 @@
     }
   } else {
     answer = null;
+    resumeFromSession();
   }
 })();

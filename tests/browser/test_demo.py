@@ -208,3 +208,18 @@ def test_the_client_stops_instead_of_looping(page: Page, stack: Stack) -> None:
     # Then no reader tried again: one connection and at most one probe each
     time.sleep(1.5)
     assert len(requests) <= 7, requests
+
+
+def test_a_new_tab_finds_the_running_answer_of_its_session(page: Page) -> None:
+    # Given an answer streaming slowly in one tab
+    _open(page)
+    prompt = _prompt(30)
+    _send(page, prompt, delay_ms=80)
+    _wait_for_words(page, 4)
+    # When the same browser opens the demo in a new tab (no answer of its own there)
+    other = page.context.new_page()
+    other.goto("/")
+    # Then that tab finds the session's running answer, reads it from the start and shows it whole
+    other.wait_for_selector('#status[data-state="done"]', timeout=15_000)
+    assert other.inner_text("#answer") == prompt
+    other.close()
