@@ -1,0 +1,228 @@
+"""The consumer worker as Celery's monitors (Flower) see it: a worker whose tasks are the generations it processes.
+
+Celery's event protocol, sent through the broker: ``worker-online`` at start, ``worker-heartbeat`` every
+``HEARTBEAT_S`` (Flower marks a worker offline when they stop coming), ``worker-offline`` on a clean stop.
+Each generation the consumer owns is a task ``tokenbridge.process_generation`` whose id is
+``<generation id>@<consumer name>``, so a takeover is a new task on the new owner:
+
+| the consumer                                   | the task event                                  |
+| ---------------------------------------------- | ----------------------------------------------- |
+| takes the generation (from ``llm:work``, or over) | ``task-received``                            |
+| processes its first entry                      | ``task-started``                                |
+| commits ``done`` / ``error`` / ``cancelled``   | ``task-succeeded`` / ``task-failed`` / ``task-revoked`` |
+| hands it back, or lost it to another consumer  | ``task-retried`` (it goes on as another task)   |
+| finds its streams gone                         | ``task-revoked`` (expired)                      |
+
+The consumer's loop only records a state change (an append to a bounded deque); a thread of its own sends the
+events, so a slow or absent broker never slows processing. Nothing here runs per token.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import platform
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+from importlib import metadata
+from typing import Any
+
+from celery import Celery
+
+from bridge.events import Event, EventType
+from workers.processors import GenerationState
+
+logger = logging.getLogger(__name__)
+
+PROCESS_TASK = "tokenbridge.process_generation"
+# Celery's own worker heartbeat interval; Flower gives a worker twice this before it shows it offline.
+HEARTBEAT_S = 2.0
+# Events kept while the broker is unreachable; the oldest go first.
+BUFFER_SIZE = 10_000
+_BACKOFF_MAX_S = 10.0
+
+
+def _version() -> str:
+    try:
+        return metadata.version("tokenbridge")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+_SOFTWARE = {"sw_ident": "tokenbridge-consumer", "sw_ver": _version(), "sw_sys": platform.system()}
+
+
+def worker_hostname(consumer_name: str) -> str:
+    """The name under which Flower lists a consumer worker."""
+    return f"consumer@{consumer_name}"
+
+
+def task_id(generation_id: str, consumer_name: str) -> str:
+    """The Celery task id of a generation processed by one consumer."""
+    return f"{generation_id}@{consumer_name}"
+
+
+@dataclass(slots=True)
+class _Task:
+    uuid: str
+    started_at: float | None = None
+
+
+class CeleryEvents:
+    """Records the consumer's state changes as Celery events and sends them from a thread of its own."""
+
+    def __init__(
+        self, app: Celery, consumer_name: str, *, heartbeat_s: float = HEARTBEAT_S, buffer_size: int = BUFFER_SIZE
+    ) -> None:
+        self.app = app
+        self.consumer_name = consumer_name
+        self.hostname = worker_hostname(consumer_name)
+        self.heartbeat_s = heartbeat_s
+        self.processed = 0
+        # Touched by the consumer's thread only; the sender reads nothing but its length.
+        self._tasks: dict[str, _Task] = {}
+        self.pending: deque[tuple[str, dict[str, Any]]] = deque(maxlen=buffer_size)
+        self._wake = threading.Event()
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._backoff_s = 0.5
+
+    # -- the consumer's side: one call per state change of a generation ------------------------------
+
+    def received(self, state: GenerationState, *, taken_over: bool) -> None:
+        gid = state.generation_id
+        task = self._tasks[gid] = _Task(task_id(gid, self.consumer_name))
+        kwargs = {"model": state.model, "session_id": state.session_id, "taken_over": taken_over}
+        self._record(
+            "task-received",
+            uuid=task.uuid,
+            name=PROCESS_TASK,
+            args=repr([gid]),
+            kwargs=repr(kwargs),
+            root_id=task.uuid,
+            parent_id=None,
+            retries=0,
+            eta=None,
+            expires=None,
+        )
+
+    def started(self, generation_id: str) -> None:
+        """Called for every batch of a generation; only its first one is an event."""
+        task = self._tasks.get(generation_id)
+        if task is None or task.started_at is not None:
+            return
+        task.started_at = time.time()
+        self._record("task-started", uuid=task.uuid, timestamp=task.started_at)
+
+    def ended(self, state: GenerationState, terminal: Event) -> None:
+        """After the terminal event's commit: succeeded (``done``), failed (``error``) or revoked (``cancelled``)."""
+        task = self._tasks.pop(state.generation_id, None)
+        if task is None:
+            return
+        self.processed += 1
+        now = time.time()
+        data = terminal.data
+        if terminal.type == EventType.DONE.value:
+            result = {"finish_reason": data.get("finish_reason"), "completion_tokens": state.completion_tokens}
+            runtime = now - (task.started_at or now)
+            self._record("task-succeeded", uuid=task.uuid, result=repr(result), runtime=runtime, timestamp=now)
+        elif terminal.type == EventType.ERROR.value:
+            exception = f"GenerationError('{data.get('code')}: {data.get('message')}')"
+            self._record("task-failed", uuid=task.uuid, exception=exception, traceback="", timestamp=now)
+        else:
+            self._record("task-revoked", uuid=task.uuid, terminated=False, signum=None, expired=False, timestamp=now)
+
+    def handed_on(self, generation_id: str, reason: str) -> None:
+        """The consumer let an unfinished generation go to another consumer: ``task-retried`` (a new task there)."""
+        task = self._tasks.pop(generation_id, None)
+        if task is not None:
+            self._record("task-retried", uuid=task.uuid, exception=f"HandedOn({reason!r})", traceback="")
+
+    def vanished(self, generation_id: str) -> None:
+        """The generation's streams are gone (expired or deleted) before it ended: ``task-revoked``, expired."""
+        task = self._tasks.pop(generation_id, None)
+        if task is not None:
+            self._record("task-revoked", uuid=task.uuid, terminated=False, signum=None, expired=True)
+
+    def _record(self, event_type: str, **fields: Any) -> None:
+        fields.setdefault("timestamp", time.time())
+        self.pending.append((event_type, fields))
+        self._wake.set()
+
+    # -- lifecycle -----------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the sender thread: ``worker-online``, then heartbeats and the recorded events."""
+        self._thread = threading.Thread(target=self._run, name="celery-events", daemon=True)
+        self._thread.start()
+
+    def close(self, *, timeout_s: float = 2.0) -> None:
+        """Send what is recorded and ``worker-offline``; give up after ``timeout_s``."""
+        self._stopping.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout_s)
+
+    # -- the sender thread ---------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        while True:
+            try:
+                with self.app.connection_for_write() as connection:
+                    connection.ensure_connection(max_retries=1)
+                    dispatcher = self.app.events.Dispatcher(connection, hostname=self.hostname, enabled=True)
+                    self._serve(dispatcher)
+                    return
+            except Exception as exc:
+                if self._stopping.is_set():
+                    logger.warning("Consumer %s could not send worker-offline to Flower: %s", self.consumer_name, exc)
+                    return
+                logger.warning(
+                    "Consumer %s cannot send Celery events (%s); retrying in %.1fs.",
+                    self.consumer_name,
+                    exc,
+                    self._backoff_s,
+                )
+                self._stopping.wait(self._backoff_s)
+                self._backoff_s = min(self._backoff_s * 2, _BACKOFF_MAX_S)
+
+    def _serve(self, dispatcher: Any) -> None:
+        dispatcher.send("worker-online", **self._worker_fields())
+        self._backoff_s = 0.5
+        next_beat = time.monotonic() + self.heartbeat_s
+        while not self._stopping.is_set():
+            self._flush(dispatcher)
+            if time.monotonic() >= next_beat:
+                dispatcher.send("worker-heartbeat", **self._worker_fields())
+                next_beat = time.monotonic() + self.heartbeat_s
+            self._wake.wait(max(0.0, next_beat - time.monotonic()))
+            self._wake.clear()
+        self._flush(dispatcher)
+        dispatcher.send("worker-offline", **self._worker_fields())
+
+    def _flush(self, dispatcher: Any) -> None:
+        while self.pending:
+            event_type, fields = self.pending.popleft()
+            try:
+                dispatcher.send(event_type, **fields)
+            except Exception:
+                self.pending.appendleft((event_type, fields))  # sent again once the broker is back
+                raise
+
+    def _worker_fields(self) -> dict[str, Any]:
+        return {
+            "freq": self.heartbeat_s,
+            "active": len(self._tasks),
+            "processed": self.processed,
+            "loadavg": _load_average(),
+            **_SOFTWARE,
+        }
+
+
+def _load_average() -> list[float]:
+    try:
+        return [round(value, 2) for value in os.getloadavg()]
+    except OSError:
+        return [0.0, 0.0, 0.0]
