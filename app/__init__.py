@@ -8,7 +8,7 @@ import time
 from flask import Flask, Response
 from flask_limiter import RateLimitExceeded
 
-from app import api, health, models_api, openai_compat, openapi, pages, producers, stats
+from app import api, dead_letters, health, models_api, openai_compat, openapi, pages, producers, stats
 from app.errors import error_response, register_error_handlers
 from app.extensions import cors, limiter, sock
 from app.services import Services
@@ -53,7 +53,7 @@ def create_app(settings: Settings | None = None) -> Flask:
             expose_headers=["Location", "Retry-After", "x-tokenbridge-generation-id", "Idempotent-Replayed"],
             max_age=600,
         )
-    for blueprint in (api.bp, producers.bp, openai_compat.bp, models_api.bp, stats.bp):
+    for blueprint in (api.bp, producers.bp, openai_compat.bp, models_api.bp, stats.bp, dead_letters.bp):
         if settings.rate_limit:
             # One count per API key across every /v1 route.
             limiter.shared_limit(settings.rate_limit, scope="v1")(blueprint)

@@ -20,7 +20,7 @@ from app.auth import Action
 from app.errors import ApiError
 from app.extensions import sock
 from app.hub import id_after
-from app.inputs import authenticate, check_session, json_body, load_meta, read_cursor
+from app.inputs import authenticate, check_session, json_body, limit_arg, load_meta, read_cursor
 from app.services import Services, services
 from app.streaming import KEEPALIVE_FRAME, GapHandler, follow, sse_frame, ws_frame
 from app.submit import submit_generation
@@ -214,20 +214,6 @@ def _records(generation_ids: list[str]) -> list[dict[str, Any] | None]:
     return records
 
 
-def _limit_arg(*, default: int, most: int) -> int:
-    raw = request.args.get("limit")
-    if raw is None:
-        return default
-    if not raw.isdigit() or not 1 <= int(raw) <= most:
-        raise ApiError(
-            422,
-            "validation_failed",
-            f"limit must be a whole number from 1 to {most}.",
-            details=[{"field": "limit", "message": f"between 1 and {most}", "type": "query"}],
-        )
-    return int(raw)
-
-
 @bp.post("/generations/<generation_id>/cancel")
 def cancel_generation(generation_id: str) -> tuple[Response, int]:
     load_meta(generation_id)
@@ -276,7 +262,7 @@ def session_events(session_id: str) -> Response:
 @bp.get("/sessions/<session_id>/generations")
 def session_generations(session_id: str) -> Response:
     check_session(session_id)
-    limit = _limit_arg(default=20, most=100)
+    limit = limit_arg(default=20, most=100)
     s = services()
     ids = streams.session_generation_ids(s.redis, session_id, limit + 1)
     records = [record for record in _records(ids[:limit]) if record is not None]

@@ -38,6 +38,9 @@ ROUTE_ACTIONS: dict[str, Action] = {
     "models.list_models": Action.ACCOUNT,
     "models.get_model": Action.ACCOUNT,
     "stats.stats": Action.ACCOUNT,
+    "dead_letters.list_dead_letters": Action.ADMIN,
+    "dead_letters.replay_dead_letter": Action.ADMIN,
+    "dead_letters.drop_dead_letter": Action.ADMIN,
     "pages.dashboard_data": Action.ACCOUNT,
 }
 
@@ -167,3 +170,18 @@ def model_errors(model: Any, options: Any, max_tokens: Any) -> list[dict[str, An
             {"field": "max_tokens", "message": f"max_tokens may be at most {ceiling}.", "type": "less_than_equal"}
         )
     return errors
+
+
+def limit_arg(*, default: int, most: int) -> int:
+    """``?limit=``: a whole number from 1 to ``most`` (``default`` when absent); 422 otherwise."""
+    raw = request.args.get("limit")
+    if raw is None:
+        return default
+    if not raw.isdigit() or not 1 <= int(raw) <= most:
+        raise ApiError(
+            422,
+            "validation_failed",
+            f"limit must be a whole number from 1 to {most}.",
+            details=[{"field": "limit", "message": f"between 1 and {most}", "type": "query"}],
+        )
+    return int(raw)

@@ -126,6 +126,22 @@ _GENERATION = {
         "readers": {"type": "integer", "minimum": 0, "description": "live readers across every web process"},
     },
 }
+_DEAD_LETTER_ID = {"name": "dead_letter_id", "in": "path", "required": True, "schema": {"type": "string"}}
+_DEAD_LETTER = {
+    "type": "object",
+    "required": ["id", "at", "generation_id", "entry_id", "error", "held"],
+    "properties": {
+        "id": {"type": "string"},
+        "at": {"type": "number"},
+        "generation_id": {"type": "string"},
+        "entry_id": {"type": "string"},
+        "error": {"type": "string"},
+        "deliveries": {"type": ["integer", "null"]},
+        "consumer": {"type": "string"},
+        "held": {"type": "boolean", "description": "its generation waits for a replay or a drop"},
+        "fields": {},
+    },
+}
 _SESSION_ID = {"name": "session_id", "in": "path", "required": True, "schema": _ID}
 _TOKEN = {
     "type": "object",
@@ -288,6 +304,47 @@ def _paths() -> dict[str, Any]:
                 "summary": "One model, as an OpenAI model object",
                 "parameters": [{"name": "model_id", "in": "path", "required": True, "schema": {"type": "string"}}],
                 "responses": {"200": _json(_MODEL), **_openai_errors()},
+            }
+        },
+        "/v1/dead-letters": {
+            "get": {
+                "summary": "Dead letters, newest first (admin scope)",
+                "parameters": [
+                    {
+                        "name": "limit",
+                        "in": "query",
+                        "required": False,
+                        "schema": {"type": "integer", "minimum": 1, "maximum": 500},
+                    },
+                    {"name": "before", "in": "query", "required": False, "schema": {"type": "string"}},
+                ],
+                "responses": {
+                    "200": _json(
+                        {
+                            "type": "object",
+                            "required": ["data", "total"],
+                            "properties": {
+                                "data": {"type": "array", "items": _DEAD_LETTER},
+                                "total": {"type": "integer"},
+                            },
+                        }
+                    ),
+                    **_errors(),
+                },
+            }
+        },
+        "/v1/dead-letters/{dead_letter_id}/replay": {
+            "post": {
+                "summary": "Try a held generation's dead entry again (admin scope)",
+                "parameters": [_DEAD_LETTER_ID],
+                "responses": {"202": _json({"type": "object"}, "Accepted"), **_errors(409)},
+            }
+        },
+        "/v1/dead-letters/{dead_letter_id}": {
+            "delete": {
+                "summary": "Drop a dead letter; a held generation ends with poison_entry (admin scope)",
+                "parameters": [_DEAD_LETTER_ID],
+                "responses": {"200": _json({"type": "object"}), **_errors()},
             }
         },
         "/v1/stats": {

@@ -6,14 +6,13 @@ only server-side data the dashboard adds is ``/dashboard/data`` (recent dead let
 
 from __future__ import annotations
 
-from typing import Any
 from urllib.parse import urlsplit
 
 from flask import Blueprint, Response, g, jsonify, render_template, request
 
 from app.inputs import authenticate
 from app.services import services
-from bridge import keys
+from bridge import dead_letters
 
 bp = Blueprint("pages", __name__)
 
@@ -39,39 +38,14 @@ def dashboard() -> str:
 
 @bp.get("/dashboard/data")
 def dashboard_data() -> Response:
-    """What the dashboard cannot read from /readyz, /metrics or /v1/stats: the latest dead letters."""
+    """What the dashboard cannot read from /readyz, /metrics or /v1/stats: the latest dead letters.
+
+    A key sees those of its owner's generations; ``admin`` sees all.
+    """
     authenticate()
-    client = services().redis
-    pipe = client.pipeline(transaction=False)
-    pipe.xlen(keys.DEAD_LETTERS)
-    pipe.xrevrange(keys.DEAD_LETTERS, "+", "-", count=RECENT_DEAD_LETTERS)
-    total, entries = pipe.execute()
-    if not g.principal.sees_everything:
-        entries = _owned(client, entries)
-    return jsonify({"dead_letters": {"total": int(total), "recent": [_dead_letter(e) for e in entries]}})
-
-
-def _owned(client: Any, entries: list[tuple[str, dict[str, str]]]) -> list[tuple[str, dict[str, str]]]:
-    """The dead letters of the caller's own generations (an owner sees only those; ``admin`` sees all)."""
-    pipe = client.pipeline(transaction=False)
-    for _, fields in entries:
-        pipe.hmget(keys.gen_meta(fields.get("generation_id", "")), "owner", "api_key")
-    owners = pipe.execute()
-    return [entry for entry, (owner, name) in zip(entries, owners, strict=True) if g.principal.owns(owner or name)]
-
-
-def _dead_letter(entry: tuple[str, dict[str, str]]) -> dict[str, Any]:
-    entry_id, fields = entry
-    deliveries = fields.get("deliveries", "")
-    return {
-        "id": entry_id,
-        "at": int(entry_id.split("-", 1)[0]) / 1000,  # the stream id's milliseconds: when it was moved there
-        "generation_id": fields.get("generation_id"),
-        "entry_id": fields.get("entry_id"),
-        "error": fields.get("error"),
-        "deliveries": int(deliveries) if deliveries.isdigit() else None,
-        "consumer": fields.get("consumer"),
-    }
+    letters, total = dead_letters.list_dead_letters(services().redis, limit=RECENT_DEAD_LETTERS)
+    recent = [letter.public() for letter in letters if g.principal.owns(letter.owner)]
+    return jsonify({"dead_letters": {"total": total, "recent": recent}})
 
 
 def _flower_url() -> str:

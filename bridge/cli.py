@@ -267,6 +267,37 @@ def _status(args: argparse.Namespace, client: TokenbridgeClient) -> int:
     return _HEALTH_EXIT.get(overall, 2)
 
 
+# -- dead letters ----------------------------------------------------------------------------------
+
+
+def _dead_letters(args: argparse.Namespace, client: TokenbridgeClient) -> int:
+    if args.action == "list":
+        body = client.dead_letters(limit=args.limit)
+        if args.json:
+            sys.stdout.write(orjson.dumps(body, option=orjson.OPT_INDENT_2).decode() + "\n")
+            return 0
+        style = _Style(sys.stdout)
+        letters = body.get("data") or []
+        lines = [f"{body.get('total', len(letters))} dead letters" + (f", newest {len(letters)}:" if letters else "")]
+        for letter in letters:
+            held = style("held", BOLD, RED) if letter.get("held") else style("ended", DIM)
+            lines.append(f"  {letter['id']}  {held}  {letter['generation_id']}  entry {letter['entry_id']}")
+            lines.append(f"      {style(str(letter.get('error', '')), DIM)}")
+        sys.stdout.write("\n".join(lines) + "\n")
+        return 0
+    if not args.id:
+        raise SystemExit(f"tokenbridge dead-letters {args.action}: give the dead letter's id")
+    if args.action == "replay":
+        body = client.replay_dead_letter(args.id)
+        message = f"replaying {args.id}: generation {body.get('generation_id')} continues if it goes through"
+    else:
+        body = client.drop_dead_letter(args.id)
+        ended = f"; generation {body.get('generation_id')} ends with poison_entry" if body.get("ended") else ""
+        message = f"dropped {args.id}{ended}"
+    sys.stdout.write((orjson.dumps(body).decode() if args.json else message) + "\n")
+    return 0
+
+
 # -- entry point -----------------------------------------------------------------------------------
 
 
@@ -316,6 +347,14 @@ def _parser() -> argparse.ArgumentParser:
 
     status = commands.add_parser("status", parents=[connection], help="health of the server (/readyz)")
     status.set_defaults(run=_status)
+
+    dead = commands.add_parser(
+        "dead-letters", parents=[connection], help="list, replay or drop dead letters (needs an admin key)"
+    )
+    dead.add_argument("action", choices=["list", "replay", "drop"])
+    dead.add_argument("id", nargs="?", help="the dead letter's id (replay, drop)")
+    dead.add_argument("--limit", type=int, default=20, help="how many to list (newest first)")
+    dead.set_defaults(run=_dead_letters)
     return parser
 
 

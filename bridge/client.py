@@ -253,6 +253,18 @@ class TokenbridgeClient:
         data = self._json(self._request("GET", path)).get("data")
         return data if isinstance(data, list) else []
 
+    def dead_letters(self, *, limit: int = 50) -> dict[str, Any]:
+        """``GET /v1/dead-letters`` (admin scope): ``{"data": [...], "total": n}``, newest first."""
+        return self._json(self._request("GET", f"/v1/dead-letters?limit={limit}"))
+
+    def replay_dead_letter(self, dead_letter_id: str) -> dict[str, Any]:
+        """``POST /v1/dead-letters/{id}/replay``: a held generation's entry is tried again."""
+        return self._json(self._request("POST", f"/v1/dead-letters/{quote(dead_letter_id, safe='')}/replay"))
+
+    def drop_dead_letter(self, dead_letter_id: str) -> dict[str, Any]:
+        """``DELETE /v1/dead-letters/{id}``: gone; a held generation ends with ``poison_entry``."""
+        return self._json(self._request("DELETE", f"/v1/dead-letters/{quote(dead_letter_id, safe='')}"))
+
     def status(self) -> dict[str, Any]:
         """``GET /readyz``: the health body, also when it is ``unhealthy`` (503)."""
         response = self._request("GET", "/readyz", check=False)

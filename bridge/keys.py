@@ -43,6 +43,11 @@ def gen_lease(generation_id: str) -> str:
     return f"llm:gen:{{{generation_id}}}:lease"
 
 
+def gen_replay(generation_id: str) -> str:
+    """An operator's decision on the generation's held dead letter: ``replay:<entry id>`` or ``drop:<entry id>``."""
+    return f"llm:gen:{{{generation_id}}}:replay"
+
+
 def generation_keys(generation_id: str) -> tuple[str, ...]:
     """Every key of one generation, for expiry."""
     return (
@@ -52,6 +57,7 @@ def generation_keys(generation_id: str) -> tuple[str, ...]:
         gen_text(generation_id),
         gen_cancel(generation_id),
         gen_lease(generation_id),
+        gen_replay(generation_id),
     )
 
 
