@@ -87,10 +87,14 @@ class Settings(BaseSettings):
     consumer_claim_idle_ms: int = Field(default=10_000, ge=100)
     consumer_heartbeat_ms: int = Field(default=2000, ge=50)
     consumer_metrics_port: int | None = None
+    # Celery events (worker heartbeats, one task event per state change of a generation) so Flower shows consumers.
+    consumer_celery_events: bool = True
     worker_metrics_port: int | None = None
     processors: str = ""
     dead_letter_after: int = Field(default=5, ge=1)
     dead_letter_max_length: int = Field(default=10_000, ge=10)
+    # How long a generation waits for an operator to replay or drop its dead letter (0: it ends at once).
+    dead_letter_hold_s: float = Field(default=0.0, ge=0, le=86_400)
     generation_max_attempts: int = Field(default=3, ge=1)
     queue_timeout_s: float = Field(default=600.0, gt=0)
     external_idle_timeout_s: float = Field(default=300.0, gt=0)

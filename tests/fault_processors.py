@@ -21,3 +21,15 @@ class PoisonOnMarker(Processor):
         if "POISON" in event.data.get("content", ""):
             raise RuntimeError("cannot moderate this token")
         return event
+
+
+class FixablePoison(PoisonOnMarker):
+    """Fails on 'POISON' until the key ``FIXED_KEY`` exists: a moderation backend that an operator repairs."""
+
+    name = "fixable-poison"
+    FIXED_KEY = "tokenbridge-test:moderation-fixed"
+
+    def process(self, gen: GenerationState, event: Event) -> Event | None:
+        if "POISON" in event.data.get("content", "") and not self.client.exists(self.FIXED_KEY):
+            raise RuntimeError("moderation backend is down")
+        return event

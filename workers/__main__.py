@@ -11,7 +11,8 @@ from bridge.connections import redis_client
 from bridge.constants import celery_client_options, send_generation
 from bridge.logs import configure_logging
 from bridge.settings import Settings
-from workers.consumer import ConsumerWorker
+from workers.celery_events import CeleryEvents
+from workers.consumer import ConsumerWorker, default_consumer_name
 from workers.processors import default_processors
 
 
@@ -22,11 +23,15 @@ def main() -> None:
     client = redis_client(settings, socket_timeout_s=settings.consumer_block_ms / 1000 + 10)
     celery = Celery("tokenbridge-supervisor", broker=settings.broker_url)
     celery.conf.update(celery_client_options(settings))
+    name = settings.consumer_name or default_consumer_name()
     worker = ConsumerWorker(
         client,
         settings,
         default_processors(client, settings.processors),
+        name=name,
         enqueue=lambda gid: send_generation(celery, gid),
+        # Flower lists this process as the worker consumer@<name>, and its generations as tasks.
+        events=CeleryEvents(celery, name) if settings.consumer_celery_events else None,
     )
     worker.install_signal_handlers()
     for problem in settings.order_problems():

@@ -30,15 +30,17 @@ from typing import Any
 import orjson
 import redis
 
-from bridge import keys, scripts
+from bridge import dead_letters, keys, scripts
 from bridge.cluster import MOVING, NotifiedReader, node_client, refresh_if_moved
 from bridge.connections import UNAVAILABLE, is_cluster
+from bridge.dead_letters import Decision
 from bridge.errors import ProcessingError
 from bridge.events import Event, EventType, decode_raw
 from bridge.settings import Settings
 from bridge.streams import ensure_group, work_backlog
 from workers import metrics
 from workers.alerts import Alerter
+from workers.celery_events import CeleryEvents
 from workers.processors import Chain, GenerationState, Processor
 
 logger = logging.getLogger(__name__)
@@ -64,6 +66,7 @@ class ConsumerWorker:
         *,
         name: str | None = None,
         enqueue: Enqueue | None = None,
+        events: CeleryEvents | None = None,
     ) -> None:
         self.client = client
         self.settings = settings
@@ -71,6 +74,8 @@ class ConsumerWorker:
         self.group = settings.redis_consumer_group
         self.name = name or settings.consumer_name or default_consumer_name()
         self.enqueue = enqueue
+        # What Flower shows of this consumer (CONSUMER_CELERY_EVENTS): one call per state change of a generation.
+        self.events = events
         self.owned: dict[str, GenerationState] = {}
         # Processed batches waiting for the commit of the current read.
         self._batches: list[Batch] = []
@@ -100,6 +105,8 @@ class ConsumerWorker:
 
     def run(self) -> None:
         logger.info("Consumer %s started (group %s).", self.name, self.group)
+        if self.events is not None:
+            self.events.start()
         backoff_s = 0.1
         while not self._stopping.is_set():
             try:
@@ -115,6 +122,8 @@ class ConsumerWorker:
                 self._stopping.wait(backoff_s)
                 backoff_s = min(backoff_s * 2, 5.0)
         self._leave()
+        if self.events is not None:
+            self.events.close()
         self.reader.close()
         logger.info("Consumer %s stopped.", self.name)
 
@@ -135,6 +144,9 @@ class ConsumerWorker:
                     )
             if self.owned:
                 logger.info("Consumer %s handed back %s generations.", self.name, len(self.owned))
+            if self.events is not None:
+                for gid in self.owned:
+                    self.events.handed_on(gid, f"consumer {self.name} stopped; another one continues")
             self.client.zrem(keys.CONSUMERS_ZSET, self.name)
         except (redis.RedisError, redis.exceptions.RedisClusterException):
             logger.warning("Consumer %s could not deregister.", self.name)
@@ -206,6 +218,7 @@ class ConsumerWorker:
         self.client.zadd(keys.CONSUMERS_ZSET, {self.name: now_ms})
         self._refresh_owned()
         self._take_over_idle()
+        self._apply_decisions()
         self._supervise()
         self._measure()
         self.alerter.tick()
@@ -243,6 +256,8 @@ class ConsumerWorker:
             if gid not in still_ours:
                 logger.warning("Generation %s was taken over by another consumer; letting it go.", gid)
                 del self.owned[gid]
+                if self.events is not None:
+                    self.events.handed_on(gid, "taken over by another consumer")
 
     def _read_own(self, stream: str, after: str) -> Any:
         """A page of our own pending entries of a work shard (straight from its node)."""
@@ -349,6 +364,8 @@ class ConsumerWorker:
         state = GenerationState.from_meta(generation_id, work_id, meta, work_stream=work_stream)
         state.resumed = state.resumed or taken_over
         self.owned[generation_id] = state
+        if self.events is not None:
+            self.events.received(state, taken_over=taken_over)
         self.chain.start(state)
         if taken_over:
             self._process_left_over(generation_id)
@@ -394,6 +411,8 @@ class ConsumerWorker:
         stay pending and are read again (or the entry is dead-lettered).
         """
         state = self.owned[generation_id]
+        if self.events is not None:
+            self.events.started(generation_id)
         batch = Batch(state)
         for entry_id, fields in entries:
             if state.finished or not fields:
@@ -416,6 +435,10 @@ class ConsumerWorker:
                 batch.failure = (entry_id, fields, exc, False)
                 break
             batch.acked.append(entry_id)
+            if entry_id == state.held_entry:
+                # The held entry went through (a replay, or the last try when the hold ran out): carry on.
+                state.held_entry = None
+                state.meta_updates.update(held_entry="", held_until="")
             if out is not None:
                 out.data["seq"] = state.seq
                 state.seq += 1
@@ -493,6 +516,8 @@ class ConsumerWorker:
         for batch in ended:
             assert batch.terminal is not None
             self.chain.finish(batch.state, batch.terminal)
+            if self.events is not None:
+                self.events.ended(batch.state, batch.terminal)
             self._release_work(batch.state.work_stream, batch.state.work_id)
             self.owned.pop(batch.state.generation_id, None)
 
@@ -520,9 +545,18 @@ class ConsumerWorker:
         deliveries = self._deliveries(gid, entry_id)
         state.failures += 1
         state.pending_retry = True
-        if malformed or deliveries >= self.settings.dead_letter_after:
+        if malformed:
             self._dead_letter(state, entry_id, fields, error, deliveries)
-            state.retry_at = time.monotonic()
+            return
+        if deliveries >= self.settings.dead_letter_after:
+            if state.held_entry != entry_id and self.settings.dead_letter_hold_s > 0:
+                self._hold(state, entry_id, fields, error, deliveries)
+            elif state.held_entry == entry_id and time.time() < state.held_until:
+                # Still held (tried again after a takeover or a restart): wait on, recorded once already.
+                state.retry_at = time.monotonic() + state.held_until - time.time()
+            else:
+                # Not held, or the hold ran out and its last try failed too.
+                self._dead_letter(state, entry_id, fields, error, deliveries, record=state.held_entry != entry_id)
             return
         state.retry_at = time.monotonic() + min(0.05 * 2**state.failures, 2.0)
         logger.warning(
@@ -542,8 +576,16 @@ class ConsumerWorker:
         return int(pending[0]["times_delivered"]) if pending else 1
 
     def _dead_letter(
-        self, state: GenerationState, entry_id: str, fields: dict[str, str], error: Exception, deliveries: int
+        self,
+        state: GenerationState,
+        entry_id: str,
+        fields: dict[str, str],
+        error: Exception,
+        deliveries: int,
+        *,
+        record: bool = True,
     ) -> None:
+        """Give up on the entry: record it (unless its hold recorded it already) and end the generation."""
         gid = state.generation_id
         logger.error(
             "Generation %s: entry %s moved to %s after %s deliveries: %s",
@@ -555,26 +597,90 @@ class ConsumerWorker:
             extra={"generation_id": gid},
         )
         pipe = self.client.pipeline(transaction=False)
-        pipe.xadd(
-            keys.DEAD_LETTERS,
-            {
-                "generation_id": gid,
-                "entry_id": entry_id,
-                "fields": orjson.dumps(fields),
-                "error": repr(error),
-                "deliveries": deliveries,
-                "consumer": self.name,
-            },
-            maxlen=self.settings.dead_letter_max_length,
-            approximate=True,
-        )
+        if record:
+            self._record(pipe, state, entry_id, fields, error, deliveries, held=False)
         pipe.xack(keys.gen_raw(gid), self.group, entry_id)
         pipe.execute()
-        metrics.DEAD_LETTERS.inc()
+        if record:
+            metrics.DEAD_LETTERS.inc()
+        self._give_up(state, entry_id, deliveries)
+
+    def _give_up(self, state: GenerationState, entry_id: str, deliveries: int) -> None:
+        """End the generation with ``poison_entry``; what it still holds pending is read again at once."""
+        state.retry_at = time.monotonic()
         state.poisoned = True
         message = f"Entry {entry_id} could not be processed after {deliveries} deliveries."
         state.scratch["poison"] = {"code": "poison_entry", "message": message}
-        self.fail(gid, "poison_entry", message)
+        self.fail(state.generation_id, "poison_entry", message)
+
+    def _record(
+        self,
+        pipe: Any,
+        state: GenerationState,
+        entry_id: str,
+        fields: dict[str, str],
+        error: Exception,
+        deliveries: int,
+        *,
+        held: bool,
+    ) -> None:
+        dead_letters.record(
+            pipe,
+            generation_id=state.generation_id,
+            entry_id=entry_id,
+            fields=fields,
+            error=repr(error),
+            deliveries=deliveries,
+            consumer=self.name,
+            held=held,
+            max_length=self.settings.dead_letter_max_length,
+        )
+
+    def _hold(
+        self, state: GenerationState, entry_id: str, fields: dict[str, str], error: Exception, deliveries: int
+    ) -> None:
+        """Record the entry as a held dead letter; the generation waits for a replay or a drop (or the hold's end)."""
+        gid = state.generation_id
+        hold_s = self.settings.dead_letter_hold_s
+        state.held_entry, state.held_until = entry_id, time.time() + hold_s
+        state.retry_at = time.monotonic() + hold_s
+        pipe = self.client.pipeline(transaction=False)
+        self._record(pipe, state, entry_id, fields, error, deliveries, held=True)
+        pipe.hset(keys.gen_meta(gid), mapping={"held_entry": entry_id, "held_until": repr(state.held_until)})
+        pipe.execute()
+        metrics.DEAD_LETTERS.inc()
+        logger.error(
+            "Generation %s: entry %s failed %s deliveries and is held for %ss in %s: replay or drop it (%s).",
+            gid,
+            entry_id,
+            deliveries,
+            hold_s,
+            keys.DEAD_LETTERS,
+            error,
+            extra={"generation_id": gid},
+        )
+
+    def _apply_decisions(self) -> None:
+        """An operator's replay or drop of a held generation's dead letter (read at each heartbeat)."""
+        held = [state for state in self.owned.values() if state.held_entry and not state.poisoned]
+        if not held:
+            return
+        pipe = self.client.pipeline(transaction=False)
+        for state in held:
+            pipe.getdel(keys.gen_replay(state.generation_id))
+        for state, decision in zip(held, pipe.execute(), strict=True):
+            action, _, entry_id = str(decision or "").partition(":")
+            if entry_id != state.held_entry:
+                continue  # none, or about an entry this generation no longer waits on
+            if action == Decision.REPLAY:
+                logger.info("Generation %s: entry %s replayed.", state.generation_id, entry_id)
+                state.held_entry, state.failures, state.retry_at = None, 0, time.monotonic()
+                self.client.hset(keys.gen_meta(state.generation_id), mapping={"held_entry": "", "held_until": ""})
+            elif action == Decision.DROP:
+                logger.warning("Generation %s: dead entry %s dropped.", state.generation_id, entry_id)
+                deliveries = self._deliveries(state.generation_id, entry_id)
+                self.client.xack(keys.gen_raw(state.generation_id), self.group, entry_id)
+                self._give_up(state, entry_id, deliveries)
 
     def _check(self, generation_id: str, results: list[Any]) -> None:
         for result in results:
@@ -599,6 +705,8 @@ class ConsumerWorker:
         if state is not None:
             logger.warning("Generation %s has no raw stream any more; released.", generation_id)
             self._release_work(state.work_stream, state.work_id)
+            if self.events is not None:
+                self.events.vanished(generation_id)
 
     def _recover_missing_groups(self) -> None:
         for gid in list(self.owned):

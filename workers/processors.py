@@ -46,6 +46,9 @@ class GenerationState:
     retry_at: float = 0.0
     failures: int = 0
     poisoned: bool = False
+    # A dead entry the generation waits on (DEAD_LETTER_HOLD_S) until a replay, a drop, or this UNIX time.
+    held_entry: str | None = None
+    held_until: float = 0.0
     # Fields for ``:meta``, written in the same transaction as the batch that produced them.
     meta_updates: dict[str, Any] = field(default_factory=dict)
     scratch: dict[str, Any] = field(default_factory=dict)
@@ -67,6 +70,8 @@ class GenerationState:
             completion_tokens=int(meta.get("completion_tokens", 0)),
             first_token_at=float(first) if first else None,
             resumed=int(meta.get("seq", 0)) > 0,
+            held_entry=meta.get("held_entry") or None,
+            held_until=float(meta.get("held_until") or 0),
         )
 
 
@@ -75,7 +80,8 @@ class Processor:
 
     A processor that raises is logged and skipped for that event, unless it is ``critical`` (a moderation
     step that must not be bypassed): then the entry is retried, and after ``DEAD_LETTER_AFTER`` deliveries
-    it goes to the dead-letter stream and the generation ends with an error.
+    it goes to the dead-letter stream and the generation ends with an error (or, with ``DEAD_LETTER_HOLD_S``,
+    waits that long for an operator to replay or drop it).
     """
 
     name = "processor"

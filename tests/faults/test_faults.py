@@ -7,6 +7,8 @@ explicit restart / error), no token lost, none duplicated, no stream left hangin
 from __future__ import annotations
 
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 
@@ -14,8 +16,9 @@ import httpx
 import pytest
 
 from bridge import keys
+from tests.fault_processors import FixablePoison
 from tests.reader import ReadOutcome, ResumingReader, read_all
-from tests.stack import Stack
+from tests.stack import ADMIN_KEY, Stack
 
 pytestmark = [pytest.mark.slow, pytest.mark.faults]
 
@@ -286,3 +289,60 @@ def test_provider_failures_end_cleanly(
         assert stack.get(f"/v1/generations/{gen['id']}").json()["status"] == "failed"
     else:
         assert len([e for e in outcome.events if e.event == "token"]) == 20
+
+
+def test_a_held_generation_waits_for_the_operator_and_continues_after_a_replay(
+    make_stack: Callable[..., Stack], record: Callable[..., None]
+) -> None:
+    # Given a moderation step that fails on one token until it is repaired, and generations held on failure
+    stack = make_stack(
+        PROCESSORS="tests.fault_processors:FixablePoison", DEAD_LETTER_AFTER="2", DEAD_LETTER_HOLD_S="120"
+    )
+    for name in ("web", "worker", "consumer"):
+        stack.start(name)
+    stack.wait_ready()
+    prompt = "fine so far POISON and then the rest"
+    held = stack.create(model="echo", prompt=prompt, options={"delay_ms": 20})
+    [reader] = _readers(stack, [held])
+    admin = {"Authorization": f"Bearer {ADMIN_KEY}"}
+    # When its entry has failed its deliveries
+    _wait(lambda: stack.get("/v1/dead-letters", headers=admin).json()["total"] == 1, what="a dead letter")
+    [letter] = stack.get("/v1/dead-letters", headers=admin).json()["data"]
+    # Then the generation waits (still running, nothing after the entry), and only an admin sees the letter
+    assert letter["held"] and letter["generation_id"] == held["id"]
+    waiting = stack.get(f"/v1/generations/{held['id']}").json()
+    assert (waiting["status"], waiting["text"]) == ("running", "fine so far ")
+    assert stack.get("/v1/dead-letters").status_code == 403
+    # And once the backend is repaired and the operator replays the entry, the reader gets the whole answer
+    stack.client().set(FixablePoison.FIXED_KEY, "1")
+    started = time.monotonic()
+    replay = stack.post(f"/v1/dead-letters/{letter['id']}/replay", headers=admin)
+    assert replay.status_code == 202
+    [outcome] = read_all([reader])
+    _assert_exact([outcome], prompt)
+    assert stack.get("/v1/dead-letters", headers=admin).json()["total"] == 0
+    record(scenario="held dead letter replayed", ended_after_s=round(time.monotonic() - started, 2))
+
+
+def test_a_dead_letter_of_an_ended_generation_cannot_be_replayed_but_can_be_dropped(
+    make_stack: Callable[..., Stack],
+) -> None:
+    stack = make_stack(PROCESSORS="tests.fault_processors:PoisonOnMarker", DEAD_LETTER_AFTER="2")
+    for name in ("web", "worker", "consumer"):
+        stack.start(name)
+    stack.wait_ready()
+    bad = stack.create(model="echo", prompt="POISON at once")
+    admin = {"Authorization": f"Bearer {ADMIN_KEY}"}
+    _wait(lambda: stack.get(f"/v1/generations/{bad['id']}").json()["status"] == "failed", what="the failure")
+    [letter] = stack.get("/v1/dead-letters", headers=admin).json()["data"]
+    assert not letter["held"]
+    refused = stack.post(f"/v1/dead-letters/{letter['id']}/replay", headers=admin)
+    assert (refused.status_code, refused.json()["error"]["code"]) == (409, "generation_finished")
+    # The command line lists and drops it
+    cli = [sys.executable, "-m", "bridge.cli", "--url", stack.base_url, "--api-key", ADMIN_KEY, "dead-letters"]
+    listed = subprocess.run([*cli, "list"], capture_output=True, text=True, timeout=30, check=True)
+    assert letter["id"] in listed.stdout and "ended" in listed.stdout
+    dropped = subprocess.run([*cli, "drop", letter["id"]], capture_output=True, text=True, timeout=30, check=True)
+    assert f"dropped {letter['id']}" in dropped.stdout
+    gone = httpx.delete(stack.url(f"/v1/dead-letters/{letter['id']}"), headers=admin)
+    assert gone.status_code == 404
