@@ -23,6 +23,8 @@ def create_app(settings: Settings | None = None) -> Flask:
     if not settings.auth_disabled and not settings.secret_key:
         raise RuntimeError("SECRET_KEY is required to sign stream tokens (or set AUTH_DISABLED=1 in development).")
     configure_logging(settings.log_format, settings.log_level, process="web")
+    for problem in settings.order_problems():
+        logger.warning(problem)
     if settings.auth_disabled:
         logger.warning("AUTH_DISABLED is set: every /v1 request is allowed. Development only.")
     elif not settings.api_key_set and not settings.api_keys_file:

@@ -6,7 +6,7 @@ from functools import cached_property
 from typing import Literal
 from urllib.parse import quote, urlsplit
 
-from pydantic import Field, model_validator
+from pydantic import Field, PrivateAttr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -99,6 +99,42 @@ class Settings(BaseSettings):
     queue_timeout_s: float = Field(default=600.0, gt=0)
     external_idle_timeout_s: float = Field(default=300.0, gt=0)
 
+    # Names of the design tokenbridge grew from. Two map onto the blocking reads (in seconds); the other two
+    # have no meaning here and are named in a warning at start (``order_problems``).
+    redis_poll_delay: float | None = Field(
+        default=None,
+        gt=0,
+        description="Seed name: longest wait of the web's hub for new entries, in seconds (HUB_BLOCK_MS).",
+    )
+    consumer_poll_timeout: float | None = Field(
+        default=None,
+        gt=0,
+        description="Seed name: longest blocking read of a consumer, in seconds (CONSUMER_BLOCK_MS).",
+    )
+    max_consumers_per_instance: int | None = Field(
+        default=None, description="Seed name with no meaning here: run more `consumer` processes instead."
+    )
+    connection_cleanup_interval: float | None = Field(
+        default=None, description="Seed name with no meaning here: closed connections are cleaned up at once."
+    )
+
+    _seed_overridden: list[str] = PrivateAttr(default_factory=list)
+
+    @model_validator(mode="after")
+    def _seed_names(self) -> Settings:
+        # The tokenbridge name wins when both are set.
+        overridden = []
+        for seed, name in (("redis_poll_delay", "hub_block_ms"), ("consumer_poll_timeout", "consumer_block_ms")):
+            value = getattr(self, seed)
+            if value is None:
+                continue
+            if name in self.model_fields_set:
+                overridden.append(f"{seed.upper()} is ignored: {name.upper()} is set too, and wins.")
+            else:
+                setattr(self, name, max(10, round(value * 1000)))
+        self._seed_overridden = overridden
+        return self
+
     @model_validator(mode="after")
     def _check(self) -> Settings:
         if self.consumer_heartbeat_ms * 3 > self.consumer_claim_idle_ms:
@@ -131,6 +167,17 @@ class Settings(BaseSettings):
             )
         if self.lease_ms <= 2 * self.cancel_poll_ms:
             problems.append("LEASE_MS should be well above CANCEL_POLL_MS, which is how often a lease is renewed.")
+        if self.max_consumers_per_instance is not None:
+            problems.append(
+                "MAX_CONSUMERS_PER_INSTANCE is ignored: each `consumer` process is one consumer; run more of them "
+                "(they share the work and take over each other's generations)."
+            )
+        if self.connection_cleanup_interval is not None:
+            problems.append(
+                "CONNECTION_CLEANUP_INTERVAL is ignored: a reader that disconnects is forgotten at once, and reader "
+                "counts of a dead web process lapse after 3 x PRESENCE_INTERVAL_S."
+            )
+        problems.extend(self._seed_overridden)
         return problems
 
     @cached_property

@@ -140,3 +140,26 @@ def test_rate_limits_share_the_streams_redis_cluster_included() -> None:
     assert cluster.rate_limit_storage == ("redis+cluster://:pw@h:7000", {})
     tls = Settings(redis_url="rediss://h:7000", redis_cluster=True, celery_broker_url="amqp://b//")
     assert tls.rate_limit_storage == ("redis+cluster://h:7000", {"ssl": True})
+
+
+def test_the_seed_designs_poll_settings_are_honoured_in_seconds(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("REDIS_POLL_DELAY", "0.25")
+    monkeypatch.setenv("CONSUMER_POLL_TIMEOUT", "2")
+    settings = Settings()
+    assert (settings.hub_block_ms, settings.consumer_block_ms) == (250, 2000)
+    assert settings.order_problems() == []
+
+
+def test_a_tokenbridge_name_wins_over_its_seed_name_with_a_warning(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("REDIS_POLL_DELAY", "0.25")
+    monkeypatch.setenv("HUB_BLOCK_MS", "700")
+    settings = Settings()
+    assert settings.hub_block_ms == 700
+    assert settings.order_problems() == ["REDIS_POLL_DELAY is ignored: HUB_BLOCK_MS is set too, and wins."]
+
+
+def test_seed_settings_without_meaning_here_are_named_at_start(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MAX_CONSUMERS_PER_INSTANCE", "4")
+    monkeypatch.setenv("CONNECTION_CLEANUP_INTERVAL", "30")
+    problems = Settings().order_problems()
+    assert [p.split(" ", 1)[0] for p in problems] == ["MAX_CONSUMERS_PER_INSTANCE", "CONNECTION_CLEANUP_INTERVAL"]
