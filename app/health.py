@@ -9,7 +9,7 @@ import redis
 from flask import Blueprint, Response, jsonify
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from app.metrics import REDIS_UP, render
+from app.metrics import MODEL_CIRCUIT_OPEN, REDIS_UP, render
 from app.services import Services, services
 from bridge import keys, streams
 
@@ -69,6 +69,20 @@ def _check_celery(s: Services) -> dict[str, Any]:
     return cached
 
 
+def _check_models(s: Services) -> dict[str, Any]:
+    """Circuit breakers: a model failing upstream (open) degrades readiness; the others are listed closed."""
+    names = [name for name, spec in s.models.items() if spec.provider != "external"]
+    states = s.circuits.states(names)
+    open_models = sorted(name for name, state in states.items() if state.open)
+    for name, state in states.items():
+        MODEL_CIRCUIT_OPEN.labels(name).set(1 if state.open else 0)
+    return {
+        "status": "degraded" if open_models else "healthy",
+        "models": {name: state.public() for name, state in states.items()},
+        "problems": [f"model {name} is failing upstream (circuit open)" for name in open_models],
+    }
+
+
 def _check_hub(s: Services) -> dict[str, Any]:
     return {
         "status": "healthy" if s.hub.healthy else "degraded",
@@ -85,6 +99,7 @@ def readyz() -> tuple[Response, int, dict[str, str]]:
     try:
         checks["redis"] = _check_redis(s)
         checks["consumers"] = _check_consumers(s)
+        checks["models"] = _check_models(s)
     except redis.RedisError as exc:
         checks["redis"] = {"status": "unhealthy", "error": str(exc)}
         body = {"status": "unhealthy", "checks": checks}
@@ -97,9 +112,11 @@ def readyz() -> tuple[Response, int, dict[str, str]]:
 
 @bp.get("/metrics")
 def metrics() -> Response:
+    s = services()
     try:
-        services().redis.ping()
+        s.redis.ping()
         REDIS_UP.set(1)
+        _check_models(s)  # sets the circuit gauges
     except redis.RedisError:
         REDIS_UP.set(0)
     return Response(render(), mimetype=CONTENT_TYPE_LATEST)

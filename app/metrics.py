@@ -26,6 +26,12 @@ DELIVERY_LATENCY = Histogram(
 HUB_KEYS = Gauge("tokenbridge_hub_watched_keys", "Stream keys the hubs watch", multiprocess_mode="livesum")
 HUB_SUBSCRIBERS = Gauge("tokenbridge_hub_subscribers", "Client subscriptions of the hubs", multiprocess_mode="livesum")
 HUB_RESYNCS = Counter("tokenbridge_hub_resyncs_total", "Clients that fell behind and re-read from Redis")
+MODEL_CIRCUIT_OPEN = Gauge(
+    "tokenbridge_model_circuit_open",
+    "1 while the model's circuit breaker is open (it failed upstream CIRCUIT_FAILURES times in a row)",
+    ["model"],
+    multiprocess_mode="livemostrecent",
+)
 REDIS_UP = Gauge(
     "tokenbridge_redis_up", "1 when Redis answered the last scrape's PING", multiprocess_mode="livemostrecent"
 )

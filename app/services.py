@@ -11,6 +11,7 @@ from flask import current_app
 from app.auth import Authenticator
 from app.hub import Hub
 from app.presence import Presence
+from bridge.circuit import Circuits
 from bridge.cluster import NotifiedReader
 from bridge.connections import redis_client
 from bridge.constants import celery_client_options
@@ -27,6 +28,7 @@ class Services:
     auth: Authenticator
     models: dict[str, ModelSpec]
     presence: Presence
+    circuits: Circuits
 
     @classmethod
     def build(cls, settings: Settings) -> Services:
@@ -47,6 +49,7 @@ class Services:
             auth=Authenticator(settings),
             models=load_registry(settings.models_file),
             presence=Presence(commands, settings.presence_interval_s),
+            circuits=Circuits(commands, threshold=settings.circuit_failures, cooldown_s=settings.circuit_cooldown_s),
         )
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -49,6 +50,7 @@ def submit_generation(body: dict[str, Any]) -> Submitted:
         raise invalid(details) from None
     if details:
         raise invalid(details)
+    req, fallback_from = _past_open_circuit(req)
 
     generation_id = new_generation_id()
     session_id = req.session_id or new_session_id()
@@ -91,7 +93,35 @@ def submit_generation(body: dict[str, Any]) -> Submitted:
         extra={"generation_id": generation_id, "session_id": session_id, "api_key": g.principal.name},
     )
     payload = created(generation_id, session_id, req.model, "queued")
+    if fallback_from is not None:
+        payload["fallback_from"] = fallback_from
     return Submitted(payload, {"Location": f"/v1/generations/{generation_id}"})
+
+
+def _past_open_circuit(req: GenerationRequest) -> tuple[GenerationRequest, str | None]:
+    """The request as it may run: on its model, on the model's fallback while its circuit is open, or 503."""
+    s = services()
+    if not s.settings.circuit_failures or s.models[req.model].provider == "external":
+        return req, None
+    spec = s.models[req.model]
+    names = [req.model, spec.fallback] if spec.fallback else [req.model]
+    states = s.circuits.states(names)
+    state = states[req.model]
+    if not state.open:
+        return req, None
+    fallback = spec.fallback
+    if fallback is not None and not states[fallback].open and not model_errors(fallback, req.options, req.max_tokens):
+        logger.warning(
+            "Model %s is open after %s failures: generation goes to %s.", req.model, state.failures, fallback
+        )
+        return req.model_copy(update={"model": fallback}), req.model
+    retry_after_s = max(1, math.ceil(state.retry_in_s))
+    raise ApiError(
+        503,
+        "model_unavailable",
+        f"Model {req.model!r} failed {state.failures} times in a row upstream; it is tried again in {retry_after_s} s.",
+        headers={"Retry-After": str(retry_after_s)},
+    )
 
 
 def _session_ttl_ms() -> int:

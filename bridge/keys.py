@@ -126,6 +126,11 @@ def presence_process(process_id: str) -> str:
     return f"{PRESENCE_PROCESSES}:{process_id}"
 
 
+def model_circuit(model: str) -> str:
+    """A model's circuit breaker: ``failures`` in a row, ``open_until`` (ms)."""
+    return f"llm:model:{model}:circuit"
+
+
 def stats(model: str) -> str:
     return f"{STATS_PREFIX}:{model}"
 

@@ -75,6 +75,9 @@ class ModelSpec(BaseModel):
     # Below PROVIDER_IDLE_TIMEOUT_S, so that a hung upstream is retried before the generation times out.
     timeout_s: float = Field(default=30.0, gt=0)
     headers: dict[str, str] = Field(default_factory=dict)
+    fallback: str | None = Field(
+        default=None, description="model that takes new generations while this one's circuit is open"
+    )
 
     @property
     def upstream_model(self) -> str:
@@ -120,6 +123,11 @@ def load_registry(models_file: str | None) -> dict[str, ModelSpec]:
         if spec.provider in ("openai", "anthropic") and not spec.base_url:
             raise ModelRegistryError(f"{models_file}: model {name!r} needs a base_url")
         registry[name] = spec
+    for spec in registry.values():
+        if spec.fallback is not None and (spec.fallback not in registry or spec.fallback == spec.name):
+            raise ModelRegistryError(
+                f"{models_file}: model {spec.name!r}: fallback {spec.fallback!r} is not another model"
+            )
     return registry
 
 

@@ -95,6 +95,15 @@ class Settings(BaseSettings):
     dead_letter_max_length: int = Field(default=10_000, ge=10)
     # How long a generation waits for an operator to replay or drop its dead letter (0: it ends at once).
     dead_letter_hold_s: float = Field(default=0.0, ge=0, le=86_400)
+    circuit_failures: int = Field(
+        default=5,
+        ge=0,
+        description="Upstream failures in a row after which a model's circuit opens (new generations fail fast or "
+        "go to its fallback); 0 turns the breaker off.",
+    )
+    circuit_cooldown_s: float = Field(
+        default=30.0, gt=0, description="How long an open circuit refuses a model before letting one trial through."
+    )
     generation_max_attempts: int = Field(default=3, ge=1)
     queue_timeout_s: float = Field(default=600.0, gt=0)
     external_idle_timeout_s: float = Field(default=300.0, gt=0)

@@ -11,6 +11,7 @@ import redis
 from celery import Task, shared_task
 
 from bridge import keys, scripts
+from bridge.circuit import FAILURE_CODES, Circuits
 from bridge.connections import redis_client
 from bridge.constants import GENERATE_TASK
 from bridge.errors import UnknownModelError
@@ -113,10 +114,34 @@ def run_generation(
         metrics.TOKENS.labels(spec.name).inc(writer.tokens)
         if writer.error_code:
             metrics.PROVIDER_ERRORS.labels(spec.name, writer.error_code).inc()
+        _record_circuit(client, settings, spec.name, outcome, writer.error_code)
         return outcome.value
     finally:
         if slot is not None:
             client.zrem(slot, generation_id)
+
+
+def _record_circuit(
+    client: redis.Redis, settings: Settings, model: str, outcome: Outcome, error_code: str | None
+) -> None:
+    """Tell the model's circuit breaker how its upstream did (a cancel or a fenced attempt says nothing)."""
+    if not settings.circuit_failures or outcome is not Outcome.FINISHED:
+        return
+    if error_code is not None and error_code not in FAILURE_CODES:
+        return  # the upstream answered: a rejected request, a length limit, ...
+    circuits = Circuits(client, threshold=settings.circuit_failures, cooldown_s=settings.circuit_cooldown_s)
+    try:
+        failures = circuits.record(model, failed=error_code is not None)
+    except redis.RedisError as exc:
+        logger.warning("Could not record the outcome for model %s's circuit: %s", model, exc)
+        return
+    if error_code is not None and failures == settings.circuit_failures:
+        logger.error(
+            "Model %s failed %s times in a row: its circuit is open for %ss.",
+            model,
+            failures,
+            settings.circuit_cooldown_s,
+        )
 
 
 def _take_slot(client: redis.Redis, slot: str, generation_id: str, limit: int, settings: Settings) -> bool:

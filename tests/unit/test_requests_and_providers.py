@@ -2,12 +2,13 @@ from __future__ import annotations
 
 import threading
 import time
+from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
 
 from bridge.generation import GenerationRequest
-from bridge.models import BUILTIN, parse_options
+from bridge.models import BUILTIN, ModelRegistryError, load_registry, parse_options
 from bridge.producer import Finish
 from tasks.providers.builtin import EchoProvider, SyntheticProvider, split_words
 
@@ -94,3 +95,13 @@ def test_model_options_are_validated_per_model() -> None:
         parse_options(BUILTIN["echo"], {"delay_ms": 10_001})
     with pytest.raises(ValidationError):
         parse_options(BUILTIN["synthetic"], {"tokens_per_second": 0})
+
+
+@pytest.mark.parametrize("fallback", ["nowhere", "flaky"])
+def test_a_fallback_must_name_another_model_of_the_registry(tmp_path: Path, fallback: str) -> None:
+    models = tmp_path / "models.toml"
+    models.write_text(f'[models.flaky]\nprovider = "synthetic"\nfallback = "{fallback}"\n')
+    with pytest.raises(ModelRegistryError, match="fallback"):
+        load_registry(str(models))
+    models.write_text('[models.flaky]\nprovider = "synthetic"\nfallback = "echo"\n')
+    assert load_registry(str(models))["flaky"].fallback == "echo"
