@@ -20,7 +20,7 @@ import os
 import threading
 import time
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 from typing import Literal, cast
@@ -29,6 +29,7 @@ from itsdangerous import BadSignature, SignatureExpired, URLSafeTimedSerializer
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from app.errors import ApiError
+from bridge.budgets import Budget
 from bridge.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -70,6 +71,7 @@ class Principal:
     scope: Scope = DEFAULT_SCOPE
     generation_id: str | None = None
     session_id: str | None = None
+    budget: Budget = field(default_factory=Budget)
 
     @property
     def sees_everything(self) -> bool:
@@ -101,6 +103,9 @@ class KeyEntry(BaseModel):
     key_sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
     owner: str | None = Field(default=None, min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.@-]+$")
     scope: Scope = DEFAULT_SCOPE
+    # Token budgets of this key (default TOKEN_BUDGET_PER_MINUTE / TOKEN_BUDGET_PER_DAY; 0: none).
+    tokens_per_minute: int | None = Field(default=None, ge=0)
+    tokens_per_day: int | None = Field(default=None, ge=0)
 
     @model_validator(mode="after")
     def _one_secret(self) -> KeyEntry:
@@ -155,7 +160,13 @@ def env_keys(settings: Settings) -> list[KeyEntry]:
             name, key = f"key-{hashlib.sha256(entry.encode()).hexdigest()[:10]}", entry
         entries.append(
             KeyEntry.model_construct(
-                name=name, key=key, key_sha256=None, owner=None, scope=scopes.get(name, DEFAULT_SCOPE)
+                name=name,
+                key=key,
+                key_sha256=None,
+                owner=None,
+                scope=scopes.get(name, DEFAULT_SCOPE),
+                tokens_per_minute=None,
+                tokens_per_day=None,
             )
         )
     unknown = sorted(set(scopes) - {entry.name for entry in entries})
@@ -227,6 +238,7 @@ class Authenticator:
         self.ttl_s = settings.stream_token_ttl_s
         self._serializer = URLSafeTimedSerializer(settings.signing_key, salt=_SALT)
         self.keys = KeyRing(settings)
+        self.budget = Budget(settings.token_budget_per_minute, settings.token_budget_per_day)
 
     def stream_token(self, *, generation_id: str | None = None, session_id: str | None = None) -> str:
         payload = {"g": generation_id} if generation_id else {"s": session_id}
@@ -244,7 +256,12 @@ class Authenticator:
                 raise ApiError(401, "invalid_credentials", "Use 'Authorization: Bearer <api key>'.")
             entry = self.keys.match(credential.strip())
             if entry is not None:
-                return Principal("api_key", name=entry.name, owner=entry.owner or entry.name, scope=entry.scope)
+                budget = Budget(
+                    self.budget.per_minute if entry.tokens_per_minute is None else entry.tokens_per_minute,
+                    self.budget.per_day if entry.tokens_per_day is None else entry.tokens_per_day,
+                )
+                owner = entry.owner or entry.name
+                return Principal("api_key", name=entry.name, owner=owner, scope=entry.scope, budget=budget)
             if not self.disabled:
                 raise ApiError(401, "invalid_credentials", "The API key is not valid.")
         if token:

@@ -7,11 +7,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Blueprint, Response, jsonify
+from flask import Blueprint, Response, g, jsonify
 
 from app.inputs import authenticate
 from app.services import services
-from bridge import keys
+from bridge import budgets, keys
 
 bp = Blueprint("stats", __name__, url_prefix="/v1")
 bp.before_request(authenticate)
@@ -47,4 +47,12 @@ def stats() -> Response:
             "ttft_ms": {"p50": _percentile(ttft_ms, 0.5), "p95": _percentile(ttft_ms, 0.95), "samples": len(ttft_ms)},
             "tokens_per_s": {"p50": _percentile(tokens_per_s, 0.5), "p95": _percentile(tokens_per_s, 0.95)},
         }
-    return jsonify({"models": body, "readers": s.presence.summary()})
+    result: dict[str, Any] = {"models": body, "readers": s.presence.summary()}
+    principal = g.principal
+    if principal.kind == "api_key":
+        # The calling key's token usage in the current windows (and its budget, null where unlimited).
+        result["usage"] = {
+            "api_key": principal.name,
+            **budgets.usage(s.redis, principal.name, principal.budget).public(),
+        }
+    return jsonify(result)

@@ -17,7 +17,7 @@ from app import metrics
 from app.errors import ApiError, invalid
 from app.inputs import model_errors, validation_details
 from app.services import services
-from bridge import keys, scripts, streams
+from bridge import budgets, keys, scripts, streams
 from bridge.constants import send_generation
 from bridge.events import EventType
 from bridge.generation import GenerationRequest, new_generation_id, new_session_id
@@ -51,6 +51,7 @@ def submit_generation(body: dict[str, Any]) -> Submitted:
     if details:
         raise invalid(details)
     req, fallback_from = _past_open_circuit(req)
+    _check_budget()
 
     generation_id = new_generation_id()
     session_id = req.session_id or new_session_id()
@@ -75,6 +76,7 @@ def submit_generation(body: dict[str, Any]) -> Submitted:
             retention_ms=s.settings.redis_stream_retention_ms,
             api_key=g.principal.name,
             owner=g.principal.owner,
+            budget=(g.principal.budget.per_minute, g.principal.budget.per_day),
             work_shards=s.settings.work_shard_count,
         )
         if s.models[req.model].provider != "external":
@@ -96,6 +98,24 @@ def submit_generation(body: dict[str, Any]) -> Submitted:
     if fallback_from is not None:
         payload["fallback_from"] = fallback_from
     return Submitted(payload, {"Location": f"/v1/generations/{generation_id}"})
+
+
+def _check_budget() -> None:
+    """429 while the key's token budget for this minute or day is spent."""
+    principal = g.principal
+    if principal.kind != "api_key" or not principal.budget.limited:
+        return
+    spent = budgets.usage(services().redis, principal.name, principal.budget)
+    window = spent.exceeded
+    if window is None:
+        return
+    limit = principal.budget.per_day if window == "day" else principal.budget.per_minute
+    raise ApiError(
+        429,
+        "token_budget_exceeded",
+        f"This API key has used its {limit} tokens for this {window}; retry in {spent.retry_after_s} s.",
+        headers={"Retry-After": str(spent.retry_after_s)},
+    )
 
 
 def _past_open_circuit(req: GenerationRequest) -> tuple[GenerationRequest, str | None]:

@@ -95,6 +95,18 @@ class Settings(BaseSettings):
     dead_letter_max_length: int = Field(default=10_000, ge=10)
     # How long a generation waits for an operator to replay or drop its dead letter (0: it ends at once).
     dead_letter_hold_s: float = Field(default=0.0, ge=0, le=86_400)
+    token_budget_per_minute: int = Field(
+        default=0,
+        ge=0,
+        description="Tokens an API key may have produced per minute (UTC); 0: no limit. "
+        "A keys file entry's tokens_per_minute overrides it.",
+    )
+    token_budget_per_day: int = Field(
+        default=0,
+        ge=0,
+        description="Tokens an API key may have produced per day (UTC); 0: no limit. "
+        "A keys file entry's tokens_per_day overrides it.",
+    )
     circuit_failures: int = Field(
         default=5,
         ge=0,

@@ -43,6 +43,7 @@ def create_generation(
     api_key: str = "",
     owner: str = "",
     work_shards: int = 1,
+    budget: tuple[int, int] = (0, 0),
 ) -> float:
     """Store a new generation, open its raw stream to the processors and hand it to the consumer workers.
 
@@ -66,6 +67,8 @@ def create_generation(
             "attempt": 0,
             "api_key": api_key,
             "owner": owner or api_key,
+            # The key's token budget (per minute, per day) that the consumers enforce; 0: none.
+            "budget": f"{budget[0]},{budget[1]}",
         },
     )
     pipe.xgroup_create(keys.gen_raw(generation_id), group, id="0", mkstream=True)

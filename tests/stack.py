@@ -32,6 +32,7 @@ API_KEY_OWNER = f"key-{hashlib.sha256(API_KEY.encode()).hexdigest()[:10]}"
 READER_KEY = "e2e-reader-key-0001"
 PRODUCER_KEY = "e2e-producer-key-01"
 ADMIN_KEY = "e2e-admin-key-00001"
+BUDGET_KEY = "e2e-budget-key-0001"  # may have 10 tokens produced a minute
 KEYS_FILE = f"""
 [[keys]]
 name = "app-reader"
@@ -49,6 +50,11 @@ scope = "producer"
 name = "ops"
 key = "{ADMIN_KEY}"
 scope = "admin"
+
+[[keys]]
+name = "budgeted"
+key = "{BUDGET_KEY}"
+tokens_per_minute = 10
 """
 
 # Variables of the host environment that must not leak into the processes under test.

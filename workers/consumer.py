@@ -219,6 +219,7 @@ class ConsumerWorker:
         self._refresh_owned()
         self._take_over_idle()
         self._apply_decisions()
+        self._after_commit([])  # counts a processor still holds (a token budget) are written when due
         self._supervise()
         self._measure()
         self.alerter.tick()
@@ -478,6 +479,7 @@ class ConsumerWorker:
                     ended.append(batch)
             if ended:
                 self._end(ended)
+            self._after_commit(committed)
         for batch in batches:
             if batch.failure is not None:
                 self._handle_failure(batch.state, *batch.failure)
@@ -499,6 +501,14 @@ class ConsumerWorker:
             args.extend(item)
         session = state.session_id if not self.cluster else ""
         return scripts.Call(scripts.COMMIT, _commit_keys(state.generation_id, session), args)
+
+    def _after_commit(self, committed: list[Batch]) -> None:
+        """Tell the processors what was committed; end the generations they ask to (a spent token budget)."""
+        tokens = [(b.state, sum(1 for _, out in b.outs if out.type == _TOKEN)) for b in committed]
+        for generation_id, code, message in self.chain.committed(tokens):
+            state = self.owned.get(generation_id)
+            if state is not None and not state.finished and not state.poisoned:
+                self.fail(generation_id, code, message)
 
     def _end(self, ended: list[Batch]) -> None:
         """After the terminal event's commit: release the key's running slot, expire the session (cluster)."""

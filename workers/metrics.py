@@ -26,3 +26,4 @@ OWNED = Gauge("tokenbridge_consumer_owned_generations", "Generations this consum
 PENDING = Gauge("tokenbridge_work_pending", "Generations handed to consumers and not yet finished")
 LAG = Gauge("tokenbridge_work_lag", "Generations not yet handed to any consumer (Redis 7+)")
 OLDEST_PENDING = Gauge("tokenbridge_work_oldest_pending_seconds", "Age of the oldest generation not yet finished")
+KEY_TOKENS = Counter("tokenbridge_key_tokens_total", "Tokens committed for API keys with a token budget", ["api_key"])

@@ -16,7 +16,8 @@ from typing import Any
 import orjson
 import redis
 
-from bridge import keys
+from bridge import budgets, keys
+from bridge.budgets import Budget
 from bridge.errors import ProcessingError
 from bridge.events import STATUS_AFTER, Event, EventType
 from workers import metrics
@@ -49,6 +50,8 @@ class GenerationState:
     # A dead entry the generation waits on (DEAD_LETTER_HOLD_S) until a replay, a drop, or this UNIX time.
     held_entry: str | None = None
     held_until: float = 0.0
+    # The API key's token budget, as written at creation (per minute, per day; 0: none).
+    budget: tuple[int, int] = (0, 0)
     # Fields for ``:meta``, written in the same transaction as the batch that produced them.
     meta_updates: dict[str, Any] = field(default_factory=dict)
     scratch: dict[str, Any] = field(default_factory=dict)
@@ -72,7 +75,13 @@ class GenerationState:
             resumed=int(meta.get("seq", 0)) > 0,
             held_entry=meta.get("held_entry") or None,
             held_until=float(meta.get("held_until") or 0),
+            budget=_budget(meta.get("budget", "")),
         )
+
+
+def _budget(text: str) -> tuple[int, int]:
+    per_minute, _, per_day = text.partition(",")
+    return (int(per_minute), int(per_day)) if per_minute.isdigit() and per_day.isdigit() else (0, 0)
 
 
 class Processor:
@@ -96,6 +105,11 @@ class Processor:
 
     def finish(self, gen: GenerationState, event: Event) -> None:
         """Called once the terminal event is committed."""
+
+    def committed(self, tokens: list[tuple[GenerationState, int]]) -> list[tuple[str, str, str]]:
+        """Called after each commit with the tokens it committed per generation; returns generations to end
+        now, as (generation id, error code, message)."""
+        return []
 
 
 class PersistenceProcessor(Processor):
@@ -189,6 +203,63 @@ class LoggingProcessor(Processor):
         )
 
 
+class TokenBudgetProcessor(Processor):
+    """The rate-limit processor: adds what each key's generations really produced to its budget windows.
+
+    Counts per committed batch (nothing per token), writes at most every ``budgets.FLUSH_S``, and ends the
+    running generations of a key that went past its budget with ``rate_limited``.
+    """
+
+    name = "token-budget"
+
+    def __init__(self, client: redis.Redis, *, flush_s: float = budgets.FLUSH_S) -> None:
+        self.client = client
+        self.flush_s = flush_s
+        self._pending: dict[str, int] = {}
+        self._limits: dict[str, Budget] = {}
+        self._running: dict[str, set[str]] = {}
+        self._written_at = 0.0
+
+    def start(self, gen: GenerationState) -> None:
+        if gen.api_key and any(gen.budget):
+            self._running.setdefault(gen.api_key, set()).add(gen.generation_id)
+            self._limits[gen.api_key] = Budget(*gen.budget)
+
+    def finish(self, gen: GenerationState, event: Event) -> None:
+        running = self._running.get(gen.api_key)
+        if running is not None:
+            running.discard(gen.generation_id)
+            if not running:
+                del self._running[gen.api_key]
+
+    def committed(self, tokens: list[tuple[GenerationState, int]]) -> list[tuple[str, str, str]]:
+        for gen, count in tokens:
+            if count and gen.api_key and any(gen.budget):
+                self._pending[gen.api_key] = self._pending.get(gen.api_key, 0) + count
+        now = time.monotonic()
+        if not self._pending or now - self._written_at < self.flush_s:
+            return []
+        self._written_at = now
+        pending, self._pending = self._pending, {}
+        pipe = self.client.pipeline(transaction=False)
+        for key_name, count in pending.items():
+            budgets.add(pipe, key_name, count)
+            metrics.KEY_TOKENS.labels(key_name).inc(count)
+        results = pipe.execute()
+        to_end = []
+        for index, key_name in enumerate(pending):
+            minute, day = results[4 * index], results[4 * index + 2]
+            limit = self._limits.get(key_name, Budget())
+            over = (limit.per_day and day > limit.per_day and "day") or (
+                limit.per_minute and minute > limit.per_minute and "minute"
+            )
+            if not over:
+                continue
+            message = f"The API key's token budget for this {over} is spent."
+            to_end += [(gid, "rate_limited", message) for gid in sorted(self._running.get(key_name, ()))]
+        return to_end
+
+
 class Chain:
     """Runs processors in order; a processor that raises is logged and skipped (critical ones: see Processor)."""
 
@@ -201,6 +272,7 @@ class Chain:
             for p in processors
             if type(p).process is not Processor.process
         ]
+        self._per_commit = [p for p in processors if type(p).committed is not Processor.committed]
 
     def start(self, gen: GenerationState) -> None:
         for processor in self.processors:
@@ -244,6 +316,16 @@ class Chain:
             except Exception:
                 logger.exception("Processor %s failed to finish generation %s.", processor.name, gen.generation_id)
 
+    def committed(self, tokens: list[tuple[GenerationState, int]]) -> list[tuple[str, str, str]]:
+        """What the processors that look at commits ask to end (see ``Processor.committed``)."""
+        to_end: list[tuple[str, str, str]] = []
+        for processor in self._per_commit:
+            try:
+                to_end += processor.committed(tokens)
+            except Exception:
+                logger.exception("Processor %s failed after a commit.", processor.name)
+        return to_end
+
 
 def default_processors(client: redis.Redis, extra: str = "") -> list[Processor]:
     """The shipped chain, with the ``PROCESSORS`` setting's extra processors before persistence.
@@ -253,7 +335,13 @@ def default_processors(client: redis.Redis, extra: str = "") -> list[Processor]:
     """
     # Transformers (moderation, redaction) go before persistence so that :meta holds what readers see.
     added = [_load_processor(path.strip(), client) for path in extra.split(",") if path.strip()]
-    return [AnalyticsProcessor(client), LoggingProcessor(), *added, PersistenceProcessor()]
+    return [
+        AnalyticsProcessor(client),
+        LoggingProcessor(),
+        *added,
+        PersistenceProcessor(),
+        TokenBudgetProcessor(client),
+    ]
 
 
 def _load_processor(path: str, client: redis.Redis) -> Processor:

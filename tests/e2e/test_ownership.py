@@ -12,7 +12,7 @@ import pytest
 
 from tests.integration.helpers import wait_for
 from tests.sse import read_sse
-from tests.stack import ADMIN_KEY, API_KEY_OWNER, OTHER_KEY, PRODUCER_KEY, READER_KEY, Stack
+from tests.stack import ADMIN_KEY, API_KEY_OWNER, BUDGET_KEY, OTHER_KEY, PRODUCER_KEY, READER_KEY, Stack
 
 pytestmark = pytest.mark.e2e
 
@@ -220,3 +220,31 @@ def test_the_record_counts_the_readers_watching_on_every_web_process(stack: Stac
         assert watched["total"] >= 3 and watched["generations"] >= 1 and watched["sessions"] >= 1
     # And once they leave, they are no longer counted
     wait_for(lambda: stack.get(path).json()["readers"] == 0)
+
+
+def test_a_key_past_its_token_budget_is_stopped_and_refused_until_the_window_frees(stack: Stack) -> None:
+    # Not in the last seconds of a minute: the budget's window must not roll over mid-test
+    while time.time() % 60 > 50:
+        time.sleep(1)
+    budgeted = {"Authorization": f"Bearer {BUDGET_KEY}"}
+    # Given a key allowed 10 tokens a minute, and an answer of 40 tokens
+    words = " ".join(f"w{i}" for i in range(40))
+    gen = stack.post(
+        "/v1/generations", {"model": "echo", "prompt": words, "options": {"delay_ms": 20}}, headers=budgeted
+    )
+    assert gen.status_code == 202
+    # When it streams past the budget
+    events = read_sse(stack.url(gen.json()["events_url"]), headers=budgeted).events
+    # Then it ends with rate_limited, not far past the budget
+    assert events[-1].event == "error" and events[-1].data["code"] == "rate_limited"
+    produced = sum(1 for e in events if e.event == "token")
+    assert 10 <= produced < 40
+    # And new generations of the key are refused until the minute is over; its usage is in /v1/stats
+    refused = stack.post("/v1/generations", {"model": "echo", "prompt": "x"}, headers=budgeted)
+    assert (refused.status_code, refused.json()["error"]["code"]) == (429, "token_budget_exceeded")
+    assert 1 <= int(refused.headers["Retry-After"]) <= 61
+    usage = stack.get("/v1/stats", headers=budgeted).json()["usage"]
+    assert usage["api_key"] == "budgeted" and usage["tokens_per_minute"] == 10
+    assert usage["tokens_this_minute"] >= produced
+    # Other keys are not affected
+    assert stack.post("/v1/generations", {"model": "echo", "prompt": "x"}).status_code == 202

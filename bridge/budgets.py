@@ -1,0 +1,83 @@
+"""Token budgets per API key: tokens per minute and per day, counted on what the chain really produced.
+
+The consumer's ``TokenBudgetProcessor`` adds each committed batch's tokens to two fixed windows per key,
+``llm:budget:{key}:m:<minute>`` and ``llm:budget:{key}:d:<day>`` (UTC), at most every ``FLUSH_S``; a key that
+is past a limit has its running generations ended with ``rate_limited``. ``web`` refuses new generations of
+such a key with 429 ``token_budget_exceeded`` and ``Retry-After`` until the window frees. A key's limits are
+written into each generation's ``:meta`` when it is created, so every consumer enforces the same ones.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+
+# How often a consumer adds up what it committed: the most a key can overshoot is what its generations produce
+# in this long (plus one commit).
+FLUSH_S = 0.25
+_MINUTE_TTL_S = 120
+_DAY_TTL_S = 2 * 86_400
+
+
+@dataclass(frozen=True, slots=True)
+class Budget:
+    per_minute: int = 0  # 0: no limit
+    per_day: int = 0
+
+    @property
+    def limited(self) -> bool:
+        return bool(self.per_minute or self.per_day)
+
+
+def window_keys(key_name: str, now: float | None = None) -> tuple[str, str]:
+    now = time.time() if now is None else now
+    return f"llm:budget:{{{key_name}}}:m:{int(now // 60)}", f"llm:budget:{{{key_name}}}:d:{int(now // 86_400)}"
+
+
+def add(pipe: Any, key_name: str, tokens: int, now: float | None = None) -> None:
+    """Queue the increments of both windows on ``pipe`` (two results: the totals after it)."""
+    minute, day = window_keys(key_name, now)
+    pipe.incrby(minute, tokens)
+    pipe.expire(minute, _MINUTE_TTL_S)
+    pipe.incrby(day, tokens)
+    pipe.expire(day, _DAY_TTL_S)
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    minute: int
+    day: int
+    budget: Budget
+    now: float
+
+    @property
+    def exceeded(self) -> str | None:
+        """Which window is spent (``minute`` or ``day``), or None."""
+        if self.budget.per_day and self.day >= self.budget.per_day:
+            return "day"
+        if self.budget.per_minute and self.minute >= self.budget.per_minute:
+            return "minute"
+        return None
+
+    @property
+    def retry_after_s(self) -> int:
+        """Seconds until the spent window ends (1 at least)."""
+        period = 86_400 if self.exceeded == "day" else 60
+        return max(1, int(period - self.now % period) + 1)
+
+    def public(self) -> dict[str, Any]:
+        return {
+            "tokens_this_minute": self.minute,
+            "tokens_today": self.day,
+            "tokens_per_minute": self.budget.per_minute or None,
+            "tokens_per_day": self.budget.per_day or None,
+        }
+
+
+def usage(client: redis.Redis, key_name: str, budget: Budget) -> Usage:
+    now = time.time()
+    minute, day = client.mget(window_keys(key_name, now))  # one slot: both share the key's hash tag
+    return Usage(int(minute or 0), int(day or 0), budget, now)
