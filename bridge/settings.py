@@ -16,85 +16,368 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="", case_sensitive=False, extra="ignore")
 
     # Redis for streams and state; seed-compatible REDIS_HOST/PORT/PASSWORD/DB when REDIS_URL is unset.
-    redis_url: str | None = None
-    redis_host: str = "localhost"
-    redis_port: int = 6379
-    redis_password: str | None = None
-    redis_db: int = 0
+    redis_url: str | None = Field(
+        default=None,
+        description="Redis for streams and state: `redis://`, `rediss://` (TLS) or `unix://`. When unset, "
+        "`REDIS_HOST`, `REDIS_PORT`, `REDIS_PASSWORD` and `REDIS_DB` are used.",
+    )
+    redis_host: str = Field(
+        default="localhost",
+        description="Redis host when `REDIS_URL` is unset.",
+    )
+    redis_port: int = Field(
+        default=6379,
+        description="Redis port when `REDIS_URL` is unset.",
+    )
+    redis_password: str | None = Field(
+        default=None,
+        description="Redis password when `REDIS_URL` is unset.",
+    )
+    redis_db: int = Field(
+        default=0,
+        description="Redis database number when `REDIS_URL` is unset.",
+    )
     # REDIS_URL names one node of a Redis Cluster (any node: the others are discovered).
-    redis_cluster: bool = False
+    redis_cluster: bool = Field(
+        default=False,
+        description="`1`/`true`: `REDIS_URL` names a node of a Redis Cluster (any node; the others are discovered). "
+        "Needs `CELERY_BROKER_URL`. See [SCALING.md](SCALING.md).",
+    )
     # Shards of the work stream; default 1 on a single Redis, 16 on a cluster (spread over its slots).
-    work_shards: int | None = Field(default=None, ge=1, le=1024)
-    celery_broker_url: str | None = None
+    work_shards: int | None = Field(
+        default=None,
+        ge=1,
+        le=1024,
+        description="Shards of the work stream (`llm:work`, or `llm:work:{tag}` each), spread over the cluster's "
+        "slots. Default 1, or 16 with `REDIS_CLUSTER`. Every process must use the same value.",
+    )
+    celery_broker_url: str | None = Field(
+        default=None,
+        description="Celery broker (Redis, or RabbitMQ `amqp://`); default the Redis URL. `web` and `consumer` send "
+        "tasks to it, `worker` takes them from it. Required with `REDIS_CLUSTER`.",
+    )
 
-    port: int = 8000
-    api_keys: str = ""
+    port: int = Field(
+        default=8000,
+        description="Port `web` (and `flower`) binds to, read by the Procfile commands.",
+    )
+    api_keys: str = Field(
+        default="",
+        description="Comma-separated API keys, accepted as `Authorization: Bearer <key>`. An entry `name:key` names "
+        "its key (the name appears in logs and names its limits); a bare key is named `key-` and the first 10 hex "
+        "digits of its SHA-256. An entry that contains `:` is always read as `name:key`. Empty (and no "
+        "`API_KEYS_FILE`): every `/v1` request gets 401, and `web` logs a warning.",
+    )
     # TOML file of [[keys]] (name, key or key_sha256, owner, scope), read again when it changes.
-    api_keys_file: str | None = None
+    api_keys_file: str | None = Field(
+        default=None,
+        description="TOML file of `[[keys]]` (`name`, `key` or `key_sha256`, `owner`, `scope`), used beside "
+        "`API_KEYS` and read again within a second of a change. See [security.md](security.md).",
+    )
     # name=scope pairs for the keys of API_KEYS (scopes: full, reader, producer, admin; default full).
-    api_key_scopes: str = ""
-    auth_disabled: bool = False
-    secret_key: str | None = None
-    stream_token_ttl_s: int = Field(default=3600, ge=1)
+    api_key_scopes: str = Field(
+        default="",
+        description="`name=scope` pairs for `API_KEYS` entries: `full` (default), `reader`, `producer`, `admin`. A "
+        "name that no entry has stops `web` at start.",
+    )
+    auth_disabled: bool = Field(
+        default=False,
+        description="`1`/`true`: every `/v1` request is allowed without credentials, as an administrator. Development "
+        "only; `web` logs a warning at start. Without `SECRET_KEY`, stream tokens are then signed with a fixed "
+        "development key.",
+    )
+    secret_key: str | None = Field(
+        default=None,
+        description="Signs stream tokens; every `web` process needs the same one. `web` requires it unless "
+        "`AUTH_DISABLED=1`.",
+    )
+    stream_token_ttl_s: int = Field(
+        default=3600,
+        ge=1,
+        description="Lifetime of a stream token, in seconds.",
+    )
 
-    redis_stream_max_length: int = Field(default=100_000, ge=10)
-    redis_stream_retention_ms: int = Field(default=86_400_000, ge=1000)
-    redis_consumer_group: str = "llm:processors"
-    log_format: Literal["json", "text"] = "json"
-    log_level: str = "INFO"
-    models_file: str | None = None
+    redis_stream_max_length: int = Field(
+        default=100_000,
+        ge=10,
+        description="Approximate cap (`MAXLEN ~`) on entries per stream: raw, out and session out.",
+    )
+    redis_stream_retention_ms: int = Field(
+        default=86_400_000,
+        ge=1000,
+        description="How long a finished generation stays readable, in ms: when its terminal event is committed, "
+        "every key of the generation expires after this time.",
+    )
+    redis_consumer_group: str = Field(
+        default="llm:processors",
+        description="Consumer group of the processor chain. Every process must use the same one.",
+    )
+    log_format: Literal["json", "text"] = Field(
+        default="json",
+        description="`json` (one JSON object per line on stderr) or `text`.",
+    )
+    log_level: str = Field(
+        default="INFO",
+        description="Log level of `web`, `worker` and `consumer`. The `worker` Procfile line also passes it to "
+        "`--loglevel`.",
+    )
+    models_file: str | None = Field(
+        default=None,
+        description="Path of the model registry, a TOML file ([models.md](models.md)). Read by `web` and `worker`, "
+        "which must see the same file. Unset: only `echo`, `synthetic` and `external` exist.",
+    )
 
     # web
-    sse_keepalive_s: float = Field(default=15.0, gt=0, le=15.0)
-    sse_send_timeout_s: float = Field(default=30.0, gt=0)
-    stream_max_duration_s: float = Field(default=3600.0, gt=0)
-    hub_block_ms: int = Field(default=5000, ge=10)
+    sse_keepalive_s: float = Field(
+        default=15.0,
+        gt=0,
+        le=15.0,
+        description="Longest time without an event before `web` sends a keep-alive (`: keep-alive` over SSE); one is "
+        "sent after between half of it and all of it.",
+    )
+    sse_send_timeout_s: float = Field(
+        default=30.0,
+        gt=0,
+        description="Seconds within which a write to an SSE client must succeed. `web` sets it as the socket timeout "
+        "and as `TCP_USER_TIMEOUT` (where the OS has it): a client that stopped reading or vanished is dropped and "
+        "its connection freed.",
+    )
+    stream_max_duration_s: float = Field(
+        default=3600.0,
+        gt=0,
+        description="Longest life of one SSE response or WebSocket, in seconds. After it (noticed within half of "
+        "`SSE_KEEPALIVE_S`) the stream ends without a terminal event and the client resumes.",
+    )
+    hub_block_ms: int = Field(
+        default=5000,
+        ge=10,
+        description="Longest wait of the hub for a hint, in ms; every watched stream is also read this often (a lost "
+        "hint delays, never loses).",
+    )
     # How often each web process publishes its reader counts (a dead process stops counting after 3 of these).
-    presence_interval_s: float = Field(default=2.0, gt=0, le=60)
-    hub_read_count: int = Field(default=1000, ge=1)
-    client_queue_size: int = Field(default=1024, ge=8)
-    max_body_bytes: int = Field(default=1_048_576, ge=1024)
-    max_tokens_limit: int = Field(default=32_768, ge=1)
-    redis_retry_after_s: int = Field(default=2, ge=1)
-    rate_limit: str = "600/minute"
-    max_running_per_key: int = Field(default=100, ge=0)
-    cors_origins: str = ""
-    flower_url: str = ""
-    idempotency_ttl_s: int = Field(default=86_400, ge=1)
-    ready_max_redis_latency_ms: float = Field(default=100.0, gt=0)
-    ready_max_lag: int = Field(default=1000, ge=0)
-    ready_max_pending_age_s: float = Field(default=1800.0, gt=0)
-    alert_webhook_url: str | None = None
-    alert_interval_s: float = Field(default=30.0, gt=0)
+    presence_interval_s: float = Field(
+        default=2.0,
+        gt=0,
+        le=60,
+        description="How often each web process publishes its reader counts (`readers` of records and `/v1/stats`), "
+        "in seconds; a process that stops publishing is no longer counted after three intervals.",
+    )
+    hub_read_count: int = Field(
+        default=1000,
+        ge=1,
+        description="`COUNT` of the hub's `XREAD` (entries per stream per read).",
+    )
+    client_queue_size: int = Field(
+        default=1024,
+        ge=8,
+        description="Events buffered per client. A client that falls further behind re-reads from Redis.",
+    )
+    max_body_bytes: int = Field(
+        default=1_048_576,
+        ge=1024,
+        description="Largest request body, in bytes. A larger one gets 413.",
+    )
+    max_tokens_limit: int = Field(
+        default=32_768,
+        ge=1,
+        description="Highest `max_tokens` a request may ask for; a higher value gets 422. A registry entry's "
+        "`max_tokens` lowers it for that model.",
+    )
+    redis_retry_after_s: int = Field(
+        default=2,
+        ge=1,
+        description="`Retry-After` of 503 answers (Redis or the task queue down), in seconds.",
+    )
+    rate_limit: str = Field(
+        default="600/minute",
+        description="Request limit per API key (per client address for requests without a valid API key), in "
+        "Flask-Limiter notation (`100/second`, `600/minute`, `10000/hour`). One count covers every `/v1` route of a "
+        "key, kept in Redis, so it holds over all `web` processes. Over it: 429 `rate_limited` with `Retry-After`. "
+        "Empty turns the limit off.",
+    )
+    max_running_per_key: int = Field(
+        default=100,
+        ge=0,
+        description="Most generations an API key may have that have not ended; one more gets 429 `too_many_running` "
+        "with `Retry-After: 1`. A generation counts until its terminal event is committed, or at most "
+        "`GENERATION_MAX_DURATION_S` + `QUEUE_TIMEOUT_S` + 60 s. 0 turns the cap off.",
+    )
+    cors_origins: str = Field(
+        default="",
+        description="Comma-separated origins (`https://app.example.com`) whose browser pages may call `/v1` (CORS), "
+        "and open WebSockets. Empty: no CORS headers, and WebSockets only from the site itself.",
+    )
+    flower_url: str = Field(
+        default="",
+        description="The Flower link on `/dashboard`. Empty: this host on `PORT + 300` (as under `make dev`).",
+    )
+    idempotency_ttl_s: int = Field(
+        default=86_400,
+        ge=1,
+        description="How long an `Idempotency-Key` is remembered, in seconds.",
+    )
+    ready_max_redis_latency_ms: float = Field(
+        default=100.0,
+        gt=0,
+        description="`/readyz` reports Redis as `degraded` when its `PING` takes longer than this, in ms.",
+    )
+    ready_max_lag: int = Field(
+        default=1000,
+        ge=0,
+        description="`/readyz` reports the consumers as `degraded`, and the health webhook as unhealthy, when more "
+        "generations than this wait for a consumer (the consumer group's lag on `llm:work`; Redis 7 or newer).",
+    )
+    ready_max_pending_age_s: float = Field(
+        default=1800.0,
+        gt=0,
+        description="`/readyz` reports the consumers as `degraded`, and the health webhook as unhealthy, when the "
+        "oldest generation a consumer holds and that has not ended was created longer ago than this, in seconds.",
+    )
+    alert_webhook_url: str | None = Field(
+        default=None,
+        description="URL the consumer workers post health alerts to ([operations.md](operations.md#alerting)). Set it "
+        "on `consumer`. Unset: no alerts.",
+    )
+    alert_interval_s: float = Field(
+        default=30.0,
+        gt=0,
+        description="Seconds between two health checks for the webhook.",
+    )
 
     # tasks
-    flush_window_ms: float = Field(default=0.0, ge=0)
-    lease_ms: int = Field(default=15_000, ge=500)
-    cancel_poll_ms: int = Field(default=200, ge=10)
-    generation_max_duration_s: float = Field(default=600.0, gt=0)
-    provider_idle_timeout_s: float = Field(default=120.0, gt=0)
-    provider_retries: int = Field(default=3, ge=0, le=20)
-    provider_retry_base_ms: int = Field(default=500, ge=1)
-    redis_retry_s: float = Field(default=30.0, ge=0)
-    celery_visibility_timeout_s: int = Field(default=3600, ge=1)
-    celery_soft_shutdown_s: float = Field(default=15.0, ge=0)
-    celery_restore_interval_s: int = Field(default=10, ge=1)
+    flush_window_ms: float = Field(
+        default=0.0,
+        ge=0,
+        description="How long (ms) a generation's write waits for more tokens after the first; 0 writes what is "
+        "waiting at once (the writes of all generations of a process are flushed together anyway).",
+    )
+    lease_ms: int = Field(
+        default=15_000,
+        ge=500,
+        description="Lease of a running attempt, in ms, renewed by writes and heartbeats once a third of it has "
+        "passed. A new attempt can start only after the lease runs out or is released; when it has run out, the "
+        "consumer that owns the generation starts a new attempt. Set it the same on `worker` and `consumer`.",
+    )
+    cancel_poll_ms: int = Field(
+        default=200,
+        ge=10,
+        description="How often (ms) a task that waits for the model renews its lease and checks for cancellation.",
+    )
+    generation_max_duration_s: float = Field(
+        default=600.0,
+        gt=0,
+        description="Longest an attempt may run, in seconds; then the generation ends with the error `max_duration`. "
+        "Celery's hard time limit for the task is this plus 60 s.",
+    )
+    provider_idle_timeout_s: float = Field(
+        default=120.0,
+        gt=0,
+        description="Seconds the model may send nothing (before its first token too) before the generation ends with "
+        "the error `provider_timeout`.",
+    )
+    provider_retries: int = Field(
+        default=3,
+        ge=0,
+        le=20,
+        description="How many times a model that fails before its first token, with a retryable error, is tried again.",
+    )
+    provider_retry_base_ms: int = Field(
+        default=500,
+        ge=1,
+        description="Delay before the first of those retries, in ms. It doubles at each retry, up to 30 s, with ±20 % "
+        "jitter.",
+    )
+    redis_retry_s: float = Field(
+        default=30.0,
+        ge=0,
+        description="How long (seconds) a task retries a Redis call that fails on the connection, with backoff from "
+        "50 ms to 2 s. Then the attempt gives up; a new one starts once its lease has run out.",
+    )
+    celery_visibility_timeout_s: int = Field(
+        default=3600,
+        ge=1,
+        description="Redis broker visibility timeout, in seconds: when a task delivered but not acknowledged is "
+        "delivered again. A copy of a task that still runs is refused by the lease.",
+    )
+    celery_soft_shutdown_s: float = Field(
+        default=15.0,
+        ge=0,
+        description="On SIGTERM, seconds a `worker` lets running generations go on before it hands them back (lease "
+        "released, message requeued). 0 turns the grace period off.",
+    )
+    celery_restore_interval_s: int = Field(
+        default=10,
+        ge=1,
+        description="How often (seconds) the Redis broker looks for unacknowledged tasks older than the visibility "
+        "timeout.",
+    )
 
     # consumer workers
-    consumer_name: str | None = None
-    consumer_block_ms: int = Field(default=1000, ge=10)
-    consumer_batch: int = Field(default=256, ge=1)
-    consumer_claim_idle_ms: int = Field(default=10_000, ge=100)
-    consumer_heartbeat_ms: int = Field(default=2000, ge=50)
-    consumer_metrics_port: int | None = None
+    consumer_name: str | None = Field(
+        default=None,
+        description="Name of a consumer worker in the group (and in Flower). Default `<host>-<pid>-<random>`.",
+    )
+    consumer_block_ms: int = Field(
+        default=1000,
+        ge=10,
+        description="`BLOCK` time of the consumer's `XREADGROUP`, in ms.",
+    )
+    consumer_batch: int = Field(
+        default=256,
+        ge=1,
+        description="`COUNT` of the consumer's `XREADGROUP`.",
+    )
+    consumer_claim_idle_ms: int = Field(
+        default=10_000,
+        ge=100,
+        description="Idle time (ms) after which another consumer takes over a generation. Must be at least three times "
+        "`CONSUMER_HEARTBEAT_MS` (every process refuses to start otherwise).",
+    )
+    consumer_heartbeat_ms: int = Field(
+        default=2000,
+        ge=50,
+        description="Interval (ms) of a consumer's heartbeat (`llm:consumers`), housekeeping and supervision of its "
+        "generations.",
+    )
+    consumer_metrics_port: int | None = Field(
+        default=None,
+        description="Port on which a consumer worker serves its Prometheus metrics (all interfaces). Unset: not "
+        "served. Two consumers on one host need different ports.",
+    )
     # Celery events (worker heartbeats, one task event per state change of a generation) so Flower shows consumers.
-    consumer_celery_events: bool = True
-    worker_metrics_port: int | None = None
-    processors: str = ""
-    dead_letter_after: int = Field(default=5, ge=1)
-    dead_letter_max_length: int = Field(default=10_000, ge=10)
+    consumer_celery_events: bool = Field(
+        default=True,
+        description="`1`/`true`: a consumer worker sends Celery events through the broker, so that Flower shows it as "
+        "the worker `consumer@<CONSUMER_NAME>` and each generation it processes as a task "
+        "`tokenbridge.process_generation` ([operations.md](operations.md#flower)). `0`/`false`: none are sent.",
+    )
+    worker_metrics_port: int | None = Field(
+        default=None,
+        description="Port on which a Celery worker (`worker`) serves its Prometheus metrics (all interfaces). Unset: "
+        "not served. Two workers on one host need different ports.",
+    )
+    processors: str = Field(
+        default="",
+        description="Extra processors for the chain: comma-separated `module:name` ([processors.md](processors.md)).",
+    )
+    dead_letter_after: int = Field(
+        default=5,
+        ge=1,
+        description="Deliveries of a raw entry that a critical processor fails on before the entry goes to `llm:dead`.",
+    )
+    dead_letter_max_length: int = Field(
+        default=10_000,
+        ge=10,
+        description="Approximate cap (`MAXLEN ~`) on entries in `llm:dead`.",
+    )
     # How long a generation waits for an operator to replay or drop its dead letter (0: it ends at once).
-    dead_letter_hold_s: float = Field(default=0.0, ge=0, le=86_400)
+    dead_letter_hold_s: float = Field(
+        default=0.0,
+        ge=0,
+        le=86_400,
+        description="How long (seconds) a generation whose entry failed `DEAD_LETTER_AFTER` deliveries waits for an "
+        "operator to replay or drop it (`tokenbridge dead-letters`); 0 ends it at once with `poison_entry`.",
+    )
     token_budget_per_minute: int = Field(
         default=0,
         ge=0,
@@ -116,9 +399,25 @@ class Settings(BaseSettings):
     circuit_cooldown_s: float = Field(
         default=30.0, gt=0, description="How long an open circuit refuses a model before letting one trial through."
     )
-    generation_max_attempts: int = Field(default=3, ge=1)
-    queue_timeout_s: float = Field(default=600.0, gt=0)
-    external_idle_timeout_s: float = Field(default=300.0, gt=0)
+    generation_max_attempts: int = Field(
+        default=3,
+        ge=1,
+        description="Most attempts a generation gets, the first one included. When the last one loses its worker, the "
+        "generation ends with the error `worker_lost`.",
+    )
+    queue_timeout_s: float = Field(
+        default=600.0,
+        gt=0,
+        description="Seconds a generation may wait for a worker to start it before it ends with the error "
+        "`queue_timeout`; this includes waiting for a slot of a model at its `concurrency` limit, and an external "
+        "generation waiting for its first token.",
+    )
+    external_idle_timeout_s: float = Field(
+        default=300.0,
+        gt=0,
+        description="Seconds an external producer may send nothing new, once it has sent tokens, before its "
+        "generation ends with the error `producer_timeout`.",
+    )
 
     # Names of the design tokenbridge grew from. Two map onto the blocking reads (in seconds); the other two
     # have no meaning here and are named in a warning at start (``order_problems``).

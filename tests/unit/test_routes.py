@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import pytest
 from flask import Flask
@@ -30,3 +31,19 @@ def test_every_v1_route_is_in_the_openapi_document(app: Flask) -> None:
     documented = set(document()["paths"])
     routes = {re.sub(r"<(?:\w+:)?(\w+)>", r"{\1}", rule) for _, rule in _v1_rules(app)}
     assert routes - documented == set()
+
+
+def test_every_v1_route_is_in_the_api_reference(app: Flask) -> None:
+    reference = (Path(__file__).resolve().parents[2] / "docs" / "API.md").read_text(encoding="utf-8")
+    missing = []
+    for rule in app.url_map.iter_rules():
+        if not rule.rule.startswith("/v1"):
+            continue
+        # /v1/generations/<generation_id>/cancel matches `POST /v1/generations/{id}/cancel`: any {name}.
+        path = "".join(
+            r"\{[^}/]+\}" if part.startswith("<") else re.escape(part) for part in re.split(r"(<[^>]+>)", rule.rule)
+        )
+        for method in sorted((rule.methods or set()) - {"HEAD", "OPTIONS"}):
+            if not re.search(rf"`{method} {path}`", reference):
+                missing.append(f"{method} {rule.rule}")
+    assert missing == []

@@ -1,0 +1,63 @@
+"""The documentation is whole: every relative link resolves, and docs/configuration.md matches the settings."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from bridge import settings_doc
+
+ROOT = Path(__file__).resolve().parents[2]
+PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+# [text](target) outside code; images too. Targets with a scheme (https:, mailto:) are not checked.
+LINK = re.compile(r"!?\[[^\]]*\]\(([^)\s]+)\)")
+
+
+def _anchors(page: Path) -> set[str]:
+    """GitHub's heading anchors: lower case, punctuation dropped, spaces to hyphens."""
+    anchors = set()
+    fenced = False
+    for line in page.read_text(encoding="utf-8").splitlines():
+        fenced ^= line.lstrip().startswith("```")
+        match = None if fenced else re.match(r"^#{1,6} (.*)$", line)
+        if match:
+            anchors.add(re.sub(r"[^\w\- ]", "", match.group(1).strip().lower()).replace(" ", "-"))
+    return anchors
+
+
+def _links(page: Path) -> list[str]:
+    text = re.sub(r"```.*?```", "", page.read_text(encoding="utf-8"), flags=re.DOTALL)
+    return [target for target in LINK.findall(text) if not re.match(r"^[a-z][a-z0-9+.-]*:", target)]
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda page: page.name)
+def test_relative_links_resolve(page: Path) -> None:
+    dead = []
+    for target in _links(page):
+        path, _, anchor = target.partition("#")
+        linked = (page.parent / path).resolve() if path else page
+        if not linked.exists() or (anchor and linked.suffix == ".md" and anchor not in _anchors(linked)):
+            dead.append(target)
+    assert dead == []
+
+
+def test_every_doc_page_is_linked_from_the_readme() -> None:
+    linked = {(ROOT / target.partition("#")[0]).resolve() for target in _links(ROOT / "README.md")}
+    assert {page for page in PAGES[1:] if page.resolve() not in linked} == set()
+
+
+def test_readme_stays_short() -> None:
+    assert len((ROOT / "README.md").read_text(encoding="utf-8").splitlines()) <= 250
+
+
+def test_every_setting_has_a_description() -> None:
+    from bridge.settings import Settings
+
+    assert [name for name, field in Settings.model_fields.items() if not field.description] == []
+
+
+def test_configuration_doc_is_current() -> None:
+    # Stale? Run: python -m bridge.settings_doc --output docs/configuration.md
+    assert (ROOT / "docs" / "configuration.md").read_text(encoding="utf-8") == settings_doc.markdown()
