@@ -78,6 +78,9 @@ class ModelSpec(BaseModel):
     fallback: str | None = Field(
         default=None, description="model that takes new generations while this one's circuit is open"
     )
+    cache_ttl_s: float | None = Field(
+        default=None, gt=0, description="cache answers that complete with stop for this long (exact match)"
+    )
 
     @property
     def upstream_model(self) -> str:

@@ -49,6 +49,8 @@ class Finish:
 
     finish_reason: str = "stop"
     usage: dict[str, int] = field(default_factory=dict)
+    # More fields of the ``done`` event (``cached`` for an answer from the response cache).
+    extra: dict[str, Any] = field(default_factory=dict)
 
 
 Chunk = str | Finish
@@ -283,7 +285,7 @@ def _terminal_entry(item: Finish | _Failure, completion_tokens: int) -> tuple[st
         code = error.code if isinstance(error, ProviderError) else "provider_error"
         return EventType.ERROR.value, {"code": code, "message": str(error) or type(error).__name__}
     usage = {"prompt_tokens": 0, "completion_tokens": completion_tokens, **item.usage}
-    return EventType.DONE.value, {"finish_reason": item.finish_reason, "usage": usage}
+    return EventType.DONE.value, {"finish_reason": item.finish_reason, "usage": usage, **item.extra}
 
 
 def with_retries(

@@ -3,22 +3,37 @@
 from __future__ import annotations
 
 import logging
+import threading
 import time
+from collections.abc import Iterator
 from functools import cache
+from typing import Any
 
 import orjson
 import redis
 from celery import Task, shared_task
 
+from bridge import cache as response_cache
 from bridge import keys, scripts
+from bridge.cache import CachedAnswer
 from bridge.circuit import FAILURE_CODES, Circuits
 from bridge.connections import redis_client
 from bridge.constants import GENERATE_TASK
 from bridge.errors import UnknownModelError
 from bridge.events import EventType
 from bridge.generation import GenerationRequest
-from bridge.models import registry_for
-from bridge.producer import Claim, GenerationWriter, Outcome, WriteBatcher, pump, with_retries
+from bridge.models import ModelSpec, registry_for
+from bridge.producer import (
+    Chunk,
+    Claim,
+    Finish,
+    GenerationWriter,
+    Outcome,
+    TokenSource,
+    WriteBatcher,
+    pump,
+    with_retries,
+)
 from bridge.settings import Settings
 from tasks import metrics
 from tasks.providers import provider_for
@@ -94,13 +109,17 @@ def run_generation(
             return f"skipped:{reason}"
         log_extra["attempt"] = attempt
         logger.info("Generation %s started (model %s).", generation_id, request.model, extra=log_extra)
-        source = with_retries(
-            lambda stop: provider.stream(request, stop),
-            retries=settings.provider_retries,
-            base_delay_s=settings.provider_retry_base_ms / 1000,
-            generation_id=generation_id,
-            on_retry=lambda exc: metrics.PROVIDER_RETRIES.labels(spec.name).inc(),
-        )
+        cached = _cached_answer(client, spec, orjson.loads(raw_request or "{}"))
+        if cached is not None:
+            source: TokenSource = _replay(cached)
+        else:
+            source = with_retries(
+                lambda stop: provider.stream(request, stop),
+                retries=settings.provider_retries,
+                base_delay_s=settings.provider_retry_base_ms / 1000,
+                generation_id=generation_id,
+                on_retry=lambda exc: metrics.PROVIDER_RETRIES.labels(spec.name).inc(),
+            )
         outcome = pump(
             writer,
             source,
@@ -114,11 +133,36 @@ def run_generation(
         metrics.TOKENS.labels(spec.name).inc(writer.tokens)
         if writer.error_code:
             metrics.PROVIDER_ERRORS.labels(spec.name, writer.error_code).inc()
-        _record_circuit(client, settings, spec.name, outcome, writer.error_code)
+        if cached is None:
+            _record_circuit(client, settings, spec.name, outcome, writer.error_code)
         return outcome.value
     finally:
         if slot is not None:
             client.zrem(slot, generation_id)
+
+
+def _cached_answer(client: redis.Redis, spec: ModelSpec, request: dict[str, Any]) -> CachedAnswer | None:
+    """The answer of the response cache, for a model that opts in (a miss or a cache error: None)."""
+    if not spec.cache_ttl_s:
+        return None
+    try:
+        found = response_cache.lookup(client, response_cache.cache_key(spec, request))
+    except redis.RedisError as exc:
+        logger.warning("Response cache unavailable for model %s: %s", spec.name, exc)
+        return None
+    metrics.CACHE_LOOKUPS.labels(spec.name, "hit" if found else "miss").inc()
+    return found
+
+
+def _replay(answer: CachedAnswer) -> TokenSource:
+    def stream(stop: threading.Event) -> Iterator[Chunk]:
+        for token in answer.tokens:
+            if stop.is_set():
+                return
+            yield token
+        yield Finish("stop", dict(answer.usage), extra={"cached": True})
+
+    return stream
 
 
 def _record_circuit(

@@ -10,3 +10,6 @@ PROVIDER_ERRORS = Counter("tokenbridge_provider_errors_total", "Provider failure
 PROVIDER_RETRIES = Counter(
     "tokenbridge_provider_retries_total", "Provider calls retried before the first token", ["model"]
 )
+CACHE_LOOKUPS = Counter(
+    "tokenbridge_cache_lookups_total", "Response cache lookups of the models that cache, by result", ["model", "result"]
+)

@@ -27,7 +27,7 @@ def main() -> None:
     worker = ConsumerWorker(
         client,
         settings,
-        default_processors(client, settings.processors),
+        default_processors(client, settings.processors, models_file=settings.models_file),
         name=name,
         enqueue=lambda gid: send_generation(celery, gid),
         # Flower lists this process as the worker consumer@<name>, and its generations as tasks.

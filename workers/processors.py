@@ -17,9 +17,12 @@ import orjson
 import redis
 
 from bridge import budgets, keys
+from bridge import cache as response_cache
 from bridge.budgets import Budget
+from bridge.cache import CachedAnswer
 from bridge.errors import ProcessingError
 from bridge.events import STATUS_AFTER, Event, EventType
+from bridge.models import ModelSpec, registry_for
 from workers import metrics
 
 logger = logging.getLogger(__name__)
@@ -203,6 +206,46 @@ class LoggingProcessor(Processor):
         )
 
 
+class CachingProcessor(Processor):
+    """Fills the response cache: an answer of a model that caches, done with ``stop``, is stored whole.
+
+    Nothing per token: at the end it reads the generation's tokens back from ``:out`` (those since its last
+    restart). An answer that came from the cache is not stored again.
+    """
+
+    name = "cache"
+
+    def __init__(self, client: redis.Redis, models: dict[str, ModelSpec]) -> None:
+        self.client = client
+        self.models = models
+
+    def finish(self, gen: GenerationState, event: Event) -> None:
+        spec = self.models.get(gen.model)
+        if spec is None or not spec.cache_ttl_s or event.type != EventType.DONE.value:
+            return
+        if event.data.get("finish_reason") != "stop" or event.data.get("cached"):
+            return
+        raw_request: Any = self.client.hget(keys.gen_meta(gen.generation_id), "request")
+        if raw_request is None:
+            return
+        tokens: list[str] = []
+        after = "-"
+        while True:
+            page: Any = self.client.xrange(keys.gen_out(gen.generation_id), after, "+", count=1000)
+            for _, fields in page:
+                kind = fields.get("event")
+                if kind == EventType.TOKEN.value:
+                    tokens.append(orjson.loads(fields["data"]).get("content", ""))
+                elif kind == EventType.RESTART.value:
+                    tokens = []
+            if len(page) < 1000:
+                break
+            after = "(" + page[-1][0]
+        usage = {k: v for k, v in (event.data.get("usage") or {}).items() if isinstance(v, int)}
+        key = response_cache.cache_key(spec, orjson.loads(raw_request))
+        response_cache.store(self.client, key, CachedAnswer(tokens, usage), spec.cache_ttl_s)
+
+
 class TokenBudgetProcessor(Processor):
     """The rate-limit processor: adds what each key's generations really produced to its budget windows.
 
@@ -327,7 +370,7 @@ class Chain:
         return to_end
 
 
-def default_processors(client: redis.Redis, extra: str = "") -> list[Processor]:
+def default_processors(client: redis.Redis, extra: str = "", *, models_file: str | None = None) -> list[Processor]:
     """The shipped chain, with the ``PROCESSORS`` setting's extra processors before persistence.
 
     ``extra`` is a comma-separated list of ``module:name``; each names a callable that takes the Redis
@@ -341,6 +384,7 @@ def default_processors(client: redis.Redis, extra: str = "") -> list[Processor]:
         *added,
         PersistenceProcessor(),
         TokenBudgetProcessor(client),
+        CachingProcessor(client, registry_for(models_file)),
     ]
 
 

@@ -39,6 +39,13 @@ model = "gpt-upstream"
 api_key_env = "FAKE_OPENAI_KEY"
 max_tokens = 64
 
+[models.fake-gpt-cached]
+provider = "openai"
+base_url = "{upstream.base_url}"
+model = "gpt-upstream"
+api_key_env = "FAKE_OPENAI_KEY"
+cache_ttl_s = 60
+
 [models.fake-claude]
 provider = "anthropic"
 base_url = "{upstream.base_url}"

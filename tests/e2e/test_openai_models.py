@@ -42,7 +42,7 @@ def test_the_openai_package_lists_every_configured_model(stack: Stack) -> None:
     with _client(stack) as client:
         models = list(client.models.list())
     # The built-in models and those of MODELS_FILE, as OpenAI model objects
-    assert [m.id for m in models] == ["echo", "synthetic", "external", "fake-gpt", "fake-claude"]
+    assert [m.id for m in models] == ["echo", "synthetic", "external", "fake-gpt", "fake-gpt-cached", "fake-claude"]
     assert all(m.object == "model" and m.created > 1_700_000_000 for m in models)
     owners = {m.id: m.owned_by for m in models}
     assert owners == {
@@ -50,6 +50,7 @@ def test_the_openai_package_lists_every_configured_model(stack: Stack) -> None:
         "synthetic": "tokenbridge",
         "external": "tokenbridge",
         "fake-gpt": "openai",
+        "fake-gpt-cached": "openai",
         "fake-claude": "anthropic",
     }
 
