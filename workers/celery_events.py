@@ -14,7 +14,8 @@ Each generation the consumer owns is a task ``tokenbridge.process_generation`` w
 | finds its streams gone                         | ``task-revoked`` (expired)                      |
 
 The consumer's loop only records a state change (an append to a bounded deque); a thread of its own sends the
-events, so a slow or absent broker never slows processing. Nothing here runs per token.
+events, so a slow or absent broker never slows processing. Nothing here runs per token. What Flower asks a worker
+directly (``inspect stats``, ``active``...) is answered by ``workers.celery_control`` from the same record.
 """
 
 from __future__ import annotations
@@ -27,12 +28,15 @@ import time
 from collections import deque
 from dataclasses import dataclass
 from importlib import metadata
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from celery import Celery
 
 from bridge.events import Event, EventType
 from workers.processors import GenerationState
+
+if TYPE_CHECKING:
+    from workers.celery_control import RemoteControl
 
 logger = logging.getLogger(__name__)
 
@@ -51,7 +55,7 @@ def _version() -> str:
         return "unknown"
 
 
-_SOFTWARE = {"sw_ident": "tokenbridge-consumer", "sw_ver": _version(), "sw_sys": platform.system()}
+SOFTWARE_INFO = {"sw_ident": "tokenbridge-consumer", "sw_ver": _version(), "sw_sys": platform.system()}
 
 
 def worker_hostname(consumer_name: str) -> str:
@@ -65,8 +69,12 @@ def task_id(generation_id: str, consumer_name: str) -> str:
 
 
 @dataclass(slots=True)
-class _Task:
+class OwnedTask:
+    """A generation the consumer owns, as the task Flower knows it by."""
+
     uuid: str
+    generation_id: str
+    kwargs: dict[str, Any]
     started_at: float | None = None
 
 
@@ -74,27 +82,43 @@ class CeleryEvents:
     """Records the consumer's state changes as Celery events and sends them from a thread of its own."""
 
     def __init__(
-        self, app: Celery, consumer_name: str, *, heartbeat_s: float = HEARTBEAT_S, buffer_size: int = BUFFER_SIZE
+        self,
+        app: Celery,
+        consumer_name: str,
+        *,
+        heartbeat_s: float = HEARTBEAT_S,
+        buffer_size: int = BUFFER_SIZE,
+        remote_control: bool = True,
     ) -> None:
         self.app = app
         self.consumer_name = consumer_name
         self.hostname = worker_hostname(consumer_name)
         self.heartbeat_s = heartbeat_s
         self.processed = 0
-        # Touched by the consumer's thread only; the sender reads nothing but its length.
-        self._tasks: dict[str, _Task] = {}
+        # Changed by the consumer's thread only, under the lock; the remote control thread copies it under the lock.
+        self._tasks: dict[str, OwnedTask] = {}
+        self._tasks_lock = threading.Lock()
         self.pending: deque[tuple[str, dict[str, Any]]] = deque(maxlen=buffer_size)
         self._wake = threading.Event()
+        self._beat_now = threading.Event()
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
         self._backoff_s = 0.5
+        # Answers Flower's inspect calls (``GET /api/workers``, a worker's page) from a thread of its own.
+        self.control: RemoteControl | None = None
+        if remote_control:
+            from workers.celery_control import RemoteControl  # it reads this module's record
+
+            self.control = RemoteControl(app, self)
 
     # -- the consumer's side: one call per state change of a generation ------------------------------
 
     def received(self, state: GenerationState, *, taken_over: bool) -> None:
         gid = state.generation_id
-        task = self._tasks[gid] = _Task(task_id(gid, self.consumer_name))
         kwargs = {"model": state.model, "session_id": state.session_id, "taken_over": taken_over}
+        task = OwnedTask(task_id(gid, self.consumer_name), gid, kwargs)
+        with self._tasks_lock:
+            self._tasks[gid] = task
         self._record(
             "task-received",
             uuid=task.uuid,
@@ -118,7 +142,7 @@ class CeleryEvents:
 
     def ended(self, state: GenerationState, terminal: Event) -> None:
         """After the terminal event's commit: succeeded (``done``), failed (``error``) or revoked (``cancelled``)."""
-        task = self._tasks.pop(state.generation_id, None)
+        task = self._pop(state.generation_id)
         if task is None:
             return
         self.processed += 1
@@ -136,15 +160,31 @@ class CeleryEvents:
 
     def handed_on(self, generation_id: str, reason: str) -> None:
         """The consumer let an unfinished generation go to another consumer: ``task-retried`` (a new task there)."""
-        task = self._tasks.pop(generation_id, None)
+        task = self._pop(generation_id)
         if task is not None:
             self._record("task-retried", uuid=task.uuid, exception=f"HandedOn({reason!r})", traceback="")
 
     def vanished(self, generation_id: str) -> None:
         """The generation's streams are gone (expired or deleted) before it ended: ``task-revoked``, expired."""
-        task = self._tasks.pop(generation_id, None)
+        task = self._pop(generation_id)
         if task is not None:
             self._record("task-revoked", uuid=task.uuid, terminated=False, signum=None, expired=True)
+
+    def _pop(self, generation_id: str) -> OwnedTask | None:
+        with self._tasks_lock:
+            return self._tasks.pop(generation_id, None)
+
+    # -- what the remote control thread reads ----------------------------------------------------------
+
+    def owned_tasks(self) -> list[OwnedTask]:
+        """The generations owned now, oldest first (safe to call from any thread)."""
+        with self._tasks_lock:
+            return list(self._tasks.values())
+
+    def beat(self) -> None:
+        """Send a heartbeat now rather than at the next interval."""
+        self._beat_now.set()
+        self._wake.set()
 
     def _record(self, event_type: str, **fields: Any) -> None:
         fields.setdefault("timestamp", time.time())
@@ -154,16 +194,23 @@ class CeleryEvents:
     # -- lifecycle -----------------------------------------------------------------------------------
 
     def start(self) -> None:
-        """Start the sender thread: ``worker-online``, then heartbeats and the recorded events."""
+        """Start the sender thread (``worker-online``, heartbeats, the recorded events) and the remote control."""
         self._thread = threading.Thread(target=self._run, name="celery-events", daemon=True)
         self._thread.start()
+        if self.control is not None:
+            self.control.start()
 
     def close(self, *, timeout_s: float = 2.0) -> None:
-        """Send what is recorded and ``worker-offline``; give up after ``timeout_s``."""
+        """Send what is recorded and ``worker-offline``, stop answering; give up after ``timeout_s``."""
+        deadline = time.monotonic() + timeout_s
         self._stopping.set()
         self._wake.set()
+        if self.control is not None:
+            self.control.stop()
         if self._thread is not None:
             self._thread.join(timeout_s)
+        if self.control is not None:
+            self.control.close(timeout_s=max(0.0, deadline - time.monotonic()))
 
     # -- the sender thread ---------------------------------------------------------------------------
 
@@ -194,7 +241,8 @@ class CeleryEvents:
         next_beat = time.monotonic() + self.heartbeat_s
         while not self._stopping.is_set():
             self._flush(dispatcher)
-            if time.monotonic() >= next_beat:
+            if time.monotonic() >= next_beat or self._beat_now.is_set():
+                self._beat_now.clear()
                 dispatcher.send("worker-heartbeat", **self._worker_fields())
                 next_beat = time.monotonic() + self.heartbeat_s
             self._wake.wait(max(0.0, next_beat - time.monotonic()))
@@ -217,7 +265,7 @@ class CeleryEvents:
             "active": len(self._tasks),
             "processed": self.processed,
             "loadavg": _load_average(),
-            **_SOFTWARE,
+            **SOFTWARE_INFO,
         }
 
 

@@ -1,7 +1,8 @@
 """Flower, started from the Procfile with basic auth, shows the whole pipeline: Celery workers and consumers.
 
-The consumer workers send Celery events (CONSUMER_CELERY_EVENTS, on by default); this test reads what Flower
-made of them through its own HTTP API, as an operator's tooling would.
+The consumer workers send Celery events (CONSUMER_CELERY_EVENTS, on by default) and answer the inspect commands
+Flower broadcasts; this test reads what Flower made of them through its own HTTP API, as an operator's tooling
+would.
 """
 
 from __future__ import annotations
@@ -40,6 +41,14 @@ class Flower:
         """Every worker Flower knows from its events, and whether its heartbeats still come."""
         workers: dict[str, bool] = self.get("/api/workers", status="true")
         return workers
+
+    def workers(self, **params: Any) -> dict[str, dict[str, Any]]:
+        """What Flower's inspect calls got from each worker (``refresh`` asks them again first)."""
+        workers: dict[str, dict[str, Any]] = self.get("/api/workers", **params)
+        return workers
+
+    def post(self, path: str) -> httpx.Response:
+        return httpx.post(f"{self.base_url}{path}", auth=AUTH, timeout=10)
 
     def tasks(self) -> dict[str, dict[str, Any]]:
         tasks: dict[str, dict[str, Any]] = self.get("/api/tasks", limit=1000)
@@ -114,6 +123,18 @@ def test_flower_shows_consumers_and_their_generations_and_a_killed_consumer_goes
         what="consumers online in Flower",
     )
     assert any(w.startswith("worker-") and alive for w, alive in flower.workers_alive().items())
+    # And, once Flower has inspected the workers again, in its plain worker list beside the Celery worker
+    flower.workers(refresh="true")
+    _poll(
+        lambda: {"consumer@e2e-a", "consumer@e2e-b"} <= set(flower.workers()),
+        timeout_s=10,
+        what="consumers in GET /api/workers",
+    )
+    listed = flower.workers()
+    assert any(w.startswith("worker-") for w in listed)
+    for name in ("consumer@e2e-a", "consumer@e2e-b"):
+        assert listed[name]["registered"] == [PROCESS_TASK] and listed[name]["active_queues"] == []
+        assert listed[name]["stats"]["pool"]["processes"] == [listed[name]["stats"]["pid"]]
 
     # When generations end in done, error and cancelled
     done = stack_.create(model="echo", prompt="seen in flower")
@@ -142,14 +163,20 @@ def test_flower_shows_consumers_and_their_generations_and_a_killed_consumer_goes
     assert len(generate_tasks) >= 3 and all(t["worker"].startswith("worker-") for t in generate_tasks)
 
     # Given a long generation, running on one of the consumers
-    long = stack_.create(model="echo", prompt=" ".join(["long"] * 60), options={"delay_ms": 100})
+    long = stack_.create(model="echo", prompt=" ".join(["long"] * 70), options={"delay_ms": 100})
     _poll(
         lambda: any(t["state"] == "STARTED" for t in flower.consumer_tasks(long["id"]).values()),
         timeout_s=10,
         what="long generation STARTED in Flower",
     )
-    (owner_task,) = flower.consumer_tasks(long["id"]).values()
+    ((owner_uuid, owner_task),) = flower.consumer_tasks(long["id"]).items()
     owner = owner_task["worker"]
+    # And its consumer's page in Flower lists it as an active task
+    detail = flower.workers(workername=owner, refresh="true")[owner]
+    assert [(t["id"], t["args"]) for t in detail["active"]] == [(owner_uuid, repr([long["id"]]))]
+    assert detail["stats"]["total"] == {PROCESS_TASK: detail["stats"]["total"][PROCESS_TASK]}
+    worker_page = httpx.get(f"{flower.base_url}/worker/{owner}", auth=AUTH, timeout=10)
+    assert worker_page.status_code == 200 and owner_uuid in worker_page.text
     victim, survivor = (
         ("consumer-a", "consumer@e2e-b") if owner == "consumer@e2e-a" else ("consumer-b", "consumer@e2e-a")
     )
@@ -178,3 +205,12 @@ def test_flower_shows_consumers_and_their_generations_and_a_killed_consumer_goes
     assert match is not None
     page = httpx.get(match.group(1), auth=AUTH, timeout=10)
     assert page.status_code == 200 and survivor in page.text and owner in page.text
+
+    # When an operator presses Shut Down and Restart Pool on a consumer's page
+    assert flower.post(f"/api/worker/shutdown/{survivor}").status_code == 200
+    restart = flower.post(f"/api/worker/pool/restart/{survivor}")
+    # Then the consumer says it does not do that, and goes on: it still answers, its process still runs
+    assert restart.status_code == 403 and "not supported by a tokenbridge consumer" in restart.text
+    assert flower.workers(workername=survivor, refresh="true")[survivor]["stats"]["pid"] > 0
+    survivor_process = "consumer-a" if survivor == "consumer@e2e-a" else "consumer-b"
+    assert stack_.processes[survivor_process].poll() is None

@@ -1,17 +1,21 @@
-"""A consumer's Celery events on a real Redis broker, read the way Flower reads them (``celery.events.state``)."""
+"""A consumer on a real Redis broker as Flower sees it: its Celery events, read the way Flower reads them
+(``celery.events.state``), and its answers to the inspect commands Flower broadcasts (``celery.pidbox``)."""
 
 from __future__ import annotations
 
 import threading
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 import redis
 from celery import Celery
 from celery.events.state import State
+from kombu.exceptions import OperationalError
 
+from bridge.embedded import EmbeddedRedis
 from bridge.producer import GenerationWriter
 from bridge.settings import Settings
 from tests.integration.helpers import new_generation, wait_for
@@ -204,3 +208,120 @@ def test_without_a_broker_the_consumer_runs_on_and_events_wait(r: redis.Redis, s
         events.close()
         assert time.monotonic() - closing < 3
         app.close()
+
+
+def _answers(app: Celery, hostname: str, *, timeout_s: float = 10) -> None:
+    """Wait until the consumer listens on the broadcast mailbox (it subscribes once its thread connects)."""
+    inspect = app.control.inspect(destination=[hostname], timeout=0.5)
+
+    def pong() -> bool:
+        try:
+            return inspect.ping() is not None
+        except (OperationalError, redis.ConnectionError):
+            return False  # the broker just came back: as Flower does, ask again
+
+    wait_for(pong, timeout_s=timeout_s)
+
+
+def test_flower_s_inspect_calls_get_the_consumer_s_answers(
+    r: redis.Redis, settings: Settings, celery_app: Celery, make_consumer: Callable[[str], ConsumerWorker]
+) -> None:
+    # Given a consumer that processed one generation and owns a second, started one
+    consumer = make_consumer("consumer-a")
+    ended = _writer(r, new_generation(r, settings, "gen_done"))
+    running = _writer(r, new_generation(r, settings, "gen_running"))
+    consumer.run_once(block_ms=50)
+    ended.write([*_tokens(3), ("done", {"finish_reason": "stop", "usage": {}})])
+    running.write(_tokens(3))
+    wait_for(lambda: "gen_done" not in consumer.owned, step=lambda: consumer.run_once(block_ms=50))
+    _answers(celery_app, "consumer@consumer-a")
+    # When Flower inspects it by name
+    inspect = celery_app.control.inspect(destination=["consumer@consumer-a"], timeout=2)
+    # Then it answers ping, stats, registered and active as a worker would
+    assert inspect.ping() == {"consumer@consumer-a": {"ok": "pong"}}
+    stats = inspect.stats()["consumer@consumer-a"]
+    assert stats["total"] == {PROCESS_TASK: 1}
+    assert stats["pid"] > 0 and int(stats["clock"]) > 0 and stats["pool"]["owned-generations"] == 1
+    assert stats["broker"]["transport"] == "redis" and "password" not in stats["broker"]
+    assert inspect.registered() == {"consumer@consumer-a": [PROCESS_TASK]}
+    (task,) = inspect.active()["consumer@consumer-a"]
+    assert (task["id"], task["name"], task["args"], task["hostname"]) == (
+        "gen_running@consumer-a",
+        PROCESS_TASK,
+        ["gen_running"],
+        "consumer@consumer-a",
+    )
+    assert task["time_start"] is not None and task["kwargs"]["taken_over"] is False
+    # And what Flower asks of one worker's page has an answer too
+    assert inspect.active(safe=True)["consumer@consumer-a"][0]["args"] == "['gen_running']"
+    for empty in (inspect.reserved(), inspect.scheduled(), inspect.revoked(), inspect.active_queues()):
+        assert empty == {"consumer@consumer-a": []}
+    assert inspect.conf()["consumer@consumer-a"]["worker_hostname"] == "consumer@consumer-a"
+    assert inspect.query_task("gen_running@consumer-a")["consumer@consumer-a"]["gen_running@consumer-a"][0] == "active"
+
+
+def test_the_consumer_answers_only_what_is_sent_to_it_or_to_all(
+    celery_app: Celery, make_consumer: Callable[[str], ConsumerWorker]
+) -> None:
+    # Given two consumers listening
+    make_consumer("consumer-a")
+    make_consumer("consumer-b")
+    _answers(celery_app, "consumer@consumer-a")
+    _answers(celery_app, "consumer@consumer-b")
+    # Then a broadcast to all gets both answers, one sent to A only A's, one sent elsewhere none
+    everyone = celery_app.control.inspect(timeout=1).ping() or {}
+    assert {"consumer@consumer-a", "consumer@consumer-b"} <= set(everyone)
+    assert celery_app.control.inspect(destination=["consumer@consumer-a"], timeout=1).ping() == {
+        "consumer@consumer-a": {"ok": "pong"}
+    }
+    assert celery_app.control.inspect(destination=["consumer@nobody"], timeout=0.5).ping() is None
+
+
+def test_control_commands_change_nothing_and_say_so(
+    r: redis.Redis, settings: Settings, celery_app: Celery, make_consumer: Callable[[str], ConsumerWorker]
+) -> None:
+    # Given a consumer that owns a generation
+    consumer = make_consumer("consumer-a")
+    gid = new_generation(r, settings, "gen_1")
+    consumer.run_once(block_ms=50)
+    assert gid in consumer.owned
+    _answers(celery_app, "consumer@consumer-a")
+    # When Flower's buttons send what would stop or change a Celery worker
+    destination = ["consumer@consumer-a"]
+    celery_app.control.shutdown(destination=destination)
+    celery_app.control.pool_restart(destination=destination)
+    celery_app.control.revoke("gen_1@consumer-a", terminate=True, destination=destination)
+    replies = celery_app.control.rate_limit(PROCESS_TASK, "1/m", destination=destination, reply=True, timeout=2)
+    # Then a command that asks for a reply gets an error, and the consumer goes on answering and processing
+    assert "not supported by a tokenbridge consumer" in replies[0]["consumer@consumer-a"]["error"]
+    _answers(celery_app, "consumer@consumer-a")
+    _writer(r, gid).write([*_tokens(2), ("done", {"finish_reason": "stop", "usage": {}})])
+    wait_for(lambda: gid not in consumer.owned, step=lambda: consumer.run_once(block_ms=50))
+
+
+def test_the_remote_control_comes_back_with_the_broker(
+    r: redis.Redis, settings: Settings, tmp_path: Path, make_consumer: Callable[[str], ConsumerWorker]
+) -> None:
+    # Given a consumer answering on a broker of its own
+    broker = EmbeddedRedis(tmp_path / "broker", appendonly=False).start()
+    app = Celery("test-broker-outage", broker=broker.url)
+    events = CeleryEvents(app, "consumer-a", heartbeat_s=0.2)
+    events.start()
+    consumer = ConsumerWorker(r, settings, default_processors(r), name="consumer-a", events=events)
+    try:
+        _answers(app, "consumer@consumer-a")
+        # When the broker goes away, the consumer processes a generation all the same
+        broker.kill()
+        gid = new_generation(r, settings, "gen_1")
+        consumer.run_once(block_ms=50)
+        _writer(r, gid).write([*_tokens(3), ("done", {"finish_reason": "stop", "usage": {}})])
+        wait_for(lambda: gid not in consumer.owned, step=lambda: consumer.run_once(block_ms=50), timeout_s=2)
+        # Then once the broker is back it answers again, its count up to date
+        broker.start()
+        _answers(app, "consumer@consumer-a", timeout_s=20)
+        stats = app.control.inspect(destination=["consumer@consumer-a"], timeout=2).stats()
+        assert stats is not None and stats["consumer@consumer-a"]["total"] == {PROCESS_TASK: 1}
+    finally:
+        events.close()
+        app.close()
+        broker.stop()
