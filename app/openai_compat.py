@@ -30,7 +30,16 @@ bp = Blueprint("openai", __name__, url_prefix="/v1")
 bp.before_request(authenticate)
 
 # OpenAI request fields that change nothing here (or only for the upstream's sampling).
-_ACCEPTED_AND_IGNORED = {"user", "top_p", "presence_penalty", "frequency_penalty", "seed", "logit_bias", "store"}
+_ACCEPTED_AND_IGNORED = {
+    "user",
+    "top_p",
+    "presence_penalty",
+    "frequency_penalty",
+    "seed",
+    "logit_bias",
+    "store",
+    "parallel_tool_calls",
+}
 _MAPPED = {
     "model",
     "messages",
@@ -41,7 +50,7 @@ _MAPPED = {
     "temperature",
     "stop",
 }
-_MAPPED |= {"n", "metadata", "tokenbridge"}
+_MAPPED |= {"n", "metadata", "tokenbridge", "tools", "tool_choice"}
 
 
 def _to_generation(body: dict[str, Any]) -> dict[str, Any]:
@@ -62,6 +71,8 @@ def _to_generation(body: dict[str, Any]) -> dict[str, Any]:
         "temperature": body.get("temperature"),
         "stop": body.get("stop"),
         "metadata": body.get("metadata"),
+        "tools": body.get("tools"),
+        "tool_choice": body.get("tool_choice"),
         # tokenbridge's own fields ride in "tokenbridge": {"session_id": ..., "options": {...}}
         "session_id": extra.get("session_id"),
         "options": extra.get("options"),
@@ -70,11 +81,28 @@ def _to_generation(body: dict[str, Any]) -> dict[str, Any]:
 
 
 def _flatten(message: Any) -> Any:
-    """OpenAI content may be a list of parts: keep the text ones."""
-    if isinstance(message, dict) and isinstance(message.get("content"), list):
+    """OpenAI content may be a list of parts: keep the text ones. Fields tokenbridge has no use for (``refusal``,
+    ``audio``) are dropped."""
+    if not isinstance(message, dict):
+        return message
+    message = {k: v for k, v in message.items() if k not in ("refusal", "audio", "annotations")}
+    if isinstance(message.get("content"), list):
         text = "".join(p.get("text", "") for p in message["content"] if isinstance(p, dict) and p.get("type") == "text")
         return {**message, "content": text}
     return message
+
+
+def _tool_call_delta(data: dict[str, Any]) -> dict[str, Any]:
+    """A ``tool_call`` event as an entry of OpenAI's ``delta.tool_calls``."""
+    call: dict[str, Any] = {"index": data.get("index", 0)}
+    function: dict[str, Any] = {"arguments": data.get("arguments", "")}
+    if data.get("id") is not None:
+        call["id"] = data["id"]
+        call["type"] = "function"
+    if data.get("name") is not None:
+        function["name"] = data["name"]
+    call["function"] = function
+    return call
 
 
 def _chunk(cid: str, created: int, model: str, delta: dict[str, Any], finish: str | None) -> str:
@@ -132,6 +160,11 @@ def chat_completions() -> Response | tuple[Response, int, dict[str, str]]:
                     data = event.json()
                     if event.event == EventType.TOKEN.value:
                         yield _chunk(cid, created, model, {"content": data.get("content", "")}, None)
+                    elif event.event == EventType.TOOL_CALL.value:
+                        yield _chunk(cid, created, model, {"tool_calls": [_tool_call_delta(data)]}, None)
+                    elif event.event == EventType.REASONING.value:
+                        # The field DeepSeek, vLLM and OpenRouter's SDK users read reasoning from.
+                        yield _chunk(cid, created, model, {"reasoning_content": data.get("content", "")}, None)
                     elif event.event == EventType.RESTART.value:
                         # The protocol cannot take back what was sent: end with an error naming the resumable stream.
                         message = f"The generation restarted; read it from /v1/generations/{generation_id}/events."
@@ -163,14 +196,25 @@ def chat_completions() -> Response | tuple[Response, int, dict[str, str]]:
         response.headers["X-Accel-Buffering"] = "no"
         return response
 
-    text, terminal = "", None
+    text, reasoning, terminal = "", "", None
+    calls: dict[int, dict[str, Any]] = {}
     for event in events:
         if event is None:
             continue
         if event.event == EventType.TOKEN.value:
             text += event.json().get("content", "")
+        elif event.event == EventType.REASONING.value:
+            reasoning += event.json().get("content", "")
+        elif event.event == EventType.TOOL_CALL.value:
+            delta = event.json()
+            call = calls.setdefault(
+                int(delta.get("index", 0)), {"id": "", "type": "function", "function": {"name": "", "arguments": ""}}
+            )
+            call["id"] = delta.get("id") or call["id"]
+            call["function"]["name"] = delta.get("name") or call["function"]["name"]
+            call["function"]["arguments"] += delta.get("arguments", "")
         elif event.event == EventType.RESTART.value:
-            text = ""
+            text, reasoning, calls = "", "", {}
         elif event.terminal:
             terminal = event
             break
@@ -185,7 +229,17 @@ def chat_completions() -> Response | tuple[Response, int, dict[str, str]]:
         "object": "chat.completion",
         "created": created,
         "model": model,
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": reason}],
+        "choices": [{"index": 0, "message": _message(text, reasoning, calls), "finish_reason": reason}],
         "usage": _usage(data),
     }
     return jsonify(completion), 200, headers
+
+
+def _message(text: str, reasoning: str, calls: dict[int, dict[str, Any]]) -> dict[str, Any]:
+    """The assistant message of a whole completion: its text, and its reasoning and tool calls when it has them."""
+    message: dict[str, Any] = {"role": "assistant", "content": text if text or not calls else None}
+    if reasoning:
+        message["reasoning_content"] = reasoning
+    if calls:
+        message["tool_calls"] = [calls[index] for index in sorted(calls)]
+    return message

@@ -19,7 +19,7 @@ import redis
 from bridge.models import ModelSpec
 
 # The request fields that make two answers the same; anything else (metadata, session) does not.
-_KEYED_FIELDS = ("prompt", "messages", "max_tokens", "temperature", "stop", "options")
+_KEYED_FIELDS = ("prompt", "messages", "max_tokens", "temperature", "stop", "options", "tools", "tool_choice")
 
 
 def cache_key(spec: ModelSpec, request: dict[str, Any]) -> str:

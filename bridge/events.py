@@ -28,6 +28,9 @@ class GenerationStatus(StrEnum):
 
 class EventType(StrEnum):
     TOKEN = "token"
+    # What a model says that is not answer text: its reasoning, and the tool calls it makes (streamed deltas).
+    REASONING = "reasoning"
+    TOOL_CALL = "tool_call"
     RESTART = "restart"
     DONE = "done"
     ERROR = "error"
@@ -50,6 +53,22 @@ class _Data(BaseModel):
 
 class TokenData(_Data):
     content: str
+    ts: float
+
+
+class ReasoningData(_Data):
+    content: str
+    ts: float
+
+
+class ToolCallData(_Data):
+    """One delta of a tool call: ``id`` and ``name`` come with a call's first delta; ``arguments`` are JSON text
+    in pieces, to be joined in order per ``index``."""
+
+    index: int
+    id: str | None = None
+    name: str | None = None
+    arguments: str = ""
     ts: float
 
 
@@ -78,6 +97,8 @@ class CancelledData(_Data):
 
 DATA_MODELS: dict[str, type[_Data]] = {
     EventType.TOKEN.value: TokenData,
+    EventType.REASONING.value: ReasoningData,
+    EventType.TOOL_CALL.value: ToolCallData,
     EventType.RESTART.value: RestartData,
     EventType.DONE.value: DoneData,
     EventType.ERROR.value: ErrorData,

@@ -24,10 +24,62 @@ def new_session_id() -> str:
     return f"ses_{secrets.token_hex(12)}"
 
 
+MAX_TOOLS = 128
+
+
+class FunctionCall(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(min_length=1, max_length=128)
+    arguments: str = Field(default="", max_length=MAX_PROMPT_CHARS, description="the arguments, as JSON text")
+
+
+class ToolCall(BaseModel):
+    """A tool call the model made earlier, sent back in an assistant message (OpenAI's shape)."""
+
+    model_config = ConfigDict(extra="forbid")
+    id: str = Field(min_length=1, max_length=256)
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
 class Message(BaseModel):
     model_config = ConfigDict(extra="forbid")
     role: Literal["system", "user", "assistant", "tool"]
-    content: str = Field(max_length=MAX_PROMPT_CHARS)
+    content: str | None = Field(default=None, max_length=MAX_PROMPT_CHARS)
+    name: str | None = Field(default=None, max_length=128)
+    # An assistant message that called tools, and the tool message that answers one call.
+    tool_calls: list[ToolCall] | None = Field(default=None, min_length=1, max_length=MAX_TOOLS)
+    tool_call_id: str | None = Field(default=None, min_length=1, max_length=256)
+
+    @model_validator(mode="after")
+    def _content_or_calls(self) -> Message:
+        if self.tool_calls is not None and self.role != "assistant":
+            raise ValueError("only an assistant message carries tool_calls")
+        if self.content is None and self.tool_calls is None:
+            raise ValueError("a message needs content (or, from the assistant, tool_calls)")
+        return self
+
+
+class FunctionTool(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.-]+$")
+    description: str | None = Field(default=None, max_length=10_000)
+    parameters: dict[str, Any] | None = Field(default=None, description="JSON Schema of the arguments")
+    strict: bool | None = None
+
+
+class Tool(BaseModel):
+    """A tool the model may call (OpenAI's shape: ``{"type": "function", "function": {...}}``)."""
+
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["function"] = "function"
+    function: FunctionTool
+
+
+class NamedToolChoice(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["function"] = "function"
+    function: dict[str, str]
 
 
 class GenerationRequest(BaseModel):
@@ -44,6 +96,10 @@ class GenerationRequest(BaseModel):
     stop: list[str] | None = Field(default=None, max_length=4)
     metadata: dict[str, str] | None = Field(default=None, max_length=16)
     options: dict[str, Any] | None = None
+    # Tools the model may call; its calls stream as ``tool_call`` events (models of the built-in providers
+    # ignore them).
+    tools: list[Tool] | None = Field(default=None, min_length=1, max_length=MAX_TOOLS)
+    tool_choice: Literal["auto", "none", "required"] | NamedToolChoice | None = None
 
     @field_validator("stop", mode="before")
     @classmethod
@@ -63,8 +119,8 @@ class GenerationRequest(BaseModel):
         assert self.messages is not None
         for message in reversed(self.messages):
             if message.role == "user":
-                return message.content
-        return self.messages[-1].content
+                return message.content or ""
+        return self.messages[-1].content or ""
 
 
 class GenerationRecord(BaseModel):

@@ -53,7 +53,19 @@ class Finish:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-Chunk = str | Finish
+@dataclass(frozen=True, slots=True)
+class Delta:
+    """Output of a model that is not answer text: a ``reasoning`` delta or a ``tool_call`` delta.
+
+    ``data`` is the event's data without ``seq`` and ``ts`` (``{"content"}`` for reasoning; ``{"index", "id",
+    "name", "arguments"}`` for a tool call, ``id`` and ``name`` only in a call's first delta).
+    """
+
+    event: str
+    data: dict[str, Any]
+
+
+Chunk = str | Delta | Finish
 TokenSource = Callable[[threading.Event], Iterator[Chunk]]
 
 
@@ -430,6 +442,9 @@ def _take(inbox: deque[Any], completion_tokens: int) -> tuple[list[tuple[str, di
             entries.append(_terminal_entry(item, completion_tokens))
             break
         ts, content = item
+        if isinstance(content, Delta):
+            entries.append((content.event, {**content.data, "ts": ts}))
+            continue
         completion_tokens += 1
         entries.append((EventType.TOKEN.value, {"content": content, "ts": ts}))
     return entries, completion_tokens

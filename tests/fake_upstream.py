@@ -17,7 +17,26 @@ WORDS = re.compile(r"^\s+|\S+\s*")
 
 def _answer(body: dict[str, Any]) -> list[str]:
     users = [m["content"] for m in body.get("messages", []) if m.get("role") == "user"]
-    return WORDS.findall(users[-1] if users else "")
+    last = users[-1] if users else ""
+    if isinstance(last, list):  # Anthropic content blocks: the text of text blocks and tool results
+        last = " ".join(str(b.get("text") or b.get("content") or "") for b in last if isinstance(b, dict))
+    return WORDS.findall(last)
+
+
+def _tool_call(body: dict[str, Any]) -> tuple[str, str] | None:
+    """With tools offered and no tool result yet, the fake calls the first tool with the user's words as
+    ``{"query": ...}``: (tool name, arguments as JSON text)."""
+    tools = body.get("tools") or []
+    answered = any(
+        m.get("role") == "tool"
+        or (isinstance(m.get("content"), list) and any(b.get("type") == "tool_result" for b in m["content"]))
+        for m in body.get("messages", [])
+    )
+    if not tools or answered:
+        return None
+    tool = tools[0]
+    name = tool["function"]["name"] if "function" in tool else tool["name"]
+    return name, json.dumps({"query": "".join(_answer(body)).strip()})
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -58,6 +77,18 @@ class _Handler(BaseHTTPRequestHandler):
         base = {"id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": 1, "model": body["model"]}
         yield f"data: {json.dumps({**base, 'choices': [{'index': 0, 'delta': {'role': 'assistant'}}]})}\n\n"
         yield ": keep-alive\n\n"
+        call = _tool_call(body)
+        if call is not None:
+            name, arguments = call
+            first = {"index": 0, "id": "call_fake1", "type": "function", "function": {"name": name, "arguments": ""}}
+            yield f"data: {json.dumps({**base, 'choices': [{'index': 0, 'delta': {'tool_calls': [first]}}]})}\n\n"
+            for piece in (arguments[: len(arguments) // 2], arguments[len(arguments) // 2 :]):
+                delta = {"tool_calls": [{"index": 0, "function": {"arguments": piece}}]}
+                yield f"data: {json.dumps({**base, 'choices': [{'index': 0, 'delta': delta}]})}\n\n"
+            end = {"index": 0, "delta": {}, "finish_reason": "tool_calls"}
+            yield f"data: {json.dumps({**base, 'choices': [end]})}\n\n"
+            yield "data: [DONE]\n\n"
+            return
         for word in words[:limit]:
             yield f"data: {json.dumps({**base, 'choices': [{'index': 0, 'delta': {'content': word}}]})}\n\n"
         reason = "length" if limit < len(words) else "stop"
@@ -79,6 +110,22 @@ class _Handler(BaseHTTPRequestHandler):
             {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}},
         )
         yield event("ping", {"type": "ping"})
+        call = _tool_call(body)
+        if call is not None:
+            name, arguments = call
+            yield event("content_block_stop", {"type": "content_block_stop", "index": 0})
+            block = {"type": "tool_use", "id": "toolu_fake1", "name": name, "input": {}}
+            yield event("content_block_start", {"type": "content_block_start", "index": 1, "content_block": block})
+            for piece in (arguments[: len(arguments) // 2], arguments[len(arguments) // 2 :]):
+                delta = {"type": "input_json_delta", "partial_json": piece}
+                yield event("content_block_delta", {"type": "content_block_delta", "index": 1, "delta": delta})
+            yield event("content_block_stop", {"type": "content_block_stop", "index": 1})
+            usage = {"output_tokens": 7}
+            yield event(
+                "message_delta", {"type": "message_delta", "delta": {"stop_reason": "tool_use"}, "usage": usage}
+            )
+            yield event("message_stop", {"type": "message_stop"})
+            return
         for word in words[:limit]:
             yield event(
                 "content_block_delta",

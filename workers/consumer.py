@@ -504,7 +504,7 @@ class ConsumerWorker:
 
     def _after_commit(self, committed: list[Batch]) -> None:
         """Tell the processors what was committed; end the generations they ask to (a spent token budget)."""
-        tokens = [(b.state, sum(1 for _, out in b.outs if out.type == _TOKEN)) for b in committed]
+        tokens = [(b.state, sum(1 for _, out in b.outs if out.type in _PRODUCED)) for b in committed]
         for generation_id, code, message in self.chain.committed(tokens):
             state = self.owned.get(generation_id)
             if state is not None and not state.finished and not state.poisoned:
@@ -741,6 +741,8 @@ class Batch:
 
 
 _TOKEN = EventType.TOKEN.value
+# What counts against a token budget: answer text and reasoning (tool-call deltas are pieces of JSON).
+_PRODUCED = frozenset({EventType.TOKEN.value, EventType.REASONING.value})
 
 
 @lru_cache(maxsize=16_384)

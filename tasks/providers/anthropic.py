@@ -9,15 +9,16 @@ from typing import Any
 import orjson
 
 from bridge.errors import ProviderError
-from bridge.generation import GenerationRequest
-from bridge.producer import Chunk, Finish
+from bridge.events import EventType
+from bridge.generation import GenerationRequest, Message
+from bridge.producer import Chunk, Delta, Finish
 from tasks.providers.openai import ServerSentEvent, Upstream, UpstreamProvider, error_message, relay
 
 ANTHROPIC_VERSION = "2023-06-01"
 # Anthropic requires max_tokens; used when neither the request nor the model gives one.
 DEFAULT_MAX_TOKENS = 1024
 
-_FINISH_REASONS = {"end_turn": "stop", "stop_sequence": "stop", "max_tokens": "length"}
+_FINISH_REASONS = {"end_turn": "stop", "stop_sequence": "stop", "max_tokens": "length", "tool_use": "tool_calls"}
 # Error types worth another try before the first token; the others blame the request.
 _TRANSIENT_ERRORS = frozenset({"overloaded_error", "api_error", "rate_limit_error", "timeout_error"})
 
@@ -28,8 +29,10 @@ class _MessagesDecoder:
         self.ended = False
         self.stop_reason: str | None = None
         self.usage: dict[str, int] = {}
+        # Content block index -> tool call index (the n-th tool_use block of the message).
+        self.tool_calls: dict[int, int] = {}
 
-    def feed(self, event: ServerSentEvent) -> Iterator[str]:
+    def feed(self, event: ServerSentEvent) -> Iterator[str | Delta]:
         try:
             data = orjson.loads(event.data)
         except orjson.JSONDecodeError:
@@ -39,12 +42,29 @@ class _MessagesDecoder:
         kind = data.get("type") or event.event
         if kind == "content_block_delta":
             delta = data.get("delta") or {}
-            if delta.get("type") == "text_delta" and isinstance(text := delta.get("text"), str) and text:
+            delta_type = delta.get("type")
+            if delta_type == "text_delta" and isinstance(text := delta.get("text"), str) and text:
                 yield text
+            elif delta_type == "thinking_delta" and isinstance(thinking := delta.get("thinking"), str) and thinking:
+                yield Delta(EventType.REASONING.value, {"content": thinking})
+            elif delta_type == "input_json_delta" and isinstance(piece := delta.get("partial_json"), str) and piece:
+                index = self.tool_calls.get(int(data.get("index") or 0))
+                if index is not None:
+                    yield Delta(EventType.TOOL_CALL.value, {"index": index, "arguments": piece})
         elif kind == "content_block_start":
             block = data.get("content_block") or {}
-            if block.get("type") == "text" and isinstance(text := block.get("text"), str) and text:
+            block_type = block.get("type")
+            if block_type == "text" and isinstance(text := block.get("text"), str) and text:
                 yield text
+            elif block_type == "thinking" and isinstance(thinking := block.get("thinking"), str) and thinking:
+                yield Delta(EventType.REASONING.value, {"content": thinking})
+            elif block_type == "tool_use":
+                index = self.tool_calls[int(data.get("index") or 0)] = len(self.tool_calls)
+                call = {"index": index, "id": str(block.get("id", "")), "name": str(block.get("name", ""))}
+                # The input streams as input_json_delta; a block that carries it whole has no deltas.
+                whole = block.get("input")
+                call["arguments"] = orjson.dumps(whole).decode() if whole else ""
+                yield Delta(EventType.TOOL_CALL.value, call)
         elif kind == "message_start":
             self._count((data.get("message") or {}).get("usage"))
         elif kind == "message_delta":
@@ -105,21 +125,31 @@ class AnthropicMessagesProvider(UpstreamProvider):
         yield from relay(self._client, http_request, stop, _MessagesDecoder(upstream), upstream)
 
     def body(self, request: GenerationRequest) -> dict[str, Any]:
-        """The upstream request body: system messages go to the top-level ``system``."""
+        """The upstream request body: system messages go to the top-level ``system``; tool calls and results
+        become ``tool_use`` and ``tool_result`` blocks, and consecutive messages of one role are merged."""
         system: list[str] = []
-        messages: list[dict[str, str]] = []
+        messages: list[dict[str, Any]] = []
         if request.messages is None:
             messages.append({"role": "user", "content": request.prompt or ""})
         for message in request.messages or []:
             if message.role == "system":
-                system.append(message.content)
-            elif message.role in ("user", "assistant"):
-                messages.append({"role": message.role, "content": message.content})
-            else:
+                system.append(message.content or "")
+                continue
+            if message.role == "tool" and message.tool_call_id is None:
                 # A tool result needs the tool_use_id of the call it answers, which a plain message lacks.
                 raise Upstream.of(self.spec).error(
-                    f"the Messages API takes no {message.role!r} messages without tool ids", retryable=False
+                    "the Messages API takes no 'tool' messages without tool ids", retryable=False
                 )
+            role, blocks = _blocks(message)
+            if messages and messages[-1]["role"] == role:
+                previous = messages[-1]["content"]
+                if isinstance(previous, str):
+                    previous = [{"type": "text", "text": previous}]
+                messages[-1]["content"] = previous + blocks
+            elif len(blocks) == 1 and blocks[0]["type"] == "text":
+                messages.append({"role": role, "content": blocks[0]["text"]})
+            else:
+                messages.append({"role": role, "content": blocks})
         body: dict[str, Any] = {
             "model": self.spec.upstream_model,
             "max_tokens": request.max_tokens or self.spec.max_tokens or DEFAULT_MAX_TOKENS,
@@ -132,4 +162,38 @@ class AnthropicMessagesProvider(UpstreamProvider):
             body["temperature"] = request.temperature
         if request.stop:
             body["stop_sequences"] = request.stop
+        if request.tools:
+            body["tools"] = [
+                {
+                    "name": tool.function.name,
+                    **({"description": tool.function.description} if tool.function.description else {}),
+                    "input_schema": tool.function.parameters or {"type": "object", "properties": {}},
+                }
+                for tool in request.tools
+            ]
+        if request.tool_choice is not None:
+            choice = request.tool_choice
+            if isinstance(choice, str):
+                body["tool_choice"] = {"auto": {"type": "auto"}, "required": {"type": "any"}, "none": {"type": "none"}}[
+                    choice
+                ]
+            else:
+                body["tool_choice"] = {"type": "tool", "name": choice.function.get("name", "")}
         return body
+
+
+def _blocks(message: Message) -> tuple[str, list[dict[str, Any]]]:
+    """A message as the Messages API's content blocks, with the role it takes there."""
+    if message.role == "tool":
+        result = {"type": "tool_result", "tool_use_id": message.tool_call_id, "content": message.content or ""}
+        return "user", [result]
+    blocks: list[dict[str, Any]] = []
+    if message.content:
+        blocks.append({"type": "text", "text": message.content})
+    for call in message.tool_calls or []:
+        try:
+            arguments = orjson.loads(call.function.arguments or "{}")
+        except orjson.JSONDecodeError:
+            arguments = {}
+        blocks.append({"type": "tool_use", "id": call.id, "name": call.function.name, "input": arguments})
+    return message.role, blocks or [{"type": "text", "text": ""}]

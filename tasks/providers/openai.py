@@ -22,9 +22,10 @@ import httpx
 import orjson
 
 from bridge.errors import ProviderError
+from bridge.events import EventType
 from bridge.generation import GenerationRequest
 from bridge.models import ModelSpec
-from bridge.producer import Chunk, Finish
+from bridge.producer import Chunk, Delta, Finish
 from tasks.providers.base import Provider
 
 # How often the watcher looks at ``stop``: the longest a cancelled upstream request stays open.
@@ -101,8 +102,11 @@ class EventDecoder(Protocol):
 
     ended: bool
 
-    def feed(self, event: ServerSentEvent) -> Iterator[str]:
-        """Tokens in ``event``; raises ``ProviderError`` (as it would be before the first token) on an error event."""
+    def feed(self, event: ServerSentEvent) -> Iterator[str | Delta]:
+        """Tokens (and reasoning or tool-call deltas) in ``event``.
+
+        Raises ``ProviderError`` (as it would be before the first token) on an error event.
+        """
         ...
 
     def finish(self) -> Finish:
@@ -316,11 +320,11 @@ def relay(
             response.close()
 
 
-def chat_messages(request: GenerationRequest) -> list[dict[str, str]]:
+def chat_messages(request: GenerationRequest) -> list[dict[str, Any]]:
     """The request's messages in the Chat Completions shape; a prompt is one user message."""
     if request.messages is None:
         return [{"role": "user", "content": request.prompt or ""}]
-    return [{"role": message.role, "content": message.content} for message in request.messages]
+    return [message.model_dump(exclude_none=True) for message in request.messages]
 
 
 def new_client(spec: ModelSpec) -> httpx.Client:
@@ -339,7 +343,7 @@ class _ChatCompletionDecoder:
         self.finish_reason: str | None = None
         self.usage: dict[str, int] = {}
 
-    def feed(self, event: ServerSentEvent) -> Iterator[str]:
+    def feed(self, event: ServerSentEvent) -> Iterator[str | Delta]:
         if event.data.strip() == "[DONE]":
             self.ended = True
             return
@@ -357,9 +361,17 @@ class _ChatCompletionDecoder:
         for choice in chunk.get("choices") or []:
             if not isinstance(choice, dict) or choice.get("index", 0) != 0:
                 continue
-            content = (choice.get("delta") or {}).get("content")
+            delta = choice.get("delta") or {}
+            # Reasoning deltas: ``reasoning_content`` (DeepSeek, vLLM, LM Studio) or ``reasoning`` (OpenRouter).
+            reasoning = delta.get("reasoning_content") or delta.get("reasoning")
+            if isinstance(reasoning, str) and reasoning:
+                yield Delta(EventType.REASONING.value, {"content": reasoning})
+            content = delta.get("content")
             if isinstance(content, str) and content:
                 yield content
+            for call in delta.get("tool_calls") or []:
+                if isinstance(call, dict):
+                    yield _tool_call_delta(call)
             if choice.get("finish_reason"):
                 self.finish_reason = str(choice["finish_reason"])
 
@@ -381,6 +393,19 @@ class _ChatCompletionDecoder:
             "not_found_error",
         )
         return self.upstream.error(f"error event: {error_message(error)}", retryable=not blames_request)
+
+
+def _tool_call_delta(call: dict[str, Any]) -> Delta:
+    """A ``tool_call`` event from one of OpenAI's ``delta.tool_calls`` entries."""
+    function = call.get("function") or {}
+    data: dict[str, Any] = {"index": int(call.get("index") or 0)}
+    if isinstance(call.get("id"), str):
+        data["id"] = call["id"]
+    if isinstance(function.get("name"), str):
+        data["name"] = function["name"]
+    arguments = function.get("arguments")
+    data["arguments"] = arguments if isinstance(arguments, str) else ""
+    return Delta(EventType.TOOL_CALL.value, data)
 
 
 class UpstreamProvider(Provider):
@@ -434,4 +459,9 @@ class OpenAIChatProvider(UpstreamProvider):
             body["temperature"] = request.temperature
         if request.stop:
             body["stop"] = request.stop
+        if request.tools:
+            body["tools"] = [tool.model_dump(exclude_none=True) for tool in request.tools]
+        if request.tool_choice is not None:
+            choice = request.tool_choice
+            body["tool_choice"] = choice if isinstance(choice, str) else choice.model_dump()
         return body

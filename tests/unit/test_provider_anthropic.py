@@ -14,7 +14,7 @@ import pytest
 from bridge.errors import ProviderError
 from bridge.generation import GenerationRequest
 from bridge.models import ModelSpec
-from bridge.producer import Chunk, Finish
+from bridge.producer import Chunk, Delta, Finish
 from tasks.providers.anthropic import AnthropicMessagesProvider
 from tests.unit.test_provider_openai import (
     Exchange,
@@ -135,10 +135,13 @@ def test_tokens_concatenate_and_finish_and_usage_are_mapped(upstream: Any, provi
     server = upstream(script)
 
     # When the provider streams it
-    tokens, finish = split_finish(run(provider(server.base_url), PROMPT))
+    *chunks, finish = run(provider(server.base_url), PROMPT)
+    tokens = [chunk for chunk in chunks if isinstance(chunk, str)]
 
-    # Then only the text comes through, and the finish carries the mapped reason and the usage
-    assert tokens == ["Hello", ", wor", "ld!"]
+    # Then the thinking comes as a reasoning delta before the text, and the finish carries the mapped reason
+    # and the usage
+    assert chunks[0] == Delta("reasoning", {"content": "Hmm."})
+    assert tokens == chunks[1:] == ["Hello", ", wor", "ld!"]
     assert "".join(tokens) == "Hello, world!"
     assert finish == Finish("stop", {"prompt_tokens": 25, "completion_tokens": 15})
     assert no_watcher_left()
@@ -146,7 +149,7 @@ def test_tokens_concatenate_and_finish_and_usage_are_mapped(upstream: Any, provi
 
 @pytest.mark.parametrize(
     ("stop_reason", "finish_reason"),
-    [("end_turn", "stop"), ("max_tokens", "length"), ("stop_sequence", "stop"), ("tool_use", "tool_use")],
+    [("end_turn", "stop"), ("max_tokens", "length"), ("stop_sequence", "stop"), ("tool_use", "tool_calls")],
 )
 def test_stop_reasons_are_mapped(upstream: Any, provider: Any, stop_reason: str, finish_reason: str) -> None:
     server = upstream(answer("a", "b", stop_reason=stop_reason))
@@ -386,3 +389,135 @@ def test_stop_while_the_upstream_is_slow_closes_the_connection_at_once(upstream:
     assert server.disconnected.wait(1.0)
     assert server.disconnected_at - started < 1.3
     assert no_watcher_left()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Tool calls, as the Messages API streams them (recorded wire format).
+
+TOOL_USE_STREAM = [
+    event(
+        "message_start",
+        {
+            "type": "message_start",
+            "message": {
+                "id": "msg_01",
+                "type": "message",
+                "role": "assistant",
+                "content": [],
+                "model": "claude",
+                "stop_reason": None,
+                "usage": {"input_tokens": 472, "output_tokens": 2},
+            },
+        },
+    ),
+    event(
+        "content_block_start",
+        {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}},
+    ),
+    block_delta({"type": "text_delta", "text": "Let me check."}, 0),
+    block_stop(0),
+    event(
+        "content_block_start",
+        {
+            "type": "content_block_start",
+            "index": 1,
+            "content_block": {
+                "type": "tool_use",
+                "id": "toolu_01T1x1fJ34qAmk2tNTrN7Up6",
+                "name": "get_weather",
+                "input": {},
+            },
+        },
+    ),
+    block_delta({"type": "input_json_delta", "partial_json": ""}, 1),
+    block_delta({"type": "input_json_delta", "partial_json": '{"location":'}, 1),
+    block_delta({"type": "input_json_delta", "partial_json": ' "Paris"}'}, 1),
+    block_stop(1),
+    event(
+        "message_delta",
+        {
+            "type": "message_delta",
+            "delta": {"stop_reason": "tool_use", "stop_sequence": None},
+            "usage": {"output_tokens": 89},
+        },
+    ),
+    MESSAGE_STOP,
+]
+
+
+def test_a_tool_use_block_streams_as_tool_call_deltas_and_ends_with_tool_calls(upstream: Any, provider: Any) -> None:
+    def script(ex: Exchange) -> None:
+        ex.start_stream()
+        ex.send(*TOOL_USE_STREAM, pause_s=0)
+        ex.end_stream()
+
+    server = upstream(script)
+    request = GenerationRequest.model_validate(
+        {
+            "model": "claude",
+            "prompt": "Weather in Paris?",
+            "tools": [{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}],
+            "tool_choice": "required",
+        }
+    )
+    *chunks, finish = run(provider(server.base_url), request)
+    assert chunks == [
+        "Let me check.",
+        Delta(
+            "tool_call", {"index": 0, "id": "toolu_01T1x1fJ34qAmk2tNTrN7Up6", "name": "get_weather", "arguments": ""}
+        ),
+        Delta("tool_call", {"index": 0, "arguments": '{"location":'}),
+        Delta("tool_call", {"index": 0, "arguments": ' "Paris"}'}),
+    ]
+    assert finish == Finish("tool_calls", {"prompt_tokens": 472, "completion_tokens": 89})
+    sent = server.requests[0].body
+    assert sent["tools"] == [{"name": "get_weather", "input_schema": {"type": "object"}}]
+    assert sent["tool_choice"] == {"type": "any"}
+
+
+def test_tool_calls_and_results_go_back_as_tool_use_and_tool_result_blocks() -> None:
+    spec = ModelSpec(name="claude", provider="anthropic", base_url="http://127.0.0.1:9/v1")
+    request = GenerationRequest.model_validate(
+        {
+            "model": "claude",
+            "messages": [
+                {"role": "user", "content": "Weather in Paris and Rome?"},
+                {
+                    "role": "assistant",
+                    "content": None,
+                    "tool_calls": [
+                        {
+                            "id": "t1",
+                            "type": "function",
+                            "function": {"name": "get_weather", "arguments": '{"c": "Paris"}'},
+                        },
+                        {
+                            "id": "t2",
+                            "type": "function",
+                            "function": {"name": "get_weather", "arguments": '{"c": "Rome"}'},
+                        },
+                    ],
+                },
+                {"role": "tool", "tool_call_id": "t1", "content": "18 C"},
+                {"role": "tool", "tool_call_id": "t2", "content": "24 C"},
+            ],
+        }
+    )
+    body = AnthropicMessagesProvider(spec).body(request)
+    assert body["messages"] == [
+        {"role": "user", "content": "Weather in Paris and Rome?"},
+        {
+            "role": "assistant",
+            "content": [
+                {"type": "tool_use", "id": "t1", "name": "get_weather", "input": {"c": "Paris"}},
+                {"type": "tool_use", "id": "t2", "name": "get_weather", "input": {"c": "Rome"}},
+            ],
+        },
+        {
+            "role": "user",
+            "content": [
+                {"type": "tool_result", "tool_use_id": "t1", "content": "18 C"},
+                {"type": "tool_result", "tool_use_id": "t2", "content": "24 C"},
+            ],
+        },
+    ]

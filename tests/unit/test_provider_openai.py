@@ -23,7 +23,7 @@ import pytest
 from bridge.errors import ProviderError
 from bridge.generation import GenerationRequest
 from bridge.models import ModelSpec
-from bridge.producer import Chunk, Finish, with_retries
+from bridge.producer import Chunk, Delta, Finish, with_retries
 from tasks.providers.openai import OpenAIChatProvider, iter_events
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -648,3 +648,75 @@ def test_events_parse_the_same_however_the_bytes_are_split() -> None:
 
     assert whole == expected
     assert byte_by_byte == expected
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Tool calls and reasoning, as OpenAI-compatible servers stream them (recorded wire formats).
+
+_BASE = '"id":"chatcmpl-9","object":"chat.completion.chunk","created":1727000000,"model":"gpt-4o-2024-08-06"'
+TOOL_CALL_STREAM = [
+    f'data: {{{_BASE},"choices":[{{"index":0,"delta":{{"role":"assistant","content":null,"tool_calls":[{{"index":0,'
+    '"id":"call_DdmO9pD3xa9XTPNJ32zg2hcA","type":"function","function":{"name":"get_weather","arguments":""}}],'
+    '"refusal":null},"logprobs":null,"finish_reason":null}]}\n\n',
+    f'data: {{{_BASE},"choices":[{{"index":0,"delta":{{"tool_calls":[{{"index":0,"function":{{"arguments":"{{\\"'
+    'location"}}]},"logprobs":null,"finish_reason":null}]}\n\n',
+    f'data: {{{_BASE},"choices":[{{"index":0,"delta":{{"tool_calls":[{{"index":0,"function":{{"arguments":"\\":'
+    ' \\"Paris\\"}"}}]},"logprobs":null,"finish_reason":null}]}\n\n',
+    f'data: {{{_BASE},"choices":[{{"index":0,"delta":{{}},"logprobs":null,"finish_reason":"tool_calls"}}]}}\n\n',
+    "data: [DONE]\n\n",
+]
+# DeepSeek's reasoner (and vLLM, LM Studio): reasoning_content before the content.
+REASONING_STREAM = [
+    'data: {"id":"1","object":"chat.completion.chunk","created":1,"model":"deepseek-reasoner","choices":[{"index":0,'
+    '"delta":{"role":"assistant","content":null,"reasoning_content":"Two plus two"},"finish_reason":null}]}\n\n',
+    'data: {"id":"1","object":"chat.completion.chunk","created":1,"model":"deepseek-reasoner","choices":[{"index":0,'
+    '"delta":{"content":"4","reasoning_content":null},"finish_reason":null}]}\n\n',
+    'data: {"id":"1","object":"chat.completion.chunk","created":1,"model":"deepseek-reasoner","choices":[{"index":0,'
+    '"delta":{"content":""},"finish_reason":"stop"}]}\n\n',
+    "data: [DONE]\n\n",
+]
+
+
+def _streaming(*frames: str) -> Script:
+    def script(ex: Exchange) -> None:
+        ex.start_stream()
+        ex.send(*frames, pause_s=0)
+        ex.end_stream()
+
+    return script
+
+
+def test_tool_call_deltas_come_as_their_own_chunks_and_the_finish_says_tool_calls(upstream: Any, provider: Any) -> None:
+    server = upstream(_streaming(*TOOL_CALL_STREAM))
+    tools = [{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}]
+    request = GenerationRequest.model_validate(
+        {"model": "gpt", "prompt": "Weather in Paris?", "tools": tools, "tool_choice": "auto"}
+    )
+    *chunks, finish = run(provider(server.base_url), request)
+    assert chunks == [
+        Delta("tool_call", {"index": 0, "id": "call_DdmO9pD3xa9XTPNJ32zg2hcA", "name": "get_weather", "arguments": ""}),
+        Delta("tool_call", {"index": 0, "arguments": '{"location'}),
+        Delta("tool_call", {"index": 0, "arguments": '": "Paris"}'}),
+    ]
+    assert finish.finish_reason == "tool_calls"
+    sent = server.requests[0].body
+    assert sent["tools"] == tools and sent["tool_choice"] == "auto"
+
+
+def test_reasoning_content_comes_as_reasoning_deltas_before_the_answer(upstream: Any, provider: Any) -> None:
+    server = upstream(_streaming(*REASONING_STREAM))
+    *chunks, finish = run(provider(server.base_url), PROMPT)
+    assert chunks == [Delta("reasoning", {"content": "Two plus two"}), "4"]
+    assert finish.finish_reason == "stop"
+
+
+def test_tool_calls_and_results_are_sent_back_upstream_as_given(upstream: Any, provider: Any) -> None:
+    server = upstream(_streaming(*REASONING_STREAM))
+    call = {"id": "c1", "type": "function", "function": {"name": "get_weather", "arguments": '{"c": "Paris"}'}}
+    messages = [
+        {"role": "user", "content": "Weather in Paris?"},
+        {"role": "assistant", "tool_calls": [call]},
+        {"role": "tool", "tool_call_id": "c1", "content": "18 C"},
+    ]
+    run(provider(server.base_url), GenerationRequest.model_validate({"model": "gpt", "messages": messages}))
+    assert server.requests[0].body["messages"] == messages
