@@ -357,6 +357,10 @@
       })
       .then(
         function (body) {
+          var readers = body.readers || {};
+          text("readers-total", fmt(readers.total, 0));
+          text("readers-generations", fmt(readers.generations, 0));
+          text("readers-sessions", fmt(readers.sessions, 0));
           var models = body.models || {};
           var rows = $("models");
           rows.textContent = "";

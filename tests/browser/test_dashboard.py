@@ -56,9 +56,11 @@ def test_the_dashboard_draws_live_charts(page: Page, stack: Stack) -> None:
     assert float(page.inner_text("#tokens-rate").replace(",", "")) >= 0
     assert page.inner_text("#latency-p50").endswith("ms") or "ms " in page.inner_text("#latency-p50")
 
-    # And /v1/stats fills the models table; the failed generation shows among the recent errors
+    # And /v1/stats fills the models table and counts the readers on every web process; the failed generation
+    # shows among the recent errors
     page.wait_for_selector("#models tr")
     assert "synthetic" in page.inner_text("#models")
+    page.wait_for_function("Number(document.getElementById('readers-total').textContent) >= 1", timeout=10_000)
     page.wait_for_function(
         "document.getElementById('errors').textContent.includes('synthetic generation failed')", timeout=10_000
     )
