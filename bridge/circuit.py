@@ -26,7 +26,10 @@ _FORGET_AFTER_COOLDOWNS = 10
 
 RECORD = """
 -- KEYS: circuit hash   ARGV: failed (1/0), now_ms, threshold, cooldown_ms, forget_ms
-if ARGV[1] == '0' then return redis.call('DEL', KEYS[1]) end
+if ARGV[1] == '0' then
+  redis.call('DEL', KEYS[1])
+  return 0
+end
 local failures = redis.call('HINCRBY', KEYS[1], 'failures', 1)
 if failures >= tonumber(ARGV[3]) then
   redis.call('HSET', KEYS[1], 'open_until', tonumber(ARGV[2]) + tonumber(ARGV[4]))
