@@ -2,11 +2,20 @@ from __future__ import annotations
 
 import logging
 
+import fakeredis
 import pytest
 from prometheus_client import REGISTRY
 
+from bridge import keys
 from bridge.events import Event
-from workers.processors import Chain, GenerationState, LoggingProcessor, PersistenceProcessor, Processor
+from workers.processors import (
+    AnalyticsProcessor,
+    Chain,
+    GenerationState,
+    LoggingProcessor,
+    PersistenceProcessor,
+    Processor,
+)
 
 
 class Upper(Processor):
@@ -107,3 +116,51 @@ def test_processors_that_only_start_or_finish_cost_nothing_per_event() -> None:
         chain.process(_gen(), _token("x", i))
     assert timed("summary-only") == before_summary
     assert timed(Upper.name) == before_upper + 3
+
+
+def test_persistence_records_how_a_generation_ended() -> None:
+    # A done event: its usage (the model's count wins over the chain's) and finish reason
+    gen = _gen()
+    PersistenceProcessor().process(gen, _token("a"))
+    done = Event(id="2-0", type="done", data={"finish_reason": "length", "usage": {"prompt_tokens": 4}})
+    PersistenceProcessor().process(gen, done)
+    updates = gen.meta_updates
+    assert (updates["status"], updates["finish_reason"], updates["prompt_tokens"]) == ("completed", "length", 4)
+    assert updates["completion_tokens"] == 1 and "finished_at" in updates
+    # A cancel
+    cancelled = _gen()
+    PersistenceProcessor().process(cancelled, Event(id="3-0", type="cancelled", data={}))
+    assert (cancelled.meta_updates["status"], cancelled.meta_updates["finish_reason"]) == ("cancelled", "cancelled")
+
+
+def _analytics_gen(**fields: object) -> GenerationState:
+    values: dict[str, object] = {"generation_id": "gen_a", "work_id": "1-0", "model": "echo", "created_at": 100.0}
+    values.update(fields)
+    return GenerationState(**values)  # type: ignore[arg-type]
+
+
+def test_analytics_counts_generations_by_status_with_their_tokens(fake_redis: fakeredis.FakeRedis) -> None:
+    analytics = AnalyticsProcessor(fake_redis)
+    done = Event(id="9-0", type="done", data={"finish_reason": "stop"})
+    analytics.finish(_analytics_gen(completion_tokens=5, first_token_at=100.25), done)
+    analytics.finish(_analytics_gen(completion_tokens=2), Event(id="9-1", type="error", data={"code": "x"}))
+    analytics.finish(_analytics_gen(model="", completion_tokens=1), done)
+    assert fake_redis.hgetall(keys.stats("echo")) == {
+        "generations": "2",
+        "status:completed": "1",
+        "status:failed": "1",
+        "tokens": "7",
+    }
+    assert fake_redis.hget(keys.stats("unknown"), "generations") == "1"
+    # Time to first token only for the generation that had one
+    assert fake_redis.lrange(f"{keys.stats('echo')}:ttft_ms", 0, -1) == ["250.0"]
+    assert fake_redis.llen(f"{keys.stats('echo')}:tokens_per_s") == 1
+
+
+def test_analytics_keeps_only_the_latest_samples(fake_redis: fakeredis.FakeRedis) -> None:
+    analytics = AnalyticsProcessor(fake_redis, ttft_samples=3)
+    for n in range(5):
+        gen = _analytics_gen(completion_tokens=1, first_token_at=100.0 + n / 10)
+        analytics.finish(gen, Event(id=f"9-{n}", type="done", data={}))
+    assert fake_redis.lrange(f"{keys.stats('echo')}:ttft_ms", 0, -1) == ["400.0", "300.0", "200.0"]
+    assert fake_redis.llen(f"{keys.stats('echo')}:tokens_per_s") == 3
