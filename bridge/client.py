@@ -385,10 +385,14 @@ class TokenbridgeClient:
             failures += 1
             if failures > self.max_retries:
                 raise TokenbridgeConnectionError(f"gave up on {url} after {failures} tries: {problem}")
-            delay_s = min(self.max_backoff_s, retry_s * 2 ** (failures - 1))
-            # A little jitter, so that the readers a deploy cut off do not all come back in the same instant.
-            delay_s = max(delay_s * random.uniform(1.0, 1.1), retry_after_s or 0.0)
-            time.sleep(delay_s)
+            time.sleep(backoff_s(retry_s, failures, self.max_backoff_s, retry_after_s))
+
+
+def backoff_s(retry_s: float, failures: int, max_backoff_s: float, retry_after_s: float | None) -> float:
+    """How long to wait before the next try of a stream: doubling from ``retry_s``, or ``Retry-After``."""
+    delay_s = min(max_backoff_s, retry_s * 2 ** (failures - 1))
+    # A little jitter, so that the readers a deploy cut off do not all come back in the same instant.
+    return float(max(delay_s * random.uniform(1.0, 1.1), retry_after_s or 0.0))
 
 
 def _decode(message: SseMessage) -> Event:

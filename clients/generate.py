@@ -1,0 +1,91 @@
+"""Writes the client copies that ship on their own, from the files the server uses.
+
+- ``clients/python/src/tokenbridge_client/{client,async_client}.py`` from ``bridge/`` (the ``tokenbridge-client``
+  distribution: the Python client without the server's dependencies);
+- ``app/static/tokenbridge.mjs``, the ES module, from ``app/static/tokenbridge.js``, the plain script.
+
+Run it after editing any of those sources: ``python clients/generate.py``. ``--check`` exits with 1 and names
+the stale copies instead of writing them (a test runs it).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+PACKAGE = ROOT / "clients" / "python" / "src" / "tokenbridge_client"
+STATIC = ROOT / "app" / "static"
+
+# The only imports of the server's package the Python client has, and what they become in the copy.
+PYTHON_IMPORTS = {
+    "from bridge.errors import TokenbridgeError\n": "from ._errors import TokenbridgeError\n",
+    "from bridge.client import (\n": "from .client import (\n",
+}
+
+MODULE_HEADER = """\
+/**
+ * tokenbridge.mjs: the browser client for tokenbridge generation streams as an ES module. The same code as
+ * tokenbridge.js (the plain script that defines window.Tokenbridge), generated from it by clients/generate.py;
+ * types in tokenbridge.d.ts.
+ *
+ *     import { stream, socket } from "./tokenbridge.mjs";   // your copy, or your bundler's import
+ *     const reader = stream({
+ *       eventsUrl: "https://tokenbridge.example.com" + created.events_url,   // from POST /v1/generations
+ *       token: created.stream_token,
+ *       onToken: (content, event, handle) => { answer.textContent = handle.text; },
+ *     });
+ *
+ * Everything tokenbridge.js documents holds here.
+ */
+"""
+SCRIPT_START = '(function (global) {\n  "use strict";\n'
+SCRIPT_END = '  global.Tokenbridge = { stream: stream, socket: socket, version: "1" };\n})(window);\n'
+MODULE_END = 'export { socket, stream };\nexport const version = "1";\n'
+
+
+def python_copy(source: Path) -> str:
+    text = source.read_text()
+    for old, new in PYTHON_IMPORTS.items():
+        text = text.replace(old, new)
+    if "from bridge" in text or "import bridge" in text:
+        raise SystemExit(f"{source.relative_to(ROOT)} imports the server's package: the copy would not run alone")
+    header = f"# Generated from {source.relative_to(ROOT)} by clients/generate.py: edit that file, then run it.\n"
+    return header + text
+
+
+def module_copy(script: Path) -> str:
+    """The body of the script's IIFE, at the top level of a module that exports what the script assigns."""
+    text = script.read_text()
+    start, end = text.find(SCRIPT_START), text.rfind(SCRIPT_END)
+    if start < 0 or end < 0 or not text.endswith(SCRIPT_END):
+        raise SystemExit(f"{script.relative_to(ROOT)} no longer has the wrapper clients/generate.py expects")
+    body = text[start + len(SCRIPT_START) : end]
+    lines = [line.removeprefix("  ") for line in body.splitlines(keepends=True)]
+    # Modules are strict by themselves; `global` stays the name the script's code uses for window.
+    return MODULE_HEADER + "const global = globalThis;\n" + "".join(lines) + MODULE_END
+
+
+def outputs() -> dict[Path, str]:
+    return {
+        PACKAGE / "client.py": python_copy(ROOT / "bridge" / "client.py"),
+        PACKAGE / "async_client.py": python_copy(ROOT / "bridge" / "async_client.py"),
+        STATIC / "tokenbridge.mjs": module_copy(STATIC / "tokenbridge.js"),
+    }
+
+
+def main(argv: list[str]) -> int:
+    stale = [path for path, text in outputs().items() if not path.exists() or path.read_text() != text]
+    if "--check" in argv:
+        for path in stale:
+            print(f"{path.relative_to(ROOT)} is stale: run python clients/generate.py", file=sys.stderr)
+        return 1 if stale else 0
+    for path, text in outputs().items():
+        if path in stale:
+            path.write_text(text)
+            print(f"wrote {path.relative_to(ROOT)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,251 @@
+# Generated from bridge/async_client.py by clients/generate.py: edit that file, then run it.
+"""The Python client on ``httpx.AsyncClient``: the same API as ``TokenbridgeClient``, awaited.
+
+```python
+async with AsyncTokenbridgeClient("http://127.0.0.1:8000", api_key) as client:
+    generation = await client.submit("echo", "Hello there")
+    print(await acollect_text(client.stream(generation)))
+```
+
+For async web frameworks (FastAPI, Starlette, aiohttp): nothing blocks the event loop, and a stream resumes
+after a dropped connection exactly as the synchronous client's does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
+from typing import Any
+from urllib.parse import quote
+
+import anyio
+import httpx
+
+from .client import (
+    _RETRY_STATUSES,
+    Event,
+    SseParser,
+    TokenbridgeConnectionError,
+    TokenbridgeProtocolError,
+    Transcript,
+    _api_error,
+    _decode,
+    _describe,
+    backoff_s,
+)
+
+# A new stream token, or an awaitable of one (a coroutine that asks your backend).
+TokenRefresher = Callable[[], str | Awaitable[str]]
+
+
+async def acollect_text(events: AsyncIterable[Event]) -> str:
+    """The final text of a generation's events (what a reader shows once the stream has ended)."""
+    transcript = Transcript()
+    async for event in events:
+        transcript.apply(event)
+    return transcript.text
+
+
+class AsyncTokenbridgeClient:
+    """Submit, read, cancel and follow generations of one tokenbridge server, without blocking the loop.
+
+    The tunables are ``TokenbridgeClient``'s. Pass ``http`` to share an ``httpx.AsyncClient`` (it is then
+    not closed by ``aclose``).
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        api_key: str | None,
+        *,
+        timeout_s: float = 30.0,
+        stream_idle_timeout_s: float = 45.0,
+        max_retries: int = 5,
+        max_backoff_s: float = 30.0,
+        http: httpx.AsyncClient | None = None,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.api_key = api_key
+        self.timeout_s = timeout_s
+        self.stream_idle_timeout_s = stream_idle_timeout_s
+        self.max_retries = max_retries
+        self.max_backoff_s = max_backoff_s
+        self._http = http or httpx.AsyncClient()
+        self._owns_http = http is None
+
+    async def __aenter__(self) -> AsyncTokenbridgeClient:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        if self._owns_http:
+            await self._http.aclose()
+
+    # -- requests ----------------------------------------------------------------------------------
+
+    async def submit(
+        self,
+        model: str,
+        prompt: str | None = None,
+        messages: list[dict[str, Any]] | None = None,
+        *,
+        idempotency_key: str | None = None,
+        **fields: Any,
+    ) -> dict[str, Any]:
+        """``POST /v1/generations``; ``fields`` are the other body fields (``max_tokens``, ``options``, …)."""
+        body: dict[str, Any] = {"model": model}
+        if prompt is not None:
+            body["prompt"] = prompt
+        if messages is not None:
+            body["messages"] = messages
+        body.update({name: value for name, value in fields.items() if value is not None})
+        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
+        return _json(await self._request("POST", "/v1/generations", json=body, headers=headers))
+
+    async def get(self, generation_id: str) -> dict[str, Any]:
+        """``GET /v1/generations/{id}``: status, usage and the text so far."""
+        return _json(await self._request("GET", f"/v1/generations/{quote(generation_id, safe='')}"))
+
+    async def cancel(self, generation_id: str) -> dict[str, Any]:
+        """``POST /v1/generations/{id}/cancel``; a finished generation raises a 409 ``already_finished``."""
+        return _json(await self._request("POST", f"/v1/generations/{quote(generation_id, safe='')}/cancel"))
+
+    async def token(self, generation_id: str) -> dict[str, Any]:
+        """``POST /v1/generations/{id}/token``: a fresh ``stream_token`` and its ``expires_at``."""
+        return _json(await self._request("POST", f"/v1/generations/{quote(generation_id, safe='')}/token"))
+
+    async def session_token(self, session_id: str) -> dict[str, Any]:
+        """``POST /v1/sessions/{id}/token``: a fresh ``stream_token`` for the session and its ``expires_at``."""
+        return _json(await self._request("POST", f"/v1/sessions/{quote(session_id, safe='')}/token"))
+
+    async def session_generations(self, session_id: str, *, limit: int = 20) -> list[dict[str, Any]]:
+        """``GET /v1/sessions/{id}/generations``: the session's generations, newest first."""
+        path = f"/v1/sessions/{quote(session_id, safe='')}/generations?limit={limit}"
+        data = _json(await self._request("GET", path)).get("data")
+        return data if isinstance(data, list) else []
+
+    async def status(self) -> dict[str, Any]:
+        """``GET /readyz``: the health body, also when it is ``unhealthy`` (503)."""
+        response = await self._request("GET", "/readyz", check=False)
+        if response.status_code in (200, 503):
+            try:
+                body = response.json()
+            except ValueError:
+                body = None
+            if isinstance(body, dict) and "status" in body:
+                return body
+        raise _api_error(response)
+
+    async def _request(
+        self,
+        method: str,
+        path: str,
+        *,
+        json: Any = None,
+        headers: dict[str, str] | None = None,
+        check: bool = True,
+    ) -> httpx.Response:
+        url = self.base_url + path
+        try:
+            response = await self._http.request(
+                method, url, json=json, headers={**self._headers(), **(headers or {})}, timeout=self.timeout_s
+            )
+        except httpx.TransportError as exc:
+            raise TokenbridgeConnectionError(f"cannot reach {url}: {_describe(exc)}") from exc
+        if check and not response.is_success:
+            raise _api_error(response)
+        return response
+
+    def _headers(self) -> dict[str, str]:
+        headers = {"User-Agent": "tokenbridge-client"}
+        if self.api_key:
+            headers["Authorization"] = f"Bearer {self.api_key}"
+        return headers
+
+    # -- streams -----------------------------------------------------------------------------------
+
+    def stream(
+        self,
+        generation_or_id: dict[str, Any] | str,
+        *,
+        last_event_id: str | None = None,
+        refresh_token: TokenRefresher | None = None,
+    ) -> AsyncIterator[Event]:
+        """Events of a generation, from the start or after ``last_event_id``, until its terminal event.
+
+        As ``TokenbridgeClient.stream``; ``refresh_token`` may also be a coroutine function.
+        """
+        if isinstance(generation_or_id, str):
+            generation_id, token = generation_or_id, None
+        else:
+            generation_id, token = str(generation_or_id["id"]), generation_or_id.get("stream_token")
+        url = f"{self.base_url}/v1/generations/{quote(generation_id, safe='')}/events"
+        params = {"token": token} if token and not self.api_key else {}
+        return self._follow(url, params, last_event_id, refresh_token if params else None)
+
+    async def _follow(
+        self, url: str, params: dict[str, str], cursor: str | None, refresh_token: TokenRefresher | None
+    ) -> AsyncIterator[Event]:
+        retry_s = 1.0
+        failures = 0
+        answered = False  # whether the server was ever reached: a server that never was is reported at once
+        refreshed = False  # a token refreshed since the last event: one that is refused again is not retried
+        while True:
+            parser = SseParser()
+            headers = self._headers()
+            if cursor:
+                headers["Last-Event-ID"] = cursor
+            retry_after_s: float | None = None
+            timeout = httpx.Timeout(self.timeout_s, read=self.stream_idle_timeout_s)
+            try:
+                async with self._http.stream("GET", url, params=params, headers=headers, timeout=timeout) as response:
+                    answered = True
+                    if response.status_code == 204:
+                        return
+                    if response.status_code != 200:
+                        await response.aread()
+                        error = _api_error(response)
+                        if error.code == "token_expired" and refresh_token is not None and not refreshed:
+                            params = {**params, "token": await _call(refresh_token)}
+                            refreshed = True
+                            continue
+                        if response.status_code not in _RETRY_STATUSES:
+                            raise error
+                        problem, retry_after_s = str(error), error.retry_after_s
+                    else:
+                        async for chunk in response.aiter_bytes():
+                            for message in parser.feed(chunk):
+                                event = _decode(message)
+                                cursor = event.id or cursor
+                                failures = 0
+                                refreshed = False
+                                yield event
+                                if event.terminal:
+                                    return
+                        problem = "the response ended before the generation did"
+            except httpx.TransportError as exc:
+                if not answered and isinstance(exc, httpx.ConnectError):
+                    raise TokenbridgeConnectionError(f"cannot reach {url}: {_describe(exc)}") from exc
+                problem = _describe(exc)
+            if parser.retry_ms is not None:
+                retry_s = parser.retry_ms / 1000
+            failures += 1
+            if failures > self.max_retries:
+                raise TokenbridgeConnectionError(f"gave up on {url} after {failures} tries: {problem}")
+            await anyio.sleep(backoff_s(retry_s, failures, self.max_backoff_s, retry_after_s))
+
+
+async def _call(refresh_token: TokenRefresher) -> str:
+    token = refresh_token()
+    return token if isinstance(token, str) else await token
+
+
+def _json(response: httpx.Response) -> dict[str, Any]:
+    try:
+        body = response.json()
+    except ValueError as exc:
+        raise TokenbridgeProtocolError(f"{response.url} answered {response.status_code} without JSON") from exc
+    if not isinstance(body, dict):
+        raise TokenbridgeProtocolError(f"{response.url} answered with JSON that is not an object")
+    return body
