@@ -6,17 +6,36 @@ PORT   ?= 8000
 
 .PHONY: install dev test test-fast lint format bench bench-cluster clean
 
-install: $(VENV)/.installed
+HOST   ?= 127.0.0.1
 
-$(VENV)/.installed: pyproject.toml
+.PHONY: install install-run requirements
+
+# `install`: what running and testing need (dev extras); `install-run`: only what running needs (`make dev`).
+install: $(VENV)/.installed
+install-run: $(VENV)/.installed-run
+
+$(VENV)/bin/python:
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "tokenbridge needs Python 3.11 or newer (set PYTHON=...)")'
-	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	@echo "Creating the virtualenv $(VENV) ..."
+	@$(PYTHON) -m venv $(VENV)
+	@$(BIN)/python -m pip install --quiet --upgrade pip
+
+$(VENV)/.installed-run: pyproject.toml | $(VENV)/bin/python
+	@echo "Installing tokenbridge and what it needs to run into $(VENV) (the first time takes about 30 s) ..."
+	@$(BIN)/python -m pip install --quiet -e .
 	@touch $@
 
-dev: install
-	$(BIN)/tokenbridge dev --port $(PORT)
+$(VENV)/.installed: pyproject.toml | $(VENV)/bin/python
+	@echo "Installing tokenbridge with its test and lint tools into $(VENV) (the first time takes a minute or two) ..."
+	@$(BIN)/python -m pip install --quiet -e '.[dev]'
+	@touch $@ $(VENV)/.installed-run
+
+dev: install-run
+	$(BIN)/tokenbridge dev --port $(PORT) --host $(HOST)
+
+# requirements.txt for Python buildpacks, pinned from this environment (tests fail when it is out of step).
+requirements: install
+	$(BIN)/python scripts/requirements.py
 
 test: install
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

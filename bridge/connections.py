@@ -35,7 +35,11 @@ def redis_client(
     On a Redis Cluster (``REDIS_CLUSTER``) the result is a ``RedisCluster`` that routes each command to the
     node of its key's slot, with the same bounded, blocking pool per node; it answers the same commands for
     the keys tokenbridge uses, so callers treat it as a ``redis.Redis``.
+    ``REDIS_MAX_CONNECTIONS``, when set, replaces ``max_connections``: every process honours one limit.
+    A ``rediss://`` URL is TLS; ``?ssl_cert_reqs=none`` accepts a managed Redis' self-signed certificate.
     """
+    if settings.redis_max_connections:
+        max_connections = settings.redis_max_connections
     options = {
         "decode_responses": True,
         "socket_connect_timeout": 5.0,

@@ -29,7 +29,10 @@ def broker_transport_options(settings: Settings) -> dict[str, Any]:
         "unacked_restore_interval": settings.celery_restore_interval_s,
         "unacked_restore_throttle": 1,
         # kombu's default of 10 Redis connections is exhausted by a gevent pool acking hundreds of tasks
-        # ("Connection to broker lost … MaxConnectionsError").
+        # ("Connection to broker lost … MaxConnectionsError"). REDIS_MAX_CONNECTIONS does not apply: this pool
+        # fails instead of waiting ("Couldn't ack … MaxConnectionsError"), and opens connections only as acks
+        # overlap. Celery's pool of connections that send (broker_pool_limit, 10) stays too: Flower's inspect
+        # calls stall on a smaller one.
         "max_connections": 1024,
     }
 

@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+import importlib.util
+import json
 import os
 import re
 import shutil
 import subprocess
+import tomllib
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
+from packaging.specifiers import SpecifierSet
+from packaging.utils import canonicalize_name
 
+from app.pages import FLOWER_PORT_OFFSET
 from tests.procfile import ROOT, procfile_commands
 
 COMPOSE = ROOT / "docker-compose.yml"
@@ -73,3 +80,105 @@ def test_nginx_config_streams_unbuffered_and_logs_no_tokens() -> None:
     formats = [line for line in text.splitlines() if "log_format" in line or line.strip().startswith("'")]
     # $request (the request line) would carry ?token=; $uri is the path alone
     assert formats and not any(re.search(r"\$request\b(?!_)", line) for line in formats)
+
+
+# -- PaaS: lock file, Python version, Heroku and Render -------------------------------------------
+
+
+def _requirements_script() -> Any:
+    spec = importlib.util.spec_from_file_location("requirements_script", ROOT / "scripts" / "requirements.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_requirements_txt_pins_every_runtime_dependency_of_pyproject_and_no_dev_tool() -> None:
+    script = _requirements_script()
+    pins = script.read_pins(ROOT / "requirements.txt")
+    for requirement in script.direct_requirements():
+        name = canonicalize_name(requirement.name)
+        assert name in pins, f"{name} is in pyproject.toml but not in requirements.txt: run `make requirements`"
+        assert requirement.specifier.contains(pins[name], prereleases=True), f"{name}=={pins[name]} {requirement}"
+    for dev_tool in ("pytest", "ruff", "mypy", "fakeredis", "playwright", "schemathesis", "matplotlib"):
+        assert dev_tool not in pins
+
+
+def test_requirements_txt_is_what_make_requirements_writes_from_this_environment() -> None:
+    assert _requirements_script().main(["--check"]) == 0
+
+
+def test_python_version_file_satisfies_requires_python() -> None:
+    version = (ROOT / ".python-version").read_text().strip()
+    requires = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["requires-python"]
+    assert SpecifierSet(requires).contains(f"{version}.0")
+    assert f"Python {version} " in (ROOT / "requirements.txt").read_text()
+
+
+def test_app_json_runs_every_procfile_process_with_redis_and_a_generated_secret() -> None:
+    app = json.loads((ROOT / "app.json").read_text())
+    assert set(app["formation"]) == set(procfile_commands())
+    assert app["env"]["SECRET_KEY"]["generator"] == "secret"
+    assert app["env"]["API_KEYS"]["required"] is True
+    # Heroku's Redis is TLS with a self-signed certificate, and its add-on owns REDIS_URL.
+    assert app["env"]["REDIS_SSL_CERT_REQS"]["value"] == "none"
+    assert any(addon["plan"].startswith("heroku-redis:") for addon in app["addons"])
+
+
+def test_render_blueprint_starts_each_procfile_line_on_its_key_value_store() -> None:
+    blueprint = yaml.safe_load((ROOT / "render.yaml").read_text())
+    commands = procfile_commands()
+    services = {s["name"].removeprefix("tokenbridge-"): s for s in blueprint["services"]}
+    for name, command in commands.items():
+        assert services[name]["startCommand"] == command, name
+        assert services[name]["buildCommand"] == "pip install -r requirements.txt"
+        redis_url = next(v for v in services[name]["envVars"] if v.get("key") == "REDIS_URL")
+        assert redis_url["fromService"]["name"] == "tokenbridge-redis"
+    assert services["web"]["healthCheckPath"] == "/healthz"
+    assert services["redis"]["maxmemoryPolicy"] == "noeviction"
+
+
+# -- Docker and compose ----------------------------------------------------------------------------
+
+
+def test_dockerfile_installs_dependencies_before_the_source_and_runs_without_dev_tools_as_non_root() -> None:
+    lines = [line.strip() for line in (ROOT / "Dockerfile").read_text().splitlines()]
+    steps = [line for line in lines if line and not line.startswith("#")]
+    install = steps.index("RUN pip install -r requirements.txt")
+    assert steps[install - 1] == "COPY requirements.txt ./"
+    first_source = min(i for i, step in enumerate(steps) if step.startswith("COPY bridge"))
+    assert install < first_source, "a code change would reinstall every dependency"
+    runtime = steps[max(i for i, step in enumerate(steps) if step.startswith("FROM ")) :]
+    assert not any("[dev]" in step or "requirements" in step for step in runtime)
+    assert any(step.startswith("COPY --from=build /venv") for step in runtime)
+    user = next(step for step in runtime if step.startswith("USER "))
+    assert user.split()[1] not in ("root", "0")
+    healthcheck = " ".join(runtime[runtime.index(next(s for s in runtime if s.startswith("HEALTHCHECK"))) :][:2])
+    assert "/healthz" in healthcheck
+    assert "test-artifacts" in (ROOT / ".dockerignore").read_text()
+
+
+def test_every_compose_service_has_a_healthcheck() -> None:
+    for name, service in _services().items():
+        assert "test" in service.get("healthcheck", {}), name  # type: ignore[operator]
+    web = _services()["web"]["healthcheck"]
+    assert "/healthz" in str(web["test"])  # type: ignore[index]
+
+
+def test_flower_is_published_where_the_dashboards_link_points() -> None:
+    # The dashboard links to FLOWER_URL, else this host on the web's PORT + 300.
+    web, flower = _services()["web"], _services()["flower"]
+    web_port = int(web["environment"]["PORT"])  # type: ignore[index]
+    flower_port = int(flower["environment"]["PORT"])  # type: ignore[index]
+    assert flower_port == web_port + FLOWER_PORT_OFFSET
+    assert f":{flower_port}" in flower["ports"][0]  # type: ignore[index]
+    assert flower["ports"][0].split(":")[-1] == str(flower_port)  # type: ignore[index]
+    assert "8300" in (ROOT / ".env.example").read_text()
+
+
+def test_env_example_names_every_variable_compose_requires() -> None:
+    required = set(re.findall(r"\$\{(\w+):\?", COMPOSE.read_text()))
+    example = dict(
+        line.split("=", 1) for line in (ROOT / ".env.example").read_text().splitlines() if re.match(r"^\w+=", line)
+    )
+    assert required and required <= set(example)
