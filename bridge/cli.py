@@ -1,4 +1,4 @@
-"""The ``tokenbridge`` command: ``dev`` runs the stack; ``submit``, ``tail`` and ``status`` talk to one over HTTP."""
+"""The ``tokenbridge`` command: ``dev`` runs the stack; the other commands talk to one over HTTP."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import os
 import sys
 import time
 from dataclasses import dataclass, field
+from importlib.metadata import PackageNotFoundError, version
 from typing import Any, TextIO
 
 import orjson
@@ -20,6 +21,7 @@ from bridge.client import (
 )
 
 DEFAULT_URL = "http://127.0.0.1:8000"
+DEV_HOST = "127.0.0.1"  # `tokenbridge dev` is reachable from this machine only unless told otherwise
 # Exit codes of `status`: the overall health, 2 also when the server cannot be reached.
 _HEALTH_EXIT = {"healthy": 0, "degraded": 1}
 
@@ -267,6 +269,35 @@ def _status(args: argparse.Namespace, client: TokenbridgeClient) -> int:
     return _HEALTH_EXIT.get(overall, 2)
 
 
+# -- cancel and models ----------------------------------------------------------------------------
+
+
+def _cancel(args: argparse.Namespace, client: TokenbridgeClient) -> int:
+    body = client.cancel(args.generation_id)
+    message = f"cancelling {args.generation_id}: its stream ends with a cancelled event"
+    sys.stdout.write((orjson.dumps(body).decode() if args.json else message) + "\n")
+    return 0
+
+
+def _models(args: argparse.Namespace, client: TokenbridgeClient) -> int:
+    models = client.models()
+    if args.json:
+        sys.stdout.write(orjson.dumps({"object": "list", "data": models}, option=orjson.OPT_INDENT_2).decode() + "\n")
+        return 0
+    style = _Style(sys.stdout)
+    width = max((len(str(m.get("id", ""))) for m in models), default=0)
+    lines = [f"{m.get('id', '')!s:<{width}}  {style(str(m.get('owned_by', '')), DIM)}" for m in models]
+    sys.stdout.write("\n".join(lines) + "\n" if lines else "no models\n")
+    return 0
+
+
+def _version() -> str:
+    try:
+        return version("tokenbridge")
+    except PackageNotFoundError:  # run from a checkout that was never installed
+        return "unknown"
+
+
 # -- dead letters ----------------------------------------------------------------------------------
 
 
@@ -303,6 +334,7 @@ def _dead_letters(args: argparse.Namespace, client: TokenbridgeClient) -> int:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tokenbridge", description="Relay LLM tokens through Redis Streams.")
+    parser.add_argument("--version", action="version", version=f"tokenbridge {_version()}")
     # Accepted before or after the command; SUPPRESS keeps a subcommand from resetting what was given before it.
     connection = argparse.ArgumentParser(add_help=False)
     connection.add_argument("--url", default=argparse.SUPPRESS, help=f"server (TOKENBRIDGE_URL, else {DEFAULT_URL})")
@@ -320,15 +352,20 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     dev = commands.add_parser("dev", help="run embedded Redis, web, worker, consumer and Flower (Ctrl-C stops)")
-    dev.add_argument("--port", type=int, default=8000, help="port of web; Flower gets port + 300")
-    dev.add_argument("--procfile", default="Procfile")
+    dev.add_argument("--port", type=int, default=8000, help="port of web; Flower gets port + 300 (default 8000)")
+    dev.add_argument(
+        "--host",
+        default=os.environ.get("TOKENBRIDGE_DEV_HOST", DEV_HOST),
+        help=f"address web and Flower bind to (TOKENBRIDGE_DEV_HOST, else {DEV_HOST}; 0.0.0.0 for every interface)",
+    )
+    dev.add_argument("--procfile", default="Procfile", help="the Procfile to run (default ./Procfile)")
 
     submit = commands.add_parser(
         "submit", parents=[connection], help="submit a prompt and stream the answer (Ctrl-C cancels it)"
     )
     submit.add_argument("prompt", help="the prompt; - reads it from stdin")
-    submit.add_argument("--model", default="echo")
-    submit.add_argument("--max-tokens", type=int)
+    submit.add_argument("--model", default="echo", help="a model of GET /v1/models (default echo)")
+    submit.add_argument("--max-tokens", type=int, metavar="N", help="stop after N tokens (finish_reason length)")
     submit.add_argument(
         "--option",
         type=_option,
@@ -341,7 +378,7 @@ def _parser() -> argparse.ArgumentParser:
     submit.set_defaults(run=_submit)
 
     tail = commands.add_parser("tail", parents=[connection], help="follow or replay one generation")
-    tail.add_argument("generation_id", metavar="ID")
+    tail.add_argument("generation_id", metavar="ID", help="the generation's id (gen_...)")
     tail.add_argument("--from", dest="from_id", metavar="EVENT_ID", help="only the events after this event id")
     tail.set_defaults(run=_tail)
 
@@ -351,10 +388,17 @@ def _parser() -> argparse.ArgumentParser:
     dead = commands.add_parser(
         "dead-letters", parents=[connection], help="list, replay or drop dead letters (needs an admin key)"
     )
-    dead.add_argument("action", choices=["list", "replay", "drop"])
+    dead.add_argument("action", choices=["list", "replay", "drop"], help="what to do")
     dead.add_argument("id", nargs="?", help="the dead letter's id (replay, drop)")
     dead.add_argument("--limit", type=int, default=20, help="how many to list (newest first)")
     dead.set_defaults(run=_dead_letters)
+
+    cancel = commands.add_parser("cancel", parents=[connection], help="cancel a generation")
+    cancel.add_argument("generation_id", metavar="ID", help="the generation's id (gen_...)")
+    cancel.set_defaults(run=_cancel)
+
+    models = commands.add_parser("models", parents=[connection], help="list the models of the server (/v1/models)")
+    models.set_defaults(run=_models)
     return parser
 
 
@@ -363,7 +407,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "dev":
         from bridge.devserver import run_dev
 
-        return run_dev(port=args.port, procfile=args.procfile)
+        return run_dev(port=args.port, procfile=args.procfile, host=args.host)
     target = _target(args)
     try:
         with TokenbridgeClient(target.url, target.api_key) as client:

@@ -6,6 +6,7 @@ import json
 import os
 import secrets
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -17,6 +18,36 @@ import httpx
 from bridge.embedded import EmbeddedRedis
 
 STATE_DIR = Path(".tokenbridge")
+# Flower runs on the web's port + 300 (the dashboard's default link, app/pages.py).
+FLOWER_PORT_OFFSET = 300
+DEFAULT_HOST = "127.0.0.1"
+
+
+def port_taken(host: str, port: int) -> bool:
+    """True when something already listens on ``host:port`` (or the address cannot be bound)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return True
+    return False
+
+
+def _taken_ports(host: str, port: int) -> list[str]:
+    wanted = {port: "web", port + FLOWER_PORT_OFFSET: "Flower"}
+    return [f"{p} ({what})" for p, what in wanted.items() if port_taken(host, p)]
+
+
+def _procfile_on(procfile: str, host: str, state_dir: Path) -> str:
+    """The Procfile with its 0.0.0.0 binds moved to ``host`` (the Procfile itself stays as deploys need it)."""
+    text = Path(procfile).read_text()
+    if host == "0.0.0.0":
+        return procfile
+    path = state_dir / "Procfile.dev"
+    state_dir.mkdir(parents=True, exist_ok=True)
+    path.write_text(text.replace("0.0.0.0", host))
+    return str(path)
 
 
 def _dev_secrets(state_dir: Path) -> dict[str, str]:
@@ -48,9 +79,18 @@ def _wait_ready(url: str, process: subprocess.Popen[bytes], timeout_s: float) ->
     return False
 
 
-def run_dev(*, port: int = 8000, procfile: str = "Procfile") -> int:
+def run_dev(*, port: int = 8000, procfile: str = "Procfile", host: str = DEFAULT_HOST) -> int:
+    """Run the stack on ``host`` until Ctrl-C; 1 at once, before starting anything, when a port is taken."""
+    taken = _taken_ports(host, port)
+    if taken:
+        sys.stderr.write(
+            f"tokenbridge dev: {' and '.join(taken)} already in use on {host}: another server is there. "
+            f"Stop it, or pick other ports: make dev PORT={port + 1} (tokenbridge dev --port {port + 1}).\n"
+        )
+        return 1
     env = dict(os.environ)
     state_dir = STATE_DIR
+    procfile = _procfile_on(procfile, host, state_dir)
     values = _dev_secrets(state_dir)
     redis_server: EmbeddedRedis | None = None
     if not env.get("REDIS_URL") and not env.get("REDIS_HOST"):
@@ -67,9 +107,12 @@ def run_dev(*, port: int = 8000, procfile: str = "Procfile") -> int:
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     env.pop("PORT", None)
 
+    shown_host = "127.0.0.1" if host in ("0.0.0.0", "::") else (f"[{host}]" if ":" in host else host)
+    web_url = f"http://{shown_host}:{port}"
+    flower_url = f"http://{shown_host}:{port + FLOWER_PORT_OFFSET}"
+    print(f"Starting web, worker, consumer and Flower on {host} (Procfile: {procfile}) ...", flush=True)
     command = [sys.executable, "-m", "honcho", "start", "-f", procfile, "-p", str(port)]
     honcho = subprocess.Popen(command, env=env)
-    web_url = f"http://127.0.0.1:{port}"
 
     def announce() -> None:
         if _wait_ready(web_url, honcho, 60):
@@ -78,7 +121,7 @@ def run_dev(*, port: int = 8000, procfile: str = "Procfile") -> int:
                 "\n"
                 f"  tokenbridge is running:  {web_url}/#key={api_key}\n"
                 f"  API key:                 {api_key}\n"
-                f"  Flower:                  http://127.0.0.1:{port + 300}  ({env['FLOWER_BASIC_AUTH']})\n"
+                f"  Flower:                  {flower_url}  ({env['FLOWER_BASIC_AUTH']})\n"
                 "  Ctrl-C stops everything.\n",
                 flush=True,
             )
