@@ -41,7 +41,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.config.update(
         RATELIMIT_ENABLED=bool(settings.rate_limit),
         RATELIMIT_STORAGE_URI=settings.rate_limit_storage[0],
-        RATELIMIT_STORAGE_OPTIONS=settings.rate_limit_storage[1],
+        RATELIMIT_STORAGE_OPTIONS=app.extensions["tokenbridge"].rate_limit_storage_options,
         RATELIMIT_KEY_PREFIX="llm:ratelimit",
     )
     limiter.init_app(app)

@@ -13,7 +13,7 @@ from app.hub import Hub
 from app.presence import Presence
 from bridge.circuit import Circuits
 from bridge.cluster import NotifiedReader
-from bridge.connections import redis_client
+from bridge.connections import is_cluster, redis_client
 from bridge.constants import celery_client_options
 from bridge.models import ModelSpec, load_registry
 from bridge.settings import Settings
@@ -51,6 +51,14 @@ class Services:
             presence=Presence(commands, settings.presence_interval_s),
             circuits=Circuits(commands, threshold=settings.circuit_failures, cooldown_s=settings.circuit_cooldown_s),
         )
+
+    @property
+    def rate_limit_storage_options(self) -> dict[str, object]:
+        """Flask-Limiter's storage options: on a single Redis, this process' own bounded pool, so that
+        ``REDIS_MAX_CONNECTIONS`` bounds both and a burst waits for a connection instead of skipping the limit."""
+        if is_cluster(self.redis):
+            return self.settings.rate_limit_storage[1]
+        return {"connection_pool": self.redis.connection_pool}
 
 
 def services() -> Services:

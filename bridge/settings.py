@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from functools import cached_property
 from typing import Literal
-from urllib.parse import quote, urlsplit
+from urllib.parse import parse_qsl, quote, urlsplit
 
 from pydantic import Field, PrivateAttr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -36,6 +36,20 @@ class Settings(BaseSettings):
     redis_db: int = Field(
         default=0,
         description="Redis database number when `REDIS_URL` is unset.",
+    )
+    redis_ssl_cert_reqs: Literal["none", "optional", "required"] | None = Field(
+        default=None,
+        description="Added to a `rediss://` Redis URL that has no `ssl_cert_reqs` of its own: `none` accepts the "
+        "self-signed certificate of a managed Redis (Heroku Data for Redis) whose add-on sets `REDIS_URL`.",
+    )
+    # Bounds each pool, not the process: see docs/deploy.md for the count per process.
+    redis_max_connections: int | None = Field(
+        default=None,
+        ge=4,
+        description="Connections of the Redis pool of each `web`, `worker` and `consumer` process (the `web`'s "
+        "rate limiter shares it), for managed Redis plans with few connections: a caller waits for a free one "
+        "instead of opening more. Unset: 64 for `web` and `consumer`, 256 for `worker`. Celery's own broker "
+        "connections come on top (see [deploy.md](deploy.md)).",
     )
     # REDIS_URL names one node of a Redis Cluster (any node: the others are discovered).
     redis_cluster: bool = Field(
@@ -504,17 +518,29 @@ class Settings(BaseSettings):
     def resolved_redis_url(self) -> str:
         """REDIS_URL, or one built from REDIS_HOST/REDIS_PORT/REDIS_PASSWORD/REDIS_DB."""
         if self.redis_url:
-            return self.redis_url
+            url = self.redis_url
+            if self.redis_ssl_cert_reqs and url.startswith("rediss://") and "ssl_cert_reqs=" not in url:
+                url += f"{'&' if '?' in url else '?'}ssl_cert_reqs={self.redis_ssl_cert_reqs}"
+            return url
         auth = f":{quote(self.redis_password, safe='')}@" if self.redis_password else ""
         return f"redis://{auth}{self.redis_host}:{self.redis_port}/{self.redis_db}"
 
     @property
     def rate_limit_storage(self) -> tuple[str, dict[str, object]]:
         """Flask-Limiter's storage URI and options: the streams' Redis (its cluster client on a cluster)."""
+        options: dict[str, object] = {}
+        if self.redis_max_connections:
+            options["max_connections"] = self.redis_max_connections
         if not self.redis_cluster:
-            return self.resolved_redis_url, {}
+            return self.resolved_redis_url, options
         parsed = urlsplit(self.resolved_redis_url)
-        return f"redis+cluster://{parsed.netloc}", {"ssl": True} if parsed.scheme == "rediss" else {}
+        if parsed.scheme == "rediss":
+            options["ssl"] = True
+            # The cluster URI loses the query, so a managed Redis' `?ssl_cert_reqs=none` is carried over here.
+            cert_reqs = dict(parse_qsl(parsed.query)).get("ssl_cert_reqs")
+            if cert_reqs:
+                options["ssl_cert_reqs"] = cert_reqs
+        return f"redis+cluster://{parsed.netloc}", options
 
     @cached_property
     def broker_url(self) -> str:

@@ -3,7 +3,7 @@
 
 /** One event of a generation, as both transports deliver it. */
 export interface TokenbridgeEvent {
-  /** `token`, `restart`, `reset`, `done`, `error` or `cancelled`. */
+  /** `token`, `reasoning`, `tool_call`, `restart`, `reset`, `done`, `error` or `cancelled`. */
   event: string;
   /** Stream entry id: the cursor to resume after this event. */
   id: string;
@@ -35,10 +35,22 @@ export type TokenbridgeStatus =
   | "ended"
   | "closed";
 
+/** A tool call of the model, joined from its `tool_call` events. */
+export interface TokenbridgeToolCall {
+  id: string;
+  name: string;
+  /** JSON text of the arguments; complete once the generation is done. */
+  arguments: string;
+}
+
 /** What `stream` and `socket` return. */
 export interface TokenbridgeHandle {
   /** The answer so far. */
   readonly text: string;
+  /** The model's reasoning so far (`reasoning` events). */
+  readonly reasoning: string;
+  /** The model's tool calls so far, by index (`tool_call` events). */
+  readonly toolCalls: TokenbridgeToolCall[];
   /** Id of the last event received ("" before the first). */
   readonly lastEventId: string;
   readonly status: TokenbridgeStatus;
@@ -70,6 +82,8 @@ export interface TokenbridgeOptions {
   /** Called when a reconnect or a cancel finds the token expired; the stream then resumes where it was. */
   refreshToken?: (handle: TokenbridgeHandle) => FreshToken | Promise<FreshToken>;
   onToken?: (content: string, event: TokenbridgeEvent, handle: TokenbridgeHandle) => void;
+  onReasoning?: (content: string, event: TokenbridgeEvent, handle: TokenbridgeHandle) => void;
+  onToolCall?: (call: TokenbridgeToolCall, event: TokenbridgeEvent, handle: TokenbridgeHandle) => void;
   onRestart?: (event: TokenbridgeEvent, handle: TokenbridgeHandle) => void;
   onReset?: (text: string, event: TokenbridgeEvent, handle: TokenbridgeHandle) => void;
   onDone?: (event: TokenbridgeEvent, handle: TokenbridgeHandle) => void;

@@ -39,8 +39,18 @@ const global = globalThis;
  */
 
 /**
+ * A tool call of the model, joined from its `tool_call` events.
+ * @typedef {Object} TokenbridgeToolCall
+ * @property {string} id
+ * @property {string} name
+ * @property {string} arguments  JSON text of the arguments; complete once the generation is done.
+ */
+
+/**
  * @typedef {Object} TokenbridgeHandle
  * @property {string} text  The answer so far.
+ * @property {string} reasoning  The model's reasoning so far (`reasoning` events).
+ * @property {TokenbridgeToolCall[]} toolCalls  The model's tool calls so far, by index (`tool_call` events).
  * @property {string} lastEventId  Id of the last event received ("" before the first).
  * @property {TokenbridgeStatus} status
  * @property {boolean} finished  True once the reader has stopped.
@@ -63,6 +73,10 @@ const global = globalThis;
  *   Returns a new stream token (your backend asks `POST /v1/generations/{id}/token` with its API key).
  *   Called when a reconnect or a cancel finds the token expired; the stream then resumes where it was.
  * @property {function(string, TokenbridgeEvent, TokenbridgeHandle): void} [onToken]  A token's content.
+ * @property {function(string, TokenbridgeEvent, TokenbridgeHandle): void} [onReasoning]  A piece of the model's
+ *   reasoning (`handle.reasoning` holds all of it).
+ * @property {function(TokenbridgeToolCall, TokenbridgeEvent, TokenbridgeHandle): void} [onToolCall]  A piece of a
+ *   tool call, joined into `handle.toolCalls[index]` (whose `arguments` grow until the generation ends).
  * @property {function(TokenbridgeEvent, TokenbridgeHandle): void} [onRestart]  The text was discarded.
  * @property {function(string, TokenbridgeEvent, TokenbridgeHandle): void} [onReset]  The text was replaced.
  * @property {function(TokenbridgeEvent, TokenbridgeHandle): void} [onDone]
@@ -208,6 +222,8 @@ function createReader(opts, transport) {
   var timer = null;
   var handle = {
     text: typeof opts.text === "string" ? opts.text : "",
+    reasoning: "",
+    toolCalls: [],
     lastEventId: opts.lastEventId || "",
     status: "connecting",
     finished: false,
@@ -290,6 +306,16 @@ function createReader(opts, transport) {
         handle.text += typeof data.content === "string" ? data.content : "";
       } else if (event.event === "restart") {
         handle.text = "";
+        handle.reasoning = "";
+        handle.toolCalls = [];
+      } else if (event.event === "reasoning") {
+        handle.reasoning += typeof data.content === "string" ? data.content : "";
+      } else if (event.event === "tool_call") {
+        var index = typeof data.index === "number" ? data.index : 0;
+        var toolCall = handle.toolCalls[index] || (handle.toolCalls[index] = { id: "", name: "", arguments: "" });
+        if (typeof data.id === "string") toolCall.id = data.id;
+        if (typeof data.name === "string") toolCall.name = data.name;
+        toolCall.arguments += typeof data.arguments === "string" ? data.arguments : "";
       } else if (event.event === "reset") {
         handle.text = typeof data.text === "string" ? data.text : "";
         if (typeof data.next_seq === "number") lastSeq = data.next_seq - 1;
@@ -298,6 +324,12 @@ function createReader(opts, transport) {
       switch (event.event) {
         case "token":
           call(opts.onToken, [typeof data.content === "string" ? data.content : "", event, handle]);
+          return false;
+        case "reasoning":
+          call(opts.onReasoning, [typeof data.content === "string" ? data.content : "", event, handle]);
+          return false;
+        case "tool_call":
+          call(opts.onToolCall, [handle.toolCalls[typeof data.index === "number" ? data.index : 0], event, handle]);
           return false;
         case "restart":
           call(opts.onRestart, [event, handle]);
@@ -375,7 +407,7 @@ function stream(opts) {
       reader.retries = 0;
       reader.setStatus("open");
     };
-    ["token", "restart", "reset", "done", "cancelled"].forEach(function (name) {
+    ["token", "reasoning", "tool_call", "restart", "reset", "done", "cancelled"].forEach(function (name) {
       source.addEventListener(name, onMessage);
     });
     source.addEventListener("error", function (event) {

@@ -240,6 +240,11 @@ class TokenbridgeClient:
         """``POST /v1/generations/{id}/cancel``; a finished generation raises a 409 ``already_finished``."""
         return self._json(self._request("POST", f"/v1/generations/{quote(generation_id, safe='')}/cancel"))
 
+    def models(self) -> list[dict[str, Any]]:
+        """``GET /v1/models``: the configured models as OpenAI model objects (``id``, ``owned_by``, ...)."""
+        data = self._json(self._request("GET", "/v1/models")).get("data")
+        return data if isinstance(data, list) else []
+
     def token(self, generation_id: str) -> dict[str, Any]:
         """``POST /v1/generations/{id}/token``: a fresh ``stream_token`` and its ``expires_at``."""
         return self._json(self._request("POST", f"/v1/generations/{quote(generation_id, safe='')}/token"))
