@@ -6,7 +6,7 @@ import os
 import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 import redis
@@ -14,6 +14,9 @@ import redis
 from bridge.connections import close
 from bridge.embedded import EmbeddedCluster, EmbeddedRedis, cluster_unavailable, embedded_binary
 from bridge.settings import Settings
+
+if TYPE_CHECKING:
+    from playwright.sync_api import Browser
 
 
 def _redis_binaries() -> list[tuple[str, str]]:
@@ -110,3 +113,15 @@ def artifacts_dir() -> Path:
     path = Path(__file__).resolve().parent.parent / "test-artifacts"
     path.mkdir(exist_ok=True)
     return path
+
+
+@pytest.fixture(scope="session")
+def browser() -> Iterator[Browser]:
+    """One Chromium for every browser test of the session (Playwright's sync API allows one per thread)."""
+    from tests.browser.support import chromium, missing
+
+    reason = missing()
+    if reason:
+        pytest.skip(reason)
+    with chromium() as launched:
+        yield launched

@@ -2,26 +2,50 @@
 
 from __future__ import annotations
 
+import asyncio
+import functools
+import threading
 import uuid
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 import pytest
 
 from bridge.async_client import AsyncTokenbridgeClient, acollect_text
 from bridge.client import TokenbridgeAPIError, TokenbridgeConnectionError
 from bridge.embedded import free_port
-from tests.clients.conftest import expired_token
+from tests.browser.support import expired_token
 from tests.stack import API_KEY, Stack
 
-pytestmark = [pytest.mark.e2e, pytest.mark.anyio]
+pytestmark = pytest.mark.e2e
 
 PROMPT = "Tokens travel from the model to every reader, in order and in real time."
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
+def in_own_loop(test: Callable[..., Coroutine[Any, Any, None]]) -> Callable[..., None]:
+    """Run an async test with ``asyncio.run`` in a thread of its own: the browser tests' Playwright keeps an event
+    loop running in the main thread for the whole session, where no second one may run."""
+
+    @functools.wraps(test)
+    def run(*args: Any, **kwargs: Any) -> None:
+        failure: list[BaseException] = []
+
+        def target() -> None:
+            try:
+                asyncio.run(test(*args, **kwargs))
+            except BaseException as exc:
+                failure.append(exc)
+
+        thread = threading.Thread(target=target, name=test.__name__)
+        thread.start()
+        thread.join()
+        if failure:
+            raise failure[0]
+
+    return run
 
 
+@in_own_loop
 async def test_an_answer_streams_whole_and_its_record_agrees(stack: Stack) -> None:
     async with AsyncTokenbridgeClient(stack.base_url, API_KEY) as client:
         # Given a submitted generation
@@ -36,6 +60,7 @@ async def test_an_answer_streams_whole_and_its_record_agrees(stack: Stack) -> No
         assert (record["status"], record["text"]) == ("completed", PROMPT)
 
 
+@in_own_loop
 async def test_a_stream_resumes_after_the_last_event_it_had(stack: Stack) -> None:
     async with AsyncTokenbridgeClient(stack.base_url, API_KEY) as client:
         created = await client.submit("echo", PROMPT, options={"delay_ms": 5})
@@ -53,6 +78,7 @@ async def test_a_stream_resumes_after_the_last_event_it_had(stack: Stack) -> Non
         assert "".join(event.data.get("content", "") for event in first + rest) == PROMPT
 
 
+@in_own_loop
 async def test_an_expired_stream_token_is_refreshed_by_a_coroutine(stack: Stack) -> None:
     async with (
         AsyncTokenbridgeClient(stack.base_url, API_KEY) as backend,
@@ -73,6 +99,7 @@ async def test_an_expired_stream_token_is_refreshed_by_a_coroutine(stack: Stack)
         assert (text, len(calls)) == (PROMPT, 1)
 
 
+@in_own_loop
 async def test_a_cancelled_generation_ends_with_cancelled_and_cannot_be_cancelled_again(stack: Stack) -> None:
     async with AsyncTokenbridgeClient(stack.base_url, API_KEY) as client:
         created = await client.submit("echo", PROMPT, options={"delay_ms": 300})
@@ -85,6 +112,7 @@ async def test_a_cancelled_generation_ends_with_cancelled_and_cannot_be_cancelle
         assert refused.value.status == 409
 
 
+@in_own_loop
 async def test_a_session_lists_its_generations_newest_first(stack: Stack) -> None:
     session = f"s-{uuid.uuid4().hex}"
     async with AsyncTokenbridgeClient(stack.base_url, API_KEY) as client:
@@ -95,6 +123,7 @@ async def test_a_session_lists_its_generations_newest_first(stack: Stack) -> Non
         assert (await client.session_token(session))["stream_token"]
 
 
+@in_own_loop
 async def test_errors_are_the_clients_exceptions(stack: Stack) -> None:
     async with AsyncTokenbridgeClient(stack.base_url, API_KEY) as client:
         with pytest.raises(TokenbridgeAPIError) as unknown:

@@ -11,8 +11,8 @@ import pytest
 from flask import Flask, Response, send_file
 from werkzeug.serving import make_server
 
-from tests.browser.support import missing
-from tests.clients.conftest import APP_ORIGIN, APP_PORT, expired_token
+from tests.browser.support import checked_page, expired_token, missing
+from tests.clients.conftest import APP_ORIGIN, APP_PORT
 from tests.procfile import ROOT
 from tests.stack import API_KEY, Stack
 
@@ -66,16 +66,8 @@ def app_with_module() -> Iterator[str]:
 
 @pytest.fixture
 def page(browser: Browser) -> Iterator[Page]:
-    context = browser.new_context()
-    context.set_default_timeout(15_000)
-    page = context.new_page()
-    errors: list[str] = []
-    page.on("pageerror", lambda error: errors.append(str(error)))
-    try:
+    with checked_page(browser) as page:
         yield page
-    finally:
-        context.close()
-    assert not errors, f"JavaScript errors on the page: {errors}"
 
 
 def _ask(page: Page, prompt: str) -> None:

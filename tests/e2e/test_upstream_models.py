@@ -49,6 +49,13 @@ def test_an_anthropic_model_streams_through_the_bridge(stack: Stack, upstream: F
 
 def test_the_registry_lists_models_and_caps_max_tokens(stack: Stack) -> None:
     unknown = stack.post("/v1/generations", {"model": "gpt-9", "prompt": "x"}).json()["error"]
-    assert set(unknown["details"][0]["available"]) == {"echo", "synthetic", "external", "fake-gpt", "fake-claude"}
+    assert set(unknown["details"][0]["available"]) == {
+        "echo",
+        "synthetic",
+        "external",
+        "fake-gpt",
+        "fake-gpt-cached",
+        "fake-claude",
+    }
     capped = stack.post("/v1/generations", {"model": "fake-gpt", "prompt": "x", "max_tokens": 65})
     assert capped.status_code == 422 and capped.json()["error"]["details"][0]["field"] == "max_tokens"
