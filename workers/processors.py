@@ -274,6 +274,7 @@ class TokenBudgetProcessor(Processor):
             running.discard(gen.generation_id)
             if not running:
                 del self._running[gen.api_key]
+            self._written_at = 0.0  # a generation that ends has its last tokens counted at once
 
     def committed(self, tokens: list[tuple[GenerationState, int]]) -> list[tuple[str, str, str]]:
         for gen, count in tokens:
