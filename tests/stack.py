@@ -12,7 +12,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -183,16 +183,22 @@ class Stack:
         raise RuntimeError(f"stack not ready after {timeout_s}s: {last}")
 
     def stop_all(self) -> None:
+        """SIGTERM every process group, then SIGKILL what is left of them after 20 s.
+
+        Groups, not just the shells the Procfile lines run in: a child still shutting down after its shell
+        exited (a Celery worker waiting for a broker that is gone) must not outlive the test.
+        """
         for process in self.processes.values():
-            if process.poll() is None:
-                os.killpg(process.pid, signal.SIGTERM)
+            _signal_group(process.pid, signal.SIGTERM)
         deadline = time.monotonic() + 20
         for process in self.processes.values():
-            try:
-                process.wait(max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
+            while _group_alive(process.pid) and time.monotonic() < deadline:
+                process.poll()  # reap the shell, or the group never looks empty
+                time.sleep(0.05)
+            if _group_alive(process.pid):
+                _signal_group(process.pid, signal.SIGKILL)
+            with suppress(subprocess.TimeoutExpired):
+                process.wait(5)
         for log in self._log_files:
             log.close()
 
@@ -200,6 +206,19 @@ class Stack:
         self.redis.stop()
         if self.broker is not None:
             self.broker.stop()
+
+
+def _signal_group(pgid: int, signum: int) -> None:
+    with suppress(ProcessLookupError):
+        os.killpg(pgid, signum)
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True
 
 
 def build_stack(directory: Path, logs: Path, *, cluster: bool = False, **env: str) -> Stack:
