@@ -183,20 +183,16 @@ class Stack:
         raise RuntimeError(f"stack not ready after {timeout_s}s: {last}")
 
     def stop_all(self) -> None:
-        """SIGTERM every process group, then SIGKILL what is left of them after 20 s.
-
-        Groups, not just the shells the Procfile lines run in: a child still shutting down after its shell
-        exited (a Celery worker waiting for a broker that is gone) must not outlive the test.
-        """
+        """SIGTERM every process group, wait up to 20 s for the shells the Procfile lines run in, then SIGKILL
+        what is left of each group: a child still shutting down after its shell exited (a Celery worker) must
+        not outlive the test."""
         for process in self.processes.values():
             _signal_group(process.pid, signal.SIGTERM)
         deadline = time.monotonic() + 20
         for process in self.processes.values():
-            while _group_alive(process.pid) and time.monotonic() < deadline:
-                process.poll()  # reap the shell, or the group never looks empty
-                time.sleep(0.05)
-            if _group_alive(process.pid):
-                _signal_group(process.pid, signal.SIGKILL)
+            with suppress(subprocess.TimeoutExpired):
+                process.wait(max(0.1, deadline - time.monotonic()))
+            _signal_group(process.pid, signal.SIGKILL)
             with suppress(subprocess.TimeoutExpired):
                 process.wait(5)
         for log in self._log_files:
@@ -211,14 +207,6 @@ class Stack:
 def _signal_group(pgid: int, signum: int) -> None:
     with suppress(ProcessLookupError):
         os.killpg(pgid, signum)
-
-
-def _group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    return True
 
 
 def build_stack(directory: Path, logs: Path, *, cluster: bool = False, **env: str) -> Stack:
