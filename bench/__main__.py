@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import itertools
 import json
 import os
 import signal
@@ -34,7 +35,7 @@ import psutil
 import redis
 
 from bench.client import hold_idle
-from bench.profile import cpu_seconds, profile_table, python_pid, start_profiles
+from bench.profile import cpu_seconds, profile_table, python_pid, share, start_profiles
 from bench.ttft import measure as measure_ttft
 from bridge.embedded import EmbeddedRedis, free_port
 from tests.stack import API_KEY, Stack, build_stack
@@ -338,11 +339,25 @@ def run_baseline(levels: list[int], rate: float, tokens: int) -> list[dict[str, 
     return rows
 
 
+def _flower_cost(profiles: Path, rows: list[dict[str, Any]]) -> str:
+    """What the consumer spends on Flower (its Celery events and remote control), from its profile."""
+    fraction = share(profiles / "consumer.txt", ("workers/celery_events.py", "workers/celery_control.py"))
+    if fraction is None or not rows:
+        return ""
+    consumer_us = rows[0]["cpu_us_per_token"]["consumer"]
+    return (
+        f"Flower in the consumer (Celery events and remote control, waits left out): {fraction * 100:.1f} % of its "
+        f"busy samples, about {fraction * consumer_us:.2f} µs of its {consumer_us} µs per delivered token "
+        "(task events are sent per generation, never per token)."
+    )
+
+
 def _table(ours: list[dict[str, Any]], baseline: list[dict[str, Any]]) -> str:
     columns = ["streams", "system", "p50 ms", "p90 ms", "p99 ms", "max ms", "delivered / expected", "gaps", "dups"]
     columns += ["tokens/s", "load CPU s", "web RSS MB", "Redis conns (web)"]
     lines = ["| " + " | ".join(columns) + " |", "|" + "|".join(" --- " for _ in columns) + "|"]
-    for row in [r for pair in zip(ours, baseline, strict=False) for r in pair]:
+    # Both systems' rows of each step side by side; a run of one system alone keeps all of its rows.
+    for row in [r for pair in itertools.zip_longest(ours, baseline) for r in pair if r is not None]:
         lat = row["latency_ms"]
         throughput = row["delivered"] / row["elapsed_s"] if row["elapsed_s"] else 0
         name = "tokenbridge" if row["system"] == "ours" else "Flask-SSE"
@@ -485,6 +500,7 @@ def main() -> None:
         earlier = json.loads(Path(os.environ["BENCH_BEFORE"]).read_text())
         before = f"Before (same harness, {os.environ['BENCH_BEFORE']}):\n\n{_cpu_table(earlier['ours'])}\n"
     profile = profile_table(profiles, ["web", "worker", "consumer"])
+    flower = _flower_cost(profiles, [row for row in ours if row["streams"] == profile_at])
     report = f"""# Benchmark {stamp}
 
 Machine: {os.cpu_count()} cores, everything on one box (embedded Redis {EmbeddedRedis(Path(".")).version()}).
@@ -521,6 +537,8 @@ publisher that stands in for the model).
 Raw stacks: `{profiles.relative_to(ROOT)}/`.
 
 {profile}
+
+{flower}
 
 Raw results:
 

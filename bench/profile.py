@@ -91,6 +91,30 @@ def summarise(path: Path, *, top: int = 12) -> list[tuple[str, float, float]]:
     return [(frame, count / total, inclusive[frame] / total) for frame, count in own.most_common(top)]
 
 
+# Leaf frames of a thread that waits (py-spy counts some waits as busy: a condition's lock, epoll in kombu).
+_WAITING = ("Condition.wait", "Event.wait", "_epoll.poll", "poll (", "select (")
+
+
+def share(path: Path, markers: tuple[str, ...]) -> float | None:
+    """The fraction of one raw profile's busy samples spent under a frame naming any of ``markers``.
+
+    Samples whose innermost frame is a wait are left out of the numerator: they are not CPU.
+    """
+    if not path.exists():
+        return None
+    total = matched = 0
+    for line in path.read_text().splitlines():
+        stack, _, count_text = line.rpartition(" ")
+        if not stack or not count_text.isdigit():
+            continue
+        count = int(count_text)
+        total += count
+        frames = stack.split(";")
+        if any(marker in frame for frame in frames for marker in markers) and not frames[-1].startswith(_WAITING):
+            matched += count
+    return matched / total if total else None
+
+
 def _short(frame: str) -> str:
     # "send (gevent/_socketcommon.py:722)" -> "send (gevent/_socketcommon.py)": lines differ between samples.
     name, _, where = frame.partition(" (")

@@ -191,7 +191,10 @@ class CeleryEvents:
     def _record(self, event_type: str, **fields: Any) -> None:
         fields.setdefault("timestamp", time.time())
         self.pending.append((event_type, fields))
-        self._wake.set()
+        # Only wake the sender if it sleeps: the sender clears the flag before it looks at ``pending``, so an event
+        # recorded while the flag is still set is seen by that look (and the consumer skips a lock and notify).
+        if not self._wake.is_set():
+            self._wake.set()
 
     # -- lifecycle -----------------------------------------------------------------------------------
 
