@@ -339,7 +339,7 @@ def test_a_dead_letter_of_an_ended_generation_cannot_be_replayed_but_can_be_drop
     refused = stack.post(f"/v1/dead-letters/{letter['id']}/replay", headers=admin)
     assert (refused.status_code, refused.json()["error"]["code"]) == (409, "generation_finished")
     # The command line lists and drops it
-    cli = [sys.executable, "-m", "bridge.cli", "--url", stack.base_url, "--api-key", ADMIN_KEY, "dead-letters"]
+    cli = [sys.executable, "-m", "tokenbridge.cli", "--url", stack.base_url, "--api-key", ADMIN_KEY, "dead-letters"]
     listed = subprocess.run([*cli, "list"], capture_output=True, text=True, timeout=30, check=True)
     assert letter["id"] in listed.stdout and "ended" in listed.stdout
     dropped = subprocess.run([*cli, "drop", letter["id"]], capture_output=True, text=True, timeout=30, check=True)

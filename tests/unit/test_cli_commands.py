@@ -10,11 +10,11 @@ from pathlib import Path
 import orjson
 import pytest
 
-from bridge import cli, devserver
 from bridge.connections import redis_client
 from bridge.settings import Settings
 from tests.unit.test_client_cli import no_ambient_config, run
 from tests.unit.test_client_sse import ScriptedServer, make_client, serve, status
+from tokenbridge import cli, devserver
 
 __all__ = ["make_client", "no_ambient_config", "serve"]
 

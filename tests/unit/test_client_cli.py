@@ -1,4 +1,4 @@
-"""bridge.cli against a scripted server: what goes to stdout and stderr, on a terminal and piped."""
+"""tokenbridge.cli against a scripted server: what goes to stdout and stderr, on a terminal and piped."""
 
 from __future__ import annotations
 
@@ -10,8 +10,6 @@ from pathlib import Path
 import orjson
 import pytest
 
-from bridge import cli
-from bridge.client import TokenbridgeClient
 from tests.unit.test_client_sse import (
     ScriptedServer,
     api_error,
@@ -23,6 +21,8 @@ from tests.unit.test_client_sse import (
     status,
     token,
 )
+from tokenbridge import cli
+from tokenbridge.client import TokenbridgeClient
 
 __all__ = ["make_client", "serve"]  # fixtures shared with test_client_sse
 

@@ -1,4 +1,4 @@
-"""bridge.client: the SSE parser, and resume against a real HTTP server on a loopback socket."""
+"""tokenbridge.client: the SSE parser, and resume against a real HTTP server on a loopback socket."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from typing import Any
 import orjson
 import pytest
 
-from bridge.client import (
+from tokenbridge.client import (
     Event,
     SseMessage,
     SseParser,

@@ -19,7 +19,7 @@ from urllib.parse import quote
 import anyio
 import httpx
 
-from bridge.client import (
+from tokenbridge.client import (
     _RETRY_STATUSES,
     Event,
     SseParser,

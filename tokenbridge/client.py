@@ -24,7 +24,7 @@ from urllib.parse import quote
 import httpx
 import orjson
 
-from bridge.errors import TokenbridgeError
+from tokenbridge.errors import TokenbridgeError
 
 # The contract's terminal events (bridge.events.TERMINAL_EVENTS; not imported, it pulls in pydantic).
 TERMINAL_EVENTS = frozenset({"done", "error", "cancelled"})
