@@ -20,7 +20,8 @@ from typing import Any
 import httpx
 import redis
 
-from bridge.embedded import EmbeddedCluster, EmbeddedRedis, free_port
+from bridge.embedded import EmbeddedRedis, free_port
+from tests.cluster import EmbeddedCluster
 from tests.procfile import ROOT, procfile_commands
 from tests.sse import SseResult, read_sse
 

@@ -10,7 +10,8 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from bridge.embedded import cluster_unavailable, free_port
+from bridge.embedded import free_port
+from tests.cluster import cluster_unavailable
 from tests.procfile import ROOT, procfile_commands
 from tests.stack import API_KEY, OTHER_KEY, Stack, build_stack
 

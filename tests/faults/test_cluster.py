@@ -16,7 +16,7 @@ import pytest
 
 from bridge import keys
 from bridge.connections import close
-from bridge.embedded import EmbeddedCluster, cluster_unavailable
+from tests.cluster import EmbeddedCluster, cluster_unavailable
 from tests.integration.helpers import wait_for
 from tests.reader import ResumingReader, read_all
 from tests.stack import Stack

@@ -14,10 +14,10 @@ from app.streaming import follow, one_by_one
 from bridge import keys, streams
 from bridge.cluster import NotifiedReader, node_client
 from bridge.connections import close
-from bridge.embedded import EmbeddedCluster
 from bridge.events import Event
 from bridge.producer import GenerationWriter
 from bridge.settings import Settings
+from tests.cluster import EmbeddedCluster
 from tests.integration.helpers import wait_for
 from workers.consumer import Batch, ConsumerWorker
 from workers.processors import GenerationState, default_processors
