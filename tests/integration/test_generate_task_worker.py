@@ -23,11 +23,12 @@ from celery.signals import task_postrun
 
 from bridge import keys, streams
 from bridge.connections import close, redis_client
-from bridge.constants import GENERATE_TASK, send_generation
+from bridge.constants import GENERATE_TASK
 from bridge.embedded import EmbeddedRedis
 from bridge.models import registry_for
 from bridge.producer import WriteBatcher
 from bridge.settings import Settings
+from bridge.task_queue import send_generation
 from tasks import generation
 from tasks.celery_app import create_celery
 from tests.integration.helpers import wait_for
