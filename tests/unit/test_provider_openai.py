@@ -24,7 +24,8 @@ from bridge.errors import ProviderError
 from bridge.generation import GenerationRequest
 from bridge.models import ModelSpec
 from bridge.producer import Chunk, Delta, Finish, with_retries
-from tasks.providers.openai import OpenAIChatProvider, iter_events
+from tasks.providers.openai import OpenAIChatProvider
+from tasks.providers.sse import iter_events
 
 # ---------------------------------------------------------------------------------------------------------------
 # The fake upstream: one script per server, run for each request on its own connection.
