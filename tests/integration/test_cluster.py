@@ -18,7 +18,7 @@ from bridge.events import Event
 from bridge.producer import GenerationWriter
 from bridge.settings import Settings
 from tests.cluster import EmbeddedCluster
-from tests.integration.helpers import wait_for
+from tests.support import wait_for
 from workers.consumer import Batch, ConsumerWorker
 from workers.processors import GenerationState, default_processors
 

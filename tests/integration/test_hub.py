@@ -16,7 +16,7 @@ from app.streaming import follow, one_by_one
 from bridge.cluster import NotifiedReader
 from bridge.embedded import EmbeddedRedis
 from bridge.events import ClientEvent
-from tests.integration.helpers import wait_for
+from tests.support import wait_for
 
 
 @pytest.fixture

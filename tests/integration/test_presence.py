@@ -7,7 +7,7 @@ import time
 import redis
 
 from app.presence import STALE_INTERVALS, Presence
-from tests.integration.helpers import wait_for
+from tests.support import wait_for
 
 INTERVAL_S = 0.1
 

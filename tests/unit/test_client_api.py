@@ -8,10 +8,8 @@ from typing import Any
 import orjson
 import pytest
 
-from tests.unit.test_client_sse import ScriptedServer, api_error, make_client, serve, status
+from tests.scripted_server import ScriptedServer, api_error, status
 from tokenbridge.client import TokenbridgeAPIError, TokenbridgeClient, TokenbridgeConnectionError
-
-__all__ = ["make_client", "serve"]  # fixtures shared with test_client_sse
 
 Serve = Callable[..., ScriptedServer]
 MakeClient = Callable[..., TokenbridgeClient]

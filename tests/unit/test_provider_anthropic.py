@@ -16,7 +16,7 @@ from bridge.generation import GenerationRequest
 from bridge.models import ModelSpec
 from bridge.producer import Chunk, Delta, Finish
 from tasks.providers.anthropic import AnthropicMessagesProvider
-from tests.unit.test_provider_openai import (
+from tests.scripted_upstream import (
     Exchange,
     Script,
     cut,
