@@ -5,7 +5,7 @@ from __future__ import annotations
 import socket
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 import redis
@@ -18,6 +18,8 @@ from workers.processors import GenerationState, Processor
 
 # The RabbitMQ the broker tests use when one listens here (they are skipped otherwise).
 AMQP_URL = "amqp://guest:guest@127.0.0.1:5672//"
+
+T = TypeVar("T")
 
 
 def new_generation(r: redis.Redis, settings: Settings, gid: str, *, model: str = "echo", session: str = "s1") -> str:
@@ -35,17 +37,26 @@ def new_generation(r: redis.Redis, settings: Settings, gid: str, *, model: str =
 
 
 def wait_for(
-    condition: Callable[[], object], *, timeout_s: float = 10.0, step: Callable[[], object] | None = None
-) -> None:
-    """Poll ``condition`` (running ``step`` between polls) until it is true; fail after ``timeout_s``."""
+    condition: Callable[[], T],
+    *,
+    timeout_s: float = 10.0,
+    interval_s: float = 0.01,
+    step: Callable[[], object] | None = None,
+    message: str | None = None,
+) -> T:
+    """Poll ``condition`` until it returns something true, and return that; fail after ``timeout_s``.
+
+    Between polls it runs ``step`` when given (a test that drives the loop itself), else sleeps ``interval_s``.
+    """
     deadline = time.monotonic() + timeout_s
-    while not condition():
+    while not (value := condition()):
         if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout_s}s")
+            raise AssertionError(message or f"condition not met within {timeout_s}s")
         if step is not None:
             step()
         else:
-            time.sleep(0.01)
+            time.sleep(interval_s)
+    return value
 
 
 class Moderation(Processor):
