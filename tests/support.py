@@ -36,6 +36,19 @@ def new_generation(r: redis.Redis, settings: Settings, gid: str, *, model: str =
     return gid
 
 
+def quietly(call: Callable[[], T], *errors: type[BaseException]) -> Callable[[], T | None]:
+    """``call`` as a condition of ``wait_for`` that is false (None) while it raises one of ``errors``: a process
+    still starting, a connection refused."""
+
+    def attempt() -> T | None:
+        try:
+            return call()
+        except errors:
+            return None
+
+    return attempt
+
+
 def wait_for(
     condition: Callable[[], T],
     *,

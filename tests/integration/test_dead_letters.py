@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 import redis
 
 from bridge import dead_letters, keys, streams
@@ -88,10 +86,11 @@ def test_a_consumer_that_takes_over_a_held_generation_keeps_waiting_without_a_se
         [moderation, *default_processors(r)],
         name="successor",
     )
-    deadline = time.monotonic() + 10
-    while gid not in successor.owned or moderation.calls < 3:
-        assert time.monotonic() < deadline, "the generation was not taken over"
-        successor.run_once(block_ms=20)
+    wait_for(
+        lambda: gid in successor.owned and moderation.calls >= 3,
+        step=lambda: successor.run_once(block_ms=20),
+        message="the generation was not taken over",
+    )
     for _ in range(10):
         successor.run_once(block_ms=10)
     # Then it still waits, recorded once, and a replay reaches the new owner
