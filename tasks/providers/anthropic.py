@@ -34,7 +34,7 @@ class _MessagesDecoder:
         self.tool_calls: dict[int, int] = {}
 
     def feed(self, event: ServerSentEvent) -> Iterator[str | Delta]:
-        data = self._parse(event)
+        data = self.upstream.event_object(event, f"{event.event} event")
         kind = data.get("type") or event.event
         if kind == "content_block_delta":
             yield from self._block_delta(int(data.get("index") or 0), data.get("delta") or {})
@@ -50,15 +50,6 @@ class _MessagesDecoder:
         elif kind == "error":
             raise self._error(data.get("error"))
         # ping, content_block_stop and event types added later carry no text.
-
-    def _parse(self, event: ServerSentEvent) -> dict[str, Any]:
-        try:
-            data = orjson.loads(event.data)
-        except orjson.JSONDecodeError:
-            raise self.upstream.error(f"malformed {event.event} event: {event.data[:200]!r}", retryable=False) from None
-        if not isinstance(data, dict):
-            raise self.upstream.error(f"unexpected {event.event} event: {event.data[:200]!r}", retryable=False)
-        return data
 
     def _block_delta(self, block: int, delta: dict[str, Any]) -> Iterator[str | Delta]:
         delta_type = delta.get("type")

@@ -10,8 +10,6 @@ import threading
 from collections.abc import Iterator
 from typing import Any
 
-import orjson
-
 from bridge.errors import ProviderError
 from bridge.events import EventType
 from bridge.generation import GenerationRequest
@@ -38,7 +36,7 @@ class _ChatCompletionDecoder:
         if event.data.strip() == "[DONE]":
             self.ended = True
             return
-        chunk = self._parse(event)
+        chunk = self.upstream.event_object(event, "event data")
         if chunk.get("error") or event.event == "error":
             raise self._stream_error(chunk.get("error") or chunk)
         usage = chunk.get("usage")
@@ -47,15 +45,6 @@ class _ChatCompletionDecoder:
         for choice in chunk.get("choices") or []:
             if isinstance(choice, dict) and choice.get("index", 0) == 0:
                 yield from self._choice(choice)
-
-    def _parse(self, event: ServerSentEvent) -> dict[str, Any]:
-        try:
-            chunk = orjson.loads(event.data)
-        except orjson.JSONDecodeError:
-            raise self.upstream.error(f"malformed event data: {event.data[:200]!r}", retryable=False) from None
-        if not isinstance(chunk, dict):
-            raise self.upstream.error(f"unexpected event data: {event.data[:200]!r}", retryable=False)
-        return chunk
 
     def _choice(self, choice: dict[str, Any]) -> Iterator[str | Delta]:
         """The deltas of the first choice (the only one a generation asks for), and its finish reason."""

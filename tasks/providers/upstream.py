@@ -134,6 +134,16 @@ class Upstream:
             self.redact(f"{self.label}: {message}"), code=code, retryable=retryable, retry_after_s=retry_after_s
         )
 
+    def event_object(self, event: ServerSentEvent, what: str) -> dict[str, Any]:
+        """The JSON object ``event`` carries; a ``provider_rejected`` error naming ``what`` when it is anything else."""
+        try:
+            data = orjson.loads(event.data)
+        except orjson.JSONDecodeError:
+            raise self.error(f"malformed {what}: {event.data[:200]!r}", retryable=False) from None
+        if not isinstance(data, dict):
+            raise self.error(f"unexpected {what}: {event.data[:200]!r}", retryable=False)
+        return data
+
     def redact(self, text: str) -> str:
         return text.replace(self.secret, "[redacted]") if self.secret else text
 
