@@ -7,12 +7,14 @@ import socket
 import subprocess
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import redis
 
 from bridge.embedded import EmbeddedRedis, embedded_binary, free_port
+from tests.support import wait_for
 
 
 def free_cluster_port() -> int:
@@ -81,10 +83,12 @@ class EmbeddedCluster:
         for node in self.nodes:
             client = redis.Redis(host="127.0.0.1", port=node.port, decode_responses=True)
             try:
-                while client.cluster("INFO").get("cluster_state") != "ok":
-                    if time.monotonic() > deadline:
-                        raise RuntimeError(f"cluster not ready after {timeout_s}s")
-                    time.sleep(0.1)
+                wait_for(
+                    partial(_cluster_ok, client),
+                    timeout_s=max(0.0, deadline - time.monotonic()),
+                    interval_s=0.1,
+                    message=f"cluster not ready after {timeout_s}s",
+                )
             finally:
                 client.close()
 
@@ -105,9 +109,7 @@ class EmbeddedCluster:
             # Every node knows the greatest config epoch first. The target then claims the slot with an epoch
             # above every other node's, so that a message the source sent before it learnt of the move (still
             # claiming the slot) cannot take the slot back, which would also drop its keys on the target.
-            _settle(
-                clients, lambda: len({c.execute_command("CLUSTER INFO")["cluster_current_epoch"] for c in clients}) == 1
-            )
+            _settle(lambda: len({c.execute_command("CLUSTER INFO")["cluster_current_epoch"] for c in clients}) == 1)
             clients[to].execute_command("CLUSTER SETSLOT", slot, "IMPORTING", ids[source])
             clients[source].execute_command("CLUSTER SETSLOT", slot, "MIGRATING", ids[to])
             while moving := clients[source].execute_command("CLUSTER GETKEYSINSLOT", slot, 100):
@@ -115,18 +117,18 @@ class EmbeddedCluster:
             # The target first, then the source, then the others: the order the CLUSTER SETSLOT documentation gives.
             for index in [to, source, *(i for i in range(len(clients)) if i not in (to, source))]:
                 clients[index].execute_command("CLUSTER SETSLOT", slot, "NODE", ids[to])
-            _settle(clients, lambda: all(_slot_owner(c, slot) == ids[to] for c in clients))
+            _settle(lambda: all(_slot_owner(c, slot) == ids[to] for c in clients))
         finally:
             for client in clients:
                 client.close()
 
 
-def _settle(clients: list[Any], agreed: Callable[[], bool], timeout_s: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not agreed():
-        if time.monotonic() > deadline:
-            raise RuntimeError("the cluster's nodes did not agree in time")
-        time.sleep(0.02)
+def _cluster_ok(client: redis.Redis) -> bool:
+    return bool(client.cluster("INFO").get("cluster_state") == "ok")
+
+
+def _settle(agreed: Callable[[], bool], timeout_s: float = 10.0) -> None:
+    wait_for(agreed, timeout_s=timeout_s, interval_s=0.02, message="the cluster's nodes did not agree in time")
 
 
 def _slot_owner(client: Any, slot: int) -> str:

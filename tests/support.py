@@ -90,7 +90,8 @@ class Moderation(Processor):
 
 def out_events(r: redis.Redis, gid: str) -> list[tuple[str, dict[str, Any]]]:
     """The ``:out`` stream of ``gid``: (event, data) pairs."""
-    return [(f["event"], orjson.loads(f["data"])) for _, f in r.xrange(keys.gen_out(gid))]
+    entries: list[tuple[str, dict[str, str]]] = r.xrange(keys.gen_out(gid))  # type: ignore[assignment]
+    return [(fields["event"], orjson.loads(fields["data"])) for _, fields in entries]
 
 
 def write_entries(r: redis.Redis, gid: str, words: list[str], *, done: bool = True) -> GenerationWriter:
@@ -106,7 +107,8 @@ def write_entries(r: redis.Redis, gid: str, words: list[str], *, done: bool = Tr
 
 def status_of(r: redis.Redis, gid: str) -> str | None:
     """The generation's status in ``:meta``."""
-    return r.hget(keys.gen_meta(gid), "status")
+    status: str | None = r.hget(keys.gen_meta(gid), "status")  # type: ignore[assignment]
+    return status
 
 
 def rabbitmq_listens() -> bool:

@@ -66,7 +66,7 @@ def event(name: str, data: dict[str, Any]) -> str:
 
 
 def message_start(input_tokens: int = 25, **usage: int) -> str:
-    message = {
+    message: dict[str, Any] = {
         "id": "msg_01",
         "type": "message",
         "role": "assistant",
