@@ -41,6 +41,11 @@ def _assert_exact(outcomes: list[ReadOutcome], text: str, *, terminal: str = "do
             assert outcome.text == text
 
 
+def _wait_streaming(readers: list[ResumingReader], *, events: int) -> None:
+    """Until every reader has had ``events`` events: the generations are under way when the fault strikes."""
+    wait_for(lambda: all(len(r.outcome.events) >= events for r in readers), timeout_s=30, message="streams started")
+
+
 def test_consumer_killed_mid_generation_is_taken_over(
     make_stack: Callable[..., Stack], record: Callable[..., None]
 ) -> None:
@@ -54,12 +59,7 @@ def test_consumer_killed_mid_generation_is_taken_over(
     readers = _readers(stack, generations)
     for reader in readers:
         reader.start()
-    wait_for(
-        lambda: all(len(r.outcome.events) >= 5 for r in readers),
-        timeout_s=30,
-        interval_s=0.05,
-        message="streams started",
-    )
+    _wait_streaming(readers, events=5)
     # When another consumer starts (as a PaaS would) and A is killed with SIGKILL
     stack.start("consumer-b", "consumer")
     stack.wait_ready(consumers=2)
@@ -87,12 +87,7 @@ def test_celery_worker_killed_mid_generation_restarts_on_another(
     readers = _readers(stack, generations)
     for reader in readers:
         reader.start()
-    wait_for(
-        lambda: all(len(r.outcome.events) >= 5 for r in readers),
-        timeout_s=30,
-        interval_s=0.05,
-        message="streams started",
-    )
+    _wait_streaming(readers, events=5)
     stack.start("worker-b", "worker")
     stack.wait_ready(workers=2)
     # When worker A is killed with SIGKILL
@@ -125,12 +120,7 @@ def test_a_redelivered_task_never_interleaves_with_the_live_one(
     readers = _readers(stack, generations)
     for reader in readers:
         reader.start()
-    wait_for(
-        lambda: all(len(r.outcome.events) >= 3 for r in readers),
-        timeout_s=30,
-        interval_s=0.05,
-        message="streams started",
-    )
+    _wait_streaming(readers, events=3)
     # When the broker's sweep redelivers the still-running tasks (kombu's own restore of unacked messages)
     time.sleep(2.5)
     celery = Celery(broker=stack.redis.url)
@@ -179,12 +169,7 @@ def test_redis_outage_then_everything_recovers_without_restarts(
     readers = _readers(stack, generations)
     for reader in readers:
         reader.start()
-    wait_for(
-        lambda: all(len(r.outcome.events) >= 3 for r in readers),
-        timeout_s=30,
-        interval_s=0.05,
-        message="streams started",
-    )
+    _wait_streaming(readers, events=3)
     # When Redis is stopped for 6 s
     stack.redis.stop()
     down_at = time.monotonic()
@@ -223,12 +208,7 @@ def test_graceful_deploy_of_web_consumer_and_worker_loses_nothing(
     readers = _readers(stack, generations, webs=[0, 1])
     for reader in readers:
         reader.start()
-    wait_for(
-        lambda: all(len(r.outcome.events) >= 3 for r in readers),
-        timeout_s=30,
-        interval_s=0.05,
-        message="streams started",
-    )
+    _wait_streaming(readers, events=3)
     stack.start("worker-b", "worker")
     stack.wait_ready(consumers=2, workers=2)
     timings: dict[str, float] = {}
@@ -276,7 +256,7 @@ def test_a_reader_that_stops_reading_does_not_slow_the_others_and_is_freed(
         return 0.0
 
     freed_from = time.monotonic()
-    wait_for(lambda: open_streams() == 0, timeout_s=30, interval_s=0.05, message="stalled stream freed")
+    wait_for(lambda: open_streams() == 0, timeout_s=30, message="stalled stream freed")
     record(scenario="stalled reader", freed_s=round(time.monotonic() - freed_from, 2))
     stalled.close()
 
@@ -327,7 +307,6 @@ def test_a_held_generation_waits_for_the_operator_and_continues_after_a_replay(
     wait_for(
         lambda: stack.get("/v1/dead-letters", headers=admin).json()["total"] == 1,
         timeout_s=30,
-        interval_s=0.05,
         message="a dead letter",
     )
     [letter] = stack.get("/v1/dead-letters", headers=admin).json()["data"]
@@ -359,7 +338,6 @@ def test_a_dead_letter_of_an_ended_generation_cannot_be_replayed_but_can_be_drop
     wait_for(
         lambda: stack.get(f"/v1/generations/{bad['id']}").json()["status"] == "failed",
         timeout_s=30,
-        interval_s=0.05,
         message="the failure",
     )
     [letter] = stack.get("/v1/dead-letters", headers=admin).json()["data"]
