@@ -16,6 +16,7 @@ COPY bridge ./bridge
 COPY app ./app
 COPY tasks ./tasks
 COPY workers ./workers
+COPY tokenbridge ./tokenbridge
 RUN pip install --no-deps . \
     && pip uninstall --yes pip
 

@@ -14,9 +14,9 @@ from app.presence import Presence
 from bridge.circuit import Circuits
 from bridge.cluster import NotifiedReader
 from bridge.connections import is_cluster, redis_client
-from bridge.constants import celery_client_options
 from bridge.models import ModelSpec, load_registry
 from bridge.settings import Settings
+from bridge.task_queue import celery_client_options
 
 
 @dataclass

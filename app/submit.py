@@ -18,9 +18,9 @@ from app.errors import ApiError, invalid
 from app.inputs import model_errors, validation_details
 from app.services import services
 from bridge import budgets, keys, scripts, streams
-from bridge.constants import send_generation
 from bridge.events import EventType
 from bridge.generation import GenerationRequest, new_generation_id, new_session_id
+from bridge.task_queue import send_generation
 
 logger = logging.getLogger(__name__)
 

@@ -6,10 +6,13 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
-TERMINAL = {b"done", b"error", b"cancelled"}
+from tokenbridge.client import SseMessage, SseParser
+
+TERMINAL = {"done", "error", "cancelled"}
 
 
 @dataclass
@@ -21,6 +24,24 @@ class StreamResult:
     duplicates: int = 0
     terminal: str | None = None
     error: str | None = None
+    expected_seq: int = 0
+
+    def record(self, message: SseMessage, received: float) -> None:
+        """Count one event: its place in the sequence, and a token's latency (receipt - producer ts)."""
+        body: dict[str, Any] = json.loads(message.data)
+        seq = body.get("seq", self.expected_seq)
+        if seq < self.expected_seq:
+            self.duplicates += 1
+            return
+        self.gaps += seq - self.expected_seq
+        self.expected_seq = seq + 1
+        if message.event == "token" or (message.event == "message" and "content" in body):
+            self.tokens += 1
+            self.latencies_s.append(received - float(body["ts"]))
+            if self.first_token_at is None:
+                self.first_token_at = received
+        elif message.event in TERMINAL:
+            self.terminal = message.event
 
 
 async def read_sse(
@@ -39,55 +60,37 @@ async def _read(host: str, port: int, path: str, headers: dict[str, str], result
         head = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
         writer.write(f"GET {path} HTTP/1.1\r\nHost: {host}\r\nAccept: text/event-stream\r\n{head}\r\n".encode())
         await writer.drain()
-        status = await reader.readline()
-        if b" 200 " not in status:
-            raise ValueError(f"status {status!r}")
-        chunked = False
-        while (line := await reader.readline()) not in (b"\r\n", b"\n", b""):
-            if line.lower().startswith(b"transfer-encoding:") and b"chunked" in line.lower():
-                chunked = True
-        buffer = b""
-        expected_seq = 0
-        while True:
-            if chunked:
-                size = int((await reader.readline()).strip() or b"0", 16)
-                if size == 0:
-                    return
-                data = (await reader.readexactly(size + 2))[:-2]
-            else:
-                data = await reader.read(65536)
-                if not data:
-                    return
+        parser = SseParser()
+        async for data in _body(reader):
             received = time.time()
-            buffer += data
-            while b"\n\n" in buffer:
-                frame, buffer = buffer.split(b"\n\n", 1)
-                event, payload = b"message", b""
-                for line in frame.split(b"\n"):
-                    if line.startswith(b"event:"):
-                        event = line[6:].strip()
-                    elif line.startswith(b"data:"):
-                        payload = line[5:].strip()
-                if not payload:
-                    continue
-                body: dict[str, Any] = json.loads(payload)
-                seq = body.get("seq", expected_seq)
-                if seq < expected_seq:
-                    result.duplicates += 1
-                    continue
-                if seq > expected_seq:
-                    result.gaps += seq - expected_seq
-                expected_seq = seq + 1
-                if event == b"token" or (event == b"message" and "content" in body):
-                    result.tokens += 1
-                    result.latencies_s.append(received - float(body["ts"]))
-                    if result.first_token_at is None:
-                        result.first_token_at = received
-                elif event in TERMINAL:
-                    result.terminal = event.decode()
+            for message in parser.feed(data):
+                result.record(message, received)
+                if result.terminal is not None:
                     return
     finally:
         writer.close()
+
+
+async def _body(reader: asyncio.StreamReader) -> AsyncIterator[bytes]:
+    """The body of a 200 response, chunk by chunk as it arrives (chunked, or until the server closes)."""
+    status = await reader.readline()
+    if b" 200 " not in status:
+        raise ValueError(f"status {status!r}")
+    chunked = False
+    while (line := await reader.readline()) not in (b"\r\n", b"\n", b""):
+        if line.lower().startswith(b"transfer-encoding:") and b"chunked" in line.lower():
+            chunked = True
+    while True:
+        if chunked:
+            size = int((await reader.readline()).strip() or b"0", 16)
+            if size == 0:
+                return
+            yield (await reader.readexactly(size + 2))[:-2]
+        else:
+            data = await reader.read(65536)
+            if not data:
+                return
+            yield data
 
 
 async def hold_idle(

@@ -8,6 +8,8 @@ import time
 
 import httpx
 
+from tests.sse import iter_messages
+
 
 def measure(base_url: str, api_key: str, runs: int = 20) -> list[float]:
     headers = {"Authorization": f"Bearer {api_key}"}
@@ -17,8 +19,8 @@ def measure(base_url: str, api_key: str, runs: int = 20) -> list[float]:
             started = time.perf_counter()
             created = client.post("/v1/generations", json={"model": "echo", "prompt": "first token please"}).json()
             with client.stream("GET", created["events_url"]) as response:
-                for line in response.iter_lines():
-                    if line == "event: token":
+                for message in iter_messages(response.iter_bytes()):
+                    if message.event == "token":
                         samples.append((time.perf_counter() - started) * 1000)
                         break
     return samples[2:]

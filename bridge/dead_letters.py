@@ -18,8 +18,7 @@ import orjson
 import redis
 
 from bridge import keys
-
-FINISHED_STATUSES = frozenset({"completed", "failed", "cancelled"})
+from bridge.events import FINISHED_STATUSES
 
 
 class Decision(StrEnum):

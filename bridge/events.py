@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any, Literal
+from typing import Any
 
 import orjson
 from pydantic import BaseModel, ConfigDict
@@ -23,7 +23,11 @@ class GenerationStatus(StrEnum):
 
     @property
     def finished(self) -> bool:
-        return self in (GenerationStatus.COMPLETED, GenerationStatus.FAILED, GenerationStatus.CANCELLED)
+        return self in FINISHED_STATUSES
+
+
+# The statuses a generation never leaves; members are str, so a status read from Redis is found as is.
+FINISHED_STATUSES = frozenset({GenerationStatus.COMPLETED, GenerationStatus.FAILED, GenerationStatus.CANCELLED})
 
 
 class EventType(StrEnum):
@@ -106,11 +110,6 @@ DATA_MODELS: dict[str, type[_Data]] = {
 }
 
 
-def validate_event(event: str, data: dict[str, Any]) -> _Data:
-    """Check one client event against the schema; raises pydantic.ValidationError or KeyError."""
-    return DATA_MODELS[event].model_validate(data)
-
-
 @dataclass(slots=True)
 class Event:
     """One entry of a generation stream: its id, its type and its data (without ``seq`` until processed)."""
@@ -123,11 +122,6 @@ class Event:
     @property
     def terminal(self) -> bool:
         return self.type in TERMINAL_EVENTS
-
-
-def encode_raw(event_type: str, data: dict[str, Any], attempt: int) -> dict[str, bytes | str]:
-    """Fields of a ``:raw`` entry."""
-    return {"type": event_type, "attempt": str(attempt), "data": orjson.dumps(data)}
 
 
 def decode_raw(entry_id: str, fields: dict[str, str]) -> Event:
@@ -163,6 +157,3 @@ class ClientEvent:
 
 def decode_out(entry_id: str, fields: dict[str, str]) -> ClientEvent:
     return ClientEvent(id=entry_id, event=fields["event"], data=fields.get("data", "{}"))
-
-
-ErrorCode = Literal["worker_lost", "provider_error", "internal_error", "poison_entry", "timeout"]

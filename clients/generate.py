@@ -1,7 +1,7 @@
 """Writes the client copies that ship on their own, from the files the server uses.
 
-- ``clients/python/src/tokenbridge_client/{client,async_client}.py`` from ``bridge/`` (the ``tokenbridge-client``
-  distribution: the Python client without the server's dependencies);
+- ``clients/python/src/tokenbridge_client/{client,async_client,_errors}.py`` from ``tokenbridge/`` (the
+  ``tokenbridge-client`` distribution: the Python client without the server's dependencies or the command line);
 - ``app/static/tokenbridge.mjs``, the ES module, from ``app/static/tokenbridge.js``, the plain script.
 
 Run it after editing any of those sources: ``python clients/generate.py``. ``--check`` exits with 1 and names
@@ -17,10 +17,10 @@ ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "clients" / "python" / "src" / "tokenbridge_client"
 STATIC = ROOT / "app" / "static"
 
-# The only imports of the server's package the Python client has, and what they become in the copy.
+# The only imports of its own package the Python client has, and what they become in the copy.
 PYTHON_IMPORTS = {
-    "from bridge.errors import TokenbridgeError\n": "from ._errors import TokenbridgeError\n",
-    "from bridge.client import (\n": "from .client import (\n",
+    "from tokenbridge.errors import TokenbridgeError\n": "from ._errors import TokenbridgeError\n",
+    "from tokenbridge.client import (\n": "from .client import (\n",
 }
 
 MODULE_HEADER = """\
@@ -48,8 +48,8 @@ def python_copy(source: Path) -> str:
     text = source.read_text()
     for old, new in PYTHON_IMPORTS.items():
         text = text.replace(old, new)
-    if "from bridge" in text or "import bridge" in text:
-        raise SystemExit(f"{source.relative_to(ROOT)} imports the server's package: the copy would not run alone")
+    if any(f"{verb} {package}" in text for verb in ("from", "import") for package in ("bridge", "tokenbridge")):
+        raise SystemExit(f"{source.relative_to(ROOT)} imports a package the copy does not have: it would not run alone")
     header = f"# Generated from {source.relative_to(ROOT)} by clients/generate.py: edit that file, then run it.\n"
     return header + text
 
@@ -68,8 +68,9 @@ def module_copy(script: Path) -> str:
 
 def outputs() -> dict[Path, str]:
     return {
-        PACKAGE / "client.py": python_copy(ROOT / "bridge" / "client.py"),
-        PACKAGE / "async_client.py": python_copy(ROOT / "bridge" / "async_client.py"),
+        PACKAGE / "_errors.py": python_copy(ROOT / "tokenbridge" / "errors.py"),
+        PACKAGE / "client.py": python_copy(ROOT / "tokenbridge" / "client.py"),
+        PACKAGE / "async_client.py": python_copy(ROOT / "tokenbridge" / "async_client.py"),
         STATIC / "tokenbridge.mjs": module_copy(STATIC / "tokenbridge.js"),
     }
 

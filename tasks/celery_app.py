@@ -9,10 +9,11 @@ from celery import Celery
 from celery.signals import setup_logging, worker_init
 from prometheus_client import start_http_server
 
-from bridge.constants import GENERATE_TASK, GENERATION_QUEUE, broker_transport_options
+from bridge.constants import GENERATE_TASK, GENERATION_QUEUE
 from bridge.logs import configure_logging
 from bridge.models import load_registry
 from bridge.settings import Settings
+from bridge.task_queue import broker_transport_options
 
 
 def create_celery(settings: Settings) -> Celery:

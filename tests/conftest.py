@@ -12,8 +12,9 @@ import pytest
 import redis
 
 from bridge.connections import close
-from bridge.embedded import EmbeddedCluster, EmbeddedRedis, cluster_unavailable, embedded_binary
+from bridge.embedded import EmbeddedRedis, embedded_binary
 from bridge.settings import Settings
+from tests.cluster import EmbeddedCluster, cluster_unavailable
 
 if TYPE_CHECKING:
     from playwright.sync_api import Browser

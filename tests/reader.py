@@ -42,20 +42,20 @@ class ResumingReader(threading.Thread):
         self.headers = headers
         self.timeout_s = timeout_s
         self.outcome = ReadOutcome()
+        self._seen: set[str] = set()
+        self._last_id: str | None = None
+        self._expected_seq = 0
 
     def run(self) -> None:
         out = self.outcome
-        seen: set[str] = set()
-        last_id: str | None = None
-        expected_seq = 0
         deadline = time.monotonic() + self.timeout_s
         attempt = 0
         while out.terminal is None and time.monotonic() < deadline:
             base = self.base_urls[attempt % len(self.base_urls)]
             attempt += 1
             headers = dict(self.headers)
-            if last_id is not None:
-                headers["Last-Event-ID"] = last_id
+            if self._last_id is not None:
+                headers["Last-Event-ID"] = self._last_id
             try:
                 with (
                     httpx.Client(timeout=httpx.Timeout(10.0, read=20.0)) as client,
@@ -66,34 +66,40 @@ class ResumingReader(threading.Thread):
                     if response.status_code != 200:
                         response.read()
                         raise httpx.HTTPError(f"status {response.status_code}")
-                    for event in iter_sse(response.iter_lines()):
-                        out.arrivals.append(time.monotonic())
-                        out.events.append(event)
-                        if event.id in seen and event.event != "reset":
-                            out.duplicates += 1
-                            continue
-                        seen.add(event.id)
-                        last_id = event.id
-                        if event.event == "reset":
-                            out.resets += 1
-                            out.text = event.data["text"]
-                            expected_seq = event.data["next_seq"]
-                            continue
-                        if event.data.get("seq") != expected_seq:
-                            out.seq_gaps += 1
-                        expected_seq = event.data.get("seq", expected_seq) + 1
-                        if event.event == "token":
-                            out.text += event.data["content"]
-                        elif event.event == "restart":
-                            out.restarts += 1
-                            out.text = ""
-                        elif event.event in TERMINAL:
-                            out.terminal = event
+                    for event in iter_sse(response.iter_bytes()):
+                        self._take(event)
+                        if out.terminal is not None:
                             return
             except (httpx.HTTPError, OSError):
                 pass
             out.reconnects += 1
             time.sleep(0.2)
+
+    def _take(self, event: SseEvent) -> None:
+        """Apply one event as a careful client would, noting a duplicate, a gap, a restart or a reset."""
+        out = self.outcome
+        out.arrivals.append(time.monotonic())
+        out.events.append(event)
+        if event.id in self._seen and event.event != "reset":
+            out.duplicates += 1
+            return
+        self._seen.add(event.id)
+        self._last_id = event.id
+        if event.event == "reset":
+            out.resets += 1
+            out.text = event.data["text"]
+            self._expected_seq = event.data["next_seq"]
+            return
+        if event.data.get("seq") != self._expected_seq:
+            out.seq_gaps += 1
+        self._expected_seq = event.data.get("seq", self._expected_seq) + 1
+        if event.event == "token":
+            out.text += event.data["content"]
+        elif event.event == "restart":
+            out.restarts += 1
+            out.text = ""
+        elif event.event in TERMINAL:
+            out.terminal = event
 
 
 def read_all(readers: list[ResumingReader], timeout_s: float = 120) -> list[ReadOutcome]:

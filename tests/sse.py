@@ -1,13 +1,16 @@
-"""A small SSE client for tests: parses the wire format the way a browser's EventSource does."""
+"""A small SSE client for tests: the client library's parser (the WHATWG rules, as a browser's EventSource),
+keeping the comments too, so that a test can see the server's keep-alives."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
 import orjson
+
+from tokenbridge.client import SseMessage, SseParser
 
 
 @dataclass
@@ -29,28 +32,28 @@ class SseResult:
 TERMINAL = {"done", "error", "cancelled"}
 
 
-def iter_sse(lines: Iterator[str], comments: list[str] | None = None) -> Iterator[SseEvent]:
-    """Events of an SSE body, as EventSource parses them."""
-    fields: dict[str, str] = {}
-    data_lines: list[str] = []
-    for line in lines:
-        if line.startswith(":"):
-            if comments is not None:
-                comments.append(line[1:].strip())
-            continue
-        if line == "":
-            if data_lines:
-                yield SseEvent(
-                    fields.get("id", ""), fields.get("event", "message"), orjson.loads("\n".join(data_lines))
-                )
-            fields, data_lines = {}, []
-            continue
-        name, _, value = line.partition(":")
-        value = value[1:] if value.startswith(" ") else value
-        if name == "data":
-            data_lines.append(value)
-        else:
-            fields[name] = value
+class _CommentKeepingParser(SseParser):
+    def __init__(self, comments: list[str] | None) -> None:
+        super().__init__()
+        self.comments = comments
+
+    def _line(self, line: str) -> SseMessage | None:
+        if line.startswith(":") and self.comments is not None:
+            self.comments.append(line[1:].strip())
+        return super()._line(line)
+
+
+def iter_messages(chunks: Iterable[bytes], comments: list[str] | None = None) -> Iterator[SseMessage]:
+    """The events of an SSE body as they are dispatched, their data as text; comments go to ``comments``."""
+    parser = _CommentKeepingParser(comments)
+    for chunk in chunks:
+        yield from parser.feed(chunk)
+
+
+def iter_sse(chunks: Iterable[bytes], comments: list[str] | None = None) -> Iterator[SseEvent]:
+    """The events of a tokenbridge SSE body, their JSON data decoded."""
+    for message in iter_messages(chunks, comments):
+        yield SseEvent(message.id, message.event, orjson.loads(message.data))
 
 
 def read_sse(
@@ -72,7 +75,7 @@ def read_sse(
             response.read()
             return result
         terminals = 0
-        for event in iter_sse(response.iter_lines(), result.comments):
+        for event in iter_sse(response.iter_bytes(), result.comments):
             result.events.append(event)
             terminals += event.event in TERMINAL
             if max_events is not None and len(result.events) >= max_events:

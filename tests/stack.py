@@ -20,9 +20,11 @@ from typing import Any
 import httpx
 import redis
 
-from bridge.embedded import EmbeddedCluster, EmbeddedRedis, free_port
+from bridge.embedded import EmbeddedRedis, free_port
+from tests.cluster import EmbeddedCluster
 from tests.procfile import ROOT, procfile_commands
 from tests.sse import SseResult, read_sse
+from tests.support import quietly, wait_for
 
 API_KEY = "e2e-key"
 OTHER_KEY = "e2e-other"
@@ -145,16 +147,24 @@ class Stack:
     def wait_stopped(self, name: str, timeout_s: float) -> float:
         """Wait until every process of ``name``'s group is gone (sh exits before the program it ran)."""
         started = time.monotonic()
-        pgid = self.processes[name].pid
-        while time.monotonic() - started < timeout_s:
-            self.processes[name].poll()  # reap the shell, or the group never looks empty
+        process = self.processes[name]
+
+        def group_gone() -> bool:
+            process.poll()  # reap the shell, or the group never looks empty
             try:
-                os.killpg(pgid, 0)
+                os.killpg(process.pid, 0)
             except ProcessLookupError:
-                self.processes[name].wait(1)
-                return time.monotonic() - started
-            time.sleep(0.05)
-        raise TimeoutError(f"{name} still running {timeout_s}s after the signal")
+                return True
+            return False
+
+        wait_for(
+            group_gone,
+            timeout_s=timeout_s,
+            interval_s=0.05,
+            message=f"{name} still running {timeout_s}s after the signal",
+        )
+        process.wait(1)
+        return time.monotonic() - started
 
     def kill(self, name: str) -> None:
         """SIGKILL, no chance to clean up: what a crash or an OOM kill does."""
@@ -162,25 +172,22 @@ class Stack:
         self.processes[name].wait(10)
 
     def wait_ready(self, *, consumers: int = 1, workers: int = 1, timeout_s: float = 90) -> None:
-        deadline = time.monotonic() + timeout_s
-        last = ""
-        while time.monotonic() < deadline:
+        def ready() -> bool:
             for name, process in self.processes.items():
                 if process.poll() is not None and not name.startswith("gone-"):
                     raise RuntimeError(f"{name} exited with {process.returncode}; see {self.logs}/{name}.log")
-            try:
-                response = httpx.get(self.url("/readyz"), timeout=5)
-                last = response.text
-                checks = response.json().get("checks", {})
-                if (
-                    checks.get("consumers", {}).get("alive", 0) >= consumers
-                    and checks.get("celery", {}).get("workers", 0) >= workers
-                ):
-                    return
-            except (httpx.HTTPError, ValueError):
-                pass
-            time.sleep(0.3)
-        raise RuntimeError(f"stack not ready after {timeout_s}s: {last}")
+            checks = httpx.get(self.url("/readyz"), timeout=5).json().get("checks", {})
+            return (
+                checks.get("consumers", {}).get("alive", 0) >= consumers
+                and checks.get("celery", {}).get("workers", 0) >= workers
+            )
+
+        wait_for(
+            quietly(ready, httpx.HTTPError, ValueError),
+            timeout_s=timeout_s,
+            interval_s=0.3,
+            message=f"stack not ready after {timeout_s}s (see {self.logs})",
+        )
 
     def stop_all(self) -> None:
         """SIGTERM every process group, wait up to 20 s for the shells the Procfile lines run in, then SIGKILL

@@ -8,9 +8,9 @@ from celery import Celery
 from prometheus_client import start_http_server
 
 from bridge.connections import redis_client
-from bridge.constants import celery_client_options, send_generation
 from bridge.logs import configure_logging
 from bridge.settings import Settings
+from bridge.task_queue import celery_client_options, send_generation
 from workers.celery_events import CeleryEvents
 from workers.consumer import ConsumerWorker, default_consumer_name
 from workers.processors import default_processors

@@ -10,9 +10,10 @@ import orjson
 
 from bridge.errors import ProviderError
 from bridge.events import EventType
-from bridge.generation import GenerationRequest, Message
+from bridge.generation import GenerationRequest, Message, NamedToolChoice, Tool
 from bridge.producer import Chunk, Delta, Finish
-from tasks.providers.openai import ServerSentEvent, Upstream, UpstreamProvider, error_message, relay
+from tasks.providers.sse import ServerSentEvent
+from tasks.providers.upstream import Upstream, UpstreamProvider, error_message, relay
 
 ANTHROPIC_VERSION = "2023-06-01"
 # Anthropic requires max_tokens; used when neither the request nor the model gives one.
@@ -33,38 +34,12 @@ class _MessagesDecoder:
         self.tool_calls: dict[int, int] = {}
 
     def feed(self, event: ServerSentEvent) -> Iterator[str | Delta]:
-        try:
-            data = orjson.loads(event.data)
-        except orjson.JSONDecodeError:
-            raise self.upstream.error(f"malformed {event.event} event: {event.data[:200]!r}", retryable=False) from None
-        if not isinstance(data, dict):
-            raise self.upstream.error(f"unexpected {event.event} event: {event.data[:200]!r}", retryable=False)
+        data = self.upstream.event_object(event, f"{event.event} event")
         kind = data.get("type") or event.event
         if kind == "content_block_delta":
-            delta = data.get("delta") or {}
-            delta_type = delta.get("type")
-            if delta_type == "text_delta" and isinstance(text := delta.get("text"), str) and text:
-                yield text
-            elif delta_type == "thinking_delta" and isinstance(thinking := delta.get("thinking"), str) and thinking:
-                yield Delta(EventType.REASONING.value, {"content": thinking})
-            elif delta_type == "input_json_delta" and isinstance(piece := delta.get("partial_json"), str) and piece:
-                index = self.tool_calls.get(int(data.get("index") or 0))
-                if index is not None:
-                    yield Delta(EventType.TOOL_CALL.value, {"index": index, "arguments": piece})
+            yield from self._block_delta(int(data.get("index") or 0), data.get("delta") or {})
         elif kind == "content_block_start":
-            block = data.get("content_block") or {}
-            block_type = block.get("type")
-            if block_type == "text" and isinstance(text := block.get("text"), str) and text:
-                yield text
-            elif block_type == "thinking" and isinstance(thinking := block.get("thinking"), str) and thinking:
-                yield Delta(EventType.REASONING.value, {"content": thinking})
-            elif block_type == "tool_use":
-                index = self.tool_calls[int(data.get("index") or 0)] = len(self.tool_calls)
-                call = {"index": index, "id": str(block.get("id", "")), "name": str(block.get("name", ""))}
-                # The input streams as input_json_delta; a block that carries it whole has no deltas.
-                whole = block.get("input")
-                call["arguments"] = orjson.dumps(whole).decode() if whole else ""
-                yield Delta(EventType.TOOL_CALL.value, call)
+            yield from self._block_start(int(data.get("index") or 0), data.get("content_block") or {})
         elif kind == "message_start":
             self._count((data.get("message") or {}).get("usage"))
         elif kind == "message_delta":
@@ -75,6 +50,31 @@ class _MessagesDecoder:
         elif kind == "error":
             raise self._error(data.get("error"))
         # ping, content_block_stop and event types added later carry no text.
+
+    def _block_delta(self, block: int, delta: dict[str, Any]) -> Iterator[str | Delta]:
+        delta_type = delta.get("type")
+        if delta_type == "text_delta" and isinstance(text := delta.get("text"), str) and text:
+            yield text
+        elif delta_type == "thinking_delta" and isinstance(thinking := delta.get("thinking"), str) and thinking:
+            yield Delta(EventType.REASONING.value, {"content": thinking})
+        elif delta_type == "input_json_delta" and isinstance(piece := delta.get("partial_json"), str) and piece:
+            index = self.tool_calls.get(block)
+            if index is not None:
+                yield Delta(EventType.TOOL_CALL.value, {"index": index, "arguments": piece})
+
+    def _block_start(self, block: int, content: dict[str, Any]) -> Iterator[str | Delta]:
+        block_type = content.get("type")
+        if block_type == "text" and isinstance(text := content.get("text"), str) and text:
+            yield text
+        elif block_type == "thinking" and isinstance(thinking := content.get("thinking"), str) and thinking:
+            yield Delta(EventType.REASONING.value, {"content": thinking})
+        elif block_type == "tool_use":
+            index = self.tool_calls[block] = len(self.tool_calls)
+            call = {"index": index, "id": str(content.get("id", "")), "name": str(content.get("name", ""))}
+            # The input streams as input_json_delta; a block that carries it whole has no deltas.
+            whole = content.get("input")
+            call["arguments"] = orjson.dumps(whole).decode() if whole else ""
+            yield Delta(EventType.TOOL_CALL.value, call)
 
     def finish(self) -> Finish:
         if not self.ended and self.stop_reason is None:
@@ -108,7 +108,7 @@ class _MessagesDecoder:
 class AnthropicMessagesProvider(UpstreamProvider):
     """Streams the Anthropic Messages API (``base_url`` like ``https://api.anthropic.com/v1``).
 
-    ``client`` is for tests and for sharing a pool (see ``OpenAIChatProvider``); the provider closes only a client
+    ``client`` is for tests and for sharing a pool (see ``UpstreamProvider``); the provider closes only a client
     it made.
     """
 
@@ -127,6 +127,27 @@ class AnthropicMessagesProvider(UpstreamProvider):
     def body(self, request: GenerationRequest) -> dict[str, Any]:
         """The upstream request body: system messages go to the top-level ``system``; tool calls and results
         become ``tool_use`` and ``tool_result`` blocks, and consecutive messages of one role are merged."""
+        system, messages = self._messages(request)
+        body: dict[str, Any] = {
+            "model": self.spec.upstream_model,
+            "max_tokens": request.max_tokens or self.spec.max_tokens or DEFAULT_MAX_TOKENS,
+            "messages": messages,
+            "stream": True,
+        }
+        if system:
+            body["system"] = "\n\n".join(system)
+        if request.temperature is not None:
+            body["temperature"] = request.temperature
+        if request.stop:
+            body["stop_sequences"] = request.stop
+        if request.tools:
+            body["tools"] = [_tool(tool) for tool in request.tools]
+        if request.tool_choice is not None:
+            body["tool_choice"] = _tool_choice(request.tool_choice)
+        return body
+
+    def _messages(self, request: GenerationRequest) -> tuple[list[str], list[dict[str, Any]]]:
+        """The system texts, and the other messages as the Messages API takes them."""
         system: list[str] = []
         messages: list[dict[str, Any]] = []
         if request.messages is None:
@@ -150,36 +171,21 @@ class AnthropicMessagesProvider(UpstreamProvider):
                 messages.append({"role": role, "content": blocks[0]["text"]})
             else:
                 messages.append({"role": role, "content": blocks})
-        body: dict[str, Any] = {
-            "model": self.spec.upstream_model,
-            "max_tokens": request.max_tokens or self.spec.max_tokens or DEFAULT_MAX_TOKENS,
-            "messages": messages,
-            "stream": True,
-        }
-        if system:
-            body["system"] = "\n\n".join(system)
-        if request.temperature is not None:
-            body["temperature"] = request.temperature
-        if request.stop:
-            body["stop_sequences"] = request.stop
-        if request.tools:
-            body["tools"] = [
-                {
-                    "name": tool.function.name,
-                    **({"description": tool.function.description} if tool.function.description else {}),
-                    "input_schema": tool.function.parameters or {"type": "object", "properties": {}},
-                }
-                for tool in request.tools
-            ]
-        if request.tool_choice is not None:
-            choice = request.tool_choice
-            if isinstance(choice, str):
-                body["tool_choice"] = {"auto": {"type": "auto"}, "required": {"type": "any"}, "none": {"type": "none"}}[
-                    choice
-                ]
-            else:
-                body["tool_choice"] = {"type": "tool", "name": choice.function.get("name", "")}
-        return body
+        return system, messages
+
+
+def _tool(tool: Tool) -> dict[str, Any]:
+    return {
+        "name": tool.function.name,
+        **({"description": tool.function.description} if tool.function.description else {}),
+        "input_schema": tool.function.parameters or {"type": "object", "properties": {}},
+    }
+
+
+def _tool_choice(choice: str | NamedToolChoice) -> dict[str, Any]:
+    if isinstance(choice, str):
+        return {"auto": {"type": "auto"}, "required": {"type": "any"}, "none": {"type": "none"}}[choice]
+    return {"type": "tool", "name": choice.function.get("name", "")}
 
 
 def _blocks(message: Message) -> tuple[str, list[dict[str, Any]]]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import signal
-import time
 from typing import TYPE_CHECKING
 
 import httpx
@@ -12,6 +11,7 @@ import pytest
 from bridge.embedded import free_port
 from tests.browser.support import missing, screenshot_path
 from tests.stack import API_KEY, Stack
+from tests.support import quietly, wait_for
 
 if TYPE_CHECKING:
     from playwright.sync_api import Browser
@@ -25,15 +25,10 @@ pytestmark = [pytest.mark.browser, pytest.mark.e2e]
 
 def _start_web(stack: Stack, name: str, port: int) -> None:
     stack.start(name, "web", PORT=str(port))
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    raise RuntimeError(f"{name} did not answer on port {port}")
+    healthy = quietly(
+        lambda: httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200, httpx.HTTPError
+    )
+    wait_for(healthy, timeout_s=30, interval_s=0.1, message=f"{name} did not answer on port {port}")
 
 
 @pytest.mark.parametrize("transport", ["sse", "ws"])

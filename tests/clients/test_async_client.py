@@ -11,11 +11,11 @@ from typing import Any
 
 import pytest
 
-from bridge.async_client import AsyncTokenbridgeClient, acollect_text
-from bridge.client import TokenbridgeAPIError, TokenbridgeConnectionError
 from bridge.embedded import free_port
 from tests.browser.support import expired_token
 from tests.stack import API_KEY, Stack
+from tokenbridge.async_client import AsyncTokenbridgeClient, acollect_text
+from tokenbridge.client import TokenbridgeAPIError, TokenbridgeConnectionError
 
 pytestmark = pytest.mark.e2e
 

@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from bridge.client import TokenbridgeClient, collect_text
 from tests.stack import API_KEY, Stack
+from tokenbridge.client import TokenbridgeClient, collect_text
 
 pytestmark = pytest.mark.e2e
 

@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from bridge.embedded import cluster_unavailable
+from tests.cluster import cluster_unavailable
 from tests.fake_upstream import FakeUpstream
 from tests.procfile import ROOT
 from tests.stack import API_KEY, OTHER_KEY, Stack, running_stack

@@ -24,9 +24,9 @@ SUMMARY = re.compile(r"gen_[0-9a-f]{24} · \d+ tokens · TTFT \d+ ms( · [\d.]+ 
 def tokenbridge(
     stack: Stack, *args: str, key: str | None = API_KEY, cwd: Path = ROOT, **env: str
 ) -> subprocess.CompletedProcess[str]:
-    """``python -m bridge.cli --url <web> [--api-key <key>] <args>``, with stdout and stderr piped."""
+    """``python -m tokenbridge.cli --url <web> [--api-key <key>] <args>``, with stdout and stderr piped."""
     base = {k: v for k, v in os.environ.items() if not k.startswith("TOKENBRIDGE_")}
-    command = [sys.executable, "-m", "bridge.cli", "--url", stack.base_url]
+    command = [sys.executable, "-m", "tokenbridge.cli", "--url", stack.base_url]
     if key is not None:
         command += ["--api-key", key]
     return subprocess.run(
@@ -117,7 +117,7 @@ def test_a_wrong_key_is_one_line_and_a_non_zero_exit(stack: Stack) -> None:
 
 def test_an_unreachable_server_is_one_line(stack: Stack) -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "bridge.cli", "--url", "http://127.0.0.1:9", "tail", "gen_0"],
+        [sys.executable, "-m", "tokenbridge.cli", "--url", "http://127.0.0.1:9", "tail", "gen_0"],
         capture_output=True,
         text=True,
         timeout=120,
@@ -136,7 +136,7 @@ def test_without_flags_the_key_of_dev_json_is_used(stack: Stack, tmp_path: Path)
 
     # When the command is given neither --url nor --api-key
     result = subprocess.run(
-        [sys.executable, "-m", "bridge.cli", "submit", "from dev.json"],
+        [sys.executable, "-m", "tokenbridge.cli", "submit", "from dev.json"],
         capture_output=True,
         text=True,
         timeout=60,

@@ -17,9 +17,9 @@ import httpx
 import pytest
 
 from bridge.embedded import free_port
-from tests.e2e.test_rabbitmq_broker import AMQP_URL, _rabbitmq_listens
 from tests.procfile import ROOT
 from tests.stack import Stack, build_stack
+from tests.support import AMQP_URL, quietly, rabbitmq_listens, wait_for
 from workers.celery_events import PROCESS_TASK
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -64,16 +64,13 @@ class Flower:
 
 
 def _poll(condition: Callable[[], object], *, timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            if condition():
-                return
-        except httpx.HTTPError:
-            pass  # Flower still starting
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not within {timeout_s}s")
-        time.sleep(0.25)
+    # An HTTP error is Flower still starting.
+    wait_for(
+        quietly(condition, httpx.HTTPError),
+        timeout_s=timeout_s,
+        interval_s=0.25,
+        message=f"{what}: not within {timeout_s}s",
+    )
 
 
 @pytest.fixture(params=["redis", "rabbitmq"])
@@ -81,7 +78,7 @@ def stack(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[Stac
     """The stack with Flower, its Celery broker the streams' Redis or RabbitMQ (skipped where none listens)."""
     broker: dict[str, str] = {}
     if request.param == "rabbitmq":
-        if not _rabbitmq_listens():
+        if not rabbitmq_listens():
             pytest.skip("no RabbitMQ on 127.0.0.1:5672")
         broker["CELERY_BROKER_URL"] = AMQP_URL
     flower_port = free_port()

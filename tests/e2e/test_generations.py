@@ -11,6 +11,7 @@ import pytest
 from bridge.connections import close
 from tests.sse import SseEvent, read_sse
 from tests.stack import Stack
+from tests.support import wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -224,13 +225,13 @@ def test_concurrent_retries_with_one_idempotency_key_start_one_generation(stack:
 def test_stats_and_metrics_reflect_what_streamed(stack: Stack) -> None:
     gen = stack.create(model="echo", prompt="count me in the statistics")
     stack.events(gen)
-    deadline = time.monotonic() + 10
-    while True:
-        echo = stack.get("/v1/stats").json()["models"]["echo"]
-        if echo["generations"] >= 1 or time.monotonic() > deadline:
-            break
-        time.sleep(0.1)
-    assert echo["generations"] >= 1 and echo["tokens"] >= 5
+
+    def echo_counted() -> dict[str, Any] | None:
+        echo: dict[str, Any] = stack.get("/v1/stats").json()["models"]["echo"]
+        return echo if echo["generations"] >= 1 else None
+
+    echo = wait_for(echo_counted, interval_s=0.1)
+    assert echo["tokens"] >= 5
     assert echo["ttft_ms"]["p50"] is not None and echo["ttft_ms"]["p95"] >= echo["ttft_ms"]["p50"]
     assert echo["by_status"]["completed"] >= 1
     text = stack.get("/metrics").text

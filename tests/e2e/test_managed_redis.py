@@ -24,6 +24,7 @@ from bridge.embedded import free_port
 from tests.procfile import ROOT
 from tests.reader import ReadOutcome, ResumingReader
 from tests.stack import Stack, build_stack
+from tests.support import quietly, wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -119,21 +120,20 @@ def test_web_worker_and_consumer_stream_over_tls_with_a_self_signed_certificate(
 
 def test_flower_monitors_the_worker_over_tls(managed: tuple[Stack, str, int]) -> None:
     _, _, flower_port = managed
-    deadline = time.monotonic() + 30
     workers: dict[str, object] = {}
-    while time.monotonic() < deadline:
-        try:
-            response = httpx.get(
-                f"http://127.0.0.1:{flower_port}/api/workers", params={"status": "true"}, auth=FLOWER_AUTH, timeout=10
-            )
-            workers = response.json() if response.status_code == 200 else {}
-        except httpx.HTTPError:
-            workers = {}
+
+    def worker_listed() -> bool:
+        response = httpx.get(
+            f"http://127.0.0.1:{flower_port}/api/workers", params={"status": "true"}, auth=FLOWER_AUTH, timeout=10
+        )
+        workers.clear()
+        workers.update(response.json() if response.status_code == 200 else {})
         # Heartbeats of the Celery worker reached Flower through the TLS broker.
-        if any(name.startswith("worker-") and alive for name, alive in workers.items()):
-            return
-        time.sleep(0.5)
-    pytest.fail(f"Flower lists no Celery worker: {workers}")
+        return any(name.startswith("worker-") and alive for name, alive in workers.items())
+
+    wait_for(
+        quietly(worker_listed, httpx.HTTPError), timeout_s=30, interval_s=0.5, message="Flower lists no Celery worker"
+    )
 
 
 def test_a_burst_stays_within_the_plans_connection_limit(managed: tuple[Stack, str, int]) -> None:

@@ -17,6 +17,7 @@ from openai import (
 )
 
 from tests.procfile import ROOT
+from tests.sse import iter_messages
 from tests.stack import API_KEY, Stack, running_stack
 
 pytestmark = pytest.mark.e2e
@@ -127,7 +128,7 @@ def test_a_generation_failing_mid_stream_ends_with_an_openai_error_chunk(stack: 
         "tokenbridge": {"options": {"tokens_per_second": 1000, "fail_after_tokens": 3}},
     }
     with httpx.stream("POST", stack.url("/v1/chat/completions"), json=body, headers=stack.headers, timeout=20) as r:
-        data = [line[len("data: ") :] for line in r.iter_lines() if line.startswith("data: ")]
+        data = [message.data for message in iter_messages(r.iter_bytes())]
     assert "[DONE]" not in data
     error = orjson.loads(data[-1])["error"]
     assert set(error) == OPENAI_FIELDS

@@ -10,9 +10,9 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.integration.helpers import wait_for
 from tests.sse import read_sse
 from tests.stack import ADMIN_KEY, API_KEY_OWNER, BUDGET_KEY, OTHER_KEY, PRODUCER_KEY, READER_KEY, Stack
+from tests.support import wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -195,14 +195,20 @@ def test_keys_rotate_through_the_keys_file_without_a_restart(stack: Stack) -> No
 
 
 def _wait_for_status(stack: Stack, path: str, key: str, status: int, timeout_s: float = 10) -> None:
-    deadline = time.monotonic() + timeout_s
     # Several answers in a row, so that every web process (two per stack) has seen the change.
-    streak = 0
-    while streak < 6:
-        assert time.monotonic() < deadline, f"{path} did not answer {status} with the rotated key"
+    streak = [0]
+
+    def six_in_a_row() -> bool:
         answer = httpx.get(stack.url(path), headers=_as(key), timeout=10).status_code
-        streak = streak + 1 if answer == status else 0
-        time.sleep(0.1)
+        streak[0] = streak[0] + 1 if answer == status else 0
+        return streak[0] >= 6
+
+    wait_for(
+        six_in_a_row,
+        timeout_s=timeout_s,
+        interval_s=0.1,
+        message=f"{path} did not answer {status} with the rotated key",
+    )
 
 
 def test_the_record_counts_the_readers_watching_on_every_web_process(stack: Stack) -> None:
@@ -224,8 +230,7 @@ def test_the_record_counts_the_readers_watching_on_every_web_process(stack: Stac
 
 def test_a_key_past_its_token_budget_is_stopped_and_refused_until_the_window_frees(stack: Stack) -> None:
     # Not in the last seconds of a minute: the budget's window must not roll over mid-test
-    while time.time() % 60 > 50:
-        time.sleep(1)
+    wait_for(lambda: time.time() % 60 <= 50, timeout_s=15, interval_s=1)
     budgeted = {"Authorization": f"Bearer {BUDGET_KEY}"}
     # Given a key allowed 10 tokens a minute, and an answer of 40 tokens
     words = " ".join(f"w{i}" for i in range(40))

@@ -17,6 +17,7 @@ import pytest
 from tests.procfile import ROOT
 from tests.sse import read_sse
 from tests.stack import API_KEY, build_stack
+from tests.support import quietly, wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -73,32 +74,19 @@ def _running(pids: set[int]) -> set[int]:
 
 
 def _wait_ready(base_url: str, honcho: subprocess.Popen[bytes], logs: Path, timeout_s: float = 120) -> None:
-    deadline = time.monotonic() + timeout_s
-    last = ""
-    while time.monotonic() < deadline:
+    def ready() -> bool:
         if honcho.poll() is not None:
             raise RuntimeError(f"honcho exited with {honcho.returncode}; see {logs}/honcho.log")
-        try:
-            response = httpx.get(f"{base_url}/readyz", timeout=5)
-            last = response.text
-            checks = response.json().get("checks", {})
-            if checks.get("consumers", {}).get("alive", 0) >= 1 and checks.get("celery", {}).get("workers", 0) >= 1:
-                return
-        except (httpx.HTTPError, ValueError):
-            pass
-        time.sleep(0.3)
-    raise RuntimeError(f"web not ready after {timeout_s}s: {last}; see {logs}/honcho.log")
+        checks = httpx.get(f"{base_url}/readyz", timeout=5).json().get("checks", {})
+        return checks.get("consumers", {}).get("alive", 0) >= 1 and checks.get("celery", {}).get("workers", 0) >= 1
+
+    message = f"web not ready after {timeout_s}s; see {logs}/honcho.log"
+    wait_for(quietly(ready, httpx.HTTPError, ValueError), timeout_s=timeout_s, interval_s=0.3, message=message)
 
 
 def _wait_status(url: str, *, auth: tuple[str, str] | None = None, timeout_s: float = 60) -> int:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            return httpx.get(url, auth=auth, timeout=5).status_code
-        except httpx.HTTPError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.3)
+    answer = quietly(lambda: httpx.get(url, auth=auth, timeout=5).status_code, httpx.HTTPError)
+    return wait_for(answer, timeout_s=timeout_s, interval_s=0.3, message=f"{url} did not answer within {timeout_s}s")
 
 
 @pytest.mark.timeout(300)
@@ -159,9 +147,12 @@ def test_procfile_under_honcho_serves_and_stops_on_sigint(tmp_path: Path) -> Non
 
         # Then honcho and every process it started are gone within 30 s
         honcho.wait(30)
-        while _running(processes) and time.monotonic() - stopping < 30:
-            time.sleep(0.1)
-        assert not _running(processes), f"still running 30 s after SIGINT: {sorted(_running(processes))}"
+        wait_for(
+            lambda: not _running(processes),
+            timeout_s=max(0.0, 30 - (time.monotonic() - stopping)),
+            interval_s=0.1,
+            message=f"still running 30 s after SIGINT: {sorted(_running(processes))}",
+        )
     finally:
         for pid in _running(processes | (_descendants(honcho.pid) if honcho.poll() is None else set())):
             os.kill(pid, signal.SIGKILL)

@@ -2,30 +2,20 @@
 
 from __future__ import annotations
 
-import socket
 from collections.abc import Iterator
 
 import pytest
 
 from tests.procfile import ROOT
 from tests.stack import Stack, running_stack
+from tests.support import AMQP_URL, rabbitmq_listens
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
-
-AMQP_URL = "amqp://guest:guest@127.0.0.1:5672//"
-
-
-def _rabbitmq_listens() -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", 5672), timeout=1):
-            return True
-    except OSError:
-        return False
 
 
 @pytest.fixture(scope="module")
 def amqp_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    if not _rabbitmq_listens():
+    if not rabbitmq_listens():
         pytest.skip("no RabbitMQ on 127.0.0.1:5672")
     # A queue of our own on the shared broker: nothing else consumes it, and it is empty when we start.
     queue_vhost = AMQP_URL

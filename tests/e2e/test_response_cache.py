@@ -11,9 +11,9 @@ import pytest
 from bridge import cache, keys
 from bridge.models import ModelSpec
 from tests.fake_upstream import FakeUpstream
-from tests.integration.helpers import wait_for
 from tests.sse import read_sse
 from tests.stack import Stack
+from tests.support import wait_for
 
 pytestmark = pytest.mark.e2e
 

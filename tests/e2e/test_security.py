@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import os
 import subprocess
-import time
 from collections.abc import Iterator
 
 import httpx
 import pytest
 
-from bridge.embedded import cluster_unavailable, free_port
+from bridge.embedded import free_port
+from tests.cluster import cluster_unavailable
 from tests.procfile import ROOT, procfile_commands
 from tests.stack import API_KEY, OTHER_KEY, Stack, build_stack
+from tests.support import quietly, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -74,10 +75,11 @@ def test_a_key_cannot_run_more_generations_than_its_cap(strict: Stack) -> None:
     assert third.json()["error"]["code"] == "too_many_running" and third.headers["Retry-After"] == "1"
     # And once one ends, it may start another
     strict.post(f"/v1/generations/{first['id']}/complete", {})
-    deadline = time.monotonic() + 10
-    while strict.post("/v1/generations", {"model": "external", "prompt": "d"}).status_code != 202:
-        assert time.monotonic() < deadline, "the slot was not released"
-        time.sleep(0.1)
+    wait_for(
+        lambda: strict.post("/v1/generations", {"model": "external", "prompt": "d"}).status_code == 202,
+        interval_s=0.1,
+        message="the slot was not released",
+    )
 
 
 def test_cors_answers_only_allowed_origins(strict: Stack) -> None:
@@ -126,14 +128,12 @@ def test_flower_will_not_start_without_basic_auth_and_refuses_anonymous_users(st
         start_new_session=True,
     )
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                anonymous = httpx.get(f"http://127.0.0.1:{port}/api/workers", timeout=2)
-                break
-            except httpx.TransportError:
-                assert time.monotonic() < deadline, "flower did not start"
-                time.sleep(0.3)
+        anonymous = wait_for(
+            quietly(lambda: httpx.get(f"http://127.0.0.1:{port}/api/workers", timeout=2), httpx.TransportError),
+            timeout_s=30,
+            interval_s=0.3,
+            message="flower did not start",
+        )
         assert anonymous.status_code == 401
         assert httpx.get(f"http://127.0.0.1:{port}/", auth=("ops", "s3cret"), timeout=5).status_code == 200
     finally:

@@ -16,10 +16,10 @@ import pytest
 
 from bridge import keys
 from bridge.connections import close
-from bridge.embedded import EmbeddedCluster, cluster_unavailable
-from tests.integration.helpers import wait_for
+from tests.cluster import EmbeddedCluster, cluster_unavailable
 from tests.reader import ResumingReader, read_all
 from tests.stack import Stack
+from tests.support import wait_for
 
 pytestmark = [
     pytest.mark.slow,

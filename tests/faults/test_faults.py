@@ -19,6 +19,7 @@ from bridge import keys
 from tests.fault_processors import FixablePoison
 from tests.reader import ReadOutcome, ResumingReader, read_all
 from tests.stack import ADMIN_KEY, Stack
+from tests.support import wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.faults]
 
@@ -40,12 +41,9 @@ def _assert_exact(outcomes: list[ReadOutcome], text: str, *, terminal: str = "do
             assert outcome.text == text
 
 
-def _wait(condition: Callable[[], object], timeout_s: float = 30, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} not met within {timeout_s}s")
-        time.sleep(0.05)
+def _wait_streaming(readers: list[ResumingReader], *, events: int) -> None:
+    """Until every reader has had ``events`` events: the generations are under way when the fault strikes."""
+    wait_for(lambda: all(len(r.outcome.events) >= events for r in readers), timeout_s=30, message="streams started")
 
 
 def test_consumer_killed_mid_generation_is_taken_over(
@@ -61,7 +59,7 @@ def test_consumer_killed_mid_generation_is_taken_over(
     readers = _readers(stack, generations)
     for reader in readers:
         reader.start()
-    _wait(lambda: all(len(r.outcome.events) >= 5 for r in readers), what="streams started")
+    _wait_streaming(readers, events=5)
     # When another consumer starts (as a PaaS would) and A is killed with SIGKILL
     stack.start("consumer-b", "consumer")
     stack.wait_ready(consumers=2)
@@ -89,7 +87,7 @@ def test_celery_worker_killed_mid_generation_restarts_on_another(
     readers = _readers(stack, generations)
     for reader in readers:
         reader.start()
-    _wait(lambda: all(len(r.outcome.events) >= 5 for r in readers), what="streams started")
+    _wait_streaming(readers, events=5)
     stack.start("worker-b", "worker")
     stack.wait_ready(workers=2)
     # When worker A is killed with SIGKILL
@@ -122,7 +120,7 @@ def test_a_redelivered_task_never_interleaves_with_the_live_one(
     readers = _readers(stack, generations)
     for reader in readers:
         reader.start()
-    _wait(lambda: all(len(r.outcome.events) >= 3 for r in readers), what="streams started")
+    _wait_streaming(readers, events=3)
     # When the broker's sweep redelivers the still-running tasks (kombu's own restore of unacked messages)
     time.sleep(2.5)
     celery = Celery(broker=stack.redis.url)
@@ -171,7 +169,7 @@ def test_redis_outage_then_everything_recovers_without_restarts(
     readers = _readers(stack, generations)
     for reader in readers:
         reader.start()
-    _wait(lambda: all(len(r.outcome.events) >= 3 for r in readers), what="streams started")
+    _wait_streaming(readers, events=3)
     # When Redis is stopped for 6 s
     stack.redis.stop()
     down_at = time.monotonic()
@@ -210,7 +208,7 @@ def test_graceful_deploy_of_web_consumer_and_worker_loses_nothing(
     readers = _readers(stack, generations, webs=[0, 1])
     for reader in readers:
         reader.start()
-    _wait(lambda: all(len(r.outcome.events) >= 3 for r in readers), what="streams started")
+    _wait_streaming(readers, events=3)
     stack.start("worker-b", "worker")
     stack.wait_ready(consumers=2, workers=2)
     timings: dict[str, float] = {}
@@ -258,7 +256,7 @@ def test_a_reader_that_stops_reading_does_not_slow_the_others_and_is_freed(
         return 0.0
 
     freed_from = time.monotonic()
-    _wait(lambda: open_streams() == 0, timeout_s=30, what="stalled stream freed")
+    wait_for(lambda: open_streams() == 0, timeout_s=30, message="stalled stream freed")
     record(scenario="stalled reader", freed_s=round(time.monotonic() - freed_from, 2))
     stalled.close()
 
@@ -306,7 +304,11 @@ def test_a_held_generation_waits_for_the_operator_and_continues_after_a_replay(
     [reader] = _readers(stack, [held])
     admin = {"Authorization": f"Bearer {ADMIN_KEY}"}
     # When its entry has failed its deliveries
-    _wait(lambda: stack.get("/v1/dead-letters", headers=admin).json()["total"] == 1, what="a dead letter")
+    wait_for(
+        lambda: stack.get("/v1/dead-letters", headers=admin).json()["total"] == 1,
+        timeout_s=30,
+        message="a dead letter",
+    )
     [letter] = stack.get("/v1/dead-letters", headers=admin).json()["data"]
     # Then the generation waits (still running, nothing after the entry), and only an admin sees the letter
     assert letter["held"] and letter["generation_id"] == held["id"]
@@ -333,13 +335,17 @@ def test_a_dead_letter_of_an_ended_generation_cannot_be_replayed_but_can_be_drop
     stack.wait_ready()
     bad = stack.create(model="echo", prompt="POISON at once")
     admin = {"Authorization": f"Bearer {ADMIN_KEY}"}
-    _wait(lambda: stack.get(f"/v1/generations/{bad['id']}").json()["status"] == "failed", what="the failure")
+    wait_for(
+        lambda: stack.get(f"/v1/generations/{bad['id']}").json()["status"] == "failed",
+        timeout_s=30,
+        message="the failure",
+    )
     [letter] = stack.get("/v1/dead-letters", headers=admin).json()["data"]
     assert not letter["held"]
     refused = stack.post(f"/v1/dead-letters/{letter['id']}/replay", headers=admin)
     assert (refused.status_code, refused.json()["error"]["code"]) == (409, "generation_finished")
     # The command line lists and drops it
-    cli = [sys.executable, "-m", "bridge.cli", "--url", stack.base_url, "--api-key", ADMIN_KEY, "dead-letters"]
+    cli = [sys.executable, "-m", "tokenbridge.cli", "--url", stack.base_url, "--api-key", ADMIN_KEY, "dead-letters"]
     listed = subprocess.run([*cli, "list"], capture_output=True, text=True, timeout=30, check=True)
     assert letter["id"] in listed.stdout and "ended" in listed.stdout
     dropped = subprocess.run([*cli, "drop", letter["id"]], capture_output=True, text=True, timeout=30, check=True)

@@ -16,7 +16,7 @@ import redis
 from bridge import keys
 from bridge.producer import GenerationWriter
 from bridge.settings import Settings
-from tests.integration.helpers import new_generation, wait_for
+from tests.support import new_generation, wait_for
 from workers.consumer import ConsumerWorker
 from workers.processors import default_processors
 

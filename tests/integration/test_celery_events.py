@@ -18,7 +18,7 @@ from kombu.exceptions import OperationalError
 from bridge.embedded import EmbeddedRedis
 from bridge.producer import GenerationWriter
 from bridge.settings import Settings
-from tests.integration.helpers import new_generation, wait_for
+from tests.support import new_generation, wait_for
 from workers.celery_events import PROCESS_TASK, CeleryEvents
 from workers.consumer import ConsumerWorker
 from workers.processors import default_processors

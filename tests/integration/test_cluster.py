@@ -14,11 +14,11 @@ from app.streaming import follow, one_by_one
 from bridge import keys, streams
 from bridge.cluster import NotifiedReader, node_client
 from bridge.connections import close
-from bridge.embedded import EmbeddedCluster
 from bridge.events import Event
 from bridge.producer import GenerationWriter
 from bridge.settings import Settings
-from tests.integration.helpers import wait_for
+from tests.cluster import EmbeddedCluster
+from tests.support import wait_for
 from workers.consumer import Batch, ConsumerWorker
 from workers.processors import GenerationState, default_processors
 
@@ -99,10 +99,8 @@ def test_an_entry_whose_hint_was_lost_is_read_by_the_sweep(rc: redis.Redis) -> N
     rc.xadd(key, {"event": "token", "data": "{}"})
     # Then the reader still gets it, within the sweep interval
     started = time.monotonic()
-    reply: list[Any] = []
-    while not reply and time.monotonic() - started < 3:
-        reply = reader.read({key: "0"}, count=10, block_ms=200)
-    assert reply and reply[0][0] == key
+    reply = wait_for(lambda: reader.read({key: "0"}, count=10, block_ms=200), timeout_s=3, interval_s=0)
+    assert reply[0][0] == key
     assert time.monotonic() - started < 1.5
     reader.close()
 
@@ -197,15 +195,22 @@ def test_producer_writes_hint_readers_on_a_cluster_and_on_a_single_redis(
         client.hset(keys.gen_meta(gid), mapping={"status": "queued", "attempt": 0})
         _produce(client, gid, ["a", "b"])
         # Then a hint arrives for each write, wherever the reader listens
-        messages = []
-        deadline = time.monotonic() + 2
-        while len(messages) < 2 and time.monotonic() < deadline:
-            message = pubsub.get_message(timeout=0.1)
-            if message:
-                messages.append(message["channel"])
-        assert len(messages) == 2, on_cluster
+        messages = _hints(pubsub, 2)
         assert set(messages) <= {keys.gen_raw(gid)}
         pubsub.close()
+
+
+def _hints(pubsub: Any, count: int, *, timeout_s: float = 2) -> list[str]:
+    """The channels of the next ``count`` hints that ``pubsub`` receives."""
+    channels: list[str] = []
+
+    def enough() -> bool:
+        if message := pubsub.get_message(timeout=0.1):
+            channels.append(message["channel"])
+        return len(channels) >= count
+
+    wait_for(enough, timeout_s=timeout_s, interval_s=0, message=f"fewer than {count} hints within {timeout_s}s")
+    return channels
 
 
 def test_the_backlog_adds_up_every_work_shard(rc: redis.Redis, cluster_settings: Settings) -> None:
@@ -264,24 +269,27 @@ def test_a_watched_stream_whose_slot_moves_keeps_streaming(rc: redis.Redis, redi
 
     write(1)
     # Then the reader gets the entry (its next sweep meets MOVED and re-reads the slot map)
-    got: list[Any] = []
-    deadline = time.monotonic() + 5
-    while not got and time.monotonic() < deadline:
-        got = reader.read({key: position}, count=10, block_ms=200)
-    assert got and got[0][1][0][1] == {"n": "1"}
+    got = wait_for(lambda: reader.read({key: position}, count=10, block_ms=200), timeout_s=5, interval_s=0)
+    assert got[0][1][0][1] == {"n": "1"}
     position = got[0][1][-1][0]
     # And from its next sweep on, it listens for hints on the new node only (straight from it, not over the
     # cluster bus)
-    time.sleep(0.6)
-    reader.read({key: position}, count=10, block_ms=10)
-    listeners = {}
-    for node in redis_cluster.nodes:
-        direct = redis.Redis(host="127.0.0.1", port=node.port, decode_responses=True)
-        listeners[f"127.0.0.1:{node.port}"] = dict(direct.pubsub_numsub(key))[key]
-        direct.close()
     after = _node_of(rc, key)
     assert after != before
-    assert listeners == {name: int(name == after) for name in listeners}
+
+    def listeners() -> dict[str, int]:
+        counts = {}
+        for node in redis_cluster.nodes:
+            direct = redis.Redis(host="127.0.0.1", port=node.port, decode_responses=True)
+            counts[f"127.0.0.1:{node.port}"] = dict(direct.pubsub_numsub(key))[key]
+            direct.close()
+        return counts
+
+    wait_for(
+        lambda: listeners() == {name: int(name == after) for name in listeners()},
+        step=lambda: reader.read({key: position}, count=10, block_ms=50),
+        timeout_s=5,
+    )
     # And the next entry still arrives with its hint
     reader.sweep_s = 60
     write(2)

@@ -14,7 +14,7 @@ from bridge import keys, scripts, streams
 from bridge.events import Event
 from bridge.producer import GenerationWriter
 from bridge.settings import Settings
-from tests.integration.helpers import new_generation, wait_for
+from tests.support import new_generation, wait_for
 from workers.consumer import ConsumerWorker
 from workers.processors import GenerationState, PersistenceProcessor, Processor, default_processors
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import orjson
 import pytest
 import redis
 
@@ -12,43 +11,9 @@ from bridge import keys, streams
 from bridge.events import Event
 from bridge.producer import GenerationWriter, WriteResult
 from bridge.settings import Settings
-from tests.integration.helpers import new_generation, wait_for
+from tests.support import Moderation, new_generation, out_events, status_of, wait_for, write_entries
 from workers.consumer import ConsumerWorker
 from workers.processors import GenerationState, Processor, default_processors
-
-
-class Moderation(Processor):
-    """A critical processor that cannot handle one particular token."""
-
-    name = "moderation"
-    critical = True
-
-    def __init__(self) -> None:
-        self.calls = 0
-
-    def process(self, gen: GenerationState, event: Event) -> Event | None:
-        if event.data.get("content") == "poison ":
-            self.calls += 1
-            raise RuntimeError("moderation backend rejected the payload")
-        return event
-
-
-def _out_events(r: redis.Redis, gid: str) -> list[tuple[str, dict[str, Any]]]:
-    return [(f["event"], orjson.loads(f["data"])) for _, f in r.xrange(keys.gen_out(gid))]
-
-
-def _write(r: redis.Redis, gid: str, words: list[str], *, done: bool = True) -> GenerationWriter:
-    writer = GenerationWriter(r, gid, lease_ms=10_000, max_length=10_000)
-    writer.claim()
-    entries: list[tuple[str, dict[str, Any]]] = [("token", {"content": w, "ts": 1.0}) for w in words]
-    if done:
-        entries.append(("done", {"finish_reason": "stop", "usage": {}}))
-    writer.write(entries)
-    return writer
-
-
-def _status(r: redis.Redis, gid: str) -> str | None:
-    return r.hget(keys.gen_meta(gid), "status")
 
 
 def test_a_poison_entry_goes_to_the_dead_letter_stream_and_ends_its_generation(
@@ -58,27 +23,27 @@ def test_a_poison_entry_goes_to_the_dead_letter_stream_and_ends_its_generation(
     settings = settings.model_copy(update={"dead_letter_after": 3})
     bad = new_generation(r, settings, "gen_bad")
     good = new_generation(r, settings, "gen_good")
-    writer = _write(r, bad, ["fine ", "poison ", "after "], done=False)
-    _write(r, good, ["all ", "good"])
+    writer = write_entries(r, bad, ["fine ", "poison ", "after "], done=False)
+    write_entries(r, good, ["all ", "good"])
     moderation = Moderation()
     worker = ConsumerWorker(r, settings, [moderation, *default_processors(r)])
     # When the consumer runs
     wait_for(
-        lambda: _status(r, bad) == "failed" and _status(r, good) == "completed",
+        lambda: status_of(r, bad) == "failed" and status_of(r, good) == "completed",
         step=lambda: worker.run_once(block_ms=20),
     )
     # Then the entry was tried three times, dead-lettered with its error, and the generation ended with an error
     assert moderation.calls == 3
     [(_, dead)] = r.xrange(keys.DEAD_LETTERS)
     assert dead["generation_id"] == bad and "moderation backend" in dead["error"] and dead["deliveries"] == "3"
-    events = _out_events(r, bad)
+    events = out_events(r, bad)
     assert [e for e, _ in events] == ["token", "error"]
     assert events[-1][1]["code"] == "poison_entry"
     assert [d["seq"] for _, d in events] == [0, 1]
     # And the producer is fenced off, nothing stays pending, the other generation flowed
     assert writer.write([("token", {"content": "more", "ts": 1.0})]) is WriteResult.FENCED
     assert r.xpending(keys.gen_raw(bad), settings.redis_consumer_group)["pending"] == 0
-    assert [e for e, _ in _out_events(r, good)] == ["token", "token", "done"]
+    assert [e for e, _ in out_events(r, good)] == ["token", "token", "done"]
 
 
 def test_an_entry_that_fails_once_is_retried_and_passes(r: redis.Redis, settings: Settings) -> None:
@@ -93,11 +58,11 @@ def test_an_entry_that_fails_once_is_retried_and_passes(r: redis.Redis, settings
             return event
 
     gid = new_generation(r, settings, "gen_1")
-    _write(r, gid, ["a ", "b ", "c "])
+    write_entries(r, gid, ["a ", "b ", "c "])
     worker = ConsumerWorker(r, settings, [Flaky(), *default_processors(r)])
-    wait_for(lambda: _status(r, gid) == "completed", step=lambda: worker.run_once(block_ms=20))
+    wait_for(lambda: status_of(r, gid) == "completed", step=lambda: worker.run_once(block_ms=20))
     assert streams.load_text(r, gid) == "a b c "
-    assert [d["seq"] for _, d in _out_events(r, gid)] == [0, 1, 2, 3]
+    assert [d["seq"] for _, d in out_events(r, gid)] == [0, 1, 2, 3]
     assert r.xlen(keys.DEAD_LETTERS) == 0
 
 
@@ -106,16 +71,16 @@ def test_a_malformed_entry_is_dead_lettered_at_once(r: redis.Redis, settings: Se
     r.hset(keys.gen_meta(gid), "attempt", 1)
     r.xadd(keys.gen_raw(gid), {"type": "token", "attempt": "1", "data": "{not json"})
     worker = ConsumerWorker(r, settings, default_processors(r))
-    wait_for(lambda: _status(r, gid) == "failed", step=lambda: worker.run_once(block_ms=20))
+    wait_for(lambda: status_of(r, gid) == "failed", step=lambda: worker.run_once(block_ms=20))
     assert r.xlen(keys.DEAD_LETTERS) == 1
-    assert _out_events(r, gid)[-1][1]["code"] == "poison_entry"
+    assert out_events(r, gid)[-1][1]["code"] == "poison_entry"
 
 
 def test_an_attempt_whose_lease_ran_out_is_enqueued_again(r: redis.Redis, settings: Settings) -> None:
     # Given a generation whose worker died after two tokens (its lease is gone)
     settings = settings.model_copy(update={"lease_ms": 600})
     gid = new_generation(r, settings, "gen_1")
-    _write(r, gid, ["one ", "two "], done=False)
+    write_entries(r, gid, ["one ", "two "], done=False)
     r.delete(keys.gen_lease(gid))
     enqueued: list[str] = []
     worker = ConsumerWorker(r, settings, default_processors(r), enqueue=enqueued.append)
@@ -129,8 +94,8 @@ def test_an_attempt_whose_lease_ran_out_is_enqueued_again(r: redis.Redis, settin
     new = GenerationWriter(r, gid, lease_ms=10_000, max_length=1000)
     assert new.claim(reason="worker_lost") == 2
     new.write([("token", {"content": "uno ", "ts": 2.0}), ("done", {"finish_reason": "stop", "usage": {}})])
-    wait_for(lambda: _status(r, gid) == "completed", step=lambda: worker.run_once(block_ms=20))
-    assert [e for e, _ in _out_events(r, gid)] == ["token", "token", "restart", "token", "done"]
+    wait_for(lambda: status_of(r, gid) == "completed", step=lambda: worker.run_once(block_ms=20))
+    assert [e for e, _ in out_events(r, gid)] == ["token", "token", "restart", "token", "done"]
     assert streams.load_text(r, gid) == "uno "
 
 
@@ -144,16 +109,16 @@ def test_a_generation_that_keeps_losing_its_worker_ends_with_worker_lost(r: redi
         r.delete(keys.gen_lease(gid))  # the worker dies at once
         if attempt == 1:
             wait_for(lambda: r.hget(keys.gen_meta(gid), "requeues") == "1", step=lambda: worker.run_once(block_ms=20))
-    wait_for(lambda: _status(r, gid) == "failed", step=lambda: worker.run_once(block_ms=20))
-    assert _out_events(r, gid)[-1][1]["code"] == "worker_lost"
+    wait_for(lambda: status_of(r, gid) == "failed", step=lambda: worker.run_once(block_ms=20))
+    assert out_events(r, gid)[-1][1]["code"] == "worker_lost"
 
 
 def test_a_generation_no_worker_starts_ends_with_queue_timeout(r: redis.Redis, settings: Settings) -> None:
     settings = settings.model_copy(update={"queue_timeout_s": 0.3})
     gid = new_generation(r, settings, "gen_1")
     worker = ConsumerWorker(r, settings, default_processors(r), enqueue=lambda g: None)
-    wait_for(lambda: _status(r, gid) == "failed", step=lambda: worker.run_once(block_ms=20))
-    assert _out_events(r, gid) == [
+    wait_for(lambda: status_of(r, gid) == "failed", step=lambda: worker.run_once(block_ms=20))
+    assert out_events(r, gid) == [
         ("error", {"code": "queue_timeout", "message": "No worker started this generation within 0.3 s.", "seq": 0})
     ]
 
@@ -166,7 +131,7 @@ def test_after_a_failed_commit_the_consumer_resyncs_without_loss_or_duplicate(
     gid = new_generation(r, settings, "gen_1")
     worker = ConsumerWorker(r, settings, default_processors(r))
     worker.run_once(block_ms=20)
-    _write(r, gid, [f"w{i} " for i in range(6)])
+    write_entries(r, gid, [f"w{i} " for i in range(6)])
     original = worker.flush
     calls = {"n": 0}
 
@@ -185,8 +150,8 @@ def test_after_a_failed_commit_the_consumer_resyncs_without_loss_or_duplicate(
             worker.run_once(block_ms=20)
         except redis.ConnectionError:
             worker._resync = True
-        if _status(r, gid) == "completed":
+        if status_of(r, gid) == "completed":
             break
     # Then the text is exact and seq has no gap or duplicate
     assert streams.load_text(r, gid) == "".join(f"w{i} " for i in range(6))
-    assert [d["seq"] for _, d in _out_events(r, gid)] == list(range(7))
+    assert [d["seq"] for _, d in out_events(r, gid)] == list(range(7))

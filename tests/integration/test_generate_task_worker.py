@@ -23,14 +23,15 @@ from celery.signals import task_postrun
 
 from bridge import keys, streams
 from bridge.connections import close, redis_client
-from bridge.constants import GENERATE_TASK, send_generation
+from bridge.constants import GENERATE_TASK
 from bridge.embedded import EmbeddedRedis
 from bridge.models import registry_for
 from bridge.producer import WriteBatcher
 from bridge.settings import Settings
+from bridge.task_queue import send_generation
 from tasks import generation
 from tasks.celery_app import create_celery
-from tests.integration.helpers import wait_for
+from tests.support import wait_for
 
 # pytest-celery 1.x defines a ``celery_worker`` of its own (a worker in a Docker container) that shadows the
 # in-process one of ``celery.contrib.pytest`` (celery/pytest-celery#442); the import above binds the latter here.

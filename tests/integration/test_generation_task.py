@@ -13,7 +13,7 @@ import redis
 from bridge import keys
 from bridge.settings import Settings
 from tasks.generation import run_generation
-from tests.integration.helpers import new_generation
+from tests.support import new_generation
 
 
 def _raw(r: redis.Redis, gid: str) -> list[tuple[str, dict[str, object]]]:

@@ -16,7 +16,7 @@ from app.streaming import follow, one_by_one
 from bridge.cluster import NotifiedReader
 from bridge.embedded import EmbeddedRedis
 from bridge.events import ClientEvent
-from tests.integration.helpers import wait_for
+from tests.support import wait_for
 
 
 @pytest.fixture
@@ -101,7 +101,7 @@ def test_a_slow_reader_falls_back_to_redis_and_still_gets_everything(hub: Hub, r
     ]
     for thread in threads:
         thread.start()
-    time.sleep(0.1)
+    wait_for(lambda: hub.subscriber_count == 2)
     _produce(r, key, 400, interval_s=0.0005).join()
     for thread in threads:
         thread.join(30)
@@ -112,11 +112,11 @@ def test_a_slow_reader_falls_back_to_redis_and_still_gets_everything(hub: Hub, r
 
 
 def test_a_new_key_is_read_without_waiting_for_the_blocked_read(hub: Hub, r: redis.Redis) -> None:
-    # Given the hub waiting (10 s) on another key
+    # Given the hub waiting (10 s, and no sweep for 10 s) on another key, subscribed to its hints
     other = threading.Thread(target=lambda: _collect(hub, r, "llm:gen:{idle}:out"), daemon=True)
     other.start()
-    time.sleep(0.3)
-    # When a reader watches a new key and an event arrives on it
+    wait_for(lambda: _hint_subscriptions(r) == 1)
+    # When a reader watches a new key, and an event arrives on it only once the reader is registered
     got: list[float] = []
 
     def reader() -> None:
@@ -127,7 +127,9 @@ def test_a_new_key_is_read_without_waiting_for_the_blocked_read(hub: Hub, r: red
 
     thread = threading.Thread(target=reader)
     thread.start()
-    time.sleep(0.2)
+    # The reader's own catch-up found nothing: the event can only come through the hub's read, which must have
+    # been woken to take the new key in (it now waits on both keys' hints).
+    wait_for(lambda: hub.subscriber_count == 2 and _hint_subscriptions(r) == 2, timeout_s=5)
     sent = time.monotonic()
     _append(r, "llm:gen:{fresh}:out", "done", 0)
     thread.join(15)
@@ -137,14 +139,17 @@ def test_a_new_key_is_read_without_waiting_for_the_blocked_read(hub: Hub, r: red
     other.join(5)
 
 
+def _hint_subscriptions(r: redis.Redis) -> int:
+    """How many hint channels the hub's connections are subscribed to."""
+    return sum(int(c.get("sub", 0)) for c in r.client_list() if c.get("name") == "hub-test")
+
+
 def test_one_redis_connection_reads_for_every_client(hub: Hub, r: redis.Redis) -> None:
     keys_ = [f"llm:gen:{{c{i}}}:out" for i in range(30)]
     threads = [threading.Thread(target=_collect, args=(hub, r, k), daemon=True) for k in keys_ for _ in range(3)]
     for thread in threads:
         thread.start()
-    deadline = time.monotonic() + 5
-    while hub.subscriber_count < 90 and time.monotonic() < deadline:
-        time.sleep(0.01)
+    wait_for(lambda: hub.subscriber_count == 90, timeout_s=5)
 
     # Then the hub holds two Redis connections for all 90 clients: its reads, and one subscription
     def hub_connections() -> list[dict[str, str]]:

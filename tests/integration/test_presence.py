@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import time
-
 import redis
 
 from app.presence import STALE_INTERVALS, Presence
-from tests.integration.helpers import wait_for
+from tests.support import wait_for
 
 INTERVAL_S = 0.1
 
@@ -41,8 +39,7 @@ def test_a_process_that_dies_stops_counting(r: redis.Redis) -> None:
     # When it stops publishing without a word (killed: its thread and its exit handler never run)
     dying._stop.set()
     # Then after a few intervals its readers are no longer counted, nor is it listed
-    time.sleep(INTERVAL_S * STALE_INTERVALS + 0.2)
-    assert alive.readers(["g:gen_a"]) == {"g:gen_a": 0}
+    wait_for(lambda: alive.readers(["g:gen_a"]) == {"g:gen_a": 0}, timeout_s=INTERVAL_S * STALE_INTERVALS + 2)
     alive.publish()
     assert r.zrange("llm:presence:web", 0, -1) == [alive.process_id]
     alive.close()

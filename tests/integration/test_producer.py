@@ -13,7 +13,7 @@ import redis
 from bridge import keys, scripts, streams
 from bridge.producer import Claim, GenerationWriter, WriteBatcher, WriteResult
 from bridge.settings import Settings
-from tests.integration.helpers import new_generation
+from tests.support import new_generation
 
 
 def _writer(r: redis.Redis, gid: str, lease_ms: int = 5000) -> GenerationWriter:

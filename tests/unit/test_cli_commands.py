@@ -10,13 +10,12 @@ from pathlib import Path
 import orjson
 import pytest
 
-from bridge import cli, devserver
 from bridge.connections import redis_client
 from bridge.settings import Settings
-from tests.unit.test_client_cli import no_ambient_config, run
-from tests.unit.test_client_sse import ScriptedServer, make_client, serve, status
+from tests.scripted_server import ScriptedServer, run_cli, status
+from tokenbridge import cli, devserver
 
-__all__ = ["make_client", "no_ambient_config", "serve"]
+pytestmark = pytest.mark.usefixtures("no_ambient_config")
 
 Serve = Callable[..., ScriptedServer]
 MODELS = {
@@ -52,7 +51,7 @@ def test_every_flag_and_argument_of_every_command_has_help() -> None:
 def test_cancel_posts_to_the_generation_and_says_so(serve: Serve, capsys: pytest.CaptureFixture[str]) -> None:
     server = serve(status(202, {"id": "gen_1", "status": "cancelled"}))
 
-    code, out, _ = run(capsys, "--url", server.url, "--api-key", "k", "cancel", "gen_1")
+    code, out, _ = run_cli(capsys, "--url", server.url, "--api-key", "k", "cancel", "gen_1")
 
     assert code == 0
     assert "cancelling gen_1" in out
@@ -64,7 +63,7 @@ def test_cancelling_a_finished_generation_exits_1_with_the_servers_reason(
 ) -> None:
     server = serve(status(409, {"error": {"code": "already_finished", "message": "It has finished."}}))
 
-    code, _, err = run(capsys, "--url", server.url, "--api-key", "k", "cancel", "gen_1")
+    code, _, err = run_cli(capsys, "--url", server.url, "--api-key", "k", "cancel", "gen_1")
 
     assert code == 1
     assert "already_finished" in err
@@ -73,11 +72,11 @@ def test_cancelling_a_finished_generation_exits_1_with_the_servers_reason(
 def test_models_lists_ids_and_owners_or_the_json_body(serve: Serve, capsys: pytest.CaptureFixture[str]) -> None:
     server = serve(status(200, MODELS), status(200, MODELS))
 
-    code, out, _ = run(capsys, "--url", server.url, "--api-key", "k", "models")
+    code, out, _ = run_cli(capsys, "--url", server.url, "--api-key", "k", "models")
     assert code == 0
     assert [line.split() for line in out.splitlines()] == [["echo", "tokenbridge"], ["gpt-4o-mini", "openai"]]
 
-    code, out, _ = run(capsys, "--url", server.url, "--api-key", "k", "models", "--json")
+    code, out, _ = run_cli(capsys, "--url", server.url, "--api-key", "k", "models", "--json")
     assert orjson.loads(out) == MODELS
     assert [r.path for r in server.requests] == ["/v1/models", "/v1/models"]
 
@@ -101,7 +100,7 @@ def test_dev_refuses_a_taken_port_before_starting_or_announcing_anything(
     monkeypatch.setattr(devserver.subprocess, "Popen", lambda *a, **k: started.append(a))
     monkeypatch.setattr(devserver, "EmbeddedRedis", lambda *a, **k: started.append(a))
 
-    code, out, err = run(capsys, "dev", "--port", str(occupied))
+    code, out, err = run_cli(capsys, "dev", "--port", str(occupied))
 
     assert code == 1 and started == []
     assert out == ""
@@ -114,7 +113,7 @@ def test_dev_refuses_when_the_flower_port_is_taken(
     occupied: int, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(devserver, "EmbeddedRedis", lambda *a, **k: pytest.fail("started Redis"))
-    code, _, err = run(capsys, "dev", "--port", str(occupied - devserver.FLOWER_PORT_OFFSET))
+    code, _, err = run_cli(capsys, "dev", "--port", str(occupied - devserver.FLOWER_PORT_OFFSET))
     assert code == 1
     assert f"{occupied} (Flower) already in use" in err
 

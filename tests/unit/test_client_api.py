@@ -1,4 +1,4 @@
-"""bridge.client: submit, get, cancel and status against a real HTTP server on a loopback socket."""
+"""tokenbridge.client: submit, get, cancel and status against a real HTTP server on a loopback socket."""
 
 from __future__ import annotations
 
@@ -8,10 +8,8 @@ from typing import Any
 import orjson
 import pytest
 
-from bridge.client import TokenbridgeAPIError, TokenbridgeClient, TokenbridgeConnectionError
-from tests.unit.test_client_sse import ScriptedServer, api_error, make_client, serve, status
-
-__all__ = ["make_client", "serve"]  # fixtures shared with test_client_sse
+from tests.scripted_server import ScriptedServer, api_error, status
+from tokenbridge.client import TokenbridgeAPIError, TokenbridgeClient, TokenbridgeConnectionError
 
 Serve = Callable[..., ScriptedServer]
 MakeClient = Callable[..., TokenbridgeClient]

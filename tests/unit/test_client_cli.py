@@ -1,4 +1,4 @@
-"""bridge.cli against a scripted server: what goes to stdout and stderr, on a terminal and piped."""
+"""tokenbridge.cli against a scripted server: what goes to stdout and stderr, on a terminal and piped."""
 
 from __future__ import annotations
 
@@ -10,21 +10,11 @@ from pathlib import Path
 import orjson
 import pytest
 
-from bridge import cli
-from bridge.client import TokenbridgeClient
-from tests.unit.test_client_sse import (
-    ScriptedServer,
-    api_error,
-    chunked,
-    done,
-    frame,
-    make_client,
-    serve,
-    status,
-    token,
-)
+from tests.scripted_server import ScriptedServer, api_error, chunked, done, frame, run_cli, status, token
+from tokenbridge import cli
+from tokenbridge.client import TokenbridgeClient
 
-__all__ = ["make_client", "serve"]  # fixtures shared with test_client_sse
+pytestmark = pytest.mark.usefixtures("no_ambient_config")
 
 Serve = Callable[..., ScriptedServer]
 MakeClient = Callable[..., TokenbridgeClient]
@@ -37,27 +27,12 @@ class Terminal(io.StringIO):
         return True
 
 
-@pytest.fixture(autouse=True)
-def no_ambient_config(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    """No key or URL from the environment, no .tokenbridge/dev.json: each test sets what it needs."""
-    for name in ("TOKENBRIDGE_URL", "TOKENBRIDGE_API_KEY", "NO_COLOR"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("TERM", "xterm")
-    monkeypatch.chdir(tmp_path)
-
-
-def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    code = cli.main(list(argv))
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
 def test_submit_piped_prints_exactly_the_text_and_the_summary_on_stderr(
     serve: Serve, capsys: pytest.CaptureFixture[str]
 ) -> None:
     server = serve(status(202, CREATED), ANSWER)
 
-    code, out, err = run(
+    code, out, err = run_cli(
         capsys, "--url", server.url, "--api-key", "k", "submit", "Hello there", "--max-tokens", "9",
         "--option", "delay_ms=5", "--option", "note=plain text", "--session", "chat-1",
     )  # fmt: skip
@@ -103,7 +78,7 @@ def test_no_color_turns_colour_off_on_a_terminal(serve: Serve, monkeypatch: pyte
 def test_submit_json_prints_one_object_per_event(serve: Serve, capsys: pytest.CaptureFixture[str]) -> None:
     server = serve(status(202, CREATED), ANSWER)
 
-    code, out, err = run(capsys, "--url", server.url, "--api-key", "k", "submit", "Hello there", "--json")
+    code, out, err = run_cli(capsys, "--url", server.url, "--api-key", "k", "submit", "Hello there", "--json")
 
     lines = [orjson.loads(line) for line in out.splitlines()]
     assert [(line["generation_id"], line["id"], line["event"]) for line in lines] == [
@@ -128,7 +103,7 @@ def test_a_restart_is_announced_and_a_reset_that_extends_the_text_prints_only_th
     )
     server = serve(events)
 
-    code, out, err = run(capsys, "--url", server.url, "tail", "gen_1")
+    code, out, err = run_cli(capsys, "--url", server.url, "tail", "gen_1")
 
     # Piped output cannot take text back: the discarded "Hel" stays, and stderr says so.
     assert (code, out) == (0, "HelHello there!")
@@ -139,7 +114,7 @@ def test_an_error_event_exits_1_with_one_line(serve: Serve, capsys: pytest.Captu
     failed = frame("1-1", "error", {"seq": 1, "code": "provider_error", "message": "upstream died"})
     server = serve(chunked(token("1-0", 0, "Hi"), failed))
 
-    code, out, err = run(capsys, "--url", server.url, "tail", "gen_1")
+    code, out, err = run_cli(capsys, "--url", server.url, "tail", "gen_1")
 
     assert (code, out) == (1, "Hi")
     assert err == "tokenbridge: gen_1 failed: upstream died (provider_error)\n"
@@ -148,7 +123,7 @@ def test_an_error_event_exits_1_with_one_line(serve: Serve, capsys: pytest.Captu
 def test_tail_from_the_terminal_event_says_it_had_ended(serve: Serve, capsys: pytest.CaptureFixture[str]) -> None:
     server = serve(status(204))
 
-    code, out, err = run(capsys, "--url", server.url, "tail", "gen_1", "--from", "2-1")
+    code, out, err = run_cli(capsys, "--url", server.url, "tail", "gen_1", "--from", "2-1")
 
     assert (code, out) == (0, "")
     assert err == "gen_1: nothing after 2-1; it had already ended\n"
@@ -163,7 +138,7 @@ def test_a_validation_error_is_one_line_with_the_models_available(
         api_error(422, "validation_failed", "The request is not valid: model: Unknown model 'gpt'.", details)
     )
 
-    code, out, err = run(capsys, "--url", server.url, "submit", "Hi", "--model", "gpt")
+    code, out, err = run_cli(capsys, "--url", server.url, "submit", "Hi", "--model", "gpt")
 
     assert (code, out) == (1, "")
     assert err == (
@@ -175,7 +150,7 @@ def test_a_validation_error_is_one_line_with_the_models_available(
 def test_401_without_a_key_says_how_to_give_one(serve: Serve, capsys: pytest.CaptureFixture[str]) -> None:
     server = serve(api_error(401, "missing_credentials", "No credentials."))
 
-    code, _, err = run(capsys, "--url", server.url, "submit", "Hi")
+    code, _, err = run_cli(capsys, "--url", server.url, "submit", "Hi")
 
     assert code == 1
     assert "pass --api-key or set TOKENBRIDGE_API_KEY" in err
@@ -190,10 +165,10 @@ def test_the_key_comes_from_the_environment_then_from_dev_json(
     (tmp_path / ".tokenbridge" / "dev.json").write_text('{"api_key": "dev-key"}')
     monkeypatch.setenv("TOKENBRIDGE_URL", server.url)
 
-    _, _, from_file = run(capsys, "submit", "Hi")
+    _, _, from_file = run_cli(capsys, "submit", "Hi")
     monkeypatch.setenv("TOKENBRIDGE_API_KEY", "env-key")
-    _, _, from_env = run(capsys, "submit", "Hi")
-    _, _, from_flag = run(capsys, "submit", "Hi", "--api-key", "flag-key")
+    _, _, from_env = run_cli(capsys, "submit", "Hi")
+    _, _, from_flag = run_cli(capsys, "submit", "Hi", "--api-key", "flag-key")
 
     assert [r.headers["authorization"] for r in server.requests] == [
         "Bearer dev-key",
@@ -215,7 +190,7 @@ def test_ctrl_c_while_streaming_cancels_the_generation(
 
     monkeypatch.setattr(cli._Reader, "handle", interrupted)
 
-    code, _, err = run(capsys, "--url", server.url, "submit", "Hello there")
+    code, _, err = run_cli(capsys, "--url", server.url, "submit", "Hello there")
 
     assert code == 130
     assert (server.requests[2].method, server.requests[2].path) == ("POST", "/v1/generations/gen_1/cancel")
@@ -245,7 +220,7 @@ def test_status_exit_code_follows_the_health(
 ) -> None:
     server = serve(answer)
 
-    exit_code, out, _ = run(capsys, "status", "--url", server.url)
+    exit_code, out, _ = run_cli(capsys, "status", "--url", server.url)
 
     assert exit_code == code
     assert out.splitlines()[0] == f"{first_line}  {server.url}"
@@ -260,10 +235,10 @@ def test_status_json_prints_the_body_and_unreachable_exits_2(serve: Serve, capsy
     body = {"status": "healthy", "checks": {}}
     server = serve(status(200, body))
 
-    code, out, _ = run(capsys, "--json", "status", "--url", server.url)
+    code, out, _ = run_cli(capsys, "--json", "status", "--url", server.url)
     assert (code, orjson.loads(out)) == (0, body)
 
-    code, out, err = run(capsys, "status", "--url", "http://127.0.0.1:9")
+    code, out, err = run_cli(capsys, "status", "--url", "http://127.0.0.1:9")
     assert (code, out) == (2, "")
     assert err.startswith("tokenbridge: cannot reach http://127.0.0.1:9/readyz") and err.count("\n") == 1
 
@@ -285,7 +260,7 @@ def test_a_burst_of_tokens_shows_no_rate(serve: Serve, capsys: pytest.CaptureFix
     )
     server = serve(status(202, CREATED), burst)
     # When it is submitted
-    code, out, err = run(capsys, "--url", server.url, "--api-key", "k", "submit", "a b")
+    code, out, err = run_cli(capsys, "--url", server.url, "--api-key", "k", "submit", "a b")
     # Then the summary shows no meaningless tokens-per-second figure
     assert (code, out) == (0, "a b")
     assert "tokens/s" not in err and err.endswith(" · stop\n")

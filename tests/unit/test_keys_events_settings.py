@@ -7,13 +7,14 @@ from redis.crc import key_slot
 
 from bridge import keys
 from bridge.events import (
+    DATA_MODELS,
+    FINISHED_STATUSES,
     TERMINAL_EVENTS,
     Event,
+    GenerationStatus,
     decode_out,
     decode_raw,
     encode_out,
-    encode_raw,
-    validate_event,
 )
 from bridge.settings import Settings
 
@@ -31,9 +32,8 @@ def test_session_keys_share_one_slot_and_generation_id_is_recovered_from_a_key()
     assert keys.generation_id_from_key(keys.gen_raw("gen_x.y:z")) == "gen_x.y:z"
 
 
-def test_raw_entry_round_trips_with_its_attempt() -> None:
-    fields = encode_raw("token", {"content": "hé ", "ts": 1.5}, attempt=3)
-    as_read = {k: v.decode() if isinstance(v, bytes) else v for k, v in fields.items()}
+def test_raw_entry_is_read_with_its_attempt() -> None:
+    as_read = {"type": "token", "attempt": "3", "data": orjson.dumps({"content": "hé ", "ts": 1.5}).decode()}
     event = decode_raw("1-0", as_read)
     assert (event.id, event.type, event.attempt, event.data) == ("1-0", "token", 3, {"content": "hé ", "ts": 1.5})
     assert not event.terminal
@@ -57,16 +57,22 @@ def test_out_entry_carries_the_json_a_client_receives() -> None:
     ],
 )
 def test_event_schema_accepts_each_documented_event(event: str, data: dict[str, object]) -> None:
-    assert validate_event(event, data).seq == data["seq"]
+    assert DATA_MODELS[event].model_validate(data).seq == data["seq"]
 
 
 def test_event_schema_rejects_a_token_without_content() -> None:
     with pytest.raises(ValidationError):
-        validate_event("token", {"seq": 0, "ts": 1.0})
+        DATA_MODELS["token"].model_validate({"seq": 0, "ts": 1.0})
 
 
 def test_terminal_events_are_exactly_done_error_cancelled() -> None:
     assert frozenset({"done", "error", "cancelled"}) == TERMINAL_EVENTS
+
+
+def test_finished_statuses_match_the_status_strings_in_redis() -> None:
+    assert {"completed", "failed", "cancelled"} == {str(status) for status in FINISHED_STATUSES}
+    assert "failed" in FINISHED_STATUSES and "running" not in FINISHED_STATUSES
+    assert [status.finished for status in GenerationStatus] == [False, False, True, True, True]
 
 
 def test_settings_fall_back_to_seed_variables(monkeypatch: pytest.MonkeyPatch) -> None:

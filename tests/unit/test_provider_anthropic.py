@@ -1,10 +1,9 @@
-"""AnthropicMessagesProvider against a real local HTTP server that writes the Messages API wire format byte for byte."""
+"""AnthropicMessagesProvider against a real local HTTP server that writes the Messages API wire format byte for
+byte: what is particular to that format (the transport both HTTP providers share: test_provider_transport.py)."""
 
 from __future__ import annotations
 
-import json
 import threading
-import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -16,65 +15,26 @@ from bridge.generation import GenerationRequest
 from bridge.models import ModelSpec
 from bridge.producer import Chunk, Delta, Finish
 from tasks.providers.anthropic import AnthropicMessagesProvider
-from tests.unit.test_provider_openai import (
+from tests.scripted_upstream import (
     Exchange,
     Script,
     cut,
     no_watcher_left,
-    refused_base_url,
     run,
     split_finish,
-    stop_later,
 )
-
-
-def event(name: str, data: dict[str, Any]) -> str:
-    """One event as Anthropic writes it: ``event:`` then ``data:`` (compact JSON), then a blank line."""
-    return f"event: {name}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n"
-
-
-def message_start(input_tokens: int = 25, **usage: int) -> str:
-    message = {
-        "id": "msg_01",
-        "type": "message",
-        "role": "assistant",
-        "content": [],
-        "model": "claude-sonnet-4-20250514",
-        "stop_reason": None,
-        "stop_sequence": None,
-        "usage": {"input_tokens": input_tokens, "output_tokens": 1, **usage},
-    }
-    return event("message_start", {"type": "message_start", "message": message})
-
-
-def block_start(index: int = 0, kind: str = "text") -> str:
-    block: dict[str, Any] = {"type": kind, "text": ""} if kind == "text" else {"type": kind, "thinking": ""}
-    return event("content_block_start", {"type": "content_block_start", "index": index, "content_block": block})
-
-
-def block_delta(delta: dict[str, str], index: int = 0) -> str:
-    return event("content_block_delta", {"type": "content_block_delta", "index": index, "delta": delta})
-
-
-def text_delta(text: str, index: int = 0) -> str:
-    return block_delta({"type": "text_delta", "text": text}, index)
-
-
-def block_stop(index: int = 0) -> str:
-    return event("content_block_stop", {"type": "content_block_stop", "index": index})
-
-
-def message_delta(stop_reason: str = "end_turn", output_tokens: int = 15) -> str:
-    delta = {"stop_reason": stop_reason, "stop_sequence": None}
-    return event("message_delta", {"type": "message_delta", "delta": delta, "usage": {"output_tokens": output_tokens}})
-
-
-MESSAGE_STOP = event("message_stop", {"type": "message_stop"})
-PING = event("ping", {"type": "ping"})
-
-
-def error_event(kind: str, message: str) -> str:
-    return event("error", {"type": "error", "error": {"type": kind, "message": message}})
+from tests.wire_formats import (
+    MESSAGE_STOP,
+    PING,
+    block_delta,
+    block_start,
+    block_stop,
+    error_event,
+    event,
+    message_delta,
+    message_start,
+    text_delta,
+)
 
 
 def answer(*texts: str, stop_reason: str = "end_turn") -> Script:
@@ -254,50 +214,6 @@ def test_a_tool_message_is_rejected_before_anything_is_sent(upstream: Any, provi
 
 
 @pytest.mark.parametrize(
-    ("status", "kind", "headers", "retry_after_s"),
-    [
-        (529, "overloaded_error", {"retry-after": "3"}, 3.0),
-        (429, "rate_limit_error", {"retry-after": "12"}, 12.0),
-        (500, "api_error", {}, None),
-    ],
-)
-def test_overload_rate_limit_and_5xx_are_retryable_with_the_upstream_retry_after(
-    upstream: Any, provider: Any, status: int, kind: str, headers: dict[str, str], retry_after_s: float | None
-) -> None:
-    body = json.dumps({"type": "error", "error": {"type": kind, "message": "Overloaded"}})
-    server = upstream(lambda ex: ex.reply(status, body, headers))
-
-    with pytest.raises(ProviderError) as caught:
-        run(provider(server.base_url), PROMPT)
-
-    assert caught.value.code == "provider_unavailable"
-    assert caught.value.retryable is True
-    assert caught.value.retry_after_s == retry_after_s
-    assert "Overloaded" in str(caught.value)
-
-
-def test_a_400_is_rejected_with_the_upstream_message(upstream: Any, provider: Any) -> None:
-    body = '{"type":"error","error":{"type":"invalid_request_error","message":"max_tokens: Field required"}}'
-    server = upstream(lambda ex: ex.reply(400, body))
-
-    with pytest.raises(ProviderError) as caught:
-        run(provider(server.base_url), PROMPT)
-
-    assert caught.value.code == "provider_rejected"
-    assert caught.value.retryable is False
-    assert "max_tokens: Field required" in str(caught.value)
-    assert "sk-ant-test-456" not in str(caught.value)
-
-
-def test_a_refused_connection_is_retryable(provider: Any) -> None:
-    with pytest.raises(ProviderError) as caught:
-        run(provider(refused_base_url()), PROMPT)
-
-    assert caught.value.code == "provider_unavailable"
-    assert caught.value.retryable is True
-
-
-@pytest.mark.parametrize(
     ("kind", "code", "retryable"),
     [
         ("overloaded_error", "provider_unavailable", True),
@@ -362,33 +278,6 @@ def test_a_stream_that_ends_before_message_stop_after_tokens_is_a_final_error(up
         run(provider(server.base_url), PROMPT)
 
     assert caught.value.code == "provider_error"
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Cancellation.
-
-
-def test_stop_while_the_upstream_is_slow_closes_the_connection_at_once(upstream: Any, provider: Any) -> None:
-    # Given an upstream that starts the message, sends one token and goes quiet
-    def script(ex: Exchange) -> None:
-        ex.start_stream()
-        ex.send(message_start(), block_start(), PING, text_delta("Hel"))
-        ex.wait_for_disconnect()
-
-    server = upstream(script)
-    stop = threading.Event()
-
-    # When stop is set while the provider is blocked reading
-    timer = stop_later(stop, 0.3)
-    started = time.monotonic()
-    chunks = run(provider(server.base_url, timeout_s=10), PROMPT, stop)
-    timer.join()
-
-    # Then the iterator ends without an error, and the upstream sees the disconnect within a second
-    assert chunks == ["Hel"]
-    assert server.disconnected.wait(1.0)
-    assert server.disconnected_at - started < 1.3
-    assert no_watcher_left()
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -1,20 +1,11 @@
-"""OpenAIChatProvider against a real local HTTP server that writes the Chat Completions wire format byte for byte.
-
-``FakeUpstream`` and ``Exchange`` are also used by the Anthropic provider's tests.
-"""
+"""OpenAIChatProvider against a real local HTTP server that writes the Chat Completions wire format byte for byte:
+what is particular to that format (the transport both HTTP providers share: test_provider_transport.py)."""
 
 from __future__ import annotations
 
-import itertools
-import json
-import select
-import socket
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import httpx
@@ -23,200 +14,18 @@ import pytest
 from bridge.errors import ProviderError
 from bridge.generation import GenerationRequest
 from bridge.models import ModelSpec
-from bridge.producer import Chunk, Delta, Finish, with_retries
-from tasks.providers.openai import OpenAIChatProvider, iter_events
-
-# ---------------------------------------------------------------------------------------------------------------
-# The fake upstream: one script per server, run for each request on its own connection.
-
-
-@dataclass
-class Received:
-    path: str
-    headers: dict[str, str]
-    body: dict[str, Any]
-
-
-class Exchange(BaseHTTPRequestHandler):
-    """One request to the fake upstream; a script answers it with the helpers below."""
-
-    protocol_version = "HTTP/1.1"
-    server: FakeUpstream
-
-    def do_POST(self) -> None:
-        body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
-        headers = {name.lower(): value for name, value in self.headers.items()}
-        self.server.requests.append(Received(self.path, headers, json.loads(body)))
-        # One request per connection, so that every exchange ends with its script.
-        self.close_connection = True
-        self.server.script(self)
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
-
-    def start_stream(self, *, content_type: str = "text/event-stream") -> None:
-        self.send_response(200)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Cache-Control", "no-cache")
-        self.send_header("Transfer-Encoding", "chunked")
-        self.send_header("Connection", "close")
-        self.end_headers()
-        self.wfile.flush()
-
-    def send(self, *pieces: str, pause_s: float = 0.01) -> None:
-        """Each piece as its own HTTP chunk, flushed, then a pause: the client receives them apart."""
-        for piece in pieces:
-            data = piece.encode()
-            self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
-            self.wfile.flush()
-            time.sleep(pause_s)
-
-    def end_stream(self) -> None:
-        self.wfile.write(b"0\r\n\r\n")
-        self.wfile.flush()
-
-    def reply(self, status: int, body: str, headers: dict[str, str] | None = None) -> None:
-        data = body.encode()
-        self.send_response(status)
-        for name, value in {"Content-Type": "application/json", **(headers or {})}.items():
-            self.send_header(name, value)
-        self.send_header("Content-Length", str(len(data)))
-        self.send_header("Connection", "close")
-        self.end_headers()
-        self.wfile.write(data)
-        self.wfile.flush()
-
-    def wait_for_disconnect(self, timeout_s: float = 5.0) -> bool:
-        """Wait, sending nothing, until the client closes its end; notes it on the server."""
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline and not self.server.closing.is_set():
-            readable, _, _ = select.select([self.connection], [], [], 0.02)
-            if readable:
-                try:
-                    data = self.connection.recv(1, socket.MSG_PEEK)
-                except OSError:
-                    data = b""
-                if not data:
-                    self.server.disconnected_at = time.monotonic()
-                    self.server.disconnected.set()
-                    return True
-        return False
-
-
-Script = Callable[[Exchange], None]
-
-
-class FakeUpstream(ThreadingHTTPServer):
-    # Not daemon threads: server_close joins every exchange, so none outlives its test.
-    daemon_threads = False
-
-    def __init__(self, script: Script) -> None:
-        super().__init__(("127.0.0.1", 0), Exchange)
-        self.script = script
-        self.requests: list[Received] = []
-        self.closing = threading.Event()
-        self.disconnected = threading.Event()
-        self.disconnected_at = 0.0
-        self._thread = threading.Thread(target=self.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
-        self._thread.start()
-
-    @property
-    def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.server_address[1]}/v1"
-
-    def stop(self) -> None:
-        self.closing.set()
-        self.shutdown()
-        self.server_close()
-        self._thread.join()
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        if not isinstance(sys.exc_info()[1], ConnectionError):  # the client hanging up is part of the tests
-            super().handle_error(request, client_address)
-
-
-def refused_base_url() -> str:
-    """A loopback URL with nothing listening."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    return f"http://127.0.0.1:{port}/v1"
-
-
-def cut(text: str, *positions: int) -> list[str]:
-    """``text`` in pieces at ``positions``."""
-    bounds = [0, *positions, len(text)]
-    return [text[a:b] for a, b in itertools.pairwise(bounds)]
-
-
-def run(provider: Any, request: GenerationRequest, stop: threading.Event | None = None) -> list[Chunk]:
-    return list(provider.stream(request, stop or threading.Event()))
-
-
-def split_finish(chunks: list[Chunk]) -> tuple[list[str], Finish]:
-    *tokens, finish = chunks
-    assert isinstance(finish, Finish)
-    assert all(isinstance(token, str) for token in tokens)
-    return [str(token) for token in tokens], finish
-
-
-def stop_later(stop: threading.Event, delay_s: float) -> threading.Timer:
-    timer = threading.Timer(delay_s, stop.set)
-    timer.start()
-    return timer
-
-
-def no_watcher_left() -> bool:
-    deadline = time.monotonic() + 1.0
-    while any(t.name == "upstream-cancel" for t in threading.enumerate()):
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.01)
-    return True
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# The OpenAI wire format.
-
-
-def chat_chunk(content: str | None = None, *, role: str | None = None, finish_reason: str | None = None) -> str:
-    """One ``data:`` event as OpenAI writes it (compact JSON, ``usage: null`` when usage is included)."""
-    delta: dict[str, Any] = {}
-    if role is not None:
-        delta["role"] = role
-    if content is not None:
-        delta["content"] = content
-    choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
-    body = {
-        "id": "chatcmpl-9x",
-        "object": "chat.completion.chunk",
-        "created": 1727000000,
-        "model": "gpt-4o-mini-2024-07-18",
-        "system_fingerprint": "fp_1",
-        "choices": [choice],
-        "usage": None,
-    }
-    return "data: " + json.dumps(body, separators=(",", ":")) + "\n\n"
-
-
-def usage_chunk(prompt_tokens: int, completion_tokens: int) -> str:
-    usage = {
-        "prompt_tokens": prompt_tokens,
-        "completion_tokens": completion_tokens,
-        "total_tokens": prompt_tokens + completion_tokens,
-    }
-    body = {
-        "id": "chatcmpl-9x",
-        "object": "chat.completion.chunk",
-        "created": 1727000000,
-        "choices": [],
-        "usage": usage,
-    }
-    return "data: " + json.dumps(body, separators=(",", ":")) + "\n\n"
-
-
-DONE = "data: [DONE]\n\n"
-KEEP_ALIVE = ": keep-alive\n\n"
+from bridge.producer import Chunk, Delta, Finish
+from tasks.providers.openai import OpenAIChatProvider
+from tasks.providers.sse import iter_events
+from tests.scripted_upstream import (
+    Exchange,
+    Script,
+    cut,
+    no_watcher_left,
+    run,
+    split_finish,
+)
+from tests.wire_formats import DONE, KEEP_ALIVE, chat_chunk, usage_chunk
 
 
 @pytest.fixture
@@ -360,120 +169,8 @@ def test_length_finish_without_usage_and_a_slow_first_token(upstream: Any, provi
     assert finish == Finish("length", {})
 
 
-def test_a_provider_with_its_own_client_streams_and_closes_it(upstream: Any, monkeypatch: pytest.MonkeyPatch) -> None:
-    def script(ex: Exchange) -> None:
-        ex.start_stream()
-        ex.send(chat_chunk("Hi", finish_reason="stop"), usage_chunk(2, 1), DONE)
-        ex.end_stream()
-
-    server = upstream(script)
-    chat = OpenAIChatProvider(ModelSpec(name="local", provider="openai", base_url=server.base_url + "/"))
-    try:
-        assert run(chat, PROMPT) == ["Hi", Finish("stop", {"prompt_tokens": 2, "completion_tokens": 1})]
-    finally:
-        chat.close()
-    assert server.requests[0].path == "/v1/chat/completions"
-
-
-def test_retries_after_a_429_then_streams(upstream: Any, provider: Any) -> None:
-    # Given an upstream that refuses the first request with a 429 and serves the second
-    def script(ex: Exchange) -> None:
-        if len(ex.server.requests) == 1:
-            ex.reply(429, '{"error":{"message":"Rate limit reached","type":"requests"}}', {"Retry-After": "0"})
-            return
-        ex.start_stream()
-        ex.send(chat_chunk("fine", finish_reason="stop"), DONE)
-        ex.end_stream()
-
-    server = upstream(script)
-    chat = provider(server.base_url)
-
-    # When the producer's retry wrapper runs it
-    source = with_retries(lambda stop: chat.stream(PROMPT, stop), retries=2, base_delay_s=0.01, generation_id="g1")
-    chunks = list(source(threading.Event()))
-
-    # Then the second try's tokens come through
-    assert chunks == ["fine", Finish("stop", {})]
-    assert len(server.requests) == 2
-
-
 # ---------------------------------------------------------------------------------------------------------------
 # Failures.
-
-
-@pytest.mark.parametrize(
-    ("status", "headers", "retry_after_s"),
-    [(429, {"Retry-After": "7"}, 7.0), (503, {"Retry-After": "2"}, 2.0), (500, {}, None), (429, {}, None)],
-)
-def test_429_and_5xx_are_retryable_with_the_upstream_retry_after(
-    upstream: Any, provider: Any, status: int, headers: dict[str, str], retry_after_s: float | None
-) -> None:
-    body = '{"error":{"message":"Try again later","type":"server_error","param":null,"code":null}}'
-    server = upstream(lambda ex: ex.reply(status, body, headers))
-
-    with pytest.raises(ProviderError) as caught:
-        run(provider(server.base_url), PROMPT)
-
-    assert caught.value.code == "provider_unavailable"
-    assert caught.value.retryable is True
-    assert caught.value.retry_after_s == retry_after_s
-    assert "Try again later" in str(caught.value)
-
-
-def test_a_400_is_rejected_with_the_upstream_message(upstream: Any, provider: Any) -> None:
-    body = (
-        '{"error":{"message":"This model\'s maximum context length is 128000 tokens.",'
-        '"type":"invalid_request_error","param":"messages","code":"context_length_exceeded"}}'
-    )
-    server = upstream(lambda ex: ex.reply(400, body))
-
-    with pytest.raises(ProviderError) as caught:
-        run(provider(server.base_url), PROMPT)
-
-    assert caught.value.code == "provider_rejected"
-    assert caught.value.retryable is False
-    assert "maximum context length is 128000 tokens" in str(caught.value)
-
-
-def test_an_upstream_message_quoting_the_key_is_redacted(upstream: Any, provider: Any) -> None:
-    body = '{"error":{"message":"Incorrect API key provided: sk-test-123.","type":"invalid_request_error"}}'
-    server = upstream(lambda ex: ex.reply(401, body))
-
-    with pytest.raises(ProviderError) as caught:
-        run(provider(server.base_url), PROMPT)
-
-    assert caught.value.code == "provider_rejected"
-    assert "sk-test-123" not in str(caught.value)
-    assert "Incorrect API key provided" in str(caught.value)
-
-
-def test_a_refused_connection_is_retryable(provider: Any) -> None:
-    with pytest.raises(ProviderError) as caught:
-        run(provider(refused_base_url()), PROMPT)
-
-    assert caught.value.code == "provider_unavailable"
-    assert caught.value.retryable is True
-    assert caught.value.retry_after_s is None
-
-
-def test_a_read_timeout_before_the_first_token_is_retryable(upstream: Any, provider: Any) -> None:
-    # Given an upstream that sends its headers, then nothing for longer than the model's timeout
-    def script(ex: Exchange) -> None:
-        ex.start_stream()
-        ex.wait_for_disconnect(timeout_s=3)
-
-    server = upstream(script)
-
-    # When the provider streams with a 0.3 s timeout
-    started = time.monotonic()
-    with pytest.raises(ProviderError) as caught:
-        run(provider(server.base_url, timeout_s=0.3), PROMPT)
-
-    # Then it gives up after the timeout, with a retryable error
-    assert time.monotonic() - started < 2
-    assert caught.value.code == "provider_unavailable"
-    assert caught.value.retryable is True
-    assert "timed out" in str(caught.value)
 
 
 @pytest.mark.parametrize(
@@ -528,29 +225,6 @@ def test_an_error_event_after_tokens_is_a_final_provider_error(upstream: Any, pr
     assert "The server had an error" in str(caught.value)
 
 
-def test_a_connection_dropped_after_tokens_is_a_final_provider_error(upstream: Any, provider: Any) -> None:
-    # Given an upstream that hangs up in the middle of a chunked body
-    def script(ex: Exchange) -> None:
-        ex.start_stream()
-        ex.send(chat_chunk("Par"), chat_chunk("tial"))
-        ex.wfile.write(b"40\r\ndata: {")
-        ex.wfile.flush()
-        ex.connection.shutdown(socket.SHUT_RDWR)
-
-    server = upstream(script)
-    received: list[Chunk] = []
-
-    # When the provider streams
-    with pytest.raises(ProviderError) as caught:
-        for chunk in provider(server.base_url).stream(PROMPT, threading.Event()):
-            received.append(chunk)
-
-    # Then it fails for good after the tokens it had
-    assert received == ["Par", "tial"]
-    assert caught.value.code == "provider_error"
-    assert caught.value.retryable is False
-
-
 def test_a_stream_that_ends_without_finishing_is_an_error(upstream: Any, provider: Any) -> None:
     def script(ex: Exchange) -> None:
         ex.start_stream()
@@ -564,70 +238,6 @@ def test_a_stream_that_ends_without_finishing_is_an_error(upstream: Any, provide
 
     assert caught.value.code == "provider_unavailable"
     assert caught.value.retryable is True
-
-
-def test_a_json_answer_to_a_stream_request_is_rejected(upstream: Any, provider: Any) -> None:
-    server = upstream(lambda ex: ex.reply(200, '{"id":"chatcmpl-1","object":"chat.completion","choices":[]}'))
-
-    with pytest.raises(ProviderError) as caught:
-        run(provider(server.base_url), PROMPT)
-
-    assert caught.value.code == "provider_rejected"
-    assert "expected an event stream" in str(caught.value)
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Cancellation.
-
-
-def test_stop_while_waiting_for_the_next_token_closes_the_connection_at_once(upstream: Any, provider: Any) -> None:
-    # Given an upstream that sends one token and then goes quiet
-    def script(ex: Exchange) -> None:
-        ex.start_stream()
-        ex.send(chat_chunk(role="assistant", content=""), chat_chunk("Hel"))
-        ex.wait_for_disconnect()
-
-    server = upstream(script)
-    stop = threading.Event()
-
-    # When stop is set while the provider is blocked reading
-    timer = stop_later(stop, 0.3)
-    started = time.monotonic()
-    chunks = run(provider(server.base_url, timeout_s=10), PROMPT, stop)
-    timer.join()
-
-    # Then the iterator ends without an error, and the upstream sees the disconnect within a second
-    assert chunks == ["Hel"]
-    assert server.disconnected.wait(1.0)
-    assert server.disconnected_at - started < 1.3
-    assert time.monotonic() - started < 1.3
-    assert no_watcher_left()
-
-
-def test_stop_before_the_response_headers_closes_the_connection_at_once(upstream: Any, provider: Any) -> None:
-    # Given an upstream that holds back even its response headers (a model still loading)
-    server = upstream(lambda ex: ex.wait_for_disconnect())
-    stop = threading.Event()
-
-    # When stop is set while the provider waits for them
-    timer = stop_later(stop, 0.3)
-    started = time.monotonic()
-    chunks = run(provider(server.base_url, timeout_s=10), PROMPT, stop)
-    timer.join()
-
-    # Then the iterator ends at once, and so does the connection
-    assert chunks == []
-    assert server.disconnected.wait(1.0)
-    assert time.monotonic() - started < 1.3
-
-
-def test_a_stop_already_set_sends_nothing(upstream: Any, provider: Any) -> None:
-    server = upstream(lambda ex: ex.reply(500, "{}"))
-    stop = threading.Event()
-    stop.set()
-
-    assert run(provider(server.base_url), PROMPT, stop) == []
-    assert server.requests == []
 
 
 # ---------------------------------------------------------------------------------------------------------------

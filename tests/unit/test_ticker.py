@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 
 from bridge.ticker import Ticker
-from tests.integration.helpers import wait_for
+from tests.support import wait_for
 
 
 def test_every_registered_waiter_is_woken_each_interval_until_it_leaves() -> None:

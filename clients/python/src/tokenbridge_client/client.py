@@ -1,4 +1,4 @@
-# Generated from bridge/client.py by clients/generate.py: edit that file, then run it.
+# Generated from tokenbridge/client.py by clients/generate.py: edit that file, then run it.
 """A Python client for the tokenbridge HTTP API, with SSE resume built in.
 
 ```python
@@ -345,53 +345,94 @@ class TokenbridgeClient:
     def _follow(
         self, url: str, params: dict[str, str], cursor: str | None, refresh_token: Callable[[], str] | None = None
     ) -> Iterator[Event]:
-        retry_s = 1.0
-        failures = 0
-        answered = False  # whether the server was ever reached: a server that never was is reported at once
-        refreshed = False  # a token refreshed since the last event: one that is refused again is not retried
+        follow = _Resumption(url, params, cursor, max_retries=self.max_retries, max_backoff_s=self.max_backoff_s)
+        timeout = httpx.Timeout(self.timeout_s, read=self.stream_idle_timeout_s)
         while True:
             parser = SseParser()
-            headers = self._headers()
-            if cursor:
-                headers["Last-Event-ID"] = cursor
             retry_after_s: float | None = None
-            timeout = httpx.Timeout(self.timeout_s, read=self.stream_idle_timeout_s)
+            headers = follow.headers(self._headers())
             try:
-                with self._http.stream("GET", url, params=params, headers=headers, timeout=timeout) as response:
-                    answered = True
+                with self._http.stream("GET", url, params=follow.params, headers=headers, timeout=timeout) as response:
+                    follow.answered = True
                     if response.status_code == 204:
                         return
                     if response.status_code != 200:
                         response.read()
                         error = _api_error(response)
-                        if error.code == "token_expired" and refresh_token is not None and not refreshed:
-                            params = {**params, "token": refresh_token()}
-                            refreshed = True
+                        if refresh_token is not None and follow.may_refresh(error):
+                            follow.refresh(refresh_token())
                             continue
-                        if response.status_code not in _RETRY_STATUSES:
-                            raise error
-                        problem, retry_after_s = str(error), error.retry_after_s
+                        problem, retry_after_s = follow.retryable(error, response.status_code)
                     else:
                         for chunk in response.iter_bytes():
-                            for message in parser.feed(chunk):
-                                event = _decode(message)
-                                cursor = event.id or cursor
-                                failures = 0
-                                refreshed = False
+                            for event in follow.events(parser, chunk):
                                 yield event
                                 if event.terminal:
                                     return
                         problem = "the response ended before the generation did"
             except httpx.TransportError as exc:
-                if not answered and isinstance(exc, httpx.ConnectError):
-                    raise TokenbridgeConnectionError(f"cannot reach {url}: {_describe(exc)}") from exc
-                problem = _describe(exc)
-            if parser.retry_ms is not None:
-                retry_s = parser.retry_ms / 1000
-            failures += 1
-            if failures > self.max_retries:
-                raise TokenbridgeConnectionError(f"gave up on {url} after {failures} tries: {problem}")
-            time.sleep(backoff_s(retry_s, failures, self.max_backoff_s, retry_after_s))
+                problem = follow.transport_problem(exc)
+            time.sleep(follow.delay_s(problem, parser, retry_after_s))
+
+
+class _Resumption:
+    """Where a followed stream is and how it fared: the cursor it resumes from, its tries, its token refresh.
+
+    Shared by the sync and the async client, which only differ in how they wait and read.
+    """
+
+    def __init__(
+        self, url: str, params: dict[str, str], cursor: str | None, *, max_retries: int, max_backoff_s: float
+    ) -> None:
+        self.url = url
+        self.params = params
+        self.cursor = cursor
+        self.max_retries = max_retries
+        self.max_backoff_s = max_backoff_s
+        self.retry_s = 1.0
+        self.failures = 0
+        self.answered = False  # whether the server was ever reached: a server that never was is reported at once
+        self.refreshed = False  # a token refreshed since the last event: one that is refused again is not retried
+
+    def headers(self, headers: dict[str, str]) -> dict[str, str]:
+        if self.cursor:
+            headers["Last-Event-ID"] = self.cursor
+        return headers
+
+    def may_refresh(self, error: TokenbridgeAPIError) -> bool:
+        return error.code == "token_expired" and not self.refreshed
+
+    def refresh(self, token: str) -> None:
+        self.params = {**self.params, "token": token}
+        self.refreshed = True
+
+    def retryable(self, error: TokenbridgeAPIError, status: int) -> tuple[str, float | None]:
+        """What to report of a refused request worth another try, and its ``Retry-After``; raises the others."""
+        if status not in _RETRY_STATUSES:
+            raise error
+        return str(error), error.retry_after_s
+
+    def events(self, parser: SseParser, chunk: bytes) -> Iterator[Event]:
+        for message in parser.feed(chunk):
+            event = _decode(message)
+            self.cursor = event.id or self.cursor
+            self.failures = 0
+            self.refreshed = False
+            yield event
+
+    def transport_problem(self, exc: httpx.TransportError) -> str:
+        if not self.answered and isinstance(exc, httpx.ConnectError):
+            raise TokenbridgeConnectionError(f"cannot reach {self.url}: {_describe(exc)}") from exc
+        return _describe(exc)
+
+    def delay_s(self, problem: str, parser: SseParser, retry_after_s: float | None) -> float:
+        """How long to wait before the next try; raises once the tries are used up."""
+        if parser.retry_ms is not None:
+            self.retry_s = parser.retry_ms / 1000
+        self.failures += 1
+        if self.failures > self.max_retries:
+            raise TokenbridgeConnectionError(f"gave up on {self.url} after {self.failures} tries: {problem}")
+        return backoff_s(self.retry_s, self.failures, self.max_backoff_s, retry_after_s)
 
 
 def backoff_s(retry_s: float, failures: int, max_backoff_s: float, retry_after_s: float | None) -> float:

@@ -19,17 +19,15 @@ from urllib.parse import quote
 import anyio
 import httpx
 
-from bridge.client import (
-    _RETRY_STATUSES,
+from tokenbridge.client import (
     Event,
     SseParser,
     TokenbridgeConnectionError,
     TokenbridgeProtocolError,
     Transcript,
     _api_error,
-    _decode,
     _describe,
-    backoff_s,
+    _Resumption,
 )
 
 # A new stream token, or an awaitable of one (a coroutine that asks your backend).
@@ -186,53 +184,36 @@ class AsyncTokenbridgeClient:
     async def _follow(
         self, url: str, params: dict[str, str], cursor: str | None, refresh_token: TokenRefresher | None
     ) -> AsyncIterator[Event]:
-        retry_s = 1.0
-        failures = 0
-        answered = False  # whether the server was ever reached: a server that never was is reported at once
-        refreshed = False  # a token refreshed since the last event: one that is refused again is not retried
+        follow = _Resumption(url, params, cursor, max_retries=self.max_retries, max_backoff_s=self.max_backoff_s)
+        timeout = httpx.Timeout(self.timeout_s, read=self.stream_idle_timeout_s)
         while True:
             parser = SseParser()
-            headers = self._headers()
-            if cursor:
-                headers["Last-Event-ID"] = cursor
             retry_after_s: float | None = None
-            timeout = httpx.Timeout(self.timeout_s, read=self.stream_idle_timeout_s)
+            headers = follow.headers(self._headers())
             try:
-                async with self._http.stream("GET", url, params=params, headers=headers, timeout=timeout) as response:
-                    answered = True
+                async with self._http.stream(
+                    "GET", url, params=follow.params, headers=headers, timeout=timeout
+                ) as response:
+                    follow.answered = True
                     if response.status_code == 204:
                         return
                     if response.status_code != 200:
                         await response.aread()
                         error = _api_error(response)
-                        if error.code == "token_expired" and refresh_token is not None and not refreshed:
-                            params = {**params, "token": await _call(refresh_token)}
-                            refreshed = True
+                        if refresh_token is not None and follow.may_refresh(error):
+                            follow.refresh(await _call(refresh_token))
                             continue
-                        if response.status_code not in _RETRY_STATUSES:
-                            raise error
-                        problem, retry_after_s = str(error), error.retry_after_s
+                        problem, retry_after_s = follow.retryable(error, response.status_code)
                     else:
                         async for chunk in response.aiter_bytes():
-                            for message in parser.feed(chunk):
-                                event = _decode(message)
-                                cursor = event.id or cursor
-                                failures = 0
-                                refreshed = False
+                            for event in follow.events(parser, chunk):
                                 yield event
                                 if event.terminal:
                                     return
                         problem = "the response ended before the generation did"
             except httpx.TransportError as exc:
-                if not answered and isinstance(exc, httpx.ConnectError):
-                    raise TokenbridgeConnectionError(f"cannot reach {url}: {_describe(exc)}") from exc
-                problem = _describe(exc)
-            if parser.retry_ms is not None:
-                retry_s = parser.retry_ms / 1000
-            failures += 1
-            if failures > self.max_retries:
-                raise TokenbridgeConnectionError(f"gave up on {url} after {failures} tries: {problem}")
-            await anyio.sleep(backoff_s(retry_s, failures, self.max_backoff_s, retry_after_s))
+                problem = follow.transport_problem(exc)
+            await anyio.sleep(follow.delay_s(problem, parser, retry_after_s))
 
 
 async def _call(refresh_token: TokenRefresher) -> str:

@@ -12,7 +12,7 @@ from typing import Any, TextIO
 
 import orjson
 
-from bridge.client import (
+from tokenbridge.client import (
     Event,
     TokenbridgeAPIError,
     TokenbridgeClient,
@@ -56,7 +56,7 @@ def _target(args: argparse.Namespace) -> _Target:
         return _Target(url, args.api_key, "--api-key")
     if os.environ.get("TOKENBRIDGE_API_KEY"):
         return _Target(url, os.environ["TOKENBRIDGE_API_KEY"], "TOKENBRIDGE_API_KEY")
-    from bridge.devserver import STATE_DIR
+    from tokenbridge.devserver import STATE_DIR
 
     dev_file = STATE_DIR / "dev.json"
     try:
@@ -405,7 +405,7 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "dev":
-        from bridge.devserver import run_dev
+        from tokenbridge.devserver import run_dev
 
         return run_dev(port=args.port, procfile=args.procfile, host=args.host)
     target = _target(args)

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import httpx
 
+# The launcher's one import of the server's package: `dev` runs the server, with Redis embedded when none is set.
 from bridge.embedded import EmbeddedRedis
 
 STATE_DIR = Path(".tokenbridge")

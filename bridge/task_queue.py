@@ -1,0 +1,47 @@
+"""The generation task queue as every process sees it: the Celery options of an app that only sends, the
+broker's transport options, and sending one generation task (no Celery import here: ``celery`` is passed in)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from bridge.constants import GENERATE_TASK, GENERATION_QUEUE
+from bridge.settings import Settings
+
+
+def celery_client_options(settings: Settings) -> dict[str, Any]:
+    """Options of a Celery app that only sends generation tasks (web, consumer supervisor)."""
+    return {
+        "task_serializer": "json",
+        "accept_content": ["json"],
+        "task_ignore_result": True,
+        "broker_connection_retry_on_startup": True,
+        "broker_transport_options": broker_transport_options(settings),
+        "task_send_sent_event": True,
+    }
+
+
+def broker_transport_options(settings: Settings) -> dict[str, Any]:
+    """Redis broker: when an unacknowledged task is delivered again, and how often that is checked."""
+    return {
+        "visibility_timeout": settings.celery_visibility_timeout_s,
+        "unacked_restore_interval": settings.celery_restore_interval_s,
+        "unacked_restore_throttle": 1,
+        # kombu's default of 10 Redis connections is exhausted by a gevent pool acking hundreds of tasks
+        # ("Connection to broker lost … MaxConnectionsError"). REDIS_MAX_CONNECTIONS does not apply: this pool
+        # fails instead of waiting ("Couldn't ack … MaxConnectionsError"), and opens connections only as acks
+        # overlap. Celery's pool of connections that send (broker_pool_limit, 10) stays too: Flower's inspect
+        # calls stall on a smaller one.
+        "max_connections": 1024,
+    }
+
+
+def send_generation(celery: Any, generation_id: str) -> None:
+    """Enqueue the generation task; raises the broker's error when it cannot."""
+    celery.send_task(
+        GENERATE_TASK,
+        args=[generation_id],
+        queue=GENERATION_QUEUE,
+        retry=True,
+        retry_policy={"max_retries": 2, "interval_start": 0, "interval_step": 0.2, "interval_max": 0.5},
+    )
