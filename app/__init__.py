@@ -8,7 +8,7 @@ import time
 from flask import Flask, Response
 from flask_limiter import RateLimitExceeded
 
-from app import api, dead_letters, health, models_api, openai_compat, openapi, pages, producers, stats
+from app import api, dead_letters, health, models_api, openai_compat, openapi, pages, producers, sse, stats, websocket
 from app.errors import error_response, register_error_handlers
 from app.extensions import cors, limiter, sock
 from app.services import Services
@@ -55,14 +55,7 @@ def create_app(settings: Settings | None = None) -> Flask:
             expose_headers=["Location", "Retry-After", "x-tokenbridge-generation-id", "Idempotent-Replayed"],
             max_age=600,
         )
-    for blueprint in (api.bp, producers.bp, openai_compat.bp, models_api.bp, stats.bp, dead_letters.bp):
-        if settings.rate_limit:
-            # One count per API key across every /v1 route.
-            limiter.shared_limit(settings.rate_limit, scope="v1")(blueprint)
-        app.register_blueprint(blueprint)
-    app.register_blueprint(health.bp)
-    app.register_blueprint(openapi.bp)
-    app.register_blueprint(pages.bp)
+    _register_blueprints(app, settings)
     register_error_handlers(app, retry_after_s=settings.redis_retry_after_s)
 
     @app.errorhandler(RateLimitExceeded)
@@ -74,3 +67,18 @@ def create_app(settings: Settings | None = None) -> Flask:
         )
 
     return app
+
+
+# The /v1 blueprints: each counts against the API key's rate limit.
+_V1 = (api.bp, sse.bp, websocket.bp, producers.bp, openai_compat.bp, models_api.bp, stats.bp, dead_letters.bp)
+
+
+def _register_blueprints(app: Flask, settings: Settings) -> None:
+    for blueprint in _V1:
+        if settings.rate_limit:
+            # One count per API key across every /v1 route.
+            limiter.shared_limit(settings.rate_limit, scope="v1")(blueprint)
+        app.register_blueprint(blueprint)
+    app.register_blueprint(health.bp)
+    app.register_blueprint(openapi.bp)
+    app.register_blueprint(pages.bp)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
@@ -105,12 +106,6 @@ def _tool_call_delta(data: dict[str, Any]) -> dict[str, Any]:
     return call
 
 
-def _chunk(cid: str, created: int, model: str, delta: dict[str, Any], finish: str | None) -> str:
-    choice = {"index": 0, "delta": delta, "finish_reason": finish}
-    payload = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": model, "choices": [choice]}
-    return f"data: {orjson.dumps(payload).decode()}\n\n"
-
-
 def _error_chunk(code: str, message: str) -> str:
     """The chunk that ends a stream that cannot finish: the ``openai`` package raises ``APIError`` for it."""
     return f"data: {orjson.dumps({'error': openai_error(500, code, message)}).decode()}\n\n"
@@ -141,105 +136,148 @@ def chat_completions() -> Response | tuple[Response, int, dict[str, str]]:
     body = json_body()
     submitted = submit_generation(_to_generation(body))
     generation_id = submitted.generation_id
-    model = str(submitted.payload["model"])
     headers = {**submitted.headers, "x-tokenbridge-generation-id": generation_id}
-    cid, created = f"chatcmpl-{generation_id}", int(time.time())
     options: dict[str, Any] = body["stream_options"] if isinstance(body.get("stream_options"), dict) else {}
-    include_usage = bool(options.get("include_usage"))
+    reply = _Reply(generation_id, str(submitted.payload["model"]), int(time.time()), bool(options.get("include_usage")))
     events = _events(generation_id)
-
     if body.get("stream"):
-
-        def stream() -> Iterator[str]:
-            yield _chunk(cid, created, model, {"role": "assistant", "content": ""}, None)
-            try:
-                for event in events:
-                    if event is None:
-                        yield KEEPALIVE_FRAME
-                        continue
-                    data = event.json()
-                    if event.event == EventType.TOKEN.value:
-                        yield _chunk(cid, created, model, {"content": data.get("content", "")}, None)
-                    elif event.event == EventType.TOOL_CALL.value:
-                        yield _chunk(cid, created, model, {"tool_calls": [_tool_call_delta(data)]}, None)
-                    elif event.event == EventType.REASONING.value:
-                        # The field DeepSeek, vLLM and OpenRouter's SDK users read reasoning from.
-                        yield _chunk(cid, created, model, {"reasoning_content": data.get("content", "")}, None)
-                    elif event.event == EventType.RESTART.value:
-                        # The protocol cannot take back what was sent: end with an error naming the resumable stream.
-                        message = f"The generation restarted; read it from /v1/generations/{generation_id}/events."
-                        yield _error_chunk("generation_restarted", message)
-                        return
-                    elif event.event == EventType.ERROR.value:
-                        yield _error_chunk(str(data.get("code") or "provider_error"), str(data.get("message", "")))
-                        return
-                    elif event.terminal:
-                        reason = (
-                            data.get("finish_reason", "stop") if event.event == EventType.DONE.value else "cancelled"
-                        )
-                        yield _chunk(cid, created, model, {}, reason)
-                        if include_usage:
-                            usage = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": model}
-                            usage |= {"choices": [], "usage": _usage(data)}
-                            yield f"data: {orjson.dumps(usage).decode()}\n\n"
-                        yield "data: [DONE]\n\n"
-                        return
-                # The maximum duration passed, or this process is stopping: the generation goes on elsewhere.
-                message = f"The stream ended early; read the generation from /v1/generations/{generation_id}/events."
-                yield _error_chunk("stream_ended", message)
-            except redis.RedisError as exc:
-                logger.warning("Chat completion %s ended early: %s", generation_id, exc)
-                yield _error_chunk("redis_unavailable", "The stream store became unavailable; retry shortly.")
-
-        response = Response(stream(), mimetype="text/event-stream", headers=headers)
+        response = Response(_stream(reply, events), mimetype="text/event-stream", headers=headers)
         response.headers["Cache-Control"] = "no-cache"
         response.headers["X-Accel-Buffering"] = "no"
         return response
+    return jsonify(_completion(reply, events, headers)), 200, headers
 
-    text, reasoning, terminal = "", "", None
-    calls: dict[int, dict[str, Any]] = {}
-    for event in events:
-        if event is None:
-            continue
+
+@dataclass(frozen=True, slots=True)
+class _Reply:
+    """What every chunk of one answer (and its whole completion) carries."""
+
+    generation_id: str
+    model: str
+    created: int
+    include_usage: bool
+
+    @property
+    def id(self) -> str:
+        return f"chatcmpl-{self.generation_id}"
+
+    def chunk(self, delta: dict[str, Any], finish: str | None) -> str:
+        choice = {"index": 0, "delta": delta, "finish_reason": finish}
+        payload = {"id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.model}
+        return f"data: {orjson.dumps({**payload, 'choices': [choice]}).decode()}\n\n"
+
+
+# -- streamed ------------------------------------------------------------------------------------------------
+
+
+def _stream(reply: _Reply, events: Iterator[ClientEvent | None]) -> Iterator[str]:
+    """The answer as chat.completion.chunk events, ended by ``[DONE]`` or by an error chunk."""
+    yield reply.chunk({"role": "assistant", "content": ""}, None)
+    try:
+        for event in events:
+            if event is None:
+                yield KEEPALIVE_FRAME
+                continue
+            chunks, last = _chunks(reply, event)
+            yield from chunks
+            if last:
+                return
+        # The maximum duration passed, or this process is stopping: the generation goes on elsewhere.
+        message = f"The stream ended early; read the generation from /v1/generations/{reply.generation_id}/events."
+        yield _error_chunk("stream_ended", message)
+    except redis.RedisError as exc:
+        logger.warning("Chat completion %s ended early: %s", reply.generation_id, exc)
+        yield _error_chunk("redis_unavailable", "The stream store became unavailable; retry shortly.")
+
+
+def _chunks(reply: _Reply, event: ClientEvent) -> tuple[list[str], bool]:
+    """What one event becomes in the stream, and whether the stream ends with it."""
+    data = event.json()
+    if event.event == EventType.TOKEN.value:
+        return [reply.chunk({"content": data.get("content", "")}, None)], False
+    if event.event == EventType.TOOL_CALL.value:
+        return [reply.chunk({"tool_calls": [_tool_call_delta(data)]}, None)], False
+    if event.event == EventType.REASONING.value:
+        # The field DeepSeek, vLLM and OpenRouter's SDK users read reasoning from.
+        return [reply.chunk({"reasoning_content": data.get("content", "")}, None)], False
+    if event.event == EventType.RESTART.value:
+        # The protocol cannot take back what was sent: end with an error naming the resumable stream.
+        message = f"The generation restarted; read it from /v1/generations/{reply.generation_id}/events."
+        return [_error_chunk("generation_restarted", message)], True
+    if event.event == EventType.ERROR.value:
+        return [_error_chunk(str(data.get("code") or "provider_error"), str(data.get("message", "")))], True
+    if not event.terminal:
+        return [], False
+    chunks = [reply.chunk({}, _finish_reason(event, data))]
+    if reply.include_usage:
+        usage = {"id": reply.id, "object": "chat.completion.chunk", "created": reply.created, "model": reply.model}
+        usage |= {"choices": [], "usage": _usage(data)}
+        chunks.append(f"data: {orjson.dumps(usage).decode()}\n\n")
+    return [*chunks, "data: [DONE]\n\n"], True
+
+
+def _finish_reason(terminal: ClientEvent, data: dict[str, Any]) -> Any:
+    return data.get("finish_reason", "stop") if terminal.event == EventType.DONE.value else "cancelled"
+
+
+# -- whole ---------------------------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class _Answer:
+    """The assistant message gathered from a generation's events (a restart starts it over)."""
+
+    text: str = ""
+    reasoning: str = ""
+    calls: dict[int, dict[str, Any]] = field(default_factory=dict)
+
+    def add(self, event: ClientEvent) -> None:
         if event.event == EventType.TOKEN.value:
-            text += event.json().get("content", "")
+            self.text += event.json().get("content", "")
         elif event.event == EventType.REASONING.value:
-            reasoning += event.json().get("content", "")
+            self.reasoning += event.json().get("content", "")
         elif event.event == EventType.TOOL_CALL.value:
             delta = event.json()
-            call = calls.setdefault(
+            call = self.calls.setdefault(
                 int(delta.get("index", 0)), {"id": "", "type": "function", "function": {"name": "", "arguments": ""}}
             )
             call["id"] = delta.get("id") or call["id"]
             call["function"]["name"] = delta.get("name") or call["function"]["name"]
             call["function"]["arguments"] += delta.get("arguments", "")
         elif event.event == EventType.RESTART.value:
-            text, reasoning, calls = "", "", {}
-        elif event.terminal:
+            self.text, self.reasoning, self.calls = "", "", {}
+
+    def message(self) -> dict[str, Any]:
+        """Its text, and its reasoning and tool calls when it has them."""
+        message: dict[str, Any] = {"role": "assistant", "content": self.text if self.text or not self.calls else None}
+        if self.reasoning:
+            message["reasoning_content"] = self.reasoning
+        if self.calls:
+            message["tool_calls"] = [self.calls[index] for index in sorted(self.calls)]
+        return message
+
+
+def _completion(reply: _Reply, events: Iterator[ClientEvent | None], headers: dict[str, str]) -> dict[str, Any]:
+    """The whole chat.completion once the generation ended; 504 when it did not in time, 502 when it failed."""
+    answer = _Answer()
+    terminal = None
+    for event in events:
+        if event is None:
+            continue
+        if event.terminal:
             terminal = event
             break
+        answer.add(event)
     if terminal is None:
         raise ApiError(504, "timeout", "The generation did not finish in time.", headers=headers)
     data = terminal.json()
     if terminal.event == EventType.ERROR.value:
         raise ApiError(502, str(data.get("code") or "provider_error"), str(data.get("message", "")), headers=headers)
-    reason = data.get("finish_reason", "stop") if terminal.event == EventType.DONE.value else "cancelled"
-    completion = {
-        "id": cid,
+    return {
+        "id": reply.id,
         "object": "chat.completion",
-        "created": created,
-        "model": model,
-        "choices": [{"index": 0, "message": _message(text, reasoning, calls), "finish_reason": reason}],
+        "created": reply.created,
+        "model": reply.model,
+        "choices": [{"index": 0, "message": answer.message(), "finish_reason": _finish_reason(terminal, data)}],
         "usage": _usage(data),
     }
-    return jsonify(completion), 200, headers
-
-
-def _message(text: str, reasoning: str, calls: dict[int, dict[str, Any]]) -> dict[str, Any]:
-    """The assistant message of a whole completion: its text, and its reasoning and tool calls when it has them."""
-    message: dict[str, Any] = {"role": "assistant", "content": text if text or not calls else None}
-    if reasoning:
-        message["reasoning_content"] = reasoning
-    if calls:
-        message["tool_calls"] = [calls[index] for index in sorted(calls)]
-    return message

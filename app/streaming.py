@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
+from contextlib import closing
+from dataclasses import dataclass
 
 import redis
 
@@ -52,7 +54,7 @@ def follow(
     max_duration_s: float,
     stop_at_terminal: bool = True,
     on_gap: GapHandler | None = None,
-) -> Iterator[list[ClientEvent] | None]:
+) -> Generator[list[ClientEvent] | None, None, None]:
     """Every event of ``key`` after ``after_id``, in order, without a gap or a duplicate, in batches.
 
     A batch is what one wake-up brought (a page of catch-up, or what the hub delivered since the last one),
@@ -62,57 +64,92 @@ def follow(
     the client is expected to resume. When the cursor is older than the oldest entry still kept, ``on_gap`` may
     answer with an event that replaces what was trimmed (a ``reset``); reading continues after that event's id.
     """
+    position = _Position(after_id)
     deadline = time.monotonic() + max_duration_s
-    last = after_id
-    while True:
-        if on_gap is not None and last != "0":
-            oldest = first_event(client, key)
-            if oldest is not None and id_after(oldest.id, last):
-                reset = on_gap(last, oldest)
-                if reset is not None:
-                    yield [reset]
-                    last = reset.id
-        for events in _catch_up(client, key, last, None):
-            events, ended = _until_terminal(events) if stop_at_terminal else (events, False)
-            yield events
-            last = events[-1].id
+    # The one place a batch is cut at the terminal event and the position advanced, wherever the batch came from.
+    with closing(
+        _batches(hub, client, key, position, keepalive_s=keepalive_s, deadline=deadline, on_gap=on_gap)
+    ) as batches:
+        for batch in batches:
+            if batch is None:
+                yield None
+                continue
+            batch, ended = _until_terminal(batch) if stop_at_terminal else (batch, False)
+            yield batch
+            position.last = batch[-1].id
             if ended:
                 return
-        sub, position = hub.subscribe(key, last)
-        # Woken by the hub, or by the process's ticker for the keep-alive and the deadline: a client waiting
-        # for its next token arms no timer of its own.
-        ticker = Ticker.every(keepalive_s / 2)
-        ticker.add(sub.wake)
-        quiet_since = time.monotonic()
-        try:
-            if id_after(position, last):
-                for events in _catch_up(client, key, last, position):
-                    events, ended = _until_terminal(events) if stop_at_terminal else (events, False)
-                    yield events
-                    last = events[-1].id
-                    if ended:
-                        return
-            while not sub.overflowed:
-                if sub.closed or time.monotonic() >= deadline:
-                    return
-                fresh = [event for event in sub.drain() if id_after(event.id, last)]
-                if not fresh:
-                    if time.monotonic() - quiet_since >= ticker.interval_s:
-                        quiet_since = time.monotonic()
-                        yield None
-                    continue
-                fresh, ended = _until_terminal(fresh) if stop_at_terminal else (fresh, False)
-                yield fresh
-                quiet_since = time.monotonic()
-                last = fresh[-1].id
-                if ended:
-                    return
-        finally:
-            ticker.discard(sub.wake)
-            hub.unsubscribe(sub)
-        # Overflowed: this client fell behind the hub; read what it missed from Redis and rejoin.
+
+
+@dataclass(slots=True)
+class _Position:
+    """The id of the last event a reader was given: ``follow`` advances it, the reads it drives start after it."""
+
+    last: str
+
+
+def _batches(
+    hub: Hub,
+    client: redis.Redis,
+    key: str,
+    position: _Position,
+    *,
+    keepalive_s: float,
+    deadline: float,
+    on_gap: GapHandler | None,
+) -> Generator[list[ClientEvent] | None, None, None]:
+    """The batches of ``follow``, uncut: a reset, catch-up from Redis, then live from the hub until it ends."""
+    while True:
+        if on_gap is not None:
+            yield from _reset(client, key, position.last, on_gap)
+        yield from _catch_up(client, key, position.last, None)
+        fell_behind = yield from _live(hub, client, key, position, keepalive_s=keepalive_s, deadline=deadline)
+        if not fell_behind:
+            return
+        # This client fell behind the hub; read what it missed from Redis and rejoin.
         hub.resyncs += 1
         metrics.HUB_RESYNCS.inc()
+
+
+def _reset(client: redis.Redis, key: str, last: str, on_gap: GapHandler) -> Iterator[list[ClientEvent]]:
+    """What ``on_gap`` answers for a cursor older than the oldest entry still kept (nothing otherwise)."""
+    if last == "0":
+        return
+    oldest = first_event(client, key)
+    if oldest is not None and id_after(oldest.id, last):
+        reset = on_gap(last, oldest)
+        if reset is not None:
+            yield [reset]
+
+
+def _live(
+    hub: Hub, client: redis.Redis, key: str, position: _Position, *, keepalive_s: float, deadline: float
+) -> Generator[list[ClientEvent] | None, None, bool]:
+    """What the hub delivers after ``position``, with keep-alives; returns True when the client fell behind it."""
+    sub, joined_at = hub.subscribe(key, position.last)
+    # Woken by the hub, or by the process's ticker for the keep-alive and the deadline: a client waiting
+    # for its next token arms no timer of its own.
+    ticker = Ticker.every(keepalive_s / 2)
+    ticker.add(sub.wake)
+    quiet_since = time.monotonic()
+    try:
+        if id_after(joined_at, position.last):
+            # Written between the catch-up and the subscription: read from Redis up to where the hub starts.
+            yield from _catch_up(client, key, position.last, joined_at)
+        while not sub.overflowed:
+            if sub.closed or time.monotonic() >= deadline:
+                return False
+            fresh = [event for event in sub.drain() if id_after(event.id, position.last)]
+            if fresh:
+                yield fresh
+                quiet_since = time.monotonic()
+            elif time.monotonic() - quiet_since >= ticker.interval_s:
+                quiet_since = time.monotonic()
+                yield None
+        return True
+    finally:
+        ticker.discard(sub.wake)
+        hub.unsubscribe(sub)
 
 
 def one_by_one(batches: Iterator[list[ClientEvent] | None]) -> Iterator[ClientEvent | None]:

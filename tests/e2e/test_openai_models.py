@@ -150,10 +150,17 @@ def test_every_other_route_keeps_its_own_error_shape(stack: Stack) -> None:
 
 
 def test_the_openapi_document_describes_the_model_routes(stack: Stack) -> None:
-    paths = stack.get("/openapi.json").json()["paths"]
+    document = stack.get("/openapi.json").json()
+    paths = document["paths"]
     assert {"/v1/models", "/v1/models/{model_id}"} <= set(paths)
-    error = paths["/v1/models/{model_id}"]["get"]["responses"]["404"]["content"]["application/json"]["schema"]
-    assert set(error["properties"]["error"]["required"]) == OPENAI_FIELDS
+
+    def resolved(schema: dict[str, Any]) -> dict[str, Any]:
+        """The schema a ``$ref`` names in the document's components (the schema itself otherwise)."""
+        ref = schema.get("$ref")
+        return document["components"]["schemas"][ref.rsplit("/", 1)[1]] if ref else schema
+
+    error = resolved(paths["/v1/models/{model_id}"]["get"]["responses"]["404"]["content"]["application/json"]["schema"])
+    assert set(resolved(error["properties"]["error"])["required"]) == OPENAI_FIELDS
 
 
 # -- rate limits ------------------------------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import jsonschema_rs
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
@@ -56,3 +57,29 @@ def test_the_document_lists_every_v1_route(stack: Stack) -> None:
         "/v1/chat/completions",
         "/v1/stats",
     }
+
+
+def test_answers_the_fuzzing_cannot_reach_match_their_documented_schemas(stack: Stack) -> None:
+    # Given the served document, and a generation that ran to its end, in a session
+    document = stack.get("/openapi.json").json()
+    generation = stack.create(model="echo", prompt="Schemas from the models.", session_id="openapi-shapes")
+    stack.events(generation)
+    completion = stack.post("/v1/chat/completions", {"model": "echo", "messages": [{"role": "user", "content": "Hi."}]})
+
+    # When their answers are checked against the schemas the document gives their routes
+    answers = {
+        ("/v1/generations", "post", "202"): generation,
+        ("/v1/generations/{generation_id}", "get", "200"): stack.get(f"/v1/generations/{generation['id']}").json(),
+        ("/v1/sessions/{session_id}/generations", "get", "200"): stack.get(
+            "/v1/sessions/openapi-shapes/generations"
+        ).json(),
+        ("/v1/chat/completions", "post", "200"): completion.json(),
+        ("/v1/stats", "get", "200"): stack.get("/v1/stats").json(),
+    }
+
+    # Then every one is valid
+    for (path, method, status), answer in answers.items():
+        schema = document["paths"][path][method]["responses"][status]["content"]["application/json"]["schema"]
+        validator = jsonschema_rs.Draft202012Validator({**schema, "components": document["components"]})
+        errors = [error.message for error in validator.iter_errors(answer)]
+        assert errors == [], (path, answer)

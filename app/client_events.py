@@ -1,0 +1,134 @@
+"""One client's read of a stream, whatever carries it: resuming from its cursor, following it live, and what
+every reader counts in (the resume, the open stream, the events sent, its presence). SSE and WebSocket only
+format what ``client_events`` yields.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Generator
+from contextlib import closing
+from typing import Any, Literal
+
+import orjson
+import redis
+
+from app import metrics
+from app.hub import id_after
+from app.services import Services, services
+from app.streaming import GapHandler, follow
+from bridge import keys, streams
+from bridge.events import ClientEvent, EventType
+
+logger = logging.getLogger(__name__)
+
+Transport = Literal["sse", "ws"]
+
+Batches = Generator[list[ClientEvent] | None, None, None]
+
+
+def client_events(
+    transport: Transport,
+    key: str,
+    cursor: str,
+    *,
+    stop_at_terminal: bool = True,
+    on_gap: GapHandler | None = None,
+    **watched: str,
+) -> Batches:
+    """The batches of ``key`` after ``cursor`` for one client (None: time for a keep-alive), as ``follow`` reads them.
+
+    Counts the resume at once (call it in the request); the open stream, its reader (``watched``: what it reads,
+    for presence) and its events while it is iterated. A batch counts as sent once the next one is asked for:
+    the transport has written it by then.
+    """
+    s = services()
+    if cursor != "0":
+        metrics.RESUMES.labels(transport).inc()
+    return _counted(s, transport, key, cursor, stop_at_terminal=stop_at_terminal, on_gap=on_gap, watched=watched)
+
+
+def _counted(
+    s: Services,
+    transport: Transport,
+    key: str,
+    cursor: str,
+    *,
+    stop_at_terminal: bool,
+    on_gap: GapHandler | None,
+    watched: dict[str, str],
+) -> Batches:
+    sent = metrics.BufferedCount(metrics.EVENTS_SENT.labels(transport))
+    open_streams = metrics.OPEN_STREAMS.labels(transport)
+    open_streams.inc()
+    batches = follow(
+        s.hub,
+        s.redis,
+        key,
+        cursor,
+        keepalive_s=s.settings.sse_keepalive_s,
+        max_duration_s=s.settings.stream_max_duration_s,
+        stop_at_terminal=stop_at_terminal,
+        on_gap=on_gap,
+    )
+    try:
+        with s.presence.watching(**watched), closing(batches):
+            for batch in batches:
+                yield batch
+                if batch is not None:
+                    sent.add(len(batch))
+    finally:
+        sent.flush()
+        open_streams.dec()
+
+
+def ended_before(key: str, cursor: str, meta: dict[str, str]) -> bool:
+    """True when the generation is finished and the cursor is at or past its terminal event."""
+    if meta.get("status") not in ("completed", "failed", "cancelled") or cursor == "0":
+        return False
+    last = streams.last_event(services().redis, key)
+    return last is None or not id_after(last.id, cursor)
+
+
+def generation_reset(generation_id: str) -> GapHandler:
+    """A ``reset`` for a cursor older than what the generation's stream still keeps.
+
+    The reset carries the text up to the oldest entry still kept and takes the id just before it, so the
+    reader then gets every kept entry (the terminal one included) as usual.
+    """
+    client = services().redis  # bound now: the handler runs after the request context is gone
+    key = keys.gen_out(generation_id)
+
+    def reset(cursor: str, oldest: ClientEvent) -> ClientEvent | None:
+        oldest_seq = int(orjson.loads(oldest.data).get("seq", 0))
+        if oldest_seq == 0:
+            return None  # nothing was trimmed: the cursor is just before the first event
+        text = streams.load_text(client, generation_id)
+        kept, restarted = _kept_text(client, key, generation_id)
+        # :text holds the text since the last restart; with a restart among the kept entries the reader
+        # discards what came before anyway.
+        before = text[: len(text) - len(kept)] if not restarted and text.endswith(kept) else ""
+        data = {"reason": "cursor_trimmed", "text": before, "next_seq": oldest_seq}
+        logger.info("Generation %s: cursor %s was trimmed; sent a reset.", generation_id, cursor)
+        return ClientEvent(id=streams.previous_id(oldest.id), event="reset", data=orjson.dumps(data).decode())
+
+    return reset
+
+
+def _kept_text(client: redis.Redis, key: str, generation_id: str) -> tuple[str, bool]:
+    """The text of the token entries the stream still keeps, and whether a restart is among them."""
+    last_id: Any = client.hget(keys.gen_meta(generation_id), "last_id")
+    kept = ""
+    restarted = False
+    after = "0"
+    while last_id:
+        events = streams.read_events(client, key, after, 500, until_id=last_id)
+        for event in events:
+            if event.event == EventType.TOKEN.value:
+                kept += event.json().get("content", "")
+            elif event.event == EventType.RESTART.value:
+                restarted = True
+        if len(events) < 500:
+            break
+        after = events[-1].id
+    return kept, restarted

@@ -1,0 +1,127 @@
+"""The WebSocket of a generation: ``client_events`` written as JSON messages, and ``cancel`` commands read."""
+
+from __future__ import annotations
+
+import threading
+from contextlib import closing
+from typing import Any
+
+import orjson
+import redis
+from flask import Blueprint, g, request
+from simple_websocket import ConnectionClosed
+from wsproto.events import TextMessage
+
+from app.auth import Action, Principal
+from app.cancellation import request_cancel
+from app.client_events import Batches, client_events, ended_before, generation_reset
+from app.errors import ApiError
+from app.extensions import sock
+from app.inputs import authenticate, load_meta, read_cursor
+from app.origins import check_origin
+from app.services import Services, services
+from app.streaming import ws_frame
+from bridge import keys
+
+bp = Blueprint("websocket", __name__, url_prefix="/v1")
+
+_BAD_MESSAGE = '{"type":"error","error":{"code":"bad_message","message":"Send {\\"type\\": \\"cancel\\"}."}}'
+_MAY_NOT_CANCEL = '{"type":"error","error":{"code":"insufficient_scope","message":"This key may not cancel."}}'
+_REDIS_UNAVAILABLE = '{"type":"error","error":{"code":"redis_unavailable","message":"Retry shortly."}}'
+
+
+@bp.before_request
+def _authenticate() -> None:
+    authenticate()
+    if request.endpoint == "websocket.generation_ws" and request.view_args:
+        # Refuse with an HTTP error before the upgrade: a browser cannot read a WebSocket close reason.
+        check_origin()
+        load_meta(request.view_args["generation_id"])
+        read_cursor()
+
+
+@sock.route("/generations/<generation_id>/ws", bp=bp)  # type: ignore[untyped-decorator]
+def generation_ws(ws: Any, generation_id: str) -> None:
+    s = services()
+    meta = load_meta(generation_id)
+    cursor = read_cursor()
+    key = keys.gen_out(generation_id)
+    on_gap = generation_reset(generation_id)
+    writer = _Writer(ws)
+    reader = threading.Thread(
+        target=_read_commands, args=(ws, writer, s, g.principal, generation_id), name=f"ws-{generation_id}", daemon=True
+    )
+    reader.start()
+    if ended_before(key, cursor, meta):
+        ws.close(reason=1000, message="finished")
+        return
+    _write_events(ws, writer, client_events("ws", key, cursor, on_gap=on_gap, generation_id=generation_id))
+
+
+class _Writer:
+    """Writes to one WebSocket for both of its threads (the events, the answers to commands), one at a time."""
+
+    def __init__(self, ws: Any) -> None:
+        self._ws = ws
+        self._lock = threading.Lock()
+
+    def send(self, *texts: str) -> None:
+        """Several text messages in one socket write (``ws.send`` writes each message on its own)."""
+        with self._lock:
+            if len(texts) == 1:
+                self._ws.send(texts[0])
+                return
+            self._ws.sock.sendall(b"".join(self._ws.ws.send(TextMessage(data=text)) for text in texts))
+
+    def close(self, code: int, message: str) -> None:
+        with self._lock:
+            self._ws.close(reason=code, message=message)
+
+
+def _write_events(ws: Any, writer: _Writer, events: Batches) -> None:
+    """Every batch as JSON messages, then the close: 1000 after the terminal event, 1012 at the maximum duration."""
+    ended = False
+    try:
+        with closing(events):
+            for batch in events:
+                if not ws.connected:
+                    return
+                if batch is not None:
+                    writer.send(*map(ws_frame, batch))
+                    ended = batch[-1].terminal
+    except redis.RedisError:
+        writer.close(1011, "store unavailable")
+        return
+    # Maximum duration reached: 1012 (service restart) tells the client to reconnect and resume.
+    writer.close(*((1000, "finished") if ended else (1012, "resume")))
+
+
+def _read_commands(ws: Any, writer: _Writer, s: Services, principal: Principal, generation_id: str) -> None:
+    """Answer the client's messages until the socket closes: ``{"type": "cancel"}`` or an error message."""
+    while True:
+        try:
+            message = ws.receive()
+        except ConnectionClosed:
+            return
+        answer = _command_answer(message, s, principal, generation_id)
+        if answer is not None:
+            writer.send(answer)
+
+
+def _command_answer(message: Any, s: Services, principal: Principal, generation_id: str) -> str | None:
+    """The error message a client's message gets back; None when it asked for a cancellation that was requested."""
+    try:
+        command = orjson.loads(message)
+    except (orjson.JSONDecodeError, TypeError):
+        command = None
+    if not (isinstance(command, dict) and command.get("type") == "cancel"):
+        return _BAD_MESSAGE
+    if not principal.may(Action.CANCEL):
+        return _MAY_NOT_CANCEL
+    try:
+        request_cancel(s, generation_id)
+    except ApiError as exc:
+        return orjson.dumps({"type": "error", "error": {"code": exc.code, "message": exc.message}}).decode()
+    except redis.RedisError:
+        return _REDIS_UNAVAILABLE
+    return None
