@@ -22,19 +22,14 @@ from typing import Any
 import orjson
 import redis
 
-from bridge import keys, scripts
+from bridge import scripts
 from bridge.connections import UNAVAILABLE
 from bridge.errors import ProviderError
 from bridge.events import TERMINAL_EVENTS, EventType
+from bridge.scripts import Claim as Claim  # re-exported: the claim refusals callers see
 from bridge.ticker import Ticker
 
 logger = logging.getLogger(__name__)
-
-
-class Claim(int, Enum):
-    UNKNOWN = -3
-    FINISHED = -2
-    HELD = -1
 
 
 class WriteResult(Enum):
@@ -197,18 +192,15 @@ class GenerationWriter:
         # What this writer wrote, for metrics: tokens, and the code of an error entry.
         self.tokens = 0
         self.error_code: str | None = None
-        self._keys = [
-            keys.gen_meta(generation_id),
-            keys.gen_lease(generation_id),
-            keys.gen_raw(generation_id),
-            keys.gen_cancel(generation_id),
-        ]
 
     def claim(self, *, reason: str = "retry") -> int:
         """Start a new attempt. Returns its number (1, 2, …) or a negative ``Claim`` when refused."""
-        args = [self.lease_ms, repr(time.time()), self.max_length, reason]
         claimed_at = time.monotonic()
-        result = int(self._retrying(lambda: scripts.run(self.client, scripts.CLAIM_ATTEMPT, self._keys[:3], args)))
+        result: int = self._retrying(
+            lambda: scripts.claim_attempt(
+                self.client, self.generation_id, lease_ms=self.lease_ms, max_length=self.max_length, reason=reason
+            )
+        )
         if result > 0:
             self.attempt = result
             self.batch = 0
@@ -225,21 +217,21 @@ class GenerationWriter:
         for event_type, data in entries:
             args.append(event_type)
             args.append(orjson.dumps(data))
-        call = scripts.Call(scripts.WRITE, self._keys, args)
-        result = int(self._retrying(lambda: self._run(call)))
-        if renew and result >= 0:
+        call = scripts.write_call(self.generation_id, args)
+        result = scripts.decode_write(self._retrying(lambda: self._run(call)))
+        if renew and result is scripts.Write.WRITTEN:
             self._renewed_at = now
-        if result > 0:
+        if result is scripts.Write.WRITTEN and entries:
             for event_type, data in entries:
                 if event_type == EventType.TOKEN.value:
                     self.tokens += 1
                 elif event_type == EventType.ERROR.value:
                     self.error_code = str(data.get("code"))
-        if result == -1:
+        if result is scripts.Write.FENCED:
             return WriteResult.FENCED
-        if result == -2:
+        if result is scripts.Write.CANCELLED:
             return WriteResult.CANCELLED
-        return WriteResult.WRITTEN
+        return WriteResult.WRITTEN  # a repeat was written by the first try
 
     def _run(self, call: scripts.Call) -> Any:
         if self.batcher is not None:
@@ -253,7 +245,7 @@ class GenerationWriter:
     def release(self) -> None:
         """Give the lease up at once (the worker is going away), so that a new attempt need not wait for it."""
         try:
-            scripts.run(self.client, scripts.RELEASE, [self._keys[1]], [self.attempt])
+            scripts.release_lease(self.client, self.generation_id, self.attempt)
         except redis.RedisError as exc:
             logger.warning("Generation %s could not release its lease: %s", self.generation_id, exc)
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from collections.abc import Iterator
 from functools import cache
 from typing import Any
@@ -191,8 +190,7 @@ def _record_circuit(
 def _take_slot(client: redis.Redis, slot: str, generation_id: str, limit: int, settings: Settings) -> bool:
     # A slot outlives a killed worker by at most the generation's maximum duration.
     expire_ms = int((settings.generation_max_duration_s + 60) * 1000)
-    args = [generation_id, int(time.time() * 1000), limit, expire_ms]
-    return bool(scripts.run(client, scripts.TAKE_SLOT, [slot], args))
+    return scripts.take_slot(client, slot, generation_id, limit=limit, expire_ms=expire_ms) is scripts.Slot.TAKEN
 
 
 __all__ = ["Outcome", "generate", "run_generation"]

@@ -8,7 +8,6 @@ or, after ``GENERATION_MAX_ATTEMPTS``, ended with ``worker_lost``; one that no w
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -16,8 +15,8 @@ import orjson
 import redis
 
 from bridge import keys, scripts
-from bridge.cluster import MOVING
 from bridge.events import EventType
+from bridge.scripts import Supervision
 from bridge.settings import Settings
 from workers import metrics
 
@@ -31,12 +30,8 @@ def fail(client: redis.Redis, settings: Settings, generation_id: str, code: str,
     logger.warning(
         "Generation %s ends with %s: %s", generation_id, code, message, extra={"generation_id": generation_id}
     )
-    scripts.run(
-        client,
-        scripts.FAIL,
-        [keys.gen_meta(generation_id), keys.gen_lease(generation_id), keys.gen_raw(generation_id)],
-        [EventType.ERROR.value, orjson.dumps({"code": code, "message": message}), settings.redis_stream_max_length],
-    )
+    data = orjson.dumps({"code": code, "message": message})
+    scripts.fail(client, generation_id, EventType.ERROR.value, data, max_length=settings.redis_stream_max_length)
 
 
 class Supervisor:
@@ -52,30 +47,26 @@ class Supervisor:
         if not generation_ids:
             return
         settings = self.settings
-        args = [int(time.time() * 1000), settings.generation_max_attempts, int(settings.queue_timeout_s * 1000)]
-        calls = [
-            scripts.Call(scripts.SUPERVISE, [keys.gen_meta(gid), keys.gen_lease(gid)], args) for gid in generation_ids
-        ]
-        actions: dict[str, int] = {}
-        for gid, result in zip(generation_ids, scripts.run_batch(self.client, calls), strict=True):
-            if isinstance(result, MOVING):
-                continue  # its slot is moving: supervised at the next heartbeat, on its new node
-            if isinstance(result, Exception):
-                raise result
-            actions[gid] = result
+        verdicts = scripts.supervise(
+            self.client,
+            generation_ids,
+            max_attempts=settings.generation_max_attempts,
+            queue_timeout_ms=int(settings.queue_timeout_s * 1000),
+        )
         for gid in generation_ids:
-            self._act(gid, actions.get(gid, 0))
+            # One whose slot is moving has no verdict: supervised at the next heartbeat, on its new node.
+            self._act(gid, verdicts.get(gid, Supervision.NOTHING))
 
-    def _act(self, gid: str, action: int) -> None:
-        if action == 1 and self.enqueue is not None:
+    def _act(self, gid: str, verdict: Supervision) -> None:
+        if verdict is Supervision.REQUEUE and self.enqueue is not None:
             logger.warning("Generation %s lost its worker; enqueuing a new attempt.", gid, extra={"generation_id": gid})
             self._requeue(gid)
-        elif action in (1, 2):
+        elif verdict in (Supervision.REQUEUE, Supervision.EXHAUSTED):
             self._fail(gid, "worker_lost", "The worker running this generation stopped, and it was not retried.")
-        elif action == 3:
+        elif verdict is Supervision.QUEUE_TIMEOUT:
             timeout_s = self.settings.queue_timeout_s
             self._fail(gid, "queue_timeout", f"No worker started this generation within {timeout_s:g} s.")
-        elif action == 4:
+        elif verdict is Supervision.PRODUCER_SILENT:
             self._fail(gid, "producer_timeout", "The external producer sent nothing for too long.")
 
     def _fail(self, generation_id: str, code: str, message: str) -> None:
@@ -91,4 +82,4 @@ class Supervisor:
             logger.warning("Generation %s could not be enqueued: %s", generation_id, exc)
             attempt: Any = self.client.hget(keys.gen_meta(generation_id), "requeued_attempt")
             if attempt is not None:
-                scripts.run(self.client, scripts.UNMARK_REQUEUE, [keys.gen_meta(generation_id)], [attempt])
+                scripts.unmark_requeue(self.client, generation_id, attempt)
