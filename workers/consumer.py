@@ -1,6 +1,6 @@
 """The consumer worker: takes generations from ``llm:work``, runs the processor chain, commits to ``:out``.
 
-One read (``bridge.cluster.NotifiedReader``: ``XREADGROUP`` of the keys the writers' hints name) covers the
+One read (``bridge.readers.StreamReader``: ``XREADGROUP`` of the keys the writers' hints name) covers the
 work stream (its shards) and the raw stream of every generation this worker owns. What a read brings is
 processed, then committed in one round trip (``workers.commit``). The other jobs have their own modules:
 owning and taking over generations (``workers.ownership``), supervising their Celery attempts
@@ -23,10 +23,10 @@ from typing import Any
 import redis
 
 from bridge import keys
-from bridge.cluster import NotifiedReader
 from bridge.connections import UNAVAILABLE, is_cluster
 from bridge.errors import ProcessingError
 from bridge.events import Event, EventType, decode_raw
+from bridge.readers import stream_reader
 from bridge.settings import Settings
 from bridge.streams import ensure_group, work_backlog
 from workers import metrics, supervision
@@ -81,7 +81,7 @@ class ConsumerWorker:
         self.alerter = Alerter(client, settings, self.name)
         self.work_streams = self.ownership.work_streams
         # Reads woken by the writers' hints: a read costs what it brings back, not the generations owned.
-        self.reader = NotifiedReader(client, sweep_s=settings.consumer_block_ms / 1000)
+        self.reader = stream_reader(client, sweep_s=settings.consumer_block_ms / 1000)
 
     @property
     def owned(self) -> dict[str, OwnedGeneration]:
