@@ -1,7 +1,7 @@
 """The hub: one Redis reader per web process, fanning stream entries out to every client that watches them.
 
 A single thread (a greenlet under gunicorn's gevent worker) reads every watched key that the writers' hints
-name (``bridge.cluster.NotifiedReader``: one subscription connection, and one read, per Redis node, whatever
+name (a ``bridge.readers.StreamReader``: one subscription connection, and one read, per Redis node, whatever
 the client count) and appends what it reads to each subscriber's bounded buffer. A new key wakes the
 waiting read at once.
 
@@ -22,8 +22,8 @@ import orjson
 import redis
 
 from app import metrics
-from bridge.cluster import NotifiedReader
 from bridge.events import ClientEvent, decode_out
+from bridge.readers import StreamReader
 from bridge.streams import parse_stream_id
 
 logger = logging.getLogger(__name__)
@@ -81,7 +81,7 @@ class Hub:
 
     def __init__(
         self,
-        reader: NotifiedReader,
+        reader: StreamReader,
         *,
         block_ms: int = 2000,
         count: int = 1000,

@@ -11,6 +11,7 @@ from app.errors import ApiError, invalid
 from app.inputs import authenticate, json_body, load_meta, validation_details
 from app.services import services
 from bridge.external import AppendStatus, append_tokens, finish
+from bridge.scripts import Ended
 
 bp = Blueprint("producers", __name__, url_prefix="/v1")
 bp.before_request(authenticate)
@@ -93,8 +94,8 @@ def complete(generation_id: str) -> tuple[Response, int]:
         error=completion.error.model_dump() if completion.error else None,
         usage=completion.usage,
     )
-    if result == -1:
+    if result is Ended.FINISHED:
         raise ApiError(409, "already_finished", "The generation has already finished.")
-    if result == 0:
+    if result is Ended.UNKNOWN:
         raise ApiError(404, "not_found", f"No generation with id {generation_id!r}.")
     return jsonify({"id": generation_id, "status": "completing"}), 202

@@ -12,9 +12,9 @@ from app.auth import Authenticator
 from app.hub import Hub
 from app.presence import Presence
 from bridge.circuit import Circuits
-from bridge.cluster import NotifiedReader
 from bridge.connections import is_cluster, redis_client
 from bridge.models import ModelSpec, load_registry
+from bridge.readers import stream_reader
 from bridge.settings import Settings
 from bridge.task_queue import celery_client_options
 
@@ -34,7 +34,7 @@ class Services:
     def build(cls, settings: Settings) -> Services:
         commands = redis_client(settings, max_connections=64, client_name="tokenbridge-web")
         hub = Hub(
-            NotifiedReader(commands, sweep_s=settings.hub_block_ms / 1000),
+            stream_reader(commands, sweep_s=settings.hub_block_ms / 1000),
             block_ms=settings.hub_block_ms,
             count=settings.hub_read_count,
             queue_size=settings.client_queue_size,

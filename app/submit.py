@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
-import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -160,8 +159,7 @@ def _take_running_slot(generation_id: str) -> str | None:
     running = keys.key_running(g.principal.name)
     # A slot is released when the generation ends; one whose end was never seen lapses after this long.
     expire_ms = int((s.settings.generation_max_duration_s + s.settings.queue_timeout_s + 60) * 1000)
-    args = [generation_id, int(time.time() * 1000), limit, expire_ms]
-    if not scripts.run(s.redis, scripts.TAKE_SLOT, [running], args):
+    if scripts.take_slot(s.redis, running, generation_id, limit=limit, expire_ms=expire_ms) is scripts.Slot.FULL:
         raise ApiError(
             429,
             "too_many_running",

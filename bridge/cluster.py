@@ -34,9 +34,9 @@ from typing import Any
 import redis
 from redis.client import PubSub
 
-logger = logging.getLogger(__name__)
+from bridge.readers import Reply, StreamReader
 
-Reply = list[tuple[str, list[tuple[str, dict[str, str]]]]]
+logger = logging.getLogger(__name__)
 
 # Answers of a node whose slot moved, or is moving, away.
 MOVING = (redis.exceptions.AskError, redis.exceptions.TryAgainError)  # MovedError is an AskError
@@ -46,7 +46,7 @@ _RETRY_S = 0.05
 _MAX_HINTS = 10_000
 
 
-class NotifiedReader:
+class NotifiedReader(StreamReader):
     """``XREAD``/``XREADGROUP`` over keys of any slots, woken by the writers' hints. One thread uses it."""
 
     def __init__(self, client: Any, *, sweep_s: float = 5.0) -> None:
@@ -67,12 +67,12 @@ class NotifiedReader:
         self._closer = weakref.finalize(self, _close_sockets, self._wake_in, self._wake_out)
 
     def wake(self) -> None:
-        """End a waiting ``read`` at once (from another thread: it watches a new key)."""
+        """See ``StreamReader.wake``."""
         with contextlib.suppress(OSError):
             self._wake_out.send(b"\0")
 
     def close(self) -> None:
-        """Close every connection of this reader; it cannot be used afterwards."""
+        """See ``StreamReader.close``."""
         self._drop_subscriptions()
         self._closer()
 
@@ -92,31 +92,10 @@ class NotifiedReader:
         group: tuple[str, str] | None = None,
         interrupt: threading.Event | None = None,
     ) -> Reply:
-        """Entries after each key's id, like ``XREAD``, waiting up to ``block_ms`` when there is nothing.
-
-        With ``group`` (group, consumer) this is ``XREADGROUP``: a key whose id is not ``>`` re-reads the
-        consumer's pending entries and is always read, and answered even when empty, as ``XREADGROUP`` does.
-        The wait ends early when ``interrupt`` is set (another thread watches a new key).
-        """
+        """See ``StreamReader.read``: reads the keys hinted (or due for a sweep), after waiting for a hint."""
         try:
             now = time.monotonic()
-            sweep = now >= self._next_sweep
-            if sweep:
-                # The slot map may have changed meanwhile (the client follows MOVED for every caller).
-                self._rehome()
-            self._subscribe(set(streams))
-            if sweep:
-                self._hinted.update(streams)
-                self._next_sweep = now + self.sweep_s
-            if group is not None:
-                self._hinted.update(key for key, position in streams.items() if position != ">")
-            deadline = now + block_ms / 1000
-            for key, at in list(self._retry.items()):
-                if at <= now or key not in streams:
-                    del self._retry[key]
-                    self._hinted.add(key)
-                else:
-                    deadline = min(deadline, at)
+            deadline = self._mark_due(streams, now, now + block_ms / 1000, group)
             if not self._hinted.intersection(streams):
                 self._wait(streams, deadline, interrupt)
             self._take_hints(0.0)
@@ -129,16 +108,45 @@ class NotifiedReader:
         if not due:
             return []
         self._hinted.difference_update(due)
-        results = self._read_keys(due, streams, count, group)
+        return self._collect(due, self._read_keys(due, streams, count, group), streams, count, group)
+
+    def _mark_due(self, streams: dict[str, str], now: float, deadline: float, group: tuple[str, str] | None) -> float:
+        """Subscribe, and mark the keys to read without a hint (new, swept, pending, moved); returns the deadline."""
+        sweep = now >= self._next_sweep
+        if sweep:
+            # The slot map may have changed meanwhile (the client follows MOVED for every caller).
+            self._rehome()
+        self._subscribe(set(streams))
+        if sweep:
+            self._hinted.update(streams)
+            self._next_sweep = now + self.sweep_s
+        if group is not None:
+            self._hinted.update(key for key, position in streams.items() if position != ">")
+        for key, at in list(self._retry.items()):
+            if at <= now or key not in streams:
+                del self._retry[key]
+                self._hinted.add(key)
+            else:
+                deadline = min(deadline, at)
+        return deadline
+
+    def _collect(
+        self,
+        due: list[str],
+        results: dict[str, Any],
+        streams: dict[str, str],
+        count: int,
+        group: tuple[str, str] | None,
+    ) -> Reply:
+        """The reply of a read of ``due``; a key that failed, moved or filled its page is read again."""
         reply: Reply = []
         failure: Exception | None = None
         for key in due:
             result = results[key]
             if isinstance(result, MOVING):
                 # Its slot moved (read it again at once, on the new node) or is moving (again a little later).
-                self._retry[key] = time.monotonic() + (
-                    0 if isinstance(result, redis.exceptions.MovedError) else _RETRY_S
-                )
+                moved = isinstance(result, redis.exceptions.MovedError)
+                self._retry[key] = time.monotonic() + (0 if moved else _RETRY_S)
                 continue
             if isinstance(result, Exception):
                 self._hinted.add(key)  # read it again next time

@@ -16,11 +16,9 @@ would leave a gap is refused with the index expected.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from enum import Enum
 from typing import Any
 
 import orjson
@@ -32,24 +30,8 @@ from bridge.events import EventType
 from bridge.generation import GenerationRequest, new_generation_id, new_session_id
 from bridge.settings import Settings
 
-
-class AppendStatus(Enum):
-    APPENDED = "appended"
-    DUPLICATE = "duplicate"
-    GAP = "gap"
-    FINISHED = "finished"
-    UNKNOWN = "unknown"
-    NOT_EXTERNAL = "not_external"
-
-
-_STATUS = {
-    2: AppendStatus.APPENDED,
-    1: AppendStatus.DUPLICATE,
-    -2: AppendStatus.GAP,
-    -1: AppendStatus.FINISHED,
-    0: AppendStatus.UNKNOWN,
-    -5: AppendStatus.NOT_EXTERNAL,
-}
+# EXTERNAL_APPEND's status: appended, duplicate (written before), gap, finished, unknown or not external.
+AppendStatus = scripts.Append
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,19 +48,15 @@ def append_tokens(
     client: redis.Redis, generation_id: str, index: int, tokens: list[str], *, settings: Settings
 ) -> AppendResult:
     """Append ``tokens`` as positions ``index``, ``index + 1``, …: idempotent, and refused across a gap."""
-    result: Any = scripts.run(
+    status, next_index = scripts.external_append(
         client,
-        scripts.EXTERNAL_APPEND,
-        [keys.gen_meta(generation_id), keys.gen_raw(generation_id), keys.gen_lease(generation_id)],
-        [
-            index,
-            settings.redis_stream_max_length,
-            int(settings.external_idle_timeout_s * 1000),
-            repr(time.time()),
-            *tokens,
-        ],
+        generation_id,
+        index,
+        tokens,
+        max_length=settings.redis_stream_max_length,
+        idle_ms=int(settings.external_idle_timeout_s * 1000),
     )
-    return AppendResult(_STATUS[int(result[0])], int(result[1]))
+    return AppendResult(status, next_index)
 
 
 def finish(
@@ -89,7 +67,7 @@ def finish(
     finish_reason: str | None = "stop",
     error: dict[str, str] | None = None,
     usage: dict[str, int] | None = None,
-) -> int:
+) -> scripts.Ended:
     """Write the terminal entry (``done``, or ``error`` when ``error`` is given). Returns FAIL's result."""
     data: dict[str, Any]
     if error is not None:
@@ -98,13 +76,7 @@ def finish(
         produced: Any = client.hget(keys.gen_meta(generation_id), "ext_next")
         counts = {"prompt_tokens": 0, "completion_tokens": int(produced or 0), **(usage or {})}
         event, data = EventType.DONE.value, {"finish_reason": finish_reason or "stop", "usage": counts}
-    result: int = scripts.run(
-        client,
-        scripts.FAIL,
-        [keys.gen_meta(generation_id), keys.gen_lease(generation_id), keys.gen_raw(generation_id)],
-        [event, orjson.dumps(data), settings.redis_stream_max_length],
-    )
-    return result
+    return scripts.fail(client, generation_id, event, orjson.dumps(data), max_length=settings.redis_stream_max_length)
 
 
 class ExternalGeneration:
@@ -123,7 +95,7 @@ class ExternalGeneration:
             return
         result = append_tokens(self.client, self.id, self.index, list(tokens), settings=self.settings)
         if result.status not in (AppendStatus.APPENDED, AppendStatus.DUPLICATE):
-            raise ExternalProducerError(f"generation {self.id}: write refused ({result.status.value})")
+            raise ExternalProducerError(f"generation {self.id}: write refused ({result.status.name.lower()})")
         self.index = result.next_index
 
     def complete(self, finish_reason: str = "stop", usage: dict[str, int] | None = None) -> None:

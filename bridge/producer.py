@@ -22,19 +22,14 @@ from typing import Any
 import orjson
 import redis
 
-from bridge import keys, scripts
+from bridge import scripts
 from bridge.connections import UNAVAILABLE
 from bridge.errors import ProviderError
 from bridge.events import TERMINAL_EVENTS, EventType
+from bridge.scripts import Claim as Claim  # re-exported: the claim refusals callers see
 from bridge.ticker import Ticker
 
 logger = logging.getLogger(__name__)
-
-
-class Claim(int, Enum):
-    UNKNOWN = -3
-    FINISHED = -2
-    HELD = -1
 
 
 class WriteResult(Enum):
@@ -197,18 +192,15 @@ class GenerationWriter:
         # What this writer wrote, for metrics: tokens, and the code of an error entry.
         self.tokens = 0
         self.error_code: str | None = None
-        self._keys = [
-            keys.gen_meta(generation_id),
-            keys.gen_lease(generation_id),
-            keys.gen_raw(generation_id),
-            keys.gen_cancel(generation_id),
-        ]
 
     def claim(self, *, reason: str = "retry") -> int:
         """Start a new attempt. Returns its number (1, 2, …) or a negative ``Claim`` when refused."""
-        args = [self.lease_ms, repr(time.time()), self.max_length, reason]
         claimed_at = time.monotonic()
-        result = int(self._retrying(lambda: scripts.run(self.client, scripts.CLAIM_ATTEMPT, self._keys[:3], args)))
+        result: int = self._retrying(
+            lambda: scripts.claim_attempt(
+                self.client, self.generation_id, lease_ms=self.lease_ms, max_length=self.max_length, reason=reason
+            )
+        )
         if result > 0:
             self.attempt = result
             self.batch = 0
@@ -225,21 +217,21 @@ class GenerationWriter:
         for event_type, data in entries:
             args.append(event_type)
             args.append(orjson.dumps(data))
-        call = scripts.Call(scripts.WRITE, self._keys, args)
-        result = int(self._retrying(lambda: self._run(call)))
-        if renew and result >= 0:
+        call = scripts.write_call(self.generation_id, args)
+        result = scripts.decode_write(self._retrying(lambda: self._run(call)))
+        if renew and result is scripts.Write.WRITTEN:
             self._renewed_at = now
-        if result > 0:
+        if result is scripts.Write.WRITTEN and entries:
             for event_type, data in entries:
                 if event_type == EventType.TOKEN.value:
                     self.tokens += 1
                 elif event_type == EventType.ERROR.value:
                     self.error_code = str(data.get("code"))
-        if result == -1:
+        if result is scripts.Write.FENCED:
             return WriteResult.FENCED
-        if result == -2:
+        if result is scripts.Write.CANCELLED:
             return WriteResult.CANCELLED
-        return WriteResult.WRITTEN
+        return WriteResult.WRITTEN  # a repeat was written by the first try
 
     def _run(self, call: scripts.Call) -> Any:
         if self.batcher is not None:
@@ -253,7 +245,7 @@ class GenerationWriter:
     def release(self) -> None:
         """Give the lease up at once (the worker is going away), so that a new attempt need not wait for it."""
         try:
-            scripts.run(self.client, scripts.RELEASE, [self._keys[1]], [self.attempt])
+            scripts.release_lease(self.client, self.generation_id, self.attempt)
         except redis.RedisError as exc:
             logger.warning("Generation %s could not release its lease: %s", self.generation_id, exc)
 
@@ -359,76 +351,127 @@ def pump(
     ``max_duration_s`` with ``max_duration``. If the pump itself is interrupted (the worker shuts down), the
     lease is released so that a new attempt can start at once.
     """
-    inbox: deque[Any] = deque()
-    # Set by the source at each item, and by the ticker every ``poll_s`` (the idle checks' wake-up).
-    wake = threading.Event()
-    stop = threading.Event()
-
-    def put(item: Any) -> None:
-        inbox.append(item)
-        wake.set()
-
-    def produce() -> None:
-        try:
-            for chunk in source(stop):
-                if stop.is_set():
-                    return
-                if isinstance(chunk, Finish):
-                    put(chunk)
-                    return
-                put((time.time(), chunk))
-            if not stop.is_set():
-                put(Finish())
-        except Exception as exc:
-            put(_Failure(exc))
-        finally:
-            put(_END)
-
-    thread = threading.Thread(target=produce, name=f"source-{writer.generation_id}", daemon=True)
-    thread.start()
+    source_thread = _SourceThread(source, name=f"source-{writer.generation_id}")
+    source_thread.start()
     ticker = Ticker.every(poll_s)
-    ticker.add(wake.set)
-    completion_tokens = 0
-    started = last_item = last_write = time.monotonic()
-    finished = False
+    ticker.add(source_thread.wake.set)
+    loop = _PumpLoop(
+        writer,
+        source_thread,
+        flush_window_s=flush_window_s,
+        poll_s=poll_s,
+        idle_timeout_s=idle_timeout_s,
+        max_duration_s=max_duration_s,
+    )
+    outcome: Outcome | None = None
     try:
-        while True:
-            limit = _limit_reached(time.monotonic(), started, last_item, idle_timeout_s, max_duration_s)
-            if limit is not None:
-                logger.warning("Generation %s: %s.", writer.generation_id, limit[1])
-                result = writer.write([(EventType.ERROR.value, {"code": limit[0], "message": limit[1]})])
-                finished = True
-                return _outcome(result, writer)
-            if not inbox:
-                wake.wait()  # no timer per wait: the ticker sets it every poll_s
-                wake.clear()
-            if not inbox:
-                if time.monotonic() - last_write < poll_s:
-                    continue
-                # Idle: renew the lease when due and look for a cancellation.
-                result = writer.heartbeat()
-                last_write = time.monotonic()
-                if result is not WriteResult.WRITTEN:
-                    finished = True
-                    return _outcome(result, writer)
-                continue
-            last_item = time.monotonic()
-            if flush_window_s > 0:
-                time.sleep(flush_window_s)  # let the tokens that follow closely join this write
-            entries, completion_tokens = _take(inbox, completion_tokens)
-            if entries:
-                result = writer.write(entries)
-                last_write = time.monotonic()
-                if result is not WriteResult.WRITTEN or entries[-1][0] in TERMINAL_EVENTS:
-                    finished = True
-                    return _outcome(result, writer)
+        while outcome is None:
+            outcome = loop.step()
+        return outcome
     finally:
-        stop.set()
-        ticker.discard(wake.set)
-        if not finished:
+        source_thread.stop.set()
+        ticker.discard(source_thread.wake.set)
+        if outcome is None:
             # Interrupted (worker shutdown, Redis gone for longer than the writer retries): hand the generation back.
             writer.release()
-        thread.join(join_timeout_s)
+        source_thread.join(join_timeout_s)
+
+
+class _SourceThread:
+    """A token source run in a thread of its own; what it yields waits in ``inbox``, ending with ``_END``."""
+
+    def __init__(self, source: TokenSource, *, name: str) -> None:
+        self.source = source
+        self.inbox: deque[Any] = deque()
+        # Set by the source at each item, and by the ticker every ``poll_s`` (the idle checks' wake-up).
+        self.wake = threading.Event()
+        self.stop = threading.Event()
+        self._thread = threading.Thread(target=self._produce, name=name, daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def join(self, timeout_s: float) -> None:
+        self._thread.join(timeout_s)
+
+    def _put(self, item: Any) -> None:
+        self.inbox.append(item)
+        self.wake.set()
+
+    def _produce(self) -> None:
+        try:
+            for chunk in self.source(self.stop):
+                if self.stop.is_set():
+                    return
+                if isinstance(chunk, Finish):
+                    self._put(chunk)
+                    return
+                self._put((time.time(), chunk))
+            if not self.stop.is_set():
+                self._put(Finish())
+        except Exception as exc:
+            self._put(_Failure(exc))
+        finally:
+            self._put(_END)
+
+
+class _PumpLoop:
+    """One turn at a time of ``pump``: write what the source yielded, or check the limits and the lease."""
+
+    def __init__(
+        self,
+        writer: GenerationWriter,
+        source: _SourceThread,
+        *,
+        flush_window_s: float,
+        poll_s: float,
+        idle_timeout_s: float | None,
+        max_duration_s: float | None,
+    ) -> None:
+        self.writer = writer
+        self.source = source
+        self.flush_window_s = flush_window_s
+        self.poll_s = poll_s
+        self.idle_timeout_s = idle_timeout_s
+        self.max_duration_s = max_duration_s
+        self.completion_tokens = 0
+        self.started = self.last_item = self.last_write = time.monotonic()
+
+    def step(self) -> Outcome | None:
+        """One wake-up; returns the outcome once the generation ended (or this attempt was fenced off)."""
+        limit = _limit_reached(time.monotonic(), self.started, self.last_item, self.idle_timeout_s, self.max_duration_s)
+        if limit is not None:
+            logger.warning("Generation %s: %s.", self.writer.generation_id, limit[1])
+            result = self.writer.write([(EventType.ERROR.value, {"code": limit[0], "message": limit[1]})])
+            return _outcome(result, self.writer)
+        inbox = self.source.inbox
+        if not inbox:
+            self.source.wake.wait()  # no timer per wait: the ticker sets it every poll_s
+            self.source.wake.clear()
+        if not inbox:
+            return self._idle()
+        return self._write_waiting()
+
+    def _idle(self) -> Outcome | None:
+        """Nothing came: renew the lease when due and look for a cancellation."""
+        if time.monotonic() - self.last_write < self.poll_s:
+            return None
+        result = self.writer.heartbeat()
+        self.last_write = time.monotonic()
+        return None if result is WriteResult.WRITTEN else _outcome(result, self.writer)
+
+    def _write_waiting(self) -> Outcome | None:
+        self.last_item = time.monotonic()
+        if self.flush_window_s > 0:
+            time.sleep(self.flush_window_s)  # let the tokens that follow closely join this write
+        entries, self.completion_tokens = _take(self.source.inbox, self.completion_tokens)
+        if not entries:
+            return None
+        result = self.writer.write(entries)
+        self.last_write = time.monotonic()
+        if result is not WriteResult.WRITTEN or entries[-1][0] in TERMINAL_EVENTS:
+            return _outcome(result, self.writer)
+        return None
 
 
 def _take(inbox: deque[Any], completion_tokens: int) -> tuple[list[tuple[str, dict[str, Any]]], int]:

@@ -12,7 +12,10 @@ back, not what it watches.
 from __future__ import annotations
 
 import hashlib
+import time
+from collections.abc import Sequence
 from dataclasses import dataclass
+from enum import IntEnum
 from functools import cache
 from typing import Any
 
@@ -21,6 +24,7 @@ import redis.client
 from redis.cluster import ClusterPipeline, RedisCluster
 from redis.exceptions import NoScriptError
 
+from bridge import keys as key_names
 from bridge.cluster import MOVING, refresh_if_moved
 
 # KEYS: meta, lease, raw   ARGV: lease_ms, now, maxlen
@@ -364,3 +368,150 @@ def _by_node(client: redis.Redis, calls: list[Call]) -> list[tuple[redis.Redis, 
     for i, call in enumerate(calls):
         groups.setdefault(client.get_node_from_key(call.keys[0]).name, []).append(i)
     return [(client.get_redis_connection(client.get_node(node_name=name)), group) for name, group in groups.items()]
+
+
+# -- typed wrappers: each script's reply is decoded here, once, into an IntEnum ----------------------------
+
+
+class Claim(IntEnum):
+    """CLAIM_ATTEMPT's refusals (a claim that succeeds returns the new attempt's number, 1, 2, …)."""
+
+    UNKNOWN = -3
+    FINISHED = -2
+    HELD = -1
+
+
+class Write(IntEnum):
+    """WRITE's reply: written (any number of entries, 0 for a heartbeat), fenced, cancelled or a repeat."""
+
+    WRITTEN = 0
+    FENCED = -1
+    CANCELLED = -2
+    REPEATED = -4
+
+
+class Ended(IntEnum):
+    """FAIL's and ABORT's reply (``REQUESTED``: ABORT only)."""
+
+    UNKNOWN = 0
+    FINISHED = -1
+    WRITTEN = 1
+    REQUESTED = 2
+
+
+class Supervision(IntEnum):
+    """SUPERVISE's verdict on a generation whose attempt may be dead."""
+
+    NOTHING = 0
+    REQUEUE = 1
+    EXHAUSTED = 2
+    QUEUE_TIMEOUT = 3
+    PRODUCER_SILENT = 4
+
+
+class Append(IntEnum):
+    """EXTERNAL_APPEND's status (the reply also carries the next index expected)."""
+
+    UNKNOWN = 0
+    NOT_EXTERNAL = -5
+    FINISHED = -1
+    GAP = -2
+    DUPLICATE = 1
+    APPENDED = 2
+
+
+class Slot(IntEnum):
+    """TAKE_SLOT's reply."""
+
+    FULL = 0
+    TAKEN = 1
+
+
+def claim_attempt(client: redis.Redis, generation_id: str, *, lease_ms: int, max_length: int, reason: str) -> int:
+    """Start a new attempt: its number (1, 2, …), or the ``Claim`` that refused it."""
+    generation_keys = [key_names.gen_meta(generation_id), key_names.gen_lease(generation_id)]
+    generation_keys.append(key_names.gen_raw(generation_id))
+    args = [lease_ms, repr(time.time()), max_length, reason]
+    result = int(run(client, CLAIM_ATTEMPT, generation_keys, args))
+    return result if result > 0 else Claim(result)
+
+
+def write_call(generation_id: str, args: list[Any]) -> Call:
+    """A run of WRITE (ARGV as the script documents it), for ``run``, ``run_batch`` or a write batcher."""
+    generation_keys = [
+        key_names.gen_meta(generation_id),
+        key_names.gen_lease(generation_id),
+        key_names.gen_raw(generation_id),
+        key_names.gen_cancel(generation_id),
+    ]
+    return Call(WRITE, generation_keys, args)
+
+
+def decode_write(reply: Any) -> Write:
+    """WRITE's reply: the entries it wrote are not needed, only whether it wrote."""
+    result = int(reply)
+    return Write.WRITTEN if result >= 0 else Write(result)
+
+
+def fail(client: redis.Redis, generation_id: str, event_type: str, data: bytes, *, max_length: int) -> Ended:
+    """Write a terminal entry whatever attempt holds the generation (the attempt is fenced off)."""
+    generation_keys = [key_names.gen_meta(generation_id), key_names.gen_lease(generation_id)]
+    generation_keys.append(key_names.gen_raw(generation_id))
+    return Ended(int(run(client, FAIL, generation_keys, [event_type, data, max_length])))
+
+
+def abort(
+    client: redis.Redis, generation_id: str, event_type: str, data: bytes, *, max_length: int, cancel_ttl_ms: int
+) -> Ended:
+    """End a generation no live attempt holds, or ask the live attempt to cancel (``event_type`` cancelled)."""
+    generation_keys = [
+        key_names.gen_meta(generation_id),
+        key_names.gen_lease(generation_id),
+        key_names.gen_raw(generation_id),
+        key_names.gen_cancel(generation_id),
+    ]
+    return Ended(int(run(client, ABORT, generation_keys, [event_type, data, max_length, cancel_ttl_ms])))
+
+
+def supervise(
+    client: redis.Redis, generation_ids: Sequence[str], *, max_attempts: int, queue_timeout_ms: int
+) -> dict[str, Supervision]:
+    """SUPERVISE for many generations in one round trip per node; a generation whose slot is moving is left out
+    (supervised again at the next heartbeat, on its new node)."""
+    args = [int(time.time() * 1000), max_attempts, queue_timeout_ms]
+    calls = [Call(SUPERVISE, [key_names.gen_meta(gid), key_names.gen_lease(gid)], args) for gid in generation_ids]
+    verdicts: dict[str, Supervision] = {}
+    for gid, result in zip(generation_ids, run_batch(client, calls), strict=True):
+        if isinstance(result, MOVING):
+            continue
+        if isinstance(result, Exception):
+            raise result
+        verdicts[gid] = Supervision(int(result))
+    return verdicts
+
+
+def unmark_requeue(client: redis.Redis, generation_id: str, attempt: str) -> None:
+    """Undo SUPERVISE's requeue mark of ``attempt`` (its new attempt could not be enqueued)."""
+    run(client, UNMARK_REQUEUE, [key_names.gen_meta(generation_id)], [attempt])
+
+
+def external_append(
+    client: redis.Redis, generation_id: str, index: int, tokens: list[str], *, max_length: int, idle_ms: int
+) -> tuple[Append, int]:
+    """Append an external producer's tokens from position ``index``: the status and the next index expected."""
+    generation_keys = [key_names.gen_meta(generation_id), key_names.gen_raw(generation_id)]
+    generation_keys.append(key_names.gen_lease(generation_id))
+    result: Any = run(
+        client, EXTERNAL_APPEND, generation_keys, [index, max_length, idle_ms, repr(time.time()), *tokens]
+    )
+    return Append(int(result[0])), int(result[1])
+
+
+def take_slot(client: redis.Redis, running_key: str, generation_id: str, *, limit: int, expire_ms: int) -> Slot:
+    """A place for ``generation_id`` among at most ``limit`` in ``running_key``, lapsing after ``expire_ms``."""
+    return Slot(int(run(client, TAKE_SLOT, [running_key], [generation_id, int(time.time() * 1000), limit, expire_ms])))
+
+
+def release_lease(client: redis.Redis, generation_id: str, attempt: int) -> bool:
+    """Delete the generation's lease if ``attempt`` holds it; whether it did."""
+    return bool(run(client, RELEASE, [key_names.gen_lease(generation_id)], [attempt]))

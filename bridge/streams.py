@@ -13,12 +13,8 @@ from bridge.cluster import MOVING, node_client, refresh_if_moved
 from bridge.connections import is_cluster
 from bridge.events import ClientEvent, EventType, decode_out
 
-
-class AbortResult:
-    UNKNOWN = 0
-    FINISHED = -1
-    WRITTEN = 1
-    REQUESTED = 2
+# What ``abort`` and ``cancel`` return (ABORT's reply): ``REQUESTED`` when the live attempt was asked.
+AbortResult = scripts.Ended
 
 
 def ensure_group(client: redis.Redis, stream: str, group: str) -> None:
@@ -209,23 +205,14 @@ def abort(
     *,
     max_length: int,
     cancel_ttl_ms: int = 3_600_000,
-) -> int:
+) -> scripts.Ended:
     """End a generation no live attempt holds, or ask the live attempt to cancel. Returns an AbortResult."""
-    result: int = scripts.run(
-        client,
-        scripts.ABORT,
-        [
-            keys.gen_meta(generation_id),
-            keys.gen_lease(generation_id),
-            keys.gen_raw(generation_id),
-            keys.gen_cancel(generation_id),
-        ],
-        [event_type, orjson.dumps(data), max_length, cancel_ttl_ms],
+    return scripts.abort(
+        client, generation_id, event_type, orjson.dumps(data), max_length=max_length, cancel_ttl_ms=cancel_ttl_ms
     )
-    return result
 
 
-def cancel(client: redis.Redis, generation_id: str, *, max_length: int) -> int:
+def cancel(client: redis.Redis, generation_id: str, *, max_length: int) -> scripts.Ended:
     """Request cancellation: written at once when no attempt runs, otherwise signalled to the running attempt."""
     return abort(client, generation_id, EventType.CANCELLED.value, {}, max_length=max_length)
 

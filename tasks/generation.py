@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from collections.abc import Iterator
 from functools import cache
 from typing import Any
@@ -37,6 +36,7 @@ from bridge.producer import (
 from bridge.settings import Settings
 from tasks import metrics
 from tasks.providers import provider_for
+from tasks.providers.base import Provider
 
 logger = logging.getLogger(__name__)
 
@@ -73,14 +73,7 @@ DEFERRED = "deferred"
 def run_generation(
     client: redis.Redis, settings: Settings, generation_id: str, *, batcher: WriteBatcher | None = None
 ) -> str:
-    writer = GenerationWriter(
-        client,
-        generation_id,
-        lease_ms=settings.lease_ms,
-        max_length=settings.redis_stream_max_length,
-        retry_s=settings.redis_retry_s,
-        batcher=batcher,
-    )
+    writer = _writer(client, settings, generation_id, batcher)
     log_extra: dict[str, object] = {"generation_id": generation_id}
     raw_request, terminal = client.hmget(keys.gen_meta(generation_id), ["request", "terminal"])
     if terminal or raw_request is None:
@@ -110,16 +103,11 @@ def run_generation(
         log_extra["attempt"] = attempt
         logger.info("Generation %s started (model %s).", generation_id, request.model, extra=log_extra)
         cached = _cached_answer(client, spec, orjson.loads(raw_request or "{}"))
-        if cached is not None:
-            source: TokenSource = _replay(cached)
-        else:
-            source = with_retries(
-                lambda stop: provider.stream(request, stop),
-                retries=settings.provider_retries,
-                base_delay_s=settings.provider_retry_base_ms / 1000,
-                generation_id=generation_id,
-                on_retry=lambda exc: metrics.PROVIDER_RETRIES.labels(spec.name).inc(),
-            )
+        source = (
+            _replay(cached)
+            if cached is not None
+            else _provider_source(settings, spec, provider, request, generation_id)
+        )
         outcome = pump(
             writer,
             source,
@@ -129,10 +117,7 @@ def run_generation(
             max_duration_s=settings.generation_max_duration_s,
         )
         logger.info("Generation %s attempt %s %s.", generation_id, attempt, outcome.value, extra=log_extra)
-        metrics.GENERATIONS.labels(spec.name, outcome.value).inc()
-        metrics.TOKENS.labels(spec.name).inc(writer.tokens)
-        if writer.error_code:
-            metrics.PROVIDER_ERRORS.labels(spec.name, writer.error_code).inc()
+        _count(spec.name, outcome, writer)
         if cached is None:
             _record_circuit(client, settings, spec.name, outcome, writer.error_code)
         return outcome.value
@@ -188,11 +173,44 @@ def _record_circuit(
         )
 
 
+def _writer(
+    client: redis.Redis, settings: Settings, generation_id: str, batcher: WriteBatcher | None
+) -> GenerationWriter:
+    return GenerationWriter(
+        client,
+        generation_id,
+        lease_ms=settings.lease_ms,
+        max_length=settings.redis_stream_max_length,
+        retry_s=settings.redis_retry_s,
+        batcher=batcher,
+    )
+
+
+def _provider_source(
+    settings: Settings, spec: ModelSpec, provider: Provider, request: GenerationRequest, generation_id: str
+) -> TokenSource:
+    """The provider's token stream, retried with backoff when it fails before its first token."""
+    return with_retries(
+        lambda stop: provider.stream(request, stop),
+        retries=settings.provider_retries,
+        base_delay_s=settings.provider_retry_base_ms / 1000,
+        generation_id=generation_id,
+        on_retry=lambda exc: metrics.PROVIDER_RETRIES.labels(spec.name).inc(),
+    )
+
+
+def _count(model: str, outcome: Outcome, writer: GenerationWriter) -> None:
+    """The attempt's metrics: its outcome, the tokens it wrote, the error it ended with."""
+    metrics.GENERATIONS.labels(model, outcome.value).inc()
+    metrics.TOKENS.labels(model).inc(writer.tokens)
+    if writer.error_code:
+        metrics.PROVIDER_ERRORS.labels(model, writer.error_code).inc()
+
+
 def _take_slot(client: redis.Redis, slot: str, generation_id: str, limit: int, settings: Settings) -> bool:
     # A slot outlives a killed worker by at most the generation's maximum duration.
     expire_ms = int((settings.generation_max_duration_s + 60) * 1000)
-    args = [generation_id, int(time.time() * 1000), limit, expire_ms]
-    return bool(scripts.run(client, scripts.TAKE_SLOT, [slot], args))
+    return scripts.take_slot(client, slot, generation_id, limit=limit, expire_ms=expire_ms) is scripts.Slot.TAKEN
 
 
 __all__ = ["Outcome", "generate", "run_generation"]

@@ -30,12 +30,9 @@ logger = logging.getLogger(__name__)
 
 @dataclass(slots=True)
 class GenerationState:
-    """What a consumer keeps about a generation it owns. Restored from ``:meta`` after a takeover."""
+    """What the processors see of a generation. Restored from ``:meta`` after a takeover."""
 
     generation_id: str
-    work_id: str
-    # The work-stream shard that holds ``work_id``.
-    work_stream: str = keys.WORK_STREAM
     model: str = ""
     session_id: str = ""
     api_key: str = ""
@@ -45,14 +42,6 @@ class GenerationState:
     first_token_at: float | None = None
     resumed: bool = False
     finished: bool = False
-    # Consumer bookkeeping: re-read our own pending entries (after a failure or an outage), when, and why.
-    pending_retry: bool = False
-    retry_at: float = 0.0
-    failures: int = 0
-    poisoned: bool = False
-    # A dead entry the generation waits on (DEAD_LETTER_HOLD_S) until a replay, a drop, or this UNIX time.
-    held_entry: str | None = None
-    held_until: float = 0.0
     # The API key's token budget, as written at creation (per minute, per day; 0: none).
     budget: tuple[int, int] = (0, 0)
     # Fields for ``:meta``, written in the same transaction as the batch that produced them.
@@ -60,14 +49,10 @@ class GenerationState:
     scratch: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
-    def from_meta(
-        cls, generation_id: str, work_id: str, meta: dict[str, str], *, work_stream: str = keys.WORK_STREAM
-    ) -> GenerationState:
+    def from_meta(cls, generation_id: str, meta: dict[str, str]) -> GenerationState:
         first = meta.get("first_token_at")
         return cls(
             generation_id=generation_id,
-            work_id=work_id,
-            work_stream=work_stream,
             model=meta.get("model", ""),
             session_id=meta.get("session_id", ""),
             api_key=meta.get("api_key", ""),
@@ -76,8 +61,6 @@ class GenerationState:
             completion_tokens=int(meta.get("completion_tokens", 0)),
             first_token_at=float(first) if first else None,
             resumed=int(meta.get("seq", 0)) > 0,
-            held_entry=meta.get("held_entry") or None,
-            held_until=float(meta.get("held_until") or 0),
             budget=_budget(meta.get("budget", "")),
         )
 

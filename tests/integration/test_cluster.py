@@ -19,7 +19,9 @@ from bridge.producer import GenerationWriter
 from bridge.settings import Settings
 from tests.cluster import EmbeddedCluster
 from tests.support import wait_for
-from workers.consumer import Batch, ConsumerWorker
+from workers.commit import Batch
+from workers.consumer import ConsumerWorker
+from workers.owned import OwnedGeneration
 from workers.processors import GenerationState, default_processors
 
 WORDS = [f"w{i} " for i in range(30)]
@@ -125,7 +127,7 @@ def test_generations_on_every_node_flow_through_a_consumer(rc: redis.Redis, clus
         assert len({(orjson.loads(f["data"])["generation_id"], f["entry_id"]) for _, f in entries}) == len(entries)
     # And the work stream is empty again: every generation was acknowledged and released
     assert streams.work_backlog(rc, cluster_settings.redis_consumer_group, cluster_settings.work_shard_count)[0] == 0
-    worker._leave()
+    worker.ownership.hand_back()
 
 
 def test_a_batch_committed_again_is_copied_to_the_session_once(rc: redis.Redis, cluster_settings: Settings) -> None:
@@ -140,8 +142,8 @@ def test_a_batch_committed_again_is_copied_to_the_session_once(rc: redis.Redis, 
         (entry_id, Event(id=entry_id, type=fields["event"], data=orjson.loads(fields["data"])))
         for entry_id, fields in rc.xrange(keys.gen_out(gid))
     ]
-    state = GenerationState(generation_id=gid, work_id="0-1", session_id="s_again")
-    worker._copy_to_sessions([Batch(state, outs=replay, acked=[entry_id for entry_id, _ in replay])])
+    owned = OwnedGeneration(GenerationState(generation_id=gid, session_id="s_again"), work_id="0-1")
+    worker.committer.copy_to_sessions([Batch(owned, outs=replay, acked=[entry_id for entry_id, _ in replay])])
     # Then the session stream is unchanged
     assert rc.xlen(keys.session_out("s_again")) == copied == 4
 

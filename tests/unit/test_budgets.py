@@ -33,7 +33,7 @@ def clock(monkeypatch: pytest.MonkeyPatch) -> SimpleNamespace:
 
 
 def _gen(gid: str, key: str, budget: tuple[int, int]) -> GenerationState:
-    return GenerationState.from_meta(gid, "1-0", {"api_key": key, "budget": f"{budget[0]},{budget[1]}"})
+    return GenerationState.from_meta(gid, {"api_key": key, "budget": f"{budget[0]},{budget[1]}"})
 
 
 def test_a_keys_windows_are_its_utc_minute_and_day_in_one_slot() -> None:
@@ -101,7 +101,7 @@ def test_the_public_usage_names_no_limit_as_none() -> None:
 
 @pytest.mark.parametrize(("stored", "budget"), [("5,100", (5, 100)), ("0,0", (0, 0)), ("", (0, 0)), ("x,1", (0, 0))])
 def test_a_generation_carries_the_budget_written_at_its_creation(stored: str, budget: tuple[int, int]) -> None:
-    assert GenerationState.from_meta("gen_a", "1-0", {"api_key": "app", "budget": stored}).budget == budget
+    assert GenerationState.from_meta("gen_a", {"api_key": "app", "budget": stored}).budget == budget
 
 
 @pytest.fixture

@@ -22,7 +22,7 @@ def events() -> Iterator[CeleryEvents]:
 
 
 def _state(gid: str = "gen_1", **kw: Any) -> GenerationState:
-    return GenerationState(generation_id=gid, work_id="1-0", model="echo", session_id="s1", **kw)
+    return GenerationState(generation_id=gid, model="echo", session_id="s1", **kw)
 
 
 def _sent(events: CeleryEvents) -> list[tuple[str, dict[str, Any]]]:

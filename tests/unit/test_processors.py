@@ -53,7 +53,7 @@ def _token(content: str, n: int = 1) -> Event:
 
 
 def _gen() -> GenerationState:
-    return GenerationState(generation_id="gen_a", work_id="1-0", model="echo", created_at=99.5)
+    return GenerationState(generation_id="gen_a", model="echo", created_at=99.5)
 
 
 def test_processors_run_in_order_and_persistence_keeps_what_readers_see() -> None:
@@ -134,7 +134,7 @@ def test_persistence_records_how_a_generation_ended() -> None:
 
 
 def _analytics_gen(**fields: object) -> GenerationState:
-    values: dict[str, object] = {"generation_id": "gen_a", "work_id": "1-0", "model": "echo", "created_at": 100.0}
+    values: dict[str, object] = {"generation_id": "gen_a", "model": "echo", "created_at": 100.0}
     values.update(fields)
     return GenerationState(**values)  # type: ignore[arg-type]
 

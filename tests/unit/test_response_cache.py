@@ -109,7 +109,7 @@ def _generation(client: fakeredis.FakeRedis, events: list[tuple[str, dict[str, A
 
 def _finish(client: fakeredis.FakeRedis, done: dict[str, Any], *, model: str = "cached", gid: str = "gen_a") -> None:
     processor = CachingProcessor(client, {"cached": SPEC, "plain": SPEC.model_copy(update={"cache_ttl_s": None})})
-    gen = GenerationState(generation_id=gid, work_id="1-0", model=model)
+    gen = GenerationState(generation_id=gid, model=model)
     processor.finish(gen, Event(id="99-0", type="done", data=done))
 
 
@@ -158,7 +158,7 @@ def test_what_is_not_stored(fake_redis: fakeredis.FakeRedis, done: dict[str, Any
 def test_an_error_or_a_cancel_is_not_stored(fake_redis: fakeredis.FakeRedis) -> None:
     _generation(fake_redis, _tokens("Hello"))
     processor = CachingProcessor(fake_redis, {"cached": SPEC})
-    gen = GenerationState(generation_id="gen_a", work_id="1-0", model="cached")
+    gen = GenerationState(generation_id="gen_a", model="cached")
     processor.finish(gen, Event(id="9-0", type="error", data={"code": "provider_error", "message": "x"}))
     processor.finish(gen, Event(id="9-0", type="cancelled", data={}))
     assert not fake_redis.keys("llm:cache:*")

@@ -1,0 +1,207 @@
+"""Ownership of generations: claiming them from ``llm:work``, keeping them, taking over a dead consumer's, handing back.
+
+A work entry stays pending in the processors' group while its generation runs; re-reading our own pending
+entries keeps them fresh, so only a dead consumer's go idle and are taken over with ``XAUTOCLAIM``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from typing import Any
+
+import redis
+
+from bridge import keys
+from bridge.cluster import MOVING, node_client, refresh_if_moved
+from bridge.settings import Settings
+from workers import metrics
+from workers.celery_events import CeleryEvents
+from workers.owned import OwnedGeneration
+from workers.processors import Chain
+
+logger = logging.getLogger(__name__)
+
+FINISHED_STATUSES = frozenset({"completed", "failed", "cancelled"})
+PAGE = 100
+
+
+class Ownership:
+    """The generations one consumer owns (``owned``), and the work entries that hand them to it."""
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        settings: Settings,
+        chain: Chain,
+        *,
+        name: str,
+        group: str,
+        events: CeleryEvents | None,
+    ) -> None:
+        self.client = client
+        self.settings = settings
+        self.chain = chain
+        self.name = name
+        self.group = group
+        self.events = events
+        self.work_streams = keys.work_streams(settings.work_shard_count)
+        self.owned: dict[str, OwnedGeneration] = {}
+
+    def adopt(
+        self, generation_id: str, work_id: str, *, taken_over: bool, work_stream: str = keys.WORK_STREAM
+    ) -> OwnedGeneration | None:
+        """Own a generation: load its state from ``:meta``. Returns it when it is newly ours."""
+        if generation_id in self.owned:
+            return None
+        meta: dict[str, str] = self.client.hgetall(keys.gen_meta(generation_id)) if generation_id else {}  # type: ignore[assignment]
+        if not meta or meta.get("status") in FINISHED_STATUSES:
+            # Unknown, expired or already finished: nothing left to do for it.
+            self.release_work(work_stream, work_id)
+            return None
+        owned = OwnedGeneration.from_meta(generation_id, work_id, meta, work_stream=work_stream)
+        owned.gen.resumed = owned.gen.resumed or taken_over
+        self.owned[generation_id] = owned
+        if self.events is not None:
+            self.events.received(owned.gen, taken_over=taken_over)
+        self.chain.start(owned.gen)
+        return owned
+
+    def refresh(self) -> list[OwnedGeneration]:
+        """Keep our work entries fresh and let go of those taken from us; returns what we own from an earlier life.
+
+        Reading our own pending entries resets their idle time and lists exactly what we still own.
+        """
+        still_ours: set[str] = set()
+        adopted: list[OwnedGeneration] = []
+        for stream in self.work_streams:
+            for work_id, fields in self._own_entries(stream):
+                if not fields:
+                    self.release_work(stream, work_id)  # deleted while pending
+                    continue
+                gid = fields.get("generation_id", "")
+                still_ours.add(gid)
+                if gid and gid not in self.owned:
+                    # Ours from an earlier life under the same name: continue it.
+                    adopted += filter(None, [self.adopt(gid, work_id, taken_over=True, work_stream=stream)])
+        for gid in list(self.owned):
+            if gid not in still_ours:
+                logger.warning("Generation %s was taken over by another consumer; letting it go.", gid)
+                del self.owned[gid]
+                if self.events is not None:
+                    self.events.handed_on(gid, "taken over by another consumer")
+        return adopted
+
+    def take_over_idle(self) -> list[OwnedGeneration]:
+        """Claim the work entries a dead consumer left idle; returns the generations taken over."""
+        adopted: list[OwnedGeneration] = []
+        for stream in self.work_streams:
+            start = "0-0"
+            for _ in range(10):
+                reply: Any = self.client.xautoclaim(
+                    stream,
+                    self.group,
+                    self.name,
+                    min_idle_time=self.settings.consumer_claim_idle_ms,
+                    start_id=start,
+                    count=PAGE,
+                )
+                start, entries = reply[0], reply[1]
+                for work_id, fields in entries:
+                    if fields is None:
+                        continue
+                    gid = fields.get("generation_id", "")
+                    logger.info("Taking over generation %s from an idle consumer.", gid, extra={"generation_id": gid})
+                    metrics.TAKEOVERS.inc()
+                    adopted += filter(None, [self.adopt(gid, work_id, taken_over=True, work_stream=stream)])
+                if start == "0-0":
+                    break
+        return adopted
+
+    def hand_back(self) -> None:
+        """Deregister, and mark our work entries idle so that another consumer takes them over at once."""
+        try:
+            for stream in self.work_streams:
+                work_ids: list[Any] = [o.work_id for o in self.owned.values() if o.work_stream == stream]
+                if work_ids:
+                    self.client.xclaim(
+                        stream,
+                        self.group,
+                        self.name,
+                        min_idle_time=0,
+                        message_ids=work_ids,
+                        idle=self.settings.consumer_claim_idle_ms,
+                        justid=True,
+                    )
+            if self.owned:
+                logger.info("Consumer %s handed back %s generations.", self.name, len(self.owned))
+            if self.events is not None:
+                for gid in self.owned:
+                    self.events.handed_on(gid, f"consumer {self.name} stopped; another one continues")
+            self.client.zrem(keys.CONSUMERS_ZSET, self.name)
+        except (redis.RedisError, redis.exceptions.RedisClusterException):
+            logger.warning("Consumer %s could not deregister.", self.name)
+
+    def reload(self) -> None:
+        """After an error mid-commit: state from ``:meta`` (what was committed), and our pending entries again."""
+        for gid, old in list(self.owned.items()):
+            meta: dict[str, str] = self.client.hgetall(keys.gen_meta(gid))  # type: ignore[assignment]
+            if not meta:
+                self.forget(gid)
+                continue
+            owned = OwnedGeneration.from_meta(gid, old.work_id, meta, work_stream=old.work_stream)
+            owned.pending_retry = True
+            owned.gen.scratch = old.gen.scratch
+            owned.poison = old.poison
+            self.owned[gid] = owned
+
+    def release(self, owned: OwnedGeneration) -> None:
+        """The generation ended: its work entry is done, and it is ours no more."""
+        self.release_work(owned.work_stream, owned.work_id)
+        self.owned.pop(owned.generation_id, None)
+
+    def forget(self, generation_id: str) -> None:
+        """Let go of a generation whose raw stream is gone (expired or deleted)."""
+        owned = self.owned.pop(generation_id, None)
+        if owned is not None:
+            logger.warning("Generation %s has no raw stream any more; released.", generation_id)
+            self.release_work(owned.work_stream, owned.work_id)
+            if self.events is not None:
+                self.events.vanished(generation_id)
+
+    def recover_missing_groups(self) -> None:
+        """After ``NOGROUP``: forget the generations whose raw stream lost its group (or itself)."""
+        for gid in list(self.owned):
+            try:
+                groups: Any = self.client.xinfo_groups(keys.gen_raw(gid))
+            except redis.ResponseError:
+                groups = []
+            if not any(group.get("name") == self.group for group in groups):
+                self.forget(gid)
+
+    def release_work(self, stream: str, work_id: str) -> None:
+        pipe = self.client.pipeline(transaction=False)
+        pipe.xack(stream, self.group, work_id)
+        pipe.xdel(stream, work_id)
+        pipe.execute()
+
+    def _own_entries(self, stream: str) -> Iterator[tuple[str, dict[str, str]]]:
+        """Every entry of ours pending in a work shard, a page at a time."""
+        last = "0-0"
+        while True:
+            reply = self._read_own(stream, last)
+            entries = reply[0][1] if reply else []
+            for work_id, fields in entries:
+                last = work_id
+                yield work_id, fields
+            if len(entries) < PAGE:
+                return
+
+    def _read_own(self, stream: str, after: str) -> Any:
+        """A page of our own pending entries of a work shard (straight from its node)."""
+        try:
+            return node_client(self.client, stream).xreadgroup(self.group, self.name, {stream: after}, count=PAGE)
+        except MOVING as exc:
+            # The shard's slot moved: learn where, and read through the cluster client, which follows it.
+            refresh_if_moved(self.client, [exc])
+            return self.client.xreadgroup(self.group, self.name, {stream: after}, count=PAGE)

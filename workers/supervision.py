@@ -1,0 +1,85 @@
+"""Supervision of the Celery attempts behind the generations a consumer owns, and ending a generation early.
+
+An attempt renews its lease while it runs. One whose lease ran out (its Celery worker died) is enqueued again
+or, after ``GENERATION_MAX_ATTEMPTS``, ended with ``worker_lost``; one that no worker started in time ends with
+``queue_timeout``, an external producer that went quiet with ``producer_timeout``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+import redis
+
+from bridge import keys, scripts
+from bridge.events import EventType
+from bridge.scripts import Supervision
+from bridge.settings import Settings
+from workers import metrics
+
+logger = logging.getLogger(__name__)
+
+Enqueue = Callable[[str], None]
+
+
+def fail(client: redis.Redis, settings: Settings, generation_id: str, code: str, message: str) -> None:
+    """End a generation with an error, whatever attempt holds it (the attempt is fenced off)."""
+    logger.warning(
+        "Generation %s ends with %s: %s", generation_id, code, message, extra={"generation_id": generation_id}
+    )
+    data = orjson.dumps({"code": code, "message": message})
+    scripts.fail(client, generation_id, EventType.ERROR.value, data, max_length=settings.redis_stream_max_length)
+
+
+class Supervisor:
+    """Checks the leases of the generations a consumer owns, at each of its heartbeats."""
+
+    def __init__(self, client: redis.Redis, settings: Settings, enqueue: Enqueue | None) -> None:
+        self.client = client
+        self.settings = settings
+        self.enqueue = enqueue
+
+    def supervise(self, generation_ids: list[str]) -> None:
+        """Restart or end generations whose attempt stopped renewing its lease, or that never started."""
+        if not generation_ids:
+            return
+        settings = self.settings
+        verdicts = scripts.supervise(
+            self.client,
+            generation_ids,
+            max_attempts=settings.generation_max_attempts,
+            queue_timeout_ms=int(settings.queue_timeout_s * 1000),
+        )
+        for gid in generation_ids:
+            # One whose slot is moving has no verdict: supervised at the next heartbeat, on its new node.
+            self._act(gid, verdicts.get(gid, Supervision.NOTHING))
+
+    def _act(self, gid: str, verdict: Supervision) -> None:
+        if verdict is Supervision.REQUEUE and self.enqueue is not None:
+            logger.warning("Generation %s lost its worker; enqueuing a new attempt.", gid, extra={"generation_id": gid})
+            self._requeue(gid)
+        elif verdict in (Supervision.REQUEUE, Supervision.EXHAUSTED):
+            self._fail(gid, "worker_lost", "The worker running this generation stopped, and it was not retried.")
+        elif verdict is Supervision.QUEUE_TIMEOUT:
+            timeout_s = self.settings.queue_timeout_s
+            self._fail(gid, "queue_timeout", f"No worker started this generation within {timeout_s:g} s.")
+        elif verdict is Supervision.PRODUCER_SILENT:
+            self._fail(gid, "producer_timeout", "The external producer sent nothing for too long.")
+
+    def _fail(self, generation_id: str, code: str, message: str) -> None:
+        fail(self.client, self.settings, generation_id, code, message)
+
+    def _requeue(self, generation_id: str) -> None:
+        assert self.enqueue is not None
+        try:
+            self.enqueue(generation_id)
+            metrics.REQUEUES.inc()
+        except Exception as exc:
+            # Not enqueued: take the mark back so that the next round tries again.
+            logger.warning("Generation %s could not be enqueued: %s", generation_id, exc)
+            attempt: Any = self.client.hget(keys.gen_meta(generation_id), "requeued_attempt")
+            if attempt is not None:
+                scripts.unmark_requeue(self.client, generation_id, attempt)
