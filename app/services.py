@@ -15,6 +15,7 @@ from bridge.circuit import Circuits
 from bridge.cluster import NotifiedReader
 from bridge.connections import is_cluster, redis_client
 from bridge.constants import celery_client_options
+from bridge.memory import MemoryGuard
 from bridge.models import ModelSpec, load_registry
 from bridge.settings import Settings
 
@@ -29,6 +30,7 @@ class Services:
     models: dict[str, ModelSpec]
     presence: Presence
     circuits: Circuits
+    memory: MemoryGuard
 
     @classmethod
     def build(cls, settings: Settings) -> Services:
@@ -50,6 +52,7 @@ class Services:
             models=load_registry(settings.models_file),
             presence=Presence(commands, settings.presence_interval_s),
             circuits=Circuits(commands, threshold=settings.circuit_failures, cooldown_s=settings.circuit_cooldown_s),
+            memory=MemoryGuard(commands, headroom=settings.redis_memory_headroom),
         )
 
     @property

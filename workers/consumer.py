@@ -36,6 +36,7 @@ from bridge.connections import UNAVAILABLE, is_cluster
 from bridge.dead_letters import Decision
 from bridge.errors import ProcessingError
 from bridge.events import Event, EventType, decode_raw
+from bridge.memory import is_out_of_memory
 from bridge.settings import Settings
 from bridge.streams import ensure_group, work_backlog
 from workers import metrics
@@ -162,7 +163,7 @@ class ConsumerWorker:
         if self._resync:
             self._reload_owned()
         if time.monotonic() >= self._next_housekeeping:
-            self.housekeeping()
+            self._housekeeping_unless_full()
             self._next_housekeeping = time.monotonic() + self.settings.consumer_heartbeat_ms / 1000
         block = block_ms if block_ms is not None else self.settings.consumer_block_ms
         # Never block past the next heartbeat: a consumer that waits must still look alive.
@@ -211,6 +212,16 @@ class ConsumerWorker:
         if next_retry is not None:
             block_ms = max(1, min(block_ms, int((next_retry - now) * 1000) + 1))
         return streams, block_ms
+
+    def _housekeeping_unless_full(self) -> None:
+        """Housekeeping, skipped for this round when Redis at maxmemory refuses one of its writes: commits
+        must go on, since the end of a generation gets through at maxmemory (bridge/memory.py)."""
+        try:
+            self.housekeeping()
+        except redis.ResponseError as exc:
+            if not is_out_of_memory(exc):
+                raise
+            logger.warning("Consumer %s: Redis is at maxmemory; housekeeping skipped this round.", self.name)
 
     def housekeeping(self) -> None:
         """Heartbeat, keep our work entries fresh (and notice lost ones), take over a dead worker's, supervise."""
@@ -696,6 +707,9 @@ class ConsumerWorker:
         for result in results:
             # Redis (or the slot's node) cannot answer now, or the slot moved: not committed; resync and retry.
             if isinstance(result, Exception) and isinstance(result, (*UNAVAILABLE, *MOVING)):
+                raise result
+            # Refused at maxmemory: nothing of it was written. Retried like an outage; an end gets through.
+            if isinstance(result, redis.ResponseError) and is_out_of_memory(result):
                 raise result
             if isinstance(result, redis.ResponseError):
                 if "equal or smaller" in str(result):
