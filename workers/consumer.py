@@ -45,6 +45,9 @@ from workers.celery_events import CeleryEvents
 from workers.processors import Chain, GenerationState, Processor
 
 logger = logging.getLogger(__name__)
+# Longest wait between two tries while Redis cannot answer: a Sentinel failover or a restart is over in
+# seconds, and a consumer that waits longer than that stalls every reader (a try costs one connection attempt).
+_UNAVAILABLE_BACKOFF_MAX_S = 1.0
 
 FINISHED_STATUSES = frozenset({"completed", "failed", "cancelled"})
 _PAGE = 100
@@ -121,7 +124,7 @@ class ConsumerWorker:
                 else:
                     logger.exception("Consumer %s loop failed; retrying in %.1fs.", self.name, backoff_s)
                 self._stopping.wait(backoff_s)
-                backoff_s = min(backoff_s * 2, 5.0)
+                backoff_s = min(backoff_s * 2, _UNAVAILABLE_BACKOFF_MAX_S if isinstance(exc, UNAVAILABLE) else 5.0)
         self._leave()
         if self.events is not None:
             self.events.close()
