@@ -11,10 +11,12 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import redis
 from flask import Flask, Response, has_request_context, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 from bridge.connections import UNAVAILABLE
+from bridge.memory import is_out_of_memory
 
 logger = logging.getLogger(__name__)
 
@@ -69,6 +71,16 @@ def invalid(details: list[dict[str, Any]]) -> ApiError:
     summary = "; ".join(f"{d['field']}: {d['message']}" for d in details[:3])
     more = f" (and {len(details) - 3} more)" if len(details) > 3 else ""
     return ApiError(422, "validation_failed", f"The request is not valid: {summary}{more}", details=details)
+
+
+def out_of_memory(retry_after_s: int) -> ApiError:
+    """503 ``redis_out_of_memory``: Redis is (nearly) at ``maxmemory`` and takes no new work for now."""
+    return ApiError(
+        503,
+        "redis_out_of_memory",
+        "The stream store is out of memory and accepts no new work; retry shortly.",
+        headers={"Retry-After": str(retry_after_s)},
+    )
 
 
 def speaks_openai(path: str) -> bool:
@@ -131,6 +143,16 @@ def register_error_handlers(app: Flask, *, retry_after_s: int) -> None:
 
     for error in UNAVAILABLE:
         app.register_error_handler(error, _redis_down)
+
+    @app.errorhandler(redis.ResponseError)
+    def _redis_refused(exc: redis.ResponseError) -> Response:
+        # A write refused at maxmemory wrote nothing (a script is refused before its first write).
+        if is_out_of_memory(exc):
+            logger.warning("Redis out of memory: %s", exc)
+            refused = out_of_memory(retry_after_s)
+            return error_response(refused.status, refused.code, refused.message, headers=refused.headers)
+        logger.exception("Unhandled error: %s", exc)
+        return error_response(500, "internal_error", "An internal error occurred.")
 
     @app.errorhandler(Exception)
     def _unexpected(exc: Exception) -> Response:

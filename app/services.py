@@ -13,6 +13,7 @@ from app.hub import Hub
 from app.presence import Presence
 from bridge.circuit import Circuits
 from bridge.connections import is_cluster, redis_client
+from bridge.memory import MemoryGuard
 from bridge.models import ModelSpec, load_registry
 from bridge.readers import stream_reader
 from bridge.settings import Settings
@@ -29,6 +30,7 @@ class Services:
     models: dict[str, ModelSpec]
     presence: Presence
     circuits: Circuits
+    memory: MemoryGuard
 
     @classmethod
     def build(cls, settings: Settings) -> Services:
@@ -50,6 +52,7 @@ class Services:
             models=load_registry(settings.models_file),
             presence=Presence(commands, settings.presence_interval_s),
             circuits=Circuits(commands, threshold=settings.circuit_failures, cooldown_s=settings.circuit_cooldown_s),
+            memory=MemoryGuard(commands, headroom=settings.redis_memory_headroom),
         )
 
     @property

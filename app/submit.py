@@ -13,12 +13,13 @@ from flask import g, request
 from pydantic import ValidationError
 
 from app import metrics
-from app.errors import ApiError, invalid
+from app.errors import ApiError, invalid, out_of_memory
 from app.inputs import model_errors, validation_details
 from app.services import services
 from bridge import budgets, keys, scripts, streams
 from bridge.events import EventType
 from bridge.generation import GenerationRequest, new_generation_id, new_session_id
+from bridge.replication import confirm_replicated
 from bridge.task_queue import send_generation
 
 logger = logging.getLogger(__name__)
@@ -51,6 +52,7 @@ def submit_generation(body: dict[str, Any]) -> Submitted:
         raise invalid(details)
     req, fallback_from = _past_open_circuit(req)
     _check_budget()
+    _check_memory()
 
     generation_id = new_generation_id()
     session_id = req.session_id or new_session_id()
@@ -86,6 +88,7 @@ def submit_generation(body: dict[str, Any]) -> Submitted:
         if running is not None:
             s.redis.zrem(running, generation_id)
         raise
+    confirm_replicated(s.redis, s.settings, what=f"Generation {generation_id}")
     metrics.GENERATIONS_CREATED.labels(req.model).inc()
     logger.info(
         "Generation %s created (model %s).",
@@ -97,6 +100,13 @@ def submit_generation(body: dict[str, Any]) -> Submitted:
     if fallback_from is not None:
         payload["fallback_from"] = fallback_from
     return Submitted(payload, {"Location": f"/v1/generations/{generation_id}"})
+
+
+def _check_memory() -> None:
+    """503 while Redis is nearly full, so that the generations already running have room to finish."""
+    s = services()
+    if s.memory.full():
+        raise out_of_memory(s.settings.redis_retry_after_s)
 
 
 def _check_budget() -> None:

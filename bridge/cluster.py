@@ -103,6 +103,7 @@ class NotifiedReader(StreamReader):
             # Hints may have been lost with the connection: read everything once it is back.
             self._drop_subscriptions()
             self._next_sweep = 0.0
+            refresh_after_failure(self.client)
             raise
         due = [key for key in streams if key in self._hinted]
         if not due:
@@ -312,6 +313,17 @@ def by_node(client: redis.Redis, keys: Iterable[str]) -> list[tuple[redis.Redis,
     for key in keys:
         groups.setdefault(_node_name(client, key), []).append(key)
     return [(client.get_redis_connection(client.get_node(node_name=name)), group) for name, group in groups.items()]
+
+
+def refresh_after_failure(client: redis.Redis) -> None:
+    """Ask the cluster for its slot map again after a node could not be reached: if a replica was promoted
+    in its place, the next read goes there (reads through plain node clients never refresh it themselves)."""
+    if not isinstance(client, redis.RedisCluster):
+        return
+    try:
+        client.nodes_manager.initialize()
+    except (redis.RedisError, redis.exceptions.RedisClusterException) as exc:
+        logger.debug("Cluster slot map not refreshed: %s", exc)
 
 
 def refresh_if_moved(client: redis.Redis, results: Iterable[object]) -> bool:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from typing import cast
+from typing import Any, cast
 
 import redis
+from redis.connection import parse_url
+from redis.sentinel import Sentinel, SentinelConnectionPool
 
 from bridge.settings import Settings
 
@@ -55,8 +57,45 @@ def redis_client(
             settings.resolved_redis_url, connection_pool_class=redis.BlockingConnectionPool, **options
         )
         return cast(redis.Redis, cluster)
+    if settings.sentinel_addresses:
+        return _sentinel_master(settings, options, single_connection=single_connection)
     pool = redis.BlockingConnectionPool.from_url(settings.resolved_redis_url, **options)
     return redis.Redis(connection_pool=pool, single_connection_client=single_connection)
+
+
+class SentinelBlockingConnectionPool(SentinelConnectionPool, redis.BlockingConnectionPool):
+    """The sentinels' pool (asks them for the master at each new connection, drops those to a demoted one),
+    bounded and blocking like the pool of a single Redis."""
+
+
+def _sentinel_master(settings: Settings, options: dict[str, Any], *, single_connection: bool) -> redis.Redis:
+    """A client of the master that ``REDIS_SENTINELS`` name, which follows its promotion.
+
+    A new connection asks the sentinels where the master is; one that meets a demoted master (READONLY) is
+    dropped with a ``ConnectionError``, which callers already treat as Redis being briefly unavailable.
+    """
+    master: dict[str, Any] = parse_url(settings.resolved_redis_url)  # type: ignore[no-untyped-call]
+    for unused in ("host", "port", "path"):
+        master.pop(unused, None)
+    if master.pop("connection_class", None) is redis.SSLConnection:
+        master["ssl"] = True
+    sentinel_options: dict[str, Any] = {
+        "socket_connect_timeout": options["socket_connect_timeout"],
+        "socket_timeout": 5.0,
+        "socket_keepalive": True,
+    }
+    if settings.redis_sentinel_password:
+        sentinel_options["password"] = settings.redis_sentinel_password
+    sentinel = Sentinel(settings.sentinel_addresses, sentinel_kwargs=sentinel_options)  # type: ignore[no-untyped-call]
+    client = sentinel.master_for(  # type: ignore[no-untyped-call]
+        settings.redis_sentinel_master,
+        connection_pool_class=SentinelBlockingConnectionPool,
+        **master,
+        **options,
+    )
+    if single_connection:
+        return redis.Redis(connection_pool=client.connection_pool, single_connection_client=True)
+    return cast(redis.Redis, client)
 
 
 def is_cluster(client: object) -> bool:

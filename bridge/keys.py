@@ -16,6 +16,8 @@ DEAD_LETTERS = "llm:dead"
 STATS_PREFIX = "llm:stats"
 # Web processes publishing reader counts (sorted set, score = last heartbeat).
 PRESENCE_PROCESSES = "llm:presence:web"
+# A channel nobody listens to: a message on it is a cheap write that replicas receive (see bridge/replication.py).
+REPLICATION_MARK = "llm:replication"
 
 
 def gen_meta(generation_id: str) -> str:

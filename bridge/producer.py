@@ -26,6 +26,7 @@ from bridge import scripts
 from bridge.connections import UNAVAILABLE
 from bridge.errors import ProviderError
 from bridge.events import TERMINAL_EVENTS, EventType
+from bridge.memory import OUT_OF_MEMORY_CODE, is_out_of_memory
 from bridge.scripts import Claim as Claim  # re-exported: the claim refusals callers see
 from bridge.ticker import Ticker
 
@@ -36,6 +37,10 @@ class WriteResult(Enum):
     WRITTEN = "written"
     FENCED = "fenced"
     CANCELLED = "cancelled"
+    # Redis refused the write at maxmemory; the generation was ended with ``redis_out_of_memory`` instead.
+    OUT_OF_MEMORY = "out_of_memory"
+    # An earlier write of this attempt is not in Redis any more (lost in a failover): the attempt must restart.
+    LOST = "lost"
 
 
 @dataclass(slots=True)
@@ -189,6 +194,8 @@ class GenerationWriter:
         self.attempt = 0
         self.batch = 0
         self._renewed_at = 0.0
+        # The last write raised: it may not have been applied (see ``_send``).
+        self._unsure = False
         # What this writer wrote, for metrics: tokens, and the code of an error entry.
         self.tokens = 0
         self.error_code: str | None = None
@@ -217,8 +224,12 @@ class GenerationWriter:
         for event_type, data in entries:
             args.append(event_type)
             args.append(orjson.dumps(data))
-        call = scripts.write_call(self.generation_id, args)
-        result = scripts.decode_write(self._retrying(lambda: self._run(call)))
+        try:
+            result = self._send(args)
+        except redis.ResponseError as exc:
+            if not is_out_of_memory(exc) or (entries and entries[-1][0] in TERMINAL_EVENTS):
+                raise
+            return self._end_out_of_memory()
         if renew and result is scripts.Write.WRITTEN:
             self._renewed_at = now
         if result is scripts.Write.WRITTEN and entries:
@@ -231,7 +242,39 @@ class GenerationWriter:
             return WriteResult.FENCED
         if result is scripts.Write.CANCELLED:
             return WriteResult.CANCELLED
+        if result is scripts.Write.GAP:
+            return WriteResult.LOST
         return WriteResult.WRITTEN  # a repeat was written by the first try
+
+    def _send(self, args: list[Any]) -> scripts.Write:
+        """Run the write; after a write that failed, a hole of one batch is that write, not a lost one."""
+        unsure, self._unsure = self._unsure, False
+        try:
+            result = scripts.decode_write(
+                self._retrying(lambda: self._run(scripts.write_call(self.generation_id, args)))
+            )
+            if result is scripts.Write.GAP and unsure:
+                # The write that raised before this one was never applied: this one takes its number.
+                self.batch -= 1
+                args[3] = self.batch
+                call = scripts.write_call(self.generation_id, args)
+                result = scripts.decode_write(self._retrying(lambda: self._run(call)))
+        except Exception:
+            self._unsure = True
+            raise
+        return result
+
+    def _end_out_of_memory(self) -> WriteResult:
+        """End the generation with ``redis_out_of_memory``: a refused write wrote nothing, and an end is let
+        through at maxmemory (see ``scripts.WRITE``), so readers get every event before it, then the error."""
+        logger.warning(
+            "Generation %s: Redis refused a write at maxmemory; ending it.",
+            self.generation_id,
+            extra={"generation_id": self.generation_id},
+        )
+        message = "The stream store ran out of memory while this generation was running."
+        result = self.write([(EventType.ERROR.value, {"code": OUT_OF_MEMORY_CODE, "message": message})])
+        return WriteResult.OUT_OF_MEMORY if result is WriteResult.WRITTEN else result
 
     def _run(self, call: scripts.Call) -> Any:
         if self.batcher is not None:
@@ -273,6 +316,7 @@ class Outcome(Enum):
     FINISHED = "finished"
     CANCELLED = "cancelled"
     FENCED = "fenced"
+    LOST = "lost"
 
 
 _END = object()
@@ -509,4 +553,13 @@ def _outcome(result: WriteResult, writer: GenerationWriter) -> Outcome:
     if result is WriteResult.FENCED:
         logger.warning("Generation %s attempt %s was fenced off.", writer.generation_id, writer.attempt)
         return Outcome.FENCED
+    if result is WriteResult.LOST:
+        # The lease is given up so that the consumer starts a new attempt at once (readers get `restart`).
+        logger.warning(
+            "Generation %s attempt %s lost acknowledged writes (Redis failed over); restarting it.",
+            writer.generation_id,
+            writer.attempt,
+        )
+        writer.release()
+        return Outcome.LOST
     return Outcome.FINISHED

@@ -47,7 +47,9 @@ return attempt
 """
 
 # KEYS: meta, lease, raw, cancel   ARGV: attempt, lease_ms, maxlen, batch, renew, then type/data pairs
-# Returns the number of entries written, -1 fenced, -2 cancelled, -4 this batch was already written.
+# Returns the number of entries written, -1 fenced, -2 cancelled, -4 this batch was already written, -5 an
+# earlier batch is missing (acknowledged by a primary that died before its replica had it: the attempt must
+# start again rather than leave a hole in the text).
 # ``batch`` numbers the writes of an attempt (1, 2, …; 0 for a heartbeat): a write retried after a lost
 # reply is recognised and not applied twice. The lease is renewed only when ``renew`` is 1 (the writer asks
 # for it on a timer, a fraction of the lease time): a token costs no lease write. A claim changes
@@ -59,12 +61,19 @@ local batch = tonumber(ARGV[4])
 local state = redis.call('HMGET', meta, 'attempt', 'wseq', 'terminal')
 if state[1] ~= attempt or state[3] then return -1 end
 if batch > 0 and batch <= tonumber(state[2] or '0') then return -4 end
+if batch > tonumber(state[2] or '0') + 1 then return -5 end
 if redis.call('EXISTS', cancel) == 1 then
+  redis.call('DEL', lease)
   redis.call('XADD', raw, 'MAXLEN', '~', ARGV[3], '*', 'type', 'cancelled', 'attempt', attempt, 'data', '{}')
   redis.call('HSET', meta, 'terminal', 'cancelled')
-  redis.call('DEL', lease)
   redis.call('PUBLISH', raw, '')
   return -2
+end
+local ending = ARGV[#ARGV - 1]
+if ending == 'done' or ending == 'error' or ending == 'cancelled' then
+  -- A write that does not grow memory comes first: Redis at maxmemory (noeviction) refuses a script only
+  -- at its first write, so a batch that ends the generation gets through (bridge/memory.py).
+  redis.call('DEL', lease)
 end
 local written = 0
 local last_type = nil
@@ -91,9 +100,9 @@ FAIL = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
 if redis.call('HEXISTS', KEYS[1], 'terminal') == 1 then return -1 end
 local attempt = redis.call('HGET', KEYS[1], 'attempt') or '0'
+redis.call('DEL', KEYS[2])  -- a write first: Redis at maxmemory then lets the end through (bridge/memory.py)
 redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[3], '*', 'type', ARGV[1], 'attempt', attempt, 'data', ARGV[2])
 redis.call('HSET', KEYS[1], 'terminal', ARGV[1])
-redis.call('DEL', KEYS[2])
 redis.call('PUBLISH', KEYS[3], '')
 return 1
 """
@@ -206,6 +215,8 @@ local function after(a, b)
   return tonumber(aseq) > tonumber(bseq)
 end
 local session = #KEYS > 6
+-- The end of a generation gets through Redis at maxmemory: see WRITE (and PEXPIRE comes below anyway).
+if retention > 0 then redis.call('PEXPIRE', KEYS[5], retention) end
 local parts = {}
 local written = 0
 local first_acked = 7 + 4 * n_outs
@@ -382,12 +393,14 @@ class Claim(IntEnum):
 
 
 class Write(IntEnum):
-    """WRITE's reply: written (any number of entries, 0 for a heartbeat), fenced, cancelled or a repeat."""
+    """WRITE's reply: written (any number of entries, 0 for a heartbeat), fenced, cancelled, a repeat, or a
+    gap (an earlier batch of the attempt is missing: lost in a failover)."""
 
     WRITTEN = 0
     FENCED = -1
     CANCELLED = -2
     REPEATED = -4
+    GAP = -5
 
 
 class Ended(IntEnum):

@@ -65,6 +65,45 @@ class Settings(BaseSettings):
         description="Shards of the work stream (`llm:work`, or `llm:work:{tag}` each), spread over the cluster's "
         "slots. Default 1, or 16 with `REDIS_CLUSTER`. Every process must use the same value.",
     )
+    # Sentinel: every process asks the sentinels for the master and follows its promotion (bridge/connections.py).
+    redis_sentinels: str = Field(
+        default="",
+        description="Comma-separated `host:port` of Redis Sentinels. When set, every process (`web`, `worker`, "
+        "`consumer`, `flower`) asks them for the master `REDIS_SENTINEL_MASTER` and follows a failover on its own; "
+        "the user, password and database of `REDIS_URL` (or `REDIS_PASSWORD`, `REDIS_DB`) apply to the master, its "
+        "host and port are ignored. Celery's broker follows the same master (`sentinel://`) unless "
+        "`CELERY_BROKER_URL` is set. See [RELIABILITY.md](RELIABILITY.md#redis-failover).",
+    )
+    redis_sentinel_master: str = Field(
+        default="mymaster",
+        description="Name of the master the sentinels watch (`sentinel monitor <name> …`).",
+    )
+    redis_sentinel_password: str | None = Field(
+        default=None,
+        description="Password of the sentinels themselves (`requirepass` in sentinel.conf), when they have one.",
+    )
+    redis_wait_replicas: int = Field(
+        default=0,
+        ge=0,
+        description="Replicas that must confirm a new generation and each terminal event before it is answered or "
+        "acknowledged (`WAIT`, at most `REDIS_WAIT_TIMEOUT_MS`; never per token). 0: no wait. Set it to 1 with a "
+        "replicated Redis so that a failover cannot lose an accepted generation or an ended one "
+        "([RELIABILITY.md](RELIABILITY.md#redis-failover)).",
+    )
+    redis_wait_timeout_ms: int = Field(
+        default=200,
+        ge=1,
+        description="Longest `WAIT` for `REDIS_WAIT_REPLICAS`, in ms. When it runs out the write stands, unconfirmed, "
+        "and a warning is logged: a lost replica slows writes, never stops them.",
+    )
+    redis_memory_headroom: float = Field(
+        default=0.9,
+        gt=0,
+        le=1,
+        description="Fraction of Redis' `maxmemory` above which new generations get 503 `redis_out_of_memory`, so "
+        "that running ones keep room to finish. Read from `INFO memory` at most once a second per `web` process; "
+        "1 refuses only once Redis itself does. No effect without `maxmemory`.",
+    )
     celery_broker_url: str | None = Field(
         default=None,
         description="Celery broker (Redis, or RabbitMQ `amqp://`); default the Redis URL. `web` and `consumer` send "
@@ -478,7 +517,23 @@ class Settings(BaseSettings):
                 "REDIS_CLUSTER needs CELERY_BROKER_URL: Celery's Redis transport cannot use a cluster; "
                 "point it at a standalone Redis or RabbitMQ (amqp://)."
             )
+        if self.redis_sentinels and self.redis_cluster:
+            raise ValueError("REDIS_SENTINELS and REDIS_CLUSTER exclude each other: a cluster fails over by itself.")
+        _ = self.sentinel_addresses  # a malformed address stops the process at start
         return self
+
+    @cached_property
+    def sentinel_addresses(self) -> list[tuple[str, int]]:
+        """``REDIS_SENTINELS`` as (host, port) pairs; empty without Sentinel."""
+        addresses = []
+        for item in self.redis_sentinels.split(","):
+            host, sep, port = item.strip().rpartition(":")
+            if not item.strip():
+                continue
+            if not sep or not host or not port.isdigit():
+                raise ValueError(f"REDIS_SENTINELS: {item.strip()!r} is not host:port")
+            addresses.append((host.strip("[]"), int(port)))
+        return addresses
 
     @property
     def work_shard_count(self) -> int:
@@ -544,7 +599,17 @@ class Settings(BaseSettings):
 
     @cached_property
     def broker_url(self) -> str:
-        return self.celery_broker_url or self.resolved_redis_url
+        if self.celery_broker_url:
+            return self.celery_broker_url
+        if self.sentinel_addresses:
+            # kombu's Sentinel transport: one `sentinel://` URL per sentinel joined by `;`, each carrying the
+            # master's credentials and database; the master's name comes in the transport options.
+            parsed = urlsplit(self.resolved_redis_url)
+            auth = parsed.netloc.rpartition("@")[0]
+            auth = f"{auth}@" if auth else ""
+            db = parsed.path.lstrip("/") or "0"
+            return ";".join(f"sentinel://{auth}{host}:{port}/{db}" for host, port in self.sentinel_addresses)
+        return self.resolved_redis_url
 
     @cached_property
     def api_key_set(self) -> frozenset[str]:

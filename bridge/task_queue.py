@@ -33,7 +33,18 @@ def broker_transport_options(settings: Settings) -> dict[str, Any]:
         # overlap. Celery's pool of connections that send (broker_pool_limit, 10) stays too: Flower's inspect
         # calls stall on a smaller one.
         "max_connections": 1024,
+        **sentinel_transport_options(settings),
     }
+
+
+def sentinel_transport_options(settings: Settings) -> dict[str, Any]:
+    """With a ``sentinel://`` broker: the master's name and the sentinels' own password."""
+    if not settings.broker_url.startswith("sentinel://"):
+        return {}
+    options: dict[str, Any] = {"master_name": settings.redis_sentinel_master}
+    if settings.redis_sentinel_password:
+        options["sentinel_kwargs"] = {"password": settings.redis_sentinel_password}
+    return options
 
 
 def send_generation(celery: Any, generation_id: str) -> None:

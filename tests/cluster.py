@@ -35,22 +35,34 @@ def free_cluster_port() -> int:
 class EmbeddedCluster:
     """A Redis Cluster of ``masters`` redis-server processes on loopback, made with ``redis-cli --cluster create``.
 
-    For tests and the benchmark: no replicas, no persistence. ``url`` names the first node; a cluster client
-    discovers the others.
+    For tests and the benchmark: no persistence, and no replicas unless asked (``replicas`` per master, the
+    last nodes; a master unreachable for ``node_timeout_ms`` is failed over to one). ``url`` names the first
+    node; a cluster client discovers the others.
     """
 
-    def __init__(self, directory: Path, *, masters: int = 3, binary: str | None = None) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        *,
+        masters: int = 3,
+        replicas: int = 0,
+        node_timeout_ms: int = 15_000,
+        binary: str | None = None,
+    ) -> None:
         self.directory = Path(directory).resolve()
         self.binary = binary or embedded_binary()
+        self.replicas = replicas
+        options = ["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"]
+        options += ["--cluster-node-timeout", str(node_timeout_ms)]
         self.nodes = [
             EmbeddedRedis(
                 self.directory / f"node{index}",
                 port=free_cluster_port(),
                 binary=self.binary,
                 appendonly=False,
-                extra_args=["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"],
+                extra_args=options,
             )
-            for index in range(masters)
+            for index in range(masters * (1 + replicas))
         ]
 
     @property
@@ -74,7 +86,15 @@ class EmbeddedCluster:
             node.start()
         addresses = [f"127.0.0.1:{node.port}" for node in self.nodes]
         subprocess.run(
-            [self.redis_cli(), "--cluster", "create", *addresses, "--cluster-yes"],
+            [
+                self.redis_cli(),
+                "--cluster",
+                "create",
+                *addresses,
+                "--cluster-replicas",
+                str(self.replicas),
+                "--cluster-yes",
+            ],
             check=True,
             capture_output=True,
             timeout=timeout_s,

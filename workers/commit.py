@@ -20,6 +20,7 @@ from bridge import keys, scripts
 from bridge.cluster import MOVING
 from bridge.connections import UNAVAILABLE
 from bridge.events import Event, EventType
+from bridge.memory import is_out_of_memory
 from bridge.settings import Settings
 from workers import metrics
 from workers.owned import OwnedGeneration
@@ -100,6 +101,9 @@ class Committer:
         for result in results:
             # Redis (or the slot's node) cannot answer now, or the slot moved: not committed; resync and retry.
             if isinstance(result, Exception) and isinstance(result, (*UNAVAILABLE, *MOVING)):
+                raise result
+            # Refused at maxmemory: nothing of it was written. Retried like an outage; an end gets through.
+            if isinstance(result, redis.ResponseError) and is_out_of_memory(result):
                 raise result
             if isinstance(result, redis.ResponseError):
                 if "equal or smaller" in str(result):

@@ -26,6 +26,7 @@ from bridge import keys
 from bridge.connections import UNAVAILABLE, is_cluster
 from bridge.errors import ProcessingError
 from bridge.events import Event, EventType, decode_raw
+from bridge.memory import is_out_of_memory
 from bridge.readers import stream_reader
 from bridge.settings import Settings
 from bridge.streams import ensure_group, work_backlog
@@ -40,6 +41,9 @@ from workers.processors import Chain, Processor
 from workers.supervision import Enqueue, Supervisor
 
 logger = logging.getLogger(__name__)
+# Longest wait between two tries while Redis cannot answer: a Sentinel failover or a restart is over in
+# seconds, and a consumer that waits longer than that stalls every reader (a try costs one connection attempt).
+_UNAVAILABLE_BACKOFF_MAX_S = 1.0
 
 __all__ = ["Batch", "ConsumerWorker", "Enqueue", "default_consumer_name"]
 
@@ -119,7 +123,7 @@ class ConsumerWorker:
                 else:
                     logger.exception("Consumer %s loop failed; retrying in %.1fs.", self.name, backoff_s)
                 self._stopping.wait(backoff_s)
-                backoff_s = min(backoff_s * 2, 5.0)
+                backoff_s = min(backoff_s * 2, _UNAVAILABLE_BACKOFF_MAX_S if isinstance(exc, UNAVAILABLE) else 5.0)
         self.ownership.hand_back()
         if self.events is not None:
             self.events.close()
@@ -169,8 +173,18 @@ class ConsumerWorker:
             self.ownership.reload()
             self._resync = False
         if time.monotonic() >= self._next_housekeeping:
-            self.housekeeping()
+            self._housekeeping_unless_full()
             self._next_housekeeping = time.monotonic() + self.settings.consumer_heartbeat_ms / 1000
+
+    def _housekeeping_unless_full(self) -> None:
+        """Housekeeping, skipped for this round when Redis at maxmemory refuses one of its writes: commits
+        must go on, since the end of a generation gets through at maxmemory (bridge/memory.py)."""
+        try:
+            self.housekeeping()
+        except redis.ResponseError as exc:
+            if not is_out_of_memory(exc):
+                raise
+            logger.warning("Consumer %s: Redis is at maxmemory; housekeeping skipped this round.", self.name)
 
     def _read(self, streams: dict[str, str], block_ms: int) -> Any:
         group = (self.group, self.name)

@@ -177,3 +177,27 @@ def test_a_write_waiting_on_a_flush_that_dies_fails_instead_of_hanging(
     monkeypatch.undo()
     assert writer.write([("token", {"content": "a", "ts": 1.0})]) is WriteResult.WRITTEN
     batcher.close()
+
+
+def test_a_write_after_a_lost_one_restarts_the_attempt_instead_of_leaving_a_hole(
+    r: redis.Redis, settings: Settings
+) -> None:
+    # Given an attempt that wrote two batches, the second acknowledged by a primary that then died: the
+    # promoted replica has only the first
+    new_generation(r, settings, "gen_1")
+    writer = _writer(r, "gen_1")
+    writer.claim()
+    assert writer.write([("token", {"content": "a", "ts": 1.0})]) is WriteResult.WRITTEN
+    assert writer.write([("token", {"content": "b", "ts": 2.0})]) is WriteResult.WRITTEN
+    last = r.xrevrange(keys.gen_raw("gen_1"), count=1)[0][0]
+    r.xdel(keys.gen_raw("gen_1"), last)
+    r.hset(keys.gen_meta("gen_1"), "wseq", 1)
+    # When the attempt writes its next batch
+    result = writer.write([("token", {"content": "c", "ts": 3.0})])
+    # Then nothing is written past the hole, and the lease is given up for a new attempt (which restarts)
+    assert result is WriteResult.LOST
+    assert [f["data"] for _, f in r.xrange(keys.gen_raw("gen_1"))] == [
+        orjson.dumps({"content": "a", "ts": 1.0}).decode()
+    ]
+    assert r.exists(keys.gen_lease("gen_1")) == 1  # released by the pump, not by the write
+    assert _writer(r, "gen_1").claim() == Claim.HELD
