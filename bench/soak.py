@@ -44,6 +44,7 @@ ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
 TERMINAL = {"done", "error", "cancelled"}
 SHELLS = {"sh", "dash", "bash"}
+FINDINGS = "\n## Findings\n"
 
 # Production settings where the test stack's differ (keep-alives, heartbeats), no limits in the way, quiet
 # logs, two gunicorn workers. Finished generations are kept 5 minutes instead of a day: with the default,
@@ -59,6 +60,9 @@ STACK_ENV: dict[str, str] = {
     "CONSUMER_CLAIM_IDLE_MS": "10000",
     "REDIS_STREAM_RETENTION_MS": "300000",
 }
+# A pooled connection is dropped after this long idle: before gunicorn closes it (its keep-alive is 2 s), so that
+# a request never goes out on a connection the server is closing (a client-side error, not the stack's).
+KEEPALIVE_S = 1.0
 # Share of readers on WebSocket, and share that drop their connection midway and resume.
 WS_SHARE = 0.25
 RESUME_SHARE = 0.2
@@ -102,6 +106,7 @@ class Tally:
     short: int = 0  # ended `done` with fewer tokens than asked for
     terminals: Counter[str] = field(default_factory=Counter)
     errors: Counter[str] = field(default_factory=Counter)
+    error_log: list[str] = field(default_factory=list)  # the first ones: when, where, what
 
 
 @dataclass
@@ -195,7 +200,11 @@ async def _ws(base: httpx.URL, path: str, reading: Reading, tally: Tally, cut_af
                 return
 
 
-async def _one_generation(client: httpx.AsyncClient, config: Config, tally: Tally, rng: random.Random) -> None:
+async def _one_generation(
+    client: httpx.AsyncClient, config: Config, tally: Tally, rng: random.Random, where: list[str]
+) -> None:
+    """Create a generation and read it to its end; ``where`` says which step it is at, for error reports."""
+    where[:] = ["create"]
     body = {
         "model": "synthetic",
         "prompt": "soak",
@@ -214,6 +223,7 @@ async def _one_generation(client: httpx.AsyncClient, config: Config, tally: Tall
     else:
         tally.sse_readers += 1
     while reading.terminal is None:
+        where[:] = [("WebSocket" if use_ws else "SSE") + (" resume" if reading.last_id else "")]
         if use_ws:
             await _ws(client.base_url, created["ws_url"], reading, tally, cut_after)
         else:
@@ -229,16 +239,23 @@ async def _one_generation(client: httpx.AsyncClient, config: Config, tally: Tall
         tally.short += 1
 
 
-async def _slot(client: httpx.AsyncClient, config: Config, tally: Tally, deadline: float, seed: int) -> None:
+async def _slot(
+    client: httpx.AsyncClient, config: Config, tally: Tally, started: float, deadline: float, seed: int
+) -> None:
     """One of the concurrent generations: as soon as one ends, the next starts."""
     rng = random.Random(seed)
+    where: list[str] = []
     # A staggered start, so that generations do not all end (and restart) together.
     await asyncio.sleep(rng.random() * config.tokens / config.rate)
     while time.monotonic() < deadline:
         try:
-            await asyncio.wait_for(_one_generation(client, config, tally, rng), config.tokens / config.rate + 60)
+            timeout_s = config.tokens / config.rate + 60
+            await asyncio.wait_for(_one_generation(client, config, tally, rng, where), timeout_s)
         except (TimeoutError, OSError, ValueError, httpx.HTTPError) as exc:
             tally.errors[type(exc).__name__ + (f": {exc}" if isinstance(exc, ValueError) else "")] += 1
+            if len(tally.error_log) < 50:
+                minute = (time.monotonic() - started) / 60
+                tally.error_log.append(f"{minute:.1f} min, {where[0]}: {type(exc).__name__}: {str(exc)[:200]}")
             await asyncio.sleep(1)
 
 
@@ -305,11 +322,15 @@ async def _drive(stack: Stack, config: Config, on_sample: Any) -> Tally:
     sampler = Sampler(stack)
     started = time.monotonic()
     deadline = started + config.minutes * 60
-    limits = httpx.Limits(max_connections=config.streams * 2 + 10, max_keepalive_connections=config.streams)
+    limits = httpx.Limits(
+        max_connections=config.streams * 2 + 10, max_keepalive_connections=config.streams, keepalive_expiry=KEEPALIVE_S
+    )
     async with httpx.AsyncClient(
         base_url=stack.base_url, headers=stack.headers, timeout=httpx.Timeout(30), limits=limits
     ) as client:
-        slots = [asyncio.create_task(_slot(client, config, tally, deadline, seed)) for seed in range(config.streams)]
+        slots = [
+            asyncio.create_task(_slot(client, config, tally, started, deadline, seed)) for seed in range(config.streams)
+        ]
         while True:
             on_sample(sampler.sample((time.monotonic() - started) / 60, tally), tally)
             if time.monotonic() >= deadline:
@@ -392,6 +413,9 @@ def verdicts(samples: list[dict[str, Any]], warmup_minutes: float) -> list[dict[
             rows.append({"series": name, "verdict": "too few samples after warm-up"})
             continue
         slope = slope_per_minute(after)
+        # A leak keeps its pace to the end; the tail of a warm-up (a cache or a TTL filling up) slows down.
+        middle = (after[0][0] + after[-1][0]) / 2
+        last_half = slope_per_minute([(x, y) for x, y in after if x >= middle])
         growth = slope * (after[-1][0] - after[0][0])
         tolerance = tolerance_kb(after[0][1])
         verdict = "flat" if abs(growth) <= tolerance else ("GROWS" if growth > 0 else "shrinks")
@@ -401,6 +425,7 @@ def verdicts(samples: list[dict[str, Any]], warmup_minutes: float) -> list[dict[
                 "start_kb": after[0][1],
                 "end_kb": after[-1][1],
                 "slope_kb_per_min": round(slope, 1),
+                "last_half_slope_kb_per_min": round(last_half, 1),
                 "growth_kb": round(growth),
                 "tolerance_kb": round(tolerance),
                 "verdict": verdict,
@@ -445,16 +470,18 @@ def write_report(raw_path: Path) -> Path:
     _plot(samples, config["warmup_minutes"], plot)
     rows = verdicts(samples, config["warmup_minutes"])
     verdict_table = [
-        "| series | after warm-up | now | slope KB/min | growth KB | tolerance KB | verdict |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
+        "| series | after warm-up | end of load | slope KB/min | growth KB | tolerance KB | verdict "
+        "| slope in the last half KB/min |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for row in rows:
         if "slope_kb_per_min" not in row:
-            verdict_table.append(f"| {row['series']} | | | | | | {row['verdict']} |")
+            verdict_table.append(f"| {row['series']} | | | | | | {row['verdict']} | |")
             continue
         verdict_table.append(
             f"| {row['series']} | {row['start_kb'] / 1024:.1f} MB | {row['end_kb'] / 1024:.1f} MB | "
-            f"{row['slope_kb_per_min']} | {row['growth_kb']} | {row['tolerance_kb']} | {row['verdict']} |"
+            f"{row['slope_kb_per_min']} | {row['growth_kb']} | {row['tolerance_kb']} | {row['verdict']} | "
+            f"{row['last_half_slope_kb_per_min']} |"
         )
     labels = list(dict.fromkeys(label for s in samples for label in s["rss_kb"]))
     per_sample = [
@@ -484,7 +511,8 @@ each replaced as it ends, for {config["minutes"]:g} minutes; one reader each ({W
 
 Growth after the {config["warmup_minutes"]:g}-minute warm-up: the least-squares slope over the samples after it
 (up to the end of the load), and the growth that slope adds up to over that window. Flat when the growth is
-within 2 MB or 3 % of the value at the end of warm-up, whichever is larger.
+within 2 MB or 3 % of the value at the end of warm-up, whichever is larger. The slope over the last half of
+that window tells a leak (it keeps its pace) from the tail of a warm-up (it slows down).
 
 {chr(10).join(verdict_table)}
 
@@ -496,7 +524,7 @@ within 2 MB or 3 % of the value at the end of warm-up, whichever is larger.
   {expected} expected from the generations that ended `done`)
 - gaps: {tally["gaps"]}, duplicates: {tally["duplicates"]}, `done` with fewer tokens than asked: {tally["short"]}
 - reader errors: {sum(tally["errors"].values())} {tally["errors"] or ""}
-
+{"".join(f"  - {line}{chr(10)}" for line in tally.get("error_log", []))}
 ![memory over time]({plot.name})
 
 ## Every sample (RSS in MB)
@@ -504,6 +532,10 @@ within 2 MB or 3 % of the value at the end of warm-up, whichever is larger.
 {chr(10).join(per_sample)}
 """
     path = raw_path.with_suffix(".md")
+    # Findings written by hand below the generated part are kept when the report is rendered again.
+    earlier = path.read_text() if path.exists() else ""
+    if FINDINGS in earlier:
+        report += FINDINGS + earlier.split(FINDINGS, 1)[1]
     path.write_text(report)
     return path
 
