@@ -251,7 +251,7 @@ async def _slot(
         try:
             timeout_s = config.tokens / config.rate + 60
             await asyncio.wait_for(_one_generation(client, config, tally, rng, where), timeout_s)
-        except (TimeoutError, OSError, ValueError, httpx.HTTPError) as exc:
+        except Exception as exc:  # any failure of one reader is counted, and its slot goes on
             tally.errors[type(exc).__name__ + (f": {exc}" if isinstance(exc, ValueError) else "")] += 1
             if len(tally.error_log) < 50:
                 minute = (time.monotonic() - started) / 60
@@ -338,7 +338,7 @@ async def _drive(stack: Stack, config: Config, on_sample: Any) -> Tally:
             await asyncio.sleep(min(config.sample_s, max(0.0, deadline - time.monotonic())))
         await asyncio.gather(*slots)
         # Once the last generations have ended: what the stack holds at rest.
-        on_sample(sampler.sample((time.monotonic() - started) / 60, tally), tally)
+        on_sample({**sampler.sample((time.monotonic() - started) / 60, tally), "at_rest": True}, tally)
     sampler.redis.close()
     return tally
 
@@ -404,8 +404,8 @@ def verdicts(samples: list[dict[str, Any]], warmup_minutes: float) -> list[dict[
         for label, kb in sample["rss_kb"].items():
             series.setdefault(f"{label} RSS", []).append((sample["minute"], kb))
         series.setdefault("redis used_memory", []).append((sample["minute"], sample["redis_used_memory_kb"]))
-    # The last sample is taken at rest, after the load: it says what stays, but is not part of the trend.
-    end = samples[-2]["minute"] if len(samples) > 2 else samples[-1]["minute"]
+    # The sample taken at rest, after the load, says what stays but is not part of the trend.
+    end = max(s["minute"] for s in samples if not s.get("at_rest"))
     rows: list[dict[str, Any]] = []
     for name, points in series.items():
         after = [(x, y) for x, y in points if warmup_minutes <= x <= end]
@@ -485,13 +485,14 @@ def write_report(raw_path: Path) -> Path:
         )
     labels = list(dict.fromkeys(label for s in samples for label in s["rss_kb"]))
     per_sample = [
-        "| min | " + " | ".join(labels) + " | Redis used MB | keys | generations | tokens | errors |",
-        "|" + " --- |" * (len(labels) + 6),
+        "| min | " + " | ".join(labels) + " | Redis used MB | keys | Redis clients | generations | tokens | errors |",
+        "|" + " --- |" * (len(labels) + 7),
     ]
     for s in samples:
         rss = " | ".join(f"{s['rss_kb'][k] / 1024:.1f}" if k in s["rss_kb"] else "" for k in labels)
         per_sample.append(
-            f"| {s['minute']:.1f} | {rss} | {s['redis_used_memory_kb'] / 1024:.1f} | {s['redis_keys']} | "
+            f"| {s['minute']:.1f}{' at rest' if s.get('at_rest') else ''} | {rss} | "
+            f"{s['redis_used_memory_kb'] / 1024:.1f} | {s['redis_keys']} | {s.get('redis_clients', '')} | "
             f"{s['generations']} | {s['tokens']} | {s['errors']} |"
         )
     elapsed = samples[-1]["minute"] if samples else 0
@@ -505,7 +506,7 @@ Celery worker (gevent pool), consumer; finished generations kept 5 minutes (`RED
 Load: {config["streams"]} concurrent `synthetic` generations x {config["rate"]:g} tokens/s x {config["tokens"]} tokens,
 each replaced as it ends, for {config["minutes"]:g} minutes; one reader each ({WS_SHARE:.0%} over WebSocket,
 {RESUME_SHARE:.0%} dropping their connection midway and resuming from the last event id). Memory sampled every
-{config["sample_s"]:g} s; the last row is taken at rest, once the last generations have ended.
+{config["sample_s"]:g} s; a row marked "at rest" is taken once the last generations have ended.
 
 ## Verdict
 
@@ -521,7 +522,8 @@ that window tells a leak (it keeps its pace) from the tail of a warm-up (it slow
 - generations read to their end: {tally["generations"]} ({tally["sse_readers"]} over SSE, {tally["ws_readers"]} over
   WebSocket; {tally["resumes"]} resumed after a dropped connection); terminals: {tally["terminals"]}
 - tokens delivered: {tally["tokens"]} ({tally["tokens"] / max(1e-9, elapsed * 60):.0f}/s on average;
-  {expected} expected from the generations that ended `done`)
+  {expected} expected from the generations that ended `done`; the rest are those of generations still running at the
+  last sample, or whose reader failed)
 - gaps: {tally["gaps"]}, duplicates: {tally["duplicates"]}, `done` with fewer tokens than asked: {tally["short"]}
 - reader errors: {sum(tally["errors"].values())} {tally["errors"] or ""}
 {"".join(f"  - {line}{chr(10)}" for line in tally.get("error_log", []))}

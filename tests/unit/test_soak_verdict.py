@@ -32,7 +32,7 @@ def test_growth_after_warm_up_beyond_tolerance_is_flagged() -> None:
     warm = [50_000 + 5_000 * m for m in range(10)]
     after = [100_000 + 100 * m for m in range(61)]
     # The last sample is taken at rest (after the load) and is not part of the trend.
-    at_rest = {"minute": 71.0, "rss_kb": {"web worker 1": 50_000}, "redis_used_memory_kb": 1000}
+    at_rest = {"minute": 71.0, "rss_kb": {"web worker 1": 50_000}, "redis_used_memory_kb": 1000, "at_rest": True}
     rows = {row["series"]: row for row in verdicts([*_samples(warm + after), at_rest], 10)}
     row = rows["web worker 1 RSS"]
     assert row["slope_kb_per_min"] == pytest.approx(100, abs=1)
