@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 PORT   ?= 8000
 
-.PHONY: install dev test test-fast lint format bench bench-cluster clean
+.PHONY: install dev test test-fast lint format bench bench-cluster soak clean
 
 HOST   ?= 127.0.0.1
 
@@ -59,6 +59,11 @@ bench: install
 bench-cluster: install
 	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
 	$(BIN)/python -m bench.cluster
+
+# The whole stack at steady load for an hour (SOAK_MINUTES): the memory of every process, minute by minute.
+soak: install
+	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
+	$(BIN)/python -m bench.soak
 
 clean:
 	rm -rf $(VENV) .tokenbridge .pytest_cache .mypy_cache .ruff_cache *.egg-info

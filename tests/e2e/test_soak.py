@@ -1,0 +1,33 @@
+"""``make soak`` cannot rot: a one-minute soak at a tiny load runs the whole stack and writes its report."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from bench.soak import Config, run
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
+
+@pytest.mark.timeout(300)
+def test_a_short_soak_reads_every_token_and_reports_every_process(tmp_path: Path) -> None:
+    config = Config(minutes=1, streams=4, rate=20, tokens=40, warmup_minutes=0.25, sample_s=10, name="soak-test")
+    report = run(config, tmp_path)
+
+    raw = json.loads((tmp_path / "soak-test.json").read_text())
+    tally, samples = raw["tally"], raw["samples"]
+    assert tally["generations"] > 50
+    assert tally["ws_readers"] > 0 and tally["sse_readers"] > 0 and tally["resumes"] > 0
+    assert tally["errors"] == {} and tally["gaps"] == 0 and tally["duplicates"] == 0 and tally["short"] == 0
+    assert tally["tokens"] == tally["terminals"]["done"] * config.tokens
+    assert len(samples) >= 7
+    processes = set(samples[-1]["rss_kb"])
+    assert {"web", "web worker 1", "web worker 2", "worker", "consumer", "redis"} <= processes
+    text = report.read_text()
+    for process in processes:
+        assert f"| {process} RSS |" in text
+    assert "| redis used_memory |" in text
+    assert (tmp_path / "soak-test.png").stat().st_size > 10_000
