@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from functools import lru_cache
 from typing import Any
 
 import orjson
@@ -125,8 +124,9 @@ class Committer:
         gen.meta_updates["seq"] = gen.seq
         for item in gen.meta_updates.items():
             args.extend(item)
-        session = gen.session_id if not self.cluster else ""
-        return scripts.Call(scripts.COMMIT, _commit_keys(gen.generation_id, session), args)
+        if not batch.owned.commit_keys:
+            batch.owned.commit_keys = _commit_keys(gen.generation_id, gen.session_id if not self.cluster else "")
+        return scripts.Call(scripts.COMMIT, batch.owned.commit_keys, args)
 
     def _end(self, ended: list[Batch]) -> None:
         """After the terminal event's commit: release the key's running slot, expire the session (cluster)."""
@@ -143,7 +143,6 @@ class Committer:
             self.check("(end of generations)", pipe.execute(raise_on_error=False))
 
 
-@lru_cache(maxsize=16_384)
 def _commit_keys(generation_id: str, session_id: str) -> list[str]:
     """The keys of ``scripts.COMMIT``: the generation's, and its session's when the copy is part of the commit."""
     commit_keys = [

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from bridge import keys
@@ -27,6 +27,8 @@ class OwnedGeneration:
     # A dead entry the generation waits on (DEAD_LETTER_HOLD_S) until a replay, a drop, or this UNIX time.
     held_entry: str | None = None
     held_until: float = 0.0
+    # The keys of its commits (made once: a commit per batch needs the same eight names).
+    commit_keys: list[str] = field(default_factory=list)
 
     @property
     def generation_id(self) -> str:
