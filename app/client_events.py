@@ -18,7 +18,7 @@ from app.hub import id_after
 from app.services import Services, services
 from app.streaming import GapHandler, follow
 from bridge import keys, streams
-from bridge.events import ClientEvent, EventType
+from bridge.events import FINISHED_STATUSES, ClientEvent, EventType
 
 logger = logging.getLogger(__name__)
 
@@ -84,7 +84,7 @@ def _counted(
 
 def ended_before(key: str, cursor: str, meta: dict[str, str]) -> bool:
     """True when the generation is finished and the cursor is at or past its terminal event."""
-    if meta.get("status") not in ("completed", "failed", "cancelled") or cursor == "0":
+    if meta.get("status") not in FINISHED_STATUSES or cursor == "0":
         return False
     last = streams.last_event(services().redis, key)
     return last is None or not id_after(last.id, cursor)

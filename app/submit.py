@@ -38,6 +38,7 @@ class Submitted:
         return value
 
 
+# Long: the steps of a submission in the order they must run (validate, owner, budget, store, replicate, enqueue).
 def submit_generation(body: dict[str, Any]) -> Submitted:
     """Validate, store and enqueue a generation (an external one is only stored); 422/503 as ApiError."""
     s = services()

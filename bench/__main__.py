@@ -475,6 +475,7 @@ def _targets(ours: list[dict[str, Any]], baseline: list[dict[str, Any]], extra: 
     return lines
 
 
+# Long: mostly the report's Markdown template.
 def main() -> None:
     levels = [int(v) for v in os.environ.get("BENCH_LEVELS", "100,200,300,500,750,1000,1500").split(",")]
     rate = float(os.environ.get("BENCH_RATE", "20"))

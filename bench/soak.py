@@ -463,6 +463,7 @@ def _plot(samples: list[dict[str, Any]], warmup_minutes: float, path: Path) -> N
     plt.close(figure)
 
 
+# Long: mostly the report's Markdown template.
 def write_report(raw_path: Path) -> Path:
     raw = json.loads(raw_path.read_text())
     config, tally, samples = raw["config"], raw["tally"], raw["samples"]

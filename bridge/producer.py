@@ -232,12 +232,8 @@ class GenerationWriter:
             return self._end_out_of_memory()
         if renew and result is scripts.Write.WRITTEN:
             self._renewed_at = now
-        if result is scripts.Write.WRITTEN and entries:
-            for event_type, data in entries:
-                if event_type == EventType.TOKEN.value:
-                    self.tokens += 1
-                elif event_type == EventType.ERROR.value:
-                    self.error_code = str(data.get("code"))
+        if result is scripts.Write.WRITTEN:
+            self._count(entries)
         if result is scripts.Write.FENCED:
             return WriteResult.FENCED
         if result is scripts.Write.CANCELLED:
@@ -245,6 +241,14 @@ class GenerationWriter:
         if result is scripts.Write.GAP:
             return WriteResult.LOST
         return WriteResult.WRITTEN  # a repeat was written by the first try
+
+    def _count(self, entries: list[tuple[str, dict[str, Any]]]) -> None:
+        """What a write that was applied wrote, for metrics: its tokens, and the code of an error."""
+        for event_type, data in entries:
+            if event_type == EventType.TOKEN.value:
+                self.tokens += 1
+            elif event_type == EventType.ERROR.value:
+                self.error_code = str(data.get("code"))
 
     def _send(self, args: list[Any]) -> scripts.Write:
         """Run the write; after a write that failed, a hole of one batch is that write, not a lost one."""

@@ -332,6 +332,7 @@ def _dead_letters(args: argparse.Namespace, client: TokenbridgeClient) -> int:
 # -- entry point -----------------------------------------------------------------------------------
 
 
+# Long: one declarative table of every command and flag, read top to bottom.
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tokenbridge", description="Relay LLM tokens through Redis Streams.")
     parser.add_argument("--version", action="version", version=f"tokenbridge {_version()}")

@@ -80,6 +80,7 @@ def _wait_ready(url: str, process: subprocess.Popen[bytes], timeout_s: float) ->
     return False
 
 
+# Long: start, print what a newcomer needs, wait, stop: one story, told in order.
 def run_dev(*, port: int = 8000, procfile: str = "Procfile", host: str = DEFAULT_HOST) -> int:
     """Run the stack on ``host`` until Ctrl-C; 1 at once, before starting anything, when a port is taken."""
     taken = _taken_ports(host, port)

@@ -14,6 +14,7 @@ import redis
 
 from bridge import keys
 from bridge.cluster import MOVING, node_client, refresh_if_moved
+from bridge.events import FINISHED_STATUSES
 from bridge.settings import Settings
 from workers import metrics
 from workers.celery_events import CeleryEvents
@@ -22,7 +23,6 @@ from workers.processors import Chain
 
 logger = logging.getLogger(__name__)
 
-FINISHED_STATUSES = frozenset({"completed", "failed", "cancelled"})
 PAGE = 100
 
 
