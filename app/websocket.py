@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import threading
 from contextlib import closing
 from typing import Any
@@ -22,6 +24,8 @@ from app.origins import check_origin
 from app.services import Services, services
 from app.streaming import ws_frame
 from bridge import keys
+
+logger = logging.getLogger(__name__)
 
 bp = Blueprint("websocket", __name__, url_prefix="/v1")
 
@@ -74,7 +78,8 @@ class _Writer:
             self._ws.sock.sendall(b"".join(self._ws.ws.send(TextMessage(data=text)) for text in texts))
 
     def close(self, code: int, message: str) -> None:
-        with self._lock:
+        # A client already gone has nothing to be told.
+        with self._lock, contextlib.suppress(ConnectionClosed, OSError):
             self._ws.close(reason=code, message=message)
 
 
@@ -92,6 +97,10 @@ def _write_events(ws: Any, writer: _Writer, events: Batches) -> None:
     except redis.RedisError:
         writer.close(1011, "store unavailable")
         return
+    except (ConnectionClosed, OSError) as exc:
+        # The client went away mid-send (reset, broken pipe): it resumes from its last event when it comes back.
+        logger.debug("A WebSocket client went away while it was sent events: %s", exc)
+        return
     # Maximum duration reached: 1012 (service restart) tells the client to reconnect and resume.
     writer.close(*((1000, "finished") if ended else (1012, "resume")))
 
@@ -105,7 +114,10 @@ def _read_commands(ws: Any, writer: _Writer, s: Services, principal: Principal, 
             return
         answer = _command_answer(message, s, principal, generation_id)
         if answer is not None:
-            writer.send(answer)
+            try:
+                writer.send(answer)
+            except (ConnectionClosed, OSError):
+                return
 
 
 def _command_answer(message: Any, s: Services, principal: Principal, generation_id: str) -> str | None:
