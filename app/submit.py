@@ -206,7 +206,17 @@ def claim_idempotency_key(body: dict[str, Any], generation_id: str, session_id: 
     earlier = orjson.loads(stored)
     if earlier["fingerprint"] != fingerprint:
         raise ApiError(409, "idempotency_key_reused", "This Idempotency-Key was used with a different request body.")
-    status = s.redis.hget(keys.gen_meta(earlier["id"]), "status") or "queued"
+    status, model, attempt = s.redis.hmget(keys.gen_meta(earlier["id"]), ["status", "model", "attempt"])
+    if status is None:
+        # The first request reserved the key but its generation was never stored, or has expired: this one
+        # takes the key (Redis went away before the key could be released).
+        s.redis.set(key, orjson.dumps(record), px=s.settings.idempotency_ttl_s * 1000)
+        return key
+    if status == "queued" and attempt in ("0", None) and model in s.models and s.models[model].provider != "external":
+        # The first request may have stored the generation and then lost Redis before its task was sent: the
+        # error event and the release of this key could not be written either, so nothing would ever start
+        # it. Send the task again; a copy of a task that has started is refused by its claim.
+        enqueue(earlier["id"])
     return created(earlier["id"], earlier["session_id"], earlier["model"], str(status))
 
 
