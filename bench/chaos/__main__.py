@@ -16,6 +16,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+import httpx
 import redis
 
 from bench.chaos.config import Config
@@ -94,11 +95,26 @@ def run(config: Config) -> tuple[LoadResult, Verdict, FaultLog, float]:
         client = stack.client()
         settle(client)
         verdict = verify(result, client, GROUP)
+        if verdict.hung:
+            _dump_webs(stack)
         client.close()
     finally:
         stack.stop_all()
         stack.stop_servers()
     return result, verdict, faults.log, elapsed
+
+
+def _dump_webs(stack: Stack) -> None:
+    """What each web process says of its streams and its hub while readers hang there."""
+    for name, port in stack.ports.items():
+        try:
+            text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+            ready = httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=5).text
+        except httpx.HTTPError as exc:
+            print(f"  {name} (port {port}): {exc}")
+            continue
+        lines = [line for line in text.splitlines() if line.startswith(("tokenbridge_hub", "tokenbridge_open_streams"))]
+        print(f"  {name} (port {port}): {'; '.join(lines)}; readyz {ready[:300]}")
 
 
 async def _load(load: Load, faults: FaultSchedule, config: Config) -> LoadResult:

@@ -32,7 +32,7 @@ class Config:
     # broker's unacknowledged set for this long before it is delivered again (the default is 3600 s).
     visibility_timeout_s: int = 30
     hang_s: float = 180.0  # a reader with no terminal this long after its generation should have ended is hung
-    drain_s: float = 240.0  # longest wait for the last readers after the load stops
+    drain_s: float = 300.0  # longest wait for the last readers after the load stops (longer than hang_s)
     json_path: str = ""  # also write the report as JSON here
 
     @classmethod

@@ -60,6 +60,11 @@ class Reading:
     ended_without_terminal: int = 0
     longest_stall_s: float = 0.0
     hung: bool = False
+    # Where a reader that never got its terminal was: the port of the stream it had open (0: none), since when.
+    open_port: int = 0
+    opened_at: float = 0.0
+    last_event_at: float = 0.0
+    connects: int = 0
     sockets: list[WebSocket] = field(default_factory=list, repr=False)  # the open WebSocket, to cancel on
 
 
@@ -289,11 +294,14 @@ class Load:
                     "127.0.0.1", port, path, self.headers, last_id=state.last_id, cursor_in_query=cursor_in_query,
                     idle_s=10,
                 )  # fmt: skip
+            reading.open_port, reading.opened_at = port, time.monotonic()
+            reading.connects += 1
             try:
                 async with asyncio.timeout(remaining), aclosing(stream):
                     dropped = False
                     async for event in stream:
                         now = time.monotonic()
+                        reading.last_event_at = now
                         self._stall(reading, now - last_arrival, gen.id)
                         last_arrival = now
                         state.apply(reading, event)
@@ -313,6 +321,8 @@ class Load:
             except Exception as exc:  # a flaw of this client, not of the server: counted, and the reader resumes
                 reading.reconnects += 1
                 self.result.client_errors[type(exc).__name__] += 1
+            if reading.terminal is None and not reading.hung:
+                reading.open_port = 0
             if reading.terminal is None:
                 await asyncio.sleep(rng.uniform(0.05, 1.0))
 

@@ -138,10 +138,14 @@ def _check_generation(
         if reading.gaps:
             _problem(verdict.lost, gid, f"{where} missed {reading.gaps} events")
         if reading.terminal is None:
+            since = f"{reading.last_event_at - gen.created_at:.0f}" if reading.last_event_at else "-"
+            opened = f"{reading.opened_at - gen.created_at:.0f}"
+            stuck = f"open on port {reading.open_port} since +{opened} s" if reading.open_port else "not connected"
             _problem(
                 verdict.hung,
                 gid,
-                f"{where} got no terminal ({len(reading.events)} events, refused {dict(reading.refused)})",
+                f"{where} got no terminal ({len(reading.events)} events, the last at +{since} s; {reading.connects} "
+                f"requests, refused {dict(reading.refused)}; {stuck})",
             )
         elif reading.text != text or [e[:3] for e in reading.events] != [(s, e, i) for s, e, i, _ in out]:
             _problem(verdict.lost, gid, f"{where} assembled something else than :out")
