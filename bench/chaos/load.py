@@ -14,6 +14,7 @@ import random
 import time
 import uuid
 from collections import Counter
+from collections.abc import AsyncGenerator
 from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import Any
@@ -296,8 +297,9 @@ class Load:
                 )  # fmt: skip
             reading.open_port, reading.opened_at = port, time.monotonic()
             reading.connects += 1
+            deadline_timer = asyncio.timeout(remaining)
             try:
-                async with asyncio.timeout(remaining), aclosing(stream):
+                async with deadline_timer, aclosing(stream):
                     dropped = False
                     async for event in stream:
                         now = time.monotonic()
@@ -317,6 +319,11 @@ class Load:
             except RefusedError as exc:
                 reading.refused[exc.status] += 1
             except READ_ERRORS:
+                if deadline_timer.expired():
+                    # Still open at its deadline (a stream that only sends keep-alives ends here too): hung,
+                    # not resumed, which would hide a web process that stopped delivering.
+                    reading.hung = True
+                    break
                 reading.reconnects += 1
             except Exception as exc:  # a flaw of this client, not of the server: counted, and the reader resumes
                 reading.reconnects += 1
@@ -348,41 +355,51 @@ class Load:
         def finished() -> bool:
             return watch.closed and watch.terminals >= set(watch.generations)
 
+        async def pump(stream: AsyncGenerator[WireEvent, None]) -> None:
+            nonlocal count, last_id
+            async with aclosing(stream):
+                async for event in stream:
+                    count += 1
+                    if event.id in seen:
+                        watch.duplicates += 1
+                        continue
+                    seen.add(event.id)
+                    last_id = event.id
+                    gid = event.data.get("generation_id", "")
+                    watch.events.setdefault(gid, []).append(
+                        (event.data.get("seq", -1), event.event, event.data.get("content", ""))
+                    )
+                    if event.event in TERMINAL:
+                        watch.terminals.add(gid)
+                    if drops and count >= drops[0]:
+                        drops.pop(0)
+                        return
+
         while not finished():
-            remaining = watch.deadline - time.monotonic()
-            if remaining <= 0 and watch.closed:
-                watch.hung = True
-                return
             stream = sse_events(
                 "127.0.0.1", rng.choice(self.ports), f"/v1/sessions/{watch.id}/events", self.headers,
                 last_id=last_id, cursor_in_query=False, idle_s=10,
             )  # fmt: skip
+            task = asyncio.create_task(pump(stream))
+            # The stream never ends by itself: whether the reader is done is checked while it waits.
+            while not task.done() and not finished():
+                if watch.closed and time.monotonic() > watch.deadline:
+                    watch.hung = True
+                    break
+                await asyncio.wait({task}, timeout=0.5)
+            if not task.done():
+                task.cancel()
             try:
-                async with asyncio.timeout(max(1.0, remaining)), aclosing(stream):
-                    async for event in stream:
-                        count += 1
-                        if event.id in seen:
-                            watch.duplicates += 1
-                            continue
-                        seen.add(event.id)
-                        last_id = event.id
-                        gid = event.data.get("generation_id", "")
-                        watch.events.setdefault(gid, []).append(
-                            (event.data.get("seq", -1), event.event, event.data.get("content", ""))
-                        )
-                        if event.event in TERMINAL:
-                            watch.terminals.add(gid)
-                        if finished():
-                            return
-                        if drops and count >= drops[0]:
-                            drops.pop(0)
-                            break
-            except (*READ_ERRORS, RefusedError):
+                await task
+            except (*READ_ERRORS, RefusedError, asyncio.CancelledError):
                 watch.reconnects += 1
             except Exception as exc:
                 watch.reconnects += 1
                 self.result.client_errors[type(exc).__name__] += 1
-            await asyncio.sleep(rng.uniform(0.05, 1.0))
+            if watch.hung:
+                return
+            if not finished():
+                await asyncio.sleep(rng.uniform(0.05, 1.0))
 
 
 @dataclass
