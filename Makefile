@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 PORT   ?= 8000
 
-.PHONY: install dev test test-fast lint format bench bench-cluster soak clean
+.PHONY: install dev test test-fast lint format bench bench-cluster soak chaos clean
 
 HOST   ?= 127.0.0.1
 
@@ -64,6 +64,11 @@ bench-cluster: install
 soak: install
 	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
 	$(BIN)/python -m bench.soak
+
+# Mixed load on two of every process while faults are injected at random; checks every generation (bench/chaos).
+# CHAOS_DURATION_S, CHAOS_CONCURRENCY, CHAOS_FAULT_INTERVAL_S, CHAOS_SEED, ...: python -m bench.chaos --help
+chaos: install
+	$(BIN)/python -m bench.chaos
 
 clean:
 	rm -rf $(VENV) .tokenbridge .pytest_cache .mypy_cache .ruff_cache *.egg-info

@@ -5,10 +5,13 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
+import time
+from contextlib import suppress
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
+import redis
 from flask import g, request
 from pydantic import ValidationError
 
@@ -89,6 +92,10 @@ def submit_generation(body: dict[str, Any]) -> Submitted:
         if running is not None:
             s.redis.zrem(running, generation_id)
         raise
+    if idempotency_key is not None and s.models[req.model].provider != "external":
+        # Its task is on its way: a replay of this request need not send it again (see claim_idempotency_key).
+        with suppress(redis.RedisError):
+            s.redis.hset(keys.gen_meta(generation_id), "enqueued", 1)
     confirm_replicated(s.redis, s.settings, what=f"Generation {generation_id}")
     metrics.GENERATIONS_CREATED.labels(req.model).inc()
     logger.info(
@@ -215,7 +222,21 @@ def claim_idempotency_key(body: dict[str, Any], generation_id: str, session_id: 
     earlier = orjson.loads(stored)
     if earlier["fingerprint"] != fingerprint:
         raise ApiError(409, "idempotency_key_reused", "This Idempotency-Key was used with a different request body.")
-    status = s.redis.hget(keys.gen_meta(earlier["id"]), "status") or "queued"
+    status, model, attempt, enqueued = s.redis.hmget(
+        keys.gen_meta(earlier["id"]), ["status", "model", "attempt", "enqueued"]
+    )
+    if status is None:
+        # The first request reserved the key but its generation was never stored, or has expired: this one
+        # takes the key (Redis went away before the key could be released).
+        s.redis.set(key, orjson.dumps(record), px=s.settings.idempotency_ttl_s * 1000)
+        return key
+    external = model not in s.models or s.models[model].provider == "external"
+    if status == "queued" and not enqueued and attempt in ("0", None) and not external:
+        # The first request stored the generation and then lost Redis before its task was sent (or before it
+        # could mark it sent): the error event and the release of this key could not be written either, so
+        # nothing would ever start it. Send the task again; a copy of a task that has started is refused by
+        # its claim.
+        enqueue(earlier["id"])
     return created(earlier["id"], earlier["session_id"], earlier["model"], str(status))
 
 

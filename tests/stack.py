@@ -81,6 +81,9 @@ class Stack:
     # A Celery broker of its own (a cluster cannot be one).
     broker: EmbeddedRedis | None = None
     web_ports: list[int] = field(default_factory=list)
+    # What ``restart`` needs: the Procfile type of each process, the port of each web process.
+    kinds: dict[str, str] = field(default_factory=dict)
+    ports: dict[str, int] = field(default_factory=dict)
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     _log_files: list[Any] = field(default_factory=list)
 
@@ -127,7 +130,9 @@ class Stack:
         if kind == "web":
             port = int(env.get("PORT") or free_port())
             process_env["PORT"] = str(port)
-            self.web_ports.append(port)
+            if port not in self.web_ports:
+                self.web_ports.append(port)
+            self.ports[name] = port
         log = open(self.logs / f"{name}.log", "ab")  # noqa: SIM115 - closed in stop_all
         self._log_files.append(log)
         process = subprocess.Popen(
@@ -139,7 +144,13 @@ class Stack:
             start_new_session=True,
         )
         self.processes[name] = process
+        self.kinds[name] = kind
         return process
+
+    def restart(self, name: str) -> subprocess.Popen[bytes]:
+        """Start ``name`` again once it has stopped: a web process on the port it had, so its clients find it."""
+        env = {"PORT": str(self.ports[name])} if name in self.ports else {}
+        return self.start(name, self.kinds[name], **env)
 
     def signal(self, name: str, signum: int) -> None:
         os.killpg(self.processes[name].pid, signum)

@@ -1,0 +1,443 @@
+"""The load of a chaos run: users that submit generations and read them the way clients do.
+
+Each user keeps one generation running at a time, in a session it keeps for a few generations. A generation is
+an ``echo`` (its text is known: the prompt) or is fed by an external producer (the test's own tokens). It is
+read over SSE or WebSocket, sometimes by two readers at once; readers drop their connection at random and
+resume after the last id they received; some generations are cancelled; some sessions are followed by a
+session reader. Every reader records what a user would notice: text, duplicates, gaps, stalls.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+import uuid
+from collections import Counter
+from collections.abc import AsyncGenerator
+from contextlib import aclosing
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+
+from bench.chaos.config import Config
+from bench.chaos.wire import EndedError, RefusedError, WebSocket, WireEvent, sse_events, ws_events
+from tasks.providers.builtin import split_words
+
+TERMINAL = {"done", "error", "cancelled"}
+VOCABULARY = [
+    *(f"word{i}" for i in range(50)),
+    "naïve",
+    "café",
+    "日本語",
+    "😀",
+    "a,b",
+    '"quoted"',
+    "back\\slash",
+    "tab\tin",
+    "<tag>",
+    "end.",
+]
+# Whatever a transport error looks like to a reader: it reconnects and resumes.
+READ_ERRORS = (OSError, TimeoutError, EndedError, asyncio.IncompleteReadError, ValueError, UnicodeDecodeError)
+
+
+@dataclass
+class Reading:
+    """What one reader of one generation received."""
+
+    transport: str
+    text: str = ""
+    terminal: WireEvent | None = None
+    events: list[tuple[int, str, str]] = field(default_factory=list)  # (seq, event, id) applied, in order
+    duplicates: int = 0
+    gaps: int = 0
+    reconnects: int = 0
+    drops: int = 0
+    restarts: int = 0
+    resets: int = 0
+    refused: Counter[int] = field(default_factory=Counter)
+    ended_without_terminal: int = 0
+    longest_stall_s: float = 0.0
+    hung: bool = False
+    # Where a reader that never got its terminal was: the port of the stream it had open (0: none), since when.
+    open_port: int = 0
+    opened_at: float = 0.0
+    last_event_at: float = 0.0
+    connects: int = 0
+    sockets: list[WebSocket] = field(default_factory=list, repr=False)  # the open WebSocket, to cancel on
+
+
+@dataclass
+class Generation:
+    id: str
+    session_id: str
+    model: str
+    expected: str
+    finish_reason: str
+    created_at: float
+    expected_end: float
+    cancel_requested: bool = False
+    error_requested: str | None = None
+    readings: list[Reading] = field(default_factory=list)
+
+
+@dataclass
+class SessionWatch:
+    """A reader of a session's stream: every event of every generation in it, once."""
+
+    id: str
+    generations: list[str] = field(default_factory=list)
+    closed: bool = False
+    deadline: float = 0.0
+    events: dict[str, list[tuple[int, str, str]]] = field(default_factory=dict)  # gid -> (seq, event, entry_id)
+    terminals: set[str] = field(default_factory=set)
+    duplicates: int = 0
+    reconnects: int = 0
+    hung: bool = False
+
+
+@dataclass
+class LoadResult:
+    generations: list[Generation] = field(default_factory=list)
+    sessions: list[SessionWatch] = field(default_factory=list)
+    submit_failed: int = 0
+    producer_problems: Counter[str] = field(default_factory=Counter)
+    client_errors: Counter[str] = field(default_factory=Counter)
+    longest_stall: tuple[float, str] = (0.0, "")
+
+
+class Load:
+    def __init__(self, config: Config, rng: random.Random, ports: list[int], api_key: str) -> None:
+        self.config = config
+        self.rng = rng
+        self.ports = ports
+        self.headers = {"Authorization": f"Bearer {api_key}"}
+        self.result = LoadResult()
+        self.stop_at = 0.0
+        self.http: httpx.AsyncClient | None = None
+        self._session_tasks: list[asyncio.Task[None]] = []
+
+    # -- the run ------------------------------------------------------------------------------------
+
+    async def run(self, duration_s: float) -> LoadResult:
+        self.stop_at = time.monotonic() + duration_s
+        limits = httpx.Limits(max_connections=400, max_keepalive_connections=100)
+        async with httpx.AsyncClient(headers=self.headers, timeout=10, limits=limits) as self.http:
+            users = [asyncio.create_task(self._user(n)) for n in range(self.config.concurrency)]
+            await asyncio.gather(*users)
+            await asyncio.gather(*self._session_tasks)
+        return self.result
+
+    async def _user(self, number: int) -> None:
+        # Users start over the first seconds, not all in the same instant.
+        await asyncio.sleep(self.rng.uniform(0, min(10.0, self.config.duration_s / 4)))
+        rounds = 0
+        while time.monotonic() < self.stop_at:
+            watch = None
+            if self.rng.random() < self.config.session_share:
+                watch = SessionWatch(f"chaos-{self.config.seed}-{number}-{rounds}")
+                self.result.sessions.append(watch)
+            session_id = watch.id if watch else f"chaos-{self.config.seed}-{number}-{rounds}"
+            rounds += 1
+            for _ in range(self.rng.randint(1, 5)):
+                if time.monotonic() >= self.stop_at:
+                    break
+                await self._one_generation(session_id, watch)
+                await asyncio.sleep(self.rng.uniform(0, 1))
+            if watch is not None:
+                watch.closed = True
+
+    # -- HTTP with retries: a client rides out a web process that died and Redis restarting ----------
+
+    def _url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.rng.choice(self.ports)}{path}"
+
+    async def request(
+        self, path: str, body: Any, *, ok: set[int], headers: dict[str, str] | None = None, give_up_s: float = 120
+    ) -> httpx.Response | None:
+        assert self.http is not None
+        deadline = time.monotonic() + give_up_s
+        while time.monotonic() < deadline:
+            try:
+                response = await self.http.post(self._url(path), json=body, headers=headers)
+                if response.status_code in ok:
+                    return response
+                if response.status_code < 500 and response.status_code != 429:
+                    return response
+            except httpx.HTTPError:
+                pass
+            await asyncio.sleep(self.rng.uniform(0.2, 1.0))
+        return None
+
+    # -- one generation --------------------------------------------------------------------------------
+
+    def _prompt(self, words: int) -> str:
+        parts = []
+        for i in range(words):
+            parts.append(self.rng.choice(VOCABULARY))
+            if i < words - 1:
+                parts.append(self.rng.choice([" ", " ", " ", " ", "  ", "\n", " \n\n"]))
+        return "".join(parts)
+
+    async def _one_generation(self, session_id: str, watch: SessionWatch | None) -> None:
+        c, rng = self.config, self.rng
+        words = self._prompt(rng.randint(c.words_min, c.words_max))
+        tokens = split_words(words)
+        delay_ms = rng.randint(c.delay_ms_min, c.delay_ms_max)
+        external = rng.random() < c.external_share
+        finish_reason = "stop"
+        if external:
+            body: dict[str, Any] = {"model": "external", "prompt": "fed by a producer", "session_id": session_id}
+        else:
+            body = {"model": "echo", "prompt": words, "session_id": session_id, "options": {"delay_ms": delay_ms}}
+            if rng.random() < 0.15:
+                body["max_tokens"] = rng.randint(1, len(tokens) - 1)
+                tokens, finish_reason = tokens[: body["max_tokens"]], "length"
+        # The same Idempotency-Key on every try: a POST retried after its answer was lost creates nothing twice.
+        headers = {"Idempotency-Key": uuid.uuid4().hex}
+        response = await self.request("/v1/generations", body, ok={202}, headers=headers)
+        if response is None or response.status_code != 202:
+            self.result.submit_failed += 1
+            return
+        created = time.monotonic()
+        gen = Generation(
+            id=response.json()["id"],
+            session_id=session_id,
+            model=body["model"],
+            expected="".join(tokens),
+            finish_reason=finish_reason,
+            created_at=created,
+            expected_end=created + len(tokens) * delay_ms / 1000,
+        )
+        self.result.generations.append(gen)
+        if watch is not None:
+            self._watch(watch, gen)
+        jobs = [self._read(gen, self._new_reading())]
+        if rng.random() < c.second_reader_share:
+            jobs.append(self._read(gen, self._new_reading()))
+        if rng.random() < c.cancel_share:
+            gen.cancel_requested = True
+            jobs.append(self._cancel(gen, delay_ms * len(tokens) / 1000))
+        if external:
+            if rng.random() < 0.1:
+                gen.error_requested = "upstream_down"
+            jobs.append(self._produce(gen, tokens, delay_ms))
+        await asyncio.gather(*jobs)
+
+    def _new_reading(self) -> Reading:
+        return Reading("ws" if self.rng.random() < self.config.ws_share else "sse")
+
+    async def _cancel(self, gen: Generation, duration_s: float) -> None:
+        await asyncio.sleep(self.rng.uniform(0.2, max(0.3, duration_s)))
+        # Over a reader's WebSocket when one is open, otherwise with the route.
+        for reading in gen.readings:
+            sockets = reading.sockets
+            if sockets and self.rng.random() < 0.5:
+                try:
+                    sockets[0].send_text('{"type": "cancel"}')
+                    return
+                except (OSError, RuntimeError, AttributeError):
+                    break
+        await self.request(f"/v1/generations/{gen.id}/cancel", None, ok={202, 409})
+
+    async def _produce(self, gen: Generation, tokens: list[str], delay_ms: int) -> None:
+        """An external producer: batches of a few tokens, now and then one sent twice, then the end."""
+        index = 0
+        while index < len(tokens):
+            size = self.rng.randint(1, 4)
+            batch = {"index": index, "tokens": tokens[index : index + size]}
+            for _ in range(2 if self.rng.random() < 0.1 else 1):
+                response = await self.request(f"/v1/generations/{gen.id}/tokens", batch, ok={202})
+                if response is None:
+                    self.result.producer_problems["gave_up"] += 1
+                    return
+                if response.status_code == 409:
+                    error = response.json()["error"]
+                    if error["code"] != "index_gap":
+                        return  # ended (cancelled, or timed out)
+                    self.result.producer_problems["index_gap"] += 1
+                    index = error["details"]["expected_index"]
+                    break
+                index = response.json()["next_index"]
+            await asyncio.sleep(delay_ms * size / 1000)
+        end: dict[str, Any] = {"finish_reason": "stop"}
+        if gen.error_requested:
+            end = {"error": {"code": gen.error_requested, "message": "the upstream model went away"}}
+        if await self.request(f"/v1/generations/{gen.id}/complete", end, ok={202, 409}) is None:
+            self.result.producer_problems["gave_up"] += 1
+
+    # -- readers ----------------------------------------------------------------------------------
+
+    async def _read(self, gen: Generation, reading: Reading) -> None:
+        gen.readings.append(reading)
+        c, rng = self.config, self.rng
+        drops = sorted(rng.sample(range(1, 200), rng.randint(1, 3))) if rng.random() < c.drop_share else []
+        sockets = reading.sockets
+        state = _Cursor()
+        last_arrival = time.monotonic()
+        deadline = gen.expected_end + c.hang_s
+        while reading.terminal is None:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                reading.hung = True
+                break
+            port = rng.choice(self.ports)
+            path = f"/v1/generations/{gen.id}/{'ws' if reading.transport == 'ws' else 'events'}"
+            if reading.transport == "ws":
+                stream = ws_events(
+                    "127.0.0.1", port, path, self.headers, last_id=state.last_id, idle_s=35, sink=sockets
+                )
+            else:
+                cursor_in_query = rng.random() < 0.3
+                stream = sse_events(
+                    "127.0.0.1", port, path, self.headers, last_id=state.last_id, cursor_in_query=cursor_in_query,
+                    idle_s=10,
+                )  # fmt: skip
+            reading.open_port, reading.opened_at = port, time.monotonic()
+            reading.connects += 1
+            deadline_timer = asyncio.timeout(remaining)
+            try:
+                async with deadline_timer, aclosing(stream):
+                    dropped = False
+                    async for event in stream:
+                        now = time.monotonic()
+                        reading.last_event_at = now
+                        self._stall(reading, now - last_arrival, gen.id)
+                        last_arrival = now
+                        state.apply(reading, event)
+                        if reading.terminal is not None:
+                            break
+                        if drops and state.count >= drops[0]:
+                            drops.pop(0)
+                            reading.drops += 1
+                            dropped = True
+                            break
+                    if reading.terminal is None and not dropped:
+                        reading.ended_without_terminal += 1
+            except RefusedError as exc:
+                reading.refused[exc.status] += 1
+            except READ_ERRORS:
+                if deadline_timer.expired():
+                    # Still open at its deadline (a stream that only sends keep-alives ends here too): hung,
+                    # not resumed, which would hide a web process that stopped delivering.
+                    reading.hung = True
+                    break
+                reading.reconnects += 1
+            except Exception as exc:  # a flaw of this client, not of the server: counted, and the reader resumes
+                reading.reconnects += 1
+                self.result.client_errors[type(exc).__name__] += 1
+            if reading.terminal is None and not reading.hung:
+                reading.open_port = 0
+            if reading.terminal is None:
+                await asyncio.sleep(rng.uniform(0.05, 1.0))
+
+    def _stall(self, reading: Reading, stall_s: float, gid: str) -> None:
+        reading.longest_stall_s = max(reading.longest_stall_s, stall_s)
+        if stall_s > self.result.longest_stall[0]:
+            self.result.longest_stall = (stall_s, gid)
+
+    def _watch(self, watch: SessionWatch, gen: Generation) -> None:
+        watch.generations.append(gen.id)
+        watch.deadline = max(watch.deadline, gen.expected_end + self.config.hang_s)
+        if len(watch.generations) == 1:
+            self._session_tasks.append(asyncio.create_task(self._read_session(watch)))
+
+    async def _read_session(self, watch: SessionWatch) -> None:
+        """Follow a session's stream (SSE, resumed after drops) until every generation of it has ended."""
+        rng = self.rng
+        last_id: str | None = None
+        seen: set[str] = set()
+        count = 0
+        drops = sorted(rng.sample(range(1, 400), rng.randint(1, 4))) if rng.random() < self.config.drop_share else []
+
+        def finished() -> bool:
+            return watch.closed and watch.terminals >= set(watch.generations)
+
+        async def pump(stream: AsyncGenerator[WireEvent, None]) -> None:
+            nonlocal count, last_id
+            async with aclosing(stream):
+                async for event in stream:
+                    count += 1
+                    if event.id in seen:
+                        watch.duplicates += 1
+                        continue
+                    seen.add(event.id)
+                    last_id = event.id
+                    gid = event.data.get("generation_id", "")
+                    watch.events.setdefault(gid, []).append(
+                        (event.data.get("seq", -1), event.event, event.data.get("content", ""))
+                    )
+                    if event.event in TERMINAL:
+                        watch.terminals.add(gid)
+                    if drops and count >= drops[0]:
+                        drops.pop(0)
+                        return
+
+        while not finished():
+            stream = sse_events(
+                "127.0.0.1", rng.choice(self.ports), f"/v1/sessions/{watch.id}/events", self.headers,
+                last_id=last_id, cursor_in_query=False, idle_s=10,
+            )  # fmt: skip
+            task = asyncio.create_task(pump(stream))
+            # The stream never ends by itself: whether the reader is done is checked while it waits.
+            while not task.done() and not finished():
+                if watch.closed and time.monotonic() > watch.deadline:
+                    watch.hung = True
+                    break
+                await asyncio.wait({task}, timeout=0.5)
+            if not task.done():
+                task.cancel()
+            try:
+                await task
+            except (*READ_ERRORS, RefusedError, asyncio.CancelledError):
+                watch.reconnects += 1
+            except Exception as exc:
+                watch.reconnects += 1
+                self.result.client_errors[type(exc).__name__] += 1
+            if watch.hung:
+                return
+            if not finished():
+                await asyncio.sleep(rng.uniform(0.05, 1.0))
+
+
+@dataclass
+class _Cursor:
+    """Where a reader is: the last id it received, the seq it expects next, the ids it has."""
+
+    last_id: str | None = None
+    expected_seq: int = 0
+    count: int = 0
+    seen: set[str] = field(default_factory=set)
+
+    def apply(self, reading: Reading, event: WireEvent) -> None:
+        self.count += 1
+        if event.id in self.seen and event.event != "reset":
+            reading.duplicates += 1
+            return
+        self.seen.add(event.id)
+        self.last_id = event.id
+        data = event.data
+        if event.event == "reset":
+            reading.resets += 1
+            reading.text = data["text"]
+            self.expected_seq = data["next_seq"]
+            return
+        seq = data.get("seq")
+        if not isinstance(seq, int):
+            return
+        if seq < self.expected_seq:
+            reading.duplicates += 1
+            return
+        if seq > self.expected_seq:
+            reading.gaps += seq - self.expected_seq
+        self.expected_seq = seq + 1
+        reading.events.append((seq, event.event, event.id))
+        if event.event == "token":
+            reading.text += data["content"]
+        elif event.event == "restart":
+            reading.restarts += 1
+            reading.text = ""
+        elif event.event in TERMINAL:
+            reading.terminal = event
