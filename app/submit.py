@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
-import time
 from contextlib import suppress
 from dataclasses import dataclass
 from typing import Any

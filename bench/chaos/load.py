@@ -97,6 +97,10 @@ class SessionWatch:
     reconnects: int = 0
     hung: bool = False
 
+    def finished(self) -> bool:
+        """No generation will join it any more, and each of its generations has ended on it."""
+        return self.closed and self.terminals >= set(self.generations)
+
 
 @dataclass
 class LoadResult:
@@ -274,64 +278,83 @@ class Load:
         gen.readings.append(reading)
         c, rng = self.config, self.rng
         drops = sorted(rng.sample(range(1, 200), rng.randint(1, 3))) if rng.random() < c.drop_share else []
-        sockets = reading.sockets
         state = _Cursor()
-        last_arrival = time.monotonic()
         deadline = gen.expected_end + c.hang_s
         while reading.terminal is None:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 reading.hung = True
                 break
-            port = rng.choice(self.ports)
-            path = f"/v1/generations/{gen.id}/{'ws' if reading.transport == 'ws' else 'events'}"
-            if reading.transport == "ws":
-                stream = ws_events(
-                    "127.0.0.1", port, path, self.headers, last_id=state.last_id, idle_s=35, sink=sockets
-                )
-            else:
-                cursor_in_query = rng.random() < 0.3
-                stream = sse_events(
-                    "127.0.0.1", port, path, self.headers, last_id=state.last_id, cursor_in_query=cursor_in_query,
-                    idle_s=10,
-                )  # fmt: skip
-            reading.open_port, reading.opened_at = port, time.monotonic()
-            reading.connects += 1
-            deadline_timer = asyncio.timeout(remaining)
-            try:
-                async with deadline_timer, aclosing(stream):
-                    dropped = False
-                    async for event in stream:
-                        now = time.monotonic()
-                        reading.last_event_at = now
-                        self._stall(reading, now - last_arrival, gen.id)
-                        last_arrival = now
-                        state.apply(reading, event)
-                        if reading.terminal is not None:
-                            break
-                        if drops and state.count >= drops[0]:
-                            drops.pop(0)
-                            reading.drops += 1
-                            dropped = True
-                            break
-                    if reading.terminal is None and not dropped:
-                        reading.ended_without_terminal += 1
-            except RefusedError as exc:
-                reading.refused[exc.status] += 1
-            except READ_ERRORS:
-                if deadline_timer.expired():
-                    # Still open at its deadline (a stream that only sends keep-alives ends here too): hung,
-                    # not resumed, which would hide a web process that stopped delivering.
-                    reading.hung = True
-                    break
-                reading.reconnects += 1
-            except Exception as exc:  # a flaw of this client, not of the server: counted, and the reader resumes
-                reading.reconnects += 1
-                self.result.client_errors[type(exc).__name__] += 1
-            if reading.terminal is None and not reading.hung:
-                reading.open_port = 0
+            await self._read_once(gen, reading, state, drops, remaining)
+            if reading.hung:
+                break
             if reading.terminal is None:
+                reading.open_port = 0
                 await asyncio.sleep(rng.uniform(0.05, 1.0))
+
+    async def _read_once(
+        self, gen: Generation, reading: Reading, state: _Cursor, drops: list[int], remaining: float
+    ) -> None:
+        """One request of a reader: read until its terminal, a planned drop, the stream's end or an error."""
+        stream = self._open(gen, reading, state)
+        deadline_timer = asyncio.timeout(remaining)
+        try:
+            async with deadline_timer, aclosing(stream):
+                await self._consume(gen, reading, state, drops, stream)
+        except RefusedError as exc:
+            reading.refused[exc.status] += 1
+        except READ_ERRORS:
+            if deadline_timer.expired():
+                # Still open at its deadline (a stream that only sends keep-alives ends here too): hung,
+                # not resumed, which would hide a web process that stopped delivering.
+                reading.hung = True
+                return
+            reading.reconnects += 1
+        except Exception as exc:  # a flaw of this client, not of the server: counted, and the reader resumes
+            reading.reconnects += 1
+            self.result.client_errors[type(exc).__name__] += 1
+
+    def _open(self, gen: Generation, reading: Reading, state: _Cursor) -> AsyncGenerator[WireEvent, None]:
+        """A request for the reader's stream after its last event, on a web process picked at random."""
+        rng = self.rng
+        port = rng.choice(self.ports)
+        path = f"/v1/generations/{gen.id}/{'ws' if reading.transport == 'ws' else 'events'}"
+        stream: AsyncGenerator[WireEvent, None]
+        if reading.transport == "ws":
+            stream = ws_events(
+                "127.0.0.1", port, path, self.headers, last_id=state.last_id, idle_s=35, sink=reading.sockets
+            )
+        else:
+            cursor_in_query = rng.random() < 0.3
+            stream = sse_events(
+                "127.0.0.1", port, path, self.headers, last_id=state.last_id, cursor_in_query=cursor_in_query,
+                idle_s=10,
+            )  # fmt: skip
+        reading.open_port, reading.opened_at = port, time.monotonic()
+        reading.connects += 1
+        return stream
+
+    async def _consume(
+        self,
+        gen: Generation,
+        reading: Reading,
+        state: _Cursor,
+        drops: list[int],
+        stream: AsyncGenerator[WireEvent, None],
+    ) -> None:
+        async for event in stream:
+            now = time.monotonic()
+            reading.last_event_at = now
+            self._stall(reading, now - state.last_arrival, gen.id)
+            state.last_arrival = now
+            state.apply(reading, event)
+            if reading.terminal is not None:
+                return
+            if drops and state.count >= drops[0]:
+                drops.pop(0)
+                reading.drops += 1
+                return
+        reading.ended_without_terminal += 1
 
     def _stall(self, reading: Reading, stall_s: float, gid: str) -> None:
         reading.longest_stall_s = max(reading.longest_stall_s, stall_s)
@@ -347,59 +370,65 @@ class Load:
     async def _read_session(self, watch: SessionWatch) -> None:
         """Follow a session's stream (SSE, resumed after drops) until every generation of it has ended."""
         rng = self.rng
-        last_id: str | None = None
-        seen: set[str] = set()
-        count = 0
-        drops = sorted(rng.sample(range(1, 400), rng.randint(1, 4))) if rng.random() < self.config.drop_share else []
-
-        def finished() -> bool:
-            return watch.closed and watch.terminals >= set(watch.generations)
-
-        async def pump(stream: AsyncGenerator[WireEvent, None]) -> None:
-            nonlocal count, last_id
-            async with aclosing(stream):
-                async for event in stream:
-                    count += 1
-                    if event.id in seen:
-                        watch.duplicates += 1
-                        continue
-                    seen.add(event.id)
-                    last_id = event.id
-                    gid = event.data.get("generation_id", "")
-                    watch.events.setdefault(gid, []).append(
-                        (event.data.get("seq", -1), event.event, event.data.get("content", ""))
-                    )
-                    if event.event in TERMINAL:
-                        watch.terminals.add(gid)
-                    if drops and count >= drops[0]:
-                        drops.pop(0)
-                        return
-
-        while not finished():
+        cursor = _SessionCursor()
+        if rng.random() < self.config.drop_share:
+            cursor.drops = sorted(rng.sample(range(1, 400), rng.randint(1, 4)))
+        while not watch.finished():
             stream = sse_events(
                 "127.0.0.1", rng.choice(self.ports), f"/v1/sessions/{watch.id}/events", self.headers,
-                last_id=last_id, cursor_in_query=False, idle_s=10,
+                last_id=cursor.last_id, cursor_in_query=False, idle_s=10,
             )  # fmt: skip
-            task = asyncio.create_task(pump(stream))
-            # The stream never ends by itself: whether the reader is done is checked while it waits.
-            while not task.done() and not finished():
-                if watch.closed and time.monotonic() > watch.deadline:
-                    watch.hung = True
-                    break
-                await asyncio.wait({task}, timeout=0.5)
-            if not task.done():
-                task.cancel()
-            try:
-                await task
-            except (*READ_ERRORS, RefusedError, asyncio.CancelledError):
-                watch.reconnects += 1
-            except Exception as exc:
-                watch.reconnects += 1
-                self.result.client_errors[type(exc).__name__] += 1
+            await self._session_request(watch, asyncio.create_task(cursor.pump(watch, stream)))
             if watch.hung:
                 return
-            if not finished():
+            if not watch.finished():
                 await asyncio.sleep(rng.uniform(0.05, 1.0))
+
+    async def _session_request(self, watch: SessionWatch, task: asyncio.Task[None]) -> None:
+        # The stream never ends by itself: whether the reader is done is checked while it waits.
+        while not task.done() and not watch.finished():
+            if watch.closed and time.monotonic() > watch.deadline:
+                watch.hung = True
+                break
+            await asyncio.wait({task}, timeout=0.5)
+        if not task.done():
+            task.cancel()
+        try:
+            await task
+        except (*READ_ERRORS, RefusedError, asyncio.CancelledError):
+            watch.reconnects += 1
+        except Exception as exc:
+            watch.reconnects += 1
+            self.result.client_errors[type(exc).__name__] += 1
+
+
+@dataclass
+class _SessionCursor:
+    """Where a session reader is: the last id it received, the ids it has, and when it drops its connection."""
+
+    last_id: str | None = None
+    seen: set[str] = field(default_factory=set)
+    count: int = 0
+    drops: list[int] = field(default_factory=list)
+
+    async def pump(self, watch: SessionWatch, stream: AsyncGenerator[WireEvent, None]) -> None:
+        async with aclosing(stream):
+            async for event in stream:
+                self.count += 1
+                if event.id in self.seen:
+                    watch.duplicates += 1
+                    continue
+                self.seen.add(event.id)
+                self.last_id = event.id
+                gid = event.data.get("generation_id", "")
+                watch.events.setdefault(gid, []).append(
+                    (event.data.get("seq", -1), event.event, event.data.get("content", ""))
+                )
+                if event.event in TERMINAL:
+                    watch.terminals.add(gid)
+                if self.drops and self.count >= self.drops[0]:
+                    self.drops.pop(0)
+                    return
 
 
 @dataclass
@@ -410,6 +439,7 @@ class _Cursor:
     expected_seq: int = 0
     count: int = 0
     seen: set[str] = field(default_factory=set)
+    last_arrival: float = field(default_factory=time.monotonic)
 
     def apply(self, reading: Reading, event: WireEvent) -> None:
         self.count += 1

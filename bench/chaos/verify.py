@@ -16,7 +16,7 @@ from typing import Any
 import orjson
 import redis
 
-from bench.chaos.load import TERMINAL, Generation, LoadResult, SessionWatch
+from bench.chaos.load import TERMINAL, Generation, LoadResult, Reading, SessionWatch
 from bridge import keys, streams
 
 # docs/API.md, "Generation error codes".
@@ -130,25 +130,33 @@ def _check_generation(
     if stored != text:
         _problem(verdict.lost if len(stored) < len(text) else verdict.duplicated, gid, ":text differs from :out")
     for reading in gen.readings:
-        verdict.reconnects += reading.reconnects + reading.ended_without_terminal
-        verdict.drops += reading.drops
-        where = f"{reading.transport} reader"
-        if reading.duplicates:
-            _problem(verdict.duplicated, gid, f"{where} got {reading.duplicates} events twice")
-        if reading.gaps:
-            _problem(verdict.lost, gid, f"{where} missed {reading.gaps} events")
-        if reading.terminal is None:
-            since = f"{reading.last_event_at - gen.created_at:.0f}" if reading.last_event_at else "-"
-            opened = f"{reading.opened_at - gen.created_at:.0f}"
-            stuck = f"open on port {reading.open_port} since +{opened} s" if reading.open_port else "not connected"
-            _problem(
-                verdict.hung,
-                gid,
-                f"{where} got no terminal ({len(reading.events)} events, the last at +{since} s; {reading.connects} "
-                f"requests, refused {dict(reading.refused)}; {stuck})",
-            )
-        elif reading.text != text or [e[:3] for e in reading.events] != [(s, e, i) for s, e, i, _ in out]:
-            _problem(verdict.lost, gid, f"{where} assembled something else than :out")
+        _check_reading(gen, reading, out, text, verdict)
+
+
+def _check_reading(
+    gen: Generation, reading: Reading, out: list[tuple[int, str, str, dict[str, Any]]], text: str, verdict: Verdict
+) -> None:
+    """One reader against the stream in Redis: every event once, in order, and its end."""
+    gid = gen.id
+    verdict.reconnects += reading.reconnects + reading.ended_without_terminal
+    verdict.drops += reading.drops
+    where = f"{reading.transport} reader"
+    if reading.duplicates:
+        _problem(verdict.duplicated, gid, f"{where} got {reading.duplicates} events twice")
+    if reading.gaps:
+        _problem(verdict.lost, gid, f"{where} missed {reading.gaps} events")
+    if reading.terminal is None:
+        since = f"{reading.last_event_at - gen.created_at:.0f}" if reading.last_event_at else "-"
+        opened = f"{reading.opened_at - gen.created_at:.0f}"
+        stuck = f"open on port {reading.open_port} since +{opened} s" if reading.open_port else "not connected"
+        _problem(
+            verdict.hung,
+            gid,
+            f"{where} got no terminal ({len(reading.events)} events, the last at +{since} s; {reading.connects} "
+            f"requests, refused {dict(reading.refused)}; {stuck})",
+        )
+    elif reading.text != text or [e[:3] for e in reading.events] != [(s, e, i) for s, e, i, _ in out]:
+        _problem(verdict.lost, gid, f"{where} assembled something else than :out")
 
 
 def _check_end(gen: Generation, terminal: str, data: dict[str, Any], text: str, verdict: Verdict) -> None:
