@@ -6,7 +6,7 @@ format what ``client_events`` yields.
 from __future__ import annotations
 
 import logging
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from contextlib import closing
 from typing import Any, Literal
 
@@ -71,15 +71,47 @@ def _counted(
         stop_at_terminal=stop_at_terminal,
         on_gap=on_gap,
     )
+    still_there = _existence_check(s, watched.get("generation_id"))
     try:
         with s.presence.watching(**watched), closing(batches):
             for batch in batches:
+                if batch is None and not still_there():
+                    return
                 yield batch
                 if batch is not None:
                     sent.add(len(batch))
     finally:
         sent.flush()
         open_streams.dec()
+
+
+# A quiet stream checks that its generation still exists at its first keep-alive, then at every this many.
+_EXISTENCE_CHECK_EVERY = 4
+
+
+def _existence_check(s: Services, generation_id: str | None) -> Callable[[], bool]:
+    """Whether a quiet generation stream should go on: False once its generation is gone from Redis (lost whole
+    in a failover to a replica that never had it). The stream then ends without a terminal event: the client
+    resumes and gets 404, instead of keep-alives until ``STREAM_MAX_DURATION_S``. One ``EXISTS`` per few
+    keep-alives of a quiet stream, never per event."""
+    if generation_id is None:
+        return lambda: True
+    keepalives = 0
+
+    def still_there() -> bool:
+        nonlocal keepalives
+        keepalives += 1
+        if keepalives % _EXISTENCE_CHECK_EVERY != 1:
+            return True
+        try:
+            if s.redis.exists(keys.gen_meta(generation_id)):
+                return True
+        except redis.RedisError:
+            return True  # an outage is not a loss: the hub and the client's resume deal with it
+        logger.warning("Generation %s is gone from Redis; ending its stream (a resume gets 404).", generation_id)
+        return False
+
+    return still_there
 
 
 def ended_before(key: str, cursor: str, meta: dict[str, str]) -> bool:
