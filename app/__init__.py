@@ -12,6 +12,7 @@ from app import api, dead_letters, health, models_api, openai_compat, openapi, p
 from app.errors import error_response, register_error_handlers
 from app.extensions import cors, limiter, sock
 from app.services import Services
+from bridge import keys
 from bridge.logs import configure_logging
 from bridge.settings import Settings
 
@@ -42,7 +43,7 @@ def create_app(settings: Settings | None = None) -> Flask:
         RATELIMIT_ENABLED=bool(settings.rate_limit),
         RATELIMIT_STORAGE_URI=settings.rate_limit_storage[0],
         RATELIMIT_STORAGE_OPTIONS=app.extensions["tokenbridge"].rate_limit_storage_options,
-        RATELIMIT_KEY_PREFIX="llm:ratelimit",
+        RATELIMIT_KEY_PREFIX=keys.RATELIMIT_PREFIX,
     )
     limiter.init_app(app)
     sock.init_app(app)

@@ -15,6 +15,8 @@ from typing import Any
 
 import redis
 
+from bridge import keys
+
 # How often a consumer adds up what it committed: the most a key can overshoot is what its generations produce
 # in this long (plus one commit).
 FLUSH_S = 0.25
@@ -34,7 +36,7 @@ class Budget:
 
 def window_keys(key_name: str, now: float | None = None) -> tuple[str, str]:
     now = time.time() if now is None else now
-    return f"llm:budget:{{{key_name}}}:m:{int(now // 60)}", f"llm:budget:{{{key_name}}}:d:{int(now // 86_400)}"
+    return keys.budget_minute(key_name, int(now // 60)), keys.budget_day(key_name, int(now // 86_400))
 
 
 def add(pipe: Any, key_name: str, tokens: int, now: float | None = None) -> None:

@@ -16,6 +16,7 @@ from typing import Any
 import orjson
 import redis
 
+from bridge import keys
 from bridge.models import ModelSpec
 
 # The request fields that make two answers the same; anything else (metadata, session) does not.
@@ -30,7 +31,7 @@ def cache_key(spec: ModelSpec, request: dict[str, Any]) -> str:
         **{name: request.get(name) for name in _KEYED_FIELDS},
     }
     digest = hashlib.sha256(orjson.dumps(identity, option=orjson.OPT_SORT_KEYS)).hexdigest()
-    return f"llm:cache:{{{spec.name}}}:{digest}"
+    return keys.response_cache(spec.name, digest)
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,6 +18,26 @@ STATS_PREFIX = "llm:stats"
 PRESENCE_PROCESSES = "llm:presence:web"
 # A channel nobody listens to: a message on it is a cheap write that replicas receive (see bridge/replication.py).
 REPLICATION_MARK = "llm:replication"
+# The consumer that evaluates alert rules (a lease), and the last status it saw.
+ALERTS_LEADER = "llm:alerts:leader"
+ALERTS_STATE = "llm:alerts:state"
+# Flask-Limiter's request counters.
+RATELIMIT_PREFIX = "llm:ratelimit"
+
+
+def budget_minute(key_name: str, minute: int) -> str:
+    """Tokens an API key committed in one minute (UNIX time // 60); both windows share the key's hash tag."""
+    return f"llm:budget:{{{key_name}}}:m:{minute}"
+
+
+def budget_day(key_name: str, day: int) -> str:
+    """Tokens an API key committed in one day (UNIX time // 86,400)."""
+    return f"llm:budget:{{{key_name}}}:d:{day}"
+
+
+def response_cache(model: str, digest: str) -> str:
+    """A cached answer of ``model`` to the request whose digest is ``digest``."""
+    return f"llm:cache:{{{model}}}:{digest}"
 
 
 def gen_meta(generation_id: str) -> str:

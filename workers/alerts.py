@@ -10,13 +10,14 @@ import httpx
 import orjson
 import redis
 
+from bridge import keys
 from bridge.settings import Settings
 from bridge.streams import work_backlog
 
 logger = logging.getLogger(__name__)
 
-LEADER = "llm:alerts:leader"
-STATE = "llm:alerts:state"
+LEADER = keys.ALERTS_LEADER
+STATE = keys.ALERTS_STATE
 
 
 def pipeline_problems(client: redis.Redis, settings: Settings) -> list[str]:
