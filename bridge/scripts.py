@@ -148,6 +148,15 @@ redis.call('HINCRBY', KEYS[1], 'requeues', 1)
 return 1
 """
 
+# A task deferred by its model's concurrency limit is sent again by Celery itself (a retry): it tells SUPERVISE
+# so, which then does not send a copy of a task that is alive.  KEYS: meta   ARGV: now_ms
+MARK_SENT = """
+if redis.call('EXISTS', KEYS[1]) == 1 and redis.call('HEXISTS', KEYS[1], 'terminal') == 0 then
+  redis.call('HSET', KEYS[1], 'sent_at', ARGV[1])
+end
+return 0
+"""
+
 # Undoes SUPERVISE's mark when the new attempt could not be enqueued.  KEYS: meta   ARGV: attempt
 UNMARK_REQUEUE = """
 if redis.call('HGET', KEYS[1], 'requeued_attempt') == ARGV[1] then
@@ -520,6 +529,11 @@ def supervise(
             raise result
         verdicts[gid] = Supervision(int(result))
     return verdicts
+
+
+def mark_sent(client: redis.Redis, generation_id: str) -> None:
+    """Note that the generation's task was just sent again (a deferral's retry): SUPERVISE need not re-send it."""
+    run(client, MARK_SENT, [key_names.gen_meta(generation_id)], [int(time.time() * 1000)])
 
 
 def unmark_requeue(client: redis.Redis, generation_id: str, attempt: str) -> None:

@@ -93,6 +93,8 @@ def run_generation(
         return "failed"
     slot = keys.model_running(spec.name) if spec.concurrency else None
     if slot is not None and not _take_slot(client, slot, generation_id, spec.concurrency or 0, settings):
+        # Celery's retry sends this task again: the consumer need not send a copy of it.
+        scripts.mark_sent(client, generation_id)
         return DEFERRED
     holds_slot = True
     try:

@@ -64,9 +64,10 @@ def test_a_model_at_its_concurrency_limit_defers_new_generations(
     r.zadd(keys.model_running("one-at-a-time"), {"gen_running": 10**15})
     gid = new_generation(r, settings, "gen_waiting", model="one-at-a-time")
     _set_request(r, gid, {"model": "one-at-a-time", "prompt": "x"})
-    # When its task runs, the generation is deferred, untouched
+    # When its task runs, the generation is deferred, untouched (its task noted as alive, not to be sent again)
     assert run_generation(r, settings, gid) == "deferred"
     assert r.hget(keys.gen_meta(gid), "attempt") == "0"
+    assert int(r.hget(keys.gen_meta(gid), "sent_at") or 0) > 0
     assert _raw(r, gid) == []
     # And once the slot frees, it starts (and gives the slot back when done)
     r.delete(keys.model_running("one-at-a-time"))
