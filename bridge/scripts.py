@@ -121,9 +121,8 @@ if redis.call('EXISTS', KEYS[1]) == 0 or redis.call('HEXISTS', KEYS[1], 'termina
 if redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
 local now = tonumber(ARGV[1])
 local attempt = tonumber(redis.call('HGET', KEYS[1], 'attempt') or '0')
-if redis.call('HGET', KEYS[1], 'model') == 'external' then
-  if attempt > 0 then return 4 end
-end
+local external = redis.call('HGET', KEYS[1], 'model') == 'external'
+if external and attempt > 0 then return 4 end
 local requeued_attempt = tonumber(redis.call('HGET', KEYS[1], 'requeued_attempt') or '-1')
 local waiting_since
 if attempt == 0 and requeued_attempt < 0 then
@@ -135,7 +134,8 @@ if waiting_since then
   if now - waiting_since > tonumber(ARGV[3]) then return 3 end
   local resend_ms = tonumber(ARGV[4])
   local resends = tonumber(redis.call('HGET', KEYS[1], 'resends') or '0')
-  if resend_ms <= 0 or resends >= tonumber(ARGV[5]) then return 0 end
+  -- An external generation has no task: it waits for its producer's first token.
+  if external or resend_ms <= 0 or resends >= tonumber(ARGV[5]) then return 0 end
   local sent_at = math.max(waiting_since, tonumber(redis.call('HGET', KEYS[1], 'sent_at') or '0'))
   if now - sent_at <= resend_ms * 2 ^ resends then return 0 end
   redis.call('HSET', KEYS[1], 'sent_at', ARGV[1], 'resends', resends + 1)

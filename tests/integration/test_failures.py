@@ -142,6 +142,18 @@ def test_the_task_of_an_attempt_no_worker_starts_is_sent_again_a_bounded_number_
     assert status_of(r, gid) == "queued" and meta["attempt"] == "0"
 
 
+def test_an_external_generation_waiting_for_its_first_token_has_no_task_to_send_again(
+    r: redis.Redis, settings: Settings
+) -> None:
+    settings = settings.model_copy(update={"task_resend_s": 0.05, "queue_timeout_s": 60})
+    gid = new_generation(r, settings, "gen_1", model="external")
+    sent: list[str] = []
+    worker = ConsumerWorker(r, settings, default_processors(r), enqueue=sent.append)
+    for _ in range(15):
+        worker.run_once(block_ms=20)
+    assert sent == [] and r.hget(keys.gen_meta(gid), "resends") is None
+
+
 @pytest.mark.parametrize("lost", ["before", "after"])
 def test_after_a_failed_commit_the_consumer_resyncs_without_loss_or_duplicate(
     r: redis.Redis, settings: Settings, monkeypatch: pytest.MonkeyPatch, lost: str
