@@ -108,18 +108,21 @@ return 1
 """
 
 # What the supervisor should do about a generation whose attempt may be dead.
-# KEYS: meta, lease   ARGV: now_ms, max_attempts, queue_timeout_ms
+# KEYS: meta, lease   ARGV: now_ms, max_attempts, queue_timeout_ms, resend_ms, max_resends
 # Returns 0 nothing, 1 enqueue a new attempt (marked), 2 attempts exhausted, 3 not started in time,
-# 4 an external producer went silent. Attempts are counted when they start (claim), not when enqueued:
-# a new attempt that waits in a busy queue is given QUEUE_TIMEOUT to start.
+# 4 an external producer went silent, 5 send the waiting attempt's task again (marked). Attempts are counted
+# when they start (claim), not when enqueued: a new attempt that waits in a busy queue is given QUEUE_TIMEOUT
+# to start. A task message can be lost between the queue and the claim (a worker killed, or cut off from
+# Redis, after taking it): an attempt still waiting ``resend_ms`` after its task was last sent gets it sent
+# again, at most ``max_resends`` times per attempt, the wait doubling each time. A copy too many is harmless:
+# CLAIM_ATTEMPT refuses it once an attempt runs.
 SUPERVISE = """
 if redis.call('EXISTS', KEYS[1]) == 0 or redis.call('HEXISTS', KEYS[1], 'terminal') == 1 then return 0 end
 if redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
 local now = tonumber(ARGV[1])
 local attempt = tonumber(redis.call('HGET', KEYS[1], 'attempt') or '0')
-if redis.call('HGET', KEYS[1], 'model') == 'external' then
-  if attempt > 0 then return 4 end
-end
+local external = redis.call('HGET', KEYS[1], 'model') == 'external'
+if external and attempt > 0 then return 4 end
 local requeued_attempt = tonumber(redis.call('HGET', KEYS[1], 'requeued_attempt') or '-1')
 local waiting_since
 if attempt == 0 and requeued_attempt < 0 then
@@ -129,12 +132,29 @@ elseif requeued_attempt == attempt then
 end
 if waiting_since then
   if now - waiting_since > tonumber(ARGV[3]) then return 3 end
-  return 0
+  local resend_ms = tonumber(ARGV[4])
+  local resends = tonumber(redis.call('HGET', KEYS[1], 'resends') or '0')
+  -- An external generation has no task: it waits for its producer's first token.
+  if external or resend_ms <= 0 or resends >= tonumber(ARGV[5]) then return 0 end
+  local sent_at = math.max(waiting_since, tonumber(redis.call('HGET', KEYS[1], 'sent_at') or '0'))
+  if now - sent_at <= resend_ms * 2 ^ resends then return 0 end
+  redis.call('HSET', KEYS[1], 'sent_at', ARGV[1], 'resends', resends + 1)
+  return 5
 end
 if attempt >= tonumber(ARGV[2]) then return 2 end
-redis.call('HSET', KEYS[1], 'requeued_attempt', attempt, 'requeued_at', ARGV[1])
+-- The new attempt's task gets its own re-sends.
+redis.call('HSET', KEYS[1], 'requeued_attempt', attempt, 'requeued_at', ARGV[1], 'resends', 0)
 redis.call('HINCRBY', KEYS[1], 'requeues', 1)
 return 1
+"""
+
+# A task deferred by its model's concurrency limit is sent again by Celery itself (a retry): it tells SUPERVISE
+# so, which then does not send a copy of a task that is alive.  KEYS: meta   ARGV: now_ms
+MARK_SENT = """
+if redis.call('EXISTS', KEYS[1]) == 1 and redis.call('HEXISTS', KEYS[1], 'terminal') == 0 then
+  redis.call('HSET', KEYS[1], 'sent_at', ARGV[1])
+end
+return 0
 """
 
 # Undoes SUPERVISE's mark when the new attempt could not be enqueued.  KEYS: meta   ARGV: attempt
@@ -420,6 +440,7 @@ class Supervision(IntEnum):
     EXHAUSTED = 2
     QUEUE_TIMEOUT = 3
     PRODUCER_SILENT = 4
+    RESEND = 5
 
 
 class Append(IntEnum):
@@ -487,11 +508,18 @@ def abort(
 
 
 def supervise(
-    client: redis.Redis, generation_ids: Sequence[str], *, max_attempts: int, queue_timeout_ms: int
+    client: redis.Redis,
+    generation_ids: Sequence[str],
+    *,
+    max_attempts: int,
+    queue_timeout_ms: int,
+    resend_ms: int = 0,
+    max_resends: int = 0,
 ) -> dict[str, Supervision]:
     """SUPERVISE for many generations in one round trip per node; a generation whose slot is moving is left out
-    (supervised again at the next heartbeat, on its new node)."""
-    args = [int(time.time() * 1000), max_attempts, queue_timeout_ms]
+    (supervised again at the next heartbeat, on its new node). ``resend_ms`` 0: a waiting task is never sent
+    again."""
+    args = [int(time.time() * 1000), max_attempts, queue_timeout_ms, resend_ms, max_resends]
     calls = [Call(SUPERVISE, [key_names.gen_meta(gid), key_names.gen_lease(gid)], args) for gid in generation_ids]
     verdicts: dict[str, Supervision] = {}
     for gid, result in zip(generation_ids, run_batch(client, calls), strict=True):
@@ -501,6 +529,11 @@ def supervise(
             raise result
         verdicts[gid] = Supervision(int(result))
     return verdicts
+
+
+def mark_sent(client: redis.Redis, generation_id: str) -> None:
+    """Note that the generation's task was just sent again (a deferral's retry): SUPERVISE need not re-send it."""
+    run(client, MARK_SENT, [key_names.gen_meta(generation_id)], [int(time.time() * 1000)])
 
 
 def unmark_requeue(client: redis.Redis, generation_id: str, attempt: str) -> None:

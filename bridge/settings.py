@@ -465,6 +465,20 @@ class Settings(BaseSettings):
         "`queue_timeout`; this includes waiting for a slot of a model at its `concurrency` limit, and an external "
         "generation waiting for its first token.",
     )
+    task_resend_s: float = Field(
+        default=45.0,
+        ge=0,
+        description="Seconds after which the consumer that owns a generation sends its Celery task again when no "
+        "worker has started it: a worker killed, or cut off from Redis, after taking the task message loses it. "
+        "The wait doubles at each re-send, at most `TASK_MAX_RESENDS` times per attempt; a copy too many is "
+        "refused by the running attempt. `QUEUE_TIMEOUT_S` still ends a generation that never starts. 0 turns "
+        "re-sending off.",
+    )
+    task_max_resends: int = Field(
+        default=3,
+        ge=0,
+        description="Most times the task of an attempt that no worker started is sent again (see `TASK_RESEND_S`).",
+    )
     external_idle_timeout_s: float = Field(
         default=300.0,
         gt=0,

@@ -93,10 +93,16 @@ def run_generation(
         return "failed"
     slot = keys.model_running(spec.name) if spec.concurrency else None
     if slot is not None and not _take_slot(client, slot, generation_id, spec.concurrency or 0, settings):
+        # Celery's retry sends this task again: the consumer need not send a copy of it.
+        scripts.mark_sent(client, generation_id)
         return DEFERRED
+    holds_slot = True
     try:
         attempt = writer.claim(reason="worker_lost")
         if attempt <= 0:
+            # A copy of the task (redelivered, or sent again) refused because an attempt runs: the slot, keyed by
+            # generation, is that attempt's, and stays taken until it ends.
+            holds_slot = attempt != Claim.HELD
             reason = Claim(attempt).name.lower()
             logger.info("Generation %s not started: %s.", generation_id, reason, extra=log_extra)
             return f"skipped:{reason}"
@@ -122,7 +128,7 @@ def run_generation(
             _record_circuit(client, settings, spec.name, outcome, writer.error_code)
         return outcome.value
     finally:
-        if slot is not None:
+        if slot is not None and holds_slot:
             client.zrem(slot, generation_id)
 
 

@@ -15,6 +15,7 @@ PROCESSOR_SECONDS = Histogram(
 TAKEOVERS = Counter("tokenbridge_consumer_takeovers_total", "Generations taken over from an idle consumer")
 DEAD_LETTERS = Counter("tokenbridge_dead_letters_total", "Entries moved to the dead-letter stream")
 REQUEUES = Counter("tokenbridge_requeues_total", "New attempts enqueued for generations that lost their worker")
+RESENDS = Counter("tokenbridge_task_resends_total", "Tasks sent again for attempts no worker started in time")
 FINISHED = Counter("tokenbridge_generations_finished_total", "Generations ended", ["model", "status"])
 TTFT = Histogram(
     "tokenbridge_time_to_first_token_seconds",

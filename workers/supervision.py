@@ -2,7 +2,9 @@
 
 An attempt renews its lease while it runs. One whose lease ran out (its Celery worker died) is enqueued again
 or, after ``GENERATION_MAX_ATTEMPTS``, ended with ``worker_lost``; one that no worker started in time ends with
-``queue_timeout``, an external producer that went quiet with ``producer_timeout``.
+``queue_timeout``, an external producer that went quiet with ``producer_timeout``. The task of an attempt
+still waiting to start ``TASK_RESEND_S`` after it was sent is sent again: its message may have been lost
+between the queue and the claim.
 """
 
 from __future__ import annotations
@@ -52,6 +54,8 @@ class Supervisor:
             generation_ids,
             max_attempts=settings.generation_max_attempts,
             queue_timeout_ms=int(settings.queue_timeout_s * 1000),
+            resend_ms=int(settings.task_resend_s * 1000) if self.enqueue is not None else 0,
+            max_resends=settings.task_max_resends,
         )
         for gid in generation_ids:
             # One whose slot is moving has no verdict: supervised at the next heartbeat, on its new node.
@@ -66,6 +70,9 @@ class Supervisor:
         elif verdict is Supervision.QUEUE_TIMEOUT:
             timeout_s = self.settings.queue_timeout_s
             self._fail(gid, "queue_timeout", f"No worker started this generation within {timeout_s:g} s.")
+        elif verdict is Supervision.RESEND:
+            logger.warning("Generation %s was not started; sending its task again.", gid, extra={"generation_id": gid})
+            self._resend(gid)
         elif verdict is Supervision.PRODUCER_SILENT:
             self._fail(gid, "producer_timeout", "The external producer sent nothing for too long.")
 
@@ -83,3 +90,12 @@ class Supervisor:
             attempt: Any = self.client.hget(keys.gen_meta(generation_id), "requeued_attempt")
             if attempt is not None:
                 scripts.unmark_requeue(self.client, generation_id, attempt)
+
+    def _resend(self, generation_id: str) -> None:
+        assert self.enqueue is not None
+        try:
+            self.enqueue(generation_id)
+            metrics.RESENDS.inc()
+        except Exception as exc:
+            # Counted as sent all the same: the next re-send, later, or QUEUE_TIMEOUT_S bounds the wait.
+            logger.warning("Generation %s could not be sent again: %s", generation_id, exc)

@@ -42,6 +42,7 @@ def stack_env(config: Config) -> dict[str, str]:
         "CONSUMER_HEARTBEAT_MS": str(max(50, config.claim_idle_ms // 4)),
         "CONSUMER_CLAIM_IDLE_MS": str(config.claim_idle_ms),
         "LEASE_MS": str(config.lease_ms),
+        "TASK_RESEND_S": str(3 * config.lease_ms / 1000),
         "CELERY_SOFT_SHUTDOWN_S": "3",
         "REDIS_RETRY_S": "60",
         "CELERY_VISIBILITY_TIMEOUT_S": str(config.visibility_timeout_s),

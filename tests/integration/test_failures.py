@@ -123,6 +123,37 @@ def test_a_generation_no_worker_starts_ends_with_queue_timeout(r: redis.Redis, s
     ]
 
 
+def test_the_task_of_an_attempt_no_worker_starts_is_sent_again_a_bounded_number_of_times(
+    r: redis.Redis, settings: Settings
+) -> None:
+    # Given a generation whose task message is lost (no worker ever takes it)
+    settings = settings.model_copy(update={"task_resend_s": 0.05, "task_max_resends": 2, "queue_timeout_s": 60})
+    gid = new_generation(r, settings, "gen_1")
+    sent: list[str] = []
+    worker = ConsumerWorker(r, settings, default_processors(r), enqueue=sent.append)
+    # When the consumer supervises it for a while
+    wait_for(lambda: len(sent) == 2, step=lambda: worker.run_once(block_ms=20))
+    for _ in range(10):
+        worker.run_once(block_ms=20)
+    # Then its task was sent again twice, no more, with the time of the last send kept with the generation
+    assert sent == [gid, gid]
+    meta = r.hgetall(keys.gen_meta(gid))
+    assert meta["resends"] == "2" and int(meta["sent_at"]) > 0
+    assert status_of(r, gid) == "queued" and meta["attempt"] == "0"
+
+
+def test_an_external_generation_waiting_for_its_first_token_has_no_task_to_send_again(
+    r: redis.Redis, settings: Settings
+) -> None:
+    settings = settings.model_copy(update={"task_resend_s": 0.05, "queue_timeout_s": 60})
+    gid = new_generation(r, settings, "gen_1", model="external")
+    sent: list[str] = []
+    worker = ConsumerWorker(r, settings, default_processors(r), enqueue=sent.append)
+    for _ in range(15):
+        worker.run_once(block_ms=20)
+    assert sent == [] and r.hget(keys.gen_meta(gid), "resends") is None
+
+
 @pytest.mark.parametrize("lost", ["before", "after"])
 def test_after_a_failed_commit_the_consumer_resyncs_without_loss_or_duplicate(
     r: redis.Redis, settings: Settings, monkeypatch: pytest.MonkeyPatch, lost: str

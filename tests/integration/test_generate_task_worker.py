@@ -31,7 +31,9 @@ from bridge.settings import Settings
 from bridge.task_queue import send_generation
 from tasks import generation
 from tasks.celery_app import create_celery
-from tests.support import wait_for
+from tests.support import status_of, wait_for
+from workers.consumer import ConsumerWorker
+from workers.processors import default_processors
 
 # pytest-celery 1.x defines a ``celery_worker`` of its own (a worker in a Docker container) that shadows the
 # in-process one of ``celery.contrib.pytest`` (celery/pytest-celery#442); the import above binds the latter here.
@@ -298,3 +300,19 @@ def test_a_model_at_its_concurrency_limit_is_retried_by_celery_until_a_slot_free
     assert _ms(second_start) >= _ms(first_done)
     assert r.zcard(keys.model_running("one-at-a-time")) == 0
     registry_for.cache_clear()
+
+
+@pytest.mark.usefixtures("celery_worker")
+def test_a_task_message_lost_before_any_worker_took_it_is_sent_again_and_the_generation_completes(
+    r: redis.Redis, settings: Settings, celery_app: Celery, outcomes: dict[str, list[str]]
+) -> None:
+    # Given a generation whose task message never reached a worker (lost with a worker, or with a connection)
+    settings = settings.model_copy(update={"task_resend_s": 0.2})
+    gid = _create(r, settings, "gen_1", {"model": "echo", "prompt": "sent again"})
+    consumer = ConsumerWorker(r, settings, default_processors(r), enqueue=lambda g: send_generation(celery_app, g))
+    # When the consumer that owns it supervises it
+    wait_for(lambda: status_of(r, gid) == "completed", step=lambda: consumer.run_once(block_ms=20), timeout_s=10)
+    # Then its task was sent again once, and that copy ran it to the end
+    assert r.hget(keys.gen_meta(gid), "resends") == "1"
+    assert outcomes[gid] == ["finished"]
+    assert _text(_raw(r, gid)) == "sent again"

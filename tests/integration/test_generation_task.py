@@ -11,6 +11,7 @@ import orjson
 import redis
 
 from bridge import keys
+from bridge.producer import GenerationWriter
 from bridge.settings import Settings
 from tasks.generation import run_generation
 from tests.support import new_generation
@@ -63,12 +64,40 @@ def test_a_model_at_its_concurrency_limit_defers_new_generations(
     r.zadd(keys.model_running("one-at-a-time"), {"gen_running": 10**15})
     gid = new_generation(r, settings, "gen_waiting", model="one-at-a-time")
     _set_request(r, gid, {"model": "one-at-a-time", "prompt": "x"})
-    # When its task runs, the generation is deferred, untouched
+    # When its task runs, the generation is deferred, untouched (its task noted as alive, not to be sent again)
     assert run_generation(r, settings, gid) == "deferred"
     assert r.hget(keys.gen_meta(gid), "attempt") == "0"
+    assert int(r.hget(keys.gen_meta(gid), "sent_at") or 0) > 0
     assert _raw(r, gid) == []
     # And once the slot frees, it starts (and gives the slot back when done)
     r.delete(keys.model_running("one-at-a-time"))
     assert run_generation(r, settings, gid) == "finished"  # the upstream is unreachable: it ends with an error
     assert _raw(r, gid)[-1][0] == "error"
     assert r.zcard(keys.model_running("one-at-a-time")) == 0
+
+
+def test_a_refused_copy_of_the_task_leaves_the_running_attempts_slot_taken(
+    r: redis.Redis, settings: Settings, tmp_path: Path
+) -> None:
+    from bridge.models import registry_for
+
+    # Given a model that may run one generation at a time, and a generation whose attempt runs and holds the slot
+    models = tmp_path / "models.toml"
+    models.write_text(
+        '[models.one-at-a-time]\nprovider = "openai"\nbase_url = "http://127.0.0.1:9/v1"\nconcurrency = 1\n'
+    )
+    settings = settings.model_copy(update={"models_file": str(models), "provider_retries": 0})
+    registry_for.cache_clear()
+    slot = keys.model_running("one-at-a-time")
+    gid = new_generation(r, settings, "gen_running", model="one-at-a-time")
+    _set_request(r, gid, {"model": "one-at-a-time", "prompt": "x"})
+    r.zadd(slot, {gid: 10**15})
+    assert GenerationWriter(r, gid, lease_ms=10_000, max_length=1000).claim() == 1
+    # When a copy of its task runs (redelivered, or sent again)
+    assert run_generation(r, settings, gid) == "skipped:held"
+    # Then the copy is refused and the running attempt keeps its slot: no other generation of the model starts
+    assert r.zscore(slot, gid) is not None
+    other = new_generation(r, settings, "gen_other", model="one-at-a-time")
+    _set_request(r, other, {"model": "one-at-a-time", "prompt": "y"})
+    assert run_generation(r, settings, other) == "deferred"
+    registry_for.cache_clear()
