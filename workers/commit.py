@@ -77,7 +77,7 @@ class Committer:
             if result == REFUSED:
                 logger.warning(
                     "Generation %s: commit refused (another consumer committed since, or an entry before the"
-                    " batch is pending); state reloaded.",
+                    " batch is pending); reloaded before the next read.",
                     batch.owned.generation_id,
                     extra={"generation_id": batch.owned.generation_id},
                 )

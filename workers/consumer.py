@@ -248,11 +248,15 @@ class ConsumerWorker:
         """After commits refused as stale: let go of the generations taken over from us; reload the others from
         ``:meta`` and claim every entry of theirs still pending (ours, or a stale owner's), processed from there."""
         refused, self._refused = self._refused, set()
-        for owned in self.ownership.refresh():
-            self._process_left_over(owned.generation_id)
-        self.ownership.reload(refused)
-        for gid in refused:
-            self._process_left_over(gid)
+        try:
+            for owned in self.ownership.refresh():
+                self._process_left_over(owned.generation_id)
+            self.ownership.reload(refused)
+            for gid in refused:
+                self._process_left_over(gid)
+        except Exception:
+            self._refused |= refused  # Redis failed us midway: recovered again at the next turn
+            raise
 
     def _claim_stranded(self) -> None:
         """Claim what another consumer holds pending of a generation we took over: a consumer paused past the
