@@ -219,14 +219,24 @@ return {2, index + count}
 # on a single Redis the copy of each event into the session stream. After the terminal event every key of
 # the generation (and the session's) expires after the retention time. A batch, or the part of one, that
 # another consumer committed already (``:meta`` ``last_id`` is at or past it) writes nothing again.
+# The batch is fenced on continuity: it was processed from the state of the commit that ``:meta`` ``last_id``
+# names (``base``: a consumer paused past a takeover holds an older one, and with it stale ``seq`` numbers),
+# and no entry between that commit and the batch's first one is still pending (one delivered to another
+# consumer, e.g. a stale owner's last read, would be skipped for good). Otherwise it writes and acknowledges
+# nothing and returns -1: the consumer reloads its state and claims every pending entry, or lets go.
 # KEYS: out, raw, meta, text, cancel, lease [, session out, session index]
-# ARGV: group, maxlen, retention_ms (0: not the end), generation_id, n_outs, n_acked,
+# ARGV: group, maxlen, retention_ms (0: not the end), generation_id, n_outs, n_acked, base ('' : none yet),
 #       then id, event, data, content of each out, then the acked ids, then meta field/value pairs.
-# Returns the number of events written.
+# Returns the number of events written, or -1 when refused.
 COMMIT = """
 local maxlen, retention, gid = ARGV[2], tonumber(ARGV[3]), ARGV[4]
 local n_outs, n_acked = tonumber(ARGV[5]), tonumber(ARGV[6])
 local last = redis.call('HGET', KEYS[3], 'last_id')
+local first_acked = 8 + 4 * n_outs
+if (last or '') ~= ARGV[7] then return -1 end
+local start = last and ('(' .. last) or '-'
+local gap = redis.pcall('XPENDING', KEYS[2], ARGV[1], start, '(' .. ARGV[first_acked], 1)
+if gap.err == nil and #gap > 0 then return -1 end
 local function after(a, b)
   if not b then return true end
   local ams, aseq = string.match(a, '(%d+)-(%d+)')
@@ -239,8 +249,7 @@ local session = #KEYS > 6
 if retention > 0 then redis.call('PEXPIRE', KEYS[5], retention) end
 local parts = {}
 local written = 0
-local first_acked = 7 + 4 * n_outs
-for i = 7, first_acked - 1, 4 do
+for i = 8, first_acked - 1, 4 do
   local id, event, data = ARGV[i], ARGV[i + 1], ARGV[i + 2]
   if after(id, last) then
     redis.call('XADD', KEYS[1], 'MAXLEN', '~', maxlen, id, 'event', event, 'data', data)

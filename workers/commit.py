@@ -27,6 +27,8 @@ from workers.owned import OwnedGeneration
 logger = logging.getLogger(__name__)
 
 _TOKEN = EventType.TOKEN.value
+# What ``scripts.COMMIT`` answers for a batch it refuses (see its fence).
+REFUSED = -1
 # What counts against a token budget: answer text and reasoning (tool-call deltas are pieces of JSON).
 _PRODUCED = frozenset({EventType.TOKEN.value, EventType.REASONING.value})
 
@@ -36,6 +38,8 @@ class Batch:
     """What one read brought for one generation, processed and waiting for its commit."""
 
     owned: OwnedGeneration
+    # The commit its processing started from (``OwnedGeneration.last_id``): COMMIT refuses it unless current.
+    base: str = ""
     outs: list[tuple[str, Event]] = field(default_factory=list)
     acked: list[str] = field(default_factory=list)
     terminal: Event | None = None
@@ -56,15 +60,30 @@ class Committer:
         self.group = group
         self.cluster = cluster
 
-    def commit(self, batches: list[Batch]) -> tuple[list[Batch], Exception | None]:
-        """Commit ``batches`` (each with entries to acknowledge); returns those that ended, and the first failure."""
+    def commit(self, batches: list[Batch]) -> tuple[list[Batch], Exception | None, list[Batch]]:
+        """Commit ``batches`` (each with entries to acknowledge).
+
+        Returns those that ended, the first failure, and those refused as processed from a state that is not
+        the last commit's (nothing of them was written or acknowledged).
+        """
         if self.cluster:
             self.copy_to_sessions(batches)
         results = scripts.run_batch(self.client, [self._commit_call(batch) for batch in batches])
         ended = []
+        refused = []
         failure: Exception | None = None
         for batch, result in zip(batches, results, strict=True):
             batch.owned.gen.meta_updates = {}
+            if result == REFUSED:
+                logger.warning(
+                    "Generation %s: commit refused (another consumer committed since, or an entry before the"
+                    " batch is pending); reloaded before the next read.",
+                    batch.owned.generation_id,
+                    extra={"generation_id": batch.owned.generation_id},
+                )
+                metrics.REFUSED_COMMITS.inc()
+                refused.append(batch)
+                continue
             try:
                 self.check(batch.owned.generation_id, [result])
             except Exception as exc:
@@ -75,7 +94,7 @@ class Committer:
                 ended.append(batch)
         if ended:
             self._end(ended)
-        return ended, failure
+        return ended, failure, refused
 
     def copy_to_sessions(self, batches: list[Batch]) -> None:
         """Append the batches' client events to their session streams (a cluster: another slot than the commit)."""
@@ -117,6 +136,7 @@ class Committer:
         args: list[Any] = [self.group, self.settings.redis_stream_max_length, retention_ms, gen.generation_id]
         args.append(len(batch.outs))
         args.append(len(batch.acked))
+        args.append(batch.base)
         for entry_id, out in batch.outs:
             content = out.data.get("content", "") if out.type == _TOKEN else ""
             args.extend((entry_id, out.type, orjson.dumps(out.data), content if isinstance(content, str) else ""))

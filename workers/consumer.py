@@ -82,6 +82,8 @@ class ConsumerWorker:
         self._next_housekeeping = 0.0
         self._group_ready = False
         self._resync = False
+        # Generations whose commit was refused as stale (``scripts.COMMIT``'s fence): recovered before the next read.
+        self._refused: set[str] = set()
         self.alerter = Alerter(client, settings, self.name)
         self.work_streams = self.ownership.work_streams
         # Reads woken by the writers' hints: a read costs what it brings back, not the generations owned.
@@ -172,6 +174,8 @@ class ConsumerWorker:
             self._batches = []  # processed from state that may not have been committed: processed again
             self.ownership.reload()
             self._resync = False
+        if self._refused:
+            self._recover_refused()
         if time.monotonic() >= self._next_housekeeping:
             self._housekeeping_unless_full()
             self._next_housekeeping = time.monotonic() + self.settings.consumer_heartbeat_ms / 1000
@@ -212,6 +216,7 @@ class ConsumerWorker:
         self.client.zadd(keys.CONSUMERS_ZSET, {self.name: now_ms})
         for owned in self.ownership.refresh() + self.ownership.take_over_idle():
             self._process_left_over(owned.generation_id)
+        self._claim_stranded()
         self.dead_letters.apply_decisions(list(self.owned.values()))
         self._after_commit([])  # counts a processor still holds (a token budget) are written when due
         self.supervisor.supervise([gid for gid, owned in self.owned.items() if not owned.gen.finished])
@@ -239,10 +244,40 @@ class ConsumerWorker:
         if owned is not None and taken_over:
             self._process_left_over(generation_id)
 
+    def _recover_refused(self) -> None:
+        """After commits refused as stale: let go of the generations taken over from us; reload the others from
+        ``:meta`` and claim every entry of theirs still pending (ours, or a stale owner's), processed from there."""
+        refused, self._refused = self._refused, set()
+        try:
+            for owned in self.ownership.refresh():
+                self._process_left_over(owned.generation_id)
+            self.ownership.reload(refused)
+            for gid in refused:
+                self._process_left_over(gid)
+        except Exception:
+            self._refused |= refused  # Redis failed us midway: recovered again at the next turn
+            raise
+
+    def _claim_stranded(self) -> None:
+        """Claim what another consumer holds pending of a generation we took over: a consumer paused past the
+        takeover may have been handed a new entry by the read it was in, and its commit of it was refused.
+        Nothing new may come to make our next commit notice the entry, so each heartbeat looks."""
+        taken = [gid for gid, o in self.owned.items() if o.gen.resumed and not o.pending_retry and not o.held_entry]
+        if not taken:
+            return
+        pipe = self.client.pipeline(transaction=False)
+        for gid in taken:
+            pipe.xpending(keys.gen_raw(gid), self.group)
+        for gid, summary in zip(taken, pipe.execute(raise_on_error=False), strict=True):
+            holders = summary.get("consumers") or [] if isinstance(summary, dict) else []
+            if any(holder["name"] != self.name for holder in holders):
+                logger.warning("Generation %s: claiming entries another consumer left pending.", gid)
+                self._process_left_over(gid)
+
     def _process_left_over(self, generation_id: str) -> None:
         raw = keys.gen_raw(generation_id)
         start = "0-0"
-        while generation_id in self.owned:
+        while generation_id in self.owned and generation_id not in self._refused:
             try:
                 reply: Any = self.client.xautoclaim(
                     raw, self.group, self.name, min_idle_time=0, start_id=start, count=PAGE
@@ -269,7 +304,7 @@ class ConsumerWorker:
         owned = self.owned[generation_id]
         if self.events is not None:
             self.events.started(generation_id)
-        batch = Batch(owned)
+        batch = Batch(owned, base=owned.last_id)
         for entry_id, fields in entries:
             if owned.gen.finished or not fields:
                 batch.acked.append(entry_id)  # after the terminal entry, or trimmed: acknowledged and dropped
@@ -287,6 +322,8 @@ class ConsumerWorker:
             except ProcessingError as exc:
                 batch.failure = (entry_id, fields, exc, False)
                 break
+        if batch.acked:
+            owned.last_id = batch.acked[-1]  # what the next batch is processed from, once this one is committed
         if batch.acked or batch.failure is not None:
             self._batches.append(batch)
         return len(batch.acked)
@@ -317,14 +354,15 @@ class ConsumerWorker:
         committed = [batch for batch in batches if batch.acked]
         failure: Exception | None = None
         if committed:
-            ended, failure = self.committer.commit(committed)
+            ended, failure, refused = self.committer.commit(committed)
+            self._refused.update(batch.owned.generation_id for batch in refused)
             for batch in ended:
                 assert batch.terminal is not None
                 self.chain.finish(batch.owned.gen, batch.terminal)
                 if self.events is not None:
                     self.events.ended(batch.owned.gen, batch.terminal)
                 self.ownership.release(batch.owned)
-            self._after_commit(committed)
+            self._after_commit([batch for batch in committed if all(batch is not r for r in refused)])
         for batch in batches:
             if batch.failure is not None:
                 self.dead_letters.handle_failure(batch.owned, *batch.failure)

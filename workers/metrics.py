@@ -13,6 +13,10 @@ PROCESSOR_SECONDS = Histogram(
     buckets=(0.00001, 0.00005, 0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1),
 )
 TAKEOVERS = Counter("tokenbridge_consumer_takeovers_total", "Generations taken over from an idle consumer")
+REFUSED_COMMITS = Counter(
+    "tokenbridge_consumer_refused_commits_total",
+    "Batches whose commit was refused: processed from a state another consumer had moved past",
+)
 DEAD_LETTERS = Counter("tokenbridge_dead_letters_total", "Entries moved to the dead-letter stream")
 REQUEUES = Counter("tokenbridge_requeues_total", "New attempts enqueued for generations that lost their worker")
 RESENDS = Counter("tokenbridge_task_resends_total", "Tasks sent again for attempts no worker started in time")

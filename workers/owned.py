@@ -27,6 +27,8 @@ class OwnedGeneration:
     # A dead entry the generation waits on (DEAD_LETTER_HOLD_S) until a replay, a drop, or this UNIX time.
     held_entry: str | None = None
     held_until: float = 0.0
+    # The ``:out`` commit (``:meta`` ``last_id``) the state reflects: its next commit is fenced on it.
+    last_id: str = ""
     # The keys of its commits (made once: a commit per batch needs the same eight names).
     commit_keys: list[str] = field(default_factory=list)
 
@@ -42,6 +44,7 @@ class OwnedGeneration:
             gen=GenerationState.from_meta(generation_id, meta),
             work_id=work_id,
             work_stream=work_stream,
+            last_id=meta.get("last_id", ""),
             held_entry=meta.get("held_entry") or None,
             held_until=float(meta.get("held_until") or 0),
         )

@@ -7,7 +7,7 @@ entries keeps them fresh, so only a dead consumer's go idle and are taken over w
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from typing import Any
 
 import redis
@@ -142,9 +142,12 @@ class Ownership:
         except (redis.RedisError, redis.exceptions.RedisClusterException):
             logger.warning("Consumer %s could not deregister.", self.name)
 
-    def reload(self) -> None:
-        """After an error mid-commit: state from ``:meta`` (what was committed), and our pending entries again."""
+    def reload(self, generation_ids: Collection[str] | None = None) -> None:
+        """After an error mid-commit (or a refused commit): state from ``:meta`` (what was committed), and our
+        pending entries again; of every generation we own, or of ``generation_ids``."""
         for gid, old in list(self.owned.items()):
+            if generation_ids is not None and gid not in generation_ids:
+                continue
             meta: dict[str, str] = self.client.hgetall(keys.gen_meta(gid))  # type: ignore[assignment]
             if not meta:
                 self.forget(gid)

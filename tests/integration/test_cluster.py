@@ -148,6 +148,36 @@ def test_a_batch_committed_again_is_copied_to_the_session_once(rc: redis.Redis, 
     assert rc.xlen(keys.session_out("s_again")) == copied == 4
 
 
+def test_a_paused_consumers_stale_commit_after_a_takeover_is_refused(
+    rc: redis.Redis, cluster_settings: Settings
+) -> None:
+    # Given consumer A committed the first tokens, then B took the generation over and committed the next ones
+    gid = _new(rc, cluster_settings, "gen_stale", session="s_stale")
+    writer = GenerationWriter(rc, gid, lease_ms=10_000, max_length=10_000)
+    writer.claim()
+    writer.write([("token", {"content": w, "ts": 1.0}) for w in WORDS[:3]])
+    a = ConsumerWorker(rc, cluster_settings, default_processors(rc), name="consumer-a")
+    wait_for(lambda: rc.hget(keys.gen_meta(gid), "seq") == "3", step=lambda: a.run_once(block_ms=50))
+    b = ConsumerWorker(rc, cluster_settings, default_processors(rc), name="consumer-b")
+    wait_for(lambda: gid in b.owned, step=lambda: b.run_once(block_ms=50))
+    writer.write([("token", {"content": w, "ts": 1.0}) for w in WORDS[3:5]])
+    wait_for(lambda: rc.hget(keys.gen_meta(gid), "seq") == "5", step=lambda: b.run_once(block_ms=50))
+    # When A, before its housekeeping notices, is handed a new entry and commits it with its stale seq
+    writer.write([("token", {"content": WORDS[5], "ts": 1.0})])
+    a._next_housekeeping = time.monotonic() + 60
+    wait_for(lambda: gid in a._refused, step=lambda: a.run_once(block_ms=50))
+    a.run_once(block_ms=10)
+    # Then nothing of it was written, A let the generation go, and B commits the entry once
+    assert gid not in a.owned
+    writer.write([("done", {"finish_reason": "stop", "usage": {"prompt_tokens": 1, "completion_tokens": 6}})])
+    wait_for(lambda: rc.hget(keys.gen_meta(gid), "status") == "completed", step=lambda: b.run_once(block_ms=50))
+    out = [orjson.loads(f["data"]) for _, f in rc.xrange(keys.gen_out(gid))]
+    assert [d["seq"] for d in out] == list(range(7))
+    assert "".join(d.get("content", "") for d in out) == "".join(WORDS[:6])
+    session = [orjson.loads(f["data"])["seq"] for _, f in rc.xrange(keys.session_out("s_stale"))]
+    assert session == list(range(7))
+
+
 def test_the_hub_follows_streams_of_every_node(rc: redis.Redis, redis_cluster: EmbeddedCluster) -> None:
     # Given a hub on the cluster, and two generations on different nodes being written with hints
     commands = redis.RedisCluster.from_url(redis_cluster.url, decode_responses=True)

@@ -242,3 +242,45 @@ def test_a_paused_consumer_that_commits_after_a_takeover_writes_nothing_twice(
     session = [orjson.loads(f["data"])["seq"] for _, f in r.xrange(keys.session_out("s1"))]
     assert session == list(range(5))
     assert streams.load_text(r, gid) == "".join(words)
+
+
+@pytest.mark.parametrize("noticed_by", ["heartbeat", "next entry"])
+def test_a_paused_consumer_handed_a_new_entry_after_a_takeover_cannot_commit_it_with_a_stale_seq(
+    r: redis.Redis, settings: Settings, noticed_by: str
+) -> None:
+    # Given consumer A committed the first tokens of a generation in session s1, then was paused past the claim
+    # idle time, and consumer B took the generation over and committed the next tokens
+    gid = new_generation(r, settings, "gen_1", session="s1")
+    writer = _write_tokens(r, gid, ["w0 ", "w1 ", "w2 "], finish=False)
+    a = _worker(r, settings, name="consumer-a")
+    wait_for(lambda: r.hget(keys.gen_meta(gid), "seq") == "3", step=lambda: a.run_once(block_ms=50))
+    b = _worker(r, settings, name="consumer-b")
+    wait_for(lambda: gid in b.owned, step=lambda: b.run_once(block_ms=50))
+    writer.write([("token", {"content": w, "ts": 1.0}) for w in ("w3 ", "w4 ")])
+    wait_for(lambda: r.hget(keys.gen_meta(gid), "seq") == "5", step=lambda: b.run_once(block_ms=50))
+    # When A continues and, before its housekeeping notices the takeover, its read is handed a new entry
+    writer.write([("token", {"content": "w5 ", "ts": 1.0})])
+    a._next_housekeeping = time.monotonic() + 60
+    assert a.run_once(block_ms=50) == 1
+    # Then A's commit of it (with the seq A had: 3) is refused: nothing written, nothing acknowledged
+    assert [d["seq"] for *_, d in _out(r, gid)] == list(range(5))
+    assert r.xpending(keys.gen_raw(gid), settings.redis_consumer_group)["pending"] == 1
+    # And A lets the generation go at its next turn, leaving the entry pending
+    a.run_once(block_ms=10)
+    assert gid not in a.owned
+    # And B claims the entry (at its heartbeat, or when the next entry's commit is refused) and commits it once
+    if noticed_by == "next entry":
+        writer.write([("token", {"content": "w6 ", "ts": 1.0})])
+        b._next_housekeeping = time.monotonic() + 60
+        wait_for(lambda: r.hget(keys.gen_meta(gid), "seq") == "7", step=lambda: b.run_once(block_ms=50))
+    writer.write([("done", {"finish_reason": "stop", "usage": {"prompt_tokens": 1, "completion_tokens": 7}})])
+    wait_for(_finished(r, gid), step=lambda: b.run_once(block_ms=50))
+    words = [f"w{i} " for i in range(7 if noticed_by == "next entry" else 6)]
+    out = _out(r, gid)
+    assert [d["seq"] for *_, d in out] == list(range(len(words) + 1))
+    assert "".join(d["content"] for _, e, d in out if e == "token") == "".join(words)
+    assert [i for i, *_ in out] == [i for i, _ in r.xrange(keys.gen_raw(gid))]
+    session = [orjson.loads(f["data"])["seq"] for _, f in r.xrange(keys.session_out("s1"))]
+    assert session == list(range(len(words) + 1))
+    assert streams.load_text(r, gid) == "".join(words)
+    assert r.xpending(keys.gen_raw(gid), settings.redis_consumer_group)["pending"] == 0
