@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from celery import Celery
+from celery import Celery, current_app
 from celery.signals import setup_logging, worker_init
 from prometheus_client import start_http_server
 
@@ -47,16 +47,22 @@ def create_celery(settings: Settings) -> Celery:
     return app
 
 
+def _settings_of(app: Any) -> Settings:
+    """The settings ``create_celery`` gave ``app`` (read once per process), or the environment's."""
+    settings = getattr(getattr(app, "conf", None), "tokenbridge_settings", None)
+    return settings if isinstance(settings, Settings) else Settings()
+
+
 @worker_init.connect
-def _serve_metrics(**_: Any) -> None:
-    port = Settings().worker_metrics_port
+def _serve_metrics(sender: Any = None, **_: Any) -> None:
+    port = _settings_of(getattr(sender, "app", None)).worker_metrics_port
     if port:
         start_http_server(port)
 
 
 @setup_logging.connect
 def _configure_logging(**_: Any) -> None:
-    settings = Settings()
+    settings = _settings_of(current_app)
     configure_logging(settings.log_format, settings.log_level, process="worker")
     for problem in settings.order_problems():
         logging.getLogger(__name__).warning(problem)
