@@ -470,6 +470,21 @@ class Slot(IntEnum):
     TAKEN = 1
 
 
+class Commit(IntEnum):
+    """COMMIT's reply: committed (any number of events, 0 when another consumer had written them all), or
+    refused by its continuity fence (processed from a state that is not the last commit's)."""
+
+    COMMITTED = 0
+    REFUSED = -1
+
+
+def decode_commit(reply: Any) -> Commit | None:
+    """COMMIT's reply as a ``Commit``; None for an error a pipeline answered with (the caller checks it)."""
+    if isinstance(reply, Exception):
+        return None
+    return Commit.REFUSED if reply == Commit.REFUSED else Commit.COMMITTED
+
+
 def claim_attempt(client: redis.Redis, generation_id: str, *, lease_ms: int, max_length: int, reason: str) -> int:
     """Start a new attempt: its number (1, 2, …), or the ``Claim`` that refused it."""
     generation_keys = [key_names.gen_meta(generation_id), key_names.gen_lease(generation_id)]

@@ -27,8 +27,6 @@ from workers.owned import OwnedGeneration
 logger = logging.getLogger(__name__)
 
 _TOKEN = EventType.TOKEN.value
-# What ``scripts.COMMIT`` answers for a batch it refuses (see its fence).
-REFUSED = -1
 # What counts against a token budget: answer text and reasoning (tool-call deltas are pieces of JSON).
 _PRODUCED = frozenset({EventType.TOKEN.value, EventType.REASONING.value})
 
@@ -74,7 +72,7 @@ class Committer:
         failure: Exception | None = None
         for batch, result in zip(batches, results, strict=True):
             batch.owned.gen.meta_updates = {}
-            if result == REFUSED:
+            if scripts.decode_commit(result) is scripts.Commit.REFUSED:
                 logger.warning(
                     "Generation %s: commit refused (another consumer committed since, or an entry before the"
                     " batch is pending); reloaded before the next read.",
