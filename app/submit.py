@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
+import time
 from contextlib import suppress
 from dataclasses import dataclass
 from typing import Any
@@ -212,6 +213,7 @@ def claim_idempotency_key(body: dict[str, Any], generation_id: str, session_id: 
     fingerprint = hashlib.sha256(orjson.dumps(body, option=orjson.OPT_SORT_KEYS)).hexdigest()
     key = keys.idempotency(g.principal.name, hashlib.sha256(value.encode()).hexdigest())
     record = {"id": generation_id, "session_id": session_id, "model": body.get("model"), "fingerprint": fingerprint}
+    record["reserved_at"] = time.time()
     if s.redis.set(key, orjson.dumps(record), nx=True, px=s.settings.idempotency_ttl_s * 1000):
         return key
     stored = s.redis.get(key)
@@ -224,6 +226,9 @@ def claim_idempotency_key(body: dict[str, Any], generation_id: str, session_id: 
     status, model, attempt, enqueued = s.redis.hmget(
         keys.gen_meta(earlier["id"]), ["status", "model", "attempt", "enqueued"]
     )
+    if _in_progress(earlier):
+        # The first request may still be storing or sending it (concurrent retries): the same answer for all.
+        return created(earlier["id"], earlier["session_id"], earlier["model"], str(status or "queued"))
     if status is None:
         # The first request reserved the key but its generation was never stored, or has expired: this one
         # takes the key (Redis went away before the key could be released).
@@ -237,6 +242,16 @@ def claim_idempotency_key(body: dict[str, Any], generation_id: str, session_id: 
         # its claim.
         enqueue(earlier["id"])
     return created(earlier["id"], earlier["session_id"], earlier["model"], str(status))
+
+
+# Longer than a submission can take (its store, the task's send with retries, a replica's WAIT): a reservation
+# younger than this may belong to a request still under way, and is never taken over or sent again.
+_RESERVATION_GRACE_S = 10.0
+
+
+def _in_progress(reservation: dict[str, Any]) -> bool:
+    reserved_at = float(reservation.get("reserved_at") or 0)
+    return time.time() - reserved_at < _RESERVATION_GRACE_S
 
 
 def enqueue(generation_id: str) -> None:

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import hashlib
 import threading
 import time
 from typing import Any
 
+import orjson
 import pytest
 
+from bridge import keys
 from bridge.connections import close
 from tests.sse import SseEvent, read_sse
-from tests.stack import Stack
+from tests.stack import API_KEY_OWNER, Stack
 from tests.support import wait_for
 
 pytestmark = pytest.mark.e2e
@@ -220,6 +223,23 @@ def test_concurrent_retries_with_one_idempotency_key_start_one_generation(stack:
     for thread in threads:
         thread.join(10)
     assert len(ids) == 8 and len(set(ids)) == 1
+
+
+def test_a_retry_takes_over_a_key_whose_generation_was_never_stored(stack: Stack) -> None:
+    # Given a key reserved long ago by a request that died before it stored its generation
+    body = {"model": "echo", "prompt": "second time lucky"}
+    fingerprint = hashlib.sha256(orjson.dumps(body, option=orjson.OPT_SORT_KEYS)).hexdigest()
+    key = keys.idempotency(API_KEY_OWNER, hashlib.sha256(b"lost-1").hexdigest())
+    record = {"id": "gen_neverstored", "session_id": "ses_x", "model": "echo", "fingerprint": fingerprint}
+    client = stack.client()
+    client.set(key, orjson.dumps({**record, "reserved_at": time.time() - 60}), px=60_000)
+    close(client)
+    # When the client retries with that key
+    response = stack.post("/v1/generations", body, headers={"Idempotency-Key": "lost-1"})
+    # Then it gets a generation that runs, not the one that never was
+    assert response.status_code == 202
+    assert response.json()["id"] != "gen_neverstored"
+    assert _text(stack.events(response.json()).events) == "second time lucky"
 
 
 def test_stats_and_metrics_reflect_what_streamed(stack: Stack) -> None:
