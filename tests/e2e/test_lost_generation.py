@@ -8,6 +8,7 @@ import httpx
 import pytest
 
 from bridge import keys
+from bridge.connections import close
 from tests.sse import iter_messages
 from tests.stack import Stack
 
@@ -45,9 +46,4 @@ def _lose_whole(stack: Stack, generation_id: str) -> None:
         for name in names:
             client.delete(name)
         time.sleep(0.5)
-    client.close()
-    # A cluster client's close leaves the connection of the node it started from (not always in its cache).
-    manager = getattr(client, "nodes_manager", None)
-    for node in manager.startup_nodes.values() if manager is not None else []:
-        if node.redis_connection is not None:
-            node.redis_connection.close()
+    close(client)
