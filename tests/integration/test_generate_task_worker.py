@@ -314,5 +314,7 @@ def test_a_task_message_lost_before_any_worker_took_it_is_sent_again_and_the_gen
     wait_for(lambda: status_of(r, gid) == "completed", step=lambda: consumer.run_once(block_ms=20), timeout_s=10)
     # Then its task was sent again once, and that copy ran it to the end
     assert r.hget(keys.gen_meta(gid), "resends") == "1"
+    # (the task records its outcome after its last write: the generation can be completed a moment before)
+    wait_for(lambda: gid in outcomes)
     assert outcomes[gid] == ["finished"]
     assert _text(_raw(r, gid)) == "sent again"
