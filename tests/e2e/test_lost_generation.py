@@ -11,6 +11,7 @@ from bridge import keys
 from bridge.connections import close
 from tests.sse import iter_messages
 from tests.stack import Stack
+from tests.support import wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -41,9 +42,6 @@ def _lose_whole(stack: Stack, generation_id: str) -> None:
     client = stack.client()
     names = [keys.gen_meta(generation_id), keys.gen_raw(generation_id), keys.gen_out(generation_id)]
     names += [keys.gen_text(generation_id), keys.gen_lease(generation_id)]
-    # Twice: a commit in flight at the first delete may write some of them again.
-    for _ in range(2):
-        for name in names:
-            client.delete(name)
-        time.sleep(0.5)
+    # Until a pass finds nothing left to delete: a commit in flight at one pass may write some of them again.
+    wait_for(lambda: sum(client.delete(name) for name in names) == 0, interval_s=0.2)
     close(client)

@@ -25,6 +25,7 @@ from tests.procfile import ROOT
 from tests.reader import ReadOutcome, ResumingReader
 from tests.sentinel import MASTER_NAME, SentinelSetup, sentinel_binary
 from tests.stack import Stack, build_stack
+from tests.support import wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.faults]
 
@@ -62,6 +63,20 @@ class Load:
                 else:
                     self.refused.append((at, response.status_code))
             self.stop.wait(max(0.0, self.interval_s - (time.monotonic() - at)))
+
+    def completed_since(self, since: float) -> bool:
+        """Whether a generation submitted after ``since`` (monotonic) has ended with its exact text."""
+        return any(
+            at > since and r.outcome.terminal is not None and r.outcome.text == PROMPT for at, r in list(self.readers)
+        )
+
+    def finish(self, submitter: threading.Thread, *, readers_within_s: float) -> None:
+        """Stops submitting and waits, ``readers_within_s`` in all, for the readers to end."""
+        self.stop.set()
+        submitter.join(10)
+        deadline = time.monotonic() + readers_within_s
+        for _, reader in self.readers:
+            reader.join(max(0.1, deadline - time.monotonic()))
 
 
 @pytest.fixture
@@ -106,12 +121,10 @@ def _flower_workers(port: int) -> dict[str, Any]:
 
 
 def _wait(condition: Callable[[], bool], *, timeout_s: float, what: str) -> float:
+    """How long ``condition`` took to hold (polled every 0.2 s); fails after ``timeout_s``."""
     started = time.monotonic()
-    while time.monotonic() - started < timeout_s:
-        if condition():
-            return time.monotonic() - started
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
+    wait_for(condition, timeout_s=timeout_s, interval_s=0.2, message=f"timed out waiting for {what}")
+    return time.monotonic() - started
 
 
 def _summary(outcomes: list[ReadOutcome]) -> dict[str, Any]:
@@ -152,19 +165,14 @@ def test_the_stack_follows_a_sentinel_failover_under_load(
     promoted_s = _wait(lambda: setup.master_port() == setup.replica.port, timeout_s=30, what="promotion")
 
     # Then new generations are accepted and complete on the promoted replica within the bound
-    def completed_after_kill() -> bool:
-        return any(
-            at > killed_at + promoted_s and r.outcome.terminal is not None and r.outcome.text == PROMPT
-            for at, r in list(load.readers)
-        )
-
-    _wait(completed_after_kill, timeout_s=FAILOVER_BOUND_S, what="a generation after the failover")
+    _wait(
+        lambda: load.completed_since(killed_at + promoted_s),
+        timeout_s=FAILOVER_BOUND_S,
+        what="a generation after the failover",
+    )
     followed_s = time.monotonic() - killed_at
     time.sleep(4)
-    load.stop.set()
-    submitter.join(10)
-    for _, reader in load.readers:
-        reader.join(60)
+    load.finish(submitter, readers_within_s=60)
     before = [r.outcome for at, r in load.readers if at < killed_at]
     during = [r.outcome for at, r in load.readers if killed_at <= at]
     refused = Counter(str(code) for at, code in load.refused if at >= killed_at)
@@ -218,22 +226,15 @@ def test_what_a_failover_to_a_stale_replica_loses(
     os.kill(setup.replica.process.pid, signal.SIGCONT)
     promoted_s = _wait(lambda: setup.master_port() == setup.replica.port, timeout_s=30, what="promotion")
 
-    def completed_after_promotion() -> bool:
-        return any(
-            at > killed_at + promoted_s and r.outcome.terminal is not None and r.outcome.text == PROMPT
-            for at, r in list(load.readers)
-        )
-
     # Then the stack follows it: new generations complete within the bound
-    _wait(completed_after_promotion, timeout_s=FAILOVER_BOUND_S, what="a generation after the failover")
+    _wait(
+        lambda: load.completed_since(killed_at + promoted_s),
+        timeout_s=FAILOVER_BOUND_S,
+        what="a generation after the failover",
+    )
     followed_s = time.monotonic() - killed_at
     time.sleep(3)
-    load.stop.set()
-    submitter.join(10)
-    # A reader attached to a generation that was lost whole never ends (RELIABILITY.md): bounded here.
-    deadline = time.monotonic() + 30
-    for _, reader in load.readers:
-        reader.join(max(0.1, deadline - time.monotonic()))
+    load.finish(submitter, readers_within_s=30)
     paused_at = killed_at - 1
     summary = {
         "promoted_s": round(promoted_s, 2),
