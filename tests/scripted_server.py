@@ -125,6 +125,12 @@ def until_close(body: bytes) -> Responder:
     return respond
 
 
+def hang_up(handler: BaseHTTPRequestHandler) -> None:
+    """Closes the connection without an answer: what a client sees when a pooled connection was closed by the
+    server just as it was reused, or a process died with the request."""
+    handler.close_connection = True
+
+
 def status(code: int, body: Any = None, **headers: str) -> Responder:
     def respond(handler: BaseHTTPRequestHandler) -> None:
         payload = orjson.dumps(body) if body is not None else b""

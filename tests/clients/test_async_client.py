@@ -13,6 +13,7 @@ import pytest
 
 from bridge.embedded import free_port
 from tests.browser.support import expired_token
+from tests.scripted_server import ScriptedServer, hang_up, status
 from tests.stack import API_KEY, Stack
 from tokenbridge.async_client import AsyncTokenbridgeClient, acollect_text
 from tokenbridge.client import TokenbridgeAPIError, TokenbridgeConnectionError
@@ -135,3 +136,17 @@ async def test_errors_are_the_clients_exceptions(stack: Stack) -> None:
             await nowhere.submit("echo", "hello")
         with pytest.raises(TokenbridgeConnectionError):
             await acollect_text(nowhere.stream("gen_x"))
+
+
+@in_own_loop
+async def test_a_submission_that_got_no_answer_is_sent_again_with_the_same_idempotency_key() -> None:
+    created = {"id": "gen_1", "status": "queued"}
+    # Given a server that drops the first connection before answering
+    with ScriptedServer(hang_up, status(202, created)) as server:
+        async with AsyncTokenbridgeClient(server.url, "k", timeout_s=5) as client:
+            # When a generation is submitted
+            answer = await client.submit("echo", "Hello")
+    # Then it was sent again with the same key, and the second answer is returned
+    assert answer == created
+    first, second = server.requests
+    assert first.headers["idempotency-key"] == second.headers["idempotency-key"]

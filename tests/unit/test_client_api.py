@@ -8,7 +8,7 @@ from typing import Any
 import orjson
 import pytest
 
-from tests.scripted_server import ScriptedServer, api_error, status
+from tests.scripted_server import ScriptedServer, api_error, hang_up, status
 from tokenbridge.client import TokenbridgeAPIError, TokenbridgeClient, TokenbridgeConnectionError
 
 Serve = Callable[..., ScriptedServer]
@@ -132,5 +132,80 @@ def test_status_returns_the_body_also_when_unhealthy(serve: Serve, make_client: 
 def test_an_unreachable_server_raises_a_connection_error_naming_the_url(make_client: MakeClient) -> None:
     client = make_client("http://127.0.0.1:9")
 
-    with pytest.raises(TokenbridgeConnectionError, match=r"cannot reach http://127\.0\.0\.1:9/v1/generations/gen_1"):
+    with pytest.raises(
+        TokenbridgeConnectionError, match=r"cannot reach http://127\.0\.0\.1:9/v1/generations/gen_1 \(tried 3 times\)"
+    ):
         client.get("gen_1")
+
+
+def test_a_submission_that_got_no_answer_is_sent_again_with_the_same_idempotency_key(
+    serve: Serve, make_client: MakeClient
+) -> None:
+    # Given a server that drops the first connection before answering
+    server = serve(hang_up, status(202, CREATED))
+    client = make_client(server.url)
+
+    # When a generation is submitted without a key of its own
+    created = client.submit("echo", "Hello")
+
+    # Then it was sent twice, with one random Idempotency-Key (the server answers the second with the first's
+    # generation if the first got through), and the answer is returned
+    assert created == CREATED
+    first, second = server.requests
+    assert first.headers["idempotency-key"] == second.headers["idempotency-key"]
+    assert len(first.headers["idempotency-key"]) == 32
+    assert first.body == second.body
+
+
+def test_each_submission_has_its_own_idempotency_key(serve: Serve, make_client: MakeClient) -> None:
+    server = serve(status(202, CREATED))
+    client = make_client(server.url)
+
+    client.submit("echo", "Hello")
+    client.submit("echo", "Hello")
+
+    assert server.requests[0].headers["idempotency-key"] != server.requests[1].headers["idempotency-key"]
+
+
+def test_a_503_is_tried_again_after_its_retry_after(serve: Serve, make_client: MakeClient) -> None:
+    server = serve(api_error(503, "redis_unavailable", "Redis is not reachable.", Retry_After="1"), status(200, {}))
+    client = make_client(server.url)
+
+    assert client.get("gen_1") == {}
+
+    first, second = server.requests
+    assert second.at - first.at >= 1.0
+
+
+def test_a_503_asking_for_a_longer_wait_than_max_backoff_is_raised_at_once(
+    serve: Serve, make_client: MakeClient
+) -> None:
+    server = serve(api_error(503, "redis_out_of_memory", "Redis is out of memory.", Retry_After="60"))
+    client = make_client(server.url, max_backoff_s=5)
+
+    with pytest.raises(TokenbridgeAPIError) as caught:
+        client.submit("echo", "Hello")
+
+    assert (caught.value.code, caught.value.retry_after_s) == ("redis_out_of_memory", 60)
+    assert len(server.requests) == 1
+
+
+def test_a_cancel_is_not_sent_twice(serve: Serve, make_client: MakeClient) -> None:
+    # A repeated cancel of a generation the first one ended would be refused with 409 already_finished.
+    server = serve(hang_up, status(202, {"id": "gen_1", "status": "cancelling"}))
+    client = make_client(server.url)
+
+    with pytest.raises(TokenbridgeConnectionError, match="cannot reach"):
+        client.cancel("gen_1")
+
+    assert len(server.requests) == 1
+
+
+def test_retries_are_bounded_by_request_retries(serve: Serve, make_client: MakeClient) -> None:
+    server = serve(hang_up)
+    client = make_client(server.url, request_retries=1)
+
+    with pytest.raises(TokenbridgeConnectionError, match=r"\(tried 2 times\)"):
+        client.get("gen_1")
+
+    assert len(server.requests) == 2

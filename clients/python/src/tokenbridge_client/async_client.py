@@ -23,12 +23,12 @@ import httpx
 from .client import (
     Event,
     SseParser,
-    TokenbridgeConnectionError,
     TokenbridgeProtocolError,
     Transcript,
     _api_error,
-    _describe,
     _Resumption,
+    _Retries,
+    _submission,
 )
 
 # A new stream token, or an awaitable of one (a coroutine that asks your backend).
@@ -59,6 +59,7 @@ class AsyncTokenbridgeClient:
         stream_idle_timeout_s: float = 45.0,
         max_retries: int = 5,
         max_backoff_s: float = 30.0,
+        request_retries: int = 2,
         http: httpx.AsyncClient | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
@@ -67,6 +68,7 @@ class AsyncTokenbridgeClient:
         self.stream_idle_timeout_s = stream_idle_timeout_s
         self.max_retries = max_retries
         self.max_backoff_s = max_backoff_s
+        self.request_retries = request_retries
         self._http = http or httpx.AsyncClient()
         self._owns_http = http is None
 
@@ -91,15 +93,12 @@ class AsyncTokenbridgeClient:
         idempotency_key: str | None = None,
         **fields: Any,
     ) -> dict[str, Any]:
-        """``POST /v1/generations``; ``fields`` are the other body fields (``max_tokens``, ``options``, …)."""
-        body: dict[str, Any] = {"model": model}
-        if prompt is not None:
-            body["prompt"] = prompt
-        if messages is not None:
-            body["messages"] = messages
-        body.update({name: value for name, value in fields.items() if value is not None})
-        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
-        return _json(await self._request("POST", "/v1/generations", json=body, headers=headers))
+        """``POST /v1/generations``; ``fields`` are the other body fields (``max_tokens``, ``options``, …).
+
+        Without an ``idempotency_key`` a new random one is sent, so that a retry never starts a second generation.
+        """
+        body, headers = _submission(model, prompt, messages, idempotency_key, fields)
+        return _json(await self._request("POST", "/v1/generations", json=body, headers=headers, repeatable=True))
 
     async def get(self, generation_id: str) -> dict[str, Any]:
         """``GET /v1/generations/{id}``: status, usage and the text so far."""
@@ -111,11 +110,13 @@ class AsyncTokenbridgeClient:
 
     async def token(self, generation_id: str) -> dict[str, Any]:
         """``POST /v1/generations/{id}/token``: a fresh ``stream_token`` and its ``expires_at``."""
-        return _json(await self._request("POST", f"/v1/generations/{quote(generation_id, safe='')}/token"))
+        path = f"/v1/generations/{quote(generation_id, safe='')}/token"
+        return _json(await self._request("POST", path, repeatable=True))
 
     async def session_token(self, session_id: str) -> dict[str, Any]:
         """``POST /v1/sessions/{id}/token``: a fresh ``stream_token`` for the session and its ``expires_at``."""
-        return _json(await self._request("POST", f"/v1/sessions/{quote(session_id, safe='')}/token"))
+        path = f"/v1/sessions/{quote(session_id, safe='')}/token"
+        return _json(await self._request("POST", path, repeatable=True))
 
     async def session_generations(self, session_id: str, *, limit: int = 20) -> list[dict[str, Any]]:
         """``GET /v1/sessions/{id}/generations``: the session's generations, newest first."""
@@ -125,7 +126,7 @@ class AsyncTokenbridgeClient:
 
     async def status(self) -> dict[str, Any]:
         """``GET /readyz``: the health body, also when it is ``unhealthy`` (503)."""
-        response = await self._request("GET", "/readyz", check=False)
+        response = await self._request("GET", "/readyz", check=False, repeatable=False)  # 503 is an answer here
         if response.status_code in (200, 503):
             try:
                 body = response.json()
@@ -143,14 +144,21 @@ class AsyncTokenbridgeClient:
         json: Any = None,
         headers: dict[str, str] | None = None,
         check: bool = True,
+        repeatable: bool | None = None,
     ) -> httpx.Response:
+        """One request, sent again as ``_Retries`` allows (``repeatable`` defaults to: it is a GET)."""
         url = self.base_url + path
-        try:
-            response = await self._http.request(
-                method, url, json=json, headers={**self._headers(), **(headers or {})}, timeout=self.timeout_s
-            )
-        except httpx.TransportError as exc:
-            raise TokenbridgeConnectionError(f"cannot reach {url}: {_describe(exc)}") from exc
+        retries = _Retries(url, method, repeatable, self.request_retries, self.max_backoff_s)
+        all_headers = {**self._headers(), **(headers or {})}
+        while True:
+            try:
+                response = await self._http.request(method, url, json=json, headers=all_headers, timeout=self.timeout_s)
+            except httpx.TransportError as exc:
+                await anyio.sleep(retries.after_error(exc))
+                continue
+            if (delay_s := retries.after_answer(response)) is None:
+                break
+            await anyio.sleep(delay_s)
         if check and not response.is_success:
             raise _api_error(response)
         return response

@@ -17,6 +17,7 @@ from __future__ import annotations
 import random
 import re
 import time
+import uuid
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -31,6 +32,12 @@ from ._errors import TokenbridgeError
 TERMINAL_EVENTS = frozenset({"done", "error", "cancelled"})
 # Statuses of an events request that are worth another try: rate limited, dependency or proxy down.
 _RETRY_STATUSES = frozenset({429, 502, 503, 504})
+# Answers to an ordinary request worth sending it again: a proxy or a dependency down for a moment.
+_REQUEST_RETRY_STATUSES = frozenset({502, 503, 504})
+# Failures after which no answer came back: a refused or dropped connection (also a pooled one the server
+# closed just as it was reused), a timeout. Not a request the client itself could not send.
+_REQUEST_RETRY_ERRORS = (httpx.NetworkError, httpx.TimeoutException, httpx.RemoteProtocolError)
+_FIRST_REQUEST_RETRY_S = 0.25
 _EOL = re.compile(rb"\r\n|\r|\n")
 
 
@@ -179,6 +186,10 @@ class TokenbridgeClient:
     server sends one at least every 15 s), for ``stream_idle_timeout_s`` counts as dropped. A stream is
     resumed at most ``max_retries`` times in a row without a new event; waits start at the server's
     ``retry:`` (1 s) and double, up to ``max_backoff_s``, or longer when a 429/503 says ``Retry-After``.
+
+    A request that cannot do anything twice (a read, a new stream token, a submission: each carries an
+    ``Idempotency-Key``) is sent again, at most ``request_retries`` times, when no answer came back or the
+    answer was 502, 503 or 504 (see ``_Retries``).
     """
 
     def __init__(
@@ -190,6 +201,7 @@ class TokenbridgeClient:
         stream_idle_timeout_s: float = 45.0,
         max_retries: int = 5,
         max_backoff_s: float = 30.0,
+        request_retries: int = 2,
         http: httpx.Client | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
@@ -198,6 +210,7 @@ class TokenbridgeClient:
         self.stream_idle_timeout_s = stream_idle_timeout_s
         self.max_retries = max_retries
         self.max_backoff_s = max_backoff_s
+        self.request_retries = request_retries
         self._http = http or httpx.Client()
         self._owns_http = http is None
 
@@ -222,15 +235,12 @@ class TokenbridgeClient:
         idempotency_key: str | None = None,
         **fields: Any,
     ) -> dict[str, Any]:
-        """``POST /v1/generations``; ``fields`` are the other body fields (``max_tokens``, ``options``, …)."""
-        body: dict[str, Any] = {"model": model}
-        if prompt is not None:
-            body["prompt"] = prompt
-        if messages is not None:
-            body["messages"] = messages
-        body.update({name: value for name, value in fields.items() if value is not None})
-        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
-        return self._json(self._request("POST", "/v1/generations", json=body, headers=headers))
+        """``POST /v1/generations``; ``fields`` are the other body fields (``max_tokens``, ``options``, …).
+
+        Without an ``idempotency_key`` a new random one is sent, so that a retry never starts a second generation.
+        """
+        body, headers = _submission(model, prompt, messages, idempotency_key, fields)
+        return self._json(self._request("POST", "/v1/generations", json=body, headers=headers, repeatable=True))
 
     def get(self, generation_id: str) -> dict[str, Any]:
         """``GET /v1/generations/{id}``: status, usage and the text so far."""
@@ -247,11 +257,12 @@ class TokenbridgeClient:
 
     def token(self, generation_id: str) -> dict[str, Any]:
         """``POST /v1/generations/{id}/token``: a fresh ``stream_token`` and its ``expires_at``."""
-        return self._json(self._request("POST", f"/v1/generations/{quote(generation_id, safe='')}/token"))
+        path = f"/v1/generations/{quote(generation_id, safe='')}/token"
+        return self._json(self._request("POST", path, repeatable=True))
 
     def session_token(self, session_id: str) -> dict[str, Any]:
         """``POST /v1/sessions/{id}/token``: a fresh ``stream_token`` for the session and its ``expires_at``."""
-        return self._json(self._request("POST", f"/v1/sessions/{quote(session_id, safe='')}/token"))
+        return self._json(self._request("POST", f"/v1/sessions/{quote(session_id, safe='')}/token", repeatable=True))
 
     def session_generations(self, session_id: str, *, limit: int = 20) -> list[dict[str, Any]]:
         """``GET /v1/sessions/{id}/generations``: the session's generations, newest first."""
@@ -273,7 +284,7 @@ class TokenbridgeClient:
 
     def status(self) -> dict[str, Any]:
         """``GET /readyz``: the health body, also when it is ``unhealthy`` (503)."""
-        response = self._request("GET", "/readyz", check=False)
+        response = self._request("GET", "/readyz", check=False, repeatable=False)  # 503 is an answer here
         if response.status_code in (200, 503):
             try:
                 body = response.json()
@@ -291,14 +302,21 @@ class TokenbridgeClient:
         json: Any = None,
         headers: dict[str, str] | None = None,
         check: bool = True,
+        repeatable: bool | None = None,
     ) -> httpx.Response:
+        """One request, sent again as ``_Retries`` allows (``repeatable`` defaults to: it is a GET)."""
         url = self.base_url + path
-        try:
-            response = self._http.request(
-                method, url, json=json, headers={**self._headers(), **(headers or {})}, timeout=self.timeout_s
-            )
-        except httpx.TransportError as exc:
-            raise TokenbridgeConnectionError(f"cannot reach {url}: {_describe(exc)}") from exc
+        retries = _Retries(url, method, repeatable, self.request_retries, self.max_backoff_s)
+        all_headers = {**self._headers(), **(headers or {})}
+        while True:
+            try:
+                response = self._http.request(method, url, json=json, headers=all_headers, timeout=self.timeout_s)
+            except httpx.TransportError as exc:
+                time.sleep(retries.after_error(exc))
+                continue
+            if (delay_s := retries.after_answer(response)) is None:
+                break
+            time.sleep(delay_s)
         if check and not response.is_success:
             raise _api_error(response)
         return response
@@ -435,8 +453,64 @@ class _Resumption:
         return backoff_s(self.retry_s, self.failures, self.max_backoff_s, retry_after_s)
 
 
+class _Retries:
+    """When an ordinary request (not a stream) is sent again; shared by the sync and the async client.
+
+    Only a request that cannot do anything twice, only when no answer came back (``_REQUEST_RETRY_ERRORS``) or
+    the answer was 502, 503 or 504, at most ``retries`` times. Waits start at 0.25 s and double, up to
+    ``max_backoff_s``, or follow the answer's ``Retry-After``; an answer that asks for a longer wait than
+    ``max_backoff_s`` is taken as it is (raised as a ``TokenbridgeAPIError`` with its ``retry_after_s``).
+    """
+
+    def __init__(self, url: str, method: str, repeatable: bool | None, retries: int, max_backoff_s: float) -> None:
+        self.url = url
+        self.left = retries if (method == "GET" if repeatable is None else repeatable) else 0
+        self.max_backoff_s = max_backoff_s
+        self.tries = 1
+
+    def after_error(self, exc: httpx.TransportError) -> float:
+        """The wait before the next try; raises ``TokenbridgeConnectionError`` when there is none."""
+        if not self.left or not isinstance(exc, _REQUEST_RETRY_ERRORS):
+            tries = f" (tried {self.tries} times)" if self.tries > 1 else ""
+            raise TokenbridgeConnectionError(f"cannot reach {self.url}{tries}: {_describe(exc)}") from exc
+        return self._next(None)
+
+    def after_answer(self, response: httpx.Response) -> float | None:
+        """The wait before the next try, or None to take this answer."""
+        if not self.left or response.status_code not in _REQUEST_RETRY_STATUSES:
+            return None
+        retry_after = response.headers.get("Retry-After", "")
+        retry_after_s = float(retry_after) if retry_after.isdigit() else None
+        if retry_after_s is not None and retry_after_s > self.max_backoff_s:
+            return None
+        return self._next(retry_after_s)
+
+    def _next(self, retry_after_s: float | None) -> float:
+        self.left -= 1
+        self.tries += 1
+        return backoff_s(_FIRST_REQUEST_RETRY_S, self.tries - 1, self.max_backoff_s, retry_after_s)
+
+
+def _submission(
+    model: str,
+    prompt: str | None,
+    messages: list[dict[str, Any]] | None,
+    idempotency_key: str | None,
+    fields: dict[str, Any],
+) -> tuple[dict[str, Any], dict[str, str]]:
+    """The body and headers of ``POST /v1/generations``: fields left at None are not sent (the server's
+    defaults apply), and the ``Idempotency-Key`` is a new random one unless given."""
+    body: dict[str, Any] = {"model": model}
+    if prompt is not None:
+        body["prompt"] = prompt
+    if messages is not None:
+        body["messages"] = messages
+    body.update({name: value for name, value in fields.items() if value is not None})
+    return body, {"Idempotency-Key": idempotency_key or uuid.uuid4().hex}
+
+
 def backoff_s(retry_s: float, failures: int, max_backoff_s: float, retry_after_s: float | None) -> float:
-    """How long to wait before the next try of a stream: doubling from ``retry_s``, or ``Retry-After``."""
+    """How long to wait before the next try: doubling from ``retry_s``, or ``Retry-After``."""
     delay_s = min(max_backoff_s, retry_s * 2 ** (failures - 1))
     # A little jitter, so that the readers a deploy cut off do not all come back in the same instant.
     return float(max(delay_s * random.uniform(1.0, 1.1), retry_after_s or 0.0))
