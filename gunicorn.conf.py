@@ -10,14 +10,23 @@ another instance and resume with Last-Event-ID), so a deploy does not wait out t
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
 import tempfile
+from collections.abc import Iterator
 from typing import Any
 
 # If access logs are turned on (--access-logfile), they carry the path without the query string, so that
 # stream tokens (?token=) never reach a log.
 access_log_format = '%(h)s "%(m)s %(U)s %(H)s" %(s)s %(B)s %(D)sus'
+
+# How long an idle connection is kept open for its next request. Longer than any proxy in front keeps its
+# idle connections to the backend (nginx's upstream keepalive_timeout and AWS ALB's idle timeout are 60 s):
+# otherwise a proxy can send a request on a connection gunicorn is closing, and a POST sent that way comes
+# back as a 502 (gunicorn's own default, 2 s, is meant for clients connected directly). An idle connection
+# costs the gevent worker a greenlet and a socket.
+keepalive = int(os.environ.get("WEB_KEEPALIVE_S", "75"))
 
 
 def on_starting(server: Any) -> None:
@@ -37,6 +46,8 @@ def child_exit(server: Any, worker: Any) -> None:
 def post_worker_init(worker: Any) -> None:
     import gevent
 
+    idle = track_idle_connections(worker)
+
     def end_streams_on_shutdown() -> None:
         while worker.alive:
             gevent.sleep(0.2)
@@ -44,5 +55,35 @@ def post_worker_init(worker: Any) -> None:
         if services is not None:
             services.hub.stop(timeout_s=2.0)
             services.presence.close()  # its readers are gone: stop counting them at once
+        # A connection waiting for its next request would hold the worker until its keep-alive (or the graceful
+        # timeout) ran out: close them now. One in the middle of a request ends after its response, as always.
+        for greenlet in list(idle):
+            greenlet.kill(block=False)
 
     gevent.spawn(end_streams_on_shutdown)
+
+
+def track_idle_connections(worker: Any) -> set[Any]:
+    """The greenlets of ``worker`` waiting for a connection's next request, kept up to date.
+
+    gunicorn's gevent worker waits for each request of a kept-alive connection inside ``timeout_ctx()`` (a
+    ``gevent.Timeout`` of ``keepalive`` seconds that ends the wait quietly); this one also records the waiting
+    greenlet while it waits.
+    """
+    import gevent
+
+    idle: set[Any] = set()
+    keepalive_s = worker.cfg.keepalive
+
+    @contextlib.contextmanager
+    def waiting_for_a_request() -> Iterator[None]:
+        current = gevent.getcurrent()
+        idle.add(current)
+        try:
+            with gevent.Timeout(keepalive_s, False):
+                yield
+        finally:
+            idle.discard(current)
+
+    worker.timeout_ctx = waiting_for_a_request
+    return idle

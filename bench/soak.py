@@ -60,8 +60,8 @@ STACK_ENV: dict[str, str] = {
     "CONSUMER_CLAIM_IDLE_MS": "10000",
     "REDIS_STREAM_RETENTION_MS": "300000",
 }
-# A pooled connection is dropped after this long idle: before gunicorn closes it (its keep-alive is 2 s), so that
-# a request never goes out on a connection the server is closing (a client-side error, not the stack's).
+# A pooled connection is dropped after this long idle: well before web closes it (WEB_KEEPALIVE_S), so that a
+# request never goes out on a connection the server is closing (a client-side error, not the stack's).
 KEEPALIVE_S = 1.0
 # Share of readers on WebSocket, and share that drop their connection midway and resume.
 WS_SHARE = 0.25

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import http.client
 import threading
 import time
 from typing import Any
@@ -158,6 +159,28 @@ def test_stream_token_reads_its_own_generation_only(stack: Stack) -> None:
     assert other.json()["error"]["code"] == "forbidden"
     session = read_sse(stack.url(a["session_events_url"]), params={"token": a["session_stream_token"]}, max_events=1)
     assert session.status == 200
+
+
+def test_a_connection_idle_longer_than_gunicorns_default_keep_alive_takes_the_next_post(stack: Stack) -> None:
+    # What a proxy in front does with its idle connections to web (WEB_KEEPALIVE_S in gunicorn.conf.py)
+    address = stack.base_url.removeprefix("http://")
+    connection = http.client.HTTPConnection(address, timeout=10)
+    body = orjson.dumps({"model": "echo", "prompt": "kept alive"})
+    headers = {**stack.headers, "Content-Type": "application/json"}
+    try:
+        # Given a connection that answered one request and then sat idle past gunicorn's own 2 s default
+        connection.request("GET", "/healthz")
+        assert connection.getresponse().read() == b'{"status":"ok"}\n'
+        first_socket = connection.sock
+        time.sleep(2.5)
+        # When a submission is sent on it
+        connection.request("POST", "/v1/generations", body=body, headers=headers)
+        response = connection.getresponse()
+        # Then it is answered on that same connection
+        assert response.status == 202, response.read()
+        assert connection.sock is first_socket
+    finally:
+        connection.close()
 
 
 def test_page_and_health_endpoints(stack: Stack) -> None:

@@ -6,6 +6,7 @@ explicit restart / error), no token lost, none duplicated, no stream left hangin
 
 from __future__ import annotations
 
+import http.client
 import signal
 import subprocess
 import sys
@@ -211,18 +212,24 @@ def test_graceful_deploy_of_web_consumer_and_worker_loses_nothing(
     _wait_streaming(readers, events=3)
     stack.start("worker-b", "worker")
     stack.wait_ready(consumers=2, workers=2)
+    # And an idle keep-alive connection to web-a, as a proxy in front keeps them (WEB_KEEPALIVE_S)
+    idle = http.client.HTTPConnection(f"127.0.0.1:{stack.web_ports[0]}", timeout=10)
+    idle.request("GET", "/healthz")
+    assert idle.getresponse().read()
     timings: dict[str, float] = {}
     # When each process type gets SIGTERM in turn, as a rolling deploy does
     for name in ("web-a", "consumer-a", "worker-a"):
         stack.signal(name, signal.SIGTERM)
         timings[name] = round(stack.wait_stopped(name, 40), 2)
         stack.processes[f"gone-{name}"] = stack.processes.pop(name)
+    idle.close()
     outcomes = read_all(readers)
     # Then every reader still ends with the exact text
     _assert_exact(outcomes, WORDS)
     record(
         scenario="graceful deploy", stop_s=timings, reconnects=sum(o.reconnects for o in outcomes), lost=0, duplicated=0
     )
+    # And no process waited out its graceful timeout (web's is 20 s), not even for the idle connection
     assert timings["web-a"] < 10 and timings["consumer-a"] < 5
 
 

@@ -6,6 +6,7 @@ import importlib.util
 import json
 import os
 import re
+import runpy
 import shutil
 import subprocess
 import tomllib
@@ -80,6 +81,14 @@ def test_nginx_config_streams_unbuffered_and_logs_no_tokens() -> None:
     formats = [line for line in text.splitlines() if "log_format" in line or line.strip().startswith("'")]
     # $request (the request line) would carry ?token=; $uri is the path alone
     assert formats and not any(re.search(r"\$request\b(?!_)", line) for line in formats)
+
+
+def test_nginx_lets_an_idle_connection_to_web_go_before_gunicorn_closes_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("WEB_KEEPALIVE_S", raising=False)
+    gunicorn_keepalive_s = runpy.run_path(str(ROOT / "gunicorn.conf.py"))["keepalive"]
+    nginx = re.search(r"^\s*keepalive_timeout (\d+)s;", (ROOT / "deploy" / "nginx.conf").read_text(), re.MULTILINE)
+    assert nginx is not None
+    assert int(nginx.group(1)) < gunicorn_keepalive_s
 
 
 # -- PaaS: lock file, Python version, Heroku and Render -------------------------------------------
