@@ -59,6 +59,13 @@ name from the original design that has no meaning here.
 PROCFILE_VARIABLES = (
     ("WEB_CONCURRENCY", "`2`", "gunicorn worker processes of `web`"),
     ("WEB_WORKER_CONNECTIONS", "`10000`", "concurrent connections per gunicorn worker"),
+    (
+        "WEB_KEEPALIVE_S",
+        "`75`",
+        "gunicorn (`gunicorn.conf.py`): seconds an idle connection stays open for its next request; keep it above "
+        "the idle timeout of any proxy in front (nginx upstream 60 s, AWS ALB 60 s), so that a proxy never sends a "
+        "request on a connection `web` is closing",
+    ),
     ("CELERY_CONCURRENCY", "`200`", "gevent greenlets per Celery worker, i.e. generations run at once"),
     (
         "FLOWER_BASIC_AUTH",

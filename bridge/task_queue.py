@@ -56,3 +56,14 @@ def send_generation(celery: Any, generation_id: str) -> None:
         retry=True,
         retry_policy={"max_retries": 2, "interval_start": 0, "interval_step": 0.2, "interval_max": 0.5},
     )
+
+
+def waiting_tasks(celery: Any) -> int:
+    """How many generation tasks wait in the broker's queue, not yet taken by a worker (one ``LLEN`` on a Redis
+    broker, a passive declare on RabbitMQ). A Redis queue with nothing in it is no key at all: 0."""
+    with celery.pool.acquire(block=True, timeout=5) as connection:
+        try:
+            declared = connection.default_channel.queue_declare(GENERATION_QUEUE, passive=True)
+        except connection.channel_errors:
+            return 0
+        return int(declared.message_count)

@@ -10,7 +10,7 @@ from prometheus_client import start_http_server
 from bridge.connections import redis_client
 from bridge.logs import configure_logging
 from bridge.settings import Settings
-from bridge.task_queue import celery_client_options, send_generation
+from bridge.task_queue import celery_client_options, send_generation, waiting_tasks
 from workers.celery_events import CeleryEvents
 from workers.consumer import ConsumerWorker, default_consumer_name
 from workers.processors import default_processors
@@ -30,6 +30,7 @@ def main() -> None:
         default_processors(client, settings.processors, models_file=settings.models_file),
         name=name,
         enqueue=lambda gid: send_generation(celery, gid),
+        waiting_tasks=lambda: waiting_tasks(celery),
         # Flower lists this process as the worker consumer@<name>, and its generations as tasks.
         events=CeleryEvents(celery, name) if settings.consumer_celery_events else None,
     )

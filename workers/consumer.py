@@ -38,7 +38,7 @@ from workers.dead_letters import DeadLetters
 from workers.owned import OwnedGeneration
 from workers.ownership import PAGE, Ownership
 from workers.processors import Chain, Processor
-from workers.supervision import Enqueue, Supervisor
+from workers.supervision import Enqueue, Supervisor, WaitingTasks
 
 logger = logging.getLogger(__name__)
 # Longest wait between two tries while Redis cannot answer: a Sentinel failover or a restart is over in
@@ -63,6 +63,7 @@ class ConsumerWorker:
         *,
         name: str | None = None,
         enqueue: Enqueue | None = None,
+        waiting_tasks: WaitingTasks | None = None,
         events: CeleryEvents | None = None,
     ) -> None:
         self.client = client
@@ -73,7 +74,7 @@ class ConsumerWorker:
         # What Flower shows of this consumer (CONSUMER_CELERY_EVENTS): one call per state change of a generation.
         self.events = events
         self.ownership = Ownership(client, settings, self.chain, name=self.name, group=self.group, events=events)
-        self.supervisor = Supervisor(client, settings, enqueue)
+        self.supervisor = Supervisor(client, settings, enqueue, waiting_tasks)
         self.committer = Committer(client, settings, group=self.group, cluster=is_cluster(client))
         self.dead_letters = DeadLetters(client, settings, name=self.name, group=self.group, fail=self.fail)
         # Processed batches waiting for the commit of the current read.

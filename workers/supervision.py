@@ -4,7 +4,8 @@ An attempt renews its lease while it runs. One whose lease ran out (its Celery w
 or, after ``GENERATION_MAX_ATTEMPTS``, ended with ``worker_lost``; one that no worker started in time ends with
 ``queue_timeout``, an external producer that went quiet with ``producer_timeout``. The task of an attempt
 still waiting to start ``TASK_RESEND_S`` after it was sent is sent again: its message may have been lost
-between the queue and the claim.
+between the queue and the claim. Not while tasks wait in the broker's queue: the attempt may just be waiting
+its turn there, and a copy would only lengthen the queue.
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ from workers import metrics
 logger = logging.getLogger(__name__)
 
 Enqueue = Callable[[str], None]
+# How many tasks wait in the broker's queue (bridge.task_queue.waiting_tasks).
+WaitingTasks = Callable[[], int]
 
 
 def fail(client: redis.Redis, settings: Settings, generation_id: str, code: str, message: str) -> None:
@@ -39,10 +42,17 @@ def fail(client: redis.Redis, settings: Settings, generation_id: str, code: str,
 class Supervisor:
     """Checks the leases of the generations a consumer owns, at each of its heartbeats."""
 
-    def __init__(self, client: redis.Redis, settings: Settings, enqueue: Enqueue | None) -> None:
+    def __init__(
+        self,
+        client: redis.Redis,
+        settings: Settings,
+        enqueue: Enqueue | None,
+        waiting_tasks: WaitingTasks | None = None,
+    ) -> None:
         self.client = client
         self.settings = settings
         self.enqueue = enqueue
+        self.waiting_tasks = waiting_tasks
 
     def supervise(self, generation_ids: list[str]) -> None:
         """Restart or end generations whose attempt stopped renewing its lease, or that never started."""
@@ -54,12 +64,23 @@ class Supervisor:
             generation_ids,
             max_attempts=settings.generation_max_attempts,
             queue_timeout_ms=int(settings.queue_timeout_s * 1000),
-            resend_ms=int(settings.task_resend_s * 1000) if self.enqueue is not None else 0,
+            resend_ms=int(settings.task_resend_s * 1000) if self.enqueue is not None and not self._backlog() else 0,
             max_resends=settings.task_max_resends,
         )
         for gid in generation_ids:
             # One whose slot is moving has no verdict: supervised at the next heartbeat, on its new node.
             self._act(gid, verdicts.get(gid, Supervision.NOTHING))
+
+    def _backlog(self) -> bool:
+        """Whether tasks wait in the broker's queue (an attempt not started may be one of them): re-sends wait
+        until it has drained. Unknown (no way to ask, or the broker does not answer) counts as no backlog."""
+        if self.waiting_tasks is None:
+            return False
+        try:
+            return self.waiting_tasks() > 0
+        except Exception as exc:
+            logger.debug("Could not count the tasks waiting in the broker's queue: %s", exc)
+            return False
 
     def _act(self, gid: str, verdict: Supervision) -> None:
         if verdict is Supervision.REQUEUE and self.enqueue is not None:

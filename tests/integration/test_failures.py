@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import pytest
@@ -140,6 +141,26 @@ def test_the_task_of_an_attempt_no_worker_starts_is_sent_again_a_bounded_number_
     meta = r.hgetall(keys.gen_meta(gid))
     assert meta["resends"] == "2" and int(meta["sent_at"]) > 0
     assert status_of(r, gid) == "queued" and meta["attempt"] == "0"
+
+
+def test_a_task_waiting_its_turn_in_a_backlog_is_not_sent_again_until_the_queue_has_drained(
+    r: redis.Redis, settings: Settings
+) -> None:
+    # Given a generation not started while tasks wait in the broker's queue (a backlog, not a lost message)
+    settings = settings.model_copy(update={"task_resend_s": 0.05, "task_max_resends": 2, "queue_timeout_s": 60})
+    gid = new_generation(r, settings, "gen_1")
+    sent: list[str] = []
+    queued = [40]
+    worker = ConsumerWorker(r, settings, default_processors(r), enqueue=sent.append, waiting_tasks=lambda: queued[0])
+    # When the consumer supervises it for a while
+    deadline = time.monotonic() + 0.5
+    while time.monotonic() < deadline:
+        worker.run_once(block_ms=20)
+    # Then its task is not sent again, and no re-send is used up
+    assert sent == [] and r.hget(keys.gen_meta(gid), "resends") is None
+    # And once the queue has drained and it still has not started, its task is sent again
+    queued[0] = 0
+    wait_for(lambda: sent == [gid], step=lambda: worker.run_once(block_ms=20))
 
 
 def test_an_external_generation_waiting_for_its_first_token_has_no_task_to_send_again(

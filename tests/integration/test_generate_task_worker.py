@@ -28,7 +28,7 @@ from bridge.embedded import EmbeddedRedis
 from bridge.models import registry_for
 from bridge.producer import WriteBatcher
 from bridge.settings import Settings
-from bridge.task_queue import send_generation
+from bridge.task_queue import send_generation, waiting_tasks
 from tasks import generation
 from tasks.celery_app import create_celery
 from tests.support import status_of, wait_for
@@ -318,3 +318,13 @@ def test_a_task_message_lost_before_any_worker_took_it_is_sent_again_and_the_gen
     wait_for(lambda: gid in outcomes)
     assert outcomes[gid] == ["finished"]
     assert _text(_raw(r, gid)) == "sent again"
+
+
+def test_the_tasks_waiting_in_the_redis_broker_queue_are_counted(r: redis.Redis, celery_app: Celery) -> None:
+    # Given no worker: an empty queue is no key at all on a Redis broker
+    assert waiting_tasks(celery_app) == 0
+    # When three generation tasks are sent
+    for gid in ("gen_1", "gen_2", "gen_3"):
+        send_generation(celery_app, gid)
+    # Then they are counted as waiting
+    assert waiting_tasks(celery_app) == 3
