@@ -64,7 +64,7 @@ def submit_generation(body: dict[str, Any]) -> Submitted:
     if isinstance(idempotency_key, dict):
         headers = {"Location": f"/v1/generations/{idempotency_key['id']}", "Idempotent-Replayed": "true"}
         return Submitted(idempotency_key, headers)
-    if not streams.claim_session(s.redis, session_id, g.principal.owner, _session_ttl_ms()):
+    if not streams.claim_session(s.redis, session_id, g.principal.owner, s.settings.session_ttl_ms):
         if idempotency_key is not None:
             s.redis.delete(idempotency_key)
         # Another owner's session is answered like one that does not exist (its id reveals nothing).
@@ -159,13 +159,6 @@ def _past_open_circuit(req: GenerationRequest) -> tuple[GenerationRequest, str |
         f"Model {req.model!r} failed {state.failures} times in a row upstream; it is tried again in {retry_after_s} s.",
         headers={"Retry-After": str(retry_after_s)},
     )
-
-
-def _session_ttl_ms() -> int:
-    """How long a session's owner is kept: longer than its streams, which expire twice the retention after its end."""
-    settings = services().settings
-    longest_s = settings.generation_max_duration_s + settings.queue_timeout_s + 60
-    return settings.redis_stream_retention_ms * 2 + int(longest_s * 1000)
 
 
 def _take_running_slot(generation_id: str) -> str | None:

@@ -12,7 +12,8 @@ samples as JSON (written after every sample, so an interrupted run keeps what it
 ``python -m bench.soak --report <json>`` renders the report again).
 
 Environment: SOAK_MINUTES (60), SOAK_STREAMS (50), SOAK_RATE (20 tokens/s), SOAK_TOKENS (200 per generation),
-SOAK_WARMUP_MINUTES (10), SOAK_SAMPLE_S (60), SOAK_NAME (soak-<date>).
+SOAK_WARMUP_MINUTES (16: the longest a generation's keys live, plus a minute), SOAK_SAMPLE_S (60),
+SOAK_NAME (soak-<date>).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import datetime
 import json
+import math
 import os
 import random
 import sys
@@ -38,6 +40,7 @@ from wsproto import ConnectionType, WSConnection
 from wsproto.events import AcceptConnection, CloseConnection, Ping, RejectConnection, Request, TextMessage
 
 from bridge.embedded import EmbeddedRedis
+from bridge.settings import Settings
 from tests.stack import API_KEY, Stack, build_stack
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -48,7 +51,10 @@ FINDINGS = "\n## Findings\n"
 
 # Production settings where the test stack's differ (keep-alives, heartbeats), no limits in the way, quiet
 # logs, two gunicorn workers. Finished generations are kept 5 minutes instead of a day: with the default,
-# Redis holds every generation of the hour by design and its memory could not level off within the run.
+# Redis holds every generation of the hour by design and its memory could not level off within the run. The
+# longest and the queue wait a generation may have are cut to 2 minutes (these take 10 s): with them a
+# session's owner key, the longest-lived key of a generation, lives 15 minutes instead of 31 (see
+# ``key_lifetime_minutes``), and Redis reaches its steady state sooner.
 STACK_ENV: dict[str, str] = {
     "RATE_LIMIT": "",
     "MAX_RUNNING_PER_KEY": "0",
@@ -59,7 +65,21 @@ STACK_ENV: dict[str, str] = {
     "CONSUMER_HEARTBEAT_MS": "2000",
     "CONSUMER_CLAIM_IDLE_MS": "10000",
     "REDIS_STREAM_RETENTION_MS": "300000",
+    "GENERATION_MAX_DURATION_S": "120",
+    "QUEUE_TIMEOUT_S": "120",
 }
+
+
+def key_lifetime_minutes(env: dict[str, str]) -> float:
+    """How long the longest-lived key of a generation outlives its creation: its session's owner key
+    (``Settings.session_ttl_ms``). Until then Redis still gains keys under a steady load: the warm-up lasts that
+    long."""
+    settings = Settings(**{name.lower(): value for name, value in env.items() if name.lower() in Settings.model_fields})
+    return settings.session_ttl_ms / 60_000
+
+
+# The warm-up by default: until Redis holds as many keys as it will (above), and a minute more.
+WARMUP_MINUTES = math.ceil(key_lifetime_minutes(STACK_ENV)) + 1
 # A pooled connection is dropped after this long idle: well before web closes it (WEB_KEEPALIVE_S), so that a
 # request never goes out on a connection the server is closing (a client-side error, not the stack's).
 KEEPALIVE_S = 1.0
@@ -74,7 +94,7 @@ class Config:
     streams: int = 50
     rate: float = 20
     tokens: int = 200
-    warmup_minutes: float = 10
+    warmup_minutes: float = WARMUP_MINUTES
     sample_s: float = 60
     name: str = ""
 
@@ -86,7 +106,7 @@ class Config:
             streams=int(env("SOAK_STREAMS", "50")),
             rate=float(env("SOAK_RATE", "20")),
             tokens=int(env("SOAK_TOKENS", "200")),
-            warmup_minutes=float(env("SOAK_WARMUP_MINUTES", "10")),
+            warmup_minutes=float(env("SOAK_WARMUP_MINUTES", str(WARMUP_MINUTES))),
             sample_s=float(env("SOAK_SAMPLE_S", "60")),
             name=env("SOAK_NAME") or f"soak-{datetime.datetime.now(datetime.UTC):%Y-%m-%d}",
         )

@@ -557,6 +557,13 @@ class Settings(BaseSettings):
         return 16 if self.redis_cluster else 1
 
     @property
+    def session_ttl_ms(self) -> int:
+        """How long a session's owner key is kept: longer than its streams, which expire twice the retention after
+        the end of its last generation (which may wait ``queue_timeout_s`` and run ``generation_max_duration_s``)."""
+        longest_s = self.generation_max_duration_s + self.queue_timeout_s + 60
+        return self.redis_stream_retention_ms * 2 + int(longest_s * 1000)
+
+    @property
     def celery_time_limit_s(self) -> float:
         """Celery's hard time limit: a backstop a minute past the generation's own maximum duration."""
         return self.generation_max_duration_s + 60

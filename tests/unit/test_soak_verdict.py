@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from bench.soak import slope_per_minute, tolerance_kb, verdicts
+from bench.soak import STACK_ENV, WARMUP_MINUTES, key_lifetime_minutes, slope_per_minute, tolerance_kb, verdicts
 
 
 def _samples(rss_kb: list[float], used_kb: float = 1000) -> list[dict[str, Any]]:
@@ -45,3 +45,12 @@ def test_noise_and_the_climb_of_warm_up_are_flat() -> None:
     after = [100_000 + (300 if m % 2 else -300) for m in range(61)]
     rows = {row["series"]: row for row in verdicts(_samples(warm + after), 10)}
     assert rows["web worker 1 RSS"]["verdict"] == "flat"
+
+
+def test_the_warm_up_lasts_until_the_longest_lived_keys_of_a_generation_expire() -> None:
+    # A session's owner key: twice the 5-minute retention after the 2 + 2 minutes a generation may wait and run,
+    # and a minute more
+    assert key_lifetime_minutes(STACK_ENV) == 15
+    assert WARMUP_MINUTES == 16
+    longer = {**STACK_ENV, "QUEUE_TIMEOUT_S": "600", "GENERATION_MAX_DURATION_S": "600"}
+    assert key_lifetime_minutes(longer) == 31
