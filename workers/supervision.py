@@ -64,12 +64,20 @@ class Supervisor:
             generation_ids,
             max_attempts=settings.generation_max_attempts,
             queue_timeout_ms=int(settings.queue_timeout_s * 1000),
-            resend_ms=int(settings.task_resend_s * 1000) if self.enqueue is not None and not self._backlog() else 0,
+            resend_ms=int(settings.task_resend_s * 1000) if self.enqueue is not None else 0,
             max_resends=settings.task_max_resends,
         )
+        # The broker is asked only when a task is due to be sent again (rare): never at every heartbeat.
+        due = any(verdict is Supervision.RESEND for verdict in verdicts.values())
+        held_back = due and self._backlog()
         for gid in generation_ids:
             # One whose slot is moving has no verdict: supervised at the next heartbeat, on its new node.
-            self._act(gid, verdicts.get(gid, Supervision.NOTHING))
+            verdict = verdicts.get(gid, Supervision.NOTHING)
+            if verdict is Supervision.RESEND and held_back:
+                # Not used up: the same wait again, then the queue is asked again.
+                self.client.hincrby(keys.gen_meta(gid), "resends", -1)
+            else:
+                self._act(gid, verdict)
 
     def _backlog(self) -> bool:
         """Whether tasks wait in the broker's queue (an attempt not started may be one of them): re-sends wait
@@ -79,7 +87,7 @@ class Supervisor:
         try:
             return self.waiting_tasks() > 0
         except Exception as exc:
-            logger.debug("Could not count the tasks waiting in the broker's queue: %s", exc)
+            logger.warning("Could not count the tasks waiting in the broker's queue: %s", exc)
             return False
 
     def _act(self, gid: str, verdict: Supervision) -> None:
