@@ -220,8 +220,19 @@ def claim_idempotency_key(body: dict[str, Any], generation_id: str, session_id: 
         keys.gen_meta(earlier["id"]), ["status", "model", "attempt", "enqueued"]
     )
     if _in_progress(earlier):
-        # The first request may still be storing or sending it (concurrent retries): the same answer for all.
-        return created(earlier["id"], earlier["session_id"], earlier["model"], str(status or "queued"))
+        # The first request may still be storing or sending it (concurrent retries): the same answer for all,
+        # once it is stored. Never a 202 for a generation that may never exist (the first request may have died
+        # with its reservation): 409 until it is stored, or until the reservation may be taken over.
+        status = status or _stored_status(earlier["id"])
+        if status is None:
+            retry_after_s = max(1, math.ceil(_RESERVATION_GRACE_S - (time.time() - float(earlier["reserved_at"]))))
+            raise ApiError(
+                409,
+                "idempotency_key_in_use",
+                "A request with this Idempotency-Key is still being processed; retry after Retry-After seconds.",
+                headers={"Retry-After": str(retry_after_s)},
+            )
+        return created(earlier["id"], earlier["session_id"], earlier["model"], str(status))
     if status is None:
         # The first request reserved the key but its generation was never stored, or has expired: this one
         # takes the key (Redis went away before the key could be released).
@@ -240,6 +251,23 @@ def claim_idempotency_key(body: dict[str, Any], generation_id: str, session_id: 
 # Longer than a submission can take (its store, the task's send with retries, a replica's WAIT): a reservation
 # younger than this may belong to a request still under way, and is never taken over or sent again.
 _RESERVATION_GRACE_S = 10.0
+
+
+# How long a retry waits for the generation of a reservation still in progress to be stored (a store takes
+# milliseconds) before it is answered 409 ``idempotency_key_in_use``.
+_STORE_WAIT_S = 1.0
+
+
+def _stored_status(generation_id: str) -> str | None:
+    """The status of a generation another request is storing, once it is stored; None if not within _STORE_WAIT_S."""
+    s = services()
+    deadline = time.monotonic() + _STORE_WAIT_S
+    while time.monotonic() < deadline:
+        time.sleep(0.02)  # cooperative under gevent
+        status = s.redis.hget(keys.gen_meta(generation_id), "status")
+        if status is not None:
+            return str(status)
+    return None
 
 
 def _in_progress(reservation: dict[str, Any]) -> bool:

@@ -456,9 +456,10 @@ class _Retries:
     """When an ordinary request (not a stream) is sent again; shared by the sync and the async client.
 
     Only a request that cannot do anything twice, only when no answer came back (``_REQUEST_RETRY_ERRORS``) or
-    the answer was 502, 503 or 504, at most ``retries`` times. Waits start at 0.25 s and double, up to
-    ``max_backoff_s``, or follow the answer's ``Retry-After``; an answer that asks for a longer wait than
-    ``max_backoff_s`` is taken as it is (raised as a ``TokenbridgeAPIError`` with its ``retry_after_s``).
+    the answer was 502, 503, 504 or 409 ``idempotency_key_in_use``, at most ``retries`` times. Waits start at
+    0.25 s and double, up to ``max_backoff_s``, or follow the answer's ``Retry-After``; an answer that asks for
+    a longer wait than ``max_backoff_s`` is taken as it is (raised as a ``TokenbridgeAPIError`` with its
+    ``retry_after_s``).
     """
 
     def __init__(self, url: str, method: str, repeatable: bool | None, retries: int, max_backoff_s: float) -> None:
@@ -476,7 +477,7 @@ class _Retries:
 
     def after_answer(self, response: httpx.Response) -> float | None:
         """The wait before the next try, or None to take this answer."""
-        if not self.left or response.status_code not in _REQUEST_RETRY_STATUSES:
+        if not self.left or not _worth_another_try(response):
             return None
         retry_after = response.headers.get("Retry-After", "")
         retry_after_s = float(retry_after) if retry_after.isdigit() else None
@@ -488,6 +489,14 @@ class _Retries:
         self.left -= 1
         self.tries += 1
         return backoff_s(_FIRST_REQUEST_RETRY_S, self.tries - 1, self.max_backoff_s, retry_after_s)
+
+
+def _worth_another_try(response: httpx.Response) -> bool:
+    """502/503/504, or a submission whose Idempotency-Key another request is still using (409
+    ``idempotency_key_in_use``: the earlier try, cut off before its answer, may still be storing it)."""
+    if response.status_code == 409:
+        return _api_error(response).code == "idempotency_key_in_use"
+    return response.status_code in _REQUEST_RETRY_STATUSES
 
 
 def _submission(

@@ -168,7 +168,9 @@ class Load:
                 response = await self.http.post(self._url(path), json=body, headers=headers)
                 if response.status_code in ok:
                     return response
-                if response.status_code < 500 and response.status_code != 429:
+                # 409 idempotency_key_in_use: an earlier try may still be storing this generation; ask again.
+                in_use = response.status_code == 409 and "idempotency_key_in_use" in response.text
+                if response.status_code < 500 and response.status_code != 429 and not in_use:
                     return response
             except httpx.HTTPError:
                 pass

@@ -265,6 +265,25 @@ def test_a_retry_takes_over_a_key_whose_generation_was_never_stored(stack: Stack
     assert _text(stack.events(response.json()).events) == "second time lucky"
 
 
+def test_a_retry_while_the_keys_generation_is_not_stored_gets_409_never_a_generation_that_may_not_exist(
+    stack: Stack,
+) -> None:
+    # Given a key reserved a moment ago by a request that died before it stored its generation
+    body = {"model": "echo", "prompt": "not yet"}
+    fingerprint = hashlib.sha256(orjson.dumps(body, option=orjson.OPT_SORT_KEYS)).hexdigest()
+    key = keys.idempotency(API_KEY_OWNER, hashlib.sha256(b"in-use-1").hexdigest())
+    record = {"id": "gen_notyetstored", "session_id": "ses_y", "model": "echo", "fingerprint": fingerprint}
+    client = stack.client()
+    client.set(key, orjson.dumps({**record, "reserved_at": time.time() - 2}), px=60_000)
+    close(client)
+    # When the client retries with that key
+    response = stack.post("/v1/generations", body, headers={"Idempotency-Key": "in-use-1"})
+    # Then it is told to come back once the reservation may be taken over, not given the id of nothing
+    assert response.status_code == 409, response.text
+    assert response.json()["error"]["code"] == "idempotency_key_in_use"
+    assert 1 <= int(response.headers["Retry-After"]) <= 8
+
+
 def test_stats_and_metrics_reflect_what_streamed(stack: Stack) -> None:
     gen = stack.create(model="echo", prompt="count me in the statistics")
     stack.events(gen)

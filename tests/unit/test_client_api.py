@@ -209,3 +209,29 @@ def test_retries_are_bounded_by_request_retries(serve: Serve, make_client: MakeC
         client.get("gen_1")
 
     assert len(server.requests) == 2
+
+
+def test_a_submission_whose_key_is_still_in_use_is_sent_again_after_retry_after(
+    serve: Serve, make_client: MakeClient
+) -> None:
+    # Given a server still storing the generation of an earlier try that was cut off before its answer
+    in_use = api_error(409, "idempotency_key_in_use", "Still being processed.", Retry_After="1")
+    server = serve(in_use, status(202, CREATED))
+    client = make_client(server.url)
+
+    created = client.submit("echo", "Hello")
+
+    assert created == CREATED
+    first, second = server.requests
+    assert first.headers["idempotency-key"] == second.headers["idempotency-key"]
+    assert second.at - first.at >= 1.0
+
+
+def test_a_key_reused_with_another_body_is_not_sent_again(serve: Serve, make_client: MakeClient) -> None:
+    server = serve(api_error(409, "idempotency_key_reused", "Used with a different body."))
+    client = make_client(server.url)
+
+    with pytest.raises(TokenbridgeAPIError, match="idempotency_key_reused"):
+        client.submit("echo", "Hello", idempotency_key="k1")
+
+    assert len(server.requests) == 1
