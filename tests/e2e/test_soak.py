@@ -1,4 +1,4 @@
-"""``make soak`` cannot rot: a one-minute soak at a tiny load runs the whole stack and writes its report."""
+"""``make soak`` cannot rot: a 30-second soak at a tiny load runs the whole stack and writes its report."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 @pytest.mark.timeout(300)
 def test_a_short_soak_reads_every_token_and_reports_every_process(tmp_path: Path) -> None:
-    config = Config(minutes=1, streams=4, rate=20, tokens=40, warmup_minutes=0.25, sample_s=10, name="soak-test")
+    config = Config(minutes=0.5, streams=4, rate=20, tokens=20, warmup_minutes=0.15, sample_s=5, name="soak-test")
     # In a thread of its own: the soak runs its own event loop (asyncio.run), and the browser tests' Playwright
     # leaves one running in this thread.
     with ThreadPoolExecutor(1) as pool:
