@@ -189,7 +189,7 @@ class TokenbridgeClient:
 
     A request that cannot do anything twice (a read, a new stream token, a submission: each carries an
     ``Idempotency-Key``) is sent again, at most ``request_retries`` times, when no answer came back or the
-    answer was 502, 503 or 504 (see ``_Retries``).
+    answer was 502, 503, 504 or 409 ``idempotency_key_in_use`` (see ``_Retries``).
     """
 
     def __init__(
