@@ -68,16 +68,21 @@ class Supervisor:
             max_resends=settings.task_max_resends,
         )
         # The broker is asked only when a task is due to be sent again (rare): never at every heartbeat.
-        due = any(verdict is Supervision.RESEND for verdict in verdicts.values())
-        held_back = due and self._backlog()
+        due = [gid for gid, verdict in verdicts.items() if verdict is Supervision.RESEND]
+        if due and self._backlog():
+            self._hold_back(due)
+            verdicts = {gid: verdict for gid, verdict in verdicts.items() if verdict is not Supervision.RESEND}
         for gid in generation_ids:
             # One whose slot is moving has no verdict: supervised at the next heartbeat, on its new node.
-            verdict = verdicts.get(gid, Supervision.NOTHING)
-            if verdict is Supervision.RESEND and held_back:
-                # Not used up: the same wait again, then the queue is asked again.
-                self.client.hincrby(keys.gen_meta(gid), "resends", -1)
-            else:
-                self._act(gid, verdict)
+            self._act(gid, verdicts.get(gid, Supervision.NOTHING))
+
+    def _hold_back(self, generation_ids: list[str]) -> None:
+        """Re-sends not made while tasks wait in the queue are not used up: the same wait again, then the queue is
+        asked again. One pipelined round trip for all of them."""
+        pipe = self.client.pipeline(transaction=False)
+        for gid in generation_ids:
+            pipe.hincrby(keys.gen_meta(gid), "resends", -1)
+        pipe.execute()
 
     def _backlog(self) -> bool:
         """Whether tasks wait in the broker's queue (an attempt not started may be one of them): re-sends wait

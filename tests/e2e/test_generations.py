@@ -248,15 +248,22 @@ def test_concurrent_retries_with_one_idempotency_key_start_one_generation(stack:
     assert len(ids) == 8 and len(set(ids)) == 1
 
 
+def _reserve_without_generation(
+    stack: Stack, idempotency_key: str, body: dict[str, Any], generation_id: str, *, age_s: float
+) -> None:
+    """What a request that reserved ``idempotency_key`` ``age_s`` ago and died before storing its generation leaves."""
+    fingerprint = hashlib.sha256(orjson.dumps(body, option=orjson.OPT_SORT_KEYS)).hexdigest()
+    key = keys.idempotency(API_KEY_OWNER, hashlib.sha256(idempotency_key.encode()).hexdigest())
+    record = {"id": generation_id, "session_id": "ses_x", "model": body["model"], "fingerprint": fingerprint}
+    client = stack.client()
+    client.set(key, orjson.dumps({**record, "reserved_at": time.time() - age_s}), px=60_000)
+    close(client)
+
+
 def test_a_retry_takes_over_a_key_whose_generation_was_never_stored(stack: Stack) -> None:
     # Given a key reserved long ago by a request that died before it stored its generation
     body = {"model": "echo", "prompt": "second time lucky"}
-    fingerprint = hashlib.sha256(orjson.dumps(body, option=orjson.OPT_SORT_KEYS)).hexdigest()
-    key = keys.idempotency(API_KEY_OWNER, hashlib.sha256(b"lost-1").hexdigest())
-    record = {"id": "gen_neverstored", "session_id": "ses_x", "model": "echo", "fingerprint": fingerprint}
-    client = stack.client()
-    client.set(key, orjson.dumps({**record, "reserved_at": time.time() - 60}), px=60_000)
-    close(client)
+    _reserve_without_generation(stack, "lost-1", body, "gen_neverstored", age_s=60)
     # When the client retries with that key
     response = stack.post("/v1/generations", body, headers={"Idempotency-Key": "lost-1"})
     # Then it gets a generation that runs, not the one that never was
@@ -270,12 +277,7 @@ def test_a_retry_while_the_keys_generation_is_not_stored_gets_409_never_a_genera
 ) -> None:
     # Given a key reserved a moment ago by a request that died before it stored its generation
     body = {"model": "echo", "prompt": "not yet"}
-    fingerprint = hashlib.sha256(orjson.dumps(body, option=orjson.OPT_SORT_KEYS)).hexdigest()
-    key = keys.idempotency(API_KEY_OWNER, hashlib.sha256(b"in-use-1").hexdigest())
-    record = {"id": "gen_notyetstored", "session_id": "ses_y", "model": "echo", "fingerprint": fingerprint}
-    client = stack.client()
-    client.set(key, orjson.dumps({**record, "reserved_at": time.time() - 2}), px=60_000)
-    close(client)
+    _reserve_without_generation(stack, "in-use-1", body, "gen_notyetstored", age_s=2)
     # When the client retries with that key
     response = stack.post("/v1/generations", body, headers={"Idempotency-Key": "in-use-1"})
     # Then it is told to come back once the reservation may be taken over, not given the id of nothing
