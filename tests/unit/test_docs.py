@@ -61,3 +61,34 @@ def test_every_setting_has_a_description() -> None:
 def test_configuration_doc_is_current() -> None:
     # Stale? Run: python -m bridge.settings_doc --output docs/configuration.md
     assert (ROOT / "docs" / "configuration.md").read_text(encoding="utf-8") == settings_doc.markdown()
+
+
+def _defined_metrics() -> dict[str, str]:
+    """Every Prometheus metric the processes define (module-level objects of app, bridge, workers, tasks): the
+    name a scrape shows (a counter's with ``_total``) and its type."""
+    import importlib
+    import pkgutil
+
+    from prometheus_client.metrics import MetricWrapperBase
+
+    metrics = {}
+    for package in ("app", "bridge", "workers", "tasks"):
+        for module_info in pkgutil.walk_packages([str(ROOT / package)], prefix=f"{package}."):
+            if module_info.name.endswith("__main__"):
+                continue
+            module = importlib.import_module(module_info.name)
+            for value in vars(module).values():
+                if isinstance(value, MetricWrapperBase):
+                    family = value.describe()[0]
+                    suffix = "_total" if family.type == "counter" else ""
+                    metrics[family.name + suffix] = family.type
+    return metrics
+
+
+def test_every_metric_is_in_the_operations_tables_with_its_type() -> None:
+    rows = re.findall(r"^\| `(tokenbridge_\w+)` \| (\w+) \|", (ROOT / "docs" / "operations.md").read_text(), re.M)
+    documented = dict(rows)
+    defined = _defined_metrics()
+    assert len(defined) > 20
+    assert {name: kind for name, kind in defined.items() if documented.get(name) != kind} == {}
+    assert set(documented) - set(defined) == set()
