@@ -167,3 +167,14 @@ def test_a_managed_redis_self_signed_certificate_is_accepted_by_url_or_setting()
     assert pool.connection_kwargs["ssl_cert_reqs"] == "none"
     cluster = Settings(redis_url=f"{url}?ssl_cert_reqs=none", redis_cluster=True, celery_broker_url="amqp://b//")
     assert cluster.rate_limit_storage == ("redis+cluster://:pw@h:6380", {"ssl": True, "ssl_cert_reqs": "none"})
+
+
+# -- documentation and `python -m tokenbridge` -----------------------------------------------------
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_every_command_is_documented_in_clients_md() -> None:
+    subparsers = next(a for a in cli._parser()._actions if isinstance(a, argparse._SubParsersAction))
+    doc = (ROOT / "docs" / "clients.md").read_text(encoding="utf-8")
+    assert [name for name in subparsers.choices if f"tokenbridge {name}" not in doc] == []
