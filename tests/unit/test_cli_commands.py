@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import os
 import socket
+import subprocess
+import sys
+import sysconfig
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -178,3 +182,41 @@ def test_every_command_is_documented_in_clients_md() -> None:
     subparsers = next(a for a in cli._parser()._actions if isinstance(a, argparse._SubParsersAction))
     doc = (ROOT / "docs" / "clients.md").read_text(encoding="utf-8")
     assert [name for name in subparsers.choices if f"tokenbridge {name}" not in doc] == []
+
+
+def _without_the_project(directory: Path) -> Path:
+    """A copy of this environment's site-packages (links) without tokenbridge's installation: what a PaaS has
+    after ``pip install -r requirements.txt``."""
+    site_packages = Path(sysconfig.get_paths()["purelib"])
+    for entry in site_packages.iterdir():
+        if not entry.name.lower().startswith(("tokenbridge", "__editable__")) and entry.suffix != ".pth":
+            (directory / entry.name).symlink_to(entry)
+    return directory
+
+
+def test_python_m_tokenbridge_runs_from_the_repository_root_without_the_project_installed(
+    serve: Serve, tmp_path: Path
+) -> None:
+    # Given the dependencies of requirements.txt but not the project, and no `tokenbridge` on PATH
+    env = {"PYTHONPATH": str(_without_the_project(tmp_path)), "PATH": os.defpath, "NO_COLOR": "1"}
+    server = serve(status(200, MODELS))
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        # -S: no site-packages of its own, so what is imported comes from the copy above or the checkout.
+        command = [sys.executable, "-S", "-m", "tokenbridge", *args]
+        return subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+
+    where = subprocess.run(
+        [sys.executable, "-S", "-c", "import tokenbridge; print(tokenbridge.__file__)"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert where.stdout.strip() == str(ROOT / "tokenbridge" / "__init__.py"), where.stderr
+
+    # When the commands run as `python -m tokenbridge` from the repository's root
+    help_ = run("--help")
+    models = run("--url", server.url, "--api-key", "k", "models")
+    # Then they work as the console script does, with the checkout's code
+    assert help_.returncode == 0, help_.stderr
+    assert "dead-letters" in help_.stdout and help_.stdout.startswith("usage: tokenbridge ")
+    assert models.returncode == 0, models.stderr
+    assert models.stdout.split() == ["echo", "tokenbridge", "gpt-4o-mini", "openai"]
