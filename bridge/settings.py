@@ -176,8 +176,9 @@ class Settings(BaseSettings):
     )
     models_file: str | None = Field(
         default=None,
-        description="Path of the model registry, a TOML file ([models.md](models.md)). Read by `web` and `worker`, "
-        "which must see the same file. Unset: only `echo`, `synthetic` and `external` exist.",
+        description="Path of the model registry, a TOML file ([models.md](models.md)). Read by `web`, `worker` and "
+        "`consumer` (its `cache` processor stores the answers of models with `cache_ttl_s`), which must all see the "
+        "same file. Unset: only `echo`, `synthetic` and `external` exist.",
     )
 
     # web
