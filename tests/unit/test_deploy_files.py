@@ -191,3 +191,29 @@ def test_env_example_names_every_variable_compose_requires() -> None:
         line.split("=", 1) for line in (ROOT / ".env.example").read_text().splitlines() if re.match(r"^\w+=", line)
     )
     assert required and required <= set(example)
+
+
+# -- Variables every PaaS manifest declares --------------------------------------------------------
+
+# Optional variables a deploy commonly sets, and the processes that read each.
+OPTIONAL_VARIABLES = {
+    "CORS_ORIGINS": {"web"},
+    "MODELS_FILE": {"web", "worker", "consumer"},
+    "FLOWER_URL": {"web"},
+}
+
+
+def test_app_json_declares_each_optional_variable_with_a_description() -> None:
+    env = json.loads((ROOT / "app.json").read_text())["env"]
+    for name in OPTIONAL_VARIABLES:
+        assert env[name]["required"] is False, name
+        assert env[name]["description"], name
+
+
+def test_render_blueprint_asks_for_each_optional_variable_on_the_services_that_read_it() -> None:
+    blueprint = yaml.safe_load((ROOT / "render.yaml").read_text())
+    services = {s["name"].removeprefix("tokenbridge-"): s for s in blueprint["services"]}
+    for name, readers in OPTIONAL_VARIABLES.items():
+        for service in readers:
+            entry = next((v for v in services[service]["envVars"] if v.get("key") == name), None)
+            assert entry == {"key": name, "sync": False}, (service, name)
