@@ -39,8 +39,10 @@ class Settings(BaseSettings):
     )
     redis_ssl_cert_reqs: Literal["none", "optional", "required"] | None = Field(
         default=None,
-        description="Added to a `rediss://` Redis URL that has no `ssl_cert_reqs` of its own: `none` accepts the "
-        "self-signed certificate of a managed Redis (Heroku Data for Redis) whose add-on sets `REDIS_URL`.",
+        description="Added to a `rediss://` Redis URL that has no `ssl_cert_reqs` of its own, `REDIS_URL` and "
+        "`CELERY_BROKER_URL` alike: `none` accepts the self-signed certificate of a managed Redis (Heroku Data for "
+        "Redis) whose add-on sets the URL. Every process applies it, Celery's broker connections and Flower's "
+        "included.",
     )
     # Bounds each pool, not the process: see docs/deploy.md for the count per process.
     redis_max_connections: int | None = Field(
@@ -596,12 +598,15 @@ class Settings(BaseSettings):
     def resolved_redis_url(self) -> str:
         """REDIS_URL, or one built from REDIS_HOST/REDIS_PORT/REDIS_PASSWORD/REDIS_DB."""
         if self.redis_url:
-            url = self.redis_url
-            if self.redis_ssl_cert_reqs and url.startswith("rediss://") and "ssl_cert_reqs=" not in url:
-                url += f"{'&' if '?' in url else '?'}ssl_cert_reqs={self.redis_ssl_cert_reqs}"
-            return url
+            return self._with_cert_reqs(self.redis_url)
         auth = f":{quote(self.redis_password, safe='')}@" if self.redis_password else ""
         return f"redis://{auth}{self.redis_host}:{self.redis_port}/{self.redis_db}"
+
+    def _with_cert_reqs(self, url: str) -> str:
+        """``url`` with ``REDIS_SSL_CERT_REQS`` added, when it is a ``rediss://`` URL without ``ssl_cert_reqs``."""
+        if self.redis_ssl_cert_reqs and url.startswith("rediss://") and "ssl_cert_reqs=" not in url:
+            url += f"{'&' if '?' in url else '?'}ssl_cert_reqs={self.redis_ssl_cert_reqs}"
+        return url
 
     @property
     def rate_limit_storage(self) -> tuple[str, dict[str, object]]:
@@ -623,7 +628,8 @@ class Settings(BaseSettings):
     @cached_property
     def broker_url(self) -> str:
         if self.celery_broker_url:
-            return self.celery_broker_url
+            # A second Redis over TLS (CELERY_BROKER_URL=rediss://…) is usually the same kind of managed Redis.
+            return self._with_cert_reqs(self.celery_broker_url)
         if self.sentinel_addresses:
             # kombu's Sentinel transport: one `sentinel://` URL per sentinel joined by `;`, each carrying the
             # master's credentials and database; the master's name comes in the transport options.

@@ -3,10 +3,22 @@ broker's transport options, and sending one generation task (no Celery import he
 
 from __future__ import annotations
 
+import ssl
 from typing import Any
+from urllib.parse import parse_qsl, urlsplit
 
 from bridge.constants import GENERATE_TASK, GENERATION_QUEUE
 from bridge.settings import Settings
+
+_CERT_REQS = {
+    "none": ssl.CERT_NONE,
+    "optional": ssl.CERT_OPTIONAL,
+    "required": ssl.CERT_REQUIRED,
+    "cert_none": ssl.CERT_NONE,
+    "cert_optional": ssl.CERT_OPTIONAL,
+    "cert_required": ssl.CERT_REQUIRED,
+}
+_SSL_PATHS = ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile")
 
 
 def celery_client_options(settings: Settings) -> dict[str, Any]:
@@ -18,7 +30,25 @@ def celery_client_options(settings: Settings) -> dict[str, Any]:
         "broker_connection_retry_on_startup": True,
         "broker_transport_options": broker_transport_options(settings),
         "task_send_sent_event": True,
+        **broker_ssl_options(settings),
     }
+
+
+def broker_ssl_options(settings: Settings) -> dict[str, Any]:
+    """``broker_use_ssl`` for a ``rediss://`` broker: the ``ssl_*`` parameters of its URL (``REDIS_SSL_CERT_REQS``
+    included, see ``Settings.broker_url``), and the certificate verified when nothing says otherwise, as redis-py
+    does for the streams. Without it kombu accepts any certificate, and Flower's broker view (which reads only
+    ``broker_use_ssl``, never the URL) refuses a self-signed one."""
+    parsed = urlsplit(settings.broker_url)
+    if parsed.scheme != "rediss":
+        return {}
+    query = dict(parse_qsl(parsed.query))
+    cert_reqs = query.get("ssl_cert_reqs", "required").lower()
+    if cert_reqs not in _CERT_REQS:
+        raise ValueError(f"CELERY_BROKER_URL: ssl_cert_reqs={cert_reqs!r} is not none, optional or required")
+    options: dict[str, Any] = {"ssl_cert_reqs": _CERT_REQS[cert_reqs]}
+    options.update((name, query[name]) for name in _SSL_PATHS if query.get(name))
+    return {"broker_use_ssl": options}
 
 
 def broker_transport_options(settings: Settings) -> dict[str, Any]:

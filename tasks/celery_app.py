@@ -13,7 +13,7 @@ from bridge.constants import GENERATE_TASK, GENERATION_QUEUE
 from bridge.logs import configure_logging
 from bridge.models import load_registry
 from bridge.settings import Settings
-from bridge.task_queue import broker_transport_options
+from bridge.task_queue import broker_ssl_options, broker_transport_options
 
 
 def create_celery(settings: Settings) -> Celery:
@@ -34,6 +34,8 @@ def create_celery(settings: Settings) -> Celery:
         task_routes={GENERATE_TASK: {"queue": GENERATION_QUEUE}},
         broker_connection_retry_on_startup=True,
         broker_transport_options=broker_transport_options(settings),
+        # No result backend (task_ignore_result): the broker is the only Redis Celery connects to.
+        **broker_ssl_options(settings),
         worker_hijack_root_logger=False,
         worker_send_task_events=True,
         # With REMAP_SIGTERM=SIGQUIT (the Procfile sets it), SIGTERM gives running generations this long to

@@ -20,7 +20,7 @@ import httpx
 import pytest
 import redis
 
-from bridge.embedded import free_port
+from bridge.embedded import EmbeddedRedis, free_port
 from tests.procfile import ROOT
 from tests.reader import ReadOutcome, ResumingReader
 from tests.stack import Stack, build_stack
@@ -67,6 +67,20 @@ def _certificate(directory: Path) -> tuple[Path, Path]:
     return cert, key
 
 
+def _serve_tls_only(server: EmbeddedRedis, binary: str, cert: Path, key: Path) -> None:
+    """Make ``server`` (stopped) a managed-Redis-like one: TLS only, self-signed, at most MAXCLIENTS clients."""
+    server.binary = binary
+    server.extra_args = [
+        "--port", "0",  # no plaintext
+        "--tls-port", str(server.port),
+        "--tls-cert-file", str(cert),
+        "--tls-key-file", str(key),
+        "--tls-ca-cert-file", str(cert),
+        "--tls-auth-clients", "no",
+        "--maxclients", str(MAXCLIENTS),
+    ]  # fmt: skip
+
+
 @pytest.fixture(scope="module")
 def managed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Stack, str, int]]:
     binary, reason = _tls_redis_server()
@@ -78,16 +92,8 @@ def managed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Stack, s
     stack = build_stack(directory, ROOT / "test-artifacts" / "tls-logs", WEB_CONCURRENCY="1")
     server = stack.redis
     server.stop()
-    server.binary = binary
-    server.extra_args = [
-        "--port", "0",  # no plaintext
-        "--tls-port", str(server.port),
-        "--tls-cert-file", str(cert),
-        "--tls-key-file", str(key),
-        "--tls-ca-cert-file", str(cert),
-        "--tls-auth-clients", "no",
-        "--maxclients", str(MAXCLIENTS),
-    ]  # fmt: skip
+    assert isinstance(server, EmbeddedRedis)
+    _serve_tls_only(server, binary, cert, key)
     url = f"rediss://127.0.0.1:{server.port}/0?ssl_cert_reqs=none"
     server.start(timeout_s=10, probe_url=url)
     stack.env.update(REDIS_URL=url, REDIS_MAX_CONNECTIONS=str(MAX_CONNECTIONS), FLOWER_BASIC_AUTH=":".join(FLOWER_AUTH))
@@ -173,3 +179,44 @@ def test_a_burst_stays_within_the_plans_connection_limit(managed: tuple[Stack, s
     assert stats["rejected_connections"] == 0, f"peak {peak[0]} clients"
     reconnects = sum(o.reconnects for o in outcomes)
     print(f"peak Redis clients with REDIS_MAX_CONNECTIONS={MAX_CONNECTIONS}: {peak[0]}; reconnects: {reconnects}")
+
+
+def test_a_broker_on_a_second_tls_redis_takes_redis_ssl_cert_reqs(tmp_path: Path) -> None:
+    # Given streams and Celery's broker on two TLS-only Redis with self-signed certificates, as a small plan split
+    # in two (docs/deploy.md), and both URLs set by add-ons without ssl_cert_reqs: REDIS_SSL_CERT_REQS=none instead
+    binary, reason = _tls_redis_server()
+    if binary is None:
+        pytest.skip(reason)
+    cert, key = _certificate(tmp_path)
+    stack = build_stack(tmp_path / "streams", ROOT / "test-artifacts" / "tls-broker-logs", WEB_CONCURRENCY="1")
+    broker = EmbeddedRedis(tmp_path / "broker", appendonly=False)
+    servers = [stack.redis, broker]
+    for server in servers:
+        server.stop()
+        assert isinstance(server, EmbeddedRedis)
+        _serve_tls_only(server, binary, cert, key)
+        server.start(timeout_s=10, probe_url=f"rediss://127.0.0.1:{server.port}/0?ssl_cert_reqs=none")
+    stack.env.update(
+        REDIS_URL=f"rediss://127.0.0.1:{stack.redis.port}/0",
+        CELERY_BROKER_URL=f"rediss://127.0.0.1:{broker.port}/0",
+        REDIS_SSL_CERT_REQS="none",
+        FLOWER_BASIC_AUTH=":".join(FLOWER_AUTH),
+    )
+    flower_port = free_port()
+    try:
+        for name in ("web", "worker", "consumer"):
+            stack.start(name)
+        stack.start("flower", PORT=str(flower_port))
+        stack.wait_ready()
+        # When a generation is submitted and read
+        gen = stack.create(model="echo", prompt="two TLS Redis")
+        events = stack.events(gen).events
+        # Then it went through the broker to the worker, and Flower's broker view reads the broker over TLS too
+        assert "".join(e.data["content"] for e in events if e.event == "token") == "two TLS Redis"
+        queues = httpx.get(f"http://127.0.0.1:{flower_port}/api/queues/length", auth=FLOWER_AUTH, timeout=10)
+        assert queues.status_code == 200, queues.text
+        assert "generations" in {queue["name"] for queue in queues.json()["active_queues"]}
+    finally:
+        stack.stop_all()
+        for server in servers:
+            server.stop()

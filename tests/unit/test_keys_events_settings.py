@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import ssl
+
 import orjson
 import pytest
 from pydantic import ValidationError
@@ -169,3 +171,64 @@ def test_seed_settings_without_meaning_here_are_named_at_start(monkeypatch: pyte
     monkeypatch.setenv("CONNECTION_CLEANUP_INTERVAL", "30")
     problems = Settings().order_problems()
     assert [p.split(" ", 1)[0] for p in problems] == ["MAX_CONSUMERS_PER_INSTANCE", "CONNECTION_CLEANUP_INTERVAL"]
+
+
+# -- TLS of Celery's broker ------------------------------------------------------------------------
+
+
+def _celery_and_flower_tls(settings: Settings) -> list[object]:
+    """The certificate check of each connection Celery's broker gets: the worker's and Flower's Celery app, a
+    sending app (web, consumer), kombu's connection, and Flower's broker view (queue lengths)."""
+    from flower.utils.broker import Broker
+
+    from bridge.task_queue import celery_client_options
+    from tasks.celery_app import create_celery
+
+    app = create_celery(settings)
+    broker = Broker(
+        app.conf.broker_url,
+        broker_use_ssl=app.conf.broker_use_ssl,
+        broker_options=app.conf.broker_transport_options,
+    )
+    with app.connection_for_write() as connection:
+        kombu_ssl = connection.ssl
+    return [
+        app.conf.broker_use_ssl["ssl_cert_reqs"],
+        celery_client_options(settings)["broker_use_ssl"]["ssl_cert_reqs"],
+        kombu_ssl["ssl_cert_reqs"],
+        broker.redis.connection_pool.connection_kwargs["ssl_cert_reqs"],
+    ]
+
+
+def test_redis_ssl_cert_reqs_reaches_a_broker_on_a_second_tls_redis() -> None:
+    # Given the streams and Celery's broker on two managed Redis over TLS with self-signed certificates
+    settings = Settings(
+        redis_url="rediss://:pw@streams:6380/0",
+        celery_broker_url="rediss://:pw@broker:6380/0",
+        redis_ssl_cert_reqs="none",
+    )
+    # Then REDIS_SSL_CERT_REQS applies to both URLs, and every connection to the broker accepts the certificate
+    assert settings.resolved_redis_url == "rediss://:pw@streams:6380/0?ssl_cert_reqs=none"
+    assert settings.broker_url == "rediss://:pw@broker:6380/0?ssl_cert_reqs=none"
+    assert _celery_and_flower_tls(settings) == [ssl.CERT_NONE] * 4
+
+
+def test_a_tls_broker_verifies_its_certificate_unless_told_otherwise() -> None:
+    broker = "rediss://broker:6380/0"
+    # Nothing said: verified, like the streams' connections (kombu alone would accept any certificate).
+    assert _celery_and_flower_tls(Settings(celery_broker_url=broker)) == [ssl.CERT_REQUIRED] * 4
+    # The URL's own parameters win over the setting, and a CA file is passed on.
+    own = Settings(
+        celery_broker_url=f"{broker}?ssl_cert_reqs=required&ssl_ca_certs=/ca.pem", redis_ssl_cert_reqs="none"
+    )
+    assert _celery_and_flower_tls(own) == [ssl.CERT_REQUIRED] * 4
+    from bridge.task_queue import broker_ssl_options
+
+    assert broker_ssl_options(own) == {
+        "broker_use_ssl": {"ssl_cert_reqs": ssl.CERT_REQUIRED, "ssl_ca_certs": "/ca.pem"}
+    }
+    # No TLS, no TLS options; a value kombu would ignore stops the process at start.
+    assert broker_ssl_options(Settings(redis_url="redis://h:1/0", redis_ssl_cert_reqs="none")) == {}
+    assert broker_ssl_options(Settings(celery_broker_url="amqp://b//")) == {}
+    with pytest.raises(ValueError, match="ssl_cert_reqs"):
+        broker_ssl_options(Settings(celery_broker_url=f"{broker}?ssl_cert_reqs=maybe"))
