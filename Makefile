@@ -4,13 +4,16 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 PORT   ?= 8000
 
-.PHONY: install dev test test-fast lint format bench bench-cluster soak chaos clean
-
 HOST   ?= 127.0.0.1
 
-.PHONY: install install-run requirements
+.PHONY: install install-run lock dev test test-fast lint format bench bench-cluster soak chaos clean
 
-# `install`: what running and testing need (dev extras); `install-run`: only what running needs (`make dev`).
+# Installs come from the lock (scripts/lock.py): the exact versions in requirements.txt (what running needs, as a
+# PaaS deploy installs it) and requirements-dev.txt (plus the test, lint and benchmark tools), never whatever is
+# newest today. `make lock` writes both again from pyproject.toml; `make lock UPGRADE=1` moves to newer releases.
+PIP_VERSION := 26.3
+
+# `install`: what running and testing need; `install-run`: only what running needs (`make dev`).
 install: $(VENV)/.installed
 install-run: $(VENV)/.installed-run
 
@@ -18,24 +21,26 @@ $(VENV)/bin/python:
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "tokenbridge needs Python 3.11 or newer (set PYTHON=...)")'
 	@echo "Creating the virtualenv $(VENV) ..."
 	@$(PYTHON) -m venv $(VENV)
-	@$(BIN)/python -m pip install --quiet --upgrade pip
+	@$(BIN)/python -m pip install --quiet --disable-pip-version-check "pip==$(PIP_VERSION)"
 
-$(VENV)/.installed-run: pyproject.toml | $(VENV)/bin/python
-	@echo "Installing tokenbridge and what it needs to run into $(VENV) (the first time takes about 30 s) ..."
-	@$(BIN)/python -m pip install --quiet -e .
+# The project itself goes in last, without its dependencies (they came from the lock) and built by the locked setuptools.
+$(VENV)/.installed-run: pyproject.toml requirements.txt | $(VENV)/bin/python
+	@echo "Installing tokenbridge and what it needs to run into $(VENV), from requirements.txt (the first time takes about 30 s) ..."
+	@$(BIN)/python -m pip install --quiet -r requirements.txt
+	@PYTHONWARNINGS=ignore $(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
 	@touch $@
 
-$(VENV)/.installed: pyproject.toml | $(VENV)/bin/python
-	@echo "Installing tokenbridge with its test and lint tools into $(VENV) (the first time takes a minute or two) ..."
-	@$(BIN)/python -m pip install --quiet -e '.[dev]'
+$(VENV)/.installed: pyproject.toml requirements.txt requirements-dev.txt | $(VENV)/bin/python
+	@echo "Installing tokenbridge with its test and lint tools into $(VENV), from requirements-dev.txt (the first time takes a minute or two) ..."
+	@$(BIN)/python -m pip install --quiet -r requirements-dev.txt
+	@PYTHONWARNINGS=ignore $(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
 	@touch $@ $(VENV)/.installed-run
+
+lock: install-run
+	$(BIN)/python scripts/lock.py $(if $(UPGRADE),--upgrade)
 
 dev: install-run
 	$(BIN)/tokenbridge dev --port $(PORT) --host $(HOST)
-
-# requirements.txt for Python buildpacks, pinned from this environment (tests fail when it is out of step).
-requirements: install
-	$(BIN)/python scripts/requirements.py
 
 test: install
 	$(BIN)/python -m pytest --durations=20 $(PYTEST_ARGS)
@@ -53,16 +58,13 @@ format: install
 	$(BIN)/ruff format .
 
 bench: install
-	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
 	$(BIN)/python -m bench
 
 bench-cluster: install
-	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
 	$(BIN)/python -m bench.cluster
 
 # The whole stack at steady load for an hour (SOAK_MINUTES): the memory of every process, minute by minute.
 soak: install
-	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
 	$(BIN)/python -m bench.soak
 
 # Mixed load on two of every process while faults are injected at random; checks every generation (bench/chaos).

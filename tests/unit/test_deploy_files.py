@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import importlib.util
 import json
 import os
@@ -94,27 +95,40 @@ def test_nginx_lets_an_idle_connection_to_web_go_before_gunicorn_closes_it(monke
 # -- PaaS: lock file, Python version, Heroku and Render -------------------------------------------
 
 
-def _requirements_script() -> Any:
-    spec = importlib.util.spec_from_file_location("requirements_script", ROOT / "scripts" / "requirements.py")
+def _lock_script() -> Any:
+    spec = importlib.util.spec_from_file_location("lock_script", ROOT / "scripts" / "lock.py")
     assert spec and spec.loader
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
 
 
-def test_requirements_txt_pins_every_runtime_dependency_of_pyproject_and_no_dev_tool() -> None:
-    script = _requirements_script()
-    pins = script.read_pins(ROOT / "requirements.txt")
-    for requirement in script.direct_requirements():
-        name = canonicalize_name(requirement.name)
-        assert name in pins, f"{name} is in pyproject.toml but not in requirements.txt: run `make requirements`"
-        assert requirement.specifier.contains(pins[name], prereleases=True), f"{name}=={pins[name]} {requirement}"
-    for dev_tool in ("pytest", "ruff", "mypy", "fakeredis", "playwright", "schemathesis", "matplotlib"):
-        assert dev_tool not in pins
+def test_the_lock_satisfies_every_dependency_pyproject_declares() -> None:
+    assert _lock_script().check() == []
 
 
-def test_requirements_txt_is_what_make_requirements_writes_from_this_environment() -> None:
-    assert _requirements_script().main(["--check"]) == 0
+def test_the_runtime_lock_holds_no_test_tool_and_the_dev_lock_builds_on_it() -> None:
+    script = _lock_script()
+    runtime = script.read_pins(ROOT / "requirements.txt")
+    for dev_tool in ("pytest", "ruff", "mypy", "fakeredis", "playwright", "schemathesis", "matplotlib", "py-spy"):
+        assert dev_tool not in runtime
+    assert "-r requirements.txt" in (ROOT / "requirements-dev.txt").read_text().splitlines()
+    assert script.read_pins(ROOT / "requirements-dev.txt").items() >= runtime.items()
+
+
+def test_a_pin_outside_pyproject_s_range_is_reported() -> None:
+    script = _lock_script()
+    redis = next(r for r in script.declared() if r.name == "redis")
+    problems = script.unsatisfied([redis], {"redis": "4.0.0"})
+    assert problems == [f"redis==4.0.0 is outside {redis}"]
+    assert script.unsatisfied([redis], {}) == [f"redis ({redis}) is not pinned"]
+
+
+def test_the_tests_run_the_versions_a_deploy_installs() -> None:
+    # make install installs requirements-dev.txt; a runtime version other than the lock's means it did not.
+    runtime = _lock_script().read_pins(ROOT / "requirements.txt")
+    installed = {canonicalize_name(name): importlib.metadata.version(name) for name in runtime}
+    assert {name: v for name, v in installed.items() if v != runtime[name]} == {}
 
 
 def test_python_version_file_satisfies_requires_python() -> None:
