@@ -12,7 +12,7 @@ from app.auth import Authenticator
 from app.hub import Hub
 from app.presence import Presence
 from bridge.circuit import Circuits
-from bridge.connections import is_cluster, redis_client
+from bridge.connections import is_cluster, redis_client, require_redis_version
 from bridge.memory import MemoryGuard
 from bridge.models import ModelSpec, load_registry
 from bridge.readers import stream_reader
@@ -35,6 +35,7 @@ class Services:
     @classmethod
     def build(cls, settings: Settings) -> Services:
         commands = redis_client(settings, max_connections=64, client_name="tokenbridge-web")
+        require_redis_version(commands)  # a Redis that is too old stops the gunicorn worker, hence web, at start
         hub = Hub(
             stream_reader(commands, sweep_s=settings.hub_block_ms / 1000),
             block_ms=settings.hub_block_ms,

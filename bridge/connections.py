@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+import logging
+import re
 from typing import Any, cast
 
 import redis
 from redis.connection import parse_url
 from redis.sentinel import Sentinel, SentinelConnectionPool
 
+from bridge.errors import RedisVersionError
 from bridge.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+# The oldest Redis tokenbridge runs on: XAUTOCLAIM (a consumer taking over an idle one's generations) and GETDEL
+# (dead-letter decisions) came with 6.2. web, worker and consumer check it at start (``require_redis_version``).
+MIN_REDIS_VERSION = (6, 2)
 
 # Errors that mean "Redis cannot answer now" (retry later), on a single Redis and on a cluster: a cluster
 # client that reaches no node raises RedisClusterException, one whose slot has no master ClusterDownError.
@@ -19,6 +28,8 @@ UNAVAILABLE: tuple[type[Exception], ...] = (
     redis.exceptions.SlotNotCoveredError,
     redis.exceptions.RedisClusterException,
 )
+# Redis down now, or an ACL user without INFO: the version cannot be told.
+_VERSION_UNREADABLE: tuple[type[Exception], ...] = (*UNAVAILABLE, redis.ResponseError)
 
 
 def redis_client(
@@ -110,3 +121,39 @@ def close(client: redis.Redis) -> None:
         for node in client.get_nodes():
             if node.redis_connection is not None:
                 node.redis_connection.connection_pool.disconnect()
+
+
+def require_redis_version(client: redis.Redis) -> None:
+    """Refuse a Redis older than ``MIN_REDIS_VERSION`` (``INFO server``, on every node of a cluster).
+
+    Raises RedisVersionError naming the version found. When Redis cannot be reached now, or refuses ``INFO``
+    (an ACL user without it), the version cannot be told: a warning is logged and the process goes on.
+    """
+    needed = ".".join(map(str, MIN_REDIS_VERSION))
+    try:
+        versions = _server_versions(client)
+    except _VERSION_UNREADABLE as exc:
+        logger.warning("Could not read the Redis version (%s); tokenbridge needs Redis %s or newer.", exc, needed)
+        return
+    for node, version in versions.items():
+        numbers = tuple(int(part) for part in re.findall(r"\d+", version)[:2])
+        if numbers < MIN_REDIS_VERSION:
+            raise RedisVersionError(
+                f"Redis {node} is version {version}; tokenbridge needs Redis {needed} or newer "
+                "(for XAUTOCLAIM). Upgrade Redis, or point REDIS_URL at a newer one."
+            )
+
+
+def _server_versions(client: redis.Redis) -> dict[str, str]:
+    """``redis_version`` of ``INFO server`` by node: each node of a cluster, else the one Redis."""
+    if isinstance(client, redis.RedisCluster):
+        return {
+            node.name: str(client.info("server", target_nodes=node)["redis_version"]) for node in client.get_nodes()
+        }
+    pool = client.connection_pool
+    if isinstance(pool, SentinelConnectionPool):
+        where = f"(the Sentinel master {pool.service_name})"
+    else:
+        kwargs = pool.connection_kwargs
+        where = str(kwargs.get("path") or f"{kwargs.get('host', 'localhost')}:{kwargs.get('port', 6379)}")
+    return {where: str(client.info("server")["redis_version"])}

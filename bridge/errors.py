@@ -31,3 +31,7 @@ class UnknownModelError(TokenbridgeError):
 
 class ProcessingError(TokenbridgeError):
     """Raised when an entry cannot be processed (a critical processor failed, or the entry is malformed)."""
+
+
+class RedisVersionError(TokenbridgeError):
+    """Raised at start when a Redis that tokenbridge uses is older than ``connections.MIN_REDIS_VERSION``."""

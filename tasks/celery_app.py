@@ -9,7 +9,9 @@ from celery import Celery, current_app
 from celery.signals import setup_logging, worker_init
 from prometheus_client import start_http_server
 
+from bridge.connections import UNAVAILABLE, close, redis_client, require_redis_version
 from bridge.constants import GENERATE_TASK, GENERATION_QUEUE
+from bridge.errors import RedisVersionError
 from bridge.logs import configure_logging
 from bridge.models import load_registry
 from bridge.settings import Settings
@@ -53,6 +55,25 @@ def _settings_of(app: Any) -> Settings:
     """The settings ``create_celery`` gave ``app`` (read once per process), or the environment's."""
     settings = getattr(getattr(app, "conf", None), "tokenbridge_settings", None)
     return settings if isinstance(settings, Settings) else Settings()
+
+
+@worker_init.connect
+def _check_redis_version(sender: Any = None, **_: Any) -> None:
+    """Stop a worker started against a Redis older than tokenbridge needs, before it takes any task."""
+    settings = _settings_of(getattr(sender, "app", None))
+    try:
+        client = redis_client(settings, max_connections=4, client_name="tokenbridge-worker")
+    except UNAVAILABLE as exc:  # a cluster client connects as it is made
+        logging.getLogger(__name__).warning("Could not read the Redis version (%s).", exc)
+        return
+    try:
+        require_redis_version(client)
+    except RedisVersionError as exc:
+        logging.getLogger(__name__).critical("%s", exc)
+        # Celery logs and ignores a signal handler's Exception; SystemExit ends the worker.
+        raise SystemExit(1) from exc
+    finally:
+        close(client)
 
 
 @worker_init.connect

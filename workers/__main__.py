@@ -7,7 +7,7 @@ import logging
 from celery import Celery
 from prometheus_client import start_http_server
 
-from bridge.connections import redis_client
+from bridge.connections import redis_client, require_redis_version
 from bridge.logs import configure_logging
 from bridge.settings import Settings
 from bridge.task_queue import celery_client_options, send_generation, waiting_tasks
@@ -21,6 +21,7 @@ def main() -> None:
     configure_logging(settings.log_format, settings.log_level, process="consumer")
     # The socket timeout must outlast the longest blocking read.
     client = redis_client(settings, socket_timeout_s=settings.consumer_block_ms / 1000 + 10)
+    require_redis_version(client)
     celery = Celery("tokenbridge-supervisor", broker=settings.broker_url)
     celery.conf.update(celery_client_options(settings))
     name = settings.consumer_name or default_consumer_name()
