@@ -1,12 +1,17 @@
-"""A scripted stand-in for a model API: a real local HTTP server that runs one script per request, on its own
-connection, so that a provider's tests control the wire byte for byte (chunks, pauses, hang-ups, status codes)."""
+"""A scripted stand-in for a model API: a real local HTTP server that runs one script per request, so that a
+provider's tests control the wire byte for byte (chunks, pauses, hang-ups, status codes).
+
+Each request has a connection of its own unless the server keeps connections alive; over TLS it counts its
+handshakes, for the tests of connection reuse."""
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import select
 import socket
+import ssl
 import sys
 import threading
 import time
@@ -31,14 +36,29 @@ class Exchange(BaseHTTPRequestHandler):
 
     protocol_version = "HTTP/1.1"
     server: ScriptedUpstream
+    received: Received  # this exchange's request
+
+    def setup(self) -> None:
+        if isinstance(self.request, ssl.SSLSocket):
+            # The handshake runs here, in the exchange's thread, so that a slow client does not hold up the others.
+            self.request.settimeout(5)
+            self.request.do_handshake()
+            self.request.settimeout(None)
+            self.server.protocols.append(self.request.selected_alpn_protocol())
+        super().setup()
 
     def do_POST(self) -> None:
         body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
         headers = {name.lower(): value for name, value in self.headers.items()}
-        self.server.requests.append(Received(self.path, headers, json.loads(body)))
-        # One request per connection, so that every exchange ends with its script.
-        self.close_connection = True
+        self.received = Received(self.path, headers, json.loads(body))
+        self.server.requests.append(self.received)
+        # Unless kept alive, one request per connection, so that every exchange ends with its script.
+        self.close_connection = not self.server.keep_alive
         self.server.script(self)
+
+    def _hang_up_header(self) -> None:
+        if not self.server.keep_alive:
+            self.send_header("Connection", "close")
 
     def log_message(self, format: str, *args: Any) -> None:
         pass
@@ -48,7 +68,7 @@ class Exchange(BaseHTTPRequestHandler):
         self.send_header("Content-Type", content_type)
         self.send_header("Cache-Control", "no-cache")
         self.send_header("Transfer-Encoding", "chunked")
-        self.send_header("Connection", "close")
+        self._hang_up_header()
         self.end_headers()
         self.wfile.flush()
 
@@ -70,7 +90,7 @@ class Exchange(BaseHTTPRequestHandler):
         for name, value in {"Content-Type": "application/json", **(headers or {})}.items():
             self.send_header(name, value)
         self.send_header("Content-Length", str(len(data)))
-        self.send_header("Connection", "close")
+        self._hang_up_header()
         self.end_headers()
         self.wfile.write(data)
         self.wfile.flush()
@@ -80,29 +100,41 @@ class Exchange(BaseHTTPRequestHandler):
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline and not self.server.closing.is_set():
             readable, _, _ = select.select([self.connection], [], [], 0.02)
-            if readable:
-                try:
-                    data = self.connection.recv(1, socket.MSG_PEEK)
-                except OSError:
-                    data = b""
-                if not data:
-                    self.server.disconnected_at = time.monotonic()
-                    self.server.disconnected.set()
-                    return True
+            if readable and self._hung_up():
+                self.server.disconnected_at = time.monotonic()
+                self.server.disconnected.set()
+                return True
         return False
+
+    def _hung_up(self) -> bool:
+        """Whether the readable connection has reached its end (a client sends nothing while it awaits an answer)."""
+        try:
+            if isinstance(self.connection, ssl.SSLSocket):
+                return not self.connection.recv(1)
+            return not self.connection.recv(1, socket.MSG_PEEK)
+        except OSError:
+            return True
 
 
 Script = Callable[[Exchange], None]
 
 
 class ScriptedUpstream(ThreadingHTTPServer):
+    """``keep_alive``: connections serve request after request (the client decides when to close them).
+    ``tls``: the server's TLS context; ``base_url`` is then ``https://127.0.0.1:<port>/v1``."""
+
     # Not daemon threads: server_close joins every exchange, so none outlives its test.
     daemon_threads = False
 
-    def __init__(self, script: Script) -> None:
+    def __init__(self, script: Script, *, keep_alive: bool = False, tls: ssl.SSLContext | None = None) -> None:
         super().__init__(("127.0.0.1", 0), Exchange)
         self.script = script
+        self.keep_alive = keep_alive
+        self.tls = tls
         self.requests: list[Received] = []
+        self.connections = 0  # TCP connections accepted
+        self.protocols: list[str | None] = []  # the ALPN protocol of each TLS handshake completed
+        self._sockets: list[socket.socket] = []
         self.closing = threading.Event()
         self.disconnected = threading.Event()
         self.disconnected_at = 0.0
@@ -111,11 +143,28 @@ class ScriptedUpstream(ThreadingHTTPServer):
 
     @property
     def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.server_address[1]}/v1"
+        scheme = "http" if self.tls is None else "https"
+        return f"{scheme}://127.0.0.1:{self.server_address[1]}/v1"
+
+    @property
+    def handshakes(self) -> int:
+        return len(self.protocols)
+
+    def get_request(self) -> tuple[socket.socket, Any]:
+        sock, address = super().get_request()
+        self.connections += 1
+        if self.tls is not None:
+            sock = self.tls.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
+        self._sockets.append(sock)
+        return sock, address
 
     def stop(self) -> None:
         self.closing.set()
         self.shutdown()
+        # An exchange waiting for the next request on a kept-alive connection ends once the connection is shut down.
+        for sock in self._sockets:
+            with contextlib.suppress(OSError):
+                socket.socket.shutdown(sock, socket.SHUT_RDWR)
         self.server_close()
         self._thread.join()
 
