@@ -106,11 +106,7 @@ class _MessagesDecoder:
 
 
 class AnthropicMessagesProvider(UpstreamProvider):
-    """Streams the Anthropic Messages API (``base_url`` like ``https://api.anthropic.com/v1``).
-
-    ``client`` is for tests and for sharing a pool (see ``UpstreamProvider``); the provider closes only a client
-    it made.
-    """
+    """Streams the Anthropic Messages API (``base_url`` like ``https://api.anthropic.com/v1``)."""
 
     endpoint = "/messages"
 
@@ -120,8 +116,7 @@ class AnthropicMessagesProvider(UpstreamProvider):
         headers = {"Accept": "text/event-stream", "anthropic-version": ANTHROPIC_VERSION}
         if upstream.secret:
             headers["x-api-key"] = upstream.secret
-        headers.update(self.spec.headers)
-        http_request = self._client.build_request("POST", self._url, json=body, headers=headers)
+        http_request = self.post(body, headers)
         yield from relay(self._client, http_request, stop, _MessagesDecoder(upstream), upstream)
 
     def body(self, request: GenerationRequest) -> dict[str, Any]:

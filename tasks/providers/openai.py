@@ -105,8 +105,7 @@ class OpenAIChatProvider(UpstreamProvider):
         headers = {"Accept": "text/event-stream"}
         if upstream.secret:
             headers["Authorization"] = f"Bearer {upstream.secret}"
-        headers.update(self.spec.headers)
-        http_request = self._client.build_request("POST", self._url, json=self.body(request), headers=headers)
+        http_request = self.post(self.body(request), headers)
         yield from relay(self._client, http_request, stop, _ChatCompletionDecoder(upstream), upstream)
 
     def body(self, request: GenerationRequest) -> dict[str, Any]:

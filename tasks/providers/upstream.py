@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import email.utils
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -23,15 +22,16 @@ from bridge.errors import ProviderError
 from bridge.models import ModelSpec
 from bridge.producer import Chunk, Delta, Finish
 from tasks.providers.base import Provider
+from tasks.providers.connections import ConnectionGuard, client_for, reads_within
 from tasks.providers.sse import ServerSentEvent, iter_events
 
-# How often the watcher looks at ``stop``: the longest a cancelled upstream request stays open.
-CANCEL_POLL_S = 0.05
 # Enough of an error body to quote its message.
 MAX_ERROR_BODY_BYTES = 64 * 1024
 MAX_ERROR_MESSAGE_CHARS = 500
-
-_CONNECTED = ("connection.connect_tcp.complete", "connection.start_tls.complete")
+# What may follow the end of an answer (the body's last chunk, usually received with it) for its connection to
+# serve another generation; an upstream that sends more, or takes longer, loses the connection instead.
+MAX_DRAIN_BYTES = 64 * 1024
+DRAIN_S = 0.5
 
 
 class EventDecoder(Protocol):
@@ -49,67 +49,6 @@ class EventDecoder(Protocol):
     def finish(self) -> Finish:
         """The end of the answer; raises ``ProviderError`` when the stream stopped short of it."""
         ...
-
-
-class _ConnectionGuard:
-    """Shuts the upstream connection down from a watcher thread as soon as ``stop`` is set.
-
-    Closing a socket does not wake a thread blocked reading it, but shutting it down does. The connection is known
-    from the moment it is opened (httpcore's ``trace`` extension) and, at the latest, from the response headers.
-    """
-
-    def __init__(self, stop: threading.Event) -> None:
-        self._stop = stop
-        self._done = threading.Event()
-        self._lock = threading.Lock()
-        self._stream: Any = None
-        self._cancelled = False
-        self._thread = threading.Thread(target=self._watch, name="upstream-cancel", daemon=True)
-
-    def __enter__(self) -> _ConnectionGuard:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
-
-    def trace(self, name: str, info: dict[str, Any]) -> None:
-        """httpcore ``trace`` callback: note each connection as it opens (TLS replaces the plain one)."""
-        if name in _CONNECTED:
-            self.attach(info.get("return_value"))
-
-    def attach(self, network_stream: Any) -> None:
-        with self._lock:
-            if network_stream is None or self._done.is_set():
-                return
-            self._stream = network_stream
-            if self._cancelled:
-                _shutdown(network_stream)
-
-    def close(self) -> None:
-        """End the watcher; call before the connection is closed so that it never touches a closed socket."""
-        self._done.set()
-        if self._thread.is_alive():
-            self._thread.join()
-
-    def _watch(self) -> None:
-        while not self._done.wait(CANCEL_POLL_S):
-            if self._stop.is_set():
-                with self._lock:
-                    if self._done.is_set():
-                        return
-                    self._cancelled = True
-                    if self._stream is not None:
-                        _shutdown(self._stream)
-                return
-
-
-def _shutdown(network_stream: Any) -> None:
-    sock = network_stream.get_extra_info("socket")
-    if isinstance(sock, socket.socket):
-        with contextlib.suppress(OSError):
-            # The plain call: ``SSLSocket.shutdown`` would also drop its TLS state under the reading thread.
-            socket.socket.shutdown(sock, socket.SHUT_RDWR)
 
 
 @dataclass(frozen=True, slots=True)
@@ -198,13 +137,23 @@ def retry_after(headers: httpx.Headers) -> float | None:
     return max(when.timestamp() - time.time(), 0.0)
 
 
-def _read_capped(response: httpx.Response) -> bytes:
-    body = bytearray()
-    for chunk in response.iter_bytes():
-        body += chunk
-        if len(body) >= MAX_ERROR_BODY_BYTES:
+def _read_capped(body: Iterator[bytes]) -> bytes:
+    received = bytearray()
+    for chunk in body:
+        received += chunk
+        if len(received) >= MAX_ERROR_BODY_BYTES:
             break
-    return bytes(body)
+    return bytes(received)
+
+
+def _drain(body: Iterator[bytes]) -> None:
+    """Read what follows the end of an answer, so that its connection goes back to the pool."""
+    received = 0
+    with reads_within(DRAIN_S), contextlib.suppress(httpx.HTTPError):
+        for chunk in body:
+            received += len(chunk)
+            if received > MAX_DRAIN_BYTES:
+                return
 
 
 def relay(
@@ -218,23 +167,27 @@ def relay(
 
     Failures before the first token keep the decoder's or the status's verdict (a retryable
     ``provider_unavailable``, or ``provider_rejected``); after it, every failure is a final ``provider_error``.
-    Once ``stop`` is set the connection is shut down and the iterator ends without an error.
+    Once ``stop`` is set the connection is shut down and the iterator ends without an error. After a whole
+    answer, the connection goes back to its client's pool.
     """
     if stop.is_set():
         return
     tokens = 0
-    with _ConnectionGuard(stop) as guard:
-        request.extensions["trace"] = guard.trace
+    with ConnectionGuard(stop) as guard:
         try:
-            response = client.send(request, stream=True)
+            with guard.claiming():
+                response = client.send(request, stream=True)
         except httpx.HTTPError as exc:
             if stop.is_set():
                 return
             raise upstream.transport_error(exc) from exc
+        guard.watch(response)
+        body = response.iter_bytes()
         try:
-            guard.attach(response.extensions.get("network_stream"))
-            for chunk in _decode(response, stop, decoder, upstream):
-                if not isinstance(chunk, Finish):
+            for chunk in _decode(response, body, stop, decoder, upstream):
+                if isinstance(chunk, Finish):
+                    guard.close()  # the answer is whole: a stop from now on is no cancel
+                else:
                     tokens += 1
                 yield chunk
         except httpx.HTTPError as exc:
@@ -250,20 +203,26 @@ def relay(
             raise
         finally:
             guard.close()
+            if decoder.ended:
+                _drain(body)
             response.close()
 
 
 def _decode(
-    response: httpx.Response, stop: threading.Event, decoder: EventDecoder, upstream: Upstream
+    response: httpx.Response,
+    body: Iterator[bytes],
+    stop: threading.Event,
+    decoder: EventDecoder,
+    upstream: Upstream,
 ) -> Iterator[Chunk]:
-    """What ``decoder`` makes of the response's events, then its ``Finish``; nothing more once ``stop`` is set."""
+    """What ``decoder`` makes of the events in ``body``, then its ``Finish``; nothing more once ``stop`` is set."""
     if not response.is_success:
-        raise upstream.status_error(response, _read_capped(response))
+        raise upstream.status_error(response, _read_capped(body))
     if response.headers.get("content-type", "").startswith("application/json"):
         # Not a stream: an error, or a server that ignored ``stream: true``.
-        body = error_message(_read_capped(response))
-        raise upstream.error(f"expected an event stream: {body}", retryable=False)
-    for event in iter_events(response.iter_bytes()):
+        message = error_message(_read_capped(body))
+        raise upstream.error(f"expected an event stream: {message}", retryable=False)
+    for event in iter_events(body):
         yield from decoder.feed(event)
         if decoder.ended or stop.is_set():
             break
@@ -276,20 +235,11 @@ def _after_tokens(error: ProviderError, tokens: int, upstream: Upstream) -> Prov
     return ProviderError(upstream.redact(f"{error} (after {tokens} tokens)"), code="provider_error")
 
 
-def new_client(spec: ModelSpec) -> httpx.Client:
-    """A client for one upstream.
-
-    Without keep-alive each generation opens its own connection, so that a cancel can always reach it: a pooled
-    connection waiting for its response headers could not be told apart from the others.
-    """
-    return httpx.Client(timeout=spec.timeout_s, limits=httpx.Limits(max_keepalive_connections=0))
-
-
 class UpstreamProvider(Provider):
     """A provider that streams from an HTTP API at ``spec.base_url`` + ``endpoint``.
 
-    ``client`` is for tests and for sharing a pool; a client with keep-alive cannot cancel a request that is still
-    waiting for its headers on a reused connection until they arrive. The provider closes only a client it made.
+    It sends over its upstream's shared client (``client_for``); ``client`` replaces it, in tests, and must come from
+    ``new_client`` for a cancel to reach a request that waits on a reused connection.
     """
 
     endpoint = ""
@@ -299,9 +249,9 @@ class UpstreamProvider(Provider):
             raise ValueError(f"model {spec.name!r} needs a base_url")
         self.spec = spec
         self._url = spec.base_url.rstrip("/") + self.endpoint
-        self._owns_client = client is None
-        self._client = client if client is not None else new_client(spec)
+        self._client = client if client is not None else client_for(spec.base_url)
 
-    def close(self) -> None:
-        if self._owns_client:
-            self._client.close()
+    def post(self, body: dict[str, Any], headers: dict[str, str]) -> httpx.Request:
+        """The streaming request to the endpoint, with the model's timeout and extra headers."""
+        headers = {**headers, **self.spec.headers}
+        return self._client.build_request("POST", self._url, json=body, headers=headers, timeout=self.spec.timeout_s)

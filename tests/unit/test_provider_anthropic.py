@@ -15,6 +15,7 @@ from bridge.generation import GenerationRequest
 from bridge.models import ModelSpec
 from bridge.producer import Chunk, Delta, Finish
 from tasks.providers.anthropic import AnthropicMessagesProvider
+from tasks.providers.connections import new_client
 from tests.scripted_upstream import (
     Exchange,
     Script,
@@ -60,7 +61,7 @@ def provider(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., Anthropi
             {"name": "claude", "provider": "anthropic", "base_url": base_url, "api_key_env": "TEST_ANTHROPIC_KEY"}
             | fields
         )
-        clients.append(httpx.Client(timeout=spec.timeout_s))
+        clients.append(new_client())
         return AnthropicMessagesProvider(spec, client=clients[-1])
 
     yield create

@@ -15,6 +15,7 @@ from bridge.errors import ProviderError
 from bridge.generation import GenerationRequest
 from bridge.models import ModelSpec
 from bridge.producer import Chunk, Delta, Finish
+from tasks.providers.connections import new_client
 from tasks.providers.openai import OpenAIChatProvider
 from tasks.providers.sse import iter_events
 from tests.scripted_upstream import (
@@ -38,7 +39,7 @@ def provider(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., OpenAICh
         spec = ModelSpec.model_validate(
             {"name": "gpt", "provider": "openai", "base_url": base_url, "api_key_env": "TEST_OPENAI_KEY", **fields}
         )
-        clients.append(httpx.Client(timeout=spec.timeout_s))
+        clients.append(new_client())
         return OpenAIChatProvider(spec, client=clients[-1])
 
     yield create

@@ -15,6 +15,7 @@ import pytest
 from bridge.errors import ProviderError
 from bridge.generation import GenerationRequest
 from bridge.producer import Chunk, with_retries
+from tasks.providers.connections import close_clients, new_client
 from tasks.providers.upstream import UpstreamProvider
 from tests.scripted_upstream import Exchange, Script, no_watcher_left, refused_base_url, run, split_finish, stop_later
 from tests.wire_formats import ANTHROPIC, OPENAI, WireFormat
@@ -36,7 +37,7 @@ def provider(wire: WireFormat, monkeypatch: pytest.MonkeyPatch) -> Iterator[Call
 
     def create(base_url: str, **fields: Any) -> UpstreamProvider:
         spec = wire.spec(base_url, **fields)
-        clients.append(httpx.Client(timeout=spec.timeout_s))
+        clients.append(new_client())
         return wire.provider(spec, client=clients[-1])
 
     yield create
@@ -59,16 +60,16 @@ def answer(wire: WireFormat, *texts: str) -> Script:
 # Streams that succeed.
 
 
-def test_a_provider_with_its_own_client_streams_and_closes_it(
+def test_a_provider_without_a_client_streams_over_its_upstreams_shared_client(
     upstream: Any, wire: WireFormat, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv(wire.key_env, wire.key)
     server = upstream(answer(wire, "Hi"))
-    model = wire.provider(wire.spec(server.base_url + "/"))
     try:
+        model = wire.provider(wire.spec(server.base_url + "/"))
         tokens, finish = split_finish(run(model, PROMPT))
     finally:
-        model.close()
+        close_clients()
     assert (tokens, finish.finish_reason) == (["Hi"], "stop")
     assert server.requests[0].path == wire.path
 
