@@ -10,6 +10,8 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import httpx
+
 from tokenbridge.client import SseMessage, SseParser
 
 TERMINAL = {"done", "error", "cancelled"}
@@ -25,23 +27,52 @@ class StreamResult:
     terminal: str | None = None
     error: str | None = None
     expected_seq: int = 0
+    # Every event recorded (tokens and others), when the submission was sent, how long it took to be accepted
+    # (both when the reader posted it), and the close code of a WebSocket.
+    events: int = 0
+    posted_at: float | None = None
+    post_s: float | None = None
+    close_code: int | None = None
 
     def record(self, message: SseMessage, received: float) -> None:
-        """Count one event: its place in the sequence, and a token's latency (receipt - producer ts)."""
-        body: dict[str, Any] = json.loads(message.data)
+        """Count one SSE event: its place in the sequence, and a token's latency (receipt - producer ts)."""
+        self.record_event(message.event, json.loads(message.data), received)
+
+    def record_event(self, event: str, body: dict[str, Any], received: float) -> None:
+        """Count one event, whatever carried it (SSE, WebSocket)."""
+        self.events += 1
         seq = body.get("seq", self.expected_seq)
         if seq < self.expected_seq:
             self.duplicates += 1
             return
         self.gaps += seq - self.expected_seq
         self.expected_seq = seq + 1
-        if message.event == "token" or (message.event == "message" and "content" in body):
+        if event == "token" or (event == "message" and "content" in body):
             self.tokens += 1
             self.latencies_s.append(received - float(body["ts"]))
             if self.first_token_at is None:
                 self.first_token_at = received
-        elif message.event in TERMINAL:
-            self.terminal = message.event
+        elif event in TERMINAL:
+            self.terminal = event
+            if event == "error":
+                self.error = f"error event: {json.dumps(body.get('error', body))[:300]}"
+
+
+async def submit(client: httpx.AsyncClient, body: dict[str, Any], result: StreamResult) -> dict[str, Any] | None:
+    """POST one generation, noting when it was sent and how long it took; the created record, or None (with
+    ``result.error``) when it was not accepted."""
+    result.posted_at = time.time()
+    try:
+        response = await client.post("/v1/generations", json=body)
+    except httpx.HTTPError as exc:
+        result.error = f"POST {type(exc).__name__}: {exc}"
+        return None
+    result.post_s = time.time() - result.posted_at
+    if response.status_code != 202:
+        result.error = f"POST {response.status_code}: {response.text[:200]}"
+        return None
+    created: dict[str, Any] = response.json()
+    return created
 
 
 async def read_sse(
@@ -120,3 +151,23 @@ def cpu_seconds() -> float:
 
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
+
+
+def raise_fd_limit() -> None:
+    """As many open sockets as the system lets this process have (one per reader)."""
+    import resource
+
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def quantiles(values: list[float], *, scale: float = 1.0, digits: int = 3) -> dict[str, float | None]:
+    """p50, p90, p99 and max of ``values`` times ``scale`` (None when there are none)."""
+    ordered = sorted(values)
+
+    def at(q: float) -> float | None:
+        if not ordered:
+            return None
+        return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))] * scale, digits)
+
+    return {name: at(q) for name, q in (("p50", 0.5), ("p90", 0.9), ("p99", 0.99), ("max", 1.0))}
