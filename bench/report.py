@@ -1,0 +1,355 @@
+"""The report's verdicts and tables: one line per target (met, or MISSED with the figure), the cost sections, and
+the figures of an earlier run next to this one's. Pure functions of the results, so they are unit-tested."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+Rows = list[dict[str, Any]]
+# A target set against Flask-SSE, in a run without it (BENCH_SYSTEMS=ours).
+NOT_JUDGED = "not judged"
+
+
+def verdict(ok: bool) -> str:
+    return "met" if ok else "MISSED"
+
+
+def at(rows: Rows, streams: int) -> dict[str, Any] | None:
+    return next((r for r in rows if r["streams"] == streams), None)
+
+
+def capacity(rows: Rows) -> int:
+    """The most streams at which every token arrived once, in order, with p99 ≤ 100 ms."""
+    good = [
+        r["streams"]
+        for r in rows
+        if r["latency_ms"]["p99"] is not None
+        and r["latency_ms"]["p99"] <= 100
+        and r["gaps"] == 0
+        and r["duplicates"] == 0
+        and r["delivered"] == r["expected"]
+    ]
+    return max(good, default=0)
+
+
+def latency_line(row: dict[str, Any], peer: dict[str, Any] | None) -> str:
+    """p50 ≤ 15 ms and p99 ≤ 1.5 x Flask-SSE's p99, at 300 streams."""
+    p50, p99 = row["latency_ms"]["p50"], row["latency_ms"]["p99"]
+    p50_ok = p50 is not None and p50 <= 15
+    if peer is None or peer["latency_ms"]["p99"] is None:
+        return (
+            f"- 300 streams: p50 {p50} ms (≤ 15), p99 {p99} ms (≤ 1.5 x Flask-SSE's p99, and no Flask-SSE figure "
+            f"at 300 streams in this run): {NOT_JUDGED}"
+        )
+    limit = round(1.5 * peer["latency_ms"]["p99"], 2)
+    ok = p50_ok and p99 is not None and p99 <= limit
+    return (
+        f"- 300 streams: p50 {p50} ms (≤ 15), p99 {p99} ms (≤ 1.5 x Flask-SSE's {peer['latency_ms']['p99']} = "
+        f"{limit}): {verdict(ok)}"
+    )
+
+
+def pipeline_cpu_line(row: dict[str, Any], peer: dict[str, Any] | None) -> str:
+    """Pipeline CPU per delivered token at 300 streams no more than Flask-SSE's in the same run."""
+    ours = row["cpu_us_per_token"]["pipeline"]
+    load = f"300 streams x {row['rate']:g} tokens/s"
+    if peer is None:
+        return f"- pipeline CPU per delivered token at {load}: {ours} µs (no Flask-SSE run to compare): {NOT_JUDGED}"
+    theirs = peer["cpu_us_per_token"]["pipeline"]
+    return (
+        f"- pipeline CPU per delivered token at {load}: tokenbridge {ours} µs, Flask-SSE {theirs} µs "
+        f"(no more than Flask-SSE's): {verdict(ours <= theirs)}"
+    )
+
+
+def capacity_line(ours: Rows, baseline: Rows) -> str:
+    """Capacity at least twice the peer's."""
+    mine = capacity(ours)
+    if not baseline:
+        return (
+            f"- capacity (p99 ≤ 100 ms, no gap or duplicate): tokenbridge {mine} streams (≥ 2 x Flask-SSE's, and no "
+            f"Flask-SSE run): {NOT_JUDGED}"
+        )
+    theirs = capacity(baseline)
+    return (
+        f"- capacity (p99 ≤ 100 ms, no gap or duplicate): tokenbridge {mine} streams, Flask-SSE {theirs} "
+        f"(≥ 2 x {theirs} = {2 * theirs}): {verdict(mine >= 2 * theirs)}"
+    )
+
+
+def peer_targets(ours: Rows, baseline: Rows) -> list[str]:
+    """The targets set against Flask-SSE in the same run (nothing when tokenbridge's load levels did not run)."""
+    if not ours:
+        return []
+    lines = []
+    row, peer = at(ours, 300), at(baseline, 300)
+    if row is not None:
+        lines += [pipeline_cpu_line(row, peer), latency_line(row, peer)]
+    lines.append(capacity_line(ours, baseline))
+    return lines
+
+
+def generation_cpu_line(g: dict[str, Any]) -> str:
+    """CPU per generation, all processes together: ≤ 4 ms."""
+    per = g["cpu_ms_per_generation"]
+    parts = ", ".join(f"{name} {value}" for name, value in per.items() if name != "total")
+    complete = g["done"] == g["generations"]
+    note = "" if complete else f"; only {g['done']} of {g['generations']} ended with done"
+    return (
+        f"- CPU per generation (all processes, {g['generations']} empty answers read to done): {per['total']} ms "
+        f"({parts}) (≤ 4){note}: {verdict(complete and per['total'] <= 4)}"
+    )
+
+
+def burst_line(b: dict[str, Any]) -> str:
+    """A burst of submissions: first token p50 ≤ 1.5 s, from each POST's start."""
+    post, start = b["ttft_from_post_s"], b["ttft_from_burst_start_s"]
+    complete = b["with_first_token"] == b["submissions"]
+    note = "" if complete else f"; only {b['with_first_token']} of {b['submissions']} got a first token"
+    ok = complete and post["p50"] is not None and post["p50"] <= 1.5
+    return (
+        f"- burst of {b['submissions']} submissions: first token p50 {post['p50']} s from each POST's start (≤ 1.5; "
+        f"p99 {post['p99']} s; from the burst's start p50 {start['p50']} s, p99 {start['p99']} s){note}: {verdict(ok)}"
+    )
+
+
+def ws_line(w: dict[str, Any]) -> str:
+    """Web CPU per event over WebSocket no more than 1.2 x over SSE."""
+    sse, ws, ratio = w["sse"], w["ws"], w["ws_over_sse"]
+    complete = sse["done"] == w["readers"] and ws["done"] == w["readers"]
+    note = "" if complete else f"; done: SSE {sse['done']}, WebSocket {ws['done']} of {w['readers']}"
+    return (
+        f"- web CPU per event, {w['readers']} readers x {w['tokens']} tokens: WebSocket {ws['web_cpu_us_per_event']} "
+        f"µs, SSE {sse['web_cpu_us_per_event']} µs = {ratio} x (≤ 1.2 x){note}: "
+        f"{verdict(complete and ratio is not None and ratio <= 1.2)}"
+    )
+
+
+def memory_lines(m: dict[str, Any]) -> list[str]:
+    """Redis memory per token: ≤ 150 bytes right after; after the resume window, ≤ the text + 1 KB per answer."""
+    complete = m["accepted"] == m["answers"] and m["tokens"] == m["answers"] * m["tokens_per_answer"]
+    note = "" if complete else f"; {m['tokens']} tokens of {m['answers'] * m['tokens_per_answer']} counted"
+    if m["finished_after_s"] > m["resume_window_s"]:
+        note += (
+            f"; the answers took {m['finished_after_s']} s, longer than the {m['resume_window_s']:g} s resume "
+            "window, so the first ones' window may have passed before this reading"
+        )
+    allowance = m["allowance_after_window"]
+    return [
+        f"- Redis memory right after {m['answers']} answers x {m['tokens_per_answer']} tokens: "
+        f"{m['bytes_per_token']} bytes per token (≤ 150){note}: {verdict(complete and m['bytes_per_token'] <= 150)}",
+        f"- Redis memory {m['resume_window_s']:g} s + 3 s after the resume window: {m['bytes_after_window']} bytes = "
+        f"{m['bytes_per_token_after_window']} per token (≤ text {m['text_bytes']} bytes + 1 KB x {m['accepted']} = "
+        f"{allowance} bytes, {allowance / max(1, m['tokens']):.1f} per token): "
+        f"{verdict(complete and m['bytes_after_window'] <= allowance)}",
+    ]
+
+
+def upstream_line(u: dict[str, Any]) -> str:
+    """No new upstream connection per generation: handshakes ≤ the generations running at once."""
+    complete = u["done"] == u["generations"]
+    note = "" if complete else f"; only {u['done']} of {u['generations']} ended with done: {u['errors'][:1]}"
+    return (
+        f"- upstream TLS handshakes, {u['generations']} generations ({u['concurrency']} at a time, the upstream keeps "
+        f"connections alive): {u['handshakes']} = {u['handshakes_per_generation']} per generation "
+        f"(≤ {u['concurrency']} in all){note}: {verdict(complete and u['handshakes'] <= u['concurrency'])}"
+    )
+
+
+def cost_targets(extra: dict[str, Any]) -> list[str]:
+    """One line per cost target whose measurement ran."""
+    lines = []
+    if "generation_cpu" in extra:
+        lines.append(generation_cpu_line(extra["generation_cpu"]))
+    if "burst" in extra:
+        lines.append(burst_line(extra["burst"]))
+    if "ws_vs_sse" in extra:
+        lines.append(ws_line(extra["ws_vs_sse"]))
+    if "memory" in extra:
+        lines += memory_lines(extra["memory"])
+    if "upstream_tls" in extra:
+        lines.append(upstream_line(extra["upstream_tls"]))
+    return lines
+
+
+# -- the cost sections -------------------------------------------------------------------------------
+
+
+def _quantile_row(name: str, q: dict[str, Any]) -> str:
+    return f"| {name} | {q['p50']} | {q['p90']} | {q['p99']} | {q['max']} |"
+
+
+def _generation_section(g: dict[str, Any]) -> str:
+    rows = "\n".join(f"| {name} | {value} |" for name, value in g["cpu_ms_per_generation"].items())
+    return f"""### CPU per generation
+
+{g["generations"]} generations with an empty answer (`{json.dumps(g["request"])}`), {g["concurrency"]} at a time, each
+POSTed and read over SSE to its end ({g["done"]} ended with `done`) in {g["elapsed_s"]} s. CPU of each process tree,
+before and after, divided by the generations. The stack idles at {g["idle_cpu_ms_per_s"]} ms of CPU a second
+(heartbeats, presence), about {g["idle_cpu_ms_per_generation"]} ms of each generation's total (not subtracted).
+Errors: {g["errors"] or "none"}.
+
+| process | CPU ms per generation |
+| --- | --- |
+{rows}
+"""
+
+
+def _burst_section(b: dict[str, Any]) -> str:
+    return f"""### A burst of submissions
+
+{b["submissions"]} submissions of `synthetic` ({b["tokens"]} tokens at {b["rate"]:g} tokens/s), POSTed
+{b["concurrency"]} at a time, each read by an SSE client from the moment its POST returned. {b["accepted"]}
+accepted, the last {b["all_accepted_after_s"]} s after the first POST; {b["with_first_token"]} got a first token,
+{b["done"]} ended with `done`; gaps {b["gaps"]}, duplicates {b["duplicates"]}. CPU seconds over the burst: {b["cpu_s"]}.
+Errors: {b["errors"] or "none"}.
+
+| time to first token (s), from | p50 | p90 | p99 | max |
+| --- | --- | --- | --- | --- |
+{_quantile_row("the burst's start (first POST)", b["ttft_from_burst_start_s"])}
+{_quantile_row("each POST's start", b["ttft_from_post_s"])}
+{_quantile_row("POST → 202 (ms)", b["post_ms"])}
+"""
+
+
+def _ws_section(w: dict[str, Any]) -> str:
+    rows = "\n".join(
+        f"| {name} | {r['web_cpu_us_per_event']} | {r['measured_events']} of {r['events']} | {r['measured_s']} | "
+        f"{r['done']} | {r['gaps']} | {r['duplicates']} | {r['close_codes']} |"
+        for name, r in (("SSE", w["sse"]), ("WebSocket", w["ws"]))
+    )
+    return f"""### WebSocket vs SSE
+
+{w["readers"]} readers x {w["tokens"]} tokens at {w["rate"]:g} tokens/s on one web process, once over each transport.
+Web CPU is its gunicorn worker's, from the moment every reader had its first event to the last one's end.
+
+| transport | web CPU µs per event | events measured | seconds | done | gaps | dups | close codes |
+| --- | --- | --- | --- | --- | --- | --- | --- |
+{rows}
+
+Errors: SSE {w["sse"]["errors"] or "none"}, WebSocket {w["ws"]["errors"] or "none"}.
+"""
+
+
+def _memory_section(m: dict[str, Any]) -> str:
+    per_token = max(1, m["tokens"])
+    names = sorted(set(m["sample_keys"]) | set(m["sample_keys_after_window"]))
+    keys = "\n".join(
+        f"| {n} | {m['sample_keys'].get(n, '—')} | {m['sample_keys_after_window'].get(n, '—')} |" for n in names
+    )
+    names = list(dict.fromkeys([*m["families"], *m["families_after_window"]]))
+    families = "\n".join(
+        f"| `{n}` | {m['families'].get(n, 0)} | {m['families_after_window'].get(n, 0)} |" for n in names
+    )
+    info = "\n".join(f"| {n} | {v} | {m['deltas_after_window'].get(n)} |" for n, v in m["deltas"].items())
+    return f"""### Redis memory per token
+
+{m["answers"]} answers x {m["tokens_per_answer"]} tokens of unpaced `synthetic` in {m["sessions"]} sessions, on a
+stack of its own with a resume window of {m["resume_window_s"]:g} s (`REDIS_RESUME_WINDOW_MS`), after a warm-up batch
+of the same shape (its window passed before the first reading); they took {m["finished_after_s"]} s from the first
+POST. Deltas from before the answers, each read after `MEMORY PURGE` and a second; {m["tokens"]} tokens,
+{m["text_bytes"]} bytes of text.
+
+| reading | bytes | per token |
+| --- | --- | --- |
+| `used_memory`, right after | {m["bytes"]} | {m["bytes_per_token"]} |
+| `used_memory`, highest while they ran (not purged) | {m["used_memory_peak"] - m["used_memory_before"]} | — |
+| `used_memory`, after the window + 3 s | {m["bytes_after_window"]} | {m["bytes_per_token_after_window"]} |
+| keys (`MEMORY USAGE` of every key), right after | {m["key_bytes"]} | {m["key_bytes"] / per_token:.1f} |
+| keys, after the window + 3 s | {m["key_bytes_after_window"]} | {m["key_bytes_after_window"] / per_token:.1f} |
+| the text + 1 KB per answer | {m["allowance_after_window"]} | {m["allowance_after_window"] / per_token:.1f} |
+
+INFO memory, deltas:
+
+| field | right after | after the window |
+| --- | --- | --- |
+{info}
+
+Keys by family (`MEMORY USAGE`, deltas in bytes):
+
+| family | right after | after the window |
+| --- | --- | --- |
+{families}
+
+One answer's keys and its session's (`MEMORY USAGE`, bytes):
+
+| key | right after | after the window |
+| --- | --- | --- |
+{keys}
+"""
+
+
+def _upstream_section(u: dict[str, Any]) -> str:
+    return f"""### Connections to the model API
+
+{u["generations"]} generations of a local OpenAI-compatible upstream over TLS (self-signed certificate, connections
+kept alive), {u["concurrency"]} at a time: {u["connections"]} TCP connections accepted, {u["handshakes"]} TLS
+handshakes completed ({u["failed_handshakes"]} failed), {u["requests"]} requests; {u["done"]} ended with `done`,
+{u["tokens"]} of {u["expected_tokens"]} tokens. Errors: {u["errors"] or "none"}.
+"""
+
+
+def costs_section(extra: dict[str, Any]) -> str:
+    """The measurements of the costs that ran, as Markdown."""
+    sections: list[tuple[str, Callable[[dict[str, Any]], str]]] = [
+        ("generation_cpu", _generation_section),
+        ("burst", _burst_section),
+        ("ws_vs_sse", _ws_section),
+        ("memory", _memory_section),
+        ("upstream_tls", _upstream_section),
+    ]
+    return "\n".join(render(extra[name]) for name, render in sections if name in extra)
+
+
+# -- before and after --------------------------------------------------------------------------------
+
+
+def _dig(data: Any, *path: str) -> Any:
+    for name in path:
+        if not isinstance(data, dict) or name not in data:
+            return None
+        data = data[name]
+    return data
+
+
+def figures(result: dict[str, Any]) -> dict[str, Any]:
+    """The headline figures of one run's JSON (``{"ours", "baseline", "extra"}``), by label; None when absent."""
+    extra = result.get("extra") or {}
+    row = at(result.get("ours") or [], 300) or {}
+    peer = at(result.get("baseline") or [], 300) or {}
+    found = {
+        "p50 at 300 streams (ms)": _dig(row, "latency_ms", "p50"),
+        "p99 at 300 streams (ms)": _dig(row, "latency_ms", "p99"),
+        "pipeline CPU per token at 300 streams (µs)": _dig(row, "cpu_us_per_token", "pipeline"),
+        "Flask-SSE pipeline CPU per token at 300 streams (µs)": _dig(peer, "cpu_us_per_token", "pipeline"),
+        "capacity (streams)": capacity(result["ours"]) if result.get("ours") else None,
+    }
+    for name in ("total", "web", "worker", "consumer", "redis"):
+        found[f"CPU per generation, {name} (ms)"] = _dig(extra, "generation_cpu", "cpu_ms_per_generation", name)
+    found |= {
+        "burst: first token p50 from each POST (s)": _dig(extra, "burst", "ttft_from_post_s", "p50"),
+        "burst: first token p99 from each POST (s)": _dig(extra, "burst", "ttft_from_post_s", "p99"),
+        "burst: first token p50 from the burst's start (s)": _dig(extra, "burst", "ttft_from_burst_start_s", "p50"),
+        "web CPU per event, SSE (µs)": _dig(extra, "ws_vs_sse", "sse", "web_cpu_us_per_event"),
+        "web CPU per event, WebSocket (µs)": _dig(extra, "ws_vs_sse", "ws", "web_cpu_us_per_event"),
+        "WebSocket / SSE": _dig(extra, "ws_vs_sse", "ws_over_sse"),
+        "Redis bytes per token, right after": _dig(extra, "memory", "bytes_per_token"),
+        "Redis bytes per token, after the resume window": _dig(extra, "memory", "bytes_per_token_after_window"),
+        "upstream TLS handshakes per generation": _dig(extra, "upstream_tls", "handshakes_per_generation"),
+    }
+    return found
+
+
+def before_after(earlier: dict[str, Any], now: dict[str, Any]) -> str:
+    """A table of every headline figure the earlier run has, next to this run's ("—" where this one lacks it)."""
+    before, after = figures(earlier), figures(now)
+    rows = [
+        f"| {label} | {value} | {'—' if after[label] is None else after[label]} |"
+        for label, value in before.items()
+        if value is not None
+    ]
+    if not rows:
+        return ""
+    return "\n".join(["| figure | before | now |", "| --- | --- | --- |", *rows])

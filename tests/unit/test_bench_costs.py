@@ -1,0 +1,199 @@
+"""The benchmark's cost targets: the verdict of each line, which parts run, the earlier run's figures, and the
+WebSocket framing of the load client. No process is started."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from bench import report
+from bench.plan import PARTS, Plan
+from bench.ws import CLOSE, TEXT, client_frame, read_frame
+
+
+def _row(system: str, *, p50: float = 10, p99: float = 40, pipeline: float = 100, streams: int = 300) -> dict[str, Any]:
+    return {
+        "system": system,
+        "streams": streams,
+        "rate": 20.0,
+        "latency_ms": {"p50": p50, "p90": p99, "p99": p99, "max": p99},
+        "delivered": 10,
+        "expected": 10,
+        "gaps": 0,
+        "duplicates": 0,
+        "cpu_us_per_token": {"pipeline": pipeline},
+    }
+
+
+def _generation_cpu(total: float, done: int = 300) -> dict[str, Any]:
+    return {
+        "generations": 300,
+        "done": done,
+        "cpu_ms_per_generation": {"web": 1.0, "worker": 1.0, "consumer": 0.5, "redis": 0.5, "total": total},
+    }
+
+
+def _burst(p50: float | None, with_first_token: int = 1000) -> dict[str, Any]:
+    quantiles = {"p50": p50, "p90": p50, "p99": p50, "max": p50}
+    return {
+        "submissions": 1000,
+        "with_first_token": with_first_token,
+        "ttft_from_post_s": quantiles,
+        "ttft_from_burst_start_s": quantiles,
+    }
+
+
+def _ws(sse: float, ws: float) -> dict[str, Any]:
+    return {
+        "readers": 150,
+        "tokens": 100,
+        "sse": {"web_cpu_us_per_event": sse, "done": 150},
+        "ws": {"web_cpu_us_per_event": ws, "done": 150},
+        "ws_over_sse": round(ws / sse, 2),
+    }
+
+
+def _memory(bytes_per_token: float, after_window: int) -> dict[str, Any]:
+    return {
+        "answers": 100,
+        "accepted": 100,
+        "tokens_per_answer": 200,
+        "tokens": 20_000,
+        "text_bytes": 110_000,
+        "finished_after_s": 3.0,
+        "resume_window_s": 5.0,
+        "bytes_per_token": bytes_per_token,
+        "bytes_after_window": after_window,
+        "bytes_per_token_after_window": after_window / 20_000,
+        "allowance_after_window": 110_000 + 1024 * 100,
+    }
+
+
+def _upstream(handshakes: int, done: int = 50) -> dict[str, Any]:
+    return {
+        "generations": 50,
+        "concurrency": 2,
+        "handshakes": handshakes,
+        "handshakes_per_generation": handshakes / 50,
+        "done": done,
+        "errors": [],
+    }
+
+
+def test_pipeline_cpu_is_met_at_no_more_than_the_peers() -> None:
+    assert report.pipeline_cpu_line(_row("ours", pipeline=115), _row("baseline", pipeline=115)).endswith(": met")
+    line = report.pipeline_cpu_line(_row("ours", pipeline=593), _row("baseline", pipeline=115))
+    assert "tokenbridge 593 µs, Flask-SSE 115 µs" in line
+    assert line.endswith(": MISSED")
+
+
+def test_latency_at_300_streams_is_judged_against_the_peers_p99() -> None:
+    peer = _row("baseline", p99=35)
+    # 1.5 x 35 = 52.5
+    assert report.latency_line(_row("ours", p50=15, p99=52.5), peer).endswith(": met")
+    assert report.latency_line(_row("ours", p50=15, p99=53), peer).endswith(": MISSED")
+    assert report.latency_line(_row("ours", p50=16, p99=20), peer).endswith(": MISSED")
+    assert report.latency_line(_row("ours"), None).endswith(": not judged")
+
+
+def test_capacity_must_be_twice_the_peers() -> None:
+    ours = [_row("ours", streams=500, p99=90), _row("ours", streams=1000, p99=99)]
+    assert report.capacity_line(ours, [_row("baseline", streams=500, p99=50)]).endswith(": met")
+    assert report.capacity_line(ours, [_row("baseline", streams=750, p99=50)]).endswith(": MISSED")
+    assert report.capacity_line(ours, []).endswith(": not judged")
+
+
+def test_no_peer_target_without_our_load_levels() -> None:
+    assert report.peer_targets([], [_row("baseline")]) == []
+
+
+def test_cpu_per_generation_at_most_4_ms_and_every_generation_done() -> None:
+    assert report.generation_cpu_line(_generation_cpu(4.0)).endswith(": met")
+    assert report.generation_cpu_line(_generation_cpu(16.2)).endswith(": MISSED")
+    line = report.generation_cpu_line(_generation_cpu(3.0, done=299))
+    assert "only 299 of 300 ended with done" in line
+    assert line.endswith(": MISSED")
+
+
+def test_burst_first_token_p50_at_most_one_and_a_half_seconds_from_each_post() -> None:
+    assert report.burst_line(_burst(1.5)).endswith(": met")
+    assert report.burst_line(_burst(1.6)).endswith(": MISSED")
+    assert report.burst_line(_burst(0.5, with_first_token=999)).endswith(": MISSED")
+
+
+def test_websocket_at_most_1_2_times_sse() -> None:
+    assert report.ws_line(_ws(50.0, 60.0)).endswith(": met")
+    assert report.ws_line(_ws(51.0, 141.0)).endswith(": MISSED")
+
+
+def test_memory_per_token_right_after_and_after_the_window() -> None:
+    right_after, after_window = report.memory_lines(_memory(150, 110_000 + 102_400))
+    assert right_after.endswith(": met")
+    assert after_window.endswith(": met")
+    right_after, after_window = report.memory_lines(_memory(378, 7_460_000))
+    assert right_after.endswith(": MISSED")
+    assert "7460000 bytes = 373.0 per token" in after_window
+    assert after_window.endswith(": MISSED")
+
+
+def test_memory_says_when_the_answers_outlasted_the_window() -> None:
+    slow = {**_memory(100, 1), "finished_after_s": 9.0}
+    assert "longer than the 5 s resume window" in report.memory_lines(slow)[0]
+
+
+def test_upstream_handshakes_at_most_the_generations_running_at_once() -> None:
+    assert report.upstream_line(_upstream(2)).endswith(": met")
+    assert report.upstream_line(_upstream(50)).endswith(": MISSED")
+    assert report.upstream_line(_upstream(1, done=10)).endswith(": MISSED")
+
+
+def test_cost_targets_has_a_line_per_measurement_that_ran() -> None:
+    extra = {"generation_cpu": _generation_cpu(3.0), "memory": _memory(100, 1), "upstream_tls": _upstream(1)}
+    assert len(report.cost_targets(extra)) == 4
+    assert report.cost_targets({}) == []
+
+
+def test_before_and_after_shows_what_the_earlier_run_has() -> None:
+    earlier = {"ours": [], "baseline": [], "extra": {"generation_cpu": _generation_cpu(16.0)}}
+    now = {"ours": [], "baseline": [], "extra": {"generation_cpu": _generation_cpu(3.5), "burst": _burst(0.8)}}
+
+    table = report.before_after(earlier, now)
+
+    assert "| CPU per generation, total (ms) | 16.0 | 3.5 |" in table
+    assert "burst" not in table  # the earlier run has no burst
+    assert report.before_after({"extra": {}}, now) == ""
+
+
+def test_the_plan_runs_everything_by_default_and_one_part_alone() -> None:
+    assert all(Plan.from_env({}).wants(part) for part in PARTS)
+    plan = Plan.from_env({"BENCH_ONLY": "memory", "BENCH_MEMORY_ANSWERS": "10"})
+    assert [part for part in PARTS if plan.wants(part)] == ["memory"]
+    assert plan.memory_answers == 10
+    assert not Plan.from_env({"BENCH_BURST": "0"}).wants("burst")
+    with pytest.raises(SystemExit, match="unknown part"):
+        Plan.from_env({"BENCH_ONLY": "memroy"})
+
+
+def test_a_client_frame_is_masked_and_reads_back() -> None:
+    payload = b'{"type": "cancel"}' * 10  # 180 bytes: a 16-bit length
+    frame = client_frame(TEXT, payload, mask=b"\x01\x02\x03\x04")
+    assert frame[0] == 0x80 | TEXT and frame[1] == 0x80 | 126
+    assert payload not in frame
+
+    async def read() -> tuple[bool, int, bytes]:
+        reader = asyncio.StreamReader()
+        reader.feed_data(frame + client_frame(CLOSE, b"\x03\xe8"))
+        return await read_frame(reader)
+
+    assert asyncio.run(read()) == (True, TEXT, payload)
+
+
+def test_an_unmasked_server_frame_reads_as_is() -> None:
+    async def read() -> tuple[bool, int, bytes]:
+        reader = asyncio.StreamReader()
+        reader.feed_data(b"\x88\x02\x03\xe8")  # close, 1000
+        return await read_frame(reader)
+
+    assert asyncio.run(read()) == (True, CLOSE, b"\x03\xe8")
