@@ -2,16 +2,46 @@
 
 Both are served by gunicorn with one gevent worker on an embedded Redis. A separate load process
 (``bench.load``) reads every stream and timestamps every token; it reports its own CPU so that a reader can
-tell whether it was the bottleneck. Writes ``bench/results/<date>.md`` and a PNG plot, and prints the table.
+tell whether it was the bottleneck. Writes ``bench/results/<date>.md`` and ``.json`` and a PNG plot, and prints
+the table and the targets (one line each, "met" or "MISSED" with the figure).
 
 Every step also reports the CPU each process spent per delivered token (web, worker, consumer, Redis, load
 client), and the step of BENCH_PROFILE_AT streams is profiled with py-spy (raw stacks under
 ``bench/results/<date>-profiles/``, summary in the report). A last step streams one long answer and compares
 the cost per token at its start and at its end.
 
+Then what a generation costs besides its tokens (tokenbridge only; Flask-SSE has no submissions, no WebSocket,
+keeps nothing in Redis and calls no model), each part in its own module:
+
+- ``generations`` (bench/costs.py): CPU per generation of every process (web, worker, consumer, Redis,
+  children included): BENCH_GENERATIONS (300) empty answers (``echo`` of an empty user message), 20 at a time,
+  each read over SSE to ``done``. Target: ≤ 4 ms in all.
+- ``burst`` (bench/costs.py): BENCH_BURST (1000) submissions of 20 tokens at 20 tokens/s, POSTed 50 at a time,
+  each read over SSE: time to first token from the burst's start and from each POST's start. Target: p50 ≤ 1.5 s
+  from each POST's start.
+- ``ws`` (bench/ws.py): BENCH_WS_READERS (150) readers x BENCH_WS_TOKENS (100) tokens at 20 tokens/s, read over
+  SSE and then over WebSocket: the web worker's CPU per delivered event. Target: WebSocket ≤ 1.2 x SSE.
+- ``memory`` (bench/memory.py, on a stack of its own): BENCH_MEMORY_ANSWERS (100) answers x BENCH_MEMORY_TOKENS
+  (200) unpaced tokens in BENCH_MEMORY_SESSIONS (20) sessions: Redis ``used_memory`` per token right after, and
+  BENCH_RESUME_WINDOW_S (5; passed to the stack as REDIS_RESUME_WINDOW_MS) + 3 s later; MEMORY USAGE of one
+  answer's keys. Targets: ≤ 150 bytes per token right after; after the window ≤ the text + 1 KB per answer.
+- ``upstream`` (bench/upstream_tls.py): BENCH_UPSTREAM_GENERATIONS (50) generations, 2 at a time, of a local
+  OpenAI-compatible model over TLS (self-signed certificate made with ``openssl``) that keeps connections
+  alive: TLS handshakes per generation. Target: no more handshakes in all than generations running at once.
+
+Targets against Flask-SSE in the same run: pipeline CPU per delivered token at 300 streams no more than its; at
+300 streams p50 ≤ 15 ms and p99 ≤ 1.5 x its p99; capacity (p99 ≤ 100 ms, no gap or duplicate) ≥ 2 x its.
+
 Environment: BENCH_LEVELS (default "100,200,300,500,750,1000,1500" streams), BENCH_RATE (20 tokens/s per
 stream), BENCH_TOKENS (200 per stream), BENCH_IDLE (idle connections, default 10000), BENCH_PROFILE_AT (300),
-BENCH_LONG_TOKENS (20000 tokens of the long answer, 0 to skip), BENCH_SYSTEMS ("ours,baseline").
+BENCH_LONG_TOKENS (20000 tokens of the long answer, 0 to skip), BENCH_SYSTEMS ("ours,baseline"), the sizes
+above (0 skips a part), BENCH_ONLY (a comma-separated list of parts to run alone: latency (the load levels
+against Flask-SSE, the unloaded first token, the long answer, the idle connections), generations, burst, ws,
+memory, upstream; default all), BENCH_NAME (the report's name instead of the date), BENCH_BEFORE (an earlier
+run's JSON: its CPU per token and its headline figures shown next to this run's).
+
+One part alone, small: ``BENCH_ONLY=memory BENCH_MEMORY_ANSWERS=10 BENCH_MEMORY_TOKENS=50 BENCH_NAME=trial
+python -m bench``.
 """
 
 from __future__ import annotations
@@ -27,6 +57,8 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -34,9 +66,14 @@ import httpx
 import psutil
 import redis
 
+from bench import costs, report
 from bench.client import hold_idle
+from bench.memory import redis_memory
+from bench.plan import PARTS, Plan
 from bench.profile import cpu_seconds, profile_table, python_pid, share, start_profiles
 from bench.ttft import measure as measure_ttft
+from bench.upstream_tls import TlsUpstream, keepalive, tls_upstream
+from bench.ws import web_cpu_per_event
 from bridge.embedded import EmbeddedRedis, free_port
 from tests.stack import API_KEY, Stack, build_stack
 
@@ -60,7 +97,7 @@ STACK_ENV = {
 def _rss_mb(pid: int) -> float:
     try:
         process = psutil.Process(pid)
-        return sum(p.memory_info().rss for p in [process, *process.children(recursive=True)]) / 2**20
+        return float(sum(p.memory_info().rss for p in [process, *process.children(recursive=True)]) / 2**20)
     except psutil.NoSuchProcess:
         return 0.0
 
@@ -146,49 +183,120 @@ def _command_stats(client: redis.Redis) -> dict[str, tuple[int, int]]:
     return {name.removeprefix("cmdstat_"): (int(v["calls"]), int(v["usec"])) for name, v in stats.items()}
 
 
-def run_ours(
-    levels: list[int], rate: float, tokens: int, idle: int, profile_at: int, long_tokens: int, profiles: Path
-) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+@contextmanager
+def _running(logs: str, env: dict[str, str], worker_env: dict[str, str] | None = None) -> Iterator[Stack]:
+    """A stack of STACK_ENV plus ``env`` (the worker also gets ``worker_env``), started and ready; stopped after."""
     stack = build_stack(
         Path(tempfile.mkdtemp(prefix="bench-redis-")),
-        ROOT / "test-artifacts" / "bench-logs",
-        **STACK_ENV,
+        ROOT / "test-artifacts" / logs,
+        **{**STACK_ENV, **env},  # type: ignore[arg-type]
     )
-    rows: list[dict[str, Any]] = []
-    extra: dict[str, Any] = {}
     try:
-        for name in ("web", "worker", "consumer"):
-            stack.start(name)
+        stack.start("web")
+        stack.start("worker", **(worker_env or {}))
+        stack.start("consumer")
         stack.wait_ready()
-        client = stack.client()
-        assert isinstance(stack.redis, EmbeddedRedis) and stack.redis.process is not None
-        cpu_pids = {name: p.pid for name, p in stack.processes.items()}
-        cpu_pids["redis"] = stack.redis.process.pid
-        markers = {"web": "gunicorn", "worker": "celery", "consumer": "workers"}
-        py_pids = {name: python_pid(stack.processes[name].pid, marker) for name, marker in markers.items()}
-        ttft = sorted(measure_ttft(stack.base_url, API_KEY, 100))
-        extra["ttft_echo_ms"] = {"p50": round(ttft[len(ttft) // 2], 2), "p99": round(ttft[int(0.99 * len(ttft))], 2)}
-        for streams in levels:
-            print(f"  tokenbridge: {streams} streams …", flush=True)
-            profile = (py_pids, profiles) if streams == profile_at else None
-            row = _measured_load("ours", stack.base_url, API_KEY, streams, rate, tokens, cpu_pids, profile, client)
-            row["rss_mb"] = {name: round(_rss_mb(p.pid), 1) for name, p in stack.processes.items()}
-            row["redis_connections_web"] = _redis_connections(client, "tokenbridge-web")
-            rows.append(row)
-            print(
-                f"    p50 {row['latency_ms']['p50']} ms, p99 {row['latency_ms']['p99']} ms, "
-                f"CPU µs/token {row['cpu_us_per_token']}",
-                flush=True,
-            )
-        if long_tokens:
-            print(f"  tokenbridge: one answer of {long_tokens} tokens …", flush=True)
-            extra["long_answer"] = _long_answer(stack, client, cpu_pids, long_tokens)
-        extra["idle"] = _idle_test(stack, client, idle)
-        client.close()
+        yield stack
     finally:
         stack.stop_all()
-        stack.redis.stop()
+        stack.stop_servers()
+
+
+def run_ours(
+    levels: list[int],
+    rate: float,
+    tokens: int,
+    idle: int,
+    profile_at: int,
+    long_tokens: int,
+    profiles: Path,
+    plan: Plan,
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """The costs the plan asks for, then the load levels, on one stack; Redis memory on a stack of its own."""
+    rows: list[dict[str, Any]] = []
+    extra: dict[str, Any] = {}
+    if any(plan.wants(part) for part in ("latency", "generations", "burst", "ws", "upstream")):
+        with ExitStack() as context:
+            upstream: TlsUpstream | None = None
+            env: dict[str, str] = {}
+            worker_env: dict[str, str] = {}
+            if plan.wants("upstream"):
+                directory = Path(context.enter_context(tempfile.TemporaryDirectory(prefix="bench-upstream-")))
+                upstream, env, worker_env = context.enter_context(tls_upstream(directory))
+            stack = context.enter_context(_running("bench-logs", env, worker_env))
+            extra.update(_costs(stack, plan, upstream))
+            if plan.wants("latency"):
+                rows = _latency(stack, levels, rate, tokens, idle, profile_at, long_tokens, profiles, extra)
+    if plan.wants("memory"):
+        print(f"  tokenbridge: Redis memory, {plan.memory_answers} answers x {plan.memory_tokens} tokens …", flush=True)
+        window_ms = str(int(plan.resume_window_s * 1000))
+        with _running("bench-memory-logs", {"REDIS_RESUME_WINDOW_MS": window_ms}) as stack:
+            extra["memory"] = redis_memory(
+                stack, plan.memory_answers, plan.memory_tokens, max(1, plan.memory_sessions), plan.resume_window_s
+            )
+        print("    " + "\n    ".join(report.memory_lines(extra["memory"])), flush=True)
     return rows, extra
+
+
+def _costs(stack: Stack, plan: Plan, upstream: TlsUpstream | None) -> dict[str, Any]:
+    """CPU per generation, WebSocket vs SSE, upstream connections and a burst, each when the plan asks for it."""
+    extra: dict[str, Any] = {}
+    if plan.wants("generations"):
+        print(f"  tokenbridge: CPU per generation, {plan.generations} empty answers …", flush=True)
+        extra["generation_cpu"] = costs.generation_cpu(stack, plan.generations)
+        print(f"    {report.generation_cpu_line(extra['generation_cpu'])}", flush=True)
+    if plan.wants("ws"):
+        print(f"  tokenbridge: {plan.ws_readers} readers over SSE, then over WebSocket …", flush=True)
+        extra["ws_vs_sse"] = web_cpu_per_event(stack, plan.ws_readers, plan.ws_tokens)
+        print(f"    {report.ws_line(extra['ws_vs_sse'])}", flush=True)
+    if upstream is not None:
+        print(f"  tokenbridge: {plan.upstream_generations} generations of a TLS upstream …", flush=True)
+        extra["upstream_tls"] = keepalive(stack, upstream, plan.upstream_generations)
+        print(f"    {report.upstream_line(extra['upstream_tls'])}", flush=True)
+    if plan.wants("burst"):
+        print(f"  tokenbridge: a burst of {plan.burst} submissions …", flush=True)
+        extra["burst"] = costs.burst(stack, plan.burst)
+        print(f"    {report.burst_line(extra['burst'])}", flush=True)
+    return extra
+
+
+def _latency(
+    stack: Stack,
+    levels: list[int],
+    rate: float,
+    tokens: int,
+    idle: int,
+    profile_at: int,
+    long_tokens: int,
+    profiles: Path,
+    extra: dict[str, Any],
+) -> list[dict[str, Any]]:
+    """The load levels (profiled at ``profile_at``), the unloaded first token, the long answer, idle clients."""
+    rows: list[dict[str, Any]] = []
+    client = stack.client()
+    cpu_pids = costs.stack_pids(stack)
+    markers = {"web": "gunicorn", "worker": "celery", "consumer": "workers"}
+    py_pids = {name: python_pid(stack.processes[name].pid, marker) for name, marker in markers.items()}
+    ttft = sorted(measure_ttft(stack.base_url, API_KEY, 100))
+    extra["ttft_echo_ms"] = {"p50": round(ttft[len(ttft) // 2], 2), "p99": round(ttft[int(0.99 * len(ttft))], 2)}
+    for streams in levels:
+        print(f"  tokenbridge: {streams} streams …", flush=True)
+        profile = (py_pids, profiles) if streams == profile_at else None
+        row = _measured_load("ours", stack.base_url, API_KEY, streams, rate, tokens, cpu_pids, profile, client)
+        row["rss_mb"] = {name: round(_rss_mb(p.pid), 1) for name, p in stack.processes.items()}
+        row["redis_connections_web"] = _redis_connections(client, "tokenbridge-web")
+        rows.append(row)
+        print(
+            f"    p50 {row['latency_ms']['p50']} ms, p99 {row['latency_ms']['p99']} ms, "
+            f"CPU µs/token {row['cpu_us_per_token']}",
+            flush=True,
+        )
+    if long_tokens:
+        print(f"  tokenbridge: one answer of {long_tokens} tokens …", flush=True)
+        extra["long_answer"] = _long_answer(stack, client, cpu_pids, long_tokens)
+    extra["idle"] = _idle_test(stack, client, idle)
+    client.close()
+    return rows
 
 
 def _long_answer(stack: Stack, client: redis.Redis, cpu_pids: dict[str, int], tokens: int) -> dict[str, Any]:
@@ -405,53 +513,17 @@ def _cpu_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def _capacity(rows: list[dict[str, Any]]) -> int:
-    """The most streams at which every token arrived once, in order, with p99 ≤ 100 ms."""
-    good = [
-        r["streams"]
-        for r in rows
-        if r["latency_ms"]["p99"] is not None
-        and r["latency_ms"]["p99"] <= 100
-        and r["gaps"] == 0
-        and r["duplicates"] == 0
-        and r["delivered"] == r["expected"]
-    ]
-    return max(good, default=0)
-
-
 def _targets(ours: list[dict[str, Any]], baseline: list[dict[str, Any]], extra: dict[str, Any]) -> list[str]:
-    """One line per target of the load work: met, or missed with the figure."""
-
-    def at(rows: list[dict[str, Any]], streams: int) -> dict[str, Any] | None:
-        return next((r for r in rows if r["streams"] == streams), None)
+    """One line per target: met, or MISSED with the figure."""
 
     def verdict(ok: bool) -> str:
         return "met" if ok else "MISSED"
 
-    lines = []
-    row = at(ours, 300)
-    if row is not None:
-        lat = row["latency_ms"]
-        lines.append(
-            f"- 300 streams: p50 {lat['p50']} ms (≤ 15), p99 {lat['p99']} ms (≤ 50): "
-            f"{verdict(lat['p50'] <= 15 and lat['p99'] <= 50)}"
-        )
-        cpu = row["cpu_us_per_token"]["pipeline"]
-        lines.append(f"- pipeline CPU per delivered token at 300 streams: {cpu} µs (≤ 100): {verdict(cpu <= 100)}")
-    ours_cap, base_cap = _capacity(ours), _capacity(baseline)
-    if baseline:
-        lines.append(
-            f"- capacity (p99 ≤ 100 ms, no gap or duplicate): tokenbridge {ours_cap} streams, Flask-SSE "
-            f"{base_cap}: {verdict(ours_cap >= base_cap)}"
-        )
-    else:
-        lines.append(
-            f"- capacity (p99 ≤ 100 ms, no gap or duplicate): tokenbridge {ours_cap} streams (no baseline run)"
-        )
+    lines = report.peer_targets(ours, baseline) + report.cost_targets(extra)
     ttft = extra.get("ttft_echo_ms")
     if ttft:
         lines.append(f"- POST → first token unloaded: p99 {ttft['p99']} ms (≤ 30): {verdict(ttft['p99'] <= 30)}")
-    row = at(ours, 1000)
+    row = report.at(ours, 1000)
     if row is not None and row["ttft_ms"]["p50"] is not None:
         p50 = row["ttft_ms"]["p50"]
         lines.append(f"- time to first token at 1,000 streams: p50 {p50} ms (≤ 250): {verdict(p50 <= 250)}")
@@ -475,6 +547,21 @@ def _targets(ours: list[dict[str, Any]], baseline: list[dict[str, Any]], extra: 
     return lines
 
 
+def _before(result: dict[str, Any]) -> str:
+    """BENCH_BEFORE (an earlier run's JSON): its CPU per token per process, and its headline figures next to
+    this run's."""
+    if not os.environ.get("BENCH_BEFORE"):
+        return ""
+    earlier = json.loads(Path(os.environ["BENCH_BEFORE"]).read_text())
+    parts = [f"## Before and after\n\nThe earlier run: `{os.environ['BENCH_BEFORE']}` (same harness)."]
+    if earlier.get("ours"):
+        parts.append(_cpu_table(earlier["ours"]))
+    figures = report.before_after(earlier, result)
+    if figures:
+        parts.append(figures)
+    return "\n\n".join(parts) + "\n"
+
+
 # Long: mostly the report's Markdown template.
 def main() -> None:
     levels = [int(v) for v in os.environ.get("BENCH_LEVELS", "100,200,300,500,750,1000,1500").split(",")]
@@ -484,30 +571,32 @@ def main() -> None:
     profile_at = int(os.environ.get("BENCH_PROFILE_AT", "300"))
     long_tokens = int(os.environ.get("BENCH_LONG_TOKENS", "20000"))
     systems = os.environ.get("BENCH_SYSTEMS", "ours,baseline").split(",")
+    plan = Plan.from_env()
     stamp = os.environ.get("BENCH_NAME") or datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d")
     profiles = RESULTS / f"{stamp}-profiles"
     print(f"Benchmark: {levels} streams x {rate:g} tokens/s x {tokens} tokens, {os.cpu_count()} cores")
+    print(f"Parts: {', '.join(part for part in PARTS if plan.wants(part))}")
     ours, extra = (
-        run_ours(levels, rate, tokens, idle, profile_at, long_tokens, profiles) if "ours" in systems else ([], {})
+        run_ours(levels, rate, tokens, idle, profile_at, long_tokens, profiles, plan) if "ours" in systems else ([], {})
     )
-    baseline = run_baseline(levels, rate, tokens) if "baseline" in systems else []
+    baseline = run_baseline(levels, rate, tokens) if "baseline" in systems and plan.wants("latency") else []
+    result = {"ours": ours, "baseline": baseline, "extra": extra}
     RESULTS.mkdir(parents=True, exist_ok=True)
     plot = RESULTS / f"{stamp}.png"
-    _plot(ours, baseline, plot)
+    if ours or baseline:
+        _plot(ours, baseline, plot)
     table = _table(ours, baseline)
     targets = "\n".join(_targets(ours, baseline, extra))
-    before = ""
-    if os.environ.get("BENCH_BEFORE"):
-        earlier = json.loads(Path(os.environ["BENCH_BEFORE"]).read_text())
-        before = f"Before (same harness, {os.environ['BENCH_BEFORE']}):\n\n{_cpu_table(earlier['ours'])}\n"
+    before = _before(result)
     profile = profile_table(profiles, ["web", "worker", "consumer"])
     flower = _flower_cost(profiles, [row for row in ours if row["streams"] == profile_at])
-    report = f"""# Benchmark {stamp}
+    markdown = f"""# Benchmark {stamp}
 
 Machine: {os.cpu_count()} cores, everything on one box (embedded Redis {EmbeddedRedis(Path(".")).version()}).
 Load: {levels} concurrent streams x {rate:g} tokens/s x {tokens} tokens. Both systems: gunicorn, one gevent
 worker. tokenbridge runs its full pipeline (Celery worker, consumer worker, hub); Flask-SSE publishes with
 Redis pub/sub. Latency is per token, from the producer's timestamp to receipt by the load process.
+Parts run: {", ".join(part for part in PARTS if plan.wants(part))}.
 
 ## Targets
 
@@ -523,7 +612,7 @@ Idle connections on one web process: {json.dumps(extra.get("idle"))}
 
 One long answer: {json.dumps(extra.get("long_answer"))}
 
-![latency vs load]({plot.name})
+{f"![latency vs load]({plot.name})" if ours or baseline else ""}
 
 ## CPU per delivered token (µs, per process)
 
@@ -532,6 +621,11 @@ publisher that stands in for the model).
 
 {_cpu_table(ours + baseline)}
 
+## Costs per generation, per event and per token held in Redis (tokenbridge)
+
+Flask-SSE has no submissions, no WebSocket, keeps nothing in Redis and calls no model: these are tokenbridge's.
+
+{report.costs_section(extra)}
 {before}
 ## Where the time goes at {profile_at} streams (py-spy, self time, busy samples only)
 
@@ -544,11 +638,11 @@ Raw stacks: `{profiles.relative_to(ROOT)}/`.
 Raw results:
 
 ```json
-{json.dumps({"ours": ours, "baseline": baseline, "extra": extra}, indent=1)}
+{json.dumps(result, indent=1)}
 ```
 """
-    (RESULTS / f"{stamp}.md").write_text(report)
-    (RESULTS / f"{stamp}.json").write_text(json.dumps({"ours": ours, "baseline": baseline, "extra": extra}, indent=1))
+    (RESULTS / f"{stamp}.md").write_text(markdown)
+    (RESULTS / f"{stamp}.json").write_text(json.dumps(result, indent=1))
     print(table)
     print(targets)
     print(f"Report: {RESULTS / f'{stamp}.md'}")
