@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, HTTPException, Request
-from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse
 from pydantic import BaseModel
 from tokenbridge_client import AsyncTokenbridgeClient, TokenbridgeAPIError
 
@@ -45,7 +45,12 @@ def create_app(tokenbridge_url: str | None = None, api_key: str | None = None) -
 
     @app.get("/", response_class=HTMLResponse)
     async def chat() -> str:
-        return CHAT_PAGE.read_text().replace("http://127.0.0.1:8000", public_url)
+        return CHAT_PAGE.read_text()
+
+    @app.get("/tokenbridge.js")
+    async def js_client() -> RedirectResponse:
+        # The page loads the JS client from tokenbridge, at the address browsers reach it by.
+        return RedirectResponse(f"{public_url}/static/tokenbridge.js")
 
     @app.post("/answers", status_code=201)
     async def start_answer(question: Question) -> dict[str, Any]:

@@ -6,6 +6,7 @@
 Then open http://127.0.0.1:5000/ (the page is examples/chat.html). The browser reads the answer from
 tokenbridge directly, so tokenbridge needs this page's origin in CORS_ORIGINS (``CORS_ORIGINS=http://127.0.0.1:5000``).
 TOKENBRIDGE_PUBLIC_URL is tokenbridge's address as browsers reach it, when it differs from TOKENBRIDGE_URL.
+The README shows the part between the ``--8<--`` marks; a test keeps the two the same.
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from flask import Flask, Response, request
+from flask import Flask, Response, redirect, request
+from flask.typing import ResponseReturnValue
 from tokenbridge_client import TokenbridgeAPIError, TokenbridgeClient
 
 CHAT_PAGE = Path(__file__).with_name("chat.html")
@@ -23,15 +25,21 @@ CHAT_PAGE = Path(__file__).with_name("chat.html")
 def create_app(tokenbridge_url: str | None = None, api_key: str | None = None) -> Flask:
     app = Flask(__name__)
     url = tokenbridge_url or os.environ["TOKENBRIDGE_URL"]
+    key = api_key or os.environ["TOKENBRIDGE_API_KEY"]
     public_url = (os.environ.get("TOKENBRIDGE_PUBLIC_URL") or url).rstrip("/")
-    tokenbridge = TokenbridgeClient(url, api_key or os.environ["TOKENBRIDGE_API_KEY"])
-    app.extensions["tokenbridge"] = tokenbridge  # one connection pool for every request; close() at exit
     model = os.environ.get("TOKENBRIDGE_MODEL", "echo")
 
     @app.get("/")
     def chat() -> Response:
-        page = CHAT_PAGE.read_text().replace("http://127.0.0.1:8000", public_url)
-        return Response(page, mimetype="text/html")
+        return Response(CHAT_PAGE.read_text(), mimetype="text/html")
+
+    # --8<-- [start:backend]
+    tokenbridge = TokenbridgeClient(url, key)  # one connection pool for every request
+
+    @app.get("/tokenbridge.js")
+    def js_client() -> ResponseReturnValue:
+        # The page loads the JS client from tokenbridge, at the address browsers reach it by.
+        return redirect(f"{public_url}/static/tokenbridge.js")
 
     @app.post("/answers")
     def start_answer() -> tuple[dict[str, Any], int]:
@@ -60,4 +68,6 @@ def create_app(tokenbridge_url: str | None = None, api_key: str | None = None) -
         status = error.status if error.status in (404, 422, 429) else 502
         return {"error": {"code": error.code, "message": error.message}}, status
 
+    # --8<-- [end:backend]
+    app.extensions["tokenbridge"] = tokenbridge  # tokenbridge.close() at exit
     return app
