@@ -27,11 +27,18 @@ from redis.exceptions import NoScriptError
 from bridge import keys as key_names
 from bridge.cluster import MOVING, refresh_if_moved
 
-# KEYS: meta, lease, raw   ARGV: lease_ms, now, maxlen
+# KEYS: meta, lease, raw   ARGV: lease_ms, now, maxlen, reason, then the models claimed only after a check
+# Returns {attempt (1, 2, …) or refusal, the stored request}: -3 unknown, -2 finished, -1 held by a live attempt,
+# -4 its model is one of those to check first (nothing claimed). The request comes with the claim so that a task
+# starts in one round trip.
 CLAIM_ATTEMPT = """
-if redis.call('EXISTS', KEYS[1]) == 0 then return -3 end
-if redis.call('HEXISTS', KEYS[1], 'terminal') == 1 then return -2 end
-if redis.call('EXISTS', KEYS[2]) == 1 then return -1 end
+if redis.call('EXISTS', KEYS[1]) == 0 then return {-3, false} end
+local state = redis.call('HMGET', KEYS[1], 'terminal', 'request', 'model')
+if state[1] then return {-2, false} end
+for i = 5, #ARGV do
+  if ARGV[i] == state[3] then return {-4, state[2]} end
+end
+if redis.call('EXISTS', KEYS[2]) == 1 then return {-1, state[2]} end
 local attempt = redis.call('HINCRBY', KEYS[1], 'attempt', 1)
 redis.call('SET', KEYS[2], attempt, 'PX', ARGV[1])
 redis.call('HSET', KEYS[1], 'started_at', ARGV[2], 'wseq', 0)
@@ -43,7 +50,7 @@ if attempt > 1 then
              'data', cjson.encode({reason = ARGV[4]}))
   redis.call('PUBLISH', KEYS[3], '')
 end
-return attempt
+return {attempt, state[2]}
 """
 
 # KEYS: meta, lease, raw, cancel   ARGV: attempt, lease_ms, maxlen, batch, renew, then type/data pairs
@@ -416,6 +423,7 @@ def _by_node(client: redis.Redis, calls: list[Call]) -> list[tuple[redis.Redis, 
 class Claim(IntEnum):
     """CLAIM_ATTEMPT's refusals (a claim that succeeds returns the new attempt's number, 1, 2, …)."""
 
+    CHECK_FIRST = -4
     UNKNOWN = -3
     FINISHED = -2
     HELD = -1
@@ -485,17 +493,29 @@ def decode_commit(reply: Any) -> Commit | None:
     return Commit.REFUSED if reply == Commit.REFUSED else Commit.COMMITTED
 
 
-def claim_attempt(client: redis.Redis, generation_id: str, *, lease_ms: int, max_length: int, reason: str) -> int:
-    """Start a new attempt: its number (1, 2, …), or the ``Claim`` that refused it."""
+def claim_attempt(
+    client: redis.Redis,
+    generation_id: str,
+    *,
+    lease_ms: int,
+    max_length: int,
+    reason: str,
+    check_first: Sequence[str] = (),
+) -> tuple[int, str | None]:
+    """Start a new attempt: its number (1, 2, …), or the ``Claim`` that refused it; and the stored request.
+
+    A generation of a model in ``check_first`` is not claimed (``Claim.CHECK_FIRST``): its caller checks first.
+    """
     generation_keys = [key_names.gen_meta(generation_id), key_names.gen_lease(generation_id)]
     generation_keys.append(key_names.gen_raw(generation_id))
-    args = [lease_ms, repr(time.time()), max_length, reason]
-    result = int(run(client, CLAIM_ATTEMPT, generation_keys, args))
-    return result if result > 0 else Claim(result)
+    args = [lease_ms, repr(time.time()), max_length, reason, *check_first]
+    result, request = run(client, CLAIM_ATTEMPT, generation_keys, args)
+    attempt = int(result)
+    return (attempt if attempt > 0 else Claim(attempt)), (request or None)
 
 
 def write_call(generation_id: str, args: list[Any]) -> Call:
-    """A run of WRITE (ARGV as the script documents it), for ``run``, ``run_batch`` or a write batcher."""
+    """A run of WRITE (ARGV as the script documents it), for ``run`` or ``run_batch`` (a write loop)."""
     generation_keys = [
         key_names.gen_meta(generation_id),
         key_names.gen_lease(generation_id),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Iterator
+from dataclasses import dataclass
 from functools import cache
 from typing import Any
 
@@ -22,18 +23,9 @@ from bridge.errors import UnknownModelError
 from bridge.events import EventType
 from bridge.generation import GenerationRequest
 from bridge.models import ModelSpec, registry_for
-from bridge.producer import (
-    Chunk,
-    Claim,
-    Finish,
-    GenerationWriter,
-    Outcome,
-    TokenSource,
-    WriteBatcher,
-    pump,
-    with_retries,
-)
+from bridge.producer import Chunk, Claim, Finish, GenerationWriter, Outcome, TokenSource, with_retries
 from bridge.settings import Settings
+from bridge.write_loop import WriteLoop
 from tasks import metrics
 from tasks.providers import provider_for
 from tasks.providers.base import Provider
@@ -52,15 +44,15 @@ def _client() -> redis.Redis:
 
 
 @cache
-def _batcher() -> WriteBatcher:
+def _write_loop() -> WriteLoop:
     """One per worker process: the writes of all its generations go to Redis together."""
-    return WriteBatcher(_client())
+    return WriteLoop(_client())
 
 
 @shared_task(name=GENERATE_TASK, ignore_result=True, acks_late=True, bind=True, max_retries=None)
 def generate(self: Task, generation_id: str) -> str:  # type: ignore[type-arg]
     """Run one generation. Returns what happened (for logs and Flower)."""
-    outcome = run_generation(_client(), _settings(), generation_id, batcher=_batcher())
+    outcome = run_generation(_client(), _settings(), generation_id, loop=_write_loop())
     if outcome == DEFERRED:
         # The model is at its concurrency limit: try again shortly (QUEUE_TIMEOUT_S bounds the wait).
         raise self.retry(countdown=0.5)
@@ -71,26 +63,67 @@ DEFERRED = "deferred"
 
 
 def run_generation(
-    client: redis.Redis, settings: Settings, generation_id: str, *, batcher: WriteBatcher | None = None
+    client: redis.Redis, settings: Settings, generation_id: str, *, loop: WriteLoop | None = None
 ) -> str:
-    writer = _writer(client, settings, generation_id, batcher)
-    log_extra: dict[str, object] = {"generation_id": generation_id}
-    raw_request, terminal = client.hmget(keys.gen_meta(generation_id), ["request", "terminal"])
-    if terminal or raw_request is None:
-        return "skipped:finished"  # cancelled, timed out or expired while it waited
+    """Claim an attempt and run it (what happened, for the task's result). Most generations start in one round
+    trip: the claim reads the request. A model checked before its claim (an external one, fed by its producer;
+    one with a ``concurrency`` limit, whose slot comes first) goes through ``_check_then_run``."""
+    writer = _writer(client, settings, generation_id)
+    registry = registry_for(settings.models_file)
+    attempt = writer.claim(reason="worker_lost", check_first=_checked_first(registry))
+    if attempt == Claim.CHECK_FIRST:
+        return _check_then_run(client, settings, writer, registry, loop)
+    if attempt <= 0:
+        return _not_started(generation_id, attempt)
+    parsed = _parse(writer, registry)
+    if isinstance(parsed, str):
+        return parsed
+    return _run_attempt(client, settings, writer, parsed, loop)
+
+
+def _checked_first(registry: dict[str, ModelSpec]) -> tuple[str, ...]:
+    return tuple(name for name, spec in registry.items() if spec.provider == "external" or spec.concurrency)
+
+
+@dataclass(frozen=True, slots=True)
+class _Parsed:
+    request: GenerationRequest
+    raw: dict[str, Any]
+    spec: ModelSpec
+    provider: Provider
+
+
+def _parse(writer: GenerationWriter, registry: dict[str, ModelSpec]) -> _Parsed | str:
+    """The stored request, its model and provider; a request that cannot run ends with ``invalid_request``."""
     try:
-        request = GenerationRequest.model_validate(orjson.loads(raw_request or "{}"))
-        spec = registry_for(settings.models_file).get(request.model)
+        raw = orjson.loads(writer.request or "{}")
+        request = GenerationRequest.model_validate(raw)
+        spec = registry.get(request.model)
         if spec is None:
             raise UnknownModelError(f"model {request.model!r} is not configured on this worker")
         if spec.provider == "external":
             return "skipped:external"  # fed over HTTP or by bridge.external, never by a task
-        provider = provider_for(spec)
+        return _Parsed(request, raw, spec, provider_for(spec))
     except (ValueError, UnknownModelError) as exc:
-        if writer.claim() > 0:
-            logger.error("Generation %s cannot start: %s", generation_id, exc, extra=log_extra)
+        if writer.attempt > 0 or writer.claim() > 0:
+            logger.error("Generation %s cannot start: %s", writer.generation_id, exc, extra=_log(writer))
             writer.write([(EventType.ERROR.value, {"code": "invalid_request", "message": str(exc)})])
         return "failed"
+
+
+def _check_then_run(
+    client: redis.Redis,
+    settings: Settings,
+    writer: GenerationWriter,
+    registry: dict[str, ModelSpec],
+    loop: WriteLoop | None,
+) -> str:
+    """A model that is checked before the claim: not at all for an external one, its slot first for one with a
+    ``concurrency`` limit (deferred while the model is full)."""
+    parsed = _parse(writer, registry)
+    if isinstance(parsed, str):
+        return parsed
+    generation_id, spec = writer.generation_id, parsed.spec
     slot = keys.model_running(spec.name) if spec.concurrency else None
     if slot is not None and not _take_slot(client, slot, generation_id, spec.concurrency or 0, settings):
         # Celery's retry sends this task again: the consumer need not send a copy of it.
@@ -103,33 +136,48 @@ def run_generation(
             # A copy of the task (redelivered, or sent again) refused because an attempt runs: the slot, keyed by
             # generation, is that attempt's, and stays taken until it ends.
             holds_slot = attempt != Claim.HELD
-            reason = Claim(attempt).name.lower()
-            logger.info("Generation %s not started: %s.", generation_id, reason, extra=log_extra)
-            return f"skipped:{reason}"
-        log_extra["attempt"] = attempt
-        logger.info("Generation %s started (model %s).", generation_id, request.model, extra=log_extra)
-        cached = _cached_answer(client, spec, orjson.loads(raw_request or "{}"))
-        source = (
-            _replay(cached)
-            if cached is not None
-            else _provider_source(settings, spec, provider, request, generation_id)
-        )
-        outcome = pump(
-            writer,
-            source,
-            flush_window_s=settings.flush_window_ms / 1000,
-            poll_s=settings.cancel_poll_ms / 1000,
-            idle_timeout_s=settings.provider_idle_timeout_s,
-            max_duration_s=settings.generation_max_duration_s,
-        )
-        logger.info("Generation %s attempt %s %s.", generation_id, attempt, outcome.value, extra=log_extra)
-        _count(spec.name, outcome, writer)
-        if cached is None:
-            _record_circuit(client, settings, spec.name, outcome, writer.error_code)
-        return outcome.value
+            return _not_started(generation_id, attempt)
+        return _run_attempt(client, settings, writer, parsed, loop)
     finally:
         if slot is not None and holds_slot:
             client.zrem(slot, generation_id)
+
+
+def _not_started(generation_id: str, attempt: int) -> str:
+    reason = Claim(attempt).name.lower()
+    logger.info("Generation %s not started: %s.", generation_id, reason, extra={"generation_id": generation_id})
+    return f"skipped:{reason}"
+
+
+def _log(writer: GenerationWriter) -> dict[str, object]:
+    return {"generation_id": writer.generation_id, "attempt": writer.attempt}
+
+
+def _run_attempt(
+    client: redis.Redis, settings: Settings, writer: GenerationWriter, parsed: _Parsed, loop: WriteLoop | None
+) -> str:
+    """Stream the model's answer (or the cached one) through the write loop until the attempt ends."""
+    spec, generation_id = parsed.spec, writer.generation_id
+    logger.info("Generation %s started (model %s).", generation_id, spec.name, extra=_log(writer))
+    cached = _cached_answer(client, spec, parsed.raw)
+    source = (
+        _replay(cached)
+        if cached is not None
+        else _provider_source(settings, spec, parsed.provider, parsed.request, generation_id)
+    )
+    outcome = (loop or WriteLoop(client)).run(
+        writer,
+        source,
+        flush_window_s=settings.flush_window_ms / 1000,
+        poll_s=settings.cancel_poll_ms / 1000,
+        idle_timeout_s=settings.provider_idle_timeout_s,
+        max_duration_s=settings.generation_max_duration_s,
+    )
+    logger.info("Generation %s attempt %s %s.", generation_id, writer.attempt, outcome.value, extra=_log(writer))
+    _count(spec.name, outcome, writer)
+    if cached is None:
+        _record_circuit(client, settings, spec.name, outcome, writer.error_code)
+    return outcome.value
 
 
 def _cached_answer(client: redis.Redis, spec: ModelSpec, request: dict[str, Any]) -> CachedAnswer | None:
@@ -164,13 +212,16 @@ def _record_circuit(
         return
     if error_code is not None and error_code not in FAILURE_CODES:
         return  # the upstream answered: a rejected request, a length limit, ...
-    circuits = Circuits(client, threshold=settings.circuit_failures, cooldown_s=settings.circuit_cooldown_s)
+    circuits = _circuits(client, settings.circuit_failures, settings.circuit_cooldown_s)
+    if error_code is None:
+        circuits.succeeded(model)  # written with the process's other successes, within a second
+        return
     try:
-        failures = circuits.record(model, failed=error_code is not None)
+        failures = circuits.record(model, failed=True)
     except redis.RedisError as exc:
         logger.warning("Could not record the outcome for model %s's circuit: %s", model, exc)
         return
-    if error_code is not None and failures == settings.circuit_failures:
+    if failures == settings.circuit_failures:
         logger.error(
             "Model %s failed %s times in a row: its circuit is open for %ss.",
             model,
@@ -179,16 +230,19 @@ def _record_circuit(
         )
 
 
-def _writer(
-    client: redis.Redis, settings: Settings, generation_id: str, batcher: WriteBatcher | None
-) -> GenerationWriter:
+@cache
+def _circuits(client: redis.Redis, threshold: int, cooldown_s: float) -> Circuits:
+    """The process's circuits: one writer of successes for every generation."""
+    return Circuits(client, threshold=threshold, cooldown_s=cooldown_s)
+
+
+def _writer(client: redis.Redis, settings: Settings, generation_id: str) -> GenerationWriter:
     return GenerationWriter(
         client,
         generation_id,
         lease_ms=settings.lease_ms,
         max_length=settings.redis_stream_max_length,
         retry_s=settings.redis_retry_s,
-        batcher=batcher,
     )
 
 

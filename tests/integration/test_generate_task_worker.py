@@ -26,9 +26,9 @@ from bridge.connections import close, redis_client
 from bridge.constants import GENERATE_TASK
 from bridge.embedded import EmbeddedRedis
 from bridge.models import registry_for
-from bridge.producer import WriteBatcher
 from bridge.settings import Settings
 from bridge.task_queue import send_generation, waiting_tasks
+from bridge.write_loop import WriteLoop
 from tasks import generation
 from tasks.celery_app import create_celery
 from tests.support import status_of, wait_for
@@ -93,17 +93,16 @@ def celery_worker_parameters() -> Mapping[str, Any]:
 
 @pytest.fixture(autouse=True)
 def worker_process_state(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """The task's process-wide settings, client and write batcher, on this test's Redis; logging restored."""
+    """The task's process-wide settings, client and write loop, on this test's Redis; logging restored."""
     client = redis_client(settings, max_connections=64)
-    batcher = WriteBatcher(client)
+    loop = WriteLoop(client)
     monkeypatch.setattr(generation, "_settings", lambda: settings)
     monkeypatch.setattr(generation, "_client", lambda: client)
-    monkeypatch.setattr(generation, "_batcher", lambda: batcher)
+    monkeypatch.setattr(generation, "_write_loop", lambda: loop)
     # The worker configures logging at start (tasks.celery_app's setup_logging handler): undo it afterwards.
     root = logging.getLogger()
     handlers, level, factory = list(root.handlers), root.level, logging.getLogRecordFactory()
     yield
-    batcher.close()
     close(client)
     root.handlers[:] = handlers
     root.setLevel(level)

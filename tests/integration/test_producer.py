@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import orjson
 import pytest
 import redis
 
-from bridge import keys, scripts, streams
-from bridge.producer import Claim, GenerationWriter, WriteBatcher, WriteResult
+from bridge import keys, streams
+from bridge.producer import Chunk, Claim, Finish, GenerationWriter, Outcome, TokenSource, WriteResult
 from bridge.settings import Settings
+from bridge.write_loop import WriteLoop
 from tests.support import new_generation
 
 
@@ -93,48 +95,54 @@ def test_cancelling_a_running_generation_is_seen_by_its_next_write(r: redis.Redi
     assert writer.write([("token", {"content": "x", "ts": 1.0})]) is WriteResult.FENCED
 
 
+def _tokens(count: int, *, pace_s: float = 0.0) -> TokenSource:
+    def source(stop: threading.Event) -> Iterator[Chunk]:
+        for n in range(count):
+            if pace_s and stop.wait(pace_s):
+                return
+            yield f"{n} "
+        yield Finish()
+
+    return source
+
+
 def test_the_writes_of_many_generations_share_round_trips_and_stay_exact(r: redis.Redis, settings: Settings) -> None:
-    # Given 40 generations of one worker process writing 25 tokens each at once, through one batcher
-    batcher = WriteBatcher(r)
+    # Given 40 generations of one worker process writing 25 tokens each at once, through one write loop
+    loop = WriteLoop(r)
     gids = [new_generation(r, settings, f"gen_{i}") for i in range(40)]
-    writers = [GenerationWriter(r, gid, lease_ms=5000, max_length=1000, batcher=batcher) for gid in gids]
+    writers = [GenerationWriter(r, gid, lease_ms=5000, max_length=1000) for gid in gids]
     for writer in writers:
         assert writer.claim() == 1
-
-    def produce(writer: GenerationWriter) -> None:
-        for n in range(25):
-            assert writer.write([("token", {"content": f"{n} ", "ts": 1.0})]) is WriteResult.WRITTEN
-        assert writer.write([("done", {"finish_reason": "stop"})]) is WriteResult.WRITTEN
-
-    threads = [threading.Thread(target=produce, args=(w,)) for w in writers]
+    outcomes: list[Outcome] = []
+    threads = [
+        threading.Thread(target=lambda w=w: outcomes.append(loop.run(w, _tokens(25, pace_s=0.002)))) for w in writers
+    ]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join(30)
-    batcher.close()
     # Then every generation's raw stream holds its own tokens in order, once, and its end
+    assert outcomes == [Outcome.FINISHED] * 40
     for gid in gids:
         entries = [f for _, f in r.xrange(keys.gen_raw(gid))]
         assert [orjson.loads(f["data"]).get("content") for f in entries[:-1]] == [f"{n} " for n in range(25)]
         assert entries[-1]["type"] == "done"
-    # And the 1,040 writes took far fewer round trips
-    assert batcher.calls == 40 * 26
-    assert batcher.flushes < batcher.calls / 2
+    # And the 1,000 tokens took far fewer round trips
+    assert loop.flushes < 40 * 26 / 2
 
 
-def test_a_stale_attempt_stays_fenced_through_the_batcher(r: redis.Redis, settings: Settings) -> None:
+def test_a_stale_attempt_stays_fenced_through_the_write_loop(r: redis.Redis, settings: Settings) -> None:
     # Given an attempt whose lease ran out and a second attempt that took over
     gid = new_generation(r, settings, "gen_1")
-    batcher = WriteBatcher(r)
-    stale = GenerationWriter(r, gid, lease_ms=5000, max_length=1000, batcher=batcher)
+    loop = WriteLoop(r)
+    stale = GenerationWriter(r, gid, lease_ms=5000, max_length=1000)
     assert stale.claim() == 1
     r.delete(keys.gen_lease(gid))
-    live = GenerationWriter(r, gid, lease_ms=5000, max_length=1000, batcher=batcher)
+    live = GenerationWriter(r, gid, lease_ms=5000, max_length=1000)
     assert live.claim() == 2
-    # When both write through the same batcher
-    assert stale.write([("token", {"content": "old", "ts": 1.0})]) is WriteResult.FENCED
-    assert live.write([("token", {"content": "new", "ts": 1.0})]) is WriteResult.WRITTEN
-    batcher.close()
+    # When both write through the same loop
+    assert loop.run(stale, _tokens(1)) is Outcome.FENCED
+    assert loop.run(live, _tokens(1)) is Outcome.FINISHED
     # Then only the live attempt's token is there
     assert [(t, a) for t, a in _raw_types(r, gid) if t == "token"] == [("token", "2")]
 
@@ -154,10 +162,10 @@ def test_the_lease_is_renewed_on_a_timer_not_by_every_write(r: redis.Redis, sett
     assert 0 < int(r.pttl(keys.gen_lease(gid))) <= 3000
 
 
-def test_a_write_waiting_on_a_flush_that_dies_fails_instead_of_hanging(
+def test_a_generation_waiting_on_a_write_loop_that_dies_fails_instead_of_hanging(
     r: redis.Redis, settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # Given a batcher whose flushing thread is killed in the middle of a flush (the worker going away)
+    # Given a write loop whose thread is killed in the middle of a flush (the worker going away)
     class Killed(BaseException):
         pass
 
@@ -165,18 +173,19 @@ def test_a_write_waiting_on_a_flush_that_dies_fails_instead_of_hanging(
         raise Killed()
 
     gid = new_generation(r, settings, "gen_1")
-    batcher = WriteBatcher(r)
-    writer = GenerationWriter(r, gid, lease_ms=5000, max_length=1000, batcher=batcher, retry_s=0)
+    loop = WriteLoop(r)
+    writer = GenerationWriter(r, gid, lease_ms=5000, max_length=1000, retry_s=0)
     assert writer.claim() == 1
-    monkeypatch.setattr(scripts, "run_batch", killed)
-    # When a token is written through it
-    # Then the write fails as a lost connection would, at once
-    with pytest.raises(redis.ConnectionError, match="batcher stopped"):
-        writer.write([("token", {"content": "a", "ts": 1.0})])
-    # And the next write, once Redis answers again, goes through a new flushing thread
+    monkeypatch.setattr(loop, "_send", killed)
+    # When a generation writes through it
+    # Then it fails as a lost connection would, at once, and gives its lease back
+    with pytest.raises(redis.ConnectionError, match="write loop stopped"):
+        loop.run(writer, _tokens(3))
+    assert not r.exists(keys.gen_lease(gid))
+    # And the next generation, once Redis answers again, goes through a new loop thread
     monkeypatch.undo()
-    assert writer.write([("token", {"content": "a", "ts": 1.0})]) is WriteResult.WRITTEN
-    batcher.close()
+    assert writer.claim() == 2
+    assert loop.run(writer, _tokens(3)) is Outcome.FINISHED
 
 
 def test_a_write_after_a_lost_one_restarts_the_attempt_instead_of_leaving_a_hole(

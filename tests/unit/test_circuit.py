@@ -9,6 +9,7 @@ import pytest
 
 from bridge import keys
 from bridge.circuit import Circuits, CircuitState
+from tests.support import wait_for
 
 
 @pytest.fixture
@@ -68,3 +69,23 @@ def test_the_public_state() -> None:
     assert CircuitState().public() == {"circuit": "closed", "failures": 0, "retry_in_s": 0.0}
     opened = CircuitState(5, time.time() + 12.04).public()
     assert opened["circuit"] == "open" and opened["failures"] == 5 and 11.9 <= opened["retry_in_s"] <= 12.1
+
+
+def test_successes_are_written_together_within_their_delay_and_before_a_later_failure(
+    fake_redis: fakeredis.FakeRedis,
+) -> None:
+    # Given a model with two failures in a row, and a process's circuits that delay successes
+    circuits = Circuits(fake_redis, threshold=3, cooldown_s=30, success_delay_s=0.05)
+    for _ in range(2):
+        circuits.record("m", failed=True)
+    # When many generations succeed at once
+    for _ in range(100):
+        circuits.succeeded("m")
+    # Then the count is reset within the delay
+    wait_for(lambda: circuits.state("m") == CircuitState(0, 0.0), timeout_s=2, message="success not written")
+    # And a failure right after a success not written yet counts as the first in a row, not the third
+    slow = Circuits(fake_redis, threshold=3, cooldown_s=30, success_delay_s=60)
+    for _ in range(2):
+        slow.record("n", failed=True)
+    slow.succeeded("n")
+    assert slow.record("n", failed=True) == 1

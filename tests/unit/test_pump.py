@@ -7,30 +7,53 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+import orjson
 import pytest
+import redis
 
+from bridge import scripts
 from bridge.errors import ProviderError
-from bridge.producer import Chunk, Finish, GenerationWriter, Outcome, WriteResult, pump, with_retries
+from bridge.producer import Chunk, Finish, GenerationWriter, Outcome, WriteResult, with_retries
+from bridge.write_loop import WriteLoop
 
 
 class RecordingWriter(GenerationWriter):
+    """A writer whose writes go to a recording stand-in for Redis instead (``send``): each reply is the next of
+    ``results`` (written when there are none left)."""
+
     def __init__(self, results: list[WriteResult] | None = None) -> None:
-        self.generation_id = "gen_test"
+        super().__init__(None, "gen_test", lease_ms=10_000, max_length=1000, retry_s=0)  # type: ignore[arg-type]
         self.attempt = 1
         self.writes: list[list[tuple[str, dict[str, Any]]]] = []
         self.heartbeats = 0
         self.results = results or []
+        self.released = False
 
-    def write(self, entries: list[tuple[str, dict[str, Any]]]) -> WriteResult:
-        self.writes.append(entries)
-        return self.results.pop(0) if self.results else WriteResult.WRITTEN
-
-    def heartbeat(self) -> WriteResult:
-        self.heartbeats += 1
-        return self.results.pop(0) if self.results else WriteResult.WRITTEN
+    def send(self, calls: list[scripts.Call]) -> list[Any]:
+        replies = []
+        for call in calls:
+            entries = [(call.args[i], orjson.loads(call.args[i + 1])) for i in range(5, len(call.args), 2)]
+            if entries:
+                self.writes.append(entries)
+            else:
+                self.heartbeats += 1
+            result = self.results.pop(0) if self.results else WriteResult.WRITTEN
+            replies.append(_REPLIES[result](len(entries)))
+        return replies
 
     def release(self) -> None:
         self.released = True
+
+
+_REPLIES = {
+    WriteResult.WRITTEN: lambda n: n,
+    WriteResult.FENCED: lambda n: int(scripts.Write.FENCED),
+    WriteResult.CANCELLED: lambda n: int(scripts.Write.CANCELLED),
+}
+
+
+def pump(writer: RecordingWriter, source: Any, **options: Any) -> Outcome:
+    return WriteLoop(None, send=writer.send).run(writer, source, **options)
 
 
 def _burst(n: int) -> Any:
@@ -174,11 +197,10 @@ def test_an_interrupted_pump_releases_the_lease() -> None:
         pass
 
     class FailingWriter(RecordingWriter):
-        def write(self, entries: list[tuple[str, dict[str, Any]]]) -> WriteResult:
+        def send(self, calls: list[scripts.Call]) -> list[Any]:
             raise Interrupted()
 
     writer = FailingWriter()
-    writer.released = False
-    with pytest.raises(Interrupted):
+    with pytest.raises(redis.ConnectionError, match="write loop stopped"):
         pump(writer, _burst(3), flush_window_s=0)
     assert writer.released
