@@ -361,6 +361,13 @@ class Settings(BaseSettings):
         description="On SIGTERM, seconds a `worker` lets running generations go on before it hands them back (lease "
         "released, message requeued). 0 turns the grace period off.",
     )
+    celery_sent_events: bool = Field(
+        default=False,
+        description="`1`/`true`: `web` sends a Celery `task-sent` event with each generation task, so that Flower "
+        "lists the task from its submission rather than from the moment a worker takes it. Off by default: it costs "
+        "a broker round trip per generation, and only a monitor reads it. (A `worker` sends its task events only "
+        "while a monitor asks for them: Flower does, every few seconds.)",
+    )
     celery_restore_interval_s: int = Field(
         default=10,
         ge=1,

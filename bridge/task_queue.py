@@ -29,7 +29,8 @@ def celery_client_options(settings: Settings) -> dict[str, Any]:
         "task_ignore_result": True,
         "broker_connection_retry_on_startup": True,
         "broker_transport_options": broker_transport_options(settings),
-        "task_send_sent_event": True,
+        # Read by monitors only (Flower): off unless asked for, since it costs a broker round trip per generation.
+        "task_send_sent_event": settings.celery_sent_events,
         **broker_ssl_options(settings),
     }
 

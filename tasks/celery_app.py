@@ -39,12 +39,14 @@ def create_celery(settings: Settings) -> Celery:
         # No result backend (task_ignore_result): the broker is the only Redis Celery connects to.
         **broker_ssl_options(settings),
         worker_hijack_root_logger=False,
-        worker_send_task_events=True,
+        # Task events only while a monitor reads them: Flower turns them on (``enable_events``) every few seconds.
+        # Three broker round trips per generation otherwise, that nothing reads.
+        worker_send_task_events=False,
         # With REMAP_SIGTERM=SIGQUIT (the Procfile sets it), SIGTERM gives running generations this long to
         # finish, then hands them back: their lease is released and the message requeued (acks_late).
         worker_soft_shutdown_timeout=settings.celery_soft_shutdown_s,
         task_time_limit=settings.celery_time_limit_s,
-        task_send_sent_event=True,
+        task_send_sent_event=settings.celery_sent_events,
         enable_utc=True,
     )
     app.conf.tokenbridge_settings = settings

@@ -133,6 +133,16 @@ def test_flower_shows_consumers_and_their_generations_and_a_killed_consumer_goes
         assert listed[name]["registered"] == [PROCESS_TASK] and listed[name]["active_queues"] == []
         assert listed[name]["stats"]["pool"]["processes"] == [listed[name]["stats"]["pid"]]
 
+    # And the Celery worker sending its task events, which it does once Flower has asked (every 5 s) and not before
+    def generate_task_listed() -> bool:
+        probe = stack_.create(model="echo", prompt="probe")
+        _finish(stack_, probe)
+        time.sleep(0.5)
+        tasks = flower.tasks().values()
+        return any(t.get("name") == GENERATE_TASK and t.get("args") == repr([probe["id"]]) for t in tasks)
+
+    _poll(generate_task_listed, timeout_s=20, what="the worker's task events in Flower")
+
     # When generations end in done, error and cancelled
     done = stack_.create(model="echo", prompt="seen in flower")
     failed = stack_.create(model="synthetic", prompt="x", max_tokens=5, options={"fail_after_tokens": 2})
