@@ -149,6 +149,10 @@ class GenerationWriter:
         """The next write: ``entries`` (none for a heartbeat), renewing the lease when due."""
         if entries:
             self.batch += 1
+        return self._build(entries)
+
+    def _build(self, entries: list[tuple[str, dict[str, Any]]]) -> PendingWrite:
+        """A write of ``entries`` numbered ``batch`` (0: a heartbeat)."""
         now = time.monotonic()
         renew = now - self._renewed_at >= self.lease_ms / 3000
         args: list[Any] = [self.attempt, self.lease_ms, self.max_length, self.batch if entries else 0, int(renew)]
@@ -176,7 +180,7 @@ class GenerationWriter:
             # The write that failed before this one was never applied: this one takes its number.
             self._unsure = False
             self.batch -= 1
-            again = self.prepare(pending.entries)
+            again = self._build(pending.entries)
             again.out_of_memory = pending.out_of_memory
             return again
         self._unsure = False
@@ -199,7 +203,8 @@ class GenerationWriter:
         delay_s = 0.05
         while True:
             try:
-                reply = scripts.run(self.client, pending.call.source, pending.call.keys, pending.call.args)
+                call = pending.call
+                reply = scripts.run(self.client, call.source, call.keys, call.args, call.hints)
             except Exception as exc:
                 reply = exc
             settled = self.settle(pending, reply)

@@ -11,7 +11,7 @@ import orjson
 import pytest
 import redis
 
-from bridge import keys, streams
+from bridge import keys, scripts, streams
 from bridge.producer import Chunk, Claim, Finish, GenerationWriter, Outcome, TokenSource, WriteResult
 from bridge.settings import Settings
 from bridge.write_loop import WriteLoop
@@ -210,3 +210,31 @@ def test_a_write_after_a_lost_one_restarts_the_attempt_instead_of_leaving_a_hole
     ]
     assert r.exists(keys.gen_lease("gen_1")) == 1  # released by the pump, not by the write
     assert _writer(r, "gen_1").claim() == Claim.HELD
+
+
+def test_a_write_refused_at_maxmemory_ends_the_generation_with_the_next_batch_number(
+    r: redis.Redis, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given an attempt that wrote one batch, whose second write Redis refuses at maxmemory (nothing written)
+    gid = new_generation(r, settings, "gen_1")
+    writer = _writer(r, gid)
+    writer.claim()
+    assert writer.write([("token", {"content": "a", "ts": 1.0})]) is WriteResult.WRITTEN
+    real_run = scripts.run
+    refusals = iter([redis.ResponseError("OOM command not allowed when used memory > 'maxmemory'.")])
+
+    def full_once(*args: Any, **kwargs: Any) -> Any:
+        refusal = next(refusals, None)
+        if refusal is not None:
+            raise refusal
+        return real_run(*args, **kwargs)
+
+    monkeypatch.setattr(scripts, "run", full_once)
+    # When it writes its next token
+    result = writer.write([("token", {"content": "b", "ts": 2.0})])
+    # Then the generation ends with redis_out_of_memory in the refused write's place: no hole, nothing lost
+    assert result is WriteResult.OUT_OF_MEMORY
+    types = [f["type"] for _, f in r.xrange(keys.gen_raw(gid))]
+    assert types == ["token", "error"]
+    assert orjson.loads(r.xrange(keys.gen_raw(gid))[-1][1]["data"])["code"] == "redis_out_of_memory"
+    assert r.hget(keys.gen_meta(gid), "wseq") == "2"
