@@ -144,14 +144,21 @@ class Committer:
             args.extend(item)
         if not batch.owned.commit_keys:
             batch.owned.commit_keys = _commit_keys(gen.generation_id, gen.session_id if not self.cluster else "")
-        return scripts.Call(scripts.COMMIT, batch.owned.commit_keys, args)
+        commit_keys = batch.owned.commit_keys
+        # The streams a reader is told about (with every other commit of the flush, on a single Redis).
+        hints = (commit_keys[0], commit_keys[6]) if len(commit_keys) > 6 else (commit_keys[0],)
+        return scripts.Call(scripts.COMMIT, commit_keys, args, hints if batch.outs else ())
 
     def _end(self, ended: list[Batch]) -> None:
-        """After the terminal event's commit: release the key's running slot, expire the session (cluster)."""
+        """After the terminal event's commit, in one round trip for every generation that ended: its work entry is
+        done, the key's running slot released, the session expired (cluster)."""
         retention_ms = self.settings.redis_stream_retention_ms
         pipe = self.client.pipeline(transaction=False)
         for batch in ended:
-            gen = batch.owned.gen
+            owned = batch.owned
+            pipe.xack(owned.work_stream, self.group, owned.work_id)
+            pipe.xdel(owned.work_stream, owned.work_id)
+            gen = owned.gen
             if gen.api_key:
                 pipe.zrem(keys.key_running(gen.api_key), gen.generation_id)
             if gen.session_id and self.cluster:

@@ -128,6 +128,7 @@ class ConsumerWorker:
                 self._stopping.wait(backoff_s)
                 backoff_s = min(backoff_s * 2, _UNAVAILABLE_BACKOFF_MAX_S if isinstance(exc, UNAVAILABLE) else 5.0)
         self.ownership.hand_back()
+        self.chain.close()
         if self.events is not None:
             self.events.close()
         self.reader.close()
@@ -150,10 +151,16 @@ class ConsumerWorker:
             self.ownership.recover_missing_groups()
             return 0
         processed = 0
+        work = [
+            (fields.get("generation_id", ""), work_id, stream)
+            for stream, entries in reply or []
+            if stream in self.work_streams
+            for work_id, fields in entries
+        ]
+        if work:
+            self.ownership.adopt_many(work, taken_over=False)  # the states of every new generation in one round trip
         for stream, entries in reply or []:
             if stream in self.work_streams:
-                for work_id, fields in entries:
-                    self.adopt(fields.get("generation_id", ""), work_id, taken_over=False, work_stream=stream)
                 continue
             owned = self.owned.get(keys.generation_id_from_key(stream))
             if owned is None:

@@ -52,9 +52,28 @@ class Ownership:
         self, generation_id: str, work_id: str, *, taken_over: bool, work_stream: str = keys.WORK_STREAM
     ) -> OwnedGeneration | None:
         """Own a generation: load its state from ``:meta``. Returns it when it is newly ours."""
-        if generation_id in self.owned:
-            return None
-        meta: dict[str, str] = self.client.hgetall(keys.gen_meta(generation_id)) if generation_id else {}  # type: ignore[assignment]
+        return self.adopt_many([(generation_id, work_id, work_stream)], taken_over=taken_over)[0]
+
+    def adopt_many(self, work: list[tuple[str, str, str]], *, taken_over: bool) -> list[OwnedGeneration | None]:
+        """``adopt`` for each (generation id, work entry id, work stream), their states read in one round trip."""
+        new = [(gid, work_id, stream) for gid, work_id, stream in work if gid and gid not in self.owned]
+        pipe = self.client.pipeline(transaction=False)
+        for gid, _, _ in new:
+            pipe.hgetall(keys.gen_meta(gid))
+        metas: dict[str, dict[str, str]] = {}
+        if new:
+            metas = {gid: meta for (gid, _, _), meta in zip(new, pipe.execute(), strict=True)}
+        adopted: list[OwnedGeneration | None] = []
+        for gid, work_id, stream in work:
+            if gid and gid in self.owned:
+                adopted.append(None)  # ours already (or twice in one read)
+                continue
+            adopted.append(self._own(gid, work_id, stream, metas.get(gid) or {}, taken_over=taken_over))
+        return adopted
+
+    def _own(
+        self, generation_id: str, work_id: str, work_stream: str, meta: dict[str, str], *, taken_over: bool
+    ) -> OwnedGeneration | None:
         if not meta or meta.get("status") in FINISHED_STATUSES:
             # Unknown, expired or already finished: nothing left to do for it.
             self.release_work(work_stream, work_id)
@@ -152,6 +171,11 @@ class Ownership:
             if not meta:
                 self.forget(gid)
                 continue
+            if meta.get("status") in FINISHED_STATUSES:
+                # Its end was committed, and the release of its work entry failed with the connection.
+                self.release_work(old.work_stream, old.work_id)
+                self.owned.pop(gid, None)
+                continue
             owned = OwnedGeneration.from_meta(gid, old.work_id, meta, work_stream=old.work_stream)
             owned.pending_retry = True
             owned.gen.scratch = old.gen.scratch
@@ -159,8 +183,7 @@ class Ownership:
             self.owned[gid] = owned
 
     def release(self, owned: OwnedGeneration) -> None:
-        """The generation ended: its work entry is done, and it is ours no more."""
-        self.release_work(owned.work_stream, owned.work_id)
+        """The generation ended (its work entry was released with its end: ``workers.commit``): ours no more."""
         self.owned.pop(owned.generation_id, None)
 
     def forget(self, generation_id: str) -> None:

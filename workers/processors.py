@@ -93,9 +93,12 @@ class Processor:
         """Called once the terminal event is committed."""
 
     def committed(self, tokens: list[tuple[GenerationState, int]]) -> list[tuple[str, str, str]]:
-        """Called after each commit with the tokens it committed per generation; returns generations to end
-        now, as (generation id, error code, message)."""
+        """Called after each commit with the tokens it committed per generation (and with none at each heartbeat);
+        returns generations to end now, as (generation id, error code, message)."""
         return []
+
+    def close(self) -> None:
+        """Called once when the consumer stops: write what the processor still holds."""
 
 
 class PersistenceProcessor(Processor):
@@ -136,32 +139,67 @@ class PersistenceProcessor(Processor):
 
 
 class AnalyticsProcessor(Processor):
-    """Counts per model: generations by status, tokens, time to first token and tokens per second."""
+    """Counts per model: generations by status, tokens, time to first token and tokens per second.
+
+    Nothing per token, and no round trip per generation: what ends is added up in memory and written with one
+    pipeline at most every ``flush_s`` (after a commit, or at the consumer's heartbeat), so ``llm:stats`` is at
+    most that much behind.
+    """
 
     name = "analytics"
 
-    def __init__(self, client: redis.Redis, *, ttft_samples: int = 1000) -> None:
+    def __init__(self, client: redis.Redis, *, ttft_samples: int = 1000, flush_s: float = 1.0) -> None:
         self.client = client
         self.ttft_samples = ttft_samples
+        self.flush_s = flush_s
+        # Per model: counters to add, and the newest samples first (as LPUSH leaves them).
+        self._counts: dict[str, dict[str, int]] = {}
+        self._samples: dict[str, tuple[list[float], list[float]]] = {}
+        self._written_at = 0.0
 
     def finish(self, gen: GenerationState, event: Event) -> None:
-        key = keys.stats(gen.model or "unknown")
+        model = gen.model or "unknown"
         status = STATUS_AFTER[event.type].value
-        metrics.FINISHED.labels(gen.model or "unknown", status).inc()
+        metrics.FINISHED.labels(model, status).inc()
+        counts = self._counts.setdefault(model, {})
+        for field_name, amount in (("generations", 1), (f"status:{status}", 1), ("tokens", gen.completion_tokens)):
+            counts[field_name] = counts.get(field_name, 0) + amount
         if gen.first_token_at is not None and gen.created_at:
-            metrics.TTFT.labels(gen.model or "unknown").observe(max(0.0, gen.first_token_at - gen.created_at))
-        pipe = self.client.pipeline(transaction=False)
-        pipe.hincrby(key, "generations", 1)
-        pipe.hincrby(key, f"status:{status}", 1)
-        pipe.hincrby(key, "tokens", gen.completion_tokens)
-        if gen.first_token_at is not None and gen.created_at:
+            metrics.TTFT.labels(model).observe(max(0.0, gen.first_token_at - gen.created_at))
             ttft_ms = max(0.0, (gen.first_token_at - gen.created_at) * 1000)
             duration_s = max(1e-6, time.time() - gen.first_token_at)
-            pipe.lpush(f"{key}:ttft_ms", round(ttft_ms, 3))
-            pipe.ltrim(f"{key}:ttft_ms", 0, self.ttft_samples - 1)
-            pipe.lpush(f"{key}:tokens_per_s", round(gen.completion_tokens / duration_s, 3))
-            pipe.ltrim(f"{key}:tokens_per_s", 0, self.ttft_samples - 1)
-        pipe.execute()
+            ttfts, rates = self._samples.setdefault(model, ([], []))
+            ttfts.append(round(ttft_ms, 3))
+            rates.append(round(gen.completion_tokens / duration_s, 3))
+
+    def committed(self, tokens: list[tuple[GenerationState, int]]) -> list[tuple[str, str, str]]:
+        if self._counts and time.monotonic() - self._written_at >= self.flush_s:
+            self.flush()
+        return []
+
+    def flush(self) -> None:
+        """Write what ended since the last write, in one round trip."""
+        counts, self._counts = self._counts, {}
+        samples, self._samples = self._samples, {}
+        self._written_at = time.monotonic()
+        pipe = self.client.pipeline(transaction=False)
+        for model, fields in counts.items():
+            key = keys.stats(model)
+            for field_name, amount in fields.items():
+                pipe.hincrby(key, field_name, amount)
+        for model, (ttfts, rates) in samples.items():
+            key = keys.stats(model)
+            for suffix, values in ((":ttft_ms", ttfts), (":tokens_per_s", rates)):
+                pipe.lpush(key + suffix, *values[-self.ttft_samples :])
+                pipe.ltrim(key + suffix, 0, self.ttft_samples - 1)
+        try:
+            pipe.execute()
+        except redis.RedisError as exc:
+            logger.warning("Could not write the analytics of %s models: %s", len(counts), exc)
+
+    def close(self) -> None:
+        if self._counts or self._samples:
+            self.flush()
 
 
 class LoggingProcessor(Processor):
@@ -286,6 +324,10 @@ class TokenBudgetProcessor(Processor):
             to_end += [(gid, "rate_limited", message) for gid in sorted(self._running.get(key_name, ()))]
         return to_end
 
+    def close(self) -> None:
+        self._written_at = 0.0
+        self.committed([])
+
 
 class Chain:
     """Runs processors in order; a processor that raises is logged and skipped (critical ones: see Processor)."""
@@ -342,6 +384,13 @@ class Chain:
                 processor.finish(gen, event)
             except Exception:
                 logger.exception("Processor %s failed to finish generation %s.", processor.name, gen.generation_id)
+
+    def close(self) -> None:
+        for processor in self.processors:
+            try:
+                processor.close()
+            except Exception:
+                logger.exception("Processor %s failed to close.", processor.name)
 
     def committed(self, tokens: list[tuple[GenerationState, int]]) -> list[tuple[str, str, str]]:
         """What the processors that look at commits ask to end (see ``Processor.committed``)."""

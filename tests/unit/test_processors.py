@@ -145,6 +145,9 @@ def test_analytics_counts_generations_by_status_with_their_tokens(fake_redis: fa
     analytics.finish(_analytics_gen(completion_tokens=5, first_token_at=100.25), done)
     analytics.finish(_analytics_gen(completion_tokens=2), Event(id="9-1", type="error", data={"code": "x"}))
     analytics.finish(_analytics_gen(model="", completion_tokens=1), done)
+    # Nothing is written per generation: the next commit writes them all, in one round trip
+    assert fake_redis.hgetall(keys.stats("echo")) == {}
+    analytics.committed([])
     assert fake_redis.hgetall(keys.stats("echo")) == {
         "generations": "2",
         "status:completed": "1",
@@ -162,5 +165,8 @@ def test_analytics_keeps_only_the_latest_samples(fake_redis: fakeredis.FakeRedis
     for n in range(5):
         gen = _analytics_gen(completion_tokens=1, first_token_at=100.0 + n / 10)
         analytics.finish(gen, Event(id=f"9-{n}", type="done", data={}))
+        if n == 1:
+            analytics.flush()
+    analytics.flush()
     assert fake_redis.lrange(f"{keys.stats('echo')}:ttft_ms", 0, -1) == ["400.0", "300.0", "200.0"]
     assert fake_redis.llen(f"{keys.stats('echo')}:tokens_per_s") == 3
