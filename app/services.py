@@ -11,6 +11,7 @@ from flask import current_app
 from app.auth import Authenticator
 from app.hub import Hub
 from app.presence import Presence
+from bridge import keys
 from bridge.circuit import Circuits
 from bridge.connections import is_cluster, redis_client, require_redis_version
 from bridge.memory import MemoryGuard
@@ -37,7 +38,7 @@ class Services:
         commands = redis_client(settings, max_connections=64, client_name="tokenbridge-web")
         require_redis_version(commands)  # a Redis that is too old stops the gunicorn worker, hence web, at start
         hub = Hub(
-            stream_reader(commands, sweep_s=settings.hub_block_ms / 1000),
+            stream_reader(commands, sweep_s=settings.hub_block_ms / 1000, hints=keys.OUT_HINTS),
             block_ms=settings.hub_block_ms,
             count=settings.hub_read_count,
             queue_size=settings.client_queue_size,

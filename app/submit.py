@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import math
@@ -20,6 +21,7 @@ from app.errors import ApiError, invalid, out_of_memory
 from app.inputs import model_errors, validation_details
 from app.services import services
 from bridge import budgets, keys, scripts, streams
+from bridge.connections import is_cluster
 from bridge.events import EventType
 from bridge.generation import GenerationRequest, new_generation_id, new_session_id
 from bridge.replication import confirm_replicated
@@ -41,49 +43,21 @@ class Submitted:
         return value
 
 
-# Long: the steps of a submission in the order they must run (validate, owner, budget, store, replicate, enqueue).
 def submit_generation(body: dict[str, Any]) -> Submitted:
-    """Validate, store and enqueue a generation (an external one is only stored); 422/503 as ApiError."""
+    """Validate, store and enqueue a generation (an external one is only stored); 4xx/503 as ApiError."""
     s = services()
-    details = model_errors(body.get("model"), body.get("options"), body.get("max_tokens"))
-    try:
-        req = GenerationRequest.model_validate(body)
-    except ValidationError as exc:
-        fields = {d["field"] for d in details}
-        details = [d for d in validation_details(exc) if d["field"] not in fields] + details
-        raise invalid(details) from None
-    if details:
-        raise invalid(details)
-    req, fallback_from = _past_open_circuit(req)
+    req = _validated(body)
     _check_budget()
     _check_memory()
-
     generation_id = new_generation_id()
     session_id = req.session_id or new_session_id()
     idempotency_key = claim_idempotency_key(body, generation_id, session_id)
     if isinstance(idempotency_key, dict):
         headers = {"Location": f"/v1/generations/{idempotency_key['id']}", "Idempotent-Replayed": "true"}
         return Submitted(idempotency_key, headers)
-    if not streams.claim_session(s.redis, session_id, g.principal.owner, s.settings.session_ttl_ms):
-        if idempotency_key is not None:
-            s.redis.delete(idempotency_key)
-        # Another owner's session is answered like one that does not exist (its id reveals nothing).
-        raise ApiError(404, "not_found", f"No session with id {session_id!r}.")
-    running = _take_running_slot(generation_id)
+    running: str | None = None
     try:
-        streams.create_generation(
-            s.redis,
-            generation_id=generation_id,
-            session_id=session_id,
-            model=req.model,
-            request=req.model_dump(mode="json", exclude_none=True),
-            group=s.settings.redis_consumer_group,
-            retention_ms=s.settings.redis_stream_retention_ms,
-            api_key=g.principal.name,
-            owner=g.principal.owner,
-            budget=(g.principal.budget.per_minute, g.principal.budget.per_day),
-            work_shards=s.settings.work_shard_count,
-        )
+        req, fallback_from, running = _store(req, generation_id, session_id)
         if s.models[req.model].provider != "external":
             enqueue(generation_id)
     except Exception:
@@ -108,6 +82,105 @@ def submit_generation(body: dict[str, Any]) -> Submitted:
     if fallback_from is not None:
         payload["fallback_from"] = fallback_from
     return Submitted(payload, {"Location": f"/v1/generations/{generation_id}"})
+
+
+def _validated(body: dict[str, Any]) -> GenerationRequest:
+    """The request, or 422 naming every field that is wrong."""
+    details = model_errors(body.get("model"), body.get("options"), body.get("max_tokens"))
+    try:
+        req = GenerationRequest.model_validate(body)
+    except ValidationError as exc:
+        fields = {d["field"] for d in details}
+        details = [d for d in validation_details(exc) if d["field"] not in fields] + details
+        raise invalid(details) from None
+    if details:
+        raise invalid(details)
+    return req
+
+
+def _store(
+    req: GenerationRequest, generation_id: str, session_id: str
+) -> tuple[GenerationRequest, str | None, str | None]:
+    """Check the model's circuit, the session's owner and the key's running cap, and store the generation: the
+    request as it runs (on a fallback model while its own is open), the model it fell back from, and the running
+    slot taken. One round trip on a single Redis; a step at a time on a cluster (its keys are in several slots)."""
+    s = services()
+    new = streams.NewGeneration(
+        generation_id,
+        session_id,
+        req.model,
+        req.model_dump(mode="json", exclude_none=True),
+        api_key=g.principal.name,
+        owner=g.principal.owner,
+        budget=(g.principal.budget.per_minute, g.principal.budget.per_day),
+    )
+    if is_cluster(s.redis):
+        return _store_step_by_step(req, new)
+    cap = _running_cap()
+    fallback_from = None
+    check = _circuit_checked(req)
+    while True:
+        result = streams.submit(
+            s.redis,
+            new,
+            group=s.settings.redis_consumer_group,
+            retention_ms=s.settings.redis_stream_retention_ms,
+            session_ttl_ms=s.settings.session_ttl_ms,
+            check_circuit=check,
+            running=cap,
+            work_shards=s.settings.work_shard_count,
+        )
+        if result is not streams.Submission.CIRCUIT_OPEN:
+            break
+        # Rare: the model is open. A fallback, or 503; and its circuit is not checked again.
+        req, fallback_from = _past_open_circuit(req)
+        new = dataclasses.replace(new, model=req.model, request=req.model_dump(mode="json", exclude_none=True))
+        check = False
+    if result is streams.Submission.SESSION_TAKEN:
+        raise _session_not_found(session_id)
+    if result is streams.Submission.TOO_MANY_RUNNING:
+        raise _too_many_running()
+    return req, fallback_from, cap.key if cap is not None else None
+
+
+def _store_step_by_step(
+    req: GenerationRequest, new: streams.NewGeneration
+) -> tuple[GenerationRequest, str | None, str | None]:
+    """``_store`` on a cluster: each check in its own round trip, then ``create_generation``."""
+    s = services()
+    req, fallback_from = _past_open_circuit(req) if _circuit_checked(req) else (req, None)
+    if not streams.claim_session(s.redis, new.session_id, g.principal.owner, s.settings.session_ttl_ms):
+        raise _session_not_found(new.session_id)
+    running = _take_running_slot(new.generation_id)
+    try:
+        streams.create_generation(
+            s.redis,
+            generation_id=new.generation_id,
+            session_id=new.session_id,
+            model=req.model,
+            request=req.model_dump(mode="json", exclude_none=True),
+            group=s.settings.redis_consumer_group,
+            retention_ms=s.settings.redis_stream_retention_ms,
+            api_key=new.api_key,
+            owner=new.owner,
+            budget=new.budget,
+            work_shards=s.settings.work_shard_count,
+        )
+    except Exception:
+        if running is not None:
+            s.redis.zrem(running, new.generation_id)
+        raise
+    return req, fallback_from, running
+
+
+def _circuit_checked(req: GenerationRequest) -> bool:
+    s = services()
+    return bool(s.settings.circuit_failures) and s.models[req.model].provider != "external"
+
+
+def _session_not_found(session_id: str) -> ApiError:
+    # Another owner's session is answered like one that does not exist (its id reveals nothing).
+    return ApiError(404, "not_found", f"No session with id {session_id!r}.")
 
 
 def _check_memory() -> None:
@@ -161,23 +234,36 @@ def _past_open_circuit(req: GenerationRequest) -> tuple[GenerationRequest, str |
     )
 
 
-def _take_running_slot(generation_id: str) -> str | None:
-    """Count the generation against its API key's cap on running generations; 429 when the cap is reached."""
+def _running_cap() -> streams.RunningCap | None:
+    """The key's cap on generations that have not ended (``MAX_RUNNING_PER_KEY``), or None without one."""
     s = services()
     limit = s.settings.max_running_per_key
     if not limit or g.principal.kind != "api_key":
         return None
-    running = keys.key_running(g.principal.name)
     # A slot is released when the generation ends; one whose end was never seen lapses after this long.
     expire_ms = int((s.settings.generation_max_duration_s + s.settings.queue_timeout_s + 60) * 1000)
-    if scripts.take_slot(s.redis, running, generation_id, limit=limit, expire_ms=expire_ms) is scripts.Slot.FULL:
-        raise ApiError(
-            429,
-            "too_many_running",
-            f"This API key already has {limit} generations running; wait for one to finish.",
-            headers={"Retry-After": "1"},
-        )
-    return running
+    return streams.RunningCap(keys.key_running(g.principal.name), limit, expire_ms)
+
+
+def _too_many_running() -> ApiError:
+    limit = services().settings.max_running_per_key
+    return ApiError(
+        429,
+        "too_many_running",
+        f"This API key already has {limit} generations running; wait for one to finish.",
+        headers={"Retry-After": "1"},
+    )
+
+
+def _take_running_slot(generation_id: str) -> str | None:
+    """Count the generation against its API key's cap on running generations; 429 when the cap is reached."""
+    cap = _running_cap()
+    if cap is None:
+        return None
+    slot = scripts.take_slot(services().redis, cap.key, generation_id, limit=cap.limit, expire_ms=cap.expire_ms)
+    if slot is scripts.Slot.FULL:
+        raise _too_many_running()
+    return cap.key
 
 
 def created(generation_id: str, session_id: str, model: str, status: str) -> dict[str, Any]:

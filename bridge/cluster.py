@@ -3,12 +3,15 @@
 One ``XREAD BLOCK`` over every watched key would cost, at every read, the number of keys watched (packing
 them, and Redis registering and unregistering each one), however little came back: at a few hundred
 streams that is most of a web process's CPU. A cluster refuses it anyway: the keys of one command must share
-a slot, and each generation has its own. So every write to a stream also publishes the stream's key as a
-pub/sub channel, from a script that runs on the node holding the key (``bridge.scripts``), and a reader here:
+a slot, and each generation has its own. So every write to a stream also sends a hint naming the stream
+(``bridge.scripts``), and a reader here:
 
-1. subscribes to the channel of each key it watches on the node that holds the key, before reading it:
-   the hint reaches it straight from that node. (A PUBLISH also travels to every other node over the
-   cluster bus, whose links delay a burst of small messages by some 40 ms: listening there would be slower.)
+1. listens for the hints of the keys it watches before reading them. On a cluster, each key's own channel,
+   published by a script on the node that holds the key, and subscribed on that node: the hint reaches it
+   straight from there. (A PUBLISH also travels to every other node over the cluster bus, whose links delay a
+   burst of small messages by some 40 ms: listening there would be slower.) On a single Redis, one shared
+   channel (``hints``), whose messages each name every stream of a writer's flush: one subscription for all
+   keys, and one message for many writes;
 2. waits for a hint on any of its subscription connections (or its block time), and
 3. reads the hinted keys without blocking: in one command on a single Redis, in one pipeline per node on a
    cluster.
@@ -49,10 +52,12 @@ _MAX_HINTS = 10_000
 class NotifiedReader(StreamReader):
     """``XREAD``/``XREADGROUP`` over keys of any slots, woken by the writers' hints. One thread uses it."""
 
-    def __init__(self, client: Any, *, sweep_s: float = 5.0) -> None:
+    def __init__(self, client: Any, *, sweep_s: float = 5.0, hints: str = "") -> None:
         self.client = client  # a Redis or a RedisCluster
         self.cluster = isinstance(client, redis.RedisCluster)
         self.sweep_s = sweep_s
+        # A single Redis: the shared channel of the hints (every key "subscribed" is only watched for in it).
+        self.hints = hints
         # One subscription connection per node that holds watched keys; each key's channel on its node.
         self._pubsubs: dict[str, PubSub] = {}
         self._subscribed: dict[str, str] = {}
@@ -214,6 +219,9 @@ class NotifiedReader(StreamReader):
                 self._pubsubs[node].unsubscribe(key)  # type: ignore[no-untyped-call]
 
     def _subscribe(self, keys: set[str]) -> None:
+        if not self.cluster:
+            self._watch_shared(keys)
+            return
         new: dict[str, list[str]] = {}
         for key in keys.difference(self._subscribed):
             new.setdefault(_node_name(self.client, key), []).append(key)
@@ -224,20 +232,32 @@ class NotifiedReader(StreamReader):
         for node, node_keys in gone.items():
             self._pubsubs[node].unsubscribe(*node_keys)  # type: ignore[no-untyped-call]
         for node, node_keys in new.items():
-            pubsub = self._pubsubs.get(node)
-            if pubsub is None:
-                connection = (
-                    self.client.get_redis_connection(self.client.get_node(node_name=node))
-                    if self.cluster
-                    else self.client
-                )
-                # Confirmations are returned too (and skipped in ``_drain``): an ignored one reads as None, the
-                # same as "nothing more", which must mean that the parser holds nothing the selector cannot see.
-                pubsub = self._pubsubs[node] = connection.pubsub(ignore_subscribe_messages=False)
             # Subscribed before read: a write after this moment sends a hint, one before it is read now.
-            pubsub.subscribe(*node_keys)
+            self._pubsub(node).subscribe(*node_keys)
             self._subscribed.update(dict.fromkeys(node_keys, node))
             self._hinted.update(node_keys)
+
+    def _watch_shared(self, keys: set[str]) -> None:
+        """A single Redis: one subscription to the shared channel; new keys are read at once, as on a cluster."""
+        if "" not in self._pubsubs:
+            self._pubsub("").subscribe(self.hints)
+        for key in set(self._subscribed).difference(keys):
+            del self._subscribed[key]
+            self._hinted.discard(key)
+        new = keys.difference(self._subscribed)
+        self._subscribed.update(dict.fromkeys(new, ""))
+        self._hinted.update(new)
+
+    def _pubsub(self, node: str) -> PubSub:
+        pubsub = self._pubsubs.get(node)
+        if pubsub is None:
+            connection = (
+                self.client.get_redis_connection(self.client.get_node(node_name=node)) if self.cluster else self.client
+            )
+            # Confirmations are returned too (and skipped in ``_drain``): an ignored one reads as None, the same as
+            # "nothing more", which must mean that the parser holds nothing the selector cannot see.
+            pubsub = self._pubsubs[node] = connection.pubsub(ignore_subscribe_messages=False)
+        return pubsub
 
     def _wait(self, streams: dict[str, str], deadline: float, interrupt: threading.Event | None) -> None:
         while interrupt is None or not interrupt.is_set():
@@ -277,9 +297,22 @@ class NotifiedReader(StreamReader):
                 if message is None:
                     break
                 if message.get("type") == "message":
-                    self._hinted.add(message["channel"])
+                    self._hint(message)
                     taken += 1
         return taken
+
+    def _hint(self, message: dict[str, Any]) -> None:
+        """A key's own channel (a cluster), or the shared channel's payload of keys (a single Redis)."""
+        channel = _text(message["channel"])
+        if channel != self.hints:
+            self._hinted.add(channel)
+            return
+        watched = self._subscribed
+        self._hinted.update(key for key in _text(message["data"]).split(" ") if key in watched)
+
+
+def _text(value: str | bytes) -> str:
+    return value.decode() if isinstance(value, bytes) else value
 
 
 def _close_sockets(*sockets: socket.socket) -> None:

@@ -23,6 +23,10 @@ ALERTS_LEADER = "llm:alerts:leader"
 ALERTS_STATE = "llm:alerts:state"
 # Flask-Limiter's request counters.
 RATELIMIT_PREFIX = "llm:ratelimit"
+# On a single Redis, the channels of the writers' hints (``bridge.scripts``): the payload names the streams written.
+# Raw streams and the work stream (the consumers listen); ``:out`` streams of generations and sessions (web).
+RAW_HINTS = "llm:hints:raw"
+OUT_HINTS = "llm:hints:out"
 
 
 def budget_minute(key_name: str, minute: int) -> str:

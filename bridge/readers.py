@@ -44,8 +44,12 @@ class StreamReader(ABC):
         """Close every connection of this reader; it cannot be used afterwards."""
 
 
-def stream_reader(client: Any, *, sweep_s: float) -> StreamReader:
-    """The reader for ``client`` (a Redis or a RedisCluster); every key is read again at least every ``sweep_s``."""
+def stream_reader(client: Any, *, sweep_s: float, hints: str) -> StreamReader:
+    """The reader for ``client`` (a Redis or a RedisCluster); every key is read again at least every ``sweep_s``.
+
+    ``hints``: on a single Redis, the channel whose messages name the streams written (``keys.RAW_HINTS`` for the
+    consumers, ``keys.OUT_HINTS`` for the web).
+    """
     from bridge.cluster import NotifiedReader  # it implements this module's interface
 
-    return NotifiedReader(client, sweep_s=sweep_s)
+    return NotifiedReader(client, sweep_s=sweep_s, hints=hints)

@@ -4,14 +4,20 @@ Every script touches only the keys of one generation (one hash slot). A write is
 attempt that ``:meta`` names as current, and never after a terminal entry: that is the fence that keeps a
 redelivered or stale task from interleaving with the live one.
 
-Every script that appends to a stream also publishes the stream's key as a channel: readers wait for these
-hints instead of blocking on every key they watch (``bridge.cluster``), so that a read costs what it brings
-back, not what it watches.
+Every script that appends to a stream also sends a hint naming the stream: readers wait for hints instead of
+blocking on every key they watch (``bridge.cluster``), so that a read costs what it brings back, not what it
+watches. The scripts are written with ``HINT(key)`` where a hint goes, and each runs as the Lua for its Redis
+(``variant``): on a cluster, a message on the key's own channel, from the node that holds it; on a single
+Redis, the key as the payload of one shared channel per kind of stream (``keys.RAW_HINTS``, ``keys.OUT_HINTS``).
+The writes of every token (``WRITE``, ``COMMIT``) say ``HINT_BATCHED(key)``: on a single Redis their hints are
+sent by ``run_batch``, one message per flush naming every stream it wrote (``Call.hints``), instead of one per
+generation.
 """
 
 from __future__ import annotations
 
 import hashlib
+import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -48,7 +54,7 @@ end
 if attempt > 1 then
   redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[3], '*', 'type', 'restart', 'attempt', attempt,
              'data', cjson.encode({reason = ARGV[4]}))
-  redis.call('PUBLISH', KEYS[3], '')
+  HINT(KEYS[3])
 end
 return {attempt, state[2]}
 """
@@ -73,7 +79,7 @@ if redis.call('EXISTS', cancel) == 1 then
   redis.call('DEL', lease)
   redis.call('XADD', raw, 'MAXLEN', '~', ARGV[3], '*', 'type', 'cancelled', 'attempt', attempt, 'data', '{}')
   redis.call('HSET', meta, 'terminal', 'cancelled')
-  redis.call('PUBLISH', raw, '')
+  HINT(raw)
   return -2
 end
 local ending = ARGV[#ARGV - 1]
@@ -90,7 +96,7 @@ for i = 6, #ARGV, 2 do
   written = written + 1
 end
 if batch > 0 then redis.call('HSET', meta, 'wseq', batch) end
-if written > 0 then redis.call('PUBLISH', raw, '') end
+if written > 0 then HINT_BATCHED(raw) end
 if last_type == 'done' or last_type == 'error' or last_type == 'cancelled' then
   redis.call('HSET', meta, 'terminal', last_type)
   redis.call('DEL', lease)
@@ -110,7 +116,7 @@ local attempt = redis.call('HGET', KEYS[1], 'attempt') or '0'
 redis.call('DEL', KEYS[2])  -- a write first: Redis at maxmemory then lets the end through (bridge/memory.py)
 redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[3], '*', 'type', ARGV[1], 'attempt', attempt, 'data', ARGV[2])
 redis.call('HSET', KEYS[1], 'terminal', ARGV[1])
-redis.call('PUBLISH', KEYS[3], '')
+HINT(KEYS[3])
 return 1
 """
 
@@ -190,7 +196,7 @@ end
 local attempt = redis.call('HGET', KEYS[1], 'attempt') or '0'
 redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[3], '*', 'type', ARGV[1], 'attempt', attempt, 'data', ARGV[2])
 redis.call('HSET', KEYS[1], 'terminal', ARGV[1])
-redis.call('PUBLISH', KEYS[3], '')
+HINT(KEYS[3])
 return 1
 """
 
@@ -216,7 +222,7 @@ for i = next_index - index + 1, count do
              'data', cjson.encode({content = ARGV[4 + i], ts = ts}))
 end
 redis.call('HSET', KEYS[1], 'ext_next', index + count)
-redis.call('PUBLISH', KEYS[2], '')
+HINT(KEYS[2])
 redis.call('SET', KEYS[3], 1, 'PX', ARGV[3])
 return {2, index + count}
 """
@@ -288,9 +294,41 @@ if retention > 0 then
     redis.call('PEXPIRE', KEYS[8], retention * 2)
   end
 end
-if written > 0 then redis.call('PUBLISH', KEYS[1], '') end
-if session and written > 0 then redis.call('PUBLISH', KEYS[7], '') end
+if written > 0 then HINT_BATCHED(KEYS[1]) end
+if session and written > 0 then HINT_BATCHED(KEYS[7]) end
 return written
+"""
+
+# A submission on a single Redis, in one round trip: the model's circuit, the session's owner, the API key's cap on
+# running generations, then the generation stored, its raw stream opened to the processors, its work entry (and
+# the consumers' hint) and its place in the session index. Nothing is written when a check refuses.
+# KEYS: meta, raw, work, session index, session owner, circuit, running (a key never written when no cap)
+# ARGV: group, session_ttl_ms, index_ttl_ms, owner, generation_id, now_ms, check_circuit (1/0), running_limit,
+#       running_expire_ms, then the meta field/value pairs.
+# Returns {'created'}, {'circuit_open'}, {'session_taken'} or {'too_many_running'}.
+SUBMIT = """
+local now = tonumber(ARGV[6])
+if ARGV[7] == '1' then
+  local open_until = redis.call('HGET', KEYS[6], 'open_until')
+  if open_until and tonumber(open_until) > now then return {'circuit_open'} end
+end
+if not redis.call('SET', KEYS[5], ARGV[4], 'NX', 'PX', ARGV[2]) then
+  if redis.call('GET', KEYS[5]) ~= ARGV[4] then return {'session_taken'} end
+  redis.call('PEXPIRE', KEYS[5], ARGV[2])
+end
+local limit = tonumber(ARGV[8])
+if limit > 0 then
+  redis.call('ZREMRANGEBYSCORE', KEYS[7], '-inf', now)
+  if redis.call('ZCARD', KEYS[7]) >= limit then return {'too_many_running'} end
+  redis.call('ZADD', KEYS[7], now + tonumber(ARGV[9]), ARGV[5])
+end
+redis.call('HSET', KEYS[1], unpack(ARGV, 10))
+redis.call('XGROUP', 'CREATE', KEYS[2], ARGV[1], '0', 'MKSTREAM')
+redis.call('XADD', KEYS[3], '*', 'generation_id', ARGV[5])
+HINT(KEYS[3])
+redis.call('XADD', KEYS[4], '*', 'generation_id', ARGV[5])
+redis.call('PEXPIRE', KEYS[4], ARGV[3])
+return {'created'}
 """
 
 # A place among the generations of one model that may run at once (the registry's ``concurrency``).
@@ -329,9 +367,33 @@ for i = 4, #ARGV, 4 do
 end
 redis.call('HSET', KEYS[2], ARGV[1], last)
 redis.call('PEXPIRE', KEYS[2], ARGV[3])
-if written > 0 then redis.call('PUBLISH', KEYS[1], '') end
+if written > 0 then HINT(KEYS[1]) end
 return written
 """
+
+
+_HINT = re.compile(r"HINT(_BATCHED)?\(([^()]*)\)")
+
+
+@cache
+def variant(source: str, cluster: bool) -> str:
+    """The Lua that runs for a script written with ``HINT``/``HINT_BATCHED`` markers (see the module's docstring)."""
+
+    def hint(match: re.Match[str]) -> str:
+        batched, key = match.group(1), match.group(2)
+        if cluster:
+            return f"redis.call('PUBLISH', {key}, '')"
+        if batched:
+            return ""  # sent by run_batch for the whole flush
+        channel = f"(string.sub({key}, -4) == ':out') and '{key_names.OUT_HINTS}' or '{key_names.RAW_HINTS}'"
+        return f"redis.call('PUBLISH', {channel}, {key})"
+
+    return _HINT.sub(hint, source)
+
+
+def hint_channel(key: str) -> str:
+    """The shared channel (single Redis) of a stream's hints."""
+    return key_names.OUT_HINTS if key.endswith(":out") else key_names.RAW_HINTS
 
 
 @cache
@@ -342,29 +404,32 @@ def sha(source: str) -> str:
 
 @dataclass(slots=True)
 class Call:
-    """One run of a script, for ``run_batch``."""
+    """One run of a script, for ``run_batch``; ``hints``: the streams its ``HINT_BATCHED`` markers name."""
 
     source: str
     keys: list[str]
     args: list[Any]
+    hints: tuple[str, ...] = ()
 
 
-def run(client: redis.Redis, source: str, keys: list[str], args: list[Any]) -> Any:
+def run(client: redis.Redis, source: str, keys: list[str], args: list[Any], hints: tuple[str, ...] = ()) -> Any:
     """Run a script by its SHA, loading it on first use (per server).
 
     A pipeline cannot load a missing script between its commands: it sends the source with EVAL. Many calls
     go in one round trip with ``run_batch``.
     """
     if isinstance(client, ClusterPipeline | redis.client.Pipeline):
-        return client.execute_command("EVAL", source, len(keys), *keys, *args)  # type: ignore[no-untyped-call]
+        cluster = isinstance(client, ClusterPipeline)
+        return client.execute_command("EVAL", variant(source, cluster), len(keys), *keys, *args)  # type: ignore[no-untyped-call]
     if isinstance(client, RedisCluster):
         # The cluster client routes by key and follows MOVED and ASK by itself.
+        lua = variant(source, True)
         try:
-            return client.evalsha(sha(source), len(keys), *keys, *args)
+            return client.evalsha(sha(lua), len(keys), *keys, *args)
         except NoScriptError:
-            client.script_load(source)
-            return client.evalsha(sha(source), len(keys), *keys, *args)
-    return run_batch(client, [Call(source, keys, args)], raise_on_error=True)[0]
+            client.script_load(lua)
+            return client.evalsha(sha(lua), len(keys), *keys, *args)
+    return run_batch(client, [Call(source, keys, args, hints)], raise_on_error=True)[0]
 
 
 def run_batch(client: redis.Redis, calls: list[Call], *, raise_on_error: bool = False) -> list[Any]:
@@ -373,19 +438,22 @@ def run_batch(client: redis.Redis, calls: list[Call], *, raise_on_error: bool = 
     A call the server answered with an error has that error as its result (raised instead with
     ``raise_on_error``); a connection error raises. A script the server did not know yet is loaded and its
     calls sent again (a script that is not there did not run). On a cluster, a call whose slot moved away
-    is sent again through the cluster client, which follows the move.
+    is sent again through the cluster client, which follows the move. On a single Redis, the hints of every
+    call (``Call.hints``) follow in the same round trip: one message per channel.
     """
     results: list[Any] = [None] * len(calls)
+    cluster = isinstance(client, RedisCluster)
     for node, indexes in _by_node(client, calls):
-        replies = _send(node, [calls[i] for i in indexes])
+        node_calls = [calls[i] for i in indexes]
+        replies = _send(node, node_calls, cluster)
         missing = [n for n, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
         if missing:
-            for source in {calls[indexes[n]].source for n in missing}:
+            for source in {variant(calls[indexes[n]].source, cluster) for n in missing}:
                 node.script_load(source)
-            again = _send(node, [calls[indexes[n]] for n in missing])
+            again = _send(node, [calls[indexes[n]] for n in missing], cluster)
             for n, reply in zip(missing, again, strict=True):
                 replies[n] = reply
-        if isinstance(client, RedisCluster) and refresh_if_moved(client, replies):
+        if cluster and refresh_if_moved(client, replies):
             for n, reply in enumerate(replies):
                 if isinstance(reply, MOVING):
                     call = calls[indexes[n]]
@@ -400,12 +468,19 @@ def run_batch(client: redis.Redis, calls: list[Call], *, raise_on_error: bool = 
     return results
 
 
-def _send(node: redis.Redis, calls: list[Call]) -> list[Any]:
+def _send(node: redis.Redis, calls: list[Call], cluster: bool) -> list[Any]:
     pipe = node.pipeline(transaction=False)
+    hints: dict[str, list[str]] = {}
     for call in calls:
-        pipe.execute_command("EVALSHA", sha(call.source), len(call.keys), *call.keys, *call.args)  # type: ignore[no-untyped-call]
+        lua = variant(call.source, cluster)
+        pipe.execute_command("EVALSHA", sha(lua), len(call.keys), *call.keys, *call.args)  # type: ignore[no-untyped-call]
+        if not cluster:
+            for key in call.hints:
+                hints.setdefault(hint_channel(key), []).append(key)
+    for channel, names in hints.items():
+        pipe.publish(channel, " ".join(names))
     replies: list[Any] = pipe.execute(raise_on_error=False)
-    return replies
+    return replies[: len(calls)]
 
 
 def _by_node(client: redis.Redis, calls: list[Call]) -> list[tuple[redis.Redis, list[int]]]:
@@ -522,7 +597,9 @@ def write_call(generation_id: str, args: list[Any]) -> Call:
         key_names.gen_raw(generation_id),
         key_names.gen_cancel(generation_id),
     ]
-    return Call(WRITE, generation_keys, args)
+    # A heartbeat writes no entry (a cancel it finds is hinted by the script itself).
+    hints = (generation_keys[2],) if len(args) > 5 else ()
+    return Call(WRITE, generation_keys, args, hints)
 
 
 def decode_write(reply: Any) -> Write:

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
+from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any
 
 import orjson
 import redis
+from redis.typing import EncodableT, FieldT
 
 from bridge import keys, scripts
 from bridge.cluster import MOVING, node_client, refresh_if_moved
@@ -24,6 +28,86 @@ def ensure_group(client: redis.Redis, stream: str, group: str) -> None:
     except redis.ResponseError as exc:
         if "BUSYGROUP" not in str(exc):
             raise
+
+
+class Submission(StrEnum):
+    """What ``submit`` did: created the generation, or the check that refused it (nothing written then)."""
+
+    CREATED = "created"
+    CIRCUIT_OPEN = "circuit_open"
+    SESSION_TAKEN = "session_taken"
+    TOO_MANY_RUNNING = "too_many_running"
+
+
+@dataclass(frozen=True, slots=True)
+class NewGeneration:
+    """A generation to store: what ``submit`` and ``create_generation`` write."""
+
+    generation_id: str
+    session_id: str
+    model: str
+    request: dict[str, Any]
+    api_key: str = ""
+    owner: str = ""
+    # The key's token budget (per minute, per day) that the consumers enforce; 0: none.
+    budget: tuple[int, int] = (0, 0)
+    created_at: float = field(default_factory=time.time)
+
+    def meta(self) -> dict[FieldT, EncodableT]:
+        return {
+            "request": orjson.dumps(self.request),
+            "model": self.model,
+            "session_id": self.session_id,
+            "status": "queued",
+            "created_at": repr(self.created_at),
+            "attempt": 0,
+            "api_key": self.api_key,
+            "owner": self.owner or self.api_key,
+            "budget": f"{self.budget[0]},{self.budget[1]}",
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class RunningCap:
+    """An API key's cap on generations that have not ended: its sorted set, the cap, and when a slot lapses."""
+
+    key: str
+    limit: int
+    expire_ms: int
+
+
+def submit(
+    client: redis.Redis,
+    new: NewGeneration,
+    *,
+    group: str,
+    retention_ms: int,
+    session_ttl_ms: int,
+    check_circuit: bool,
+    running: RunningCap | None,
+    work_shards: int = 1,
+) -> Submission:
+    """Check and store a new generation in one round trip (``scripts.SUBMIT``): the model's circuit (when
+    ``check_circuit``), the session's owner (claimed for a new session, renewed for the owner's own), the key's
+    running cap, then everything ``create_generation`` writes. A single Redis only: a cluster holds these keys in
+    several slots, so its caller checks each step on its own and calls ``create_generation``."""
+    gid, sid = new.generation_id, new.session_id
+    script_keys = [
+        keys.gen_meta(gid),
+        keys.gen_raw(gid),
+        keys.work_stream_for(gid, work_shards),
+        keys.session_index(sid),
+        keys.session_owner(sid),
+        keys.model_circuit(new.model),
+        running.key if running is not None else keys.gen_lease(gid),
+    ]
+    args: list[Any] = [group, session_ttl_ms, retention_ms * 2, new.owner or new.api_key, gid]
+    args += [int(time.time() * 1000), int(check_circuit)]
+    args += [running.limit, running.expire_ms] if running is not None else [0, 0]
+    for item in new.meta().items():
+        args.extend(item)
+    reply = scripts.run(client, scripts.SUBMIT, script_keys, args)
+    return Submission(reply[0])
 
 
 def create_generation(
@@ -45,36 +129,24 @@ def create_generation(
 
     The caller has claimed the session for ``owner`` first (``claim_session``).
     """
-    created = created_at if created_at is not None else time.time()
+    new = NewGeneration(generation_id, session_id, model, request, api_key, owner, budget)
+    if created_at is not None:
+        new = dataclasses.replace(new, created_at=created_at)
     work = keys.work_stream_for(generation_id, work_shards)
     cluster = is_cluster(client)
     # On a cluster the work shard and the session are other slots than the generation: no shared transaction.
     # The generation is stored first (a consumer that reads the work entry must find it) and removed again
     # when the rest fails, so that the caller's error leaves nothing behind.
     pipe = client.pipeline(transaction=True)
-    pipe.hset(
-        keys.gen_meta(generation_id),
-        mapping={
-            "request": orjson.dumps(request),
-            "model": model,
-            "session_id": session_id,
-            "status": "queued",
-            "created_at": repr(created),
-            "attempt": 0,
-            "api_key": api_key,
-            "owner": owner or api_key,
-            # The key's token budget (per minute, per day) that the consumers enforce; 0: none.
-            "budget": f"{budget[0]},{budget[1]}",
-        },
-    )
+    pipe.hset(keys.gen_meta(generation_id), mapping=new.meta())
     pipe.xgroup_create(keys.gen_raw(generation_id), group, id="0", mkstream=True)
     if not cluster:
         pipe.xadd(work, {"generation_id": generation_id})
-        pipe.publish(work, "")  # the consumers' hint
+        pipe.publish(keys.RAW_HINTS, work)  # the consumers' hint (see bridge.scripts)
         pipe.xadd(keys.session_index(session_id), {"generation_id": generation_id})
         pipe.pexpire(keys.session_index(session_id), retention_ms * 2)
         pipe.execute()
-        return created
+        return new.created_at
     pipe.execute()
     try:
         _hand_over(client, work, generation_id)
@@ -85,7 +157,7 @@ def create_generation(
     except (redis.RedisError, redis.exceptions.RedisClusterException):
         client.delete(*keys.generation_keys(generation_id))
         raise
-    return created
+    return new.created_at
 
 
 def _hand_over(client: redis.Redis, work: str, generation_id: str) -> None:

@@ -88,7 +88,7 @@ class ConsumerWorker:
         self.alerter = Alerter(client, settings, self.name)
         self.work_streams = self.ownership.work_streams
         # Reads woken by the writers' hints: a read costs what it brings back, not the generations owned.
-        self.reader = stream_reader(client, sweep_s=settings.consumer_block_ms / 1000)
+        self.reader = stream_reader(client, sweep_s=settings.consumer_block_ms / 1000, hints=keys.RAW_HINTS)
 
     @property
     def owned(self) -> dict[str, OwnedGeneration]:

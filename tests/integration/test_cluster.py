@@ -217,28 +217,31 @@ def test_the_hub_follows_streams_of_every_node(rc: redis.Redis, redis_cluster: E
 def test_producer_writes_hint_readers_on_a_cluster_and_on_a_single_redis(
     rc: redis.Redis, cluster_settings: Settings, r: redis.Redis
 ) -> None:
-    # Given a subscriber to a generation's raw stream, on a cluster and on a single Redis
+    # Given a subscriber to a generation's raw stream's hints: its own channel on a cluster, the shared channel
+    # of raw streams on a single Redis
     for client, on_cluster in ((rc, True), (r, False)):
         gid = f"gen_hint_{on_cluster}"
         listener: Any = client.get_redis_connection(client.get_random_node()) if on_cluster else client  # type: ignore[attr-defined]
         pubsub = listener.pubsub(ignore_subscribe_messages=True)
-        pubsub.subscribe(keys.gen_raw(gid))
+        pubsub.subscribe(keys.gen_raw(gid) if on_cluster else keys.RAW_HINTS)
         # When the producer claims its attempt and writes tokens
         client.hset(keys.gen_meta(gid), mapping={"status": "queued", "attempt": 0})
         _produce(client, gid, ["a", "b"])
-        # Then a hint arrives for each write, wherever the reader listens
+        # Then a hint naming the raw stream arrives for each write, wherever the reader listens
         messages = _hints(pubsub, 2)
         assert set(messages) <= {keys.gen_raw(gid)}
         pubsub.close()
 
 
 def _hints(pubsub: Any, count: int, *, timeout_s: float = 2) -> list[str]:
-    """The channels of the next ``count`` hints that ``pubsub`` receives."""
+    """The streams named by the next ``count`` hints that ``pubsub`` receives (a key's own channel, or the keys a
+    shared channel's message names)."""
     channels: list[str] = []
 
     def enough() -> bool:
         if message := pubsub.get_message(timeout=0.1):
-            channels.append(message["channel"])
+            shared = message["channel"] in (keys.RAW_HINTS, keys.OUT_HINTS)
+            channels.extend(message["data"].split(" ") if shared else [message["channel"]])
         return len(channels) >= count
 
     wait_for(enough, timeout_s=timeout_s, interval_s=0, message=f"fewer than {count} hints within {timeout_s}s")

@@ -13,6 +13,7 @@ from prometheus_client import REGISTRY
 
 from app.hub import Hub
 from app.streaming import follow, one_by_one
+from bridge import keys
 from bridge.cluster import NotifiedReader
 from bridge.embedded import EmbeddedRedis
 from bridge.events import ClientEvent
@@ -22,16 +23,16 @@ from tests.support import wait_for
 @pytest.fixture
 def hub(redis_server: EmbeddedRedis, r: redis.Redis) -> Iterator[Hub]:
     reads = redis.Redis.from_url(redis_server.url, decode_responses=True, client_name="hub-test")
-    hub = Hub(NotifiedReader(reads, sweep_s=10), block_ms=10_000, queue_size=16)
+    hub = Hub(NotifiedReader(reads, sweep_s=10, hints=keys.OUT_HINTS), block_ms=10_000, queue_size=16)
     yield hub
     hub.stop()
     reads.close()
 
 
 def _append(r: redis.Redis, key: str, event: str, seq: int) -> None:
-    """Append an event and hint its readers, as every writer of tokenbridge does."""
+    """Append an event and hint its readers, as every writer of tokenbridge does on a single Redis."""
     r.xadd(key, {"event": event, "data": orjson.dumps({"seq": seq}).decode()})
-    r.publish(key, "")
+    r.publish(keys.OUT_HINTS, key)
 
 
 def _produce(r: redis.Redis, key: str, count: int, *, interval_s: float) -> threading.Thread:
@@ -115,7 +116,7 @@ def test_a_new_key_is_read_without_waiting_for_the_blocked_read(hub: Hub, r: red
     # Given the hub waiting (10 s, and no sweep for 10 s) on another key, subscribed to its hints
     other = threading.Thread(target=lambda: _collect(hub, r, "llm:gen:{idle}:out"), daemon=True)
     other.start()
-    wait_for(lambda: _hint_subscriptions(r) == 1)
+    wait_for(lambda: _hint_subscriptions(r) == 1 and hub.subscriber_count == 1)
     # When a reader watches a new key, and an event arrives on it only once the reader is registered
     got: list[float] = []
 
@@ -128,8 +129,9 @@ def test_a_new_key_is_read_without_waiting_for_the_blocked_read(hub: Hub, r: red
     thread = threading.Thread(target=reader)
     thread.start()
     # The reader's own catch-up found nothing: the event can only come through the hub's read, which must have
-    # been woken to take the new key in (it now waits on both keys' hints).
-    wait_for(lambda: hub.subscriber_count == 2 and _hint_subscriptions(r) == 2, timeout_s=5)
+    # been woken to take the new key in (it now waits for both keys' hints, on its one subscription).
+    wait_for(lambda: hub.subscriber_count == 2, timeout_s=5)
+    assert _hint_subscriptions(r) == 1
     sent = time.monotonic()
     _append(r, "llm:gen:{fresh}:out", "done", 0)
     thread.join(15)
@@ -151,11 +153,12 @@ def test_one_redis_connection_reads_for_every_client(hub: Hub, r: redis.Redis) -
         thread.start()
     wait_for(lambda: hub.subscriber_count == 90, timeout_s=5)
 
-    # Then the hub holds two Redis connections for all 90 clients: its reads, and one subscription
+    # Then the hub holds two Redis connections for all 90 clients: its reads, and one subscription (to the one
+    # channel of every stream's hints)
     def hub_connections() -> list[dict[str, str]]:
         return [c for c in r.client_list() if c.get("name") == "hub-test"]
 
-    wait_for(lambda: any(int(c.get("sub", 0)) == 30 for c in hub_connections()))
+    wait_for(lambda: any(int(c.get("sub", 0)) == 1 for c in hub_connections()))
     assert hub.watched_keys == 30
     assert len(hub_connections()) == 2
     for key in keys_:
@@ -187,7 +190,7 @@ def test_delivery_latency_is_observed_once_per_live_token_not_per_reader(hub: Hu
     # When two live tokens and the end arrive while three readers follow
     for seq in (1, 2):
         r.xadd(key, {"event": "token", "data": orjson.dumps({"seq": seq, "content": "b", "ts": time.time()}).decode()})
-        r.publish(key, "")
+        r.publish(keys.OUT_HINTS, key)
     _append(r, key, "done", 3)
     for reader in readers:
         reader.join(5)
