@@ -115,26 +115,31 @@ def _existence_check(s: Services, generation_id: str | None) -> Callable[[], boo
 
 
 def ended_before(key: str, cursor: str, meta: dict[str, str]) -> bool:
-    """True when the generation is finished and the cursor is at or past its terminal event."""
+    """True when the generation is finished and the cursor is at or past its terminal event (the last kept entry,
+    or, once the events are gone after the resume window, the last one committed)."""
     if meta.get("status") not in FINISHED_STATUSES or cursor == "0":
         return False
     last = streams.last_event(services().redis, key)
-    return last is None or not id_after(last.id, cursor)
+    last_id = last.id if last is not None else meta.get("last_id")
+    return not last_id or not id_after(last_id, cursor)
 
 
 def generation_reset(generation_id: str) -> GapHandler:
     """A ``reset`` for a cursor older than what the generation's stream still keeps.
 
     The reset carries the text up to the oldest entry still kept and takes the id just before it, so the
-    reader then gets every kept entry (the terminal one included) as usual.
+    reader then gets every kept entry (the terminal one included) as usual. Once the resume window has passed and
+    none is kept, any reader gets the reset with the whole text, then the terminal event (kept with the record).
     """
     client = services().redis  # bound now: the handler runs after the request context is gone
     key = keys.gen_out(generation_id)
 
-    def reset(cursor: str, oldest: ClientEvent) -> ClientEvent | None:
+    def reset(cursor: str, oldest: ClientEvent | None) -> list[ClientEvent]:
+        if oldest is None:
+            return _after_window(client, generation_id)
         oldest_seq = int(orjson.loads(oldest.data).get("seq", 0))
         if oldest_seq == 0:
-            return None  # nothing was trimmed: the cursor is just before the first event
+            return []  # nothing was trimmed: the cursor is just before the first event
         text = streams.load_text(client, generation_id)
         kept, restarted = _kept_text(client, key, generation_id)
         # :text holds the text since the last restart; with a restart among the kept entries the reader
@@ -142,9 +147,25 @@ def generation_reset(generation_id: str) -> GapHandler:
         before = text[: len(text) - len(kept)] if not restarted and text.endswith(kept) else ""
         data = {"reason": "cursor_trimmed", "text": before, "next_seq": oldest_seq}
         logger.info("Generation %s: cursor %s was trimmed; sent a reset.", generation_id, cursor)
-        return ClientEvent(id=streams.previous_id(oldest.id), event="reset", data=orjson.dumps(data).decode())
+        return [ClientEvent(id=streams.previous_id(oldest.id), event="reset", data=orjson.dumps(data).decode())]
 
     return reset
+
+
+def _after_window(client: redis.Redis, generation_id: str) -> list[ClientEvent]:
+    """A finished generation whose events are no longer kept: a reset with its whole text, then its terminal event
+    (nothing for a generation that has no event yet)."""
+    pipe = client.pipeline(transaction=False)
+    pipe.get(keys.gen_end(generation_id))
+    pipe.get(keys.gen_text(generation_id))
+    end, text = pipe.execute()
+    if not end:
+        return []
+    name, last_id, data = str(end).split(" ", 2)
+    next_seq = int(orjson.loads(data).get("seq", 0))
+    body = {"reason": "cursor_trimmed", "text": text or "", "next_seq": next_seq}
+    reset = ClientEvent(id=streams.previous_id(last_id), event="reset", data=orjson.dumps(body).decode())
+    return [reset, ClientEvent(id=str(last_id), event=name, data=data)]
 
 
 def _kept_text(client: redis.Redis, key: str, generation_id: str) -> tuple[str, bool]:

@@ -22,8 +22,10 @@ import orjson
 import redis
 
 from app import metrics
+from bridge import keys
 from bridge.events import ClientEvent, decode_out
 from bridge.readers import StreamReader
+from bridge.sessions import SessionResolver
 from bridge.streams import parse_stream_id
 
 logger = logging.getLogger(__name__)
@@ -86,8 +88,11 @@ class Hub:
         block_ms: int = 2000,
         count: int = 1000,
         queue_size: int = 1024,
+        sessions: SessionResolver | None = None,
     ) -> None:
         self.reader = reader
+        # Turns a session stream's entries into the events they point at (see bridge.sessions).
+        self.sessions = sessions
         self.block_ms = block_ms
         self.count = count
         self.queue_size = queue_size
@@ -102,6 +107,12 @@ class Hub:
         self.last_read_at = 0.0
         # Times a subscriber fell too far behind and re-read from Redis.
         self.resyncs = 0
+
+    def resolve(self, key: str, events: list[ClientEvent]) -> list[ClientEvent]:
+        """Events as readers get them: a session stream's entries resolved into the events they point at."""
+        if self.sessions is None or not events or not keys.is_session_out(key):
+            return events
+        return self.sessions.resolve(key, events)
 
     # -- subscribers -------------------------------------------------------------------------------
 
@@ -211,12 +222,14 @@ class Hub:
         for key, entries in reply or []:
             if not entries:
                 continue
-            events = [decode_out(entry_id, fields) for entry_id, fields in entries]
+            events = self.resolve(key, [decode_out(entry_id, fields) for entry_id, fields in entries])
             with self._lock:
                 # Deliver only if nobody re-registered the key from another position meanwhile.
                 if self._positions.get(key) != streams[key]:
                     continue
-                self._positions[key] = events[-1].id
+                self._positions[key] = entries[-1][0]
+                if not events:
+                    continue
                 for sub in self._subscribers[key]:
                     sub.push(events)
             _latencies(events, now, latencies)

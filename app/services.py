@@ -17,6 +17,7 @@ from bridge.connections import is_cluster, redis_client, require_redis_version
 from bridge.memory import MemoryGuard
 from bridge.models import ModelSpec, load_registry
 from bridge.readers import stream_reader
+from bridge.sessions import SessionResolver
 from bridge.settings import Settings
 from bridge.task_queue import celery_client_options
 
@@ -42,6 +43,7 @@ class Services:
             block_ms=settings.hub_block_ms,
             count=settings.hub_read_count,
             queue_size=settings.client_queue_size,
+            sessions=SessionResolver(commands),
         )
         celery = Celery("tokenbridge-web", broker=settings.broker_url)
         celery.conf.update(celery_client_options(settings))

@@ -17,7 +17,8 @@ from bridge.ticker import Ticker
 
 CATCH_UP_BATCH = 500
 
-GapHandler = Callable[[str, ClientEvent], ClientEvent | None]
+# Given the reader's cursor and the oldest entry still kept (None: none is), what replaces what is gone.
+GapHandler = Callable[[str, ClientEvent | None], list[ClientEvent]]
 
 
 def first_event(client: redis.Redis, key: str) -> ClientEvent | None:
@@ -25,15 +26,18 @@ def first_event(client: redis.Redis, key: str) -> ClientEvent | None:
     return events[0] if events else None
 
 
-def _catch_up(client: redis.Redis, key: str, after_id: str, until_id: str | None) -> Iterator[list[ClientEvent]]:
+def _catch_up(
+    hub: Hub, client: redis.Redis, key: str, after_id: str, until_id: str | None
+) -> Iterator[list[ClientEvent]]:
     last = after_id
     while True:
-        events = read_events(client, key, last, CATCH_UP_BATCH, until_id=until_id)
+        entries = read_events(client, key, last, CATCH_UP_BATCH, until_id=until_id)
+        events = hub.resolve(key, entries)
         if events:
             yield events
-        if len(events) < CATCH_UP_BATCH:
+        if len(entries) < CATCH_UP_BATCH:
             return
-        last = events[-1].id
+        last = entries[-1].id
 
 
 def _until_terminal(events: list[ClientEvent]) -> tuple[list[ClientEvent], bool]:
@@ -102,7 +106,7 @@ def _batches(
     while True:
         if on_gap is not None:
             yield from _reset(client, key, position.last, on_gap)
-        yield from _catch_up(client, key, position.last, None)
+        yield from _catch_up(hub, client, key, position.last, None)
         fell_behind = yield from _live(hub, client, key, position, keepalive_s=keepalive_s, deadline=deadline)
         if not fell_behind:
             return
@@ -112,14 +116,13 @@ def _batches(
 
 
 def _reset(client: redis.Redis, key: str, last: str, on_gap: GapHandler) -> Iterator[list[ClientEvent]]:
-    """What ``on_gap`` answers for a cursor older than the oldest entry still kept (nothing otherwise)."""
-    if last == "0":
-        return
+    """What ``on_gap`` answers for a cursor older than the oldest entry still kept, or for a stream that keeps no
+    entry (nothing otherwise)."""
     oldest = first_event(client, key)
-    if oldest is not None and id_after(oldest.id, last):
-        reset = on_gap(last, oldest)
-        if reset is not None:
-            yield [reset]
+    if oldest is None or (last != "0" and id_after(oldest.id, last)):
+        events = on_gap(last, oldest)
+        if events:
+            yield events
 
 
 def _live(
@@ -135,7 +138,7 @@ def _live(
     try:
         if id_after(joined_at, position.last):
             # Written between the catch-up and the subscription: read from Redis up to where the hub starts.
-            yield from _catch_up(client, key, position.last, joined_at)
+            yield from _catch_up(hub, client, key, position.last, joined_at)
         while not sub.overflowed:
             if sub.closed or time.monotonic() >= deadline:
                 return False

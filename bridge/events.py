@@ -140,11 +140,16 @@ def encode_out(event: Event) -> dict[str, bytes | str]:
 
 @dataclass(slots=True)
 class ClientEvent:
-    """One event as a reader sees it: entry id, event name and the JSON text of its data."""
+    """One event as a reader sees it: entry id, event name and the JSON text of its data.
+
+    Read from a session stream, ``ref`` is the (generation's place in the session, ``:out`` id) the entry points
+    at, and ``data`` is empty until ``bridge.sessions`` resolves it.
+    """
 
     id: str
     event: str
     data: str
+    ref: tuple[int, str] | None = None
 
     @property
     def terminal(self) -> bool:
@@ -156,4 +161,8 @@ class ClientEvent:
 
 
 def decode_out(entry_id: str, fields: dict[str, str]) -> ClientEvent:
+    n = fields.get("n")
+    if n is not None:
+        # A session stream's entry: it points at a generation's event (see bridge.sessions).
+        return ClientEvent(entry_id, fields.get("e", EventType.TOKEN.value), "", (int(n), fields.get("i", "")))
     return ClientEvent(id=entry_id, event=fields["event"], data=fields.get("data", "{}"))

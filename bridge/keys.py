@@ -69,6 +69,18 @@ def gen_lease(generation_id: str) -> str:
     return f"llm:gen:{{{generation_id}}}:lease"
 
 
+def gen_request(generation_id: str) -> str:
+    """The request as submitted (JSON): read by the task's claim and the cache processor; kept for the resume window
+    after the end (the ``:meta`` hash stays small without it)."""
+    return f"llm:gen:{{{generation_id}}}:request"
+
+
+def gen_end(generation_id: str) -> str:
+    """The generation's terminal event as readers got it (``<event> <id> <data JSON>``), kept for the retention period:
+    a reader after the resume window gets it after a ``reset`` with the whole text."""
+    return f"llm:gen:{{{generation_id}}}:end"
+
+
 def gen_replay(generation_id: str) -> str:
     """An operator's decision on the generation's held dead letter: ``replay:<entry id>`` or ``drop:<entry id>``."""
     return f"llm:gen:{{{generation_id}}}:replay"
@@ -84,6 +96,8 @@ def generation_keys(generation_id: str) -> tuple[str, ...]:
         gen_cancel(generation_id),
         gen_lease(generation_id),
         gen_replay(generation_id),
+        gen_request(generation_id),
+        gen_end(generation_id),
     )
 
 
@@ -118,8 +132,14 @@ def session_index(session_id: str) -> str:
 
 
 def session_out(session_id: str) -> str:
-    """Stream of every client event of every generation in a session."""
+    """Stream of every client event of every generation in a session, in the order they were committed: each entry
+    points at the event in its generation's ``:out`` (``n``: the generation's place in the session index, ``i``: the
+    event's ``:out`` id, ``e``: the event name unless ``token``)."""
     return f"llm:session:{{{session_id}}}:out"
+
+
+def is_session_out(key: str) -> bool:
+    return key.startswith("llm:session:") and key.endswith(":out")
 
 
 def session_owner(session_id: str) -> str:
@@ -128,7 +148,7 @@ def session_owner(session_id: str) -> str:
 
 
 def session_copied(session_id: str) -> str:
-    """The last ``seq`` of each generation copied to the session stream (Redis Cluster only)."""
+    """The ``:out`` id of the last event of each generation added to the session stream (Redis Cluster only)."""
     return f"llm:session:{{{session_id}}}:copied"
 
 

@@ -33,7 +33,7 @@ from redis.exceptions import NoScriptError
 from bridge import keys as key_names
 from bridge.cluster import MOVING, refresh_if_moved
 
-# KEYS: meta, lease, raw   ARGV: lease_ms, now, maxlen, reason, then the models claimed only after a check
+# KEYS: meta, lease, raw, request   ARGV: lease_ms, now, maxlen, reason, then the models claimed only after a check
 # Returns {attempt (1, 2, …) or refusal, the stored request}: -3 unknown, -2 finished, -1 held by a live attempt,
 # -4 its model is one of those to check first (nothing claimed). The request comes with the claim so that a task
 # starts in one round trip.
@@ -41,6 +41,8 @@ CLAIM_ATTEMPT = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return {-3, false} end
 local state = redis.call('HMGET', KEYS[1], 'terminal', 'request', 'model')
 if state[1] then return {-2, false} end
+-- The request has a key of its own; ``:meta`` held it before.
+state[2] = redis.call('GET', KEYS[4]) or state[2]
 for i = 5, #ARGV do
   if ARGV[i] == state[3] then return {-4, state[2]} end
 end
@@ -228,25 +230,30 @@ return {2, index + count}
 """
 
 # Commits a batch of one generation, processed by a consumer: its client events into ``:out`` (same ids as
-# in ``:raw``), the text they add to ``:text``, ``XACK :raw``, the ``:meta`` fields the batch changed, and
-# on a single Redis the copy of each event into the session stream. After the terminal event every key of
-# the generation (and the session's) expires after the retention time. A batch, or the part of one, that
-# another consumer committed already (``:meta`` ``last_id`` is at or past it) writes nothing again.
-# The batch is fenced on continuity: it was processed from the state of the commit that ``:meta`` ``last_id``
-# names (``base``: a consumer paused past a takeover holds an older one, and with it stale ``seq`` numbers),
-# and no entry between that commit and the batch's first one is still pending (one delivered to another
-# consumer, e.g. a stale owner's last read, would be skipped for good). Otherwise it writes and acknowledges
-# nothing and returns -1: the consumer reloads its state and claims every pending entry, or lets go.
-# KEYS: out, raw, meta, text, cancel, lease [, session out, session index]
-# ARGV: group, maxlen, retention_ms (0: not the end), generation_id, n_outs, n_acked, base ('' : none yet),
+# in ``:raw``), the text they add to ``:text``, ``XACK :raw`` and the raw entries committed trimmed away, the
+# ``:meta`` fields the batch changed, and on a single Redis the events' place in the session stream (an entry that
+# points at each: ``n`` the generation's place in the session, ``i`` the ``:out`` id, ``e`` the event unless a
+# token; a generation stored before pointers, with no ``session_n``, gets whole copies). After the terminal event
+# the raw stream is deleted, ``:out``, ``:request`` and the session stream expire after the resume window, the
+# record (``:meta``, ``:text``, and ``:end``, the terminal event as readers got it) after the retention time.
+# A session stream written to while it was to expire (another generation of it ended) is kept again.
+# A batch, or the part of one, that another consumer committed already (``:meta`` ``last_id`` is at or past it)
+# writes nothing again. The batch is fenced on continuity: it was processed from the state of the commit that
+# ``:meta`` ``last_id`` names (``base``: a consumer paused past a takeover holds an older one, and with it stale
+# ``seq`` numbers), and no entry between that commit and the batch's first one is still pending (one delivered to
+# another consumer, e.g. a stale owner's last read, would be skipped for good). Otherwise it writes and
+# acknowledges nothing and returns -1: the consumer reloads its state and claims every pending entry, or lets go.
+# KEYS: out, raw, meta, text, cancel, lease, request, end [, session out, session index]
+# ARGV: group, maxlen, retention_ms (0: not the end), window_ms, generation_id, session_n ('' : none), n_outs,
+#       n_acked, base ('' : none yet), end ('<event> <id> <data>' of the terminal event, or ''),
 #       then id, event, data, content of each out, then the acked ids, then meta field/value pairs.
 # Returns the number of events written, or -1 when refused.
 COMMIT = """
-local maxlen, retention, gid = ARGV[2], tonumber(ARGV[3]), ARGV[4]
-local n_outs, n_acked = tonumber(ARGV[5]), tonumber(ARGV[6])
+local maxlen, retention, window, gid, sn = ARGV[2], tonumber(ARGV[3]), ARGV[4], ARGV[5], ARGV[6]
+local n_outs, n_acked = tonumber(ARGV[7]), tonumber(ARGV[8])
 local last = redis.call('HGET', KEYS[3], 'last_id')
-local first_acked = 8 + 4 * n_outs
-if (last or '') ~= ARGV[7] then return -1 end
+local first_acked = 11 + 4 * n_outs
+if (last or '') ~= ARGV[9] then return -1 end
 local start = last and ('(' .. last) or '-'
 local gap = redis.pcall('XPENDING', KEYS[2], ARGV[1], start, '(' .. ARGV[first_acked], 1)
 if gap.err == nil and #gap > 0 then return -1 end
@@ -257,18 +264,22 @@ local function after(a, b)
   if tonumber(ams) ~= tonumber(bms) then return tonumber(ams) > tonumber(bms) end
   return tonumber(aseq) > tonumber(bseq)
 end
-local session = #KEYS > 6
+local session = #KEYS > 8
 -- The end of a generation gets through Redis at maxmemory: see WRITE (and PEXPIRE comes below anyway).
 if retention > 0 then redis.call('PEXPIRE', KEYS[5], retention) end
 local parts = {}
 local written = 0
-for i = 8, first_acked - 1, 4 do
+for i = 11, first_acked - 1, 4 do
   local id, event, data = ARGV[i], ARGV[i + 1], ARGV[i + 2]
   if after(id, last) then
     redis.call('XADD', KEYS[1], 'MAXLEN', '~', maxlen, id, 'event', event, 'data', data)
-    if session then
+    if session and sn == '' then
       local tagged = string.sub(data, 1, -2) .. ',"generation_id":"' .. gid .. '"}'
-      redis.call('XADD', KEYS[7], 'MAXLEN', '~', maxlen, '*', 'event', event, 'data', tagged, 'entry_id', id)
+      redis.call('XADD', KEYS[9], 'MAXLEN', '~', maxlen, '*', 'event', event, 'data', tagged, 'entry_id', id)
+    elseif session and event == 'token' then
+      redis.call('XADD', KEYS[9], 'MAXLEN', '~', maxlen, '*', 'n', sn, 'i', id)
+    elseif session then
+      redis.call('XADD', KEYS[9], 'MAXLEN', '~', maxlen, '*', 'n', sn, 'i', id, 'e', event)
     end
     if event == 'restart' then
       parts = {}
@@ -279,6 +290,7 @@ for i = 8, first_acked - 1, 4 do
     written = written + 1
   end
 end
+if session and written > 0 and redis.call('PTTL', KEYS[9]) > 0 then redis.call('PERSIST', KEYS[9]) end
 if #parts > 0 then redis.call('APPEND', KEYS[4], table.concat(parts)) end
 local last_acked = ARGV[first_acked + n_acked - 1]
 redis.call('XACK', KEYS[2], ARGV[1], unpack(ARGV, first_acked, first_acked + n_acked - 1))
@@ -288,23 +300,31 @@ if after(last_acked, last) then
   redis.call('HSET', KEYS[3], unpack(fields))
 end
 if retention > 0 then
-  for i = 1, 6 do redis.call('PEXPIRE', KEYS[i], retention) end
+  redis.call('DEL', KEYS[2])
+  redis.call('PEXPIRE', KEYS[1], window)
+  for i = 3, 6 do redis.call('PEXPIRE', KEYS[i], retention) end
+  redis.call('PEXPIRE', KEYS[7], window)
+  if ARGV[10] ~= '' then redis.call('SET', KEYS[8], ARGV[10], 'PX', retention) end
   if session then
-    redis.call('PEXPIRE', KEYS[7], retention)
-    redis.call('PEXPIRE', KEYS[8], retention * 2)
+    redis.call('PEXPIRE', KEYS[9], window)
+    redis.call('PEXPIRE', KEYS[10], retention * 2)
   end
+else
+  local ms, seq = string.match(last_acked, '(%d+)-(%d+)')
+  redis.call('XTRIM', KEYS[2], 'MINID', ms .. '-' .. (tonumber(seq) + 1))
 end
 if written > 0 then HINT_BATCHED(KEYS[1]) end
-if session and written > 0 then HINT_BATCHED(KEYS[7]) end
+if session and written > 0 then HINT_BATCHED(KEYS[9]) end
 return written
 """
 
 # A submission on a single Redis, in one round trip: the model's circuit, the session's owner, the API key's cap on
-# running generations, then the generation stored, its raw stream opened to the processors, its work entry (and
-# the consumers' hint) and its place in the session index. Nothing is written when a check refuses.
-# KEYS: meta, raw, work, session index, session owner, circuit, running (a key never written when no cap)
-# ARGV: group, session_ttl_ms, index_ttl_ms, owner, generation_id, now_ms, check_circuit (1/0), running_limit,
-#       running_expire_ms, then the meta field/value pairs.
+# running generations, then the generation stored (its record, its request, its raw stream opened to the
+# processors, its place in the session index, which ``:meta`` ``session_n`` keeps) and its work entry (and the
+# consumers' hint). Nothing is written when a check refuses.
+# KEYS: meta, raw, work, session index, session owner, circuit, running (a key never written when no cap), request
+# ARGV: group, session_ttl_ms, index_ttl_ms, owner ('': the caller checked it), generation_id, now_ms, check_circuit,
+#       running_limit, running_expire_ms, request, then the meta field/value pairs.
 # Returns {'created'}, {'circuit_open'}, {'session_taken'} or {'too_many_running'}.
 SUBMIT = """
 local now = tonumber(ARGV[6])
@@ -312,7 +332,7 @@ if ARGV[7] == '1' then
   local open_until = redis.call('HGET', KEYS[6], 'open_until')
   if open_until and tonumber(open_until) > now then return {'circuit_open'} end
 end
-if not redis.call('SET', KEYS[5], ARGV[4], 'NX', 'PX', ARGV[2]) then
+if ARGV[4] ~= '' and not redis.call('SET', KEYS[5], ARGV[4], 'NX', 'PX', ARGV[2]) then
   if redis.call('GET', KEYS[5]) ~= ARGV[4] then return {'session_taken'} end
   redis.call('PEXPIRE', KEYS[5], ARGV[2])
 end
@@ -322,12 +342,13 @@ if limit > 0 then
   if redis.call('ZCARD', KEYS[7]) >= limit then return {'too_many_running'} end
   redis.call('ZADD', KEYS[7], now + tonumber(ARGV[9]), ARGV[5])
 end
-redis.call('HSET', KEYS[1], unpack(ARGV, 10))
+redis.call('XADD', KEYS[4], '*', 'generation_id', ARGV[5])
+redis.call('PEXPIRE', KEYS[4], ARGV[3])
+redis.call('HSET', KEYS[1], 'session_n', redis.call('XLEN', KEYS[4]) - 1, unpack(ARGV, 11))
+redis.call('SET', KEYS[8], ARGV[10])
 redis.call('XGROUP', 'CREATE', KEYS[2], ARGV[1], '0', 'MKSTREAM')
 redis.call('XADD', KEYS[3], '*', 'generation_id', ARGV[5])
 HINT(KEYS[3])
-redis.call('XADD', KEYS[4], '*', 'generation_id', ARGV[5])
-redis.call('PEXPIRE', KEYS[4], ARGV[3])
 return {'created'}
 """
 
@@ -348,25 +369,43 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) 
 return 0
 """
 
-# Copies a batch of one generation's client events to its session stream, once: a batch committed again
-# (after a takeover) skips the events whose ``seq`` was copied already. Used where the copy cannot share a
-# transaction with the generation's commit (Redis Cluster: the session is another slot).
-# KEYS: session out, session copied (hash: generation -> last seq)   ARGV: generation_id, maxlen, ttl_ms,
-# then seq, event, data, entry_id for each event.   Returns the number of events appended.
+# Adds a batch of one generation's committed client events to its session stream, once: an event at or before the
+# last one added (by its ``:out`` id) is skipped, so a batch added again (after a takeover) adds nothing twice.
+# Used where it cannot share a transaction with the generation's commit (Redis Cluster: the session is another
+# slot), after the commit. The entries point at the events, as COMMIT's do (whole copies for a generation stored
+# before pointers, with no ``session_n``).
+# KEYS: session out, session copied (hash: generation -> last :out id added)
+# ARGV: generation_id, maxlen, ttl_ms, session_n, then event, data (the whole copy; '' with a session_n), :out id
+# of each event.   Returns the number of events appended.
 SESSION_APPEND = """
-local last = tonumber(redis.call('HGET', KEYS[2], ARGV[1]) or '-1')
+local sn = ARGV[4]
+local last = redis.call('HGET', KEYS[2], ARGV[1])
+if last and not string.match(last, '^%d+%-%d+$') then last = nil end
+local function after(a, b)
+  if not b then return true end
+  local ams, aseq = string.match(a, '(%d+)-(%d+)')
+  local bms, bseq = string.match(b, '(%d+)-(%d+)')
+  if tonumber(ams) ~= tonumber(bms) then return tonumber(ams) > tonumber(bms) end
+  return tonumber(aseq) > tonumber(bseq)
+end
 local written = 0
-for i = 4, #ARGV, 4 do
-  local seq = tonumber(ARGV[i])
-  if seq > last then
-    redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], '*', 'event', ARGV[i + 1], 'data', ARGV[i + 2],
-               'entry_id', ARGV[i + 3])
-    last = seq
+for i = 5, #ARGV, 3 do
+  local event, id = ARGV[i], ARGV[i + 2]
+  if after(id, last) then
+    if sn == '' then
+      redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], '*', 'event', event, 'data', ARGV[i + 1], 'entry_id', id)
+    elseif event == 'token' then
+      redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], '*', 'n', sn, 'i', id)
+    else
+      redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], '*', 'n', sn, 'i', id, 'e', event)
+    end
+    last = id
     written = written + 1
   end
 end
-redis.call('HSET', KEYS[2], ARGV[1], last)
+if last then redis.call('HSET', KEYS[2], ARGV[1], last) end
 redis.call('PEXPIRE', KEYS[2], ARGV[3])
+if written > 0 and redis.call('PTTL', KEYS[1]) > 0 then redis.call('PERSIST', KEYS[1]) end
 if written > 0 then HINT(KEYS[1]) end
 return written
 """
@@ -582,7 +621,7 @@ def claim_attempt(
     A generation of a model in ``check_first`` is not claimed (``Claim.CHECK_FIRST``): its caller checks first.
     """
     generation_keys = [key_names.gen_meta(generation_id), key_names.gen_lease(generation_id)]
-    generation_keys.append(key_names.gen_raw(generation_id))
+    generation_keys += [key_names.gen_raw(generation_id), key_names.gen_request(generation_id)]
     args = [lease_ms, repr(time.time()), max_length, reason, *check_first]
     result, request = run(client, CLAIM_ATTEMPT, generation_keys, args)
     attempt = int(result)

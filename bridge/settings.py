@@ -160,8 +160,17 @@ class Settings(BaseSettings):
     redis_stream_retention_ms: int = Field(
         default=86_400_000,
         ge=1000,
-        description="How long a finished generation stays readable, in ms: when its terminal event is committed, "
-        "every key of the generation expires after this time.",
+        description="How long a finished generation stays readable, in ms: its record (`GET /v1/generations/{id}`: "
+        "status, usage, the whole text) and its terminal event expire this long after the end. Its events "
+        "themselves are kept for `REDIS_RESUME_WINDOW_MS`.",
+    )
+    redis_resume_window_ms: int = Field(
+        default=300_000,
+        ge=1000,
+        description="How long a finished generation's events are kept, in ms (and a session's, after its latest "
+        "generation ends): a reader resuming within it gets exactly the events after its cursor. Later (and until "
+        "`REDIS_STREAM_RETENTION_MS`), a reader gets a `reset` with the whole text, then the terminal event "
+        "([API.md](API.md#reset-after-a-trimmed-cursor)). Longer than the retention: the retention applies.",
     )
     redis_consumer_group: str = Field(
         default="llm:processors",
@@ -565,6 +574,11 @@ class Settings(BaseSettings):
         if self.work_shards is not None:
             return self.work_shards
         return 16 if self.redis_cluster else 1
+
+    @property
+    def resume_window_ms(self) -> int:
+        """How long events are kept after the end: the window, never longer than the retention."""
+        return min(self.redis_resume_window_ms, self.redis_stream_retention_ms)
 
     @property
     def session_ttl_ms(self) -> int:

@@ -54,8 +54,8 @@ class NewGeneration:
     created_at: float = field(default_factory=time.time)
 
     def meta(self) -> dict[FieldT, EncodableT]:
+        """The ``:meta`` fields (the request has a key of its own: ``keys.gen_request``)."""
         return {
-            "request": orjson.dumps(self.request),
             "model": self.model,
             "session_id": self.session_id,
             "status": "queued",
@@ -86,6 +86,7 @@ def submit(
     check_circuit: bool,
     running: RunningCap | None,
     work_shards: int = 1,
+    claim_session: bool = True,
 ) -> Submission:
     """Check and store a new generation in one round trip (``scripts.SUBMIT``): the model's circuit (when
     ``check_circuit``), the session's owner (claimed for a new session, renewed for the owner's own), the key's
@@ -100,10 +101,13 @@ def submit(
         keys.session_owner(sid),
         keys.model_circuit(new.model),
         running.key if running is not None else keys.gen_lease(gid),
+        keys.gen_request(gid),
     ]
-    args: list[Any] = [group, session_ttl_ms, retention_ms * 2, new.owner or new.api_key, gid]
+    owner = (new.owner or new.api_key) if claim_session else ""
+    args: list[Any] = [group, session_ttl_ms, retention_ms * 2, owner, gid]
     args += [int(time.time() * 1000), int(check_circuit)]
     args += [running.limit, running.expire_ms] if running is not None else [0, 0]
+    args.append(orjson.dumps(new.request))
     for item in new.meta().items():
         args.extend(item)
     reply = scripts.run(client, scripts.SUBMIT, script_keys, args)
@@ -132,28 +136,38 @@ def create_generation(
     new = NewGeneration(generation_id, session_id, model, request, api_key, owner, budget)
     if created_at is not None:
         new = dataclasses.replace(new, created_at=created_at)
-    work = keys.work_stream_for(generation_id, work_shards)
-    cluster = is_cluster(client)
+    if not is_cluster(client):
+        result = submit(
+            client,
+            new,
+            group=group,
+            retention_ms=retention_ms,
+            session_ttl_ms=0,
+            claim_session=False,  # the caller did
+            check_circuit=False,
+            running=None,
+            work_shards=work_shards,
+        )
+        if result is not Submission.CREATED:
+            raise ValueError(f"generation {generation_id} not created: {result.value}")
+        return new.created_at
     # On a cluster the work shard and the session are other slots than the generation: no shared transaction.
-    # The generation is stored first (a consumer that reads the work entry must find it) and removed again
-    # when the rest fails, so that the caller's error leaves nothing behind.
+    # The generation is stored first (a consumer that reads the work entry must find it, with its place in the
+    # session) and removed again when the rest fails, so that the caller's error leaves nothing behind.
+    work = keys.work_stream_for(generation_id, work_shards)
     pipe = client.pipeline(transaction=True)
     pipe.hset(keys.gen_meta(generation_id), mapping=new.meta())
+    pipe.set(keys.gen_request(generation_id), orjson.dumps(new.request))
     pipe.xgroup_create(keys.gen_raw(generation_id), group, id="0", mkstream=True)
-    if not cluster:
-        pipe.xadd(work, {"generation_id": generation_id})
-        pipe.publish(keys.RAW_HINTS, work)  # the consumers' hint (see bridge.scripts)
-        pipe.xadd(keys.session_index(session_id), {"generation_id": generation_id})
-        pipe.pexpire(keys.session_index(session_id), retention_ms * 2)
-        pipe.execute()
-        return new.created_at
     pipe.execute()
     try:
-        _hand_over(client, work, generation_id)
-        session = client.pipeline(transaction=False)
+        session = client.pipeline(transaction=True)  # one slot: the place in the session is the length after it
         session.xadd(keys.session_index(session_id), {"generation_id": generation_id})
         session.pexpire(keys.session_index(session_id), retention_ms * 2)
-        session.execute()
+        session.xlen(keys.session_index(session_id))
+        place = int(session.execute()[-1]) - 1
+        client.hset(keys.gen_meta(generation_id), "session_n", place)
+        _hand_over(client, work, generation_id)
     except (redis.RedisError, redis.exceptions.RedisClusterException):
         client.delete(*keys.generation_keys(generation_id))
         raise

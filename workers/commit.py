@@ -64,11 +64,10 @@ class Committer:
         Returns those that ended, the first failure, and those refused as processed from a state that is not
         the last commit's (nothing of them was written or acknowledged).
         """
-        if self.cluster:
-            self.copy_to_sessions(batches)
         results = scripts.run_batch(self.client, [self._commit_call(batch) for batch in batches])
         ended = []
         refused = []
+        committed = []
         failure: Exception | None = None
         for batch, result in zip(batches, results, strict=True):
             batch.owned.gen.meta_updates = {}
@@ -88,29 +87,82 @@ class Committer:
                 failure = failure or exc
                 continue
             metrics.ENTRIES.inc(len(batch.acked))
+            committed.append(batch)
             if batch.terminal is not None:
                 ended.append(batch)
+        if self.cluster:
+            # After the commit: a commit refused (processed from a stale state) adds nothing to the session.
+            self.copy_to_sessions(committed)
         if ended:
             self._end(ended)
         return ended, failure, refused
 
     def copy_to_sessions(self, batches: list[Batch]) -> None:
-        """Append the batches' client events to their session streams (a cluster: another slot than the commit)."""
+        """Add the committed batches' client events to their session streams (a cluster: another slot than the
+        commit, so after it). A generation this consumer has not added to its session since it took it (over, or
+        again after a failure) first gets what was committed before its batch and not added yet: a consumer that
+        died between a commit and its copy leaves nothing out."""
+        missed = self._missed([(b.owned, b.base) for b in batches if not b.owned.session_synced])
         calls = []
         for batch in batches:
-            gen = batch.owned.gen
-            if not gen.session_id or not batch.outs:
-                continue
-            args: list[Any] = [gen.generation_id, self.settings.redis_stream_max_length]
-            args.append(self.settings.redis_stream_retention_ms * 2)
-            for entry_id, out in batch.outs:
-                fields = _session_fields(gen.generation_id, entry_id, out)
-                args += [out.data["seq"], fields["event"], fields["data"], entry_id]
-            session_keys = [keys.session_out(gen.session_id), keys.session_copied(gen.session_id)]
-            calls.append(scripts.Call(scripts.SESSION_APPEND, session_keys, args))
+            owned = batch.owned
+            owned.session_synced = True
+            events = missed.get(owned.generation_id, []) + [(i, out.type, out.data) for i, out in batch.outs]
+            call = self._session_call(owned, events)
+            if call is not None:
+                calls.append(call)
         for result in scripts.run_batch(self.client, calls):
             if isinstance(result, Exception):
                 raise result
+
+    def sync_sessions(self, finished: list[OwnedGeneration]) -> None:
+        """Add to their sessions what finished generations committed and did not add yet (a cluster)."""
+        pipe = self.client.pipeline(transaction=False)
+        for owned in finished:
+            pipe.hget(keys.gen_meta(owned.generation_id), "last_id")
+        last_ids = pipe.execute() if finished else []
+        missed = self._missed([(owned, str(last or "")) for owned, last in zip(finished, last_ids, strict=True)])
+        calls = [self._session_call(owned, missed.get(owned.generation_id, [])) for owned in finished]
+        for result in scripts.run_batch(self.client, [call for call in calls if call is not None]):
+            if isinstance(result, Exception):
+                raise result
+
+    def _missed(self, owned: list[tuple[OwnedGeneration, str]]) -> dict[str, list[tuple[str, str, dict[str, Any]]]]:
+        """Per generation, its committed events after the last one its session has, up to the id given with it (two
+        round trips, once per generation a consumer takes)."""
+        todo = [(o, until) for o, until in owned if o.gen.session_id and o.gen.resumed and until]
+        if not todo:
+            return {}
+        pipe = self.client.pipeline(transaction=False)
+        for o, _ in todo:
+            pipe.hget(keys.session_copied(o.gen.session_id), o.generation_id)
+        copied = pipe.execute()
+        pipe = self.client.pipeline(transaction=False)
+        ranges = []
+        for (o, until), last in zip(todo, copied, strict=True):
+            start = f"({last}" if last and "-" in str(last) else "-"
+            if last != until:
+                pipe.xrange(keys.gen_out(o.generation_id), min=start, max=until)
+                ranges.append(o.generation_id)
+        missed: dict[str, list[tuple[str, str, dict[str, Any]]]] = {}
+        for gid, entries in zip(ranges, pipe.execute() if ranges else [], strict=True):
+            missed[gid] = [(i, f.get("event", ""), orjson.loads(f.get("data", "{}"))) for i, f in entries]
+        return missed
+
+    def _session_call(
+        self, owned: OwnedGeneration, events: list[tuple[str, str, dict[str, Any]]]
+    ) -> scripts.Call | None:
+        gen = owned.gen
+        if not gen.session_id or not events:
+            return None
+        args: list[Any] = [gen.generation_id, self.settings.redis_stream_max_length]
+        args += [self.settings.redis_stream_retention_ms * 2, gen.session_n]
+        for entry_id, event, data in events:
+            # A whole copy only for a generation stored before sessions pointed at events.
+            whole = orjson.dumps({**data, "generation_id": gen.generation_id}) if not gen.session_n else ""
+            args += [event, whole, entry_id]
+        session_keys = [keys.session_out(gen.session_id), keys.session_copied(gen.session_id)]
+        return scripts.Call(scripts.SESSION_APPEND, session_keys, args)
 
     def check(self, generation_id: str, results: list[Any]) -> None:
         """Raise what means "not committed" (resync and retry); log what an earlier owner already wrote."""
@@ -130,11 +182,16 @@ class Committer:
 
     def _commit_call(self, batch: Batch) -> scripts.Call:
         gen = batch.owned.gen
-        retention_ms = self.settings.redis_stream_retention_ms if batch.terminal is not None else 0
-        args: list[Any] = [self.group, self.settings.redis_stream_max_length, retention_ms, gen.generation_id]
-        args.append(len(batch.outs))
-        args.append(len(batch.acked))
-        args.append(batch.base)
+        settings = self.settings
+        retention_ms = settings.redis_stream_retention_ms if batch.terminal is not None else 0
+        args: list[Any] = [self.group, settings.redis_stream_max_length, retention_ms, settings.resume_window_ms]
+        args += [gen.generation_id, gen.session_n, len(batch.outs), len(batch.acked), batch.base]
+        # The terminal event as readers get it, kept with the record: '<event> <id> <data>'.
+        if batch.terminal is not None and batch.outs:
+            entry_id, terminal = batch.outs[-1]
+            args.append(f"{terminal.type} {entry_id} {orjson.dumps(terminal.data).decode()}")
+        else:
+            args.append("")
         for entry_id, out in batch.outs:
             content = out.data.get("content", "") if out.type == _TOKEN else ""
             args.extend((entry_id, out.type, orjson.dumps(out.data), content if isinstance(content, str) else ""))
@@ -146,7 +203,7 @@ class Committer:
             batch.owned.commit_keys = _commit_keys(gen.generation_id, gen.session_id if not self.cluster else "")
         commit_keys = batch.owned.commit_keys
         # The streams a reader is told about (with every other commit of the flush, on a single Redis).
-        hints = (commit_keys[0], commit_keys[6]) if len(commit_keys) > 6 else (commit_keys[0],)
+        hints = (commit_keys[0], commit_keys[8]) if len(commit_keys) > 8 else (commit_keys[0],)
         return scripts.Call(scripts.COMMIT, commit_keys, args, hints if batch.outs else ())
 
     def _end(self, ended: list[Batch]) -> None:
@@ -162,7 +219,7 @@ class Committer:
             if gen.api_key:
                 pipe.zrem(keys.key_running(gen.api_key), gen.generation_id)
             if gen.session_id and self.cluster:
-                pipe.pexpire(keys.session_out(gen.session_id), retention_ms)
+                pipe.pexpire(keys.session_out(gen.session_id), self.settings.resume_window_ms)
                 pipe.pexpire(keys.session_index(gen.session_id), retention_ms * 2)
         if len(pipe):
             self.check("(end of generations)", pipe.execute(raise_on_error=False))
@@ -177,16 +234,9 @@ def _commit_keys(generation_id: str, session_id: str) -> list[str]:
         keys.gen_text(generation_id),
         keys.gen_cancel(generation_id),
         keys.gen_lease(generation_id),
+        keys.gen_request(generation_id),
+        keys.gen_end(generation_id),
     ]
     if session_id:
         commit_keys += [keys.session_out(session_id), keys.session_index(session_id)]
     return commit_keys
-
-
-def _session_fields(generation_id: str, entry_id: str, out: Event) -> dict[str, Any]:
-    """A client event as the session stream holds it: with its generation and its ``:out`` id."""
-    return {
-        "event": out.type,
-        "data": orjson.dumps({**out.data, "generation_id": generation_id}),
-        "entry_id": entry_id,
-    }

@@ -180,7 +180,7 @@ class ConsumerWorker:
             self._group_ready = True
         if self._resync:
             self._batches = []  # processed from state that may not have been committed: processed again
-            self.ownership.reload()
+            self._finish_reloaded(self.ownership.reload())
             self._resync = False
         if self._refused:
             self._recover_refused()
@@ -259,12 +259,20 @@ class ConsumerWorker:
         try:
             for owned in self.ownership.refresh():
                 self._process_left_over(owned.generation_id)
-            self.ownership.reload(refused)
+            self._finish_reloaded(self.ownership.reload(refused))
             for gid in refused:
                 self._process_left_over(gid)
         except Exception:
             self._refused |= refused  # Redis failed us midway: recovered again at the next turn
             raise
+
+    def _finish_reloaded(self, ended: list[OwnedGeneration]) -> None:
+        """Generations whose end was committed but not followed through (the connection failed): their sessions get
+        what they miss (a cluster), and their work entries are released."""
+        if self.committer.cluster:
+            self.committer.sync_sessions(ended)
+        for owned in ended:
+            self.ownership.release_work(owned.work_stream, owned.work_id)
 
     def _claim_stranded(self) -> None:
         """Claim what another consumer holds pending of a generation we took over: a consumer paused past the

@@ -29,8 +29,10 @@ class OwnedGeneration:
     held_until: float = 0.0
     # The ``:out`` commit (``:meta`` ``last_id``) the state reflects: its next commit is fenced on it.
     last_id: str = ""
-    # The keys of its commits (made once: a commit per batch needs the same eight names).
+    # The keys of its commits (made once: a commit per batch needs the same names).
     commit_keys: list[str] = field(default_factory=list)
+    # On a cluster: its session has every event this consumer committed of it since it took it.
+    session_synced: bool = False
 
     @property
     def generation_id(self) -> str:

@@ -161,9 +161,11 @@ class Ownership:
         except (redis.RedisError, redis.exceptions.RedisClusterException):
             logger.warning("Consumer %s could not deregister.", self.name)
 
-    def reload(self, generation_ids: Collection[str] | None = None) -> None:
+    def reload(self, generation_ids: Collection[str] | None = None) -> list[OwnedGeneration]:
         """After an error mid-commit (or a refused commit): state from ``:meta`` (what was committed), and our
-        pending entries again; of every generation we own, or of ``generation_ids``."""
+        pending entries again; of every generation we own, or of ``generation_ids``. Returns those whose end was
+        committed meanwhile: they are ours no more (the caller finishes them: ``finished``)."""
+        ended: list[OwnedGeneration] = []
         for gid, old in list(self.owned.items()):
             if generation_ids is not None and gid not in generation_ids:
                 continue
@@ -172,8 +174,8 @@ class Ownership:
                 self.forget(gid)
                 continue
             if meta.get("status") in FINISHED_STATUSES:
-                # Its end was committed, and the release of its work entry failed with the connection.
-                self.release_work(old.work_stream, old.work_id)
+                # Its end was committed, and what follows it (the release of its work entry) failed with the connection.
+                ended.append(OwnedGeneration.from_meta(gid, old.work_id, meta, work_stream=old.work_stream))
                 self.owned.pop(gid, None)
                 continue
             owned = OwnedGeneration.from_meta(gid, old.work_id, meta, work_stream=old.work_stream)
@@ -181,6 +183,7 @@ class Ownership:
             owned.gen.scratch = old.gen.scratch
             owned.poison = old.poison
             self.owned[gid] = owned
+        return ended
 
     def release(self, owned: OwnedGeneration) -> None:
         """The generation ended (its work entry was released with its end: ``workers.commit``): ours no more."""

@@ -35,6 +35,8 @@ class GenerationState:
     generation_id: str
     model: str = ""
     session_id: str = ""
+    # The generation's place in its session ('' for one stored before sessions kept it).
+    session_n: str = ""
     api_key: str = ""
     created_at: float = 0.0
     seq: int = 0
@@ -55,6 +57,7 @@ class GenerationState:
             generation_id=generation_id,
             model=meta.get("model", ""),
             session_id=meta.get("session_id", ""),
+            session_n=meta.get("session_n", ""),
             api_key=meta.get("api_key", ""),
             created_at=float(meta.get("created_at", 0) or 0),
             seq=int(meta.get("seq", 0)),
@@ -246,7 +249,10 @@ class CachingProcessor(Processor):
             return
         if event.data.get("finish_reason") != "stop" or event.data.get("cached"):
             return
-        raw_request: Any = self.client.hget(keys.gen_meta(gen.generation_id), "request")
+        # The request has a key of its own (kept for the resume window); ``:meta`` held it before.
+        raw_request: Any = self.client.get(keys.gen_request(gen.generation_id))
+        if raw_request is None:
+            raw_request = self.client.hget(keys.gen_meta(gen.generation_id), "request")
         if raw_request is None:
             return
         tokens: list[str] = []

@@ -40,7 +40,7 @@ def test_a_repeated_request_is_answered_from_the_cache_without_calling_the_model
     assert not first_done.get("cached") and _upstream_calls(upstream, word) == 1
     spec = ModelSpec(name="fake-gpt-cached", provider="openai", model="gpt-upstream")
     with stack.client() as client:
-        key = cache.cache_key(spec, orjson.loads(client.hget(keys.gen_meta(gen["id"]), "request")))
+        key = cache.cache_key(spec, orjson.loads(client.get(keys.gen_request(gen["id"]))))
         wait_for(lambda: client.exists(key), timeout_s=10)
     # When the same request comes again
     second_text, second_done, _ = _answer(stack, prompt=prompt, temperature=0.2)

@@ -14,8 +14,9 @@ from app.streaming import follow, one_by_one
 from bridge import keys, streams
 from bridge.cluster import NotifiedReader, node_client
 from bridge.connections import close
-from bridge.events import Event
+from bridge.events import Event, decode_out
 from bridge.producer import GenerationWriter
+from bridge.sessions import SessionResolver
 from bridge.settings import Settings
 from tests.cluster import EmbeddedCluster
 from tests.support import wait_for
@@ -113,18 +114,21 @@ def test_generations_on_every_node_flow_through_a_consumer(rc: redis.Redis, clus
     assert len({_node_of(rc, keys.gen_out(g)) for g in gids}) == 3
     for gid in gids:
         _produce(rc, gid, WORDS)
+    raw_ids = {gid: [i for i, _ in rc.xrange(keys.gen_raw(gid))] for gid in gids}
     # When one consumer runs
     worker = ConsumerWorker(rc, cluster_settings, default_processors(rc))
     status = lambda g: rc.hget(keys.gen_meta(g), "status")  # noqa: E731
     wait_for(lambda: all(status(g) == "completed" for g in gids), step=lambda: worker.run_once(block_ms=50))
-    # Then every :out has the whole text, ids equal to :raw's, and every session stream has its events once
+    # Then every :out has the whole text, ids equal to :raw's (gone now that it is committed), and every session
+    # stream points at each of its generations' events once
     for gid in gids:
         assert _text(rc, keys.gen_out(gid)) == "".join(WORDS)
-        assert [i for i, _ in rc.xrange(keys.gen_out(gid))] == [i for i, _ in rc.xrange(keys.gen_raw(gid))]
+        assert [i for i, _ in rc.xrange(keys.gen_out(gid))] == raw_ids[gid]
+        assert not rc.exists(keys.gen_raw(gid))
     for session in ("s0", "s1", "s2"):
         entries = rc.xrange(keys.session_out(session))
         assert len(entries) == 3 * (len(WORDS) + 1)
-        assert len({(orjson.loads(f["data"])["generation_id"], f["entry_id"]) for _, f in entries}) == len(entries)
+        assert len({(f["n"], f["i"]) for _, f in entries}) == len(entries)
     # And the work stream is empty again: every generation was acknowledged and released
     assert streams.work_backlog(rc, cluster_settings.redis_consumer_group, cluster_settings.work_shard_count)[0] == 0
     worker.ownership.hand_back()
@@ -174,8 +178,9 @@ def test_a_paused_consumers_stale_commit_after_a_takeover_is_refused(
     out = [orjson.loads(f["data"]) for _, f in rc.xrange(keys.gen_out(gid))]
     assert [d["seq"] for d in out] == list(range(7))
     assert "".join(d.get("content", "") for d in out) == "".join(WORDS[:6])
-    session = [orjson.loads(f["data"])["seq"] for _, f in rc.xrange(keys.session_out("s_stale"))]
-    assert session == list(range(7))
+    key = keys.session_out("s_stale")
+    session = SessionResolver(rc).resolve(key, [decode_out(i, f) for i, f in rc.xrange(key)])
+    assert [e.json()["seq"] for e in session] == list(range(7))
 
 
 def test_the_hub_follows_streams_of_every_node(rc: redis.Redis, redis_cluster: EmbeddedCluster) -> None:

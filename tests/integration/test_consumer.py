@@ -11,8 +11,9 @@ import pytest
 import redis
 
 from bridge import keys, scripts, streams
-from bridge.events import Event
+from bridge.events import ClientEvent, Event, decode_out
 from bridge.producer import GenerationWriter
+from bridge.sessions import SessionResolver
 from bridge.settings import Settings
 from tests.support import new_generation, wait_for
 from workers.consumer import ConsumerWorker
@@ -29,6 +30,12 @@ def _write_tokens(r: redis.Redis, gid: str, words: list[str], *, finish: bool = 
         )
     writer.write(entries)
     return writer
+
+
+def _session(r: redis.Redis, session_id: str) -> list[ClientEvent]:
+    """A session's events as a reader gets them."""
+    key = keys.session_out(session_id)
+    return SessionResolver(r).resolve(key, [decode_out(i, f) for i, f in r.xrange(key)])
 
 
 def _out(r: redis.Redis, gid: str) -> list[tuple[str, str, dict[str, Any]]]:
@@ -50,21 +57,26 @@ def test_a_generation_flows_from_raw_to_out_with_the_same_ids_and_contiguous_seq
     gid = new_generation(r, settings, "gen_1")
     words = ["one ", "two ", "three ", "four ", "five"]
     _write_tokens(r, gid, words)
+    raw_ids = [i for i, _ in r.xrange(keys.gen_raw(gid))]
     # When a consumer runs
     worker = _worker(r, settings)
     wait_for(_finished(r, gid), step=lambda: worker.run_once(block_ms=50))
     # Then :out mirrors :raw id for id, with seq 0..n
     out = _out(r, gid)
-    assert [i for i, *_ in out] == [i for i, _ in r.xrange(keys.gen_raw(gid))]
+    assert [i for i, *_ in out] == raw_ids
     assert [d["seq"] for *_, d in out] == list(range(6))
     assert "".join(d["content"] for _, e, d in out if e == "token") == "".join(words)
     meta = r.hgetall(keys.gen_meta(gid))
     assert (meta["status"], meta["completion_tokens"]) == ("completed", "5")
     assert streams.load_text(r, gid) == "one two three four five"
-    # And everything is acknowledged, the work entry is gone, and every key expires
-    assert r.xpending(keys.gen_raw(gid), settings.redis_consumer_group)["pending"] == 0
+    # And everything is acknowledged and the raw stream gone, the work entry is gone; the events expire after the
+    # resume window, the record (meta, text, terminal event) after the retention
+    assert not r.exists(keys.gen_raw(gid))
     assert r.xlen(keys.WORK_STREAM) == 0
-    assert all(r.pttl(k) > 0 for k in (keys.gen_meta(gid), keys.gen_raw(gid), keys.gen_out(gid)))
+    window, retention = settings.resume_window_ms, settings.redis_stream_retention_ms
+    assert 0 < r.pttl(keys.gen_out(gid)) <= window and 0 < r.pttl(keys.gen_request(gid)) <= window
+    assert all(window < r.pttl(k) <= retention for k in (keys.gen_meta(gid), keys.gen_text(gid), keys.gen_end(gid)))
+    assert r.get(keys.gen_end(gid)) == f"done {out[-1][0]} " + orjson.dumps(out[-1][2]).decode()
     assert gid not in worker.owned
 
 
@@ -75,8 +87,42 @@ def test_session_stream_carries_events_of_every_generation_with_their_id(r: redi
     _write_tokens(r, b, ["y "])
     worker = _worker(r, settings)
     wait_for(lambda: _finished(r, a)() and _finished(r, b)(), step=lambda: worker.run_once(block_ms=50))
-    session = [(f["event"], orjson.loads(f["data"])["generation_id"]) for _, f in r.xrange(keys.session_out("chat"))]
-    assert sorted(session) == sorted([("token", a), ("done", a), ("token", b), ("done", b)])
+    # Each session entry points at its event (kept once, in its generation's :out), in commit order
+    entries = r.xrange(keys.session_out("chat"))
+    assert all(set(fields) <= {"n", "i", "e"} for _, fields in entries)
+    # And a reader gets each event whole, with its generation's id, under the session entry's id
+    events = SessionResolver(r).resolve(
+        keys.session_out("chat"), [decode_out(entry_id, fields) for entry_id, fields in entries]
+    )
+    assert [e.id for e in events] == [entry_id for entry_id, _ in entries]
+    session = [(e.event, e.json()["generation_id"], e.json().get("content")) for e in events]
+    expected = [("token", a, "x "), ("done", a, None), ("token", b, "y "), ("done", b, None)]
+    assert sorted(session, key=str) == sorted(expected, key=str)
+    outs = {e.json()["seq"] for e in events if e.json()["generation_id"] == a}
+    assert outs == {0, 1}
+
+
+def test_a_session_reader_gets_a_reset_for_a_generation_whose_events_are_gone(
+    r: redis.Redis, settings: Settings
+) -> None:
+    # Given a session of two finished generations, the first one's events gone (its resume window passed)
+    a = new_generation(r, settings, "gen_a", session="long")
+    b = new_generation(r, settings, "gen_b", session="long")
+    _write_tokens(r, a, ["old ", "text"])
+    _write_tokens(r, b, ["new"])
+    worker = _worker(r, settings)
+    wait_for(lambda: _finished(r, a)() and _finished(r, b)(), step=lambda: worker.run_once(block_ms=50))
+    r.delete(keys.gen_out(a))
+    # When a reader reads the session from its start
+    entries = r.xrange(keys.session_out("long"))
+    events = SessionResolver(r).resolve(keys.session_out("long"), [decode_out(i, f) for i, f in entries])
+    # Then it gets, for the first generation, a reset with its whole text and its terminal event; the second whole
+    of_a = [(e.event, e.json()) for e in events if e.json()["generation_id"] == a]
+    assert [name for name, _ in of_a] == ["reset", "done"]
+    assert of_a[0][1]["text"] == "old text" and of_a[0][1]["next_seq"] == of_a[1][1]["seq"] == 2
+    assert [e.json().get("content") for e in events if e.json()["generation_id"] == b] == ["new", None]
+    ids = [e.id for e in events]
+    assert ids == sorted(ids, key=lambda i: tuple(map(int, i.split("-"))))
 
 
 def test_dropped_events_leave_no_hole_in_seq(r: redis.Redis, settings: Settings) -> None:
@@ -151,7 +197,7 @@ def test_entries_after_the_terminal_are_acknowledged_and_dropped(r: redis.Redis,
     worker = _worker(r, settings)
     wait_for(_finished(r, gid), step=lambda: worker.run_once(block_ms=50))
     assert [e for _, e, _ in _out(r, gid)] == ["token", "done"]
-    assert r.xpending(keys.gen_raw(gid), settings.redis_consumer_group)["pending"] == 0
+    assert not r.exists(keys.gen_raw(gid))  # every entry acknowledged, the raw stream deleted with the end
 
 
 def test_a_generation_whose_streams_vanished_is_released(r: redis.Redis, settings: Settings) -> None:
@@ -239,8 +285,7 @@ def test_a_paused_consumer_that_commits_after_a_takeover_writes_nothing_twice(
     # Then every event is in :out and in the session stream once, and the text is not doubled
     out = _out(r, gid)
     assert [d["seq"] for *_, d in out] == list(range(5))
-    session = [orjson.loads(f["data"])["seq"] for _, f in r.xrange(keys.session_out("s1"))]
-    assert session == list(range(5))
+    assert [e.json()["seq"] for e in _session(r, "s1")] == list(range(5))
     assert streams.load_text(r, gid) == "".join(words)
 
 
@@ -279,8 +324,6 @@ def test_a_paused_consumer_handed_a_new_entry_after_a_takeover_cannot_commit_it_
     out = _out(r, gid)
     assert [d["seq"] for *_, d in out] == list(range(len(words) + 1))
     assert "".join(d["content"] for _, e, d in out if e == "token") == "".join(words)
-    assert [i for i, *_ in out] == [i for i, _ in r.xrange(keys.gen_raw(gid))]
-    session = [orjson.loads(f["data"])["seq"] for _, f in r.xrange(keys.session_out("s1"))]
-    assert session == list(range(len(words) + 1))
+    assert [e.json()["seq"] for e in _session(r, "s1")] == list(range(len(words) + 1))
     assert streams.load_text(r, gid) == "".join(words)
-    assert r.xpending(keys.gen_raw(gid), settings.redis_consumer_group)["pending"] == 0
+    assert not r.exists(keys.gen_raw(gid))  # every entry acknowledged, the raw stream deleted with the end

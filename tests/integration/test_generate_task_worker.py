@@ -316,7 +316,7 @@ def test_a_task_message_lost_before_any_worker_took_it_is_sent_again_and_the_gen
     # (the task records its outcome after its last write: the generation can be completed a moment before)
     wait_for(lambda: gid in outcomes)
     assert outcomes[gid] == ["finished"]
-    assert _text(_raw(r, gid)) == "sent again"
+    assert r.get(keys.gen_text(gid)) == "sent again"
 
 
 def test_the_tasks_waiting_in_the_redis_broker_queue_are_counted(r: redis.Redis, celery_app: Celery) -> None:

@@ -22,7 +22,9 @@ def _raw(r: redis.Redis, gid: str) -> list[tuple[str, dict[str, object]]]:
 
 
 def _set_request(r: redis.Redis, gid: str, request: dict[str, object]) -> None:
-    r.hset(keys.gen_meta(gid), "request", orjson.dumps(request))
+    """Store ``request`` as the generation's, as a submission does (its model in ``:meta`` too)."""
+    r.set(keys.gen_request(gid), orjson.dumps(request))
+    r.hset(keys.gen_meta(gid), "model", str(request["model"]))
 
 
 def test_tokens_produced_together_take_few_round_trips(r: redis.Redis, settings: Settings) -> None:
