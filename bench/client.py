@@ -33,6 +33,8 @@ class StreamResult:
     posted_at: float | None = None
     post_s: float | None = None
     close_code: int | None = None
+    # A WebSocket whose messages came compressed (the server accepted permessage-deflate).
+    compressed: bool = False
 
     def record(self, message: SseMessage, received: float) -> None:
         """Count one SSE event: its place in the sequence, and a token's latency (receipt - producer ts)."""

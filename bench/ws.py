@@ -13,6 +13,7 @@ import json
 import os
 import struct
 import time
+import zlib
 from typing import Any
 
 import httpx
@@ -39,6 +40,12 @@ def client_frame(opcode: int, payload: bytes, mask: bytes | None = None) -> byte
 
 async def read_frame(reader: asyncio.StreamReader) -> tuple[bool, int, bytes]:
     """(final, opcode, payload) of the next frame (unmasked if the sender masked it)."""
+    final, opcode, payload, _ = await read_frame_compressed(reader)
+    return final, opcode, payload
+
+
+async def read_frame_compressed(reader: asyncio.StreamReader) -> tuple[bool, int, bytes, bool]:
+    """``read_frame`` and whether the frame says its message is compressed (RSV1, permessage-deflate)."""
     first, second = await reader.readexactly(2)
     length = second & 0x7F
     if length == 126:
@@ -49,7 +56,7 @@ async def read_frame(reader: asyncio.StreamReader) -> tuple[bool, int, bytes]:
     payload = await reader.readexactly(length)
     if mask is not None:
         payload = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
-    return bool(first & 0x80), first & 0x0F, payload
+    return bool(first & 0x80), first & 0x0F, payload, bool(first & 0x40)
 
 
 async def _handshake(
@@ -57,9 +64,11 @@ async def _handshake(
 ) -> None:
     key = base64.b64encode(os.urandom(16)).decode()
     head = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+    # What a browser offers: permessage-deflate (the server may accept it or not; both are read).
     writer.write(
         f"GET {path} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-        f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n{head}\r\n".encode()
+        f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
+        f"Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n{head}\r\n".encode()
     )
     await writer.drain()
     status = await reader.readline()
@@ -74,13 +83,21 @@ async def _read(host: str, port: int, path: str, headers: dict[str, str], result
     try:
         await _handshake(reader, writer, host, path, headers)
         parts: list[bytes] = []
+        inflate = zlib.decompressobj(-15)
+        compressed = False
         while True:
-            final, opcode, payload = await read_frame(reader)
+            final, opcode, payload, rsv1 = await read_frame_compressed(reader)
             if opcode in (TEXT, CONTINUATION):
+                compressed = compressed or (opcode == TEXT and rsv1)
                 parts.append(payload)
                 if final:
-                    message: dict[str, Any] = json.loads(b"".join(parts))
+                    data = b"".join(parts)
+                    if compressed:
+                        data = inflate.decompress(data + b"\x00\x00\xff\xff")
+                        result.compressed = True
+                    message: dict[str, Any] = json.loads(data)
                     parts.clear()
+                    compressed = False
                     if "event" in message:
                         result.record_event(message["event"], message.get("data") or {}, time.time())
             elif opcode == PING:
@@ -136,6 +153,8 @@ async def _run(stack: Stack, web_pid: int, transport: str, readers: int, tokens:
         "gaps": sum(r.gaps for r in results),
         "duplicates": sum(r.duplicates for r in results),
         "close_codes": sorted({r.close_code for r in results if r.close_code is not None}),
+        # The client offers permessage-deflate, as browsers do: whether the server compressed its messages.
+        "compressed": sum(1 for r in results if r.compressed),
         "errors": [r.error for r in results if r.error][:5],
     }
 

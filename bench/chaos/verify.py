@@ -18,6 +18,8 @@ import redis
 
 from bench.chaos.load import TERMINAL, Generation, LoadResult, Reading, SessionWatch
 from bridge import keys, streams
+from bridge.events import decode_out
+from bridge.sessions import SessionResolver
 
 # docs/API.md, "Generation error codes".
 DOCUMENTED_ERRORS = {
@@ -220,11 +222,13 @@ def _check_redis(
             out = _out_events(client, gid)
             if not out or out[-1][1] not in TERMINAL:
                 _problem(verdict.hung, gid, "a generation the run does not know has a stream without a terminal")
+    resolver = SessionResolver(client)
     for session in sessions:
         per_gen: dict[str, list[int]] = {}
         entries: Any = client.xrange(keys.session_out(session))
-        for _, fields in entries:
-            data = orjson.loads(fields["data"])
+        # As a reader gets them: each entry resolved into the event it points at.
+        for event in resolver.resolve(keys.session_out(session), [decode_out(i, f) for i, f in entries]):
+            data = orjson.loads(event.data)
             per_gen.setdefault(data["generation_id"], []).append(data["seq"])
         for gid, seqs in per_gen.items():
             want = [seq for seq, *_ in outs.get(gid, [])]
