@@ -124,7 +124,7 @@ def ended_before(key: str, cursor: str, meta: dict[str, str]) -> bool:
     return not last_id or not id_after(last_id, cursor)
 
 
-def generation_reset(generation_id: str) -> GapHandler:
+def generation_reset(generation_id: str, meta: dict[str, str]) -> GapHandler:
     """A ``reset`` for a cursor older than what the generation's stream still keeps.
 
     The reset carries the text up to the oldest entry still kept and takes the id just before it, so the
@@ -133,10 +133,12 @@ def generation_reset(generation_id: str) -> GapHandler:
     """
     client = services().redis  # bound now: the handler runs after the request context is gone
     key = keys.gen_out(generation_id)
+    # Running when the request came: its events are kept (they go a resume window after its end).
+    finished = meta.get("status") in FINISHED_STATUSES
 
     def reset(cursor: str, oldest: ClientEvent | None) -> list[ClientEvent]:
         if oldest is None:
-            return _after_window(client, generation_id)
+            return _after_window(client, generation_id) if finished else []
         oldest_seq = int(orjson.loads(oldest.data).get("seq", 0))
         if oldest_seq == 0:
             return []  # nothing was trimmed: the cursor is just before the first event

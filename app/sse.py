@@ -32,7 +32,7 @@ def generation_events(generation_id: str) -> Response:
     if ended_before(key, cursor, meta):
         # The client already has the terminal event: 204 tells EventSource to stop reconnecting.
         return Response(status=204, headers=STREAM_HEADERS)
-    on_gap = generation_reset(generation_id)
+    on_gap = generation_reset(generation_id, meta)
     return _event_stream(key, client_events("sse", key, cursor, on_gap=on_gap, generation_id=generation_id))
 
 

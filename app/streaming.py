@@ -104,9 +104,17 @@ def _batches(
 ) -> Generator[list[ClientEvent] | None, None, None]:
     """The batches of ``follow``, uncut: a reset, catch-up from Redis, then live from the hub until it ends."""
     while True:
-        if on_gap is not None:
+        if on_gap is not None and position.last != "0":
             yield from _reset(client, key, position.last, on_gap)
-        yield from _catch_up(hub, client, key, position.last, None)
+        caught_up = False
+        for events in _catch_up(hub, client, key, position.last, None):
+            caught_up = True
+            yield events
+        if not caught_up and on_gap is not None and position.last == "0":
+            # Nothing kept to read from the start: nothing written yet, or the resume window has passed.
+            gone = on_gap("0", None)
+            if gone:
+                yield gone
         fell_behind = yield from _live(hub, client, key, position, keepalive_s=keepalive_s, deadline=deadline)
         if not fell_behind:
             return
@@ -119,7 +127,7 @@ def _reset(client: redis.Redis, key: str, last: str, on_gap: GapHandler) -> Iter
     """What ``on_gap`` answers for a cursor older than the oldest entry still kept, or for a stream that keeps no
     entry (nothing otherwise)."""
     oldest = first_event(client, key)
-    if oldest is None or (last != "0" and id_after(oldest.id, last)):
+    if oldest is None or id_after(oldest.id, last):
         events = on_gap(last, oldest)
         if events:
             yield events

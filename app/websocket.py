@@ -52,7 +52,7 @@ def generation_ws(ws: Any, generation_id: str) -> None:
     meta = load_meta(generation_id)
     cursor = read_cursor()
     key = keys.gen_out(generation_id)
-    on_gap = generation_reset(generation_id)
+    on_gap = generation_reset(generation_id, meta)
     writer = _Writer(ws)
     reader = threading.Thread(
         target=_read_commands, args=(ws, writer, s, g.principal, generation_id), name=f"ws-{generation_id}", daemon=True

@@ -36,6 +36,7 @@ from bridge.producer import (
     TokenSource,
     WriteResult,
 )
+from bridge.ticker import StopEvent
 
 logger = logging.getLogger(__name__)
 
@@ -211,7 +212,7 @@ class _Running:
         self.idle_timeout_s = idle_timeout_s
         self.max_duration_s = max_duration_s
         self.inbox: deque[Any] = deque()
-        self.stop = threading.Event()
+        self.stop = StopEvent()  # a source's timed waits on it arm no timer each
         self.done = threading.Event()
         self.outcome: Outcome | None = None
         self.error: BaseException | None = None
