@@ -477,14 +477,21 @@ def run_batch(client: redis.Redis, calls: list[Call], *, raise_on_error: bool = 
     A call the server answered with an error has that error as its result (raised instead with
     ``raise_on_error``); a connection error raises. A script the server did not know yet is loaded and its
     calls sent again (a script that is not there did not run). On a cluster, a call whose slot moved away
-    is sent again through the cluster client, which follows the move. On a single Redis, consecutive calls of
-    a script written for it (``WRITE``, ``COMMIT``: one per generation of a flush) run as one call of it for all
-    (``_many``), and the hints of every call (``Call.hints``) follow in the same round trip, one message per channel.
+    is sent again through the cluster client, which follows the move. On a single Redis, the hints of every
+    call (``Call.hints``) follow in the same round trip: one message per channel.
     """
     results: list[Any] = [None] * len(calls)
     cluster = isinstance(client, RedisCluster)
     for node, indexes in _by_node(client, calls):
-        replies = _send(node, [calls[i] for i in indexes], cluster)
+        node_calls = [calls[i] for i in indexes]
+        replies = _send(node, node_calls, cluster)
+        missing = [n for n, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
+        if missing:
+            for source in {variant(calls[indexes[n]].source, cluster) for n in missing}:
+                node.script_load(source)
+            again = _send(node, [calls[indexes[n]] for n in missing], cluster)
+            for n, reply in zip(missing, again, strict=True):
+                replies[n] = reply
         if cluster and refresh_if_moved(client, replies):
             for n, reply in enumerate(replies):
                 if isinstance(reply, MOVING):
@@ -501,106 +508,18 @@ def run_batch(client: redis.Redis, calls: list[Call], *, raise_on_error: bool = 
 
 
 def _send(node: redis.Redis, calls: list[Call], cluster: bool) -> list[Any]:
-    """Every call in one pipeline; a script the server did not know yet is loaded, and its calls sent again."""
-    replies, sent = _send_once(node, calls, cluster)
-    missing = [n for n, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
-    if missing:
-        for lua in {sent[n] for n in missing}:
-            node.script_load(lua)
-        again, _ = _send_once(node, [calls[n] for n in missing], cluster)
-        for n, reply in zip(missing, again, strict=True):
-            replies[n] = reply
-    return replies
-
-
-def _send_once(node: redis.Redis, calls: list[Call], cluster: bool) -> tuple[list[Any], list[str]]:
-    """The replies of ``calls``, and the Lua each was sent as."""
     pipe = node.pipeline(transaction=False)
-    groups = _groups(calls, cluster)
-    sent: list[str] = []
-    for group in groups:
-        lua = _queue(pipe, [calls[n] for n in group], cluster)
-        sent += [lua] * len(group)
-    if not cluster:
-        hints: dict[str, list[str]] = {}
-        for call in calls:
+    hints: dict[str, list[str]] = {}
+    for call in calls:
+        lua = variant(call.source, cluster)
+        pipe.execute_command("EVALSHA", sha(lua), len(call.keys), *call.keys, *call.args)  # type: ignore[no-untyped-call]
+        if not cluster:
             for key in call.hints:
                 hints.setdefault(hint_channel(key), []).append(key)
-        for channel, names in hints.items():
-            pipe.publish(channel, " ".join(names))
-    answers: list[Any] = pipe.execute(raise_on_error=False)
-    replies: list[Any] = []
-    for group, answer in zip(groups, answers, strict=False):
-        if len(group) == 1:
-            replies.append(answer)
-        elif isinstance(answer, list):
-            replies += answer
-        else:
-            replies += [answer] * len(group)  # the whole call failed (a script not loaded yet, a connection)
-    return replies, sent
-
-
-def _groups(calls: list[Call], cluster: bool) -> list[list[int]]:
-    """Indexes of ``calls`` sent as one: consecutive calls of a script in ``_MANY`` on a single Redis."""
-    groups: list[list[int]] = []
-    for n, call in enumerate(calls):
-        if groups and not cluster and call.source in _MANY and calls[groups[-1][0]].source == call.source:
-            groups[-1].append(n)
-        else:
-            groups.append([n])
-    return groups
-
-
-def _queue(pipe: Any, calls: list[Call], cluster: bool) -> str:
-    """Queue ``calls`` (of one script) as one EVALSHA; the Lua sent."""
-    if len(calls) == 1:
-        call = calls[0]
-        lua = variant(call.source, cluster)
-        pipe.execute_command("EVALSHA", sha(lua), len(call.keys), *call.keys, *call.args)
-        return lua
-    lua = _many(variant(calls[0].source, cluster))
-    all_keys: list[str] = []
-    args: list[Any] = [len(calls)]
-    for call in calls:
-        all_keys += call.keys
-        args += [len(call.keys), len(call.args), *call.args]
-    pipe.execute_command("EVALSHA", sha(lua), len(all_keys), *all_keys, *args)
-    return lua
-
-
-# Scripts written for one generation that run as one call for many on a single Redis (``_send_once``): each call
-# is a function call inside it, its error its own result. At maxmemory, Redis checks a script's writes that may grow
-# memory until one succeeds: calls that only end generations come last in a flush (see WriteLoop), as they would
-# be let through anyway.
-_MANY_TEMPLATE = """
-local function one(KEYS, ARGV)
-BODY
-end
-local results = {}
-local k, a = 0, 1
-for c = 1, tonumber(ARGV[1]) do
-  local nk, na = tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2])
-  local keys, args = {}, {}
-  for i = 1, nk do keys[i] = KEYS[k + i] end
-  for i = 1, na do args[i] = ARGV[a + 2 + i] end
-  k, a = k + nk, a + 2 + na
-  local ok, result = pcall(one, keys, args)
-  if ok or type(result) == 'table' then
-    results[c] = result
-  else
-    results[c] = {err = tostring(result)}
-  end
-end
-return results
-"""
-
-
-@cache
-def _many(lua: str) -> str:
-    return _MANY_TEMPLATE.replace("BODY", lua)
-
-
-_MANY = frozenset({WRITE, COMMIT})
+    for channel, names in hints.items():
+        pipe.publish(channel, " ".join(names))
+    replies: list[Any] = pipe.execute(raise_on_error=False)
+    return replies[: len(calls)]
 
 
 def _by_node(client: redis.Redis, calls: list[Call]) -> list[tuple[redis.Redis, list[int]]]:

@@ -172,9 +172,7 @@ class WriteLoop:
             if now >= self._next_tick:
                 self._next_tick = now + min((r.poll_s for r in self._running), default=1.0)
                 ready |= {r for r in self._running if r.due(now)}
-        # Writes that end a generation last: at maxmemory Redis checks a script's writes that may grow memory only
-        # until one succeeds, and a flush's writes run as one script (bridge.scripts._many).
-        writes = sorted((r for r in ready if r.next_write(now)), key=_ends)
+        writes = [r for r in ready if r.next_write(now)]
         if not writes:
             return
         try:
@@ -330,10 +328,6 @@ class _Running:
             self.error = error
             self.stop.set()
             self.done.set()
-
-
-def _ends(running: _Running) -> bool:
-    return running.pending is not None and running.pending.ends
 
 
 def pump(

@@ -238,25 +238,3 @@ def test_a_write_refused_at_maxmemory_ends_the_generation_with_the_next_batch_nu
     assert types == ["token", "error"]
     assert orjson.loads(r.xrange(keys.gen_raw(gid))[-1][1]["data"])["code"] == "redis_out_of_memory"
     assert r.hget(keys.gen_meta(gid), "wseq") == "2"
-
-
-def test_the_writes_of_a_flush_run_as_one_script_call_and_fail_one_by_one(r: redis.Redis, settings: Settings) -> None:
-    # Given three generations' writes, the second one's record broken (a wrong type where its :meta hash is)
-    writers = []
-    for gid in ("gen_a", "gen_b", "gen_c"):
-        new_generation(r, settings, gid)
-        writer = _writer(r, gid)
-        writer.claim()
-        writers.append(writer)
-    scripts.run_batch(r, [w.prepare([]).call for w in writers])  # heartbeats: the script is loaded now
-    pending = [w.prepare([("token", {"content": w.generation_id, "ts": 1.0})]) for w in writers]
-    r.delete(keys.gen_meta("gen_b"))
-    r.set(keys.gen_meta("gen_b"), "not a hash")
-    calls_before = int(r.info("commandstats")["cmdstat_evalsha"]["calls"])
-    # When they are sent together
-    replies = scripts.run_batch(r, [p.call for p in pending])
-    # Then they went as one script call, and only the broken one failed
-    assert int(r.info("commandstats")["cmdstat_evalsha"]["calls"]) - calls_before == 1
-    assert isinstance(replies[1], redis.ResponseError) and "WRONGTYPE" in str(replies[1])
-    assert [writers[i].settle(pending[i], replies[i]) for i in (0, 2)] == [WriteResult.WRITTEN] * 2
-    assert [f["data"] for _, f in r.xrange(keys.gen_raw("gen_c"))][-1] == '{"content":"gen_c","ts":1.0}'
