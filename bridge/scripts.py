@@ -230,12 +230,13 @@ return {2, index + count}
 """
 
 # Commits a batch of one generation, processed by a consumer: its client events into ``:out`` (same ids as
-# in ``:raw``), the text they add to ``:text``, ``XACK :raw`` and the raw entries committed trimmed away, the
-# ``:meta`` fields the batch changed, and on a single Redis the events' place in the session stream (an entry that
-# points at each: ``n`` the generation's place in the session, ``i`` the ``:out`` id, ``e`` the event unless a
-# token; a generation stored before pointers, with no ``session_n``, gets whole copies). After the terminal event
-# the raw stream is deleted, ``:out``, ``:request`` and the session stream expire after the resume window, the
-# record (``:meta``, ``:text``, and ``:end``, the terminal event as readers got it) after the retention time.
+# in ``:raw``), the text they add to ``:text``, ``XACK :raw`` and the raw entries committed trimmed away (once
+# over 100 are kept), the ``:meta`` fields the batch changed, and on a single Redis the events' place in the
+# session stream (an entry that points at each: ``n`` the generation's place in the session, ``i`` the ``:out``
+# id, ``e`` the event unless a token; a generation stored before pointers, with no ``session_n``, gets whole
+# copies). After the terminal event the raw stream is deleted, ``:out``, ``:request`` and the session stream
+# expire after the resume window, the record (``:meta``, ``:text``, and ``:end``, the terminal event as readers
+# got it) after the retention time.
 # A session stream written to while it was to expire (another generation of it ended) is kept again.
 # A batch, or the part of one, that another consumer committed already (``:meta`` ``last_id`` is at or past it)
 # writes nothing again. The batch is fenced on continuity: it was processed from the state of the commit that
@@ -309,7 +310,8 @@ if retention > 0 then
     redis.call('PEXPIRE', KEYS[9], window)
     redis.call('PEXPIRE', KEYS[10], retention * 2)
   end
-else
+elseif redis.call('XLEN', KEYS[2]) > 100 then
+  -- Raw entries committed go, a node's worth at a time (a trim is a write the AOF keeps: not one per commit).
   local ms, seq = string.match(last_acked, '(%d+)-(%d+)')
   redis.call('XTRIM', KEYS[2], 'MINID', ms .. '-' .. (tonumber(seq) + 1))
 end
