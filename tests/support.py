@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import socket
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
 import orjson
@@ -118,3 +120,23 @@ def rabbitmq_listens() -> bool:
             return True
     except OSError:
         return False
+
+
+def run_in_own_loop(coroutine: Coroutine[Any, Any, T]) -> T:
+    """``asyncio.run(coroutine)`` in a thread of its own: the browser tests' Playwright keeps an event loop running
+    in the main thread for the whole session, where no second one may run."""
+    results: list[T] = []
+    failure: list[BaseException] = []
+
+    def target() -> None:
+        try:
+            results.append(asyncio.run(coroutine))
+        except BaseException as exc:
+            failure.append(exc)
+
+    thread = threading.Thread(target=target, name="own-loop")
+    thread.start()
+    thread.join()
+    if failure:
+        raise failure[0]
+    return results[0]

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
 import functools
-import threading
 import uuid
 from collections.abc import Callable, Coroutine
 from typing import Any
@@ -15,6 +13,7 @@ from bridge.embedded import free_port
 from tests.browser.support import expired_token
 from tests.scripted_server import ScriptedServer, hang_up, status
 from tests.stack import API_KEY, Stack
+from tests.support import run_in_own_loop
 from tokenbridge.async_client import AsyncTokenbridgeClient, acollect_text
 from tokenbridge.client import TokenbridgeAPIError, TokenbridgeConnectionError
 
@@ -29,19 +28,7 @@ def in_own_loop(test: Callable[..., Coroutine[Any, Any, None]]) -> Callable[...,
 
     @functools.wraps(test)
     def run(*args: Any, **kwargs: Any) -> None:
-        failure: list[BaseException] = []
-
-        def target() -> None:
-            try:
-                asyncio.run(test(*args, **kwargs))
-            except BaseException as exc:
-                failure.append(exc)
-
-        thread = threading.Thread(target=target, name=test.__name__)
-        thread.start()
-        thread.join()
-        if failure:
-            raise failure[0]
+        run_in_own_loop(test(*args, **kwargs))
 
     return run
 

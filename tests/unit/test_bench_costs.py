@@ -11,6 +11,7 @@ import pytest
 from bench import report
 from bench.plan import PARTS, Plan
 from bench.ws import CLOSE, TEXT, client_frame, read_frame
+from tests.support import run_in_own_loop
 
 
 def _row(system: str, *, p50: float = 10, p99: float = 40, pipeline: float = 100, streams: int = 300) -> dict[str, Any]:
@@ -187,7 +188,7 @@ def test_a_client_frame_is_masked_and_reads_back() -> None:
         reader.feed_data(frame + client_frame(CLOSE, b"\x03\xe8"))
         return await read_frame(reader)
 
-    assert asyncio.run(read()) == (True, TEXT, payload)
+    assert run_in_own_loop(read()) == (True, TEXT, payload)
 
 
 def test_an_unmasked_server_frame_reads_as_is() -> None:
@@ -196,4 +197,4 @@ def test_an_unmasked_server_frame_reads_as_is() -> None:
         reader.feed_data(b"\x88\x02\x03\xe8")  # close, 1000
         return await read_frame(reader)
 
-    assert asyncio.run(read()) == (True, CLOSE, b"\x03\xe8")
+    assert run_in_own_loop(read()) == (True, CLOSE, b"\x03\xe8")
