@@ -65,6 +65,15 @@ Chunk = str | Delta | Finish
 TokenSource = Callable[[threading.Event], Iterator[Chunk]]
 
 
+@dataclass(frozen=True, slots=True)
+class Scheduled:
+    """An answer that nothing but the clock paces (the built-in models): each chunk with the time it is due, in
+    seconds after the start, in order, the last one a ``Finish``. A write loop produces it itself, on time, with
+    no thread of its own (``bridge.write_loop``)."""
+
+    chunks: Iterator[tuple[float, Chunk]]
+
+
 @dataclass(slots=True)
 class PendingWrite:
     """A write that ``GenerationWriter.prepare`` built, waiting for its reply (``GenerationWriter.settle``)."""

@@ -13,11 +13,13 @@ with the load, and no write waits for a timer.
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,12 +29,14 @@ from bridge import scripts
 from bridge.errors import ProviderError
 from bridge.events import EventType
 from bridge.producer import (
+    Chunk,
     Delta,
     Finish,
     GenerationWriter,
     Outcome,
     PendingWrite,
     Retry,
+    Scheduled,
     TokenSource,
     WriteResult,
 )
@@ -63,6 +67,9 @@ class WriteLoop:
         self._running: set[_Running] = set()
         self._dirty: set[_Running] = set()
         self._retrying: set[_Running] = set()
+        # Scheduled answers (``Scheduled``): (when the next chunk is due, order, the generation).
+        self._scheduled: list[tuple[float, int, _Running]] = []
+        self._order = itertools.count()
         self._thread: threading.Thread | None = None
         self._next_tick = 0.0
         # Flushes and writes sent so far: writes / flushes is the batching achieved.
@@ -74,7 +81,7 @@ class WriteLoop:
     def run(
         self,
         writer: GenerationWriter,
-        source: TokenSource,
+        source: TokenSource | Scheduled,
         *,
         flush_window_s: float = 0.0,
         poll_s: float = 0.2,
@@ -83,6 +90,9 @@ class WriteLoop:
         join_timeout_s: float = 5.0,
     ) -> Outcome:
         """Run ``source`` and write what it yields until a terminal entry, cancellation or fencing.
+
+        A ``TokenSource`` runs in a thread of its own; a ``Scheduled`` answer is produced by the loop itself, each
+        chunk when it is due.
 
         A source silent for ``idle_timeout_s`` ends the generation with ``provider_timeout``; one that runs past
         ``max_duration_s`` with ``max_duration``. Tokens that arrive within ``flush_window_s`` of the loop's
@@ -123,6 +133,14 @@ class WriteLoop:
         if new:
             self._wake.set()
 
+    def schedule(self, running: _Running, due: float) -> None:
+        """Wake the loop when ``running``'s next scheduled chunk is due."""
+        with self._lock:
+            earliest = not self._scheduled or due < self._scheduled[0][0]
+            heapq.heappush(self._scheduled, (due, next(self._order), running))
+        if earliest:
+            self._wake.set()
+
     # -- the loop's thread -------------------------------------------------------------------------
 
     def _loop(self) -> None:
@@ -155,8 +173,10 @@ class WriteLoop:
             running.fail(error)
 
     def _timeout(self) -> float:
-        """Until the next tick, or the next retry (under the lock)."""
+        """Until the next tick, the next retry or the next scheduled chunk (under the lock)."""
         due = min([self._next_tick, *(r.retry_at for r in self._retrying)])
+        if self._scheduled:
+            due = min(due, self._scheduled[0][0])
         return max(0.0, due - time.monotonic())
 
     def _turn(self) -> None:
@@ -165,6 +185,8 @@ class WriteLoop:
         if window > 0:
             time.sleep(window)  # let the tokens that follow closely join this write
         now = time.monotonic()
+        for running in self._produce_due(now):
+            self._dirty.add(running)
         with self._lock:
             ready, self._dirty = self._dirty, set()
             ready |= {r for r in self._retrying if r.retry_at <= now}
@@ -186,6 +208,22 @@ class WriteLoop:
                 running.settle(reply, time.monotonic())
             except Exception as exc:
                 running.fail(exc)
+
+    def _produce_due(self, now: float) -> list[_Running]:
+        """The scheduled chunks due by ``now``, appended to their generations' inboxes; those generations."""
+        with self._lock:
+            due = []
+            while self._scheduled and self._scheduled[0][0] <= now:
+                due.append(heapq.heappop(self._scheduled)[2])
+        produced = []
+        for running in due:
+            if running.outcome is not None or running.error is not None:
+                continue
+            following = running.produce(now)
+            produced.append(running)
+            if following is not None:
+                self.schedule(running, following)
+        return produced
 
     def retry(self, running: _Running) -> None:
         with self._lock:
@@ -224,13 +262,40 @@ class _Running:
         self.completion_tokens = 0
         self.started = self.last_item = self.last_write = time.monotonic()
         self._thread: threading.Thread | None = None
+        # A scheduled answer: its chunks, when it started, and the next chunk (its due time after the start).
+        self._chunks: Iterator[tuple[float, Chunk]] = iter(())
+        self._origin = 0.0
+        self._next: tuple[float, Chunk] | None = None
 
     # -- the source (its own thread) ---------------------------------------------------------------
 
-    def start(self, source: TokenSource) -> None:
+    def start(self, source: TokenSource | Scheduled) -> None:
+        if isinstance(source, Scheduled):
+            self._chunks = iter(source.chunks)
+            self._origin = time.monotonic()
+            self._next = next(self._chunks, None)
+            self.loop.schedule(self, self._origin + (self._next[0] if self._next else 0.0))
+            return
         name = f"source-{self.writer.generation_id}"
         self._thread = threading.Thread(target=self._produce, args=(source,), name=name, daemon=True)
         self._thread.start()
+
+    def produce(self, now: float) -> float | None:
+        """A scheduled answer: append the chunks due by ``now``; when the next one is due (None: all produced)."""
+        while self._next is not None and self._origin + self._next[0] <= now:
+            chunk = self._next[1]
+            if isinstance(chunk, Finish):
+                self.inbox.append(chunk)
+                self.inbox.append(_END)
+                self._next = None
+                return None
+            self.inbox.append((time.time(), chunk))
+            self._next = next(self._chunks, None)
+        if self._next is None:
+            self.inbox.append(Finish())  # an answer that ended without saying how
+            self.inbox.append(_END)
+            return None
+        return self._origin + self._next[0]
 
     def join(self, timeout_s: float) -> None:
         if self._thread is not None:

@@ -23,7 +23,7 @@ from bridge.errors import UnknownModelError
 from bridge.events import EventType
 from bridge.generation import GenerationRequest
 from bridge.models import ModelSpec, registry_for
-from bridge.producer import Chunk, Claim, Finish, GenerationWriter, Outcome, TokenSource, with_retries
+from bridge.producer import Chunk, Claim, Finish, GenerationWriter, Outcome, Scheduled, TokenSource, with_retries
 from bridge.settings import Settings
 from bridge.write_loop import WriteLoop
 from tasks import metrics
@@ -160,11 +160,14 @@ def _run_attempt(
     spec, generation_id = parsed.spec, writer.generation_id
     logger.info("Generation %s started (model %s).", generation_id, spec.name, extra=_log(writer))
     cached = _cached_answer(client, spec, parsed.raw)
-    source = (
-        _replay(cached)
-        if cached is not None
-        else _provider_source(settings, spec, parsed.provider, parsed.request, generation_id)
-    )
+    scheduled = parsed.provider.schedule(parsed.request) if cached is None else None
+    source: TokenSource | Scheduled
+    if cached is not None:
+        source = _replay(cached)
+    elif scheduled is not None:
+        source = scheduled  # produced by the write loop itself: no thread of its own
+    else:
+        source = _provider_source(settings, spec, parsed.provider, parsed.request, generation_id)
     outcome = (loop or WriteLoop(client)).run(
         writer,
         source,

@@ -7,7 +7,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterator
 
 from bridge.generation import GenerationRequest
-from bridge.producer import Chunk
+from bridge.producer import Chunk, Scheduled
 
 
 class Provider(ABC):
@@ -19,3 +19,8 @@ class Provider(ABC):
 
     @abstractmethod
     def stream(self, request: GenerationRequest, stop: threading.Event) -> Iterator[Chunk]: ...
+
+    def schedule(self, request: GenerationRequest) -> Scheduled | None:
+        """The whole answer with the time each chunk is due, when nothing but the clock paces it: the worker's write
+        loop then produces it without a thread of its own. None (the default): the answer comes from ``stream``."""
+        return None

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from bridge.errors import ProviderError
 from bridge.generation import GenerationRequest
 from bridge.models import SYNTHETIC_DEFAULT_MAX_TOKENS, EchoOptions, SyntheticOptions
-from bridge.producer import Chunk, Finish
+from bridge.producer import Chunk, Finish, Scheduled
 from tasks.providers.base import Provider
 
 # A word with its following whitespace; leading whitespace of the text is a token of its own.
@@ -81,21 +81,36 @@ def _paced(stop: threading.Event, start: float, index: int, interval_s: float) -
     return not stop.is_set()
 
 
+def _streamed(scheduled: Scheduled, stop: threading.Event) -> Iterator[Chunk]:
+    """A schedule as a stream: each chunk when it is due (for a caller with no write loop)."""
+    start = time.monotonic()
+    for due_s, chunk in scheduled.chunks:
+        delay = start + due_s - time.monotonic()
+        if (delay > 0 and stop.wait(delay)) or stop.is_set():
+            return
+        yield chunk
+
+
 class EchoProvider(Provider):
     """Streams the prompt (or the last user message) back, word by word."""
 
     def stream(self, request: GenerationRequest, stop: threading.Event) -> Iterator[Chunk]:
+        return _streamed(self.schedule(request), stop)
+
+    def schedule(self, request: GenerationRequest) -> Scheduled:
         options = EchoOptions.model_validate(request.options or {})
         words = split_words(request.input_text())
         limit = request.max_tokens if request.max_tokens is not None else len(words)
         interval_s = options.delay_ms / 1000
-        start = time.monotonic() + interval_s
-        for index, word in enumerate(words[:limit]):
-            if not _paced(stop, start, index, interval_s):
-                return
-            yield word
-        reason = "length" if limit < len(words) else "stop"
-        yield Finish(reason, {"prompt_tokens": len(words), "completion_tokens": min(limit, len(words))})
+
+        def chunks() -> Iterator[tuple[float, Chunk]]:
+            for index, word in enumerate(words[:limit]):
+                yield (index + 1) * interval_s, word
+            reason = "length" if limit < len(words) else "stop"
+            usage = {"prompt_tokens": len(words), "completion_tokens": min(limit, len(words))}
+            yield min(limit, len(words)) * interval_s, Finish(reason, usage)
+
+        return Scheduled(chunks())
 
 
 class SyntheticProvider(Provider):
@@ -116,18 +131,29 @@ class SyntheticProvider(Provider):
             self._tries.popitem(last=False)
         return tries
 
+    def schedule(self, request: GenerationRequest) -> Scheduled | None:
+        """The answer when no fault is asked for (a fault goes through ``stream``)."""
+        options = SyntheticOptions.model_validate(request.options or {})
+        if options.fail_before_first or options.fail_after_tokens is not None or options.stall_after_tokens is not None:
+            return None
+        words = self._words(request, options)
+        interval_s = 1.0 / options.tokens_per_second
+
+        def chunks() -> Iterator[tuple[float, Chunk]]:
+            for index, word in enumerate(words):
+                yield index * interval_s, word
+            yield max(0, len(words) - 1) * interval_s, self._finish(request, len(words))
+
+        return Scheduled(chunks())
+
     def stream(self, request: GenerationRequest, stop: threading.Event) -> Iterator[Chunk]:
         options = SyntheticOptions.model_validate(request.options or {})
         if options.fail_before_first and self._try_number(request) <= options.fail_before_first:
             raise ProviderError("synthetic failure before the first token", code="provider_unavailable", retryable=True)
-        count = request.max_tokens if request.max_tokens is not None else SYNTHETIC_DEFAULT_MAX_TOKENS
-        seed = options.seed
-        if seed is None:
-            seed = int.from_bytes(hashlib.sha256(request.input_text().encode()).digest()[:8], "big")
-        rng = random.Random(seed)
+        words = self._words(request, options)
         interval_s = 1.0 / options.tokens_per_second
         start = time.monotonic()
-        for index in range(count):
+        for index, word in enumerate(words):
             if index == options.fail_after_tokens:
                 raise ProviderError(f"synthetic failure after {index} tokens", code="provider_error")
             if index == options.stall_after_tokens:
@@ -135,5 +161,18 @@ class SyntheticProvider(Provider):
                 return
             if not _paced(stop, start, index, interval_s):
                 return
-            yield rng.choice(_VOCABULARY) + " "
-        yield Finish("length", {"prompt_tokens": len(split_words(request.input_text())), "completion_tokens": count})
+            yield word
+        yield self._finish(request, len(words))
+
+    @staticmethod
+    def _words(request: GenerationRequest, options: SyntheticOptions) -> list[str]:
+        count = request.max_tokens if request.max_tokens is not None else SYNTHETIC_DEFAULT_MAX_TOKENS
+        seed = options.seed
+        if seed is None:
+            seed = int.from_bytes(hashlib.sha256(request.input_text().encode()).digest()[:8], "big")
+        rng = random.Random(seed)
+        return [rng.choice(_VOCABULARY) + " " for _ in range(count)]
+
+    @staticmethod
+    def _finish(request: GenerationRequest, count: int) -> Finish:
+        return Finish("length", {"prompt_tokens": len(split_words(request.input_text())), "completion_tokens": count})

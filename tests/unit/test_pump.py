@@ -13,7 +13,7 @@ import redis
 
 from bridge import scripts
 from bridge.errors import ProviderError
-from bridge.producer import Chunk, Finish, GenerationWriter, Outcome, WriteResult, with_retries
+from bridge.producer import Chunk, Finish, GenerationWriter, Outcome, Scheduled, WriteResult, with_retries
 from bridge.write_loop import WriteLoop
 
 
@@ -204,3 +204,29 @@ def test_an_interrupted_pump_releases_the_lease() -> None:
     with pytest.raises(redis.ConnectionError, match="write loop stopped"):
         pump(writer, _burst(3), flush_window_s=0)
     assert writer.released
+
+
+def test_a_scheduled_answer_is_written_on_time_by_the_loop_itself() -> None:
+    # Given an answer of three tokens due 30 ms apart, and its end
+    chunks = [(0.0, "a "), (0.03, "b "), (0.06, "c"), (0.06, Finish("stop", {"prompt_tokens": 1}))]
+    writer = RecordingWriter()
+    threads_before = {t.name for t in threading.enumerate()}
+    started = time.time()
+    # When the loop runs it
+    assert pump(writer, Scheduled(iter(chunks)), poll_s=0.5) is Outcome.FINISHED
+    # Then every token was written once, in order, each no earlier than it was due, then the end
+    entries = [e for batch in writer.writes for e in batch]
+    assert [e[1].get("content") for e in entries[:-1]] == ["a ", "b ", "c"]
+    assert entries[-1][0] == "done" and entries[-1][1]["usage"]["completion_tokens"] == 3
+    stamps = [e[1]["ts"] - started for e in entries[:-1]]
+    assert stamps == sorted(stamps) and stamps[1] >= 0.029 and stamps[2] >= 0.059
+    # And no thread of its own produced it
+    assert not any(t.name.startswith("source-") for t in threading.enumerate() if t.name not in threads_before)
+
+
+def test_a_cancelled_scheduled_answer_produces_nothing_more() -> None:
+    writer = RecordingWriter(results=[WriteResult.WRITTEN, WriteResult.CANCELLED])
+    chunks = ((i * 0.01, f"t{i} ") for i in range(1000))
+    started = time.monotonic()
+    assert pump(writer, Scheduled(chunks), poll_s=0.5) is Outcome.CANCELLED
+    assert time.monotonic() - started < 1 and len(writer.writes) == 2
