@@ -49,6 +49,9 @@ Send = Callable[[list[scripts.Call]], list[Any]]
 _END = object()
 # Longest wait between two tries of a write while Redis cannot answer.
 _BACKOFF_MAX_S = 2.0
+# Scheduled chunks due this soon are produced with those due now: one write for many streams' tokens, not one
+# wake-up and flush per token (a model's pacing is this much coarser; each token is stamped when produced).
+_SCHEDULE_AHEAD_S = 0.005
 
 
 @dataclass(slots=True)
@@ -211,15 +214,16 @@ class WriteLoop:
 
     def _produce_due(self, now: float) -> list[_Running]:
         """The scheduled chunks due by ``now``, appended to their generations' inboxes; those generations."""
+        horizon = now + _SCHEDULE_AHEAD_S
         with self._lock:
             due = []
-            while self._scheduled and self._scheduled[0][0] <= now:
+            while self._scheduled and self._scheduled[0][0] <= horizon:
                 due.append(heapq.heappop(self._scheduled)[2])
         produced = []
         for running in due:
             if running.outcome is not None or running.error is not None:
                 continue
-            following = running.produce(now)
+            following = running.produce(horizon)
             produced.append(running)
             if following is not None:
                 self.schedule(running, following)
