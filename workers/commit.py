@@ -140,7 +140,9 @@ class Committer:
         pipe = self.client.pipeline(transaction=False)
         ranges = []
         for (o, until), last in zip(todo, copied, strict=True):
-            start = f"({last}" if last and "-" in str(last) else "-"
+            if last is not None and "-" not in str(last):
+                continue  # a seq: added before its commit (before sessions pointed at events): nothing missed
+            start = f"({last}" if last else "-"
             if last != until:
                 pipe.xrange(keys.gen_out(o.generation_id), min=start, max=until)
                 ranges.append(o.generation_id)
@@ -208,7 +210,7 @@ class Committer:
 
     def _end(self, ended: list[Batch]) -> None:
         """After the terminal event's commit, in one round trip for every generation that ended: its work entry is
-        done, the key's running slot released, the session expired (cluster)."""
+        done, the running slots of its key and of its end user released, the session expired (cluster)."""
         retention_ms = self.settings.redis_stream_retention_ms
         pipe = self.client.pipeline(transaction=False)
         for batch in ended:
@@ -218,6 +220,8 @@ class Committer:
             gen = owned.gen
             if gen.api_key:
                 pipe.zrem(keys.key_running(gen.api_key), gen.generation_id)
+            if gen.api_key and gen.user:
+                pipe.zrem(keys.user_running(gen.api_key, gen.user), gen.generation_id)
             if gen.session_id and self.cluster:
                 pipe.pexpire(keys.session_out(gen.session_id), self.settings.resume_window_ms)
                 pipe.pexpire(keys.session_index(gen.session_id), retention_ms * 2)
