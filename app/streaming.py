@@ -173,11 +173,17 @@ def one_by_one(batches: Iterator[list[ClientEvent] | None]) -> Iterator[ClientEv
 
 
 def sse_frame(event: ClientEvent) -> str:
-    return f"id: {event.id}\nevent: {event.event}\ndata: {event.data}\n\n"
+    """The event as an SSE frame, made once for all its readers."""
+    if not event.sse:
+        event.sse = f"id: {event.id}\nevent: {event.event}\ndata: {event.data}\n\n"
+    return event.sse
 
 
 KEEPALIVE_FRAME = ": keep-alive\n\n"
 
 
 def ws_frame(event: ClientEvent) -> str:
-    return f'{{"event":"{event.event}","id":"{event.id}","data":{event.data}}}'
+    """The event as a WebSocket message, made once for all its readers."""
+    if not event.ws:
+        event.ws = f'{{"event":"{event.event}","id":"{event.id}","data":{event.data}}}'
+    return event.ws

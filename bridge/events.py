@@ -150,6 +150,10 @@ class ClientEvent:
     event: str
     data: str
     ref: tuple[int, str] | None = None
+    # The event as an SSE frame and as a WebSocket message, made by the first reader that sends it (the hub hands
+    # the same event to every reader of the stream).
+    sse: str = field(default="", repr=False, compare=False)
+    ws: str = field(default="", repr=False, compare=False)
 
     @property
     def terminal(self) -> bool:
