@@ -17,6 +17,7 @@ import hashlib
 import hmac
 import logging
 import os
+import re
 import threading
 import time
 import tomllib
@@ -94,14 +95,18 @@ class Principal:
         return self.kind != "stream_token" or self.session_id == session_id
 
 
+_NAME_PATTERN = r"^[A-Za-z0-9_.@-]+$"
+
+
 class KeyEntry(BaseModel):
     """One key of the keys file: the key itself or its SHA-256 (hex), a name, an owner and a scope."""
 
-    model_config = ConfigDict(extra="forbid")
-    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.@-]+$")
+    # A validation error names the field, never its value: a misspelt field may sit beside a real key.
+    model_config = ConfigDict(extra="forbid", hide_input_in_errors=True)
+    name: str = Field(min_length=1, max_length=64, pattern=_NAME_PATTERN)
     key: str | None = Field(default=None, min_length=16)
     key_sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
-    owner: str | None = Field(default=None, min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.@-]+$")
+    owner: str | None = Field(default=None, min_length=1, max_length=64, pattern=_NAME_PATTERN)
     scope: Scope = DEFAULT_SCOPE
     # Token budgets of this key (default TOKEN_BUDGET_PER_MINUTE / TOKEN_BUDGET_PER_DAY; 0: none).
     tokens_per_minute: int | None = Field(default=None, ge=0)
@@ -119,7 +124,7 @@ class KeyEntry(BaseModel):
 
 
 class KeyConfigError(ValueError):
-    pass
+    """Raised when API_KEYS, API_KEY_SCOPES or the keys file is invalid; its message never holds a key."""
 
 
 def _digest(secret: str) -> bytes:
@@ -135,21 +140,39 @@ def load_keys_file(path: str) -> list[KeyEntry]:
     entries = document.get("keys", [])
     if not isinstance(entries, list):
         raise KeyConfigError(f"{path}: 'keys' must be an array of tables ([[keys]])")
-    try:
-        return [KeyEntry.model_validate(entry) for entry in entries]
-    except ValidationError as exc:
-        raise KeyConfigError(f"{path}: {exc}") from exc
+    loaded, problems = [], []
+    for position, entry in enumerate(entries, start=1):
+        try:
+            loaded.append(KeyEntry.model_validate(entry))
+        except ValidationError as exc:
+            problems.extend(_entry_problems(position, entry, exc))
+    if problems:
+        raise KeyConfigError(f"{path}: {'; '.join(problems)}")
+    return loaded
+
+
+def _entry_problems(position: int, entry: object, exc: ValidationError) -> list[str]:
+    """Each problem of one ``[[keys]]`` entry by its position, name and field: never a value, which may be a key."""
+    name = entry.get("name") if isinstance(entry, dict) else None
+    label = f"keys entry {position}"
+    if isinstance(name, str) and len(name) <= 64 and re.match(_NAME_PATTERN, name):
+        label += f" (name {name!r})"
+    return [
+        f"{label}: {'.'.join(str(part) for part in error['loc']) or 'entry'}: {error['msg']}"
+        for error in exc.errors(include_url=False, include_context=False, include_input=False)
+    ]
 
 
 def env_keys(settings: Settings) -> list[KeyEntry]:
     """The keys of ``API_KEYS`` with their scopes from ``API_KEY_SCOPES``; raises KeyConfigError."""
     scopes: dict[str, Scope] = {}
-    for item in settings.api_key_scopes.split(","):
+    for position, item in enumerate(settings.api_key_scopes.split(","), start=1):
         name, sep, scope = item.strip().partition("=")
         if not item.strip():
             continue
         if not sep or not name.strip() or scope.strip() not in SCOPES:
-            raise KeyConfigError(f"API_KEY_SCOPES: {item.strip()!r} is not name=scope (scopes: {', '.join(SCOPES)})")
+            # By position: an entry that is not a name=scope pair may be a key pasted in the wrong place.
+            raise KeyConfigError(f"API_KEY_SCOPES: entry {position} is not name=scope (scopes: {', '.join(SCOPES)})")
         scopes[name.strip()] = cast(Scope, scope.strip())
     entries = []
     for entry in sorted(settings.api_key_set):

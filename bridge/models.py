@@ -63,7 +63,8 @@ OPTIONS: dict[str, type[ModelOptions]] = {
 class ModelSpec(BaseModel):
     """One entry of the registry."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # A validation error names the field, never its value: `headers` may carry a provider's key.
+    model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
 
     name: str
     provider: ProviderKind

@@ -13,7 +13,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 class Settings(BaseSettings):
     """Configuration shared by web, worker and consumer. Field names map to upper-case environment variables."""
 
-    model_config = SettingsConfigDict(env_prefix="", case_sensitive=False, extra="ignore")
+    # A validation error names the variable, never its value (which may be a password or a key).
+    model_config = SettingsConfigDict(env_prefix="", case_sensitive=False, extra="ignore", hide_input_in_errors=True)
 
     # Redis for streams and state; seed-compatible REDIS_HOST/PORT/PASSWORD/DB when REDIS_URL is unset.
     redis_url: str | None = Field(
