@@ -46,6 +46,10 @@ def child_exit(server: Any, worker: Any) -> None:
 def post_worker_init(worker: Any) -> None:
     import gevent
 
+    from app.gunicorn_errors import answer_in_json
+
+    # What gunicorn refuses itself (a request line over limit_request_line: 414, ...) is answered in JSON, not HTML.
+    answer_in_json(worker)
     idle = track_idle_connections(worker)
 
     def end_streams_on_shutdown() -> None:
