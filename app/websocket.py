@@ -17,11 +17,11 @@ from app.auth import Action, Principal
 from app.cancellation import request_cancel
 from app.client_events import Batches, client_events, ended_before, generation_reset
 from app.errors import ApiError
-from app.extensions import sock
 from app.inputs import authenticate, load_meta, read_cursor
 from app.origins import check_origin
 from app.services import Services, services
 from app.streaming import ws_frame
+from app.ws_connection import WebSocket, websocket_route
 from bridge import keys
 
 logger = logging.getLogger(__name__)
@@ -46,8 +46,8 @@ def _authenticate() -> None:
         read_cursor()
 
 
-@sock.route("/generations/<generation_id>/ws", bp=bp)  # type: ignore[untyped-decorator]
-def generation_ws(ws: Any, generation_id: str) -> None:
+@websocket_route(bp, "/generations/<generation_id>/ws")
+def generation_ws(ws: WebSocket, generation_id: str) -> None:
     s = services()
     meta = load_meta(generation_id)
     cursor = read_cursor()
@@ -65,28 +65,24 @@ def generation_ws(ws: Any, generation_id: str) -> None:
 
 
 class _Writer:
-    """Writes to one WebSocket for both of its threads (the events, the answers to commands), one at a time.
+    """Writes to one WebSocket for both of its threads (the events, the answers to commands).
 
     A text message from a server is one unmasked frame (RFC 6455 5.2), and no extension is negotiated (see
     ``_authenticate``): the frames are built here, and a batch goes out in one socket write, instead of through
-    wsproto's per-message machinery (its frame building, and a socket write per message).
+    wsproto's per-message machinery (its frame building, and a socket write per message). The connection keeps
+    writes whole and in order (``WebSocket.send_frames``).
     """
 
-    def __init__(self, ws: Any) -> None:
+    def __init__(self, ws: WebSocket) -> None:
         self._ws = ws
-        self._lock = threading.Lock()
 
     def send(self, *texts: str) -> None:
         """Text messages in one socket write."""
-        data = b"".join(map(_text_frame, texts))
-        with self._lock:
-            if not self._ws.connected:
-                raise ConnectionClosed(self._ws.close_reason, self._ws.close_message)
-            self._ws.sock.sendall(data)
+        self._ws.send_frames(b"".join(map(_text_frame, texts)))
 
     def close(self, code: int, message: str) -> None:
         # A client already gone has nothing to be told.
-        with self._lock, contextlib.suppress(ConnectionClosed, OSError):
+        with contextlib.suppress(ConnectionClosed, OSError):
             self._ws.close(reason=code, message=message)
 
 
@@ -101,7 +97,7 @@ def _text_frame(text: str) -> bytes:
     return b"\x81\x7f" + size.to_bytes(8, "big") + payload
 
 
-def _write_events(ws: Any, writer: _Writer, events: Batches) -> None:
+def _write_events(ws: WebSocket, writer: _Writer, events: Batches) -> None:
     """Every batch as JSON messages, then the close: 1000 after the terminal event, 1012 at the maximum duration."""
     ended = False
     try:
@@ -123,7 +119,7 @@ def _write_events(ws: Any, writer: _Writer, events: Batches) -> None:
     writer.close(*((1000, "finished") if ended else (1012, "resume")))
 
 
-def _read_commands(ws: Any, writer: _Writer, s: Services, principal: Principal, generation_id: str) -> None:
+def _read_commands(ws: WebSocket, writer: _Writer, s: Services, principal: Principal, generation_id: str) -> None:
     """Answer the client's messages until the socket closes: ``{"type": "cancel"}`` or an error message."""
     while True:
         try:

@@ -29,6 +29,7 @@ class Client:
         self.messages: deque[str] = deque()
         self.text = ""
         self.close_reason: int | None = None
+        self.close_message: str | None = None
 
     @classmethod
     def connect(cls, url: str, headers: dict[str, str] | None = None, timeout_s: float = 10) -> Client:
@@ -46,8 +47,9 @@ class Client:
                 accepted = accepted or isinstance(event, AcceptConnection)
         return client
 
-    def send(self, text: str) -> None:
-        self.sock.sendall(self.ws.send(TextMessage(data=text)))
+    def send(self, text: str, *, finished: bool = True) -> None:
+        """A text message, or with ``finished=False`` a fragment of one (the next ``send`` continues it)."""
+        self.sock.sendall(self.ws.send(TextMessage(data=text, message_finished=finished)))
 
     def receive(self, timeout: float) -> str | None:
         """The next text message; None after ``timeout``; ConnectionClosed once every message was taken."""
@@ -84,7 +86,7 @@ class Client:
             elif isinstance(event, Ping):
                 self.sock.sendall(self.ws.send(event.response()))
             elif isinstance(event, CloseConnection):
-                self.close_reason = event.code
+                self.close_reason, self.close_message = event.code, event.reason
                 self.sock.sendall(self.ws.send(event.response()))
                 self.sock.close()
         return events

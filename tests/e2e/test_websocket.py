@@ -74,6 +74,29 @@ def test_websocket_answers_a_bad_message_without_closing(stack: Stack) -> None:
     assert frames[-1]["event"] == "done"
 
 
+@pytest.mark.parametrize("fragments", [1, 7], ids=["one-frame", "fragmented"])
+def test_a_message_over_the_limit_gets_close_code_1009_with_a_reason(stack: Stack, fragments: int) -> None:
+    # Given a reader of a generation that is still running
+    gen = stack.create(model="external", prompt="x")
+    ws = Client.connect(_ws_url(stack, gen["ws_url"]), headers={"Authorization": f"Bearer {API_KEY}"})
+    # When it sends a message of 70,000 bytes (over the 64 KiB limit), in one frame or in several
+    for index in range(fragments):
+        ws.send("a" * (70_000 // fragments), finished=index == fragments - 1)
+    # Then the server closes with 1009 and says why, and the client reads the close frame (no reset)
+    frames, code = _read_all(ws)
+    assert (code, ws.close_message) == (1009, "Message is too big")
+    assert frames == []
+
+
+def test_a_message_at_the_limit_is_read(stack: Stack) -> None:
+    gen = stack.create(model="echo", prompt="a b c d e f", options={"delay_ms": 100})
+    ws = Client.connect(_ws_url(stack, gen["ws_url"]), headers={"Authorization": f"Bearer {API_KEY}"})
+    ws.send(" " * (64 * 1024 - 2) + "{}")  # 64 KiB: read, and answered as any message that is not a command
+    frames, code = _read_all(ws)
+    assert code == 1000
+    assert {"type": "error", "error": {"code": "bad_message", "message": 'Send {"type": "cancel"}.'}} in frames
+
+
 def _handshake(stack: Stack, path: str, headers: dict[str, str] | None = None) -> httpx.Response:
     upgrade = {
         "Connection": "Upgrade",
