@@ -9,11 +9,13 @@ large, an unknown path below them) take it too.
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any
 
 import redis
 from flask import Flask, Response, has_request_context, jsonify, request
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, NotFound
+from werkzeug.routing import RequestRedirect
 
 from bridge.connections import UNAVAILABLE
 from bridge.memory import is_out_of_memory
@@ -117,7 +119,20 @@ def error_response(
     return response
 
 
+def under_v1(path: str) -> bool:
+    """Whether ``path`` is in the API (with its slashes merged, as Werkzeug's routing merges them)."""
+    merged = re.sub("/+", "/", path)
+    return merged == "/v1" or merged.startswith("/v1/")
+
+
 def register_error_handlers(app: Flask, *, retry_after_s: int) -> None:
+    @app.before_request
+    def _no_redirect_in_v1() -> None:
+        # Werkzeug answers a path with a doubled slash with a redirect to the merged one, as an HTML page; in /v1 such a
+        # path is not found (JSON 404), like any other path of no route: its meaning is never guessed.
+        if isinstance(request.routing_exception, RequestRedirect) and under_v1(request.path):
+            raise NotFound()
+
     @app.errorhandler(ApiError)
     def _api_error(exc: ApiError) -> Response:
         return error_response(exc.status, exc.code, exc.message, exc.details, exc.headers)

@@ -10,7 +10,7 @@ from flask import g, request
 from pydantic import ValidationError
 
 from app.auth import Action
-from app.errors import ApiError
+from app.errors import ApiError, invalid
 from app.services import services
 from bridge import streams
 from bridge.generation import ID_PATTERN
@@ -57,6 +57,7 @@ def authenticate() -> None:
     )
     action = ROUTE_ACTIONS.get(request.endpoint or "", Action.ADMIN)
     if principal.may(action):
+        refuse_body()
         return
     if principal.kind == "stream_token":
         raise ApiError(
@@ -94,6 +95,27 @@ def json_body() -> dict[str, Any]:
     if not isinstance(body, dict):
         raise ApiError(422, "validation_failed", "The body must be a JSON object.", details=[])
     return body
+
+
+# The routes that read a JSON body (with json_body); every other route takes none (refuse_body).
+BODY_ENDPOINTS = frozenset(
+    {"api.create_generation", "producers.append", "producers.complete", "openai.chat_completions"}
+)
+
+
+def refuse_body() -> None:
+    """A route that takes no body gets none, or ``{}``: a body goes through json_body's rules (413, 415, 400), and
+    any field in it is a 422, as an unknown field is on the routes that take one."""
+    if request.endpoint in BODY_ENDPOINTS:
+        return
+    chunked = "chunked" in request.headers.get("Transfer-Encoding", "").lower()
+    if not request.content_length and not (chunked and request.get_data(cache=True)):
+        return
+    fields = json_body()
+    if fields:
+        raise invalid(
+            [{"field": name, "message": "This route takes no body.", "type": "extra_forbidden"} for name in fields]
+        )
 
 
 def validation_details(exc: ValidationError, prefix: tuple[str | int, ...] = ()) -> list[dict[str, Any]]:

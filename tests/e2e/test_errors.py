@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import socket
+
 import httpx
+import orjson
 import pytest
 
 from tests.stack import OTHER_KEY, Stack
@@ -109,3 +112,96 @@ def test_a_body_over_the_limit_is_413(stack: Stack) -> None:
 
 def test_wrong_method_is_405_json(stack: Stack) -> None:
     _error(stack.post("/v1/generations/gen_x"), 405)
+
+
+# -- every route applies the same body rules -------------------------------------------------------
+
+_BODIES = [
+    pytest.param(b"x" * 2_000_000, "application/json", 413, "payload_too_large", id="too-large"),
+    pytest.param(b'{"a": ', "application/json", 400, "malformed_json", id="malformed"),
+    pytest.param(b"[" * 100_000, "application/json", 400, "malformed_json", id="too-deep"),
+    pytest.param(b'{"a": "\xff"}', "application/json", 400, "malformed_json", id="not-utf-8"),
+    pytest.param(b"a=1", "application/x-www-form-urlencoded", 415, "unsupported_media_type", id="not-json"),
+]
+
+
+def _bodiless_routes(stack: Stack) -> list[tuple[str, str]]:
+    gen = stack.create(model="external", prompt="bodies")
+    return [
+        ("POST", f"/v1/generations/{gen['id']}/token"),
+        ("POST", f"/v1/sessions/{gen['session_id']}/token"),
+        ("POST", f"/v1/generations/{gen['id']}/cancel"),
+        ("GET", f"/v1/generations/{gen['id']}"),
+    ]
+
+
+@pytest.mark.parametrize(("body", "content_type", "status", "code"), _BODIES)
+def test_a_route_without_a_body_applies_the_body_rules_to_one(
+    stack: Stack, body: bytes, content_type: str, status: int, code: str
+) -> None:
+    for method, path in [*_bodiless_routes(stack), ("POST", "/v1/generations")]:
+        response = httpx.request(
+            method, stack.url(path), content=body, headers={**stack.headers, "Content-Type": content_type}, timeout=10
+        )
+        _error(response, status, code)
+
+
+def test_a_route_without_a_body_refuses_fields_and_takes_nothing_or_an_empty_object(stack: Stack) -> None:
+    for method, path in _bodiless_routes(stack):
+        error = _error(httpx.request(method, stack.url(path), json={"scope": "admin"}, headers=stack.headers), 422)
+        assert error["details"] == [
+            {"field": "scope", "message": "This route takes no body.", "type": "extra_forbidden"}
+        ]
+    gen = stack.create(model="external", prompt="empty")
+    assert stack.post(f"/v1/generations/{gen['id']}/token", {}).status_code == 200
+    assert stack.post(f"/v1/generations/{gen['id']}/token").status_code == 200
+
+
+# -- nothing under /v1 answers with HTML ----------------------------------------------------------
+
+
+def _raw(stack: Stack, request_line: str, headers: str = "") -> tuple[int, str, bytes]:
+    """Send ``request_line`` as is (no client normalises it); the answer's status, content type and body."""
+    with socket.create_connection(("127.0.0.1", stack.web_ports[0]), timeout=10) as sock:
+        auth = stack.headers["Authorization"]
+        sock.sendall(
+            f"{request_line}\r\nHost: x\r\nAuthorization: {auth}\r\n{headers}Connection: close\r\n\r\n".encode()
+        )
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    fields = dict(line.split(": ", 1) for line in lines[1:])
+    return int(lines[0].split()[1]), fields.get("Content-Type", ""), body
+
+
+_ODD = [
+    ("GET /v1/generations//{id} HTTP/1.1", 404),
+    ("GET /v1//generations/{id} HTTP/1.1", 404),
+    ("GET //v1/generations/{id} HTTP/1.1", 200),  # leading slashes are one (Werkzeug's routing strips them)
+    ("GET /v1/generations/{id}// HTTP/1.1", 404),
+    ("POST /v1/sessions/..%2f/token HTTP/1.1", 404),
+    ("POST /v1/sessions//token HTTP/1.1", 404),
+    ("GET /v1/generations/{id}/ HTTP/1.1", 404),
+    ("GET /v1/generations/%00 HTTP/1.1", 404),
+    ("GET /v1/generations/%ZZ HTTP/1.1", 404),
+    ("GET /v1/generations/../healthz HTTP/1.1", 404),
+    ("GET /v1/generations/{id}/ws HTTP/1.1", 400),  # not an upgrade
+    ("GET /v1/" + "a" * 9000 + " HTTP/1.1", 414),
+    ("GET /v1/generations HTTP/9.9", 400),
+    ("BREW /v1/generations HTTP/1.1", 405),
+    ("GET /v1/generations/{id}", 400),
+]
+
+
+def test_odd_paths_and_request_lines_get_json_never_html(stack: Stack) -> None:
+    gen = stack.create(model="external", prompt="odd")
+    for request_line, status in _ODD:
+        answer = _raw(stack, request_line.replace("{id}", gen["id"]))
+        assert answer[:2] == (status, "application/json"), (request_line[:80], answer)
+        if status >= 400:
+            error = orjson.loads(answer[2])["error"]
+            assert error["code"] and error["message"] and b"<" not in answer[2], request_line[:80]
+    too_long = _raw(stack, "GET /v1/models HTTP/1.1", f"X-Big: {'b' * 9000}\r\n")
+    assert too_long[:2] == (431, "application/json")
