@@ -9,6 +9,7 @@ from flask import Flask, Response
 from flask_limiter import RateLimitExceeded
 
 from app import api, dead_letters, health, models_api, openai_compat, openapi, pages, producers, sse, stats, websocket
+from app.audit import REQUEST_ID_HEADER, assign_request_id, record_request
 from app.errors import error_response, register_error_handlers
 from app.extensions import cors, limiter
 from app.services import Services
@@ -45,6 +46,9 @@ def create_app(settings: Settings | None = None) -> Flask:
         RATELIMIT_STORAGE_OPTIONS=app.extensions["tokenbridge"].rate_limit_storage_options,
         RATELIMIT_KEY_PREFIX=keys.RATELIMIT_PREFIX,
     )
+    # First of all, so that every answer (a 429 too) carries its request id; audited requests are recorded.
+    app.before_request(assign_request_id)
+    app.after_request(record_request)
     limiter.init_app(app)
     if settings.cors_origin_list:
         # Browsers on these origins may call the API; none by default.
@@ -52,7 +56,14 @@ def create_app(settings: Settings | None = None) -> Flask:
             app,
             resources={r"/v1/*": {"origins": settings.cors_origin_list}},
             allow_headers=["Authorization", "Content-Type", "Last-Event-ID", "Idempotency-Key"],
-            expose_headers=["Location", "Retry-After", "x-tokenbridge-generation-id", "Idempotent-Replayed"],
+            expose_headers=[
+                "Location",
+                "Retry-After",
+                "x-tokenbridge-generation-id",
+                "Idempotent-Replayed",
+                "x-tokenbridge-dropped-params",
+                REQUEST_ID_HEADER,
+            ],
             max_age=600,
         )
     _register_blueprints(app, settings)

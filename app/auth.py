@@ -29,6 +29,7 @@ from typing import Literal, cast
 from itsdangerous import BadSignature, SignatureExpired, URLSafeTimedSerializer
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from app import audit
 from app.errors import ApiError
 from bridge.budgets import Budget
 from bridge.settings import Settings
@@ -199,6 +200,16 @@ def env_keys(settings: Settings) -> list[KeyEntry]:
     return entries
 
 
+def key_changes(before: list[KeyEntry], after: list[KeyEntry]) -> dict[str, list[str]]:
+    """The names of the keys added, removed and changed (key, owner, scope or budget) from ``before`` to ``after``."""
+    old, new = {entry.name: entry for entry in before}, {entry.name: entry for entry in after}
+    return {
+        "added": sorted(new.keys() - old.keys()),
+        "removed": sorted(old.keys() - new.keys()),
+        "changed": sorted(name for name in old.keys() & new.keys() if old[name] != new[name]),
+    }
+
+
 class KeyRing:
     """The accepted keys: ``API_KEYS`` plus the keys file, read again when the file changes."""
 
@@ -241,9 +252,12 @@ class KeyRing:
             except KeyConfigError as exc:
                 # Keep serving with the keys we had: a typo must not lock every client out.
                 logger.error("%s; keeping the %s keys loaded before.", exc, len(self._entries))
+                audit.record("keys.reload", "invalid", file=self._file, error=str(exc))
                 return
+            changes = key_changes(self._entries[len(self._env) :], loaded)
             self._entries = self._env + loaded
             logger.info("API_KEYS_FILE %s read again: %s keys.", self._file, len(self._entries))
+            audit.record("keys.reload", "ok", file=self._file, **changes)
 
     def match(self, credential: str) -> KeyEntry | None:
         given = _digest(credential)

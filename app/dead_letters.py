@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from flask import Blueprint, Response, jsonify, request
 
+from app import audit
 from app.errors import ApiError
 from app.inputs import authenticate, limit_arg
 from app.services import services
@@ -19,6 +20,7 @@ def _letter(dead_letter_id: str) -> DeadLetter:
     letter = dead_letters.get_dead_letter(services().redis, dead_letter_id) if parse_stream_id(dead_letter_id) else None
     if letter is None:
         raise ApiError(404, "not_found", f"No dead letter with id {dead_letter_id!r}.")
+    audit.note(generation_id=letter.generation_id, owner=letter.owner or None)
     return letter
 
 

@@ -9,6 +9,7 @@ import orjson
 from flask import g, request
 from pydantic import ValidationError
 
+from app import audit
 from app.auth import Action
 from app.errors import ApiError, invalid
 from app.services import services
@@ -55,7 +56,7 @@ def authenticate() -> None:
     g.principal = principal = services().auth.authenticate(
         request.headers.get("Authorization"), request.args.get("token")
     )
-    action = ROUTE_ACTIONS.get(request.endpoint or "", Action.ADMIN)
+    action = _route_action()
     if principal.may(action):
         refuse_body()
         return
@@ -66,6 +67,10 @@ def authenticate() -> None:
     raise ApiError(
         403, "insufficient_scope", f"This API key (scope {principal.scope!r}) may not {_ACTION_WORDS[action]}."
     )
+
+
+def _route_action() -> Action:
+    return ROUTE_ACTIONS.get(request.endpoint or "", Action.ADMIN)
 
 
 _ACTION_WORDS = {
@@ -151,6 +156,7 @@ def load_meta(generation_id: str) -> dict[str, str]:
     if not meta or not g.principal.owns(owner_of(meta)):
         # Another owner's generation is answered exactly like one that does not exist.
         raise ApiError(404, "not_found", f"No generation with id {generation_id!r}.")
+    audit.note_owner(owner_of(meta), _route_action())
     return meta
 
 
@@ -162,6 +168,7 @@ def check_session(session_id: str) -> None:
     owner = streams.session_owner(services().redis, session_id)
     if owner is None or not g.principal.owns(owner):
         raise ApiError(404, "not_found", f"No session with id {session_id!r}.")
+    audit.note_owner(owner, _route_action())
 
 
 def model_errors(model: Any, options: Any, max_tokens: Any) -> list[dict[str, Any]]:

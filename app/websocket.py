@@ -6,6 +6,7 @@ import contextlib
 import logging
 import threading
 from contextlib import closing
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -13,6 +14,7 @@ import redis
 from flask import Blueprint, g, request
 from simple_websocket import ConnectionClosed
 
+from app import audit
 from app.auth import Action, Principal
 from app.cancellation import request_cancel
 from app.client_events import Batches, client_events, ended_before, generation_reset
@@ -54,8 +56,9 @@ def generation_ws(ws: WebSocket, generation_id: str) -> None:
     key = keys.gen_out(generation_id)
     on_gap = generation_reset(generation_id, meta)
     writer = _Writer(ws)
+    commands = _Commands(s, g.principal, generation_id, audit.request_fields(), crossing=audit.crossing())
     reader = threading.Thread(
-        target=_read_commands, args=(ws, writer, s, g.principal, generation_id), name=f"ws-{generation_id}", daemon=True
+        target=_read_commands, args=(ws, writer, commands), name=f"ws-{generation_id}", daemon=True
     )
     reader.start()
     if ended_before(key, cursor, meta):
@@ -119,14 +122,25 @@ def _write_events(ws: WebSocket, writer: _Writer, events: Batches) -> None:
     writer.close(*((1000, "finished") if ended else (1012, "resume")))
 
 
-def _read_commands(ws: WebSocket, writer: _Writer, s: Services, principal: Principal, generation_id: str) -> None:
+@dataclass(frozen=True)
+class _Commands:
+    """What answering a WebSocket's commands takes: the caller, its generation, and its request's audit fields."""
+
+    s: Services
+    principal: Principal
+    generation_id: str
+    audit_fields: dict[str, Any]
+    crossing: bool  # an admin key on another owner's generation: its cancel is recorded
+
+
+def _read_commands(ws: WebSocket, writer: _Writer, commands: _Commands) -> None:
     """Answer the client's messages until the socket closes: ``{"type": "cancel"}`` or an error message."""
     while True:
         try:
             message = ws.receive()
         except ConnectionClosed:
             return
-        answer = _command_answer(message, s, principal, generation_id)
+        answer = _command_answer(message, commands)
         if answer is not None:
             try:
                 writer.send(answer)
@@ -134,7 +148,7 @@ def _read_commands(ws: WebSocket, writer: _Writer, s: Services, principal: Princ
                 return
 
 
-def _command_answer(message: Any, s: Services, principal: Principal, generation_id: str) -> str | None:
+def _command_answer(message: Any, commands: _Commands) -> str | None:
     """The error message a client's message gets back; None when it asked for a cancellation that was requested."""
     try:
         command = orjson.loads(message)
@@ -142,12 +156,17 @@ def _command_answer(message: Any, s: Services, principal: Principal, generation_
         command = None
     if not (isinstance(command, dict) and command.get("type") == "cancel"):
         return _BAD_MESSAGE
-    if not principal.may(Action.CANCEL):
+    if not commands.principal.may(Action.CANCEL):
+        audit.record("access.refused", "insufficient_scope", **commands.audit_fields)
         return _MAY_NOT_CANCEL
+    outcome, answer = "ok", None
     try:
-        request_cancel(s, generation_id)
+        request_cancel(commands.s, commands.generation_id)
     except ApiError as exc:
-        return orjson.dumps({"type": "error", "error": {"code": exc.code, "message": exc.message}}).decode()
+        outcome = exc.code
+        answer = orjson.dumps({"type": "error", "error": {"code": exc.code, "message": exc.message}}).decode()
     except redis.RedisError:
-        return _REDIS_UNAVAILABLE
-    return None
+        outcome, answer = "redis_unavailable", _REDIS_UNAVAILABLE
+    if commands.crossing:
+        audit.record("admin.cancel", outcome, **commands.audit_fields)
+    return answer

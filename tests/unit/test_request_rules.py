@@ -67,3 +67,9 @@ def test_a_doubled_slash_in_v1_is_a_json_404_not_a_redirect(app: Flask, method: 
     assert (answer.status_code, answer.mimetype) == (404, "application/json")
     assert answer.json is not None and answer.json["error"]["code"] == "not_found"
 
+
+def test_every_answer_carries_a_request_id_and_a_proxys_is_kept(app: Flask) -> None:
+    client = app.test_client()
+    assert re.match(r"^req_[0-9a-f]{16}$", client.get("/v1/nowhere").headers["X-Request-ID"])
+    assert client.get("/healthz", headers={"X-Request-ID": "nginx-7f3a"}).headers["X-Request-ID"] == "nginx-7f3a"
+    assert client.get("/healthz", headers={"X-Request-ID": "<bad id>"}).headers["X-Request-ID"].startswith("req_")
