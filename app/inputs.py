@@ -14,6 +14,7 @@ from app.auth import Action
 from app.errors import ApiError, invalid
 from app.services import services
 from bridge import streams
+from bridge.content import is_union_tag
 from bridge.generation import ID_PATTERN
 from bridge.models import parse_options
 from bridge.streams import parse_stream_id
@@ -124,9 +125,10 @@ def refuse_body() -> None:
 
 
 def validation_details(exc: ValidationError, prefix: tuple[str | int, ...] = ()) -> list[dict[str, Any]]:
+    # The tags of unions (``<parts>``, ``<image_url>``) are no fields of the request: left out of its name.
     return [
         {
-            "field": ".".join(str(part) for part in (*prefix, *error["loc"])) or "body",
+            "field": ".".join(str(part) for part in (*prefix, *error["loc"]) if not is_union_tag(part)) or "body",
             "message": error["msg"],
             "type": error["type"],
         }

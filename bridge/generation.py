@@ -2,17 +2,28 @@
 
 from __future__ import annotations
 
+import hashlib
 import secrets
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    StringConstraints,
+    Tag,
+    field_validator,
+    model_validator,
+)
 
+from bridge.content import MAX_TEXT_CHARS, Content, images_of, text_of
 from bridge.events import GenerationStatus
 
 # Ids end up inside hash tags and URLs: no braces, no slashes, bounded length.
 ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$"
-MAX_PROMPT_CHARS = 200_000
+MAX_PROMPT_CHARS = MAX_TEXT_CHARS
 MAX_MESSAGES = 512
 
 
@@ -45,7 +56,8 @@ class ToolCall(BaseModel):
 class Message(BaseModel):
     model_config = ConfigDict(extra="forbid")
     role: Literal["system", "user", "assistant", "tool"]
-    content: str | None = Field(default=None, max_length=MAX_PROMPT_CHARS)
+    # A string, or text and image parts (bridge.content); images only in user messages, as OpenAI takes them.
+    content: Content | None = None
     name: str | None = Field(default=None, max_length=128)
     # An assistant message that called tools, and the tool message that answers one call.
     tool_calls: list[ToolCall] | None = Field(default=None, min_length=1, max_length=MAX_TOOLS)
@@ -57,7 +69,14 @@ class Message(BaseModel):
             raise ValueError("only an assistant message carries tool_calls")
         if self.content is None and self.tool_calls is None:
             raise ValueError("a message needs content (or, from the assistant, tool_calls)")
+        if self.role != "user" and images_of(self.content):
+            raise ValueError("only a user message carries image parts")
         return self
+
+    @property
+    def text(self) -> str:
+        """The content's text: the string, or the text parts joined."""
+        return text_of(self.content)
 
 
 class FunctionTool(BaseModel):
@@ -82,6 +101,38 @@ class NamedToolChoice(BaseModel):
     function: dict[str, str]
 
 
+class JSONSchemaFormat(BaseModel):
+    model_config = ConfigDict(extra="forbid", serialize_by_alias=True)
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")
+    description: str | None = Field(default=None, max_length=10_000)
+    # ``schema`` would shadow a BaseModel attribute: the field has another name, and the JSON one as its alias.
+    schema_: dict[str, Any] | None = Field(default=None, alias="schema", description="JSON Schema of the answer")
+    strict: bool | None = None
+
+
+class ResponseFormat(BaseModel):
+    """What the answer must be, in OpenAI's shape: text, a JSON object, or JSON that follows a schema."""
+
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JSONSchemaFormat | None = None
+
+    @model_validator(mode="after")
+    def _schema_with_its_type(self) -> ResponseFormat:
+        if (self.type == "json_schema") != (self.json_schema is not None):
+            raise ValueError("json_schema comes with the type json_schema, and only with it")
+        return self
+
+
+# logit_bias: token ids (as strings) to a bias from -100 to 100; an int stays an int upstream.
+_TokenId = Annotated[str, StringConstraints(pattern=r"^[0-9]{1,10}$")]
+_Bias = Annotated[
+    Annotated[int, Field(ge=-100, le=100), Tag("<int>")] | Annotated[float, Field(ge=-100, le=100), Tag("<number>")],
+    Discriminator(lambda value: "<int>" if isinstance(value, int) and not isinstance(value, bool) else "<number>"),
+]
+_INT64 = 2**63
+
+
 class GenerationRequest(BaseModel):
     """The body of ``POST /v1/generations``."""
 
@@ -100,6 +151,18 @@ class GenerationRequest(BaseModel):
     # ignore them).
     tools: list[Tool] | None = Field(default=None, min_length=1, max_length=MAX_TOOLS)
     tool_choice: Literal["auto", "none", "required"] | NamedToolChoice | None = None
+    parallel_tool_calls: bool | None = None
+    # Sampling as OpenAI names it (top_k: Anthropic's), sent to the providers that take it; a provider that does
+    # not is refused, or drops it where its registry entry says so (bridge.capabilities).
+    top_p: float | None = Field(default=None, ge=0, le=1)
+    top_k: int | None = Field(default=None, ge=0)
+    seed: int | None = Field(default=None, ge=-_INT64, lt=_INT64)
+    presence_penalty: float | None = Field(default=None, ge=-2, le=2)
+    frequency_penalty: float | None = Field(default=None, ge=-2, le=2)
+    logit_bias: dict[_TokenId, _Bias] | None = Field(default=None, max_length=1024)
+    response_format: ResponseFormat | None = None
+    # The end user the request is for: sent upstream, recorded, and the name of the per-user limits.
+    user: str | None = Field(default=None, min_length=1, max_length=256)
 
     @field_validator("stop", mode="before")
     @classmethod
@@ -119,8 +182,20 @@ class GenerationRequest(BaseModel):
         assert self.messages is not None
         for message in reversed(self.messages):
             if message.role == "user":
-                return message.content or ""
-        return self.messages[-1].content or ""
+                return message.text
+        return self.messages[-1].text
+
+
+# A hash value of at most this many bytes keeps ``:meta`` a small hash (Redis' hash-max-listpack-value).
+MAX_META_VALUE_BYTES = 64
+
+
+def recorded_user(user: str) -> str:
+    """A request's ``user`` as a generation records it: itself, or when longer than ``MAX_META_VALUE_BYTES``,
+    ``sha256:`` and 40 hex digits of its digest. The per-user limits are named after this."""
+    if len(user.encode()) <= MAX_META_VALUE_BYTES:
+        return user
+    return "sha256:" + hashlib.sha256(user.encode()).hexdigest()[:40]
 
 
 class GenerationRecord(BaseModel):
@@ -137,6 +212,7 @@ class GenerationRecord(BaseModel):
     usage: dict[str, int] = Field(default_factory=lambda: {"prompt_tokens": 0, "completion_tokens": 0})
     text: str = ""
     error: dict[str, Any] | None = None
+    user: str | None = Field(default=None, description="the request's user (a digest of one over 64 bytes)")
     attempt: int = 0
 
     @classmethod
@@ -160,6 +236,7 @@ class GenerationRecord(BaseModel):
             },
             text=meta.get("text", ""),
             error=orjson.loads(meta["error"]) if meta.get("error") else None,
+            user=meta.get("user") or None,
             attempt=int(meta.get("attempt", 0)),
         )
 

@@ -23,7 +23,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from bridge.errors import TokenbridgeError
 
@@ -38,7 +38,9 @@ class EchoOptions(ModelOptions):
 
 class SyntheticOptions(ModelOptions):
     tokens_per_second: float = Field(default=20.0, gt=0, le=100_000)
-    seed: int | None = Field(default=None, description="seed of the pseudo-text; default derives from the prompt")
+    seed: int | None = Field(
+        default=None, description="seed of the pseudo-text; default: the request's seed, or one from the prompt"
+    )
     # Fault injection, for testing what readers see when a model misbehaves.
     fail_before_first: int = Field(default=0, ge=0, le=10, description="tries that fail before the first token")
     fail_after_tokens: int | None = Field(default=None, ge=0, description="fail after this many tokens")
@@ -50,6 +52,10 @@ class UpstreamOptions(ModelOptions):
 
 
 ProviderKind = Literal["echo", "synthetic", "external", "openai", "anthropic"]
+
+# What a provider may not take, by the name a registry entry's ``drop_params`` gives it (bridge.capabilities):
+# request fields, and ``strict`` (of response_format.json_schema and of tools) and ``detail`` (of image parts).
+DROPPABLE_PARAMS = ("top_k", "seed", "presence_penalty", "frequency_penalty", "logit_bias", "strict", "detail")
 
 OPTIONS: dict[str, type[ModelOptions]] = {
     "echo": EchoOptions,
@@ -82,6 +88,19 @@ class ModelSpec(BaseModel):
     cache_ttl_s: float | None = Field(
         default=None, gt=0, description="cache answers that complete with stop for this long (exact match)"
     )
+    drop_params: tuple[str, ...] = Field(
+        default=(),
+        description="parameters the provider does not take that are dropped (and named in the answer's "
+        "x-tokenbridge-dropped-params header) instead of refused with 422",
+    )
+
+    @field_validator("drop_params")
+    @classmethod
+    def _droppable(cls, names: tuple[str, ...]) -> tuple[str, ...]:
+        unknown = sorted(set(names) - set(DROPPABLE_PARAMS))
+        if unknown:
+            raise ValueError(f"cannot drop {', '.join(unknown)}: drop_params takes {', '.join(DROPPABLE_PARAMS)}")
+        return names
 
     @property
     def upstream_model(self) -> str:

@@ -84,6 +84,16 @@ def block_start(index: int = 0, kind: str = "text") -> str:
     return event("content_block_start", {"type": "content_block_start", "index": index, "content_block": block})
 
 
+def tool_use_start(index: int, name: str, *, tool_id: str = "toolu_01A09q90qw90lq917835lq9", **whole: Any) -> str:
+    """A ``tool_use`` block's start: its input comes in ``input_json_delta`` pieces, unless given whole here."""
+    block = {"type": "tool_use", "id": tool_id, "name": name, "input": whole}
+    return event("content_block_start", {"type": "content_block_start", "index": index, "content_block": block})
+
+
+def json_delta(piece: str, index: int) -> str:
+    return block_delta({"type": "input_json_delta", "partial_json": piece}, index)
+
+
 def block_delta(delta: dict[str, str], index: int = 0) -> str:
     return event("content_block_delta", {"type": "content_block_delta", "index": index, "delta": delta})
 

@@ -1,4 +1,10 @@
-"""Anthropic Messages API streaming: ``POST {base_url}/messages`` with ``stream: true``."""
+"""Anthropic Messages API streaming: ``POST {base_url}/messages`` with ``stream: true``.
+
+The request is translated into the Messages API's shape (docs/models.md#wire-formats): system messages into
+``system``, tool calls and results into blocks, images into image blocks, ``user`` into ``metadata.user_id``,
+``parallel_tool_calls: false`` into ``disable_parallel_tool_use``. A ``response_format`` of JSON becomes a forced
+tool whose input schema is the answer's: the tool's input streams back as the answer's text.
+"""
 
 from __future__ import annotations
 
@@ -8,9 +14,10 @@ from typing import Any
 
 import orjson
 
+from bridge.content import ImagePart, TextPart, data_uri
 from bridge.errors import ProviderError
 from bridge.events import EventType
-from bridge.generation import GenerationRequest, Message, NamedToolChoice, Tool
+from bridge.generation import GenerationRequest, Message, NamedToolChoice, ResponseFormat, Tool
 from bridge.producer import Chunk, Delta, Finish
 from tasks.providers.sse import ServerSentEvent
 from tasks.providers.upstream import Upstream, UpstreamProvider, error_message, relay
@@ -25,13 +32,16 @@ _TRANSIENT_ERRORS = frozenset({"overloaded_error", "api_error", "rate_limit_erro
 
 
 class _MessagesDecoder:
-    def __init__(self, upstream: Upstream) -> None:
+    def __init__(self, upstream: Upstream, *, json_answer: bool = False) -> None:
         self.upstream = upstream
         self.ended = False
         self.stop_reason: str | None = None
         self.usage: dict[str, int] = {}
         # Content block index -> tool call index (the n-th tool_use block of the message).
         self.tool_calls: dict[int, int] = {}
+        # A JSON answer asked for with response_format: the forced tool's input is the answer's text.
+        self.json_answer = json_answer
+        self.json_blocks: set[int] = set()
 
     def feed(self, event: ServerSentEvent) -> Iterator[str | Delta]:
         data = self.upstream.event_object(event, f"{event.event} event")
@@ -59,7 +69,9 @@ class _MessagesDecoder:
             yield Delta(EventType.REASONING.value, {"content": thinking})
         elif delta_type == "input_json_delta" and isinstance(piece := delta.get("partial_json"), str) and piece:
             index = self.tool_calls.get(block)
-            if index is not None:
+            if block in self.json_blocks:
+                yield piece
+            elif index is not None:
                 yield Delta(EventType.TOOL_CALL.value, {"index": index, "arguments": piece})
 
     def _block_start(self, block: int, content: dict[str, Any]) -> Iterator[str | Delta]:
@@ -68,6 +80,10 @@ class _MessagesDecoder:
             yield text
         elif block_type == "thinking" and isinstance(thinking := content.get("thinking"), str) and thinking:
             yield Delta(EventType.REASONING.value, {"content": thinking})
+        elif block_type == "tool_use" and self.json_answer:
+            self.json_blocks.add(block)
+            if whole := content.get("input"):  # otherwise it streams as input_json_delta
+                yield orjson.dumps(whole).decode()
         elif block_type == "tool_use":
             index = self.tool_calls[block] = len(self.tool_calls)
             call = {"index": index, "id": str(content.get("id", "")), "name": str(content.get("name", ""))}
@@ -80,6 +96,8 @@ class _MessagesDecoder:
         if not self.ended and self.stop_reason is None:
             raise self.upstream.error("the stream ended before the answer did", retryable=True)
         reason = self.stop_reason or "end_turn"
+        if self.json_answer and reason == "tool_use":
+            reason = "end_turn"  # the forced tool's call is the answer, whole
         return Finish(_FINISH_REASONS.get(reason, reason), self._usage())
 
     def _count(self, usage: Any) -> None:
@@ -111,13 +129,15 @@ class AnthropicMessagesProvider(UpstreamProvider):
     endpoint = "/messages"
 
     def stream(self, request: GenerationRequest, stop: threading.Event) -> Iterator[Chunk]:
+        self.refuse_unsupported(request)
         upstream = Upstream.of(self.spec)
         body = self.body(request)
         headers = {"Accept": "text/event-stream", "anthropic-version": ANTHROPIC_VERSION}
         if upstream.secret:
             headers["x-api-key"] = upstream.secret
         http_request = self.post(body, headers)
-        yield from relay(self._client, http_request, stop, _MessagesDecoder(upstream), upstream)
+        decoder = _MessagesDecoder(upstream, json_answer=_answer_tool(request.response_format) is not None)
+        yield from relay(self._client, http_request, stop, decoder, upstream)
 
     def body(self, request: GenerationRequest) -> dict[str, Any]:
         """The upstream request body: system messages go to the top-level ``system``; tool calls and results
@@ -131,15 +151,14 @@ class AnthropicMessagesProvider(UpstreamProvider):
         }
         if system:
             body["system"] = "\n\n".join(system)
-        if request.temperature is not None:
-            body["temperature"] = request.temperature
+        for name, value in (("temperature", request.temperature), ("top_p", request.top_p), ("top_k", request.top_k)):
+            if value is not None:
+                body[name] = value
         if request.stop:
             body["stop_sequences"] = request.stop
-        if request.tools:
-            body["tools"] = [_tool(tool) for tool in request.tools]
-        if request.tool_choice is not None:
-            body["tool_choice"] = _tool_choice(request.tool_choice)
-        return body
+        if request.user is not None:
+            body["metadata"] = {"user_id": request.user}
+        return body | _tools(request)
 
     def _messages(self, request: GenerationRequest) -> tuple[list[str], list[dict[str, Any]]]:
         """The system texts, and the other messages as the Messages API takes them."""
@@ -149,7 +168,7 @@ class AnthropicMessagesProvider(UpstreamProvider):
             messages.append({"role": "user", "content": request.prompt or ""})
         for message in request.messages or []:
             if message.role == "system":
-                system.append(message.content or "")
+                system.append(message.text)
                 continue
             if message.role == "tool" and message.tool_call_id is None:
                 # A tool result needs the tool_use_id of the call it answers, which a plain message lacks.
@@ -169,6 +188,38 @@ class AnthropicMessagesProvider(UpstreamProvider):
         return system, messages
 
 
+def _tools(request: GenerationRequest) -> dict[str, Any]:
+    """``tools`` and ``tool_choice``: the request's, or the forced tool of a JSON answer."""
+    answer = _answer_tool(request.response_format)
+    if answer is not None:
+        return {"tools": [answer], "tool_choice": {"type": "tool", "name": answer["name"]}}
+    fields: dict[str, Any] = {}
+    if request.tools:
+        fields["tools"] = [_tool(tool) for tool in request.tools]
+    choice = _tool_choice(request.tool_choice) if request.tool_choice is not None else None
+    if request.parallel_tool_calls is False and request.tools:
+        choice = choice or {"type": "auto"}
+        if choice["type"] != "none":  # a model that calls no tool calls none at once
+            choice["disable_parallel_tool_use"] = True
+    if choice is not None:
+        fields["tool_choice"] = choice
+    return fields
+
+
+def _answer_tool(response_format: ResponseFormat | None) -> dict[str, Any] | None:
+    """The tool a JSON answer is forced through: its input schema is the answer's (any object for json_object)."""
+    if response_format is None or response_format.type == "text":
+        return None
+    json_schema = response_format.json_schema
+    if json_schema is None:
+        return {"name": "json_object", "description": "Answer with a JSON object.", "input_schema": {"type": "object"}}
+    return {
+        "name": json_schema.name,
+        "description": json_schema.description or "Answer with JSON that follows this schema.",
+        "input_schema": json_schema.schema_ or {"type": "object"},
+    }
+
+
 def _tool(tool: Tool) -> dict[str, Any]:
     return {
         "name": tool.function.name,
@@ -186,10 +237,14 @@ def _tool_choice(choice: str | NamedToolChoice) -> dict[str, Any]:
 def _blocks(message: Message) -> tuple[str, list[dict[str, Any]]]:
     """A message as the Messages API's content blocks, with the role it takes there."""
     if message.role == "tool":
-        result = {"type": "tool_result", "tool_use_id": message.tool_call_id, "content": message.content or ""}
+        content = message.content if isinstance(message.content, list) else None
+        result: dict[str, Any] = {"type": "tool_result", "tool_use_id": message.tool_call_id}
+        result["content"] = _content_blocks(content) if content else message.text
         return "user", [result]
     blocks: list[dict[str, Any]] = []
-    if message.content:
+    if isinstance(message.content, list):
+        blocks += _content_blocks(message.content)
+    elif message.content:
         blocks.append({"type": "text", "text": message.content})
     for call in message.tool_calls or []:
         try:
@@ -198,3 +253,21 @@ def _blocks(message: Message) -> tuple[str, list[dict[str, Any]]]:
             arguments = {}
         blocks.append({"type": "tool_use", "id": call.id, "name": call.function.name, "input": arguments})
     return message.role, blocks or [{"type": "text", "text": ""}]
+
+
+def _content_blocks(parts: list[Any]) -> list[dict[str, Any]]:
+    """Content parts as blocks: text, and images by URL or inline (base64). An empty text part is no block (the API
+    refuses empty text blocks); an image's ``detail`` has no equivalent (a model refuses one but ``auto``)."""
+    blocks: list[dict[str, Any]] = []
+    for part in parts:
+        if isinstance(part, TextPart) and part.text:
+            blocks.append({"type": "text", "text": part.text})
+        elif isinstance(part, ImagePart):
+            inline = data_uri(part.image_url.url)
+            source = (
+                {"type": "url", "url": part.image_url.url}
+                if inline is None
+                else {"type": "base64", "media_type": inline.media_type, "data": inline.data}
+            )
+            blocks.append({"type": "image", "source": source})
+    return blocks

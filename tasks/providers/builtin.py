@@ -167,7 +167,7 @@ class SyntheticProvider(Provider):
     @staticmethod
     def _words(request: GenerationRequest, options: SyntheticOptions) -> list[str]:
         count = request.max_tokens if request.max_tokens is not None else SYNTHETIC_DEFAULT_MAX_TOKENS
-        seed = options.seed
+        seed = options.seed if options.seed is not None else request.seed  # the request's own seed, as a model's
         if seed is None:
             seed = int.from_bytes(hashlib.sha256(request.input_text().encode()).digest()[:8], "big")
         rng = random.Random(seed)

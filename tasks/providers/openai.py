@@ -17,9 +17,13 @@ from bridge.producer import Chunk, Delta, Finish
 from tasks.providers.sse import ServerSentEvent
 from tasks.providers.upstream import Upstream, UpstreamProvider, error_message, relay
 
+# Request fields sent under the same name with the same value (top_k is Anthropic's: refused for these models).
+_AS_THEY_ARE = ("top_p", "seed", "presence_penalty", "frequency_penalty", "logit_bias", "parallel_tool_calls", "user")
+
 
 def chat_messages(request: GenerationRequest) -> list[dict[str, Any]]:
-    """The request's messages in the Chat Completions shape; a prompt is one user message."""
+    """The request's messages in the Chat Completions shape (content parts as they came); a prompt is one user
+    message."""
     if request.messages is None:
         return [{"role": "user", "content": request.prompt or ""}]
     return [message.model_dump(exclude_none=True) for message in request.messages]
@@ -101,6 +105,7 @@ class OpenAIChatProvider(UpstreamProvider):
     endpoint = "/chat/completions"
 
     def stream(self, request: GenerationRequest, stop: threading.Event) -> Iterator[Chunk]:
+        self.refuse_unsupported(request)
         upstream = Upstream.of(self.spec)
         headers = {"Accept": "text/event-stream"}
         if upstream.secret:
@@ -109,7 +114,7 @@ class OpenAIChatProvider(UpstreamProvider):
         yield from relay(self._client, http_request, stop, _ChatCompletionDecoder(upstream), upstream)
 
     def body(self, request: GenerationRequest) -> dict[str, Any]:
-        """The upstream request body."""
+        """The upstream request body: the request's fields as they came (docs/models.md#wire-formats)."""
         body: dict[str, Any] = {
             "model": self.spec.upstream_model,
             "messages": chat_messages(request),
@@ -128,4 +133,9 @@ class OpenAIChatProvider(UpstreamProvider):
         if request.tool_choice is not None:
             choice = request.tool_choice
             body["tool_choice"] = choice if isinstance(choice, str) else choice.model_dump()
+        for name in _AS_THEY_ARE:
+            if (value := getattr(request, name)) is not None:
+                body[name] = value
+        if request.response_format is not None:
+            body["response_format"] = request.response_format.model_dump(exclude_none=True)
         return body

@@ -18,7 +18,9 @@ from typing import Any, Protocol
 import httpx
 import orjson
 
+from bridge import capabilities
 from bridge.errors import ProviderError
+from bridge.generation import GenerationRequest
 from bridge.models import ModelSpec
 from bridge.producer import Chunk, Delta, Finish
 from tasks.providers.base import Provider
@@ -250,6 +252,13 @@ class UpstreamProvider(Provider):
         self.spec = spec
         self._url = spec.base_url.rstrip("/") + self.endpoint
         self._client = client if client is not None else client_for(spec.base_url)
+
+    def refuse_unsupported(self, request: GenerationRequest) -> None:
+        """``provider_rejected`` for what the model cannot honour: refused (or dropped) at submission already, unless
+        the registry changed since (bridge.capabilities)."""
+        found = capabilities.problems(self.spec, request)
+        if found:
+            raise Upstream.of(self.spec).error("; ".join(f"{p.field}: {p.message}" for p in found), retryable=False)
 
     def post(self, body: dict[str, Any], headers: dict[str, str]) -> httpx.Request:
         """The streaming request to the endpoint, with the model's timeout and extra headers."""

@@ -89,6 +89,25 @@ def test_synthetic_is_deterministic_and_counts_max_tokens() -> None:
     assert finish.finish_reason == "length"
 
 
+def test_synthetic_takes_the_requests_seed_unless_its_options_give_one() -> None:
+    def words(**fields: object) -> list[object]:
+        request = GenerationRequest.model_validate(
+            {"model": "synthetic", "prompt": "same prompt", "max_tokens": 20, **fields}
+        )
+        return _run(SyntheticProvider(), request)[0]
+
+    assert words(seed=1) == words(seed=1) != words(seed=2)
+    assert words(seed=1) == words(options={"seed": 1}) == words(seed=2, options={"seed": 1})
+    assert words() != words(seed=1)
+
+
+def test_echo_answers_with_the_text_parts_joined() -> None:
+    parts = [{"type": "text", "text": "Hello "}, {"type": "text", "text": "there"}]
+    request = GenerationRequest.model_validate({"model": "echo", "messages": [{"role": "user", "content": parts}]})
+    tokens, finish = _run(EchoProvider(), request)
+    assert "".join(str(t) for t in tokens) == "Hello there" and finish.finish_reason == "stop"
+
+
 def test_model_options_are_validated_per_model() -> None:
     assert parse_options(BUILTIN["echo"], {"delay_ms": 5}).delay_ms == 5  # type: ignore[attr-defined]
     with pytest.raises(ValidationError):

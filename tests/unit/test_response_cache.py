@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import re
 from typing import Any
 
@@ -32,7 +33,12 @@ REQUEST: dict[str, Any] = {
 }
 
 # What may differ between two requests that get the same answer: where the answer goes, not what it is.
-NOT_KEYED = {"model", "session_id", "metadata"}
+NOT_KEYED = {"model", "session_id", "metadata", "user"}
+
+PIXEL = (
+    "data:image/png;base64,"
+    "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg=="
+)
 
 CHANGED: dict[str, Any] = {
     "prompt": "Hi",
@@ -43,6 +49,14 @@ CHANGED: dict[str, Any] = {
     "options": {"top_p": 0.8},
     "tools": [{"type": "function", "function": {"name": "search", "parameters": {"type": "object"}}}],
     "tool_choice": "none",
+    "top_p": 0.5,
+    "top_k": 40,
+    "seed": 7,
+    "presence_penalty": 0.5,
+    "frequency_penalty": -0.5,
+    "logit_bias": {"50256": -100},
+    "parallel_tool_calls": False,
+    "response_format": {"type": "json_object"},
 }
 
 
@@ -66,10 +80,41 @@ def test_any_keyed_field_changes_the_key(field: str) -> None:
 
 
 @pytest.mark.parametrize(
-    "change", [{"session_id": "s2"}, {"metadata": {"user": "u2"}}, {"metadata": None}, {"session_id": None}]
+    "change",
+    [{"session_id": "s2"}, {"metadata": {"user": "u2"}}, {"metadata": None}, {"session_id": None}, {"user": "u9"}],
 )
-def test_session_and_metadata_do_not_change_the_key(change: dict[str, Any]) -> None:
+def test_session_metadata_and_the_end_user_do_not_change_the_key(change: dict[str, Any]) -> None:
     assert cache_key(SPEC, {**REQUEST, **change}) == cache_key(SPEC, REQUEST)
+
+
+def test_the_keys_of_requests_without_the_later_fields_stay_what_they_were() -> None:
+    # Sampling fields and response_format came later: a deploy that adds them does not empty the cache.
+    assert cache_key(SPEC, REQUEST).endswith(":dc56a89ef8c753805171d1a0b031d726a11acdcfe3e206019a4c0cf922e0052c")
+
+
+def _asking(*parts: dict[str, Any]) -> dict[str, Any]:
+    return {**REQUEST, "messages": [{"role": "user", "content": list(parts)}]}
+
+
+def test_content_parts_are_keyed_and_an_inline_image_by_its_digest() -> None:
+    text = {"type": "text", "text": "What is this?"}
+    image = {"type": "image_url", "image_url": {"url": PIXEL}}
+    # The same parts share a key; another image, another detail or another order do not
+    assert cache_key(SPEC, _asking(text, image)) == cache_key(SPEC, _asking(dict(text), dict(image)))
+    others = [
+        _asking(text, {"type": "image_url", "image_url": {"url": PIXEL[:-4] + "AAA="}}),
+        _asking(text, {"type": "image_url", "image_url": {"url": PIXEL, "detail": "low"}}),
+        _asking(image, text),
+        _asking(text),
+    ]
+    assert len({cache_key(SPEC, other) for other in [_asking(text, image), *others]}) == 5
+    # An image by URL is keyed by its URL; one inline by the digest of its data, not the data itself
+    url = _asking(text, {"type": "image_url", "image_url": {"url": "https://example.com/cat.png"}})
+    assert cache_key(SPEC, url) != cache_key(SPEC, _asking(text, image))
+    digest = "sha256:" + hashlib.sha256(PIXEL.encode()).hexdigest()
+    assert cache_key(SPEC, _asking(text, {"type": "image_url", "image_url": {"url": digest}})) == cache_key(
+        SPEC, _asking(text, image)
+    )
 
 
 @pytest.mark.parametrize(
