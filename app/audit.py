@@ -8,8 +8,8 @@ error code), and the ``request_id`` the answer carried in ``X-Request-ID``. The 
   SHA-256 of the key sent, or ``stream_token``;
 - ``access.refused``: an action refused (403): outside the key's scope, a stream token outside its generation or
   session, a WebSocket from a foreign origin;
-- ``admin.<action>`` (``admin.read``, ``admin.cancel``, ...): an ``admin`` key on another owner's generation or
-  session;
+- ``admin.<action>`` (``admin.read``, ``admin.cancel``, ``admin.feed``): an ``admin`` key on another owner's
+  generation or session (a token it mints for one is a ``token.mint`` record with that ``owner``);
 - ``token.mint``: a stream token minted (``POST …/token``);
 - ``dead_letter.list``, ``dead_letter.replay``, ``dead_letter.drop``;
 - ``keys.reload``: the keys file read again, with the names ``added``, ``removed`` and ``changed`` (or ``outcome``
