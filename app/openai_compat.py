@@ -30,28 +30,30 @@ logger = logging.getLogger(__name__)
 bp = Blueprint("openai", __name__, url_prefix="/v1")
 bp.before_request(authenticate)
 
-# OpenAI request fields that change nothing here (or only for the upstream's sampling).
-_ACCEPTED_AND_IGNORED = {
-    "user",
-    "top_p",
-    "presence_penalty",
-    "frequency_penalty",
-    "seed",
-    "logit_bias",
-    "store",
-    "parallel_tool_calls",
-}
-_MAPPED = {
+# OpenAI request fields that change nothing here (``store``: OpenAI's own record of a completion).
+_ACCEPTED_AND_IGNORED = {"store"}
+# Fields of a generation request under the same name (top_k, Anthropic's, rides along for Anthropic models).
+_AS_THEY_ARE = (
     "model",
-    "messages",
-    "stream",
-    "stream_options",
-    "max_tokens",
-    "max_completion_tokens",
     "temperature",
     "stop",
-}
-_MAPPED |= {"n", "metadata", "tokenbridge", "tools", "tool_choice"}
+    "metadata",
+    "tools",
+    "tool_choice",
+    "parallel_tool_calls",
+    "top_p",
+    "top_k",
+    "seed",
+    "presence_penalty",
+    "frequency_penalty",
+    "logit_bias",
+    "response_format",
+    "user",
+)
+_MAPPED = {"messages", "stream", "stream_options", "max_tokens", "max_completion_tokens", "n", "tokenbridge"}
+_MAPPED |= set(_AS_THEY_ARE)
+# Fields of an assistant message as OpenAI returns it, which clients send back: tokenbridge has no use for them.
+_OUTPUT_FIELDS = ("refusal", "audio", "annotations")
 
 
 def _to_generation(body: dict[str, Any]) -> dict[str, Any]:
@@ -63,17 +65,12 @@ def _to_generation(body: dict[str, Any]) -> dict[str, Any]:
         raise invalid(details)
     messages = body.get("messages")
     if isinstance(messages, list):
-        messages = [_flatten(message) for message in messages]
+        messages = [_without_output_fields(message) for message in messages]
     extra: dict[str, Any] = body["tokenbridge"] if isinstance(body.get("tokenbridge"), dict) else {}
-    request: dict[str, Any] = {
-        "model": body.get("model"),
+    request: dict[str, Any] = {name: body.get(name) for name in _AS_THEY_ARE}
+    request |= {
         "messages": messages,
         "max_tokens": body.get("max_completion_tokens") or body.get("max_tokens"),
-        "temperature": body.get("temperature"),
-        "stop": body.get("stop"),
-        "metadata": body.get("metadata"),
-        "tools": body.get("tools"),
-        "tool_choice": body.get("tool_choice"),
         # tokenbridge's own fields ride in "tokenbridge": {"session_id": ..., "options": {...}}
         "session_id": extra.get("session_id"),
         "options": extra.get("options"),
@@ -81,16 +78,11 @@ def _to_generation(body: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in request.items() if v is not None}
 
 
-def _flatten(message: Any) -> Any:
-    """OpenAI content may be a list of parts: keep the text ones. Fields tokenbridge has no use for (``refusal``,
-    ``audio``) are dropped."""
+def _without_output_fields(message: Any) -> Any:
+    """A message without ``refusal``, ``audio`` and ``annotations``; its content (string or parts) as it came."""
     if not isinstance(message, dict):
         return message
-    message = {k: v for k, v in message.items() if k not in ("refusal", "audio", "annotations")}
-    if isinstance(message.get("content"), list):
-        text = "".join(p.get("text", "") for p in message["content"] if isinstance(p, dict) and p.get("type") == "text")
-        return {**message, "content": text}
-    return message
+    return {k: v for k, v in message.items() if k not in _OUTPUT_FIELDS}
 
 
 def _tool_call_delta(data: dict[str, Any]) -> dict[str, Any]:

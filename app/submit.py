@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import logging
 import math
@@ -16,14 +15,15 @@ import redis
 from flask import g, request
 from pydantic import ValidationError
 
-from app import metrics
+from app import limits, metrics
 from app.errors import ApiError, invalid, out_of_memory
 from app.inputs import model_errors, validation_details
 from app.services import services
-from bridge import budgets, keys, scripts, streams
+from bridge import capabilities, keys, streams
+from bridge.budgets import Budget
 from bridge.connections import is_cluster
 from bridge.events import EventType
-from bridge.generation import GenerationRequest, new_generation_id, new_session_id
+from bridge.generation import GenerationRequest, new_generation_id, new_session_id, recorded_user
 from bridge.replication import confirm_replicated
 from bridge.task_queue import send_generation
 
@@ -43,49 +43,80 @@ class Submitted:
         return value
 
 
+# The header that names what a model's drop_params dropped from the request (docs/API.md).
+DROPPED_HEADER = "x-tokenbridge-dropped-params"
+
+
+@dataclass(frozen=True, slots=True)
+class _Accepted:
+    """A valid request: as it was sent, and as its model takes it (without what the model's ``drop_params`` drop)."""
+
+    sent: GenerationRequest
+    request: GenerationRequest
+    dropped: tuple[str, ...] = ()
+
+    @property
+    def model(self) -> str:
+        return self.request.model
+
+
+@dataclass(frozen=True, slots=True)
+class _Stored:
+    """What ``_store`` stored: the request as it runs, the model it fell back from, the running slots it took."""
+
+    accepted: _Accepted
+    fallback_from: str | None
+    running: tuple[str, ...]
+
+
 def submit_generation(body: dict[str, Any]) -> Submitted:
     """Validate, store and enqueue a generation (an external one is only stored); 4xx/503 as ApiError."""
     s = services()
-    req = _validated(body)
-    _check_budget()
+    accepted = _validated(body)
+    limits.check_budget(recorded_user(accepted.request.user) if accepted.request.user else "")
     _check_memory()
     generation_id = new_generation_id()
-    session_id = req.session_id or new_session_id()
+    session_id = accepted.request.session_id or new_session_id()
+    headers = {DROPPED_HEADER: ", ".join(accepted.dropped)} if accepted.dropped else {}
     idempotency_key = claim_idempotency_key(body, generation_id, session_id)
     if isinstance(idempotency_key, dict):
-        headers = {"Location": f"/v1/generations/{idempotency_key['id']}", "Idempotent-Replayed": "true"}
+        headers |= {"Location": f"/v1/generations/{idempotency_key['id']}", "Idempotent-Replayed": "true"}
         return Submitted(idempotency_key, headers)
-    running: str | None = None
+    stored: _Stored | None = None
     try:
-        req, fallback_from, running = _store(req, generation_id, session_id)
-        if s.models[req.model].provider != "external":
+        stored = _store(accepted, generation_id, session_id)
+        if s.models[stored.accepted.model].provider != "external":
             enqueue(generation_id)
     except Exception:
         if idempotency_key is not None:
             s.redis.delete(idempotency_key)  # nothing was started: the same key may be tried again
-        if running is not None:
+        for running in stored.running if stored is not None else ():
             s.redis.zrem(running, generation_id)
         raise
-    if idempotency_key is not None and s.models[req.model].provider != "external":
+    model = stored.accepted.model
+    if idempotency_key is not None and s.models[model].provider != "external":
         # Its task is on its way: a replay of this request need not send it again (see claim_idempotency_key).
         with suppress(redis.RedisError):
             s.redis.hset(keys.gen_meta(generation_id), "enqueued", 1)
     confirm_replicated(s.redis, s.settings, what=f"Generation {generation_id}")
-    metrics.GENERATIONS_CREATED.labels(req.model).inc()
+    metrics.GENERATIONS_CREATED.labels(model).inc()
     logger.info(
         "Generation %s created (model %s).",
         generation_id,
-        req.model,
+        model,
         extra={"generation_id": generation_id, "session_id": session_id, "api_key": g.principal.name},
     )
-    payload = created(generation_id, session_id, req.model, "queued")
-    if fallback_from is not None:
-        payload["fallback_from"] = fallback_from
-    return Submitted(payload, {"Location": f"/v1/generations/{generation_id}"})
+    payload = created(generation_id, session_id, model, "queued")
+    if stored.fallback_from is not None:
+        payload["fallback_from"] = stored.fallback_from
+    if stored.accepted.dropped:
+        headers[DROPPED_HEADER] = ", ".join(stored.accepted.dropped)
+    return Submitted(payload, {**headers, "Location": f"/v1/generations/{generation_id}"})
 
 
-def _validated(body: dict[str, Any]) -> GenerationRequest:
-    """The request, or 422 naming every field that is wrong."""
+def _validated(body: dict[str, Any]) -> _Accepted:
+    """The request, or 422 naming every field that is wrong (413 for an inline image too large); then what its model
+    takes of it, or 422 naming what it cannot honour."""
     details = model_errors(body.get("model"), body.get("options"), body.get("max_tokens"))
     try:
         req = GenerationRequest.model_validate(body)
@@ -95,17 +126,18 @@ def _validated(body: dict[str, Any]) -> GenerationRequest:
         raise invalid(details) from None
     if details:
         raise invalid(details)
-    return req
+    limits.check_images(req)
+    adapted = capabilities.adapt(services().models[req.model], req)
+    if adapted.refused:
+        raise invalid([problem.detail() for problem in adapted.refused])
+    return _Accepted(req, adapted.request, adapted.dropped)
 
 
-def _store(
-    req: GenerationRequest, generation_id: str, session_id: str
-) -> tuple[GenerationRequest, str | None, str | None]:
-    """Check the model's circuit, the session's owner and the key's running cap, and store the generation: the
-    request as it runs (on a fallback model while its own is open), the model it fell back from, and the running
-    slot taken. One round trip on a single Redis; a step at a time on a cluster (its keys are in several slots)."""
-    s = services()
-    new = streams.NewGeneration(
+def _new_generation(accepted: _Accepted, generation_id: str, session_id: str) -> streams.NewGeneration:
+    req = accepted.request
+    user = recorded_user(req.user) if req.user else ""
+    user_budget = limits.user_budget() if user else Budget()
+    return streams.NewGeneration(
         generation_id,
         session_id,
         req.model,
@@ -113,12 +145,23 @@ def _store(
         api_key=g.principal.name,
         owner=g.principal.owner,
         budget=(g.principal.budget.per_minute, g.principal.budget.per_day),
+        user=user,
+        user_budget=(user_budget.per_minute, user_budget.per_day),
     )
+
+
+def _store(accepted: _Accepted, generation_id: str, session_id: str) -> _Stored:
+    """Check the model's circuit, the session's owner and the running caps of the key and of its end user, and store
+    the generation: the request as it runs (on a fallback model while its own is open), the model it fell back from,
+    and the running slots taken. One round trip on a single Redis; a step at a time on a cluster (its keys are in
+    several slots)."""
+    s = services()
+    new = _new_generation(accepted, generation_id, session_id)
     if is_cluster(s.redis):
-        return _store_step_by_step(req, new)
-    cap = _running_cap()
+        return _store_step_by_step(accepted, new)
+    cap, user_cap = limits.running_cap(), limits.user_running_cap(new.user)
     fallback_from = None
-    check = _circuit_checked(req)
+    check = _circuit_checked(accepted.request)
     while True:
         result = streams.submit(
             s.redis,
@@ -128,49 +171,54 @@ def _store(
             session_ttl_ms=s.settings.session_ttl_ms,
             check_circuit=check,
             running=cap,
+            user_running=user_cap,
             work_shards=s.settings.work_shard_count,
         )
         if result is not streams.Submission.CIRCUIT_OPEN:
             break
         # Rare: the model is open. A fallback, or 503; and its circuit is not checked again.
-        req, fallback_from = _past_open_circuit(req)
-        new = dataclasses.replace(new, model=req.model, request=req.model_dump(mode="json", exclude_none=True))
+        accepted, fallback_from = _past_open_circuit(accepted)
+        new = _new_generation(accepted, generation_id, session_id)
         check = False
     if result is streams.Submission.SESSION_TAKEN:
         raise _session_not_found(session_id)
     if result is streams.Submission.TOO_MANY_RUNNING:
-        raise _too_many_running()
-    return req, fallback_from, cap.key if cap is not None else None
+        raise limits.too_many_running()
+    if result is streams.Submission.USER_TOO_MANY_RUNNING:
+        raise limits.user_too_many_running()
+    return _Stored(accepted, fallback_from, tuple(c.key for c in (cap, user_cap) if c is not None))
 
 
-def _store_step_by_step(
-    req: GenerationRequest, new: streams.NewGeneration
-) -> tuple[GenerationRequest, str | None, str | None]:
+def _store_step_by_step(accepted: _Accepted, new: streams.NewGeneration) -> _Stored:
     """``_store`` on a cluster: each check in its own round trip, then ``create_generation``."""
     s = services()
-    req, fallback_from = _past_open_circuit(req) if _circuit_checked(req) else (req, None)
+    accepted, fallback_from = _past_open_circuit(accepted) if _circuit_checked(accepted.request) else (accepted, None)
+    if fallback_from is not None:
+        new = _new_generation(accepted, new.generation_id, new.session_id)
     if not streams.claim_session(s.redis, new.session_id, g.principal.owner, s.settings.session_ttl_ms):
         raise _session_not_found(new.session_id)
-    running = _take_running_slot(new.generation_id)
+    running = limits.take_running_slots(new.generation_id, new.user)
     try:
         streams.create_generation(
             s.redis,
             generation_id=new.generation_id,
             session_id=new.session_id,
-            model=req.model,
-            request=req.model_dump(mode="json", exclude_none=True),
+            model=new.model,
+            request=new.request,
             group=s.settings.redis_consumer_group,
             retention_ms=s.settings.redis_stream_retention_ms,
             api_key=new.api_key,
             owner=new.owner,
             budget=new.budget,
             work_shards=s.settings.work_shard_count,
+            user=new.user,
+            user_budget=new.user_budget,
         )
     except Exception:
-        if running is not None:
-            s.redis.zrem(running, new.generation_id)
+        for key in running:
+            s.redis.zrem(key, new.generation_id)
         raise
-    return req, fallback_from, running
+    return _Stored(accepted, fallback_from, running)
 
 
 def _circuit_checked(req: GenerationRequest) -> bool:
@@ -190,80 +238,35 @@ def _check_memory() -> None:
         raise out_of_memory(s.settings.redis_retry_after_s)
 
 
-def _check_budget() -> None:
-    """429 while the key's token budget for this minute or day is spent."""
-    principal = g.principal
-    if principal.kind != "api_key" or not principal.budget.limited:
-        return
-    spent = budgets.usage(services().redis, principal.name, principal.budget)
-    window = spent.exceeded
-    if window is None:
-        return
-    limit = principal.budget.per_day if window == "day" else principal.budget.per_minute
-    raise ApiError(
-        429,
-        "token_budget_exceeded",
-        f"This API key has used its {limit} tokens for this {window}; retry in {spent.retry_after_s} s.",
-        headers={"Retry-After": str(spent.retry_after_s)},
-    )
-
-
-def _past_open_circuit(req: GenerationRequest) -> tuple[GenerationRequest, str | None]:
-    """The request as it may run: on its model, on the model's fallback while its circuit is open, or 503."""
+def _past_open_circuit(accepted: _Accepted) -> tuple[_Accepted, str | None]:
+    """The request as it may run: on its model, on the model's fallback while its circuit is open (when the fallback
+    takes the request as it was sent, less what its own drop_params drop), or 503."""
     s = services()
-    if not s.settings.circuit_failures or s.models[req.model].provider == "external":
-        return req, None
-    spec = s.models[req.model]
-    names = [req.model, spec.fallback] if spec.fallback else [req.model]
+    model = accepted.model
+    if not s.settings.circuit_failures or s.models[model].provider == "external":
+        return accepted, None
+    spec = s.models[model]
+    names = [model, spec.fallback] if spec.fallback else [model]
     states = s.circuits.states(names)
-    state = states[req.model]
+    state = states[model]
     if not state.open:
-        return req, None
+        return accepted, None
     fallback = spec.fallback
-    if fallback is not None and not states[fallback].open and not model_errors(fallback, req.options, req.max_tokens):
-        logger.warning(
-            "Model %s is open after %s failures: generation goes to %s.", req.model, state.failures, fallback
-        )
-        return req.model_copy(update={"model": fallback}), req.model
+    if fallback is not None and not states[fallback].open:
+        sent = accepted.sent.model_copy(update={"model": fallback})
+        adapted = capabilities.adapt(s.models[fallback], sent)
+        if not adapted.refused and not model_errors(fallback, sent.options, sent.max_tokens):
+            logger.warning(
+                "Model %s is open after %s failures: generation goes to %s.", model, state.failures, fallback
+            )
+            return _Accepted(sent, adapted.request, adapted.dropped), model
     retry_after_s = max(1, math.ceil(state.retry_in_s))
     raise ApiError(
         503,
         "model_unavailable",
-        f"Model {req.model!r} failed {state.failures} times in a row upstream; it is tried again in {retry_after_s} s.",
+        f"Model {model!r} failed {state.failures} times in a row upstream; it is tried again in {retry_after_s} s.",
         headers={"Retry-After": str(retry_after_s)},
     )
-
-
-def _running_cap() -> streams.RunningCap | None:
-    """The key's cap on generations that have not ended (``MAX_RUNNING_PER_KEY``), or None without one."""
-    s = services()
-    limit = s.settings.max_running_per_key
-    if not limit or g.principal.kind != "api_key":
-        return None
-    # A slot is released when the generation ends; one whose end was never seen lapses after this long.
-    expire_ms = int((s.settings.generation_max_duration_s + s.settings.queue_timeout_s + 60) * 1000)
-    return streams.RunningCap(keys.key_running(g.principal.name), limit, expire_ms)
-
-
-def _too_many_running() -> ApiError:
-    limit = services().settings.max_running_per_key
-    return ApiError(
-        429,
-        "too_many_running",
-        f"This API key already has {limit} generations running; wait for one to finish.",
-        headers={"Retry-After": "1"},
-    )
-
-
-def _take_running_slot(generation_id: str) -> str | None:
-    """Count the generation against its API key's cap on running generations; 429 when the cap is reached."""
-    cap = _running_cap()
-    if cap is None:
-        return None
-    slot = scripts.take_slot(services().redis, cap.key, generation_id, limit=cap.limit, expire_ms=cap.expire_ms)
-    if slot is scripts.Slot.FULL:
-        raise _too_many_running()
-    return cap.key
 
 
 def created(generation_id: str, session_id: str, model: str, status: str) -> dict[str, Any]:

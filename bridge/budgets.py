@@ -1,10 +1,15 @@
-"""Token budgets per API key: tokens per minute and per day, counted on what the chain really produced.
+"""Token budgets per API key, and per end user of a key: tokens per minute and per day, counted on what the
+chain really produced.
 
 The consumer's ``TokenBudgetProcessor`` adds each committed batch's tokens to two fixed windows per key,
 ``llm:budget:{key}:m:<minute>`` and ``llm:budget:{key}:d:<day>`` (UTC), at most every ``FLUSH_S``; a key that
 is past a limit has its running generations ended with ``rate_limited``. ``web`` refuses new generations of
 such a key with 429 ``token_budget_exceeded`` and ``Retry-After`` until the window frees. A key's limits are
 written into each generation's ``:meta`` when it is created, so every consumer enforces the same ones.
+
+An end user (a request's ``user``) of a key has windows of its own, named ``keys.user_budget_name`` (with
+``TOKEN_BUDGET_PER_USER_PER_MINUTE`` and ``_PER_DAY``): the same counting, per user, so that one user of a
+backend key cannot spend what the others need (429 ``user_token_budget_exceeded``).
 """
 
 from __future__ import annotations
@@ -80,6 +85,18 @@ class Usage:
 
 
 def usage(client: redis.Redis, key_name: str, budget: Budget) -> Usage:
+    return usages(client, [(key_name, budget)])[0]
+
+
+def usages(client: redis.Redis, spenders: list[tuple[str, Budget]]) -> list[Usage]:
+    """The usage of each (name, budget), in one round trip."""
     now = time.time()
-    minute, day = client.mget(window_keys(key_name, now))  # one slot: both share the key's hash tag
-    return Usage(int(minute or 0), int(day or 0), budget, now)
+    pipe = client.pipeline(transaction=False)
+    for key_name, _ in spenders:
+        for window in window_keys(key_name, now):
+            pipe.get(window)  # GETs, not MGET: a cluster's pipeline takes no MGET
+    counts = pipe.execute()
+    return [
+        Usage(int(counts[2 * i] or 0), int(counts[2 * i + 1] or 0), budget, now)
+        for i, (_, budget) in enumerate(spenders)
+    ]

@@ -5,6 +5,7 @@ All keys of one generation share the hash tag ``{G}`` so they live in one slot o
 
 from __future__ import annotations
 
+import hashlib
 import zlib
 from functools import cache
 
@@ -160,6 +161,22 @@ def idempotency(principal: str, key_hash: str) -> str:
 def key_running(api_key_name: str) -> str:
     """Generations of an API key running now (sorted set, score = when the slot lapses)."""
     return f"llm:key:{api_key_name}:running"
+
+
+def user_running(api_key_name: str, user: str) -> str:
+    """Generations of one end user of an API key running now (sorted set, score = when the slot lapses). ``user``
+    is the user as generations record it (``bridge.generation.recorded_user``), named by a digest in the key."""
+    return f"llm:key:{api_key_name}:user:{_user_tag(user)}:running"
+
+
+def user_budget_name(api_key_name: str, user: str) -> str:
+    """The name an end user's token budget of an API key is kept under (``budget_minute``, ``budget_day``)."""
+    return f"{api_key_name}:user:{_user_tag(user)}"
+
+
+def _user_tag(user: str) -> str:
+    # Any text of a request makes a plain key: no hash tag braces, no separators, a bounded length.
+    return hashlib.sha256(user.encode()).hexdigest()[:32]
 
 
 def model_running(model: str) -> str:

@@ -268,6 +268,26 @@ class Settings(BaseSettings):
         "with `Retry-After: 1`. A generation counts until its terminal event is committed, or at most "
         "`GENERATION_MAX_DURATION_S` + `QUEUE_TIMEOUT_S` + 60 s. 0 turns the cap off.",
     )
+    max_running_per_user: int = Field(
+        default=0,
+        ge=0,
+        description="Most generations one end user (a request's `user`) of an API key may have that have not ended; "
+        "one more gets 429 `user_too_many_running` with `Retry-After: 1`, and the key's other users are not "
+        "affected. Counted and released as `MAX_RUNNING_PER_KEY` is. Requests without `user` are not counted. 0 "
+        "turns the cap off.",
+    )
+    max_image_bytes: int = Field(
+        default=5_242_880,
+        ge=1,
+        description="Largest inline image (a `data:` URI of an `image_url` content part), in bytes once decoded; a "
+        "larger one gets 413 `image_too_large`. Inline images also count towards `MAX_BODY_BYTES` (as base64, a "
+        "third larger): raise that too to send large images.",
+    )
+    max_images_per_request: int = Field(
+        default=100,
+        ge=1,
+        description="Most image parts in one request (inline or by URL); more get 422.",
+    )
     cors_origins: str = Field(
         default="",
         description="Comma-separated origins (`https://app.example.com`) whose browser pages may call `/v1` (CORS), "
@@ -462,6 +482,18 @@ class Settings(BaseSettings):
         ge=0,
         description="Tokens an API key may have produced per day (UTC); 0: no limit. "
         "A keys file entry's tokens_per_day overrides it.",
+    )
+    token_budget_per_user_per_minute: int = Field(
+        default=0,
+        ge=0,
+        description="Tokens one end user (a request's `user`) of an API key may have produced per minute (UTC), "
+        "counted apart from the key's other users; 0: no limit. Past it, the user's running generations end with "
+        "`rate_limited` and new ones get 429 `user_token_budget_exceeded`.",
+    )
+    token_budget_per_user_per_day: int = Field(
+        default=0,
+        ge=0,
+        description="Tokens one end user of an API key may have produced per day (UTC); 0: no limit.",
     )
     circuit_failures: int = Field(
         default=5,

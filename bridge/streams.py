@@ -37,6 +37,7 @@ class Submission(StrEnum):
     CIRCUIT_OPEN = "circuit_open"
     SESSION_TAKEN = "session_taken"
     TOO_MANY_RUNNING = "too_many_running"
+    USER_TOO_MANY_RUNNING = "user_too_many_running"
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,10 +53,13 @@ class NewGeneration:
     # The key's token budget (per minute, per day) that the consumers enforce; 0: none.
     budget: tuple[int, int] = (0, 0)
     created_at: float = field(default_factory=time.time)
+    # The end user as recorded (``generation.recorded_user``; '': none) and its token budget of the key.
+    user: str = ""
+    user_budget: tuple[int, int] = (0, 0)
 
     def meta(self) -> dict[FieldT, EncodableT]:
         """The ``:meta`` fields (the request has a key of its own: ``keys.gen_request``)."""
-        return {
+        meta: dict[FieldT, EncodableT] = {
             "model": self.model,
             "session_id": self.session_id,
             "status": "queued",
@@ -65,11 +69,17 @@ class NewGeneration:
             "owner": self.owner or self.api_key,
             "budget": f"{self.budget[0]},{self.budget[1]}",
         }
+        if self.user:
+            meta["user"] = self.user
+            if any(self.user_budget):
+                meta["user_budget"] = f"{self.user_budget[0]},{self.user_budget[1]}"
+        return meta
 
 
 @dataclass(frozen=True, slots=True)
 class RunningCap:
-    """An API key's cap on generations that have not ended: its sorted set, the cap, and when a slot lapses."""
+    """A cap on generations that have not ended, of an API key or of an end user of one: its sorted set, the cap,
+    and when a slot lapses."""
 
     key: str
     limit: int
@@ -85,13 +95,14 @@ def submit(
     session_ttl_ms: int,
     check_circuit: bool,
     running: RunningCap | None,
+    user_running: RunningCap | None = None,
     work_shards: int = 1,
     claim_session: bool = True,
 ) -> Submission:
     """Check and store a new generation in one round trip (``scripts.SUBMIT``): the model's circuit (when
     ``check_circuit``), the session's owner (claimed for a new session, renewed for the owner's own), the key's
-    running cap, then everything ``create_generation`` writes. A single Redis only: a cluster holds these keys in
-    several slots, so its caller checks each step on its own and calls ``create_generation``."""
+    running cap and its end user's, then everything ``create_generation`` writes. A single Redis only: a cluster
+    holds these keys in several slots, so its caller checks each step on its own and calls ``create_generation``."""
     gid, sid = new.generation_id, new.session_id
     script_keys = [
         keys.gen_meta(gid),
@@ -102,12 +113,14 @@ def submit(
         keys.model_circuit(new.model),
         running.key if running is not None else keys.gen_lease(gid),
         keys.gen_request(gid),
+        user_running.key if user_running is not None else keys.gen_lease(gid),
     ]
     owner = (new.owner or new.api_key) if claim_session else ""
     args: list[Any] = [group, session_ttl_ms, retention_ms * 2, owner, gid]
     args += [int(time.time() * 1000), int(check_circuit)]
-    args += [running.limit, running.expire_ms] if running is not None else [0, 0]
-    args.append(orjson.dumps(new.request))
+    expire_ms = max((cap.expire_ms for cap in (running, user_running) if cap is not None), default=0)
+    args += [running.limit if running is not None else 0, expire_ms]
+    args += [orjson.dumps(new.request), user_running.limit if user_running is not None else 0]
     for item in new.meta().items():
         args.extend(item)
     reply = scripts.run(client, scripts.SUBMIT, script_keys, args)
@@ -128,14 +141,15 @@ def create_generation(
     owner: str = "",
     work_shards: int = 1,
     budget: tuple[int, int] = (0, 0),
+    user: str = "",
+    user_budget: tuple[int, int] = (0, 0),
 ) -> float:
     """Store a new generation, open its raw stream to the processors and hand it to the consumer workers.
 
-    The caller has claimed the session for ``owner`` first (``claim_session``).
+    The caller has claimed the session for ``owner`` first (``claim_session``), and the running slots.
     """
-    new = NewGeneration(generation_id, session_id, model, request, api_key, owner, budget)
-    if created_at is not None:
-        new = dataclasses.replace(new, created_at=created_at)
+    new = NewGeneration(generation_id, session_id, model, request, api_key, owner, budget, user=user)
+    new = dataclasses.replace(new, created_at=created_at or new.created_at, user_budget=user_budget)
     if not is_cluster(client):
         result = submit(
             client,

@@ -46,6 +46,9 @@ class GenerationState:
     finished: bool = False
     # The API key's token budget, as written at creation (per minute, per day; 0: none).
     budget: tuple[int, int] = (0, 0)
+    # The end user (the request's ``user`` as recorded) and its own token budget of the key ('' and 0: none).
+    user: str = ""
+    user_budget: tuple[int, int] = (0, 0)
     # Fields for ``:meta``, written in the same transaction as the batch that produced them.
     meta_updates: dict[str, Any] = field(default_factory=dict)
     scratch: dict[str, Any] = field(default_factory=dict)
@@ -65,6 +68,8 @@ class GenerationState:
             first_token_at=float(first) if first else None,
             resumed=int(meta.get("seq", 0)) > 0,
             budget=_budget(meta.get("budget", "")),
+            user=meta.get("user", ""),
+            user_budget=_budget(meta.get("user_budget", "")),
         )
 
 
@@ -273,11 +278,31 @@ class CachingProcessor(Processor):
         response_cache.store(self.client, key, CachedAnswer(tokens, usage), spec.cache_ttl_s)
 
 
+@dataclass(frozen=True, slots=True)
+class _Spender:
+    """Whose budget a generation's tokens count against: ``name`` keeps its windows (``bridge.budgets``)."""
+
+    name: str
+    budget: Budget
+    what: str
+
+
+def _spenders(gen: GenerationState) -> list[_Spender]:
+    """The API key, when it has a budget, and the end user, when the key's users have one."""
+    found = []
+    if gen.api_key and any(gen.budget):
+        found.append(_Spender(gen.api_key, Budget(*gen.budget), "API key"))
+    if gen.api_key and gen.user and any(gen.user_budget):
+        found.append(_Spender(keys.user_budget_name(gen.api_key, gen.user), Budget(*gen.user_budget), "end user"))
+    return found
+
+
 class TokenBudgetProcessor(Processor):
-    """The rate-limit processor: adds what each key's generations really produced to its budget windows.
+    """The rate-limit processor: adds what each key's generations really produced to its budget windows, and to
+    those of their end user.
 
     Counts per committed batch (nothing per token), writes at most every ``budgets.FLUSH_S``, and ends the
-    running generations of a key that went past its budget with ``rate_limited``.
+    running generations of a key (or of an end user) that went past its budget with ``rate_limited``.
     """
 
     name = "token-budget"
@@ -286,49 +311,54 @@ class TokenBudgetProcessor(Processor):
         self.client = client
         self.flush_s = flush_s
         self._pending: dict[str, int] = {}
-        self._limits: dict[str, Budget] = {}
+        self._spenders: dict[str, _Spender] = {}
         self._running: dict[str, set[str]] = {}
         self._written_at = 0.0
 
     def start(self, gen: GenerationState) -> None:
-        if gen.api_key and any(gen.budget):
-            self._running.setdefault(gen.api_key, set()).add(gen.generation_id)
-            self._limits[gen.api_key] = Budget(*gen.budget)
+        for spender in _spenders(gen):
+            self._running.setdefault(spender.name, set()).add(gen.generation_id)
+            self._spenders[spender.name] = spender
 
     def finish(self, gen: GenerationState, event: Event) -> None:
-        running = self._running.get(gen.api_key)
-        if running is not None:
-            running.discard(gen.generation_id)
-            if not running:
-                del self._running[gen.api_key]
-            self._written_at = 0.0  # a generation that ends has its last tokens counted at once
+        for spender in _spenders(gen):
+            running = self._running.get(spender.name)
+            if running is not None:
+                running.discard(gen.generation_id)
+                if not running:
+                    del self._running[spender.name]
+                self._written_at = 0.0  # a generation that ends has its last tokens counted at once
 
     def committed(self, tokens: list[tuple[GenerationState, int]]) -> list[tuple[str, str, str]]:
         for gen, count in tokens:
-            if count and gen.api_key and any(gen.budget):
-                self._pending[gen.api_key] = self._pending.get(gen.api_key, 0) + count
+            for spender in _spenders(gen) if count else ():
+                self._pending[spender.name] = self._pending.get(spender.name, 0) + count
+                self._spenders.setdefault(spender.name, spender)
         now = time.monotonic()
         if not self._pending or now - self._written_at < self.flush_s:
             return []
         self._written_at = now
         pending, self._pending = self._pending, {}
         pipe = self.client.pipeline(transaction=False)
-        for key_name, count in pending.items():
-            budgets.add(pipe, key_name, count)
-            metrics.KEY_TOKENS.labels(key_name).inc(count)
+        for name, count in pending.items():
+            budgets.add(pipe, name, count)
+            if self._spenders[name].what == "API key":  # not per end user: one series per user is too many
+                metrics.KEY_TOKENS.labels(name).inc(count)
         results = pipe.execute()
-        to_end = []
-        for index, key_name in enumerate(pending):
+        to_end: dict[str, tuple[str, str, str]] = {}
+        for index, name in enumerate(pending):
             minute, day = results[4 * index], results[4 * index + 2]
-            limit = self._limits.get(key_name, Budget())
+            spender = self._spenders[name]
+            limit = spender.budget
             over = (limit.per_day and day > limit.per_day and "day") or (
                 limit.per_minute and minute > limit.per_minute and "minute"
             )
             if not over:
                 continue
-            message = f"The API key's token budget for this {over} is spent."
-            to_end += [(gid, "rate_limited", message) for gid in sorted(self._running.get(key_name, ()))]
-        return to_end
+            message = f"The {spender.what}'s token budget for this {over} is spent."
+            for gid in sorted(self._running.get(name, ())):
+                to_end.setdefault(gid, (gid, "rate_limited", message))  # once, past both of its budgets too
+        return list(to_end.values())
 
     def close(self) -> None:
         self._written_at = 0.0

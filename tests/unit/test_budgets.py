@@ -9,7 +9,7 @@ import fakeredis
 import pytest
 from redis.crc import key_slot
 
-from bridge import budgets
+from bridge import budgets, keys
 from bridge.budgets import Budget, Usage
 from bridge.events import Event
 from workers import processors
@@ -176,3 +176,56 @@ def test_a_spent_day_is_named_and_a_finished_generation_is_not_ended_again(
     assert (gid, code) == ("gen_b", "rate_limited") and "day" in message
     budget_processor.finish(b, Event(id="9-1", type="error", data={"code": "rate_limited"}))
     assert _commit(budget_processor, clock)((b, 1)) == []
+
+
+def _user_gen(
+    gid: str, user: str, user_budget: tuple[int, int], key_budget: tuple[int, int] = (0, 0)
+) -> GenerationState:
+    meta = {"api_key": "app", "budget": ",".join(map(str, key_budget)), "user": user}
+    meta["user_budget"] = ",".join(map(str, user_budget))
+    return GenerationState.from_meta(gid, meta)
+
+
+def test_an_end_users_tokens_count_in_windows_of_its_own_apart_from_the_others(
+    fake_redis: fakeredis.FakeRedis, budget_processor: TokenBudgetProcessor, clock: SimpleNamespace
+) -> None:
+    # Given two end users of one key, each allowed 10 tokens a minute, the key itself unlimited
+    alice, bob = _user_gen("gen_a", "alice", (10, 0)), _user_gen("gen_b", "bob", (10, 0))
+    for gen in (alice, bob):
+        budget_processor.start(gen)
+    # When they produce
+    assert _commit(budget_processor, clock)((alice, 4), (bob, 6)) == []
+    # Then each user's windows hold its own tokens, and the key has none counted (it has no budget)
+    assert budgets.usage(fake_redis, keys.user_budget_name("app", "alice"), Budget()).minute == 4
+    assert budgets.usage(fake_redis, keys.user_budget_name("app", "bob"), Budget()).day == 6
+    assert budgets.usage(fake_redis, "app", Budget()).minute == 0
+
+
+def test_an_end_user_past_its_budget_has_its_generations_ended_and_the_others_go_on(
+    budget_processor: TokenBudgetProcessor, clock: SimpleNamespace
+) -> None:
+    # Given two generations of one greedy end user and one of another user of the same key
+    greedy = [_user_gen("gen_g1", "greedy", (10, 0)), _user_gen("gen_g2", "greedy", (10, 0))]
+    modest = _user_gen("gen_m", "modest", (10, 0))
+    for gen in (*greedy, modest):
+        budget_processor.start(gen)
+    # When the greedy user goes past its 10 tokens
+    ended = _commit(budget_processor, clock)((greedy[0], 8), (greedy[1], 3), (modest, 5))
+    # Then only its generations end, with rate_limited naming the end user's budget
+    assert [(gid, code) for gid, code, _ in ended] == [("gen_g1", "rate_limited"), ("gen_g2", "rate_limited")]
+    assert all("end user's token budget for this minute" in message for _, _, message in ended)
+
+
+def test_a_generation_past_both_its_keys_and_its_users_budget_is_ended_once(
+    budget_processor: TokenBudgetProcessor, clock: SimpleNamespace
+) -> None:
+    gen = _user_gen("gen_a", "alice", (5, 0), key_budget=(5, 0))
+    budget_processor.start(gen)
+    [(gid, code, message)] = _commit(budget_processor, clock)((gen, 6))
+    assert (gid, code) == ("gen_a", "rate_limited") and "API key" in message
+
+
+def test_a_generation_carries_its_end_user_and_the_users_budget() -> None:
+    gen = _user_gen("gen_a", "alice", (10, 100))
+    assert (gen.user, gen.user_budget) == ("alice", (10, 100))
+    assert GenerationState.from_meta("gen_b", {"api_key": "app"}).user == ""
