@@ -11,7 +11,7 @@ from flask_limiter import RateLimitExceeded
 from app import api, dead_letters, health, models_api, openai_compat, openapi, pages, producers, sse, stats, websocket
 from app.audit import REQUEST_ID_HEADER, assign_request_id, record_request
 from app.errors import error_response, register_error_handlers
-from app.extensions import cors, limiter
+from app.extensions import cors, limiter, sock
 from app.services import Services
 from bridge import keys
 from bridge.logs import configure_logging
@@ -36,7 +36,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.config.update(
         MAX_CONTENT_LENGTH=settings.max_body_bytes,
         JSON_SORT_KEYS=False,
-        WEBSOCKET_OPTIONS={"ping_interval": 25, "max_message_size": 64 * 1024},
+        SOCK_SERVER_OPTIONS={"ping_interval": 25, "max_message_size": 64 * 1024},
     )
     app.json.sort_keys = False  # type: ignore[attr-defined]
     app.extensions["tokenbridge"] = Services.build(settings)
@@ -50,6 +50,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.before_request(assign_request_id)
     app.after_request(record_request)
     limiter.init_app(app)
+    sock.init_app(app)
     if settings.cors_origin_list:
         # Browsers on these origins may call the API; none by default.
         cors.init_app(

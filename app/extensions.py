@@ -5,6 +5,7 @@ from __future__ import annotations
 from flask import current_app, request
 from flask_cors import CORS
 from flask_limiter import HeaderNames, Limiter
+from flask_sock import Sock
 
 
 def _rate_limit_key() -> str:
@@ -14,6 +15,7 @@ def _rate_limit_key() -> str:
     return f"key:{name}" if name else f"ip:{request.remote_addr}"
 
 
+sock = Sock()
 cors = CORS()
 # Storage, limits and headers come from the app config (RATELIMIT_*), set in create_app.
 # X-RateLimit-* headers on every limited response; Retry-After only on the 429 itself (see create_app), not

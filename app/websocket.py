@@ -19,11 +19,12 @@ from app.auth import Action, Principal
 from app.cancellation import request_cancel
 from app.client_events import Batches, client_events, ended_before, generation_reset
 from app.errors import ApiError
+from app.extensions import sock
 from app.inputs import authenticate, load_meta, read_cursor
 from app.origins import check_origin
 from app.services import Services, services
 from app.streaming import ws_frame
-from app.ws_connection import WebSocket, websocket_route
+from app.ws_connection import WebSocket
 from bridge import keys
 
 logger = logging.getLogger(__name__)
@@ -48,8 +49,9 @@ def _authenticate() -> None:
         read_cursor()
 
 
-@websocket_route(bp, "/generations/<generation_id>/ws")
-def generation_ws(ws: WebSocket, generation_id: str) -> None:
+@sock.route("/generations/<generation_id>/ws", bp=bp)  # type: ignore[untyped-decorator]
+def generation_ws(server: Any, generation_id: str) -> None:
+    ws = WebSocket.adopt(server)
     s = services()
     meta = load_meta(generation_id)
     cursor = read_cursor()

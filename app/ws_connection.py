@@ -1,14 +1,17 @@
 """A WebSocket connection: simple-websocket's server, with whole writes and a closing handshake the client can read.
 
+flask-sock serves the route and builds the connection; ``WebSocket.adopt`` takes it over as the route starts.
+
 simple-websocket (on wsproto) reads the client's frames in a thread of its own and answers pings and closes there. Two
 things are changed here:
 
 - Every write to the socket takes one lock and is a whole ``sendall``: the events' writer, the reader thread's pongs
   and close frames, and the pings all share the socket, and a frame must never land in the middle of another.
-- A message over ``max_message_size`` is answered with close code 1009, and then the rest of the client's message is
-  read until its own close frame comes, before the socket is closed. simple-websocket closed the socket at once, with
-  the rest of the message unread, and the kernel answers a close with unread data with a TCP reset, which destroys
-  the close frame on its way: the client saw a reset (a browser, code 1006), never 1009.
+- A message over ``max_message_size`` (flask-sock's ``SOCK_SERVER_OPTIONS``) is answered with close code 1009,
+  and then the rest of the client's message is read until its own close frame comes, before the socket is closed.
+  simple-websocket closed the socket at once, with the rest of the message unread, and the kernel answers a close
+  with unread data with a TCP reset, which destroys the close frame on its way: the client saw a reset (a browser,
+  code 1006), never 1009.
 """
 
 from __future__ import annotations
@@ -17,11 +20,8 @@ import contextlib
 import selectors
 import threading
 import time
-from collections.abc import Callable
-from functools import wraps
 from typing import Any
 
-from flask import Blueprint, Response, current_app, request
 from simple_websocket import ConnectionClosed, Server
 from wsproto.connection import ConnectionState
 from wsproto.frame_protocol import CloseReason
@@ -31,8 +31,6 @@ from wsproto.utilities import LocalProtocolError, RemoteProtocolError
 # message), and how much of it it reads at most, before the socket is closed anyway.
 CLOSE_WAIT_S = 2.0
 CLOSE_READ_BYTES = 1 << 20
-
-Handler = Callable[..., None]
 
 
 class _SerialSocket:
@@ -60,10 +58,14 @@ class WebSocket(Server):  # type: ignore[misc]
 
     sock: Any
 
-    def handshake(self) -> None:
-        # Called by the constructor once the socket is known, before anything is written to it.
-        self.sock = _SerialSocket(self.sock)
-        super().handshake()
+    @classmethod
+    def adopt(cls, ws: Server) -> WebSocket:
+        """The connection flask-sock made (a simple-websocket ``Server``), as this class: flask-sock builds a plain
+        ``Server`` and offers no way to name another, so the route takes it over first thing. Its reader thread only
+        looks its methods and socket up when it next uses them."""
+        ws.__class__ = cls
+        ws.sock = _SerialSocket(ws.sock)
+        return ws  # type: ignore[no-any-return]
 
     def send_frames(self, data: bytes) -> None:
         """Frames the caller built, in one write; ConnectionClosed once the connection is closing."""
@@ -108,43 +110,3 @@ class WebSocket(Server):  # type: ignore[misc]
                 self.ws.receive_data(data)
                 for _ in self.ws.events():
                     pass  # the rest of the message, then the client's close (wsproto is then CLOSED)
-
-
-class _Upgraded(Response):
-    """The answer of a WebSocket route, once its connection is over: nothing more is written to the socket."""
-
-    def __init__(self, mode: str) -> None:
-        super().__init__()
-        self.mode = mode
-
-    def __call__(self, environ: Any, start_response: Any) -> Any:
-        if self.mode == "gunicorn":
-            raise StopIteration()  # gunicorn closes the connection and writes nothing
-        if self.mode == "werkzeug":
-            return super().__call__(environ, start_response)
-        return []
-
-
-def websocket_route(bp: Blueprint, rule: str) -> Callable[[Handler], Handler]:
-    """Route the WebSocket requests of ``rule`` to ``handler(ws, **view_args)``; the connection is closed after it.
-
-    The connection's options are the app's ``WEBSOCKET_OPTIONS`` (``ping_interval``, ``max_message_size``).
-    """
-
-    def decorator(handler: Handler) -> Handler:
-        @wraps(handler)
-        def view(**view_args: Any) -> Response:
-            ws = WebSocket(request.environ, **current_app.config.get("WEBSOCKET_OPTIONS", {}))
-            try:
-                handler(ws, **view_args)
-            except ConnectionClosed:
-                pass  # the client went away
-            finally:
-                with contextlib.suppress(ConnectionClosed, OSError):
-                    ws.close()
-            return _Upgraded(ws.mode)
-
-        bp.route(rule, websocket=True)(view)
-        return handler
-
-    return decorator
