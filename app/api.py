@@ -71,7 +71,10 @@ def generation_token(generation_id: str) -> Response:
     load_meta(generation_id)
     auth = services().auth
     return jsonify(
-        {"stream_token": auth.stream_token(generation_id=generation_id), "expires_at": auth.token_expires_at()}
+        {
+            "stream_token": auth.stream_token(generation_id=generation_id, read_only=True),
+            "expires_at": auth.token_expires_at(),
+        }
     )
 
 
@@ -89,5 +92,5 @@ def session_generations(session_id: str) -> Response:
 def session_token(session_id: str) -> Response:
     check_session(session_id)
     auth = services().auth
-    token = auth.stream_token(session_id=session_id)
+    token = auth.stream_token(session_id=session_id, read_only=True)
     return jsonify({"stream_token": token, "expires_at": auth.token_expires_at()})

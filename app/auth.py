@@ -74,6 +74,8 @@ class Principal:
     generation_id: str | None = None
     session_id: str | None = None
     budget: Budget = field(default_factory=Budget)
+    # A stream token from POST .../token: it reads, and nothing more (the API contract's "read-only").
+    read_only: bool = False
 
     @property
     def sees_everything(self) -> bool:
@@ -81,8 +83,8 @@ class Principal:
 
     def may(self, action: Action) -> bool:
         if self.kind == "stream_token":
-            # A browser holding a generation's token may read it and stop it, nothing more.
-            return action in (Action.READ, Action.CANCEL)
+            # A browser holding a generation's first token may read it and stop it; a refreshed one only reads.
+            return action is Action.READ or (action is Action.CANCEL and not self.read_only)
         return self.kind == "anonymous" or action in SCOPES[self.scope]
 
     def owns(self, owner: str | None) -> bool:
@@ -277,8 +279,14 @@ class Authenticator:
         self.keys = KeyRing(settings)
         self.budget = Budget(settings.token_budget_per_minute, settings.token_budget_per_day)
 
-    def stream_token(self, *, generation_id: str | None = None, session_id: str | None = None) -> str:
-        payload = {"g": generation_id} if generation_id else {"s": session_id}
+    def stream_token(
+        self, *, generation_id: str | None = None, session_id: str | None = None, read_only: bool = False
+    ) -> str:
+        """A token for one generation or session: the one POST /v1/generations returns reads and cancels it; a
+        ``read_only`` one (from the token routes) only reads."""
+        payload: dict[str, str | int | None] = {"g": generation_id} if generation_id else {"s": session_id}
+        if read_only:
+            payload["ro"] = 1
         return str(self._serializer.dumps(payload))
 
     def token_expires_at(self) -> int:
@@ -327,5 +335,9 @@ class Authenticator:
         if not isinstance(payload, dict):
             raise ApiError(401, "invalid_token", "The stream token is not valid.")
         return Principal(
-            "stream_token", name="stream_token", generation_id=payload.get("g"), session_id=payload.get("s")
+            "stream_token",
+            name="stream_token",
+            generation_id=payload.get("g"),
+            session_id=payload.get("s"),
+            read_only=bool(payload.get("ro")),
         )

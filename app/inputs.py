@@ -61,6 +61,10 @@ def authenticate() -> None:
     if principal.may(action):
         refuse_body()
         return
+    if principal.kind == "stream_token" and principal.read_only and action is Action.CANCEL:
+        raise ApiError(
+            403, "forbidden", "A refreshed stream token only reads: cancel with the generation's first token or a key."
+        )
     if principal.kind == "stream_token":
         raise ApiError(
             403, "forbidden", "This needs an API key: a stream token may only read (or cancel) its generation."

@@ -79,7 +79,7 @@ export interface TokenbridgeOptions {
   text?: string;
   /** Failed reconnects in a row before giving up (default 20). */
   maxRetries?: number;
-  /** Called when a reconnect or a cancel finds the token expired; the stream then resumes where it was. */
+  /** Called when a reconnect finds the token expired; the stream then resumes where it was. A refreshed token reads only: `cancel()` keeps using the first one. */
   refreshToken?: (handle: TokenbridgeHandle) => FreshToken | Promise<FreshToken>;
   onToken?: (content: string, event: TokenbridgeEvent, handle: TokenbridgeHandle) => void;
   onReasoning?: (content: string, event: TokenbridgeEvent, handle: TokenbridgeHandle) => void;

@@ -83,7 +83,8 @@
    * @property {number} [maxRetries=20]  Failed reconnects in a row before giving up.
    * @property {function(TokenbridgeHandle): (string|{stream_token: string}|Promise<string|{stream_token: string}>)} [refreshToken]
    *   Returns a new stream token (your backend asks `POST /v1/generations/{id}/token` with its API key).
-   *   Called when a reconnect or a cancel finds the token expired; the stream then resumes where it was.
+   *   Called when a reconnect finds the token expired; the stream then resumes where it was. A refreshed token
+   *   reads only: `cancel()` keeps using the first one.
    * @property {function(string, TokenbridgeEvent, TokenbridgeHandle): void} [onToken]  A token's content.
    * @property {function(string, TokenbridgeEvent, TokenbridgeHandle): void} [onReasoning]  A piece of the model's
    *   reasoning (`handle.reasoning` holds all of it).
@@ -185,18 +186,15 @@
       );
   }
 
-  /** POST /v1/generations/{id}/cancel with the stream token (refreshed once if it expired). */
-  function cancelOverHttp(url, opts, handle, refreshed) {
-    return global.fetch(withQuery(generationUrl(url) + "/cancel", { token: opts.token }), { method: "POST" }).then(
+  /**
+   * POST /v1/generations/{id}/cancel with the generation's first stream token (the one POST /v1/generations
+   * returned): a refreshed token only reads. Once the first one has expired, the app's backend cancels with its key.
+   */
+  function cancelOverHttp(url, token) {
+    return global.fetch(withQuery(generationUrl(url) + "/cancel", { token: token }), { method: "POST" }).then(
       function (response) {
         if (response.ok) return undefined;
         return readJson(response).then(function (body) {
-          if (!refreshed && tokenExpired(response, body)) {
-            return refreshToken(opts, handle).then(function (ok) {
-              if (ok) return cancelOverHttp(url, opts, handle, true);
-              throw cancelError(response, body);
-            });
-          }
           throw cancelError(response, body);
         });
       }
@@ -387,6 +385,7 @@
     var reader = createReader(opts, "sse");
     var handle = reader.handle;
     var source = null;
+    var cancelToken = opts.token; // the first token: a refreshed one only reads
 
     function url() {
       // EventSource sends Last-Event-ID itself on its own reconnects; the server prefers that header.
@@ -484,7 +483,7 @@
     }
 
     handle.cancel = function () {
-      return cancelOverHttp(opts.eventsUrl, opts, handle, false);
+      return cancelOverHttp(opts.eventsUrl, cancelToken);
     };
     handle.close = function () {
       shut();
@@ -505,6 +504,7 @@
     var reader = createReader(opts, "ws");
     var handle = reader.handle;
     var ws = null;
+    var cancelToken = opts.token; // the first token: a refreshed one only reads
 
     function url() {
       var u = new URL(withQuery(opts.wsUrl, { token: opts.token, last_event_id: handle.lastEventId }));
@@ -592,11 +592,12 @@
     }
 
     handle.cancel = function () {
-      if (ws && ws.readyState === global.WebSocket.OPEN) {
+      // Over the socket while it was opened with the first token (a refreshed one only reads), else over HTTP.
+      if (ws && ws.readyState === global.WebSocket.OPEN && opts.token === cancelToken) {
         ws.send(JSON.stringify({ type: "cancel" }));
         return Promise.resolve();
       }
-      return cancelOverHttp(opts.wsUrl, opts, handle, false);
+      return cancelOverHttp(opts.wsUrl, cancelToken);
     };
     handle.close = function () {
       shut();

@@ -145,13 +145,17 @@ def test_a_fresh_stream_token_reads_what_the_first_one_read(stack: Stack) -> Non
     assert (again.status_code, again.json()["error"]["code"]) == (403, "forbidden")
 
 
-def test_a_fresh_stream_token_may_cancel_as_the_first_one_may(stack: Stack) -> None:
-    # Given a running generation and a token minted for it
+def test_a_fresh_stream_token_only_reads_while_the_first_one_also_cancels(stack: Stack) -> None:
+    # Given a running generation and a token minted for it (a refresh)
     gen = stack.create(model="external", prompt="stop me")
     fresh = stack.post(f"/v1/generations/{gen['id']}/token").json()["stream_token"]
     # When a browser holding only the fresh token cancels it
-    cancelled = httpx.post(stack.url(f"/v1/generations/{gen['id']}/cancel"), params={"token": fresh})
-    # Then it is cancelled, as with the token of the creation (docs: API.md, security.md)
+    refused = httpx.post(stack.url(f"/v1/generations/{gen['id']}/cancel"), params={"token": fresh})
+    # Then it is refused (the contract: a fresh read-only token), and the generation goes on
+    assert (refused.status_code, refused.json()["error"]["code"]) == (403, "forbidden")
+    assert stack.get(f"/v1/generations/{gen['id']}").json()["status"] != "cancelled"
+    # And the token of the creation cancels it
+    cancelled = httpx.post(stack.url(f"/v1/generations/{gen['id']}/cancel"), params={"token": gen["stream_token"]})
     assert cancelled.status_code == 202
     wait_for(lambda: stack.get(f"/v1/generations/{gen['id']}").json()["status"] == "cancelled", interval_s=0.1)
 

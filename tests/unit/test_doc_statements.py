@@ -38,14 +38,16 @@ def test_a_stream_token_is_taken_in_the_query_string_only() -> None:
     assert info.value.code == "invalid_credentials"
 
 
-def test_a_refreshed_token_may_cancel_as_both_references_say() -> None:
-    # The same signer makes the tokens of POST /v1/generations and of POST .../token: one set of rights
+def test_a_refreshed_token_only_reads_as_the_contract_and_both_references_say() -> None:
+    # The token of POST /v1/generations reads and cancels; the one of POST .../token (a refresh) only reads
     auth = Authenticator(Settings(secret_key="s", api_keys="k"))
-    fresh = auth.authenticate(None, auth.stream_token(generation_id="gen_a"))
-    assert fresh.may(Action.CANCEL) and fresh.may(Action.READ) and not fresh.may(Action.MINT)
+    first = auth.authenticate(None, auth.stream_token(generation_id="gen_a"))
+    assert first.may(Action.CANCEL) and first.may(Action.READ) and not first.may(Action.MINT)
+    refreshed = auth.authenticate(None, auth.stream_token(generation_id="gen_a", read_only=True))
+    assert refreshed.may(Action.READ) and not refreshed.may(Action.CANCEL) and not refreshed.may(Action.MINT)
     refresh = _section(API, "### `POST /v1/generations/{id}/token`")
-    assert "read-only" not in refresh and "may cancel it" in refresh
-    assert "a generation's reads and cancels that generation" in _section(SECURITY, "### Refreshing a token")
+    assert "read-only" in refresh and "cannot cancel" in refresh
+    assert "The fresh token is read-only" in _section(SECURITY, "### Refreshing a token")
 
 
 def test_a_reader_key_gets_the_dashboard_data_in_the_code_and_both_references() -> None:
