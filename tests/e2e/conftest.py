@@ -60,5 +60,8 @@ api_key_env = "FAKE_ANTHROPIC_KEY"
         MODELS_FILE=str(models),
         FAKE_OPENAI_KEY="sk-openai-secret",
         FAKE_ANTHROPIC_KEY="sk-ant-secret",
+        # Every test of the session uses this stack with one key: more than the default 600 requests a minute.
+        # (The limit itself is tested on stacks of their own: test_security, test_openai_models.)
+        RATE_LIMIT="20000/minute",
     ) as stack:
         yield stack

@@ -91,9 +91,10 @@ def test_synthetic_is_deterministic_and_counts_max_tokens() -> None:
 
 def test_synthetic_takes_the_requests_seed_unless_its_options_give_one() -> None:
     def words(**fields: object) -> list[object]:
-        request = GenerationRequest.model_validate(
-            {"model": "synthetic", "prompt": "same prompt", "max_tokens": 20, **fields}
-        )
+        body: dict[str, object] = {"model": "synthetic", "prompt": "same prompt", "max_tokens": 20, **fields}
+        # Unpaced: only the words matter here.
+        options: dict[str, object] = {"tokens_per_second": 100_000, **dict(body.pop("options", {}))}  # type: ignore[call-overload]
+        request = GenerationRequest.model_validate({**body, "options": options})
         return _run(SyntheticProvider(), request)[0]
 
     assert words(seed=1) == words(seed=1) != words(seed=2)
