@@ -83,7 +83,7 @@ def key_sizes(client: redis.Redis, generation_id: str, session_id: str) -> dict[
     """``MEMORY USAGE`` (every element counted) of each key of one generation, and of its session's streams."""
     pattern = keys.gen_meta(generation_id).removesuffix("meta") + "*"
     names = {name.rsplit(":", 1)[1]: name for name in client.scan_iter(match=pattern, count=1000)}
-    names["session index"] = keys.session_index(session_id)
+    names["session generations"] = keys.session_generations(session_id)
     names["session out"] = keys.session_out(session_id)
     sizes = {}
     for label, name in sorted(names.items()):

@@ -127,14 +127,20 @@ def work_stream_for(generation_id: str, shards: int) -> str:
     return streams[zlib.crc32(generation_id.encode()) % len(streams)]
 
 
+def session_generations(session_id: str) -> str:
+    """List of the ids of the generations started in a session, in order: a generation's place in it is its
+    ``session_n``. (A list keeps a few ids in a few hundred bytes; a stream takes a 4 KB node from its first entry.)"""
+    return f"llm:session:{{{session_id}}}:generations"
+
+
 def session_index(session_id: str) -> str:
-    """Stream of the generations started in a session, one entry each."""
+    """Stream of the generations of a session started before ``session_generations`` (read only: it expires)."""
     return f"llm:session:{{{session_id}}}"
 
 
 def session_out(session_id: str) -> str:
     """Stream of every client event of every generation in a session, in the order they were committed: each entry
-    points at the event in its generation's ``:out`` (``n``: the generation's place in the session index, ``i``: the
+    points at the event in its generation's ``:out`` (``n``: the generation's place in the session's list, ``i``: the
     event's ``:out`` id, ``e``: the event name unless ``token``)."""
     return f"llm:session:{{{session_id}}}:out"
 

@@ -244,7 +244,7 @@ return {2, index + count}
 # ``seq`` numbers), and no entry between that commit and the batch's first one is still pending (one delivered to
 # another consumer, e.g. a stale owner's last read, would be skipped for good). Otherwise it writes and
 # acknowledges nothing and returns -1: the consumer reloads its state and claims every pending entry, or lets go.
-# KEYS: out, raw, meta, text, cancel, lease, request, end [, session out, session index]
+# KEYS: out, raw, meta, text, cancel, lease, request, end [, session out, session generations]
 # ARGV: group, maxlen, retention_ms (0: not the end), window_ms, generation_id, session_n ('' : none), n_outs,
 #       n_acked, base ('' : none yet), end ('<event> <id> <data>' of the terminal event, or ''),
 #       then id, event, data, content of each out, then the acked ids, then meta field/value pairs.
@@ -322,10 +322,10 @@ return written
 
 # A submission on a single Redis, in one round trip: the model's circuit, the session's owner, the API key's cap on
 # running generations and the cap of its end user (the request's ``user``), then the generation stored (its record,
-# its request, its raw stream opened to the processors, its place in the session index, which ``:meta``
+# its request, its raw stream opened to the processors, its place in the session's list, which ``:meta``
 # ``session_n`` keeps) and its work entry (and the consumers' hint). Nothing is written when a check refuses.
-# KEYS: meta, raw, work, session index, session owner, circuit, running (a key never written when no cap), request,
-#       user running (the same when no cap)
+# KEYS: meta, raw, work, session generations (a list), session owner, circuit, running (a key never written when
+#       no cap), request, user running (the same when no cap)
 # ARGV: group, session_ttl_ms, index_ttl_ms, owner ('': the caller checked it), generation_id, now_ms, check_circuit,
 #       running_limit, running_expire_ms (of both caps), request, user_running_limit, then the meta field/value pairs.
 # Returns {'created'}, {'circuit_open'}, {'session_taken'}, {'too_many_running'} or {'user_too_many_running'}.
@@ -350,9 +350,9 @@ if user_limit > 0 then
   redis.call('ZADD', KEYS[9], now + tonumber(ARGV[9]), ARGV[5])
 end
 if limit > 0 then redis.call('ZADD', KEYS[7], now + tonumber(ARGV[9]), ARGV[5]) end
-redis.call('XADD', KEYS[4], '*', 'generation_id', ARGV[5])
+local place = redis.call('RPUSH', KEYS[4], ARGV[5]) - 1
 redis.call('PEXPIRE', KEYS[4], ARGV[3])
-redis.call('HSET', KEYS[1], 'session_n', redis.call('XLEN', KEYS[4]) - 1, unpack(ARGV, 12))
+redis.call('HSET', KEYS[1], 'session_n', place, unpack(ARGV, 12))
 redis.call('SET', KEYS[8], ARGV[10])
 redis.call('XGROUP', 'CREATE', KEYS[2], ARGV[1], '0', 'MKSTREAM')
 redis.call('XADD', KEYS[3], '*', 'generation_id', ARGV[5])

@@ -2,8 +2,9 @@
 
 A generation's events are kept once, in its ``:out`` stream. The session stream (``keys.session_out``) only
 records the order in which the events of its generations were committed: an entry ``n`` (the generation's
-place in the session index), ``i`` (the event's ``:out`` id) and ``e`` (its name, unless ``token``). A reader
-of the session gets each event with its data and ``generation_id``, under the session entry's id.
+place in the session's list of generations), ``i`` (the event's ``:out`` id) and ``e`` (its name, unless
+``token``). A reader of the session gets each event with its data and ``generation_id``, under the session
+entry's id.
 
 A generation whose events are no longer kept (its resume window passed while the session went on, or its
 stream was trimmed) is told as a ``reset`` with its whole text, at the first entry of it that is read, and its
@@ -16,7 +17,6 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any
 
 import orjson
 import redis
@@ -75,9 +75,8 @@ class SessionResolver:
             if known is not None and highest < len(known):
                 self._generations.move_to_end(key)
                 return known
-        index = key.removesuffix(":out")
-        entries: Any = self.client.xrange(index)
-        generations = [fields.get("generation_id", "") for _, fields in entries]
+        session = key.removesuffix(":out")
+        generations: list[str] = list(self.client.lrange(session + ":generations", 0, -1))  # type: ignore[arg-type]
         with self._lock:
             self._generations[key] = generations
             self._generations.move_to_end(key)

@@ -108,7 +108,7 @@ def submit(
         keys.gen_meta(gid),
         keys.gen_raw(gid),
         keys.work_stream_for(gid, work_shards),
-        keys.session_index(sid),
+        keys.session_generations(sid),
         keys.session_owner(sid),
         keys.model_circuit(new.model),
         running.key if running is not None else keys.gen_lease(gid),
@@ -176,10 +176,9 @@ def create_generation(
     pipe.execute()
     try:
         session = client.pipeline(transaction=True)  # one slot: the place in the session is the length after it
-        session.xadd(keys.session_index(session_id), {"generation_id": generation_id})
-        session.pexpire(keys.session_index(session_id), retention_ms * 2)
-        session.xlen(keys.session_index(session_id))
-        place = int(session.execute()[-1]) - 1
+        session.rpush(keys.session_generations(session_id), generation_id)
+        session.pexpire(keys.session_generations(session_id), retention_ms * 2)
+        place = int(session.execute()[0]) - 1
         client.hset(keys.gen_meta(generation_id), "session_n", place)
         _hand_over(client, work, generation_id)
     except (redis.RedisError, redis.exceptions.RedisClusterException):
@@ -277,19 +276,27 @@ def session_owner(client: redis.Redis, session_id: str) -> str | None:
     pipe = client.pipeline(transaction=False)
     pipe.get(keys.session_owner(session_id))
     pipe.xrange(keys.session_index(session_id), count=1)
-    owner, first = pipe.execute()
-    if not first:
+    pipe.lrange(keys.session_generations(session_id), 0, 0)
+    owner, first_before, first = pipe.execute()
+    first_id = first_before[0][1].get("generation_id", "") if first_before else (first[0] if first else None)
+    if first_id is None:
         return None
     if owner is not None:
         return str(owner)
-    meta = load_meta(client, first[0][1].get("generation_id", ""))
+    meta = load_meta(client, first_id)
     return meta.get("owner") or meta.get("api_key") or ""
 
 
 def session_generation_ids(client: redis.Redis, session_id: str, limit: int) -> list[str]:
-    """The ids of a session's generations, newest first (at most ``limit``)."""
-    entries: Any = client.xrevrange(keys.session_index(session_id), count=limit)
-    return [fields["generation_id"] for _, fields in entries if fields.get("generation_id")]
+    """The ids of a session's generations, newest first (at most ``limit``): its list, then the stream of those
+    started before the list existed."""
+    pipe = client.pipeline(transaction=False)
+    pipe.lrange(keys.session_generations(session_id), -limit, -1)
+    pipe.xrevrange(keys.session_index(session_id), count=limit)
+    newest, before = pipe.execute()
+    ids = [str(gid) for gid in reversed(newest)]
+    ids += [fields["generation_id"] for _, fields in before if fields.get("generation_id")]
+    return ids[:limit]
 
 
 def load_meta(client: redis.Redis, generation_id: str) -> dict[str, str]:

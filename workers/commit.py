@@ -224,7 +224,7 @@ class Committer:
                 pipe.zrem(keys.user_running(gen.api_key, gen.user), gen.generation_id)
             if gen.session_id and self.cluster:
                 pipe.pexpire(keys.session_out(gen.session_id), self.settings.resume_window_ms)
-                pipe.pexpire(keys.session_index(gen.session_id), retention_ms * 2)
+                pipe.pexpire(keys.session_generations(gen.session_id), retention_ms * 2)
         if len(pipe):
             self.check("(end of generations)", pipe.execute(raise_on_error=False))
 
@@ -242,5 +242,5 @@ def _commit_keys(generation_id: str, session_id: str) -> list[str]:
         keys.gen_end(generation_id),
     ]
     if session_id:
-        commit_keys += [keys.session_out(session_id), keys.session_index(session_id)]
+        commit_keys += [keys.session_out(session_id), keys.session_generations(session_id)]
     return commit_keys

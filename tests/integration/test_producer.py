@@ -31,7 +31,8 @@ def test_creating_a_generation_queues_it_for_the_processors(r: redis.Redis, sett
     assert r.hget(keys.gen_meta("gen_1"), "status") == "queued"
     assert [g["name"] for g in r.xinfo_groups(keys.gen_raw("gen_1"))] == [settings.redis_consumer_group]
     assert [f["generation_id"] for _, f in r.xrange(keys.WORK_STREAM)] == ["gen_1"]
-    assert [f["generation_id"] for _, f in r.xrange(keys.session_index("s1"))] == ["gen_1"]
+    assert r.lrange(keys.session_generations("s1"), 0, -1) == ["gen_1"]
+    assert r.hget(keys.gen_meta("gen_1"), "session_n") == "0"
 
 
 def test_a_second_attempt_is_refused_while_the_first_holds_its_lease(r: redis.Redis, settings: Settings) -> None:

@@ -30,6 +30,7 @@ def test_every_key_of_a_generation_shares_one_cluster_slot() -> None:
 
 def test_session_keys_share_one_slot_and_generation_id_is_recovered_from_a_key() -> None:
     assert key_slot(keys.session_index("s1").encode()) == key_slot(keys.session_out("s1").encode())
+    assert key_slot(keys.session_generations("s1").encode()) == key_slot(keys.session_out("s1").encode())
     assert key_slot(keys.session_copied("s1").encode()) == key_slot(keys.session_out("s1").encode())
     assert keys.generation_id_from_key(keys.gen_raw("gen_x.y:z")) == "gen_x.y:z"
 

@@ -17,9 +17,13 @@ from bridge.settings import Settings
 TTL_MS = 60_000
 
 
-def _generation(client: fakeredis.FakeRedis, gid: str, session: str, **meta: str) -> None:
+def _generation(client: fakeredis.FakeRedis, gid: str, session: str, indexed: bool = False, **meta: str) -> None:
+    """A generation of ``session``; ``indexed``: listed as earlier versions did, in the session's index stream."""
     client.hset(keys.gen_meta(gid), mapping={"session_id": session, "request": orjson.dumps({}), **meta})
-    client.xadd(keys.session_index(session), {"generation_id": gid})
+    if indexed:
+        client.xadd(keys.session_index(session), {"generation_id": gid})
+    else:
+        client.rpush(keys.session_generations(session), gid)
 
 
 def test_the_first_key_to_use_a_session_owns_it(fake_redis: fakeredis.FakeRedis) -> None:
@@ -59,6 +63,20 @@ def test_a_session_from_before_owners_belongs_to_its_first_generations_owner(
     _generation(fake_redis, "gen_2", "s1", owner="someone-later")
     assert streams.session_owner(fake_redis, "s1") == owner
     assert owner_of(meta) == owner
+
+
+def test_a_session_indexed_by_an_earlier_version_keeps_its_owner_and_lists_its_generations_after_newer_ones(
+    fake_redis: fakeredis.FakeRedis,
+) -> None:
+    # Given a session whose first two generations an earlier version indexed in a stream
+    _generation(fake_redis, "gen_1", "s1", indexed=True, owner="app-a")
+    _generation(fake_redis, "gen_2", "s1", indexed=True, owner="app-a")
+    # When a generation is added to it now
+    _generation(fake_redis, "gen_3", "s1", owner="app-b")
+    # Then the first generation still decides the owner, and all three are listed, newest first
+    assert streams.session_owner(fake_redis, "s1") == "app-a"
+    assert streams.session_generation_ids(fake_redis, "s1", limit=10) == ["gen_3", "gen_2", "gen_1"]
+    assert streams.session_generation_ids(fake_redis, "s1", limit=2) == ["gen_3", "gen_2"]
 
 
 APP_A = Principal("api_key", name="a-1", owner="app-a", scope="full")
