@@ -17,7 +17,7 @@ from app import metrics
 from app.hub import id_after
 from app.services import Services, services
 from app.streaming import GapHandler, follow
-from bridge import keys, streams
+from bridge import ends, keys, streams
 from bridge.events import FINISHED_STATUSES, ClientEvent, EventType
 
 logger = logging.getLogger(__name__)
@@ -159,8 +159,10 @@ def _after_window(client: redis.Redis, generation_id: str) -> list[ClientEvent]:
     (nothing for a generation that has no event yet)."""
     pipe = client.pipeline(transaction=False)
     pipe.get(keys.gen_end(generation_id))
+    pipe.hmget(keys.gen_meta(generation_id), ends.FIELDS)
     pipe.get(keys.gen_text(generation_id))
-    end, text = pipe.execute()
+    kept, fields, text = pipe.execute()
+    end = ends.read(kept, fields)
     if not end:
         return []
     name, last_id, data = str(end).split(" ", 2)

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import orjson
 import redis
 
-from bridge import keys
+from bridge import ends, keys
 from bridge.events import TERMINAL_EVENTS, ClientEvent
 
 # Sessions whose list of generations a resolver keeps (the newest used).
@@ -107,9 +107,11 @@ class SessionResolver:
             for gid in gone:
                 pipe.get(keys.gen_text(gid))
                 pipe.get(keys.gen_end(gid))
+                pipe.hmget(keys.gen_meta(gid), ends.FIELDS)
             records = pipe.execute()
             for index, gid in enumerate(gone):
-                kept[gid] = _Kept(kept[gid].events, records[2 * index], records[2 * index + 1])
+                text, end, fields = records[3 * index : 3 * index + 3]
+                kept[gid] = _Kept(kept[gid].events, text, ends.read(end, fields))
         return kept
 
 

@@ -15,7 +15,7 @@ from typing import Any
 import orjson
 import redis
 
-from bridge import keys, scripts
+from bridge import ends, keys, scripts
 from bridge.cluster import MOVING
 from bridge.connections import UNAVAILABLE
 from bridge.events import Event, EventType
@@ -188,17 +188,22 @@ class Committer:
         retention_ms = settings.redis_stream_retention_ms if batch.terminal is not None else 0
         args: list[Any] = [self.group, settings.redis_stream_max_length, retention_ms, settings.resume_window_ms]
         args += [gen.generation_id, gen.session_n, len(batch.outs), len(batch.acked), batch.base]
-        # The terminal event as readers get it, kept with the record: '<event> <id> <data>'.
+        # The terminal event as readers get it, kept with the record: '<event> <id> <data>' in ``:end``, or only
+        # its name and id in ``:meta`` when the record's fields give back the rest (``bridge.ends``).
+        gen.meta_updates["seq"] = gen.seq
         if batch.terminal is not None and batch.outs:
             entry_id, terminal = batch.outs[-1]
-            args.append(f"{terminal.type} {entry_id} {orjson.dumps(terminal.data).decode()}")
+            line = f"{terminal.type} {entry_id} {orjson.dumps(terminal.data).decode()}"
+            short = ends.short_form(line, gen.meta_updates)
+            if short is not None:
+                gen.meta_updates["end"] = short
+            args.append("" if short is not None else line)
         else:
             args.append("")
         for entry_id, out in batch.outs:
             content = out.data.get("content", "") if out.type == _TOKEN else ""
             args.extend((entry_id, out.type, orjson.dumps(out.data), content if isinstance(content, str) else ""))
         args.extend(batch.acked)
-        gen.meta_updates["seq"] = gen.seq
         for item in gen.meta_updates.items():
             args.extend(item)
         if not batch.owned.commit_keys:

@@ -80,6 +80,25 @@ def test_after_the_window_a_reader_gets_a_reset_with_the_whole_text_then_the_ter
     assert (record["status"], record["text"]) == ("completed", WORDS)
 
 
+def test_after_the_window_a_failed_generation_gives_its_error_as_sent(stack: Stack) -> None:
+    # Given a generation that failed after two tokens, whose resume window has passed
+    generation = stack.create(
+        model="synthetic", prompt="fail", max_tokens=5, options={"fail_after_tokens": 2, "tokens_per_second": 1000}
+    )
+    events = [(e.id, e.event, e.data) for e in stack.events(generation).events]
+    assert events[-1][1] == "error"
+    _gone(stack, str(generation["id"]))
+    text = "".join(str(data["content"]) for _, event, data in events if event == "token")
+    # When a reader comes without a cursor
+    got = stack.events(generation).events
+    # Then it gets the reset with the text, then the error exactly as first sent
+    assert [(e.event, e.data) for e in got] == [
+        ("reset", {"reason": "cursor_trimmed", "text": text, "next_seq": events[-1][2]["seq"]}),
+        ("error", events[-1][2]),
+    ]
+    assert got[-1].id == events[-1][0]
+
+
 def test_a_session_reader_after_a_generations_window_gets_its_reset_and_the_others_whole(stack: Stack) -> None:
     # Given a session whose first generation's window passed while a second, slower one ran (it keeps the session)
     first, _ = _finished(stack, session_id="window-session")

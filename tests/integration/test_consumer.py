@@ -10,7 +10,7 @@ import orjson
 import pytest
 import redis
 
-from bridge import keys, scripts, streams
+from bridge import ends, keys, scripts, streams
 from bridge.events import ClientEvent, Event, decode_out
 from bridge.producer import GenerationWriter
 from bridge.sessions import SessionResolver
@@ -75,9 +75,31 @@ def test_a_generation_flows_from_raw_to_out_with_the_same_ids_and_contiguous_seq
     assert r.xlen(keys.WORK_STREAM) == 0
     window, retention = settings.resume_window_ms, settings.redis_stream_retention_ms
     assert 0 < r.pttl(keys.gen_out(gid)) <= window and 0 < r.pttl(keys.gen_request(gid)) <= window
-    assert all(window < r.pttl(k) <= retention for k in (keys.gen_meta(gid), keys.gen_text(gid), keys.gen_end(gid)))
-    assert r.get(keys.gen_end(gid)) == f"done {out[-1][0]} " + orjson.dumps(out[-1][2]).decode()
+    assert all(window < r.pttl(k) <= retention for k in (keys.gen_meta(gid), keys.gen_text(gid)))
+    # And the terminal event is kept as readers got it: a plain done as its name and id in the record, rebuilt whole
+    line = f"done {out[-1][0]} " + orjson.dumps(out[-1][2]).decode()
+    assert meta["end"] == f"done {out[-1][0]}" and not r.exists(keys.gen_end(gid))
+    assert ends.read(r.get(keys.gen_end(gid)), r.hmget(keys.gen_meta(gid), ends.FIELDS)) == line
     assert gid not in worker.owned
+
+
+def test_an_end_the_record_cannot_give_back_is_kept_whole_for_the_retention(r: redis.Redis, settings: Settings) -> None:
+    # Given a generation that ends with an error, and one whose done carries more than the record holds
+    failed, extra = new_generation(r, settings, "gen_failed"), new_generation(r, settings, "gen_extra")
+    writer = _write_tokens(r, failed, ["one "], finish=False)
+    writer.write([("error", {"code": "provider_error", "message": "upstream said no"})])
+    writer = _write_tokens(r, extra, ["one "], finish=False)
+    writer.write([("done", {"finish_reason": "stop", "usage": {"prompt_tokens": 1, "completion_tokens": 1}, "x": 1})])
+    # When a consumer commits them
+    worker = _worker(r, settings)
+    wait_for(lambda: _finished(r, failed)() and _finished(r, extra)(), step=lambda: worker.run_once(block_ms=50))
+    # Then each terminal event is kept whole in :end, as readers got it, for the retention period
+    for gid in (failed, extra):
+        out = _out(r, gid)
+        line = f"{out[-1][1]} {out[-1][0]} " + orjson.dumps(out[-1][2]).decode()
+        assert r.get(keys.gen_end(gid)) == line and r.hget(keys.gen_meta(gid), "end") is None
+        assert ends.read(r.get(keys.gen_end(gid)), r.hmget(keys.gen_meta(gid), ends.FIELDS)) == line
+        assert settings.resume_window_ms < r.pttl(keys.gen_end(gid)) <= settings.redis_stream_retention_ms
 
 
 def test_session_stream_carries_events_of_every_generation_with_their_id(r: redis.Redis, settings: Settings) -> None:
