@@ -2,16 +2,66 @@
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge, Histogram
+from bisect import bisect_left
+from collections.abc import Iterator
+
+from prometheus_client import REGISTRY, Counter, Gauge, Histogram
+from prometheus_client.metrics_core import HistogramMetricFamily, Metric
+from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
+
+
+class Timings:
+    """One processor's seconds per event: counts per bucket and their sum. Only the consumer's processing thread adds
+    to them, so they take no lock (a ``Histogram`` takes two per observation: some 10 % of the consumer's CPU at 300
+    streams); a scrape, from another thread, may see an event in a bucket before it is in the sum."""
+
+    __slots__ = ("bounds", "counts", "total")
+
+    def __init__(self, bounds: tuple[float, ...]) -> None:
+        self.bounds = bounds
+        self.counts = [0] * (len(bounds) + 1)  # the last one: +Inf
+        self.total = 0.0
+
+    def observe(self, seconds: float) -> None:
+        self.counts[bisect_left(self.bounds, seconds)] += 1  # the first bucket whose bound is >= seconds (le)
+        self.total += seconds
+
+
+class TimingsHistogram(Collector):
+    """A histogram with one label, exposed like a ``Histogram`` and fed by ``Timings`` (one per label value)."""
+
+    def __init__(self, name: str, documentation: str, label: str, buckets: tuple[float, ...]) -> None:
+        self.name, self.documentation, self.label, self.buckets = name, documentation, label, buckets
+        self._children: dict[str, Timings] = {}
+
+    def labels(self, value: str) -> Timings:
+        return self._children.setdefault(value, Timings(self.buckets))
+
+    def describe(self) -> list[Metric]:
+        return [HistogramMetricFamily(self.name, self.documentation, labels=[self.label])]
+
+    def collect(self) -> Iterator[Metric]:
+        family = HistogramMetricFamily(self.name, self.documentation, labels=[self.label])
+        bounds = [floatToGoString(bound) for bound in self.buckets] + ["+Inf"]  # type: ignore[no-untyped-call]
+        for value, timings in list(self._children.items()):
+            cumulative, buckets = 0, []
+            for bound, count in zip(bounds, list(timings.counts), strict=True):
+                cumulative += count
+                buckets.append((bound, cumulative))
+            family.add_metric([value], buckets, sum_value=timings.total)
+        yield family
+
 
 ENTRIES = Counter("tokenbridge_consumer_entries_total", "Raw entries committed to :out (or dropped)")
 PROCESSOR_ERRORS = Counter("tokenbridge_processor_errors_total", "Processor failures", ["processor"])
-PROCESSOR_SECONDS = Histogram(
+PROCESSOR_SECONDS = TimingsHistogram(
     "tokenbridge_processor_seconds",
     "Time a processor spent on one event",
-    ["processor"],
+    "processor",
     buckets=(0.00001, 0.00005, 0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1),
 )
+REGISTRY.register(PROCESSOR_SECONDS)
 TAKEOVERS = Counter("tokenbridge_consumer_takeovers_total", "Generations taken over from an idle consumer")
 REFUSED_COMMITS = Counter(
     "tokenbridge_consumer_refused_commits_total",

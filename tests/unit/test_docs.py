@@ -71,6 +71,8 @@ def _defined_metrics() -> dict[str, str]:
 
     from prometheus_client.metrics import MetricWrapperBase
 
+    from workers.metrics import TimingsHistogram
+
     metrics = {}
     for package in ("app", "bridge", "workers", "tasks"):
         for module_info in pkgutil.walk_packages([str(ROOT / package)], prefix=f"{package}."):
@@ -78,7 +80,7 @@ def _defined_metrics() -> dict[str, str]:
                 continue
             module = importlib.import_module(module_info.name)
             for value in vars(module).values():
-                if isinstance(value, MetricWrapperBase):
+                if isinstance(value, MetricWrapperBase | TimingsHistogram):
                     family = value.describe()[0]
                     suffix = "_total" if family.type == "counter" else ""
                     metrics[family.name + suffix] = family.type

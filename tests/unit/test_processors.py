@@ -4,10 +4,11 @@ import logging
 
 import fakeredis
 import pytest
-from prometheus_client import REGISTRY
+from prometheus_client import REGISTRY, generate_latest
 
 from bridge import keys
 from bridge.events import Event
+from workers.metrics import PROCESSOR_SECONDS
 from workers.processors import (
     AnalyticsProcessor,
     Chain,
@@ -170,3 +171,22 @@ def test_analytics_keeps_only_the_latest_samples(fake_redis: fakeredis.FakeRedis
     analytics.flush()
     assert fake_redis.lrange(f"{keys.stats('echo')}:ttft_ms", 0, -1) == ["400.0", "300.0", "200.0"]
     assert fake_redis.llen(f"{keys.stats('echo')}:tokens_per_s") == 3
+
+
+def test_processor_seconds_scrape_as_a_histogram_with_cumulative_buckets() -> None:
+    # Given a processor that took 20 µs, 0.2 ms and 2 s on three events
+    timings = PROCESSOR_SECONDS.labels("scrape-test")
+    for seconds in (0.00002, 0.0002, 2.0):
+        timings.observe(seconds)
+
+    # When Prometheus scrapes the consumer
+    def sample(suffix: str, **labels: str) -> float | None:
+        return REGISTRY.get_sample_value(
+            f"tokenbridge_processor_seconds{suffix}", {"processor": "scrape-test", **labels}
+        )
+
+    # Then the buckets count every event at or under their bound, +Inf all of them, with their count and sum
+    assert [sample("_bucket", le=le) for le in ("1e-05", "5e-05", "0.0005", "0.1", "+Inf")] == [0, 1, 2, 2, 3]
+    assert sample("_count") == 3 and sample("_sum") == pytest.approx(2.00022)
+    # And the exposition is a histogram's
+    assert "# TYPE tokenbridge_processor_seconds histogram" in generate_latest(REGISTRY).decode()
