@@ -461,7 +461,8 @@ def _flower_cost(profiles: Path, rows: list[dict[str, Any]]) -> str:
 
 
 def _table(ours: list[dict[str, Any]], baseline: list[dict[str, Any]]) -> str:
-    columns = ["streams", "system", "p50 ms", "p90 ms", "p99 ms", "max ms", "delivered / expected", "gaps", "dups"]
+    columns = ["streams", "system", "p50 ms", "p90 ms", "p99 ms", "max ms", "p99 ms after 1 s"]
+    columns += ["delivered / expected", "gaps", "dups"]
     columns += ["tokens/s", "load CPU s", "web RSS MB", "Redis conns (web)"]
     lines = ["| " + " | ".join(columns) + " |", "|" + "|".join(" --- " for _ in columns) + "|"]
     # Both systems' rows of each step side by side; a run of one system alone keeps all of its rows.
@@ -471,6 +472,7 @@ def _table(ours: list[dict[str, Any]], baseline: list[dict[str, Any]]) -> str:
         name = "tokenbridge" if row["system"] == "ours" else "Flask-SSE"
         lines.append(
             f"| {row['streams']} | {name} | {lat['p50']} | {lat['p90']} | {lat['p99']} | {lat['max']} | "
+            f"{row.get('latency_ms_after_first_second', {}).get('p99', '')} | "
             f"{row['delivered']} / {row['expected']} | {row['gaps']} | {row['duplicates']} | {throughput:.0f} | "
             f"{row['client_cpu_s']:.1f} | {row['rss_mb'].get('web')} | {row['redis_connections_web']} |"
         )

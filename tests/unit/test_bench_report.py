@@ -16,6 +16,7 @@ def _row(system: str) -> dict[str, object]:
         "system": system,
         "streams": 300,
         "latency_ms": {"p50": 1, "p90": 2, "p99": 3, "max": 4},
+        "latency_ms_after_first_second": {"p50": 1, "p99": 2},
         "delivered": 10,
         "expected": 10,
         "gaps": 0,
@@ -31,7 +32,14 @@ def _row(system: str) -> dict[str, object]:
 def test_a_run_of_one_system_keeps_its_rows() -> None:
     table = _table([_row("ours")], [])
 
-    assert "| 300 | tokenbridge | 1 | 2 | 3 | 4 | 10 / 10 |" in table
+    assert "| 300 | tokenbridge | 1 | 2 | 3 | 4 | 2 | 10 / 10 |" in table
+
+
+def test_a_row_of_an_earlier_run_has_no_figure_after_the_first_second() -> None:
+    row = _row("ours")
+    del row["latency_ms_after_first_second"]
+
+    assert "| 300 | tokenbridge | 1 | 2 | 3 | 4 |  | 10 / 10 |" in _table([row], [])
 
 
 def test_the_flower_share_counts_cpu_not_waits(tmp_path: Path) -> None:
