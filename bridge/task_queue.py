@@ -1,5 +1,6 @@
 """The generation task queue as every process sees it: the Celery options of an app that only sends, the
-broker's transport options, and sending one generation task (no Celery import here: ``celery`` is passed in)."""
+broker's transport (``bridge.broker``) and its options, and sending one generation task (no Celery import here:
+``celery`` is passed in)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import ssl
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
+from bridge.broker import transport_for
 from bridge.constants import GENERATE_TASK, GENERATION_QUEUE
 from bridge.settings import Settings
 
@@ -21,14 +23,21 @@ _CERT_REQS = {
 _SSL_PATHS = ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile")
 
 
+# No result backend: Celery's stand-in (DisabledBackend) shared by every greenlet of a process. Unshared, each
+# greenlet (a request in web, a task in the worker) builds its own, reading a dozen settings: some 190 µs each.
+SHARED_BACKEND: dict[str, Any] = {"result_backend_thread_safe": True}
+
+
 def celery_client_options(settings: Settings) -> dict[str, Any]:
     """Options of a Celery app that only sends generation tasks (web, consumer supervisor)."""
     return {
         "task_serializer": "json",
         "accept_content": ["json"],
         "task_ignore_result": True,
+        **SHARED_BACKEND,
         "broker_connection_retry_on_startup": True,
         "broker_transport_options": broker_transport_options(settings),
+        **transport_for(settings.broker_url),
         # Read by monitors only (Flower): off unless asked for, since it costs a broker round trip per generation.
         "task_send_sent_event": settings.celery_sent_events,
         **broker_ssl_options(settings),

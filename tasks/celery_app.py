@@ -9,13 +9,14 @@ from celery import Celery, current_app
 from celery.signals import setup_logging, worker_init
 from prometheus_client import start_http_server
 
+from bridge.broker import transport_for
 from bridge.connections import UNAVAILABLE, close, redis_client, require_redis_version
 from bridge.constants import GENERATE_TASK, GENERATION_QUEUE
 from bridge.errors import RedisVersionError
 from bridge.logs import configure_logging
 from bridge.models import load_registry
 from bridge.settings import Settings
-from bridge.task_queue import broker_ssl_options, broker_transport_options
+from bridge.task_queue import SHARED_BACKEND, broker_ssl_options, broker_transport_options
 
 
 def create_celery(settings: Settings) -> Celery:
@@ -36,7 +37,9 @@ def create_celery(settings: Settings) -> Celery:
         task_routes={GENERATE_TASK: {"queue": GENERATION_QUEUE}},
         broker_connection_retry_on_startup=True,
         broker_transport_options=broker_transport_options(settings),
+        **transport_for(settings.broker_url),
         # No result backend (task_ignore_result): the broker is the only Redis Celery connects to.
+        **SHARED_BACKEND,
         **broker_ssl_options(settings),
         worker_hijack_root_logger=False,
         # Task events only while a monitor reads them: Flower turns them on (``enable_events``) every few seconds.
