@@ -51,7 +51,7 @@ def py_spy() -> str | None:
 
 
 def start_profiles(
-    pids: dict[str, int], directory: Path, *, duration_s: float, rate_hz: int = 50
+    pids: dict[str, int], directory: Path, *, duration_s: float, rate_hz: int = 200
 ) -> list[subprocess.Popen[bytes]]:
     """Start one py-spy per process (raw collapsed stacks into ``directory/<name>.txt``); returns them to wait on."""
     executable = py_spy()
