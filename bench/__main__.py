@@ -212,10 +212,15 @@ def run_ours(
     profiles: Path,
     plan: Plan,
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """The costs the plan asks for, then the load levels, on one stack; Redis memory on a stack of its own."""
+    """The load levels on a fresh stack (as Flask-SSE's are), then the costs the plan asks for on another, and Redis
+    memory on a third: what one part leaves in Redis (answers kept for the resume window, the AOF they grew) would
+    weigh on the next one's Redis CPU."""
     rows: list[dict[str, Any]] = []
     extra: dict[str, Any] = {}
-    if any(plan.wants(part) for part in ("latency", "generations", "burst", "ws", "upstream")):
+    if plan.wants("latency"):
+        with _running("bench-logs", {}) as stack:
+            rows = _latency(stack, levels, rate, tokens, idle, profile_at, long_tokens, profiles, extra)
+    if any(plan.wants(part) for part in ("generations", "burst", "ws", "upstream")):
         with ExitStack() as context:
             upstream: TlsUpstream | None = None
             env: dict[str, str] = {}
@@ -223,10 +228,8 @@ def run_ours(
             if plan.wants("upstream"):
                 directory = Path(context.enter_context(tempfile.TemporaryDirectory(prefix="bench-upstream-")))
                 upstream, env, worker_env = context.enter_context(tls_upstream(directory))
-            stack = context.enter_context(_running("bench-logs", env, worker_env))
+            stack = context.enter_context(_running("bench-costs-logs", env, worker_env))
             extra.update(_costs(stack, plan, upstream))
-            if plan.wants("latency"):
-                rows = _latency(stack, levels, rate, tokens, idle, profile_at, long_tokens, profiles, extra)
     if plan.wants("memory"):
         print(f"  tokenbridge: Redis memory, {plan.memory_answers} answers x {plan.memory_tokens} tokens …", flush=True)
         window_ms = str(int(plan.resume_window_s * 1000))
