@@ -21,8 +21,8 @@ keeps nothing in Redis and calls no model), each part in its own module:
   from each POST's start.
 - ``ws`` (bench/ws.py): BENCH_WS_READERS (150) readers x BENCH_WS_TOKENS (100) tokens at 20 tokens/s, read over
   SSE and then over WebSocket: the web worker's CPU per delivered event. Target: WebSocket ≤ 1.2 x SSE.
-- ``memory`` (bench/memory.py, on a stack of its own): BENCH_MEMORY_ANSWERS (100) answers x BENCH_MEMORY_TOKENS
-  (200) unpaced tokens in BENCH_MEMORY_SESSIONS (20) sessions: Redis ``used_memory`` per token right after, and
+- ``memory`` (bench/memory.py, on a stack of its own): BENCH_MEMORY_ANSWERS (500) answers x BENCH_MEMORY_TOKENS
+  (200) unpaced tokens in BENCH_MEMORY_SESSIONS (100) sessions: Redis ``used_memory`` per token right after, and
   BENCH_RESUME_WINDOW_S (5; passed to the stack as REDIS_RESUME_WINDOW_MS) + 3 s later; MEMORY USAGE of one
   answer's keys. Targets: ≤ 150 bytes per token right after; after the window ≤ the text + 1 KB per answer.
 - ``upstream`` (bench/upstream_tls.py): BENCH_UPSTREAM_GENERATIONS (50) generations, 2 at a time, of a local

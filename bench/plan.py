@@ -18,9 +18,9 @@ class Plan:
     burst: int = 1000
     ws_readers: int = 150
     ws_tokens: int = 100
-    memory_answers: int = 100
+    memory_answers: int = 500
     memory_tokens: int = 200
-    memory_sessions: int = 20
+    memory_sessions: int = 100
     resume_window_s: float = 5.0
     upstream_generations: int = 50
 
