@@ -47,9 +47,11 @@ def post_worker_init(worker: Any) -> None:
     import gevent
 
     from app.gunicorn_errors import answer_in_json
+    from bridge.startup import freeze_startup_objects
 
     # What gunicorn refuses itself (a request line over limit_request_line: 414, ...) is answered in JSON, not HTML.
     answer_in_json(worker)
+    freeze_startup_objects()  # the app is loaded: no later collection scans it
     idle = track_idle_connections(worker)
 
     def end_streams_on_shutdown() -> None:

@@ -6,7 +6,7 @@ import logging
 from typing import Any
 
 from celery import Celery, current_app
-from celery.signals import setup_logging, worker_init
+from celery.signals import setup_logging, worker_init, worker_ready
 from prometheus_client import start_http_server
 
 from bridge.broker import transport_for
@@ -16,6 +16,7 @@ from bridge.errors import RedisVersionError
 from bridge.logs import configure_logging
 from bridge.models import load_registry
 from bridge.settings import Settings
+from bridge.startup import freeze_startup_objects
 from bridge.task_queue import SHARED_BACKEND, broker_ssl_options, broker_transport_options
 
 
@@ -86,6 +87,11 @@ def _serve_metrics(sender: Any = None, **_: Any) -> None:
     port = _settings_of(getattr(sender, "app", None)).worker_metrics_port
     if port:
         start_http_server(port)
+
+
+@worker_ready.connect
+def _freeze_startup_objects(**_: Any) -> None:
+    freeze_startup_objects()
 
 
 @setup_logging.connect

@@ -10,6 +10,7 @@ from prometheus_client import start_http_server
 from bridge.connections import redis_client, require_redis_version
 from bridge.logs import configure_logging
 from bridge.settings import Settings
+from bridge.startup import freeze_startup_objects
 from bridge.task_queue import celery_client_options, send_generation, waiting_tasks
 from workers.celery_events import CeleryEvents
 from workers.consumer import ConsumerWorker, default_consumer_name
@@ -40,6 +41,7 @@ def main() -> None:
         logging.getLogger(__name__).warning(problem)
     if settings.consumer_metrics_port:
         start_http_server(settings.consumer_metrics_port)
+    freeze_startup_objects()
     worker.run()
 
 
