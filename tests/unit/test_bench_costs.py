@@ -87,14 +87,41 @@ def test_pipeline_cpu_is_met_at_no_more_than_the_peers() -> None:
     assert report.pipeline_cpu_line(_row("ours", pipeline=115), _row("baseline", pipeline=115)).endswith(": met")
     line = report.pipeline_cpu_line(_row("ours", pipeline=593), _row("baseline", pipeline=115))
     assert "tokenbridge 593 µs, Flask-SSE 115 µs" in line
-    assert line.endswith(": MISSED")
+    assert ": MISSED (measured cause: " in line
+
+
+def test_a_missed_target_says_where_the_difference_is() -> None:
+    # CPU: process by process against the peer's
+    ours, peer = _row("ours", pipeline=246), _row("baseline", pipeline=147)
+    ours["cpu_us_per_token"].update(web=73, worker=44, consumer=55, redis=74)
+    peer["cpu_us_per_token"].update(web=123, publisher=15, redis=10)
+    assert report.pipeline_cpu_line(ours, peer).endswith(
+        "(measured cause: worker and consumer 99 µs where Flask-SSE's publisher spends 15, Redis 74 against its 10; "
+        "web 73 against its 123)"
+    )
+    # p99: the tokens after each stream's first second, against the whole step's
+    ours, peer = _row("ours", p99=160), _row("baseline", p99=55)
+    ours[report.AFTER_FIRST_SECOND], peer[report.AFTER_FIRST_SECOND] = {"p99": 28}, {"p99": 46}
+    assert report.latency_line(ours, peer).endswith(
+        ": MISSED (measured cause: each stream's tokens after its first second have p99 28 ms, Flask-SSE's 46 ms: "
+        "the tail is the step's starts)"
+    )
+    # capacity: what it would be by that p99
+    steps = [_row("ours", streams=100, p99=50), _row("ours", streams=300, p99=160)]
+    steps[0][report.AFTER_FIRST_SECOND], steps[1][report.AFTER_FIRST_SECOND] = {"p99": 10}, {"p99": 28}
+    peers = [_row("baseline", streams=300, p99=55)]
+    peers[0][report.AFTER_FIRST_SECOND] = {"p99": 46}
+    assert report.capacity_line(steps, peers).endswith(
+        "(measured cause: by the p99 of each stream's tokens after its first second, tokenbridge 300 streams, "
+        "Flask-SSE 300)"
+    )
 
 
 def test_latency_at_300_streams_is_judged_against_the_peers_p99() -> None:
     peer = _row("baseline", p99=35)
     # 1.5 x 35 = 52.5
     assert report.latency_line(_row("ours", p50=15, p99=52.5), peer).endswith(": met")
-    assert report.latency_line(_row("ours", p50=15, p99=53), peer).endswith(": MISSED")
+    assert report.latency_line(_row("ours", p50=15, p99=53), peer).endswith(": MISSED")  # no figure after 1 s
     assert report.latency_line(_row("ours", p50=16, p99=20), peer).endswith(": MISSED")
     assert report.latency_line(_row("ours"), None).endswith(": not judged")
 
