@@ -8,15 +8,14 @@ threads and greenlets (each command takes a connection from the pool), so a chan
 when kombu replaces the channel's pool (after a connection error). The clients of kombu's event loop (``BRPOP``,
 the fanout subscription) are built as before.
 
-Celery takes the transport from ``broker_transport`` (``transport_for``): a class path is used as it is and the URL
-still gives the host, port, database, password and TLS.
+Every process that talks to a Redis broker calls ``use_shared_clients`` when it configures Celery.
 """
 
 from __future__ import annotations
 
 from typing import Any
-from urllib.parse import urlsplit
 
+import kombu.transport
 import redis
 from kombu.transport import redis as kombu_redis
 
@@ -58,8 +57,12 @@ _TRANSPORTS = {
 }
 
 
-def transport_for(broker_url: str) -> dict[str, Any]:
-    """``broker_transport`` for a Redis broker (``redis://``, ``rediss://``, ``sentinel://``); nothing for any other
-    (RabbitMQ's ``amqp://`` keeps its own transport)."""
-    transport = _TRANSPORTS.get(urlsplit(broker_url).scheme)
-    return {"broker_transport": transport} if transport else {}
+def use_shared_clients() -> None:
+    """Make these kombu's transports for ``redis://``, ``rediss://`` and ``sentinel://`` brokers in this process
+    (kombu's table of transport aliases), before any connection is made. By alias rather than Celery's
+    ``broker_transport``: a connection still calls itself ``redis://…`` (Flower reads the scheme of
+    ``Connection.as_uri`` to show the broker's queues). Other brokers (RabbitMQ's ``amqp://``) are left alone."""
+    kombu.transport.TRANSPORT_ALIASES.update(_TRANSPORTS)
+    resolved: dict[str, Any] = getattr(kombu.transport, "_transport_cache", {})
+    for alias in _TRANSPORTS:  # kombu keeps each alias's class once resolved
+        resolved.pop(alias, None)

@@ -8,7 +8,7 @@ import ssl
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
-from bridge.broker import transport_for
+from bridge.broker import use_shared_clients
 from bridge.constants import GENERATE_TASK, GENERATION_QUEUE
 from bridge.settings import Settings
 
@@ -30,6 +30,7 @@ SHARED_BACKEND: dict[str, Any] = {"result_backend_thread_safe": True}
 
 def celery_client_options(settings: Settings) -> dict[str, Any]:
     """Options of a Celery app that only sends generation tasks (web, consumer supervisor)."""
+    use_shared_clients()
     return {
         "task_serializer": "json",
         "accept_content": ["json"],
@@ -37,7 +38,6 @@ def celery_client_options(settings: Settings) -> dict[str, Any]:
         **SHARED_BACKEND,
         "broker_connection_retry_on_startup": True,
         "broker_transport_options": broker_transport_options(settings),
-        **transport_for(settings.broker_url),
         # Read by monitors only (Flower): off unless asked for, since it costs a broker round trip per generation.
         "task_send_sent_event": settings.celery_sent_events,
         **broker_ssl_options(settings),

@@ -9,7 +9,7 @@ from celery import Celery, current_app
 from celery.signals import setup_logging, worker_init, worker_ready
 from prometheus_client import start_http_server
 
-from bridge.broker import transport_for
+from bridge.broker import use_shared_clients
 from bridge.connections import UNAVAILABLE, close, redis_client, require_redis_version
 from bridge.constants import GENERATE_TASK, GENERATION_QUEUE
 from bridge.errors import RedisVersionError
@@ -23,6 +23,7 @@ from bridge.task_queue import SHARED_BACKEND, broker_ssl_options, broker_transpo
 def create_celery(settings: Settings) -> Celery:
     # A broken MODELS_FILE stops the worker at start rather than failing every generation later.
     load_registry(settings.models_file)
+    use_shared_clients()
     app = Celery("tokenbridge", broker=settings.broker_url, include=["tasks.generation"])
     app.conf.update(
         task_serializer="json",
@@ -38,7 +39,6 @@ def create_celery(settings: Settings) -> Celery:
         task_routes={GENERATE_TASK: {"queue": GENERATION_QUEUE}},
         broker_connection_retry_on_startup=True,
         broker_transport_options=broker_transport_options(settings),
-        **transport_for(settings.broker_url),
         # No result backend (task_ignore_result): the broker is the only Redis Celery connects to.
         **SHARED_BACKEND,
         **broker_ssl_options(settings),

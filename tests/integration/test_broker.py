@@ -10,7 +10,7 @@ import redis
 from celery import Celery
 from kombu import Connection, Exchange, Queue
 
-from bridge.broker import transport_for
+from bridge import broker
 from bridge.embedded import EmbeddedRedis
 from bridge.settings import Settings
 from bridge.task_queue import celery_client_options
@@ -19,15 +19,17 @@ from tasks.celery_app import create_celery
 
 @pytest.fixture
 def connection(redis_server: EmbeddedRedis, r: redis.Redis) -> Iterator[Connection]:
-    with Connection(redis_server.url, **{"transport": transport_for(redis_server.url)["broker_transport"]}) as conn:
+    broker.use_shared_clients()
+    with Connection(redis_server.url) as conn:
         yield conn
 
 
 def test_messages_flow_and_a_channel_builds_one_client_for_its_commands(connection: Connection) -> None:
-    # Given a queue on a Redis broker through tokenbridge's transport
+    # Given a queue on a Redis broker, its URL as every process has it
     queue = Queue("broker-test", Exchange("broker-test"), routing_key="broker-test")
     received: list[object] = []
     with connection.channel() as channel:
+        assert isinstance(channel, broker.Channel)
         queue(channel).declare()
         producer = connection.Producer(channel, serializer="json")
         consumer = connection.Consumer(queue, callbacks=[lambda body, message: (received.append(body), message.ack())])
@@ -50,10 +52,13 @@ def test_messages_flow_and_a_channel_builds_one_client_for_its_commands(connecti
 
 def test_every_process_uses_it_for_a_redis_broker_and_shares_celerys_stand_in_backend(settings: Settings) -> None:
     worker = create_celery(settings)
-    web = Celery("web")
+    web = Celery("web", broker=settings.broker_url)
     web.conf.update(celery_client_options(settings))
     for app in (worker, web):
-        assert app.conf.broker_transport == "bridge.broker:Transport"
+        with app.connection_for_write() as conn:
+            assert isinstance(conn.transport, broker.Transport)
+            # The broker still calls itself redis:// (Flower shows its queues by that scheme)
+            assert conn.as_uri().startswith("redis://")
         # No result backend: one stand-in for the whole process, not one per greenlet
         assert app.conf.result_backend_thread_safe is True
         assert app.backend is app.backend and app._backend_cache is app.backend
@@ -62,11 +67,17 @@ def test_every_process_uses_it_for_a_redis_broker_and_shares_celerys_stand_in_ba
 @pytest.mark.parametrize(
     ("url", "transport"),
     [
-        ("redis://localhost:6379/0", {"broker_transport": "bridge.broker:Transport"}),
-        ("rediss://localhost:6380/0", {"broker_transport": "bridge.broker:Transport"}),
-        ("sentinel://localhost:26379;sentinel://other:26379", {"broker_transport": "bridge.broker:SentinelTransport"}),
-        ("amqp://guest:guest@localhost:5672//", {}),
+        ("redis://localhost:6379/0", broker.Transport),
+        ("rediss://localhost:6380/0", broker.Transport),
+        ("sentinel://localhost:26379;sentinel://other:26379", broker.SentinelTransport),
     ],
 )
-def test_the_transport_follows_the_brokers_scheme(url: str, transport: dict[str, str]) -> None:
-    assert transport_for(url) == transport
+def test_the_transport_follows_the_brokers_scheme(url: str, transport: type) -> None:
+    broker.use_shared_clients()
+    assert Connection(url).transport_cls in ("redis", "rediss", "sentinel")
+    assert Connection(url).get_transport_cls() is transport
+
+
+def test_rabbitmq_keeps_its_own_transport() -> None:
+    broker.use_shared_clients()
+    assert not issubclass(Connection("amqp://guest:guest@localhost:5672//").get_transport_cls(), broker.Transport)

@@ -53,7 +53,6 @@ _WORKER_CONF = (
     "worker_hijack_root_logger",
     "task_time_limit",
     "enable_utc",
-    "broker_transport",
     "result_backend_thread_safe",
 )
 # A broker visibility timeout shorter than a slow generation, as in celery#5935.
