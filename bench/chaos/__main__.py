@@ -47,6 +47,9 @@ def stack_env(config: Config) -> dict[str, str]:
         "REDIS_RETRY_S": "60",
         "CELERY_VISIBILITY_TIMEOUT_S": str(config.visibility_timeout_s),
         "CELERY_RESTORE_INTERVAL_S": str(max(1, min(10, config.visibility_timeout_s // 4))),
+        # Every event is still kept when the run is verified: a generation whose window passed reads as a reset
+        # with its text, and the verification compares each session's events with its generations' one by one.
+        "REDIS_RESUME_WINDOW_MS": str(int((config.duration_s + config.drain_s + 600) * 1000)),
     }
 
 
@@ -129,6 +132,8 @@ async def _load(load: Load, faults: FaultSchedule, config: Config) -> LoadResult
         return await asyncio.wait_for(asyncio.shield(task), config.drain_s)
     except TimeoutError:
         print("chaos: the drain timed out; unfinished readers count as hung", flush=True)
+        for line in load.unfinished():
+            print(f"  waiting: {line}", flush=True)
         task.cancel()
         return load.result
 

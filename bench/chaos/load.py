@@ -122,6 +122,20 @@ class Load:
         self.stop_at = 0.0
         self.http: httpx.AsyncClient | None = None
         self._session_tasks: list[asyncio.Task[None]] = []
+        self._users: list[asyncio.Task[None]] = []
+
+    def unfinished(self) -> list[str]:
+        """What the run still waits for (told when the drain times out): users, and session readers with the
+        generations whose end they have not seen."""
+        waiting = [f"{sum(1 for task in self._users if not task.done())} users still in a generation"]
+        for watch in self.result.sessions:
+            if not watch.finished():
+                missing = sorted(set(watch.generations) - watch.terminals)
+                waiting.append(
+                    f"session {watch.id}: closed {watch.closed}, no end seen of {missing}, "
+                    f"{watch.reconnects} reconnects, hung {watch.hung}"
+                )
+        return waiting
 
     # -- the run ------------------------------------------------------------------------------------
 
@@ -129,8 +143,8 @@ class Load:
         self.stop_at = time.monotonic() + duration_s
         limits = httpx.Limits(max_connections=400, max_keepalive_connections=100)
         async with httpx.AsyncClient(headers=self.headers, timeout=10, limits=limits) as self.http:
-            users = [asyncio.create_task(self._user(n)) for n in range(self.config.concurrency)]
-            await asyncio.gather(*users)
+            self._users = [asyncio.create_task(self._user(n)) for n in range(self.config.concurrency)]
+            await asyncio.gather(*self._users)
             await asyncio.gather(*self._session_tasks)
         return self.result
 

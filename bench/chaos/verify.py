@@ -222,6 +222,16 @@ def _check_redis(
             out = _out_events(client, gid)
             if not out or out[-1][1] not in TERMINAL:
                 _problem(verdict.hung, gid, "a generation the run does not know has a stream without a terminal")
+    _check_sessions(client, sessions, outs, verdict)
+
+
+def _check_sessions(
+    client: redis.Redis,
+    sessions: set[str],
+    outs: dict[str, list[tuple[int, str, str, dict[str, Any]]]],
+    verdict: Verdict,
+) -> None:
+    """Each session's events, as a reader gets them, are its generations' events one by one."""
     resolver = SessionResolver(client)
     for session in sessions:
         per_gen: dict[str, list[int]] = {}
@@ -229,6 +239,9 @@ def _check_redis(
         # As a reader gets them: each entry resolved into the event it points at.
         for event in resolver.resolve(keys.session_out(session), [decode_out(i, f) for i, f in entries]):
             data = orjson.loads(event.data)
+            if "seq" not in data:  # a reset: the generation's events were no longer kept (its window passed)
+                _problem(verdict.wrong, data["generation_id"], f"session stream {session}: {event.event} {data}")
+                continue
             per_gen.setdefault(data["generation_id"], []).append(data["seq"])
         for gid, seqs in per_gen.items():
             want = [seq for seq, *_ in outs.get(gid, [])]
