@@ -69,7 +69,10 @@ def verify(result: LoadResult, client: redis.Redis, group: str) -> Verdict:
         _check_generation(gen, out, client, verdict)
     for watch in result.sessions:
         _check_session(watch, outs, verdict)
-    _check_redis(client, group, {g.session_id for g in result.generations}, outs, verdict)
+    members: dict[str, list[str]] = {}
+    for gen in result.generations:
+        members.setdefault(gen.session_id, []).append(gen.id)
+    _check_redis(client, group, members, outs, verdict)
     verdict.hung = [f"{line} [{_diagnose(client, line.split(':')[0])}]" for line in verdict.hung]
     return verdict
 
@@ -203,7 +206,7 @@ def _check_session(
 def _check_redis(
     client: redis.Redis,
     group: str,
-    sessions: set[str],
+    sessions: dict[str, list[str]],
     outs: dict[str, list[tuple[int, str, str, dict[str, Any]]]],
     verdict: Verdict,
 ) -> None:
@@ -227,13 +230,14 @@ def _check_redis(
 
 def _check_sessions(
     client: redis.Redis,
-    sessions: set[str],
+    sessions: dict[str, list[str]],
     outs: dict[str, list[tuple[int, str, str, dict[str, Any]]]],
     verdict: Verdict,
 ) -> None:
-    """Each session's events, as a reader gets them, are its generations' events one by one."""
+    """Each session's events, as a reader gets them, are its generations' events one by one, for every generation
+    of it that has events (one missing from the session altogether is lost too)."""
     resolver = SessionResolver(client)
-    for session in sessions:
+    for session, generations in sessions.items():
         per_gen: dict[str, list[int]] = {}
         entries: Any = client.xrange(keys.session_out(session))
         # As a reader gets them: each entry resolved into the event it points at.
@@ -243,6 +247,9 @@ def _check_sessions(
                 _problem(verdict.wrong, data["generation_id"], f"session stream {session}: {event.event} {data}")
                 continue
             per_gen.setdefault(data["generation_id"], []).append(data["seq"])
+        for gid in generations:
+            if outs.get(gid) and gid not in per_gen:
+                _problem(verdict.lost, gid, f"session stream {session}: none of its {len(outs[gid])} events")
         for gid, seqs in per_gen.items():
             want = [seq for seq, *_ in outs.get(gid, [])]
             if seqs != want:
