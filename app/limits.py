@@ -97,22 +97,18 @@ def user_running_cap(user: str) -> streams.RunningCap | None:
 
 def too_many_running() -> ApiError:
     limit = services().settings.max_running_per_key
-    return ApiError(
-        429,
-        "too_many_running",
-        f"This API key already has {limit} generations running; wait for one to finish.",
-        headers={"Retry-After": "1"},
-    )
+    return _running_refusal("too_many_running", f"This API key already has {limit} generations running")
 
 
 def user_too_many_running() -> ApiError:
     limit = services().settings.max_running_per_user
-    return ApiError(
-        429,
-        "user_too_many_running",
-        f"This user already has {limit} generations running with this API key; wait for one to finish.",
-        headers={"Retry-After": "1"},
+    return _running_refusal(
+        "user_too_many_running", f"This user already has {limit} generations running with this API key"
     )
+
+
+def _running_refusal(code: str, what: str) -> ApiError:
+    return ApiError(429, code, f"{what}; wait for one to finish.", headers={"Retry-After": "1"})
 
 
 def take_running_slots(generation_id: str, user: str) -> tuple[str, ...]:

@@ -24,6 +24,7 @@ from app.streaming import KEEPALIVE_FRAME, follow, one_by_one
 from app.submit import submit_generation
 from bridge import keys
 from bridge.events import ClientEvent, EventType
+from bridge.generation import ANSWER_FIELDS
 
 logger = logging.getLogger(__name__)
 
@@ -40,14 +41,7 @@ _AS_THEY_ARE = (
     "metadata",
     "tools",
     "tool_choice",
-    "parallel_tool_calls",
-    "top_p",
-    "top_k",
-    "seed",
-    "presence_penalty",
-    "frequency_penalty",
-    "logit_bias",
-    "response_format",
+    *ANSWER_FIELDS,
     "user",
 )
 _MAPPED = {"messages", "stream", "stream_options", "max_tokens", "max_completion_tokens", "n", "tokenbridge"}

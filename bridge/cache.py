@@ -20,21 +20,11 @@ import redis
 
 from bridge import keys
 from bridge.content import digest_images
+from bridge.generation import ANSWER_FIELDS
 from bridge.models import ModelSpec
 
 # The request fields that make two answers the same; anything else (metadata, session, the end user) does not.
 _KEYED_FIELDS = ("prompt", "messages", "max_tokens", "temperature", "stop", "options", "tools", "tool_choice")
-# Keyed too, but only when given, so that the keys of the requests that had none stay what they were.
-_KEYED_WHEN_GIVEN = (
-    "top_p",
-    "top_k",
-    "seed",
-    "presence_penalty",
-    "frequency_penalty",
-    "logit_bias",
-    "parallel_tool_calls",
-    "response_format",
-)
 
 
 def cache_key(spec: ModelSpec, request: dict[str, Any]) -> str:
@@ -44,7 +34,7 @@ def cache_key(spec: ModelSpec, request: dict[str, Any]) -> str:
         "provider": spec.provider,
         "upstream": spec.upstream_model,
         **{name: request.get(name) for name in _KEYED_FIELDS},
-        **{name: request[name] for name in _KEYED_WHEN_GIVEN if request.get(name) is not None},
+        **{name: request[name] for name in ANSWER_FIELDS if request.get(name) is not None},
     }
     if isinstance(identity["messages"], list):
         identity["messages"] = [_with_image_digests(message) for message in identity["messages"]]

@@ -133,6 +133,22 @@ _Bias = Annotated[
 _INT64 = 2**63
 
 
+# The request fields that steer how a model answers besides its input and length, added after the first ones: sent
+# upstream under these names where the provider takes them (bridge.capabilities), taken as they are by
+# /v1/chat/completions, and counted in a cached answer's key only when given (the keys of requests without them
+# stay what they were).
+ANSWER_FIELDS = (
+    "parallel_tool_calls",
+    "top_p",
+    "top_k",
+    "seed",
+    "presence_penalty",
+    "frequency_penalty",
+    "logit_bias",
+    "response_format",
+)
+
+
 class GenerationRequest(BaseModel):
     """The body of ``POST /v1/generations``."""
 

@@ -206,5 +206,14 @@ def stats(model: str) -> str:
 
 def generation_id_from_key(key: str) -> str:
     """The generation id inside a ``llm:gen:{G}:...`` key."""
+    return _tag(key)
+
+
+def session_id_from_key(key: str) -> str:
+    """The session id inside a ``llm:session:{S}:...`` key."""
+    return _tag(key)
+
+
+def _tag(key: str) -> str:
     start = key.index("{") + 1
     return key[start : key.index("}", start)]

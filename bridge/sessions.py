@@ -75,8 +75,8 @@ class SessionResolver:
             if known is not None and highest < len(known):
                 self._generations.move_to_end(key)
                 return known
-        session = key.removesuffix(":out")
-        generations: list[str] = list(self.client.lrange(session + ":generations", 0, -1))  # type: ignore[arg-type]
+        session_key = keys.session_generations(keys.session_id_from_key(key))
+        generations: list[str] = list(self.client.lrange(session_key, 0, -1))  # type: ignore[arg-type]
         with self._lock:
             self._generations[key] = generations
             self._generations.move_to_end(key)

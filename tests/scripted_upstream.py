@@ -119,6 +119,17 @@ class Exchange(BaseHTTPRequestHandler):
 Script = Callable[[Exchange], None]
 
 
+def streaming(*frames: str) -> Script:
+    """A script that answers with ``frames`` as one streamed response, at once."""
+
+    def script(ex: Exchange) -> None:
+        ex.start_stream()
+        ex.send(*frames, pause_s=0)
+        ex.end_stream()
+
+    return script
+
+
 class ScriptedUpstream(ThreadingHTTPServer):
     """``keep_alive``: connections serve request after request (the client decides when to close them).
     ``tls``: the server's TLS context; ``base_url`` is then ``https://127.0.0.1:<port>/v1``."""

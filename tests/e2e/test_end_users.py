@@ -10,7 +10,7 @@ import pytest
 
 from tests.cluster import cluster_unavailable
 from tests.procfile import ROOT
-from tests.stack import Stack, build_stack
+from tests.stack import Stack, running_stack
 from tests.support import wait_for
 
 pytestmark = pytest.mark.e2e
@@ -22,22 +22,16 @@ def shared(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
     cluster = request.param == "cluster"
     if cluster and cluster_unavailable():
         pytest.skip(cluster_unavailable() or "")
-    stack = build_stack(
+    with running_stack(
         tmp_path_factory.mktemp("end-users-redis"),
         ROOT / "test-artifacts" / ("end-users-logs-cluster" if cluster else "end-users-logs"),
+        processes=("web", "consumer"),
         cluster=cluster,
         MAX_RUNNING_PER_USER="2",
         TOKEN_BUDGET_PER_USER_PER_MINUTE="10",
         WEB_CONCURRENCY="1",
-    )
-    try:
-        stack.start("web")
-        stack.start("consumer")
-        stack.wait_ready(workers=0)
+    ) as stack:
         yield stack
-    finally:
-        stack.stop_all()
-        stack.stop_servers()
 
 
 def _submit(stack: Stack, user: str, prompt: str = "x") -> Any:

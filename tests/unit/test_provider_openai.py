@@ -20,11 +20,11 @@ from tasks.providers.openai import OpenAIChatProvider
 from tasks.providers.sse import iter_events
 from tests.scripted_upstream import (
     Exchange,
-    Script,
     cut,
     no_watcher_left,
     run,
     split_finish,
+    streaming,
 )
 from tests.wire_formats import DONE, KEEP_ALIVE, chat_chunk, usage_chunk
 
@@ -288,17 +288,8 @@ REASONING_STREAM = [
 ]
 
 
-def _streaming(*frames: str) -> Script:
-    def script(ex: Exchange) -> None:
-        ex.start_stream()
-        ex.send(*frames, pause_s=0)
-        ex.end_stream()
-
-    return script
-
-
 def test_tool_call_deltas_come_as_their_own_chunks_and_the_finish_says_tool_calls(upstream: Any, provider: Any) -> None:
-    server = upstream(_streaming(*TOOL_CALL_STREAM))
+    server = upstream(streaming(*TOOL_CALL_STREAM))
     tools = [{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}]
     request = GenerationRequest.model_validate(
         {"model": "gpt", "prompt": "Weather in Paris?", "tools": tools, "tool_choice": "auto"}
@@ -315,14 +306,14 @@ def test_tool_call_deltas_come_as_their_own_chunks_and_the_finish_says_tool_call
 
 
 def test_reasoning_content_comes_as_reasoning_deltas_before_the_answer(upstream: Any, provider: Any) -> None:
-    server = upstream(_streaming(*REASONING_STREAM))
+    server = upstream(streaming(*REASONING_STREAM))
     *chunks, finish = run(provider(server.base_url), PROMPT)
     assert chunks == [Delta("reasoning", {"content": "Two plus two"}), "4"]
     assert finish.finish_reason == "stop"
 
 
 def test_tool_calls_and_results_are_sent_back_upstream_as_given(upstream: Any, provider: Any) -> None:
-    server = upstream(_streaming(*REASONING_STREAM))
+    server = upstream(streaming(*REASONING_STREAM))
     call = {"id": "c1", "type": "function", "function": {"name": "get_weather", "arguments": '{"c": "Paris"}'}}
     messages = [
         {"role": "user", "content": "Weather in Paris?"},

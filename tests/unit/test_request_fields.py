@@ -23,7 +23,7 @@ from bridge.producer import Finish
 from tasks.providers.anthropic import AnthropicMessagesProvider
 from tasks.providers.connections import new_client
 from tasks.providers.upstream import UpstreamProvider
-from tests.scripted_upstream import Exchange, Script, run, split_finish
+from tests.scripted_upstream import run, split_finish, streaming
 from tests.wire_formats import (
     ANTHROPIC,
     DONE,
@@ -87,19 +87,8 @@ def provider(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., Upstream
         client.close()
 
 
-def _streaming(*frames: str) -> Script:
-    def script(ex: Exchange) -> None:
-        ex.start_stream()
-        ex.send(*frames, pause_s=0)
-        ex.end_stream()
-
-    return script
-
-
-OPENAI_ANSWER = _streaming(
-    chat_chunk("ok", role="assistant"), chat_chunk(finish_reason="stop"), usage_chunk(9, 1), DONE
-)
-ANTHROPIC_ANSWER = _streaming(*ANTHROPIC.opening, text_delta("ok"), *ANTHROPIC.closing)
+OPENAI_ANSWER = streaming(chat_chunk("ok", role="assistant"), chat_chunk(finish_reason="stop"), usage_chunk(9, 1), DONE)
+ANTHROPIC_ANSWER = streaming(*ANTHROPIC.opening, text_delta("ok"), *ANTHROPIC.closing)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -234,7 +223,7 @@ def test_a_json_schema_answer_is_a_forced_tool_whose_input_streams_back_as_the_t
     upstream: Any, provider: Any
 ) -> None:
     # Given an upstream that answers with the forced tool's input in pieces, as the Messages API does
-    server = upstream(_streaming(*JSON_ANSWER))
+    server = upstream(streaming(*JSON_ANSWER))
     request = GenerationRequest.model_validate(
         {"model": "anthropic", "prompt": "Count the cats.", **{"response_format": JSON_SCHEMA}}
     )
@@ -254,7 +243,7 @@ def test_a_json_schema_answer_is_a_forced_tool_whose_input_streams_back_as_the_t
 
 def test_a_json_object_answer_given_whole_is_one_token(upstream: Any, provider: Any) -> None:
     server = upstream(
-        _streaming(
+        streaming(
             message_start(),
             tool_use_start(0, "json_object", cats=2),
             block_stop(0),
