@@ -6,8 +6,11 @@ example backends listen) is in CORS_ORIGINS, so that its page can read streams f
 
 from __future__ import annotations
 
+import shutil
+import subprocess
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -34,3 +37,21 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         CORS_ORIGINS=APP_ORIGIN,
     ) as stack:
         yield stack
+
+
+@pytest.fixture(scope="package")
+def tsc(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The TypeScript compiler, installed with npm once for the clients' tests (skipped without npm)."""
+    npm = shutil.which("npm")
+    if npm is None:
+        pytest.skip("npm is not installed: the JS client's types are not checked")
+    prefix = tmp_path_factory.mktemp("typescript")
+    install = subprocess.run(
+        [npm, "install", "--silent", "--no-audit", "--no-fund", "--prefix", str(prefix), "typescript@5"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    if install.returncode != 0:
+        pytest.skip(f"typescript could not be installed with npm: {install.stderr.strip()[-300:]}")
+    return prefix / "node_modules" / ".bin" / "tsc"

@@ -50,23 +50,6 @@ MODES = (
 )
 
 
-@pytest.fixture(scope="module")
-def tsc(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    npm = shutil.which("npm")
-    if npm is None:
-        pytest.skip("npm is not installed: tokenbridge.d.ts is not checked")
-    prefix = tmp_path_factory.mktemp("typescript")
-    install = subprocess.run(
-        [npm, "install", "--silent", "--no-audit", "--no-fund", "--prefix", str(prefix), "typescript@5"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    if install.returncode != 0:
-        pytest.skip(f"typescript could not be installed with npm: {install.stderr.strip()[-300:]}")
-    return prefix / "node_modules" / ".bin" / "tsc"
-
-
 def _compile(tsc: Path, directory: Path, files: list[str], mode: list[str]) -> subprocess.CompletedProcess[str]:
     options = ["--strict", "--noEmit", "--target", "es2020", "--lib", "es2020,dom", *mode]
     return subprocess.run([tsc, *options, *files], cwd=directory, capture_output=True, text=True, timeout=120)
