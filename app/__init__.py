@@ -8,7 +8,20 @@ import time
 from flask import Flask, Response
 from flask_limiter import RateLimitExceeded
 
-from app import api, dead_letters, health, models_api, openai_compat, openapi, pages, producers, sse, stats, websocket
+from app import (
+    api,
+    dead_letters,
+    health,
+    models_api,
+    openai_compat,
+    openapi,
+    pages,
+    producers,
+    sse,
+    stats,
+    tracing,
+    websocket,
+)
 from app.audit import REQUEST_ID_HEADER, assign_request_id, record_request
 from app.errors import error_response, register_error_handlers
 from app.extensions import cors, limiter, sock
@@ -69,6 +82,7 @@ def create_app(settings: Settings | None = None) -> Flask:
         )
     _register_blueprints(app, settings)
     register_error_handlers(app, retry_after_s=settings.redis_retry_after_s)
+    tracing.instrument(app)
 
     @app.errorhandler(RateLimitExceeded)
     def _rate_limited(exc: RateLimitExceeded) -> Response:

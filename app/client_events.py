@@ -17,7 +17,7 @@ from app import metrics
 from app.hub import id_after
 from app.services import Services, services
 from app.streaming import GapHandler, follow
-from bridge import ends, keys, streams
+from bridge import ends, keys, streams, tracing
 from bridge.events import FINISHED_STATUSES, ClientEvent, EventType
 
 logger = logging.getLogger(__name__)
@@ -34,18 +34,40 @@ def client_events(
     *,
     stop_at_terminal: bool = True,
     on_gap: GapHandler | None = None,
+    trace: str = "",
     **watched: str,
 ) -> Batches:
     """The batches of ``key`` after ``cursor`` for one client (None: time for a keep-alive), as ``follow`` reads them.
 
     Counts the resume at once (call it in the request); the open stream, its reader (``watched``: what it reads,
     for presence) and its events while it is iterated. A batch counts as sent once the next one is asked for:
-    the transport has written it by then.
+    the transport has written it by then. ``trace``: the generation's trace context, for a span of its delivery
+    to this reader (when tracing is on).
     """
     s = services()
     if cursor != "0":
         metrics.RESUMES.labels(transport).inc()
-    return _counted(s, transport, key, cursor, stop_at_terminal=stop_at_terminal, on_gap=on_gap, watched=watched)
+    batches = _counted(s, transport, key, cursor, stop_at_terminal=stop_at_terminal, on_gap=on_gap, watched=watched)
+    return _traced(batches, trace, transport, cursor) if trace and tracing.enabled() else batches
+
+
+def _traced(batches: Batches, trace: str, transport: Transport, cursor: str) -> Batches:
+    """``batches``, with a span of the generation's trace from the first event this reader is sent to its last."""
+    span = None
+    sent = 0
+    try:
+        with closing(batches):
+            for batch in batches:
+                if batch and span is None:
+                    span = tracing.start_span("tokenbridge.deliver", trace, transport=transport, resumed=cursor != "0")
+                yield batch
+                if batch:
+                    sent += len(batch)
+                    if batch[-1].terminal:
+                        tracing.end(span, events=sent, end=batch[-1].event)
+                        span = None
+    finally:
+        tracing.end(span, events=sent, end="disconnected")
 
 
 def _counted(

@@ -14,7 +14,7 @@ from app.client_events import Batches, client_events, ended_before, generation_r
 from app.inputs import authenticate, check_session, load_meta, read_cursor
 from app.services import services
 from app.streaming import KEEPALIVE_FRAME, sse_frame
-from bridge import keys
+from bridge import keys, tracing
 
 logger = logging.getLogger(__name__)
 
@@ -33,7 +33,10 @@ def generation_events(generation_id: str) -> Response:
         # The client already has the terminal event: 204 tells EventSource to stop reconnecting.
         return Response(status=204, headers=STREAM_HEADERS)
     on_gap = generation_reset(generation_id, meta)
-    return _event_stream(key, client_events("sse", key, cursor, on_gap=on_gap, generation_id=generation_id))
+    trace = meta.get(tracing.META_FIELD, "")
+    return _event_stream(
+        key, client_events("sse", key, cursor, on_gap=on_gap, trace=trace, generation_id=generation_id)
+    )
 
 
 @bp.get("/sessions/<session_id>/events")

@@ -19,7 +19,7 @@ from app import limits, metrics
 from app.errors import ApiError, invalid, out_of_memory
 from app.inputs import model_errors, validation_details
 from app.services import services
-from bridge import capabilities, keys, streams
+from bridge import capabilities, keys, streams, tracing
 from bridge.budgets import Budget
 from bridge.connections import is_cluster
 from bridge.events import EventType
@@ -147,6 +147,7 @@ def _new_generation(accepted: _Accepted, generation_id: str, session_id: str) ->
         budget=(g.principal.budget.per_minute, g.principal.budget.per_day),
         user=user,
         user_budget=(user_budget.per_minute, user_budget.per_day),
+        trace=tracing.current_traceparent(),
     )
 
 
@@ -213,6 +214,7 @@ def _store_step_by_step(accepted: _Accepted, new: streams.NewGeneration) -> _Sto
             work_shards=s.settings.work_shard_count,
             user=new.user,
             user_budget=new.user_budget,
+            trace=new.trace,
         )
     except Exception:
         for key in running:

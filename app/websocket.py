@@ -25,7 +25,7 @@ from app.origins import check_origin
 from app.services import Services, services
 from app.streaming import ws_frame
 from app.ws_connection import WebSocket
-from bridge import keys
+from bridge import keys, tracing
 
 logger = logging.getLogger(__name__)
 
@@ -66,7 +66,8 @@ def generation_ws(server: Any, generation_id: str) -> None:
     if ended_before(key, cursor, meta):
         ws.close(reason=1000, message="finished")
         return
-    _write_events(ws, writer, client_events("ws", key, cursor, on_gap=on_gap, generation_id=generation_id))
+    trace = meta.get(tracing.META_FIELD, "")
+    _write_events(ws, writer, client_events("ws", key, cursor, on_gap=on_gap, trace=trace, generation_id=generation_id))
 
 
 class _Writer:

@@ -28,6 +28,9 @@ keeps nothing in Redis and calls no model), each part in its own module:
 - ``upstream`` (bench/upstream_tls.py): BENCH_UPSTREAM_GENERATIONS (50) generations, 2 at a time, of a local
   OpenAI-compatible model over TLS (self-signed certificate made with ``openssl``) that keeps connections
   alive: TLS handshakes per generation. Target: no more handshakes in all than generations running at once.
+- ``tracing`` (bench/tracing.py, two stacks of their own): BENCH_TRACING_STREAMS (300) x BENCH_TRACING_TOKENS
+  (100) at BENCH_RATE, twice on a stack with tracing off and twice on one exporting over OTLP, alternated: CPU
+  per token per process, off and on.
 
 Targets against Flask-SSE in the same run: pipeline CPU per delivered token at 300 streams no more than its; at
 300 streams p50 ≤ 15 ms and p99 ≤ 1.5 x its p99; capacity (p99 ≤ 100 ms, no gap or duplicate) ≥ 2 x its.
@@ -37,7 +40,7 @@ stream), BENCH_TOKENS (200 per stream), BENCH_IDLE (idle connections, default 10
 BENCH_LONG_TOKENS (20000 tokens of the long answer, 0 to skip), BENCH_SYSTEMS ("ours,baseline"), the sizes
 above (0 skips a part), BENCH_ONLY (a comma-separated list of parts to run alone: latency (the load levels
 against Flask-SSE, the unloaded first token, the long answer, the idle connections), generations, burst, ws,
-memory, upstream; default all), BENCH_NAME (the report's name instead of the date), BENCH_BEFORE (an earlier
+memory, upstream, tracing; default all), BENCH_NAME (the report's name instead of the date), BENCH_BEFORE (an earlier
 run's JSON: its CPU per token and its headline figures shown next to this run's).
 
 One part alone, small: ``BENCH_ONLY=memory BENCH_MEMORY_ANSWERS=10 BENCH_MEMORY_TOKENS=50 BENCH_NAME=trial
@@ -71,6 +74,7 @@ from bench.client import hold_idle
 from bench.memory import redis_memory
 from bench.plan import PARTS, Plan
 from bench.profile import cpu_seconds, profile_table, python_pid, share, start_profiles
+from bench.tracing import tracing_cost
 from bench.ttft import measure as measure_ttft
 from bench.upstream_tls import TlsUpstream, keepalive, tls_upstream
 from bench.ws import web_cpu_per_event
@@ -238,6 +242,21 @@ def run_ours(
                 stack, plan.memory_answers, plan.memory_tokens, max(1, plan.memory_sessions), plan.resume_window_s
             )
         print("    " + "\n    ".join(report.memory_lines(extra["memory"])), flush=True)
+    if plan.wants("tracing"):
+        print(f"  tokenbridge: {plan.tracing_streams} streams, tracing off and on …", flush=True)
+        extra["tracing"] = tracing_cost(
+            lambda logs, env: _running(logs, env),
+            lambda stack: _measured_load(
+                "ours",
+                stack.base_url,
+                API_KEY,
+                plan.tracing_streams,
+                rate,
+                plan.tracing_tokens,
+                costs.stack_pids(stack),
+            ),
+        )
+        print(f"    {report.tracing_line(extra['tracing'])}", flush=True)
     return rows, extra
 
 

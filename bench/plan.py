@@ -7,8 +7,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 # The load levels against Flask-SSE (with the unloaded first token, the long answer and the idle connections),
-# then the costs: per generation, a burst of submissions, WebSocket vs SSE, Redis memory, upstream connections.
-PARTS = ("latency", "generations", "burst", "ws", "memory", "upstream")
+# then the costs: per generation, a burst of submissions, WebSocket vs SSE, Redis memory, upstream connections,
+# and tracing's.
+PARTS = ("latency", "generations", "burst", "ws", "memory", "upstream", "tracing")
 
 
 @dataclass(frozen=True)
@@ -23,6 +24,8 @@ class Plan:
     memory_sessions: int = 100
     resume_window_s: float = 5.0
     upstream_generations: int = 50
+    tracing_streams: int = 300
+    tracing_tokens: int = 100
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ) -> Plan:
@@ -41,6 +44,8 @@ class Plan:
             memory_sessions=int(env.get("BENCH_MEMORY_SESSIONS", cls.memory_sessions)),
             resume_window_s=float(env.get("BENCH_RESUME_WINDOW_S", cls.resume_window_s)),
             upstream_generations=int(env.get("BENCH_UPSTREAM_GENERATIONS", cls.upstream_generations)),
+            tracing_streams=int(env.get("BENCH_TRACING_STREAMS", cls.tracing_streams)),
+            tracing_tokens=int(env.get("BENCH_TRACING_TOKENS", cls.tracing_tokens)),
         )
 
     def wants(self, part: str) -> bool:
@@ -51,5 +56,6 @@ class Plan:
             "ws": self.ws_readers,
             "memory": self.memory_answers,
             "upstream": self.upstream_generations,
+            "tracing": self.tracing_streams,
         }.get(part, 1)
         return part in self.parts and size > 0

@@ -329,6 +329,31 @@ handshakes completed ({u["failed_handshakes"]} failed), {u["requests"]} requests
 """
 
 
+def tracing_line(t: dict[str, Any]) -> str:
+    off, on = t["cpu_us_per_token"]["off"], t["cpu_us_per_token"]["on"]
+    return (
+        f"tracing on: pipeline {on['pipeline']} µs per token against {off['pipeline']} off "
+        f"({t['added_us_per_token']:+} µs); p99 {t['p99_ms']['on']} ms against {t['p99_ms']['off']}; "
+        f"{t['exported_bytes_per_token']} B of OTLP per token"
+    )
+
+
+def _tracing_section(t: dict[str, Any]) -> str:
+    off, on = t["cpu_us_per_token"]["off"], t["cpu_us_per_token"]["on"]
+    names = [name for name in ("web", "worker", "consumer", "redis", "pipeline") if name in off]
+    rows = "\n".join(f"| {name} | {off[name]} | {on[name]} | {round(on[name] - off[name], 1):+} |" for name in names)
+    return f"""### Tracing
+
+{t["streams"]} streams x 20 tokens/s on two stacks, one with OpenTelemetry off and one exporting every span over
+OTLP/HTTP to a local sink (one trace per generation: docs/operations.md), {t["rounds"]} steps each, alternated;
+median CPU µs per delivered token. {tracing_line(t)}; {t["exports"]} exports.
+
+| process | off | on | added |
+| --- | --- | --- | --- |
+{rows}
+"""
+
+
 def costs_section(extra: dict[str, Any]) -> str:
     """The measurements of the costs that ran, as Markdown."""
     sections: list[tuple[str, Callable[[dict[str, Any]], str]]] = [
@@ -337,6 +362,7 @@ def costs_section(extra: dict[str, Any]) -> str:
         ("ws_vs_sse", _ws_section),
         ("memory", _memory_section),
         ("upstream_tls", _upstream_section),
+        ("tracing", _tracing_section),
     ]
     return "\n".join(render(extra[name]) for name, render in sections if name in extra)
 

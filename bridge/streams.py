@@ -12,7 +12,7 @@ import orjson
 import redis
 from redis.typing import EncodableT, FieldT
 
-from bridge import keys, scripts
+from bridge import keys, scripts, tracing
 from bridge.cluster import MOVING, node_client, refresh_if_moved
 from bridge.connections import is_cluster
 from bridge.events import ClientEvent, EventType, decode_out
@@ -56,6 +56,8 @@ class NewGeneration:
     # The end user as recorded (``generation.recorded_user``; '': none) and its token budget of the key.
     user: str = ""
     user_budget: tuple[int, int] = (0, 0)
+    # The W3C traceparent of the request that made it ('': not traced; see bridge.tracing).
+    trace: str = ""
 
     def meta(self) -> dict[FieldT, EncodableT]:
         """The ``:meta`` fields (the request has a key of its own: ``keys.gen_request``)."""
@@ -73,6 +75,8 @@ class NewGeneration:
             meta["user"] = self.user
             if any(self.user_budget):
                 meta["user_budget"] = f"{self.user_budget[0]},{self.user_budget[1]}"
+        if self.trace:
+            meta[tracing.META_FIELD] = self.trace
         return meta
 
 
@@ -143,13 +147,14 @@ def create_generation(
     budget: tuple[int, int] = (0, 0),
     user: str = "",
     user_budget: tuple[int, int] = (0, 0),
+    trace: str = "",
 ) -> float:
     """Store a new generation, open its raw stream to the processors and hand it to the consumer workers.
 
     The caller has claimed the session for ``owner`` first (``claim_session``), and the running slots.
     """
     new = NewGeneration(generation_id, session_id, model, request, api_key, owner, budget, user=user)
-    new = dataclasses.replace(new, created_at=created_at or new.created_at, user_budget=user_budget)
+    new = dataclasses.replace(new, created_at=created_at or new.created_at, user_budget=user_budget, trace=trace)
     if not is_cluster(client):
         result = submit(
             client,

@@ -5,9 +5,11 @@ broker's transport (``bridge.broker``) and its options, and sending one generati
 from __future__ import annotations
 
 import ssl
+import time
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
+from bridge import tracing
 from bridge.broker import use_shared_clients
 from bridge.constants import GENERATE_TASK, GENERATION_QUEUE
 from bridge.settings import Settings
@@ -87,14 +89,20 @@ def sentinel_transport_options(settings: Settings) -> dict[str, Any]:
     return options
 
 
+# A task header: when the task was sent (UNIX s), sent only while tracing, for the worker's queue-wait span.
+SENT_AT_HEADER = "tokenbridge_sent_at"
+
+
 def send_generation(celery: Any, generation_id: str) -> None:
     """Enqueue the generation task; raises the broker's error when it cannot."""
+    traced = {"headers": {SENT_AT_HEADER: time.time()}} if tracing.enabled() else {}
     celery.send_task(
         GENERATE_TASK,
         args=[generation_id],
         queue=GENERATION_QUEUE,
         retry=True,
         retry_policy={"max_retries": 2, "interval_start": 0, "interval_step": 0.2, "interval_max": 0.5},
+        **traced,
     )
 
 

@@ -18,6 +18,7 @@ from bridge.models import load_registry
 from bridge.settings import Settings
 from bridge.startup import freeze_startup_objects
 from bridge.task_queue import SHARED_BACKEND, broker_ssl_options, broker_transport_options
+from tasks import tracing
 
 
 def create_celery(settings: Settings) -> Celery:
@@ -80,6 +81,11 @@ def _check_redis_version(sender: Any = None, **_: Any) -> None:
         raise SystemExit(1) from exc
     finally:
         close(client)
+
+
+@worker_init.connect
+def _trace(**_: Any) -> None:
+    tracing.instrument()
 
 
 @worker_init.connect

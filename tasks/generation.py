@@ -15,6 +15,7 @@ from celery import Task, shared_task
 
 from bridge import cache as response_cache
 from bridge import keys, scripts
+from bridge import tracing as bridge_tracing
 from bridge.cache import CachedAnswer
 from bridge.circuit import FAILURE_CODES, Circuits
 from bridge.connections import redis_client
@@ -26,7 +27,7 @@ from bridge.models import ModelSpec, registry_for
 from bridge.producer import Chunk, Claim, Finish, GenerationWriter, Outcome, Scheduled, TokenSource, with_retries
 from bridge.settings import Settings
 from bridge.write_loop import WriteLoop
-from tasks import metrics
+from tasks import metrics, tracing
 from tasks.providers import provider_for
 from tasks.providers.base import Provider
 
@@ -52,7 +53,9 @@ def _write_loop() -> WriteLoop:
 @shared_task(name=GENERATE_TASK, ignore_result=True, acks_late=True, bind=True, max_retries=None)
 def generate(self: Task, generation_id: str) -> str:  # type: ignore[type-arg]
     """Run one generation. Returns what happened (for logs and Flower)."""
+    tracing.queue_wait(self.request, generation_id)
     outcome = run_generation(_client(), _settings(), generation_id, loop=_write_loop())
+    bridge_tracing.annotate(generation_id=generation_id, outcome=outcome)
     if outcome == DEFERRED:
         # The model is at its concurrency limit: try again shortly (QUEUE_TIMEOUT_S bounds the wait).
         raise self.retry(countdown=0.5)
@@ -159,6 +162,7 @@ def _run_attempt(
     """Stream the model's answer (or the cached one) through the write loop until the attempt ends."""
     spec, generation_id = parsed.spec, writer.generation_id
     logger.info("Generation %s started (model %s).", generation_id, spec.name, extra=_log(writer))
+    bridge_tracing.annotate(attempt=writer.attempt, model=spec.name)
     cached = _cached_answer(client, spec, parsed.raw)
     scheduled = parsed.provider.schedule(parsed.request) if cached is None else None
     source: TokenSource | Scheduled
@@ -254,7 +258,9 @@ def _provider_source(
 ) -> TokenSource:
     """The provider's token stream, retried with backoff when it fails before its first token."""
     return with_retries(
-        lambda stop: provider.stream(request, stop),
+        bridge_tracing.traced_source(
+            lambda stop: provider.stream(request, stop), "tokenbridge.provider", model=spec.name, provider=spec.provider
+        ),
         retries=settings.provider_retries,
         base_delay_s=settings.provider_retry_base_ms / 1000,
         generation_id=generation_id,

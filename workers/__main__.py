@@ -7,6 +7,7 @@ import logging
 from celery import Celery
 from prometheus_client import start_http_server
 
+from bridge import tracing
 from bridge.connections import redis_client, require_redis_version
 from bridge.logs import configure_logging
 from bridge.settings import Settings
@@ -20,6 +21,7 @@ from workers.processors import default_processors
 def main() -> None:
     settings = Settings()
     configure_logging(settings.log_format, settings.log_level, process="consumer")
+    tracing.setup("consumer")
     # The socket timeout must outlast the longest blocking read.
     client = redis_client(settings, socket_timeout_s=settings.consumer_block_ms / 1000 + 10)
     require_redis_version(client)
@@ -42,7 +44,10 @@ def main() -> None:
     if settings.consumer_metrics_port:
         start_http_server(settings.consumer_metrics_port)
     freeze_startup_objects()
-    worker.run()
+    try:
+        worker.run()
+    finally:
+        tracing.shutdown()
 
 
 if __name__ == "__main__":

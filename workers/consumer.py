@@ -30,7 +30,7 @@ from bridge.memory import is_out_of_memory
 from bridge.readers import stream_reader
 from bridge.settings import Settings
 from bridge.streams import ensure_group, work_backlog
-from workers import metrics, supervision
+from workers import metrics, supervision, tracing
 from workers.alerts import Alerter
 from workers.celery_events import CeleryEvents
 from workers.commit import Batch, Committer
@@ -375,6 +375,7 @@ class ConsumerWorker:
             for batch in ended:
                 assert batch.terminal is not None
                 self.chain.finish(batch.owned.gen, batch.terminal)
+                tracing.ended(batch.owned.generation_id, batch.terminal.type, batch.owned.gen.seq)
                 if self.events is not None:
                     self.events.ended(batch.owned.gen, batch.terminal)
                 self.ownership.release(batch.owned)

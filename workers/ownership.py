@@ -16,7 +16,7 @@ from bridge import keys
 from bridge.cluster import MOVING, node_client, refresh_if_moved
 from bridge.events import FINISHED_STATUSES
 from bridge.settings import Settings
-from workers import metrics
+from workers import metrics, tracing
 from workers.celery_events import CeleryEvents
 from workers.owned import OwnedGeneration
 from workers.processors import Chain
@@ -81,6 +81,7 @@ class Ownership:
         owned = OwnedGeneration.from_meta(generation_id, work_id, meta, work_stream=work_stream)
         owned.gen.resumed = owned.gen.resumed or taken_over
         self.owned[generation_id] = owned
+        tracing.taken(generation_id, meta, taken_over=taken_over)
         if self.events is not None:
             self.events.received(owned.gen, taken_over=taken_over)
         self.chain.start(owned.gen)
@@ -107,6 +108,7 @@ class Ownership:
             if gid not in still_ours:
                 logger.warning("Generation %s was taken over by another consumer; letting it go.", gid)
                 del self.owned[gid]
+                tracing.let_go(gid, "taken over")
                 if self.events is not None:
                     self.events.handed_on(gid, "taken over by another consumer")
         return adopted
@@ -193,6 +195,7 @@ class Ownership:
         """Let go of a generation whose raw stream is gone (expired or deleted)."""
         owned = self.owned.pop(generation_id, None)
         if owned is not None:
+            tracing.let_go(generation_id, "gone")
             logger.warning("Generation %s has no raw stream any more; released.", generation_id)
             self.release_work(owned.work_stream, owned.work_id)
             if self.events is not None:
