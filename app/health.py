@@ -12,6 +12,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from app.metrics import MODEL_CIRCUIT_OPEN, REDIS_UP, render
 from app.services import Services, services
 from bridge import keys, streams
+from bridge.version import VERSION
 
 bp = Blueprint("health", __name__)
 
@@ -21,7 +22,7 @@ _celery_cache: dict[str, Any] = {"at": 0.0, "result": None}
 
 @bp.get("/healthz")
 def healthz() -> Response:
-    return jsonify({"status": "ok"})
+    return jsonify({"status": "ok", "version": VERSION})
 
 
 def _check_redis(s: Services) -> dict[str, Any]:

@@ -13,6 +13,7 @@ from flask import Blueprint, Response, g, jsonify, render_template, request
 from app.inputs import authenticate
 from app.services import services
 from bridge import dead_letters
+from bridge.version import VERSION
 
 bp = Blueprint("pages", __name__)
 
@@ -33,7 +34,7 @@ def index() -> str:
 
 @bp.get("/dashboard")
 def dashboard() -> str:
-    return render_template("dashboard.html", flower_url=_flower_url())
+    return render_template("dashboard.html", flower_url=_flower_url(), version=VERSION)
 
 
 @bp.get("/dashboard/data")

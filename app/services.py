@@ -14,6 +14,7 @@ from app.presence import Presence
 from bridge import keys
 from bridge.circuit import Circuits
 from bridge.connections import is_cluster, redis_client, require_redis_version
+from bridge.layout import require_layout_version
 from bridge.memory import MemoryGuard
 from bridge.models import ModelSpec, load_registry
 from bridge.readers import stream_reader
@@ -38,6 +39,7 @@ class Services:
     def build(cls, settings: Settings) -> Services:
         commands = redis_client(settings, max_connections=64, client_name="tokenbridge-web")
         require_redis_version(commands)  # a Redis that is too old stops the gunicorn worker, hence web, at start
+        require_layout_version(commands)  # so does one that holds another layout of keys
         hub = Hub(
             stream_reader(commands, sweep_s=settings.hub_block_ms / 1000, hints=keys.OUT_HINTS),
             block_ms=settings.hub_block_ms,

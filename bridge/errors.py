@@ -35,3 +35,7 @@ class ProcessingError(TokenbridgeError):
 
 class RedisVersionError(TokenbridgeError):
     """Raised at start when a Redis that tokenbridge uses is older than ``connections.MIN_REDIS_VERSION``."""
+
+
+class RedisLayoutError(TokenbridgeError):
+    """Raised at start when Redis holds data in a key layout other than ``layout.LAYOUT_VERSION``."""

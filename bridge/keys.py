@@ -28,6 +28,8 @@ RATELIMIT_PREFIX = "llm:ratelimit"
 # Raw streams and the work stream (the consumers listen); ``:out`` streams of generations and sessions (web).
 RAW_HINTS = "llm:hints:raw"
 OUT_HINTS = "llm:hints:out"
+# The version of the key layout the data in this Redis is written in (an integer, ``bridge.layout``).
+LAYOUT = "llm:layout"
 
 
 def budget_minute(key_name: str, minute: int) -> str:

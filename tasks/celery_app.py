@@ -12,7 +12,8 @@ from prometheus_client import start_http_server
 from bridge.broker import use_shared_clients
 from bridge.connections import UNAVAILABLE, close, redis_client, require_redis_version
 from bridge.constants import GENERATE_TASK, GENERATION_QUEUE
-from bridge.errors import RedisVersionError
+from bridge.errors import RedisLayoutError, RedisVersionError
+from bridge.layout import require_layout_version
 from bridge.logs import configure_logging
 from bridge.models import load_registry
 from bridge.settings import Settings
@@ -66,7 +67,8 @@ def _settings_of(app: Any) -> Settings:
 
 @worker_init.connect
 def _check_redis_version(sender: Any = None, **_: Any) -> None:
-    """Stop a worker started against a Redis older than tokenbridge needs, before it takes any task."""
+    """Stop a worker started against a Redis older than tokenbridge needs, or holding another layout of keys
+    (``bridge.layout``), before it takes any task."""
     settings = _settings_of(getattr(sender, "app", None))
     try:
         client = redis_client(settings, max_connections=4, client_name="tokenbridge-worker")
@@ -75,7 +77,8 @@ def _check_redis_version(sender: Any = None, **_: Any) -> None:
         return
     try:
         require_redis_version(client)
-    except RedisVersionError as exc:
+        require_layout_version(client)
+    except (RedisVersionError, RedisLayoutError) as exc:
         logging.getLogger(__name__).critical("%s", exc)
         # Celery logs and ignores a signal handler's Exception; SystemExit ends the worker.
         raise SystemExit(1) from exc

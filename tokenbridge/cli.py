@@ -7,11 +7,11 @@ import os
 import sys
 import time
 from dataclasses import dataclass, field
-from importlib.metadata import PackageNotFoundError, version
 from typing import Any, TextIO
 
 import orjson
 
+from bridge.version import VERSION
 from tokenbridge.client import (
     Event,
     TokenbridgeAPIError,
@@ -291,13 +291,6 @@ def _models(args: argparse.Namespace, client: TokenbridgeClient) -> int:
     return 0
 
 
-def _version() -> str:
-    try:
-        return version("tokenbridge")
-    except PackageNotFoundError:  # run from a checkout that was never installed
-        return "unknown"
-
-
 # -- dead letters ----------------------------------------------------------------------------------
 
 
@@ -335,7 +328,7 @@ def _dead_letters(args: argparse.Namespace, client: TokenbridgeClient) -> int:
 # Long: one declarative table of every command and flag, read top to bottom.
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tokenbridge", description="Relay LLM tokens through Redis Streams.")
-    parser.add_argument("--version", action="version", version=f"tokenbridge {_version()}")
+    parser.add_argument("--version", action="version", version=f"tokenbridge {VERSION}")
     # Accepted before or after the command; SUPPRESS keeps a subcommand from resetting what was given before it.
     connection = argparse.ArgumentParser(add_help=False)
     connection.add_argument("--url", default=argparse.SUPPRESS, help=f"server (TOKENBRIDGE_URL, else {DEFAULT_URL})")

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import logging
 
+import redis
 from celery import Celery
 from prometheus_client import start_http_server
 
 from bridge import tracing
 from bridge.connections import redis_client, require_redis_version
+from bridge.errors import RedisLayoutError, RedisVersionError
+from bridge.layout import require_layout_version
 from bridge.logs import configure_logging
 from bridge.settings import Settings
 from bridge.startup import freeze_startup_objects
@@ -24,7 +27,7 @@ def main() -> None:
     tracing.setup("consumer")
     # The socket timeout must outlast the longest blocking read.
     client = redis_client(settings, socket_timeout_s=settings.consumer_block_ms / 1000 + 10)
-    require_redis_version(client)
+    _refuse_an_incompatible_redis(client)
     celery = Celery("tokenbridge-supervisor", broker=settings.broker_url)
     celery.conf.update(celery_client_options(settings))
     name = settings.consumer_name or default_consumer_name()
@@ -48,6 +51,16 @@ def main() -> None:
         worker.run()
     finally:
         tracing.shutdown()
+
+
+def _refuse_an_incompatible_redis(client: redis.Redis) -> None:
+    """Stop at once, with one line that says why, on a Redis too old or holding another layout of keys."""
+    try:
+        require_redis_version(client)
+        require_layout_version(client)
+    except (RedisVersionError, RedisLayoutError) as exc:
+        logging.getLogger(__name__).critical("%s", exc)
+        raise SystemExit(1) from exc
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ import pytest
 
 from bridge import keys
 from bridge.connections import close
+from bridge.version import VERSION
 from tests.sse import SseEvent, read_sse
 from tests.stack import API_KEY_OWNER, Stack
 from tests.support import wait_for
@@ -170,7 +171,7 @@ def test_a_connection_idle_longer_than_gunicorns_default_keep_alive_takes_the_ne
     try:
         # Given a connection that answered one request and then sat idle past gunicorn's own 2 s default
         connection.request("GET", "/healthz")
-        assert connection.getresponse().read() == b'{"status":"ok"}\n'
+        assert orjson.loads(connection.getresponse().read())["status"] == "ok"
         first_socket = connection.sock
         time.sleep(2.5)
         # When a submission is sent on it
@@ -186,7 +187,7 @@ def test_a_connection_idle_longer_than_gunicorns_default_keep_alive_takes_the_ne
 def test_page_and_health_endpoints(stack: Stack) -> None:
     page = stack.get("/", headers={"Authorization": ""})
     assert page.status_code == 200 and "<form" in page.text and "synthetic" in page.text
-    assert stack.get("/healthz").json() == {"status": "ok"}
+    assert stack.get("/healthz").json() == {"status": "ok", "version": VERSION}
     ready = stack.get("/readyz")
     assert ready.status_code == 200
     body: dict[str, Any] = ready.json()

@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import sysconfig
+import tomllib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -31,11 +32,12 @@ MODELS = {
 }
 
 
-def test_version_prints_the_installed_version(capsys: pytest.CaptureFixture[str]) -> None:
+def test_version_prints_the_version_of_pyproject(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exit_:
         cli.main(["--version"])
     assert exit_.value.code == 0
-    assert capsys.readouterr().out.startswith("tokenbridge 0.")
+    project = tomllib.loads((Path(__file__).resolve().parents[2] / "pyproject.toml").read_text())["project"]
+    assert capsys.readouterr().out == f"tokenbridge {project['version']}\n"
 
 
 def test_every_flag_and_argument_of_every_command_has_help() -> None:
