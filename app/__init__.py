@@ -7,6 +7,7 @@ import time
 
 from flask import Flask, Response
 from flask_limiter import RateLimitExceeded
+from werkzeug.middleware.proxy_fix import ProxyFix
 
 from app import (
     api,
@@ -38,14 +39,14 @@ def create_app(settings: Settings | None = None) -> Flask:
     if not settings.auth_disabled and not settings.secret_key:
         raise RuntimeError("SECRET_KEY is required to sign stream tokens (or set AUTH_DISABLED=1 in development).")
     configure_logging(settings.log_format, settings.log_level, process="web")
-    for problem in settings.order_problems():
-        logger.warning(problem)
-    if settings.auth_disabled:
-        logger.warning("AUTH_DISABLED is set: every /v1 request is allowed. Development only.")
-    elif not settings.api_key_set and not settings.api_keys_file:
-        logger.warning("API_KEYS is empty: every /v1 request will get 401.")
+    _warn_at_start(settings)
 
     app = Flask(__name__)
+    if settings.trusted_proxies:
+        # The client address (rate limits, audit records) from X-Forwarded-For, as many entries from its end as
+        # there are proxies appending to it; an entry further left may be the client's own invention. Only the
+        # address: gunicorn takes the scheme from X-Forwarded-Proto (FORWARDED_ALLOW_IPS), and Host is kept.
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=settings.trusted_proxies, x_proto=0, x_host=0)  # type: ignore[method-assign]
     app.config.update(
         MAX_CONTENT_LENGTH=settings.max_body_bytes,
         JSON_SORT_KEYS=False,
@@ -93,6 +94,17 @@ def create_app(settings: Settings | None = None) -> Flask:
         )
 
     return app
+
+
+def _warn_at_start(settings: Settings) -> None:
+    for problem in settings.order_problems():
+        logger.warning(problem)
+    if settings.auth_disabled:
+        logger.warning("AUTH_DISABLED is set: every /v1 request is allowed. Development only.")
+    elif not settings.api_key_set and not settings.api_keys_file:
+        logger.warning("API_KEYS is empty: every /v1 request will get 401.")
+    if not settings.ops_token:
+        logger.warning("OPS_TOKEN is not set: /metrics and the checks of /readyz answer anyone.")
 
 
 # The /v1 blueprints: each counts against the API key's rate limit.

@@ -37,6 +37,7 @@ from bridge.settings import Settings
 logger = logging.getLogger(__name__)
 
 _SALT = "tokenbridge.stream-token.v1"
+_OPS_CREDENTIALS = "Send 'Authorization: Bearer <OPS_TOKEN>' (or an API key with the admin scope)."
 # How often the keys file's modification time is looked at (a stat per request would do, but need not).
 KEYS_FILE_CHECK_S = 1.0
 
@@ -278,6 +279,36 @@ class Authenticator:
         self._serializer = URLSafeTimedSerializer(settings.signing_key, salt=_SALT)
         self.keys = KeyRing(settings)
         self.budget = Budget(settings.token_budget_per_minute, settings.token_budget_per_day)
+        self._ops_digest = _digest(settings.ops_token) if settings.ops_token else None
+
+    @property
+    def ops_protected(self) -> bool:
+        """Whether the operations endpoints need credentials (``OPS_TOKEN`` is set)."""
+        return self._ops_digest is not None
+
+    def require_ops(self, authorization: str | None) -> None:
+        """Let ``OPS_TOKEN`` or an ``admin`` key through to ``/metrics`` and ``/readyz``'s checks (anyone without
+        ``OPS_TOKEN``); raises ApiError 401 (with ``WWW-Authenticate: Bearer``) or 403. ``AUTH_DISABLED`` does not
+        open them."""
+        if self._ops_digest is None:
+            return
+        challenge = {"WWW-Authenticate": "Bearer"}
+        if not authorization:
+            raise ApiError(401, "missing_credentials", _OPS_CREDENTIALS, headers=challenge)
+        scheme, _, credential = authorization.partition(" ")
+        if scheme.lower() != "bearer" or not credential.strip():
+            raise ApiError(401, "invalid_credentials", _OPS_CREDENTIALS, headers=challenge)
+        # Both comparisons run whatever the first finds, each in constant time.
+        is_ops_token = hmac.compare_digest(_digest(credential.strip()), self._ops_digest)
+        entry = self.keys.match(credential.strip())
+        if is_ops_token or (entry is not None and entry.scope == "admin"):
+            return
+        if entry is not None:
+            audit.note(actor=entry.name, actor_owner=entry.owner or entry.name, scope=entry.scope)
+            message = f"This API key (scope {entry.scope!r}) may not read operations data."
+            raise ApiError(403, "insufficient_scope", message)
+        message = "The token is neither OPS_TOKEN nor an API key with the admin scope."
+        raise ApiError(401, "invalid_credentials", message, headers=challenge)
 
     def stream_token(
         self, *, generation_id: str | None = None, session_id: str | None = None, read_only: bool = False

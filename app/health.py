@@ -6,12 +6,13 @@ import time
 from typing import Any
 
 import redis
-from flask import Blueprint, Response, jsonify
+from flask import Blueprint, Response, jsonify, request
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from app.metrics import MODEL_CIRCUIT_OPEN, REDIS_UP, render
+from app.errors import ApiError
+from app.metrics import CONSUMERS_ALIVE, MODEL_CIRCUIT_OPEN, REDIS_UP, render
 from app.services import Services, services
-from bridge import keys, streams
+from bridge import keys, metrics_relay, streams
 from bridge.version import VERSION
 
 bp = Blueprint("health", __name__)
@@ -93,9 +94,20 @@ def _check_hub(s: Services) -> dict[str, Any]:
     }
 
 
+def _shows_details(s: Services) -> bool:
+    """With ``OPS_TOKEN``, the checks are for its holder (or an admin key); anyone else, a client sending its own
+    API key included (``tokenbridge status``), gets the bare status: /readyz never refuses."""
+    try:
+        s.auth.require_ops(request.headers.get("Authorization"))
+    except ApiError:
+        return False
+    return True
+
+
 @bp.get("/readyz")
 def readyz() -> tuple[Response, int, dict[str, str]]:
     s = services()
+    details = _shows_details(s)
     checks: dict[str, Any] = {}
     try:
         checks["redis"] = _check_redis(s)
@@ -103,21 +115,33 @@ def readyz() -> tuple[Response, int, dict[str, str]]:
         checks["models"] = _check_models(s)
     except redis.RedisError as exc:
         checks["redis"] = {"status": "unhealthy", "error": str(exc)}
-        body = {"status": "unhealthy", "checks": checks}
+        body = {"status": "unhealthy", "checks": checks} if details else {"status": "unhealthy"}
         return jsonify(body), 503, {"Retry-After": str(s.settings.redis_retry_after_s)}
     checks["celery"] = _check_celery(s)
     checks["hub"] = _check_hub(s)
     status = "healthy" if all(c["status"] == "healthy" for c in checks.values()) else "degraded"
-    return jsonify({"status": status, "checks": checks}), 200, {}
+    return jsonify({"status": status, "checks": checks} if details else {"status": status}), 200, {}
 
 
 @bp.get("/metrics")
 def metrics() -> Response:
     s = services()
+    s.auth.require_ops(request.headers.get("Authorization"))
+    relayed: dict[str, bytes] = {}
     try:
         s.redis.ping()
         REDIS_UP.set(1)
         _check_models(s)  # sets the circuit gauges
+        relayed = _consumer_metrics(s)
     except redis.RedisError:
         REDIS_UP.set(0)
-    return Response(render(), mimetype=CONTENT_TYPE_LATEST)
+    return Response(render(relayed), mimetype=CONTENT_TYPE_LATEST)
+
+
+def _consumer_metrics(s: Services) -> dict[str, bytes]:
+    """The live consumers' own metrics, as they pushed them (``bridge.metrics_relay``); counts them."""
+    names = metrics_relay.live_consumers(
+        s.redis, heartbeat_ms=s.settings.consumer_heartbeat_ms, now_ms=int(time.time() * 1000)
+    )
+    CONSUMERS_ALIVE.set(len(names))
+    return metrics_relay.read(s.redis, names)

@@ -14,6 +14,8 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
 from prometheus_client.registry import REGISTRY
 
+from bridge import metrics_relay
+
 OPEN_STREAMS = Gauge("tokenbridge_open_streams", "Client streams open", ["transport"], multiprocess_mode="livesum")
 EVENTS_SENT = Counter("tokenbridge_events_sent_total", "Events written to clients", ["transport"])
 RESUMES = Counter("tokenbridge_resumes_total", "Streams opened with a Last-Event-ID", ["transport"])
@@ -34,6 +36,11 @@ MODEL_CIRCUIT_OPEN = Gauge(
 )
 REDIS_UP = Gauge(
     "tokenbridge_redis_up", "1 when Redis answered the last scrape's PING", multiprocess_mode="livemostrecent"
+)
+CONSUMERS_ALIVE = Gauge(
+    "tokenbridge_consumers_alive",
+    "Consumer workers with a recent heartbeat in llm:consumers, counted at the last scrape",
+    multiprocess_mode="livemostrecent",
 )
 
 
@@ -83,10 +90,12 @@ class BufferedCount:
             self._pending = 0
 
 
-def render() -> bytes:
-    """The exposition text: this process's registry, or every worker's under gunicorn."""
+def render(relayed: dict[str, bytes] | None = None) -> bytes:
+    """The exposition text: this process's registry, or every worker's under gunicorn; with the samples of the
+    consumers' ``relayed`` texts (``bridge.metrics_relay``), labelled by consumer."""
+    registry = REGISTRY
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
-        return generate_latest(registry)
-    return generate_latest(REGISTRY)
+    own = generate_latest(registry)
+    return metrics_relay.merge(own, relayed) if relayed else own

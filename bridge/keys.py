@@ -202,6 +202,12 @@ def model_circuit(model: str) -> str:
     return f"llm:model:{model}:circuit"
 
 
+def consumer_metrics(consumer_name: str) -> str:
+    """A consumer's Prometheus exposition text, pushed every few seconds with a short expiry and served by web's
+    ``/metrics`` (``bridge.metrics_relay``)."""
+    return f"llm:metrics:consumer:{{{consumer_name}}}"
+
+
 def stats(model: str) -> str:
     return f"{STATS_PREFIX}:{model}"
 

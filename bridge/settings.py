@@ -147,6 +147,14 @@ class Settings(BaseSettings):
         description="Signs stream tokens; every `web` process needs the same one. `web` requires it unless "
         "`AUTH_DISABLED=1`.",
     )
+    # A bearer token for the operations endpoints (/metrics, the checks of /readyz); unset: they are public.
+    ops_token: str | None = Field(
+        default=None,
+        description="Bearer token that `/metrics` and the details (`checks`) of `/readyz` require, as "
+        "`Authorization: Bearer <token>`; an API key with the `admin` scope is accepted too. The bare status of "
+        "`/readyz` stays public for load balancers. Unset: both are public, and `web` logs a warning at start "
+        "([security.md](security.md#operations-endpoints)).",
+    )
     stream_token_ttl_s: int = Field(
         default=3600,
         ge=1,
@@ -292,6 +300,14 @@ class Settings(BaseSettings):
         default="",
         description="Comma-separated origins (`https://app.example.com`) whose browser pages may call `/v1` (CORS), "
         "and open WebSockets. Empty: no CORS headers, and WebSockets only from the site itself.",
+    )
+    # Proxies in front of web that append to X-Forwarded-For (werkzeug's ProxyFix); 0: the header is ignored.
+    trusted_proxies: int = Field(
+        default=0,
+        ge=0,
+        description="How many proxies in front of `web` append to `X-Forwarded-For`: the client address (rate limits "
+        "per address, the audit trail's `client`) is the one that many entries from its end. 0: the header is "
+        "never trusted, and the address is the TCP peer's. Heroku and Render: 1 ([deploy.md](deploy.md)).",
     )
     flower_url: str = Field(
         default="",

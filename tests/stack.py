@@ -187,7 +187,9 @@ class Stack:
             for name, process in self.processes.items():
                 if process.poll() is not None and not name.startswith("gone-"):
                     raise RuntimeError(f"{name} exited with {process.returncode}; see {self.logs}/{name}.log")
-            checks = httpx.get(self.url("/readyz"), timeout=5).json().get("checks", {})
+            # With OPS_TOKEN, the checks are for its holder.
+            ops = {"Authorization": f"Bearer {self.env['OPS_TOKEN']}"} if self.env.get("OPS_TOKEN") else {}
+            checks = httpx.get(self.url("/readyz"), headers=ops, timeout=5).json().get("checks", {})
             return (
                 checks.get("consumers", {}).get("alive", 0) >= consumers
                 and checks.get("celery", {}).get("workers", 0) >= workers

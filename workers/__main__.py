@@ -18,6 +18,7 @@ from bridge.startup import freeze_startup_objects
 from bridge.task_queue import celery_client_options, send_generation, waiting_tasks
 from workers.celery_events import CeleryEvents
 from workers.consumer import ConsumerWorker, default_consumer_name
+from workers.metrics import MetricsPublisher
 from workers.processors import default_processors
 
 
@@ -46,10 +47,14 @@ def main() -> None:
         logging.getLogger(__name__).warning(problem)
     if settings.consumer_metrics_port:
         start_http_server(settings.consumer_metrics_port)
+    # web's /metrics serves them too, for a deploy where this process's port cannot be scraped.
+    publisher = MetricsPublisher(client, name)
+    publisher.start()
     freeze_startup_objects()
     try:
         worker.run()
     finally:
+        publisher.close()
         tracing.shutdown()
 
 

@@ -1,14 +1,23 @@
-"""Prometheus metrics of a consumer worker, served on CONSUMER_METRICS_PORT. No generation ids in labels."""
+"""Prometheus metrics of a consumer worker, served on CONSUMER_METRICS_PORT and pushed to Redis for ``web``'s
+``/metrics`` (``MetricsPublisher``). No generation ids in labels."""
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import threading
 from bisect import bisect_left
 from collections.abc import Iterator
 
-from prometheus_client import REGISTRY, Counter, Gauge, Histogram
+import redis
+from prometheus_client import REGISTRY, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.metrics_core import HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
+
+from bridge import metrics_relay
+
+logger = logging.getLogger(__name__)
 
 
 class Timings:
@@ -82,3 +91,36 @@ PENDING = Gauge("tokenbridge_work_pending", "Generations handed to consumers and
 LAG = Gauge("tokenbridge_work_lag", "Generations not yet handed to any consumer (Redis 7+)")
 OLDEST_PENDING = Gauge("tokenbridge_work_oldest_pending_seconds", "Age of the oldest generation not yet finished")
 KEY_TOKENS = Counter("tokenbridge_key_tokens_total", "Tokens committed for API keys with a token budget", ["api_key"])
+
+
+class MetricsPublisher:
+    """Pushes this consumer's exposition text to Redis every ``metrics_relay.PUSH_INTERVAL_S``, from a thread of
+    its own (never the processing loop), so that scraping ``web`` alone covers the consumers."""
+
+    def __init__(self, client: redis.Redis, consumer_name: str, *, interval_s: float = metrics_relay.PUSH_INTERVAL_S):
+        self.client = client
+        self.consumer_name = consumer_name
+        self.interval_s = interval_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="tokenbridge-metrics-push", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            self.publish()
+            if self._stop.wait(self.interval_s):
+                return
+
+    def publish(self) -> None:
+        try:
+            metrics_relay.publish(self.client, self.consumer_name, generate_latest(REGISTRY))
+        except redis.RedisError as exc:
+            logger.warning("Could not push the consumer's metrics: %s", exc)
+
+    def close(self) -> None:
+        """Stop pushing and withdraw this consumer's text (a clean stop)."""
+        self._stop.set()
+        with contextlib.suppress(redis.RedisError):
+            metrics_relay.withdraw(self.client, self.consumer_name)

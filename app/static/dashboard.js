@@ -5,6 +5,8 @@
  *   latency percentiles estimated from the buckets of tokenbridge_delivery_latency_seconds;
  * - /v1/stats (API key from localStorage "tokenbridge.key"): per model generations, tokens, TTFT, tokens/s;
  * - /dashboard/data (API key): the latest dead letters.
+ * The saved API key goes to /readyz and /metrics too: with OPS_TOKEN set, an admin key reads them whole (another
+ * key gets the bare status of /readyz, and no /metrics).
  * It keeps the last 5 minutes of rates and latencies in memory and draws them as SVG line charts.
  */
 (function () {
@@ -51,6 +53,11 @@
     return fetch(url, { cache: "no-store", headers: headers || {}, signal: controller.signal }).finally(function () {
       clearTimeout(timeout);
     });
+  }
+
+  function keyHeaders() {
+    var key = apiKey();
+    return key ? { Authorization: "Bearer " + key } : {};
   }
 
   function readJson(response) {
@@ -128,7 +135,7 @@
   // -- /readyz -------------------------------------------------------------------------------------
 
   function loadReadyz() {
-    return get("/readyz")
+    return get("/readyz", keyHeaders())
       .then(function (response) {
         return readJson(response);
       })
@@ -266,8 +273,11 @@
   }
 
   function loadMetrics() {
-    return get("/metrics")
+    return get("/metrics", keyHeaders())
       .then(function (response) {
+        if (response.status === 401 || response.status === 403) {
+          throw new Error("it needs an API key with the admin scope (OPS_TOKEN is set)");
+        }
         if (!response.ok) throw new Error("/metrics answered " + response.status);
         return response.text();
       })

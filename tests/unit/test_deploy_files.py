@@ -231,3 +231,15 @@ def test_render_blueprint_asks_for_each_optional_variable_on_the_services_that_r
         for service in readers:
             entry = next((v for v in services[service]["envVars"] if v.get("key") == name), None)
             assert entry == {"key": name, "sync": False}, (service, name)
+
+
+def test_paas_manifests_protect_the_ops_endpoints_and_count_their_routers_hops() -> None:
+    # Heroku's and Render's routers each append one X-Forwarded-For entry (a second hop is counted only once seen).
+    env = json.loads((ROOT / "app.json").read_text())["env"]
+    assert env["OPS_TOKEN"]["generator"] == "secret"
+    assert env["TRUSTED_PROXIES"]["value"] == "1"
+    blueprint = yaml.safe_load((ROOT / "render.yaml").read_text())
+    web = next(s for s in blueprint["services"] if s["name"] == "tokenbridge-web")
+    web_env = {v["key"]: v for v in web["envVars"] if "key" in v}
+    assert web_env["OPS_TOKEN"] == {"key": "OPS_TOKEN", "generateValue": True}
+    assert web_env["TRUSTED_PROXIES"] == {"key": "TRUSTED_PROXIES", "value": "1"}
