@@ -56,6 +56,7 @@ distribution = metadata.distribution("tokenbridge-client")
 print(json.dumps({
     "module": tokenbridge_client.__file__,
     "version": distribution.version,
+    "__version__": tokenbridge_client.__version__,
     "requires": distribution.requires,
     "direct_url": json.loads(distribution.read_text("direct_url.json")),
 }))
@@ -198,7 +199,7 @@ def test_the_documented_pip_line_installs_the_client_from_the_repository(tmp_pat
     installed = json.loads(run.stdout)
     declared = tomllib.loads((DISTRIBUTION / "pyproject.toml").read_text())["project"]
     assert Path(installed["module"]).is_relative_to(site)
-    assert installed["version"] == declared["version"]
+    assert installed["version"] == installed["__version__"] == declared["version"]
     assert sorted(installed["requires"]) == sorted(declared["dependencies"])
     assert installed["direct_url"] == {
         "url": repo.as_uri(),

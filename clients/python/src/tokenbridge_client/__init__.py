@@ -13,6 +13,9 @@ with TokenbridgeClient("http://127.0.0.1:8000", api_key) as client:
 
 from __future__ import annotations
 
+from importlib.metadata import PackageNotFoundError
+from importlib.metadata import version as _version
+
 from ._errors import TokenbridgeError
 from .async_client import AsyncTokenbridgeClient, acollect_text
 from .client import (
@@ -27,7 +30,11 @@ from .client import (
     collect_text,
 )
 
-__version__ = "0.1.0"
+try:
+    # Written once, in clients/python/pyproject.toml (which follows the server's: docs/releases.md).
+    __version__ = _version("tokenbridge-client")
+except PackageNotFoundError:  # imported from a checkout, not installed
+    __version__ = "0+unknown"
 
 __all__ = [
     "AsyncTokenbridgeClient",
