@@ -2,7 +2,8 @@
 
 A replicated Redis (Sentinel) acknowledges a write before its replica has it; a primary that dies in
 between takes the write with it. ``confirm_replicated`` bounds that for the few writes that are worth a
-round trip (a new generation before it is answered). It is never used on the per-token path.
+round trip (a new generation before it is answered; not its later events, whose loss a failover bounds
+otherwise: docs/RELIABILITY.md). It is never used on the per-token path.
 """
 
 from __future__ import annotations
@@ -16,6 +17,9 @@ from bridge.connections import is_cluster
 from bridge.settings import Settings
 
 logger = logging.getLogger(__name__)
+
+# Writes of this process left unconfirmed since replicas last confirmed one: the warning is logged once per outage.
+_unconfirmed = 0
 
 
 def confirm_replicated(client: redis.Redis, settings: Settings, *, what: str) -> bool:
@@ -34,13 +38,20 @@ def confirm_replicated(client: redis.Redis, settings: Settings, *, what: str) ->
     pipe.publish(keys.REPLICATION_MARK, "")
     pipe.wait(wanted, settings.redis_wait_timeout_ms)
     replicas = int(pipe.execute()[-1])
+    global _unconfirmed
     if replicas < wanted:
-        logger.warning(
-            "%s: %s of %s replicas confirmed within %s ms; a failover now could lose it.",
-            what,
-            replicas,
-            wanted,
-            settings.redis_wait_timeout_ms,
-        )
+        if not _unconfirmed:
+            logger.warning(
+                "%s: %s of %s replicas confirmed within %s ms; a failover now could lose it. Not logged again until "
+                "replicas confirm a write again.",
+                what,
+                replicas,
+                wanted,
+                settings.redis_wait_timeout_ms,
+            )
+        _unconfirmed += 1
         return False
+    if _unconfirmed:
+        logger.warning("Replicas confirm writes again, after %s left unconfirmed.", _unconfirmed)
+        _unconfirmed = 0
     return True

@@ -88,16 +88,17 @@ class Settings(BaseSettings):
     redis_wait_replicas: int = Field(
         default=0,
         ge=0,
-        description="Replicas that must confirm a new generation and each terminal event before it is answered or "
-        "acknowledged (`WAIT`, at most `REDIS_WAIT_TIMEOUT_MS`; never per token). 0: no wait. Set it to 1 with a "
-        "replicated Redis so that a failover cannot lose an accepted generation or an ended one "
-        "([RELIABILITY.md](RELIABILITY.md#redis-failover)).",
+        description="Replicas that must confirm a new generation before `POST` answers it (`WAIT`, at most "
+        "`REDIS_WAIT_TIMEOUT_MS`; once per submission, never per token). 0: no wait. Set it to 1 with a replicated "
+        "Redis so that a failover cannot lose an accepted generation; what it can lose of a running or ended one, "
+        "and how that is bounded: [RELIABILITY.md](RELIABILITY.md#redis-failover).",
     )
     redis_wait_timeout_ms: int = Field(
         default=200,
         ge=1,
         description="Longest `WAIT` for `REDIS_WAIT_REPLICAS`, in ms. When it runs out the write stands, unconfirmed, "
-        "and a warning is logged: a lost replica slows writes, never stops them.",
+        "and a warning is logged (once, until replicas confirm again): a lost replica slows writes, never stops "
+        "them.",
     )
     redis_memory_headroom: float = Field(
         default=0.9,
