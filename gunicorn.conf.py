@@ -64,9 +64,14 @@ def post_worker_init(worker: Any) -> None:
         # A connection waiting for its next request would hold the worker until its keep-alive (or the graceful
         # timeout) ran out: close them now. One in the middle of a request ends after its response, as always.
         for greenlet in list(idle):
-            greenlet.kill(block=False)
+            greenlet.kill(IdleConnectionClosed, block=False)
 
     gevent.spawn(end_streams_on_shutdown)
+
+
+class IdleConnectionClosed(Exception):
+    """Ends a kept-alive connection's wait for its next request at shutdown (gunicorn would log a GreenletExit
+    there as an error: one per idle connection, on every deploy)."""
 
 
 def track_idle_connections(worker: Any) -> set[Any]:
@@ -88,6 +93,8 @@ def track_idle_connections(worker: Any) -> set[Any]:
         try:
             with gevent.Timeout(keepalive_s, False):
                 yield
+        except IdleConnectionClosed:
+            pass  # no request came: gunicorn closes the connection quietly, as after its keep-alive
         finally:
             idle.discard(current)
 

@@ -117,8 +117,15 @@ class Hub:
     # -- subscribers -------------------------------------------------------------------------------
 
     def subscribe(self, key: str, after_id: str) -> tuple[Subscription, str]:
-        """Watch ``key``; returns the subscription and the id up to which the caller must read by itself."""
+        """Watch ``key``; returns the subscription and the id up to which the caller must read by itself.
+
+        Once the hub is stopped (the process is shutting down) the subscription comes back closed: the stream ends
+        after its catch-up, and its client resumes on another process instead of waiting here for nothing.
+        """
         sub = Subscription(key, self.queue_size)
+        if self._stopping.is_set():
+            sub.closed = True
+            return sub, after_id
         with self._lock:
             new = key not in self._positions
             if new:

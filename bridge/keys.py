@@ -13,6 +13,8 @@ from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
 
 WORK_STREAM = "llm:work"
 CONSUMERS_ZSET = "llm:consumers"
+# Celery workers' heartbeats (name -> last stamp, ms): ``bridge.liveness``.
+WORKERS_ZSET = "llm:workers"
 DEAD_LETTERS = "llm:dead"
 STATS_PREFIX = "llm:stats"
 # Web processes publishing reader counts (sorted set, score = last heartbeat).

@@ -116,9 +116,12 @@ class GenerationWriter:
         lease_ms: int,
         max_length: int,
         retry_s: float = 30.0,
+        worker: str = "",
     ) -> None:
         self.client = client
         self.generation_id = generation_id
+        # This process's name in ``llm:workers`` ('' outside a worker), kept with each attempt it claims.
+        self.worker = worker
         self.lease_ms = lease_ms
         self.max_length = max_length
         self.retry_s = retry_s
@@ -145,6 +148,7 @@ class GenerationWriter:
                 max_length=self.max_length,
                 reason=reason,
                 check_first=check_first,
+                worker=self.worker,
             )
         )
         result, self.request = claimed

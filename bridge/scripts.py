@@ -33,7 +33,9 @@ from redis.exceptions import NoScriptError
 from bridge import keys as key_names
 from bridge.cluster import MOVING, refresh_if_moved
 
-# KEYS: meta, lease, raw, request   ARGV: lease_ms, now, maxlen, reason, then the models claimed only after a check
+# KEYS: meta, lease, raw, request   ARGV: lease_ms, now, maxlen, reason, worker, then the models claimed only after a
+# check. ``worker`` (the claiming process's name in ``llm:workers``, or '') is kept in ``:meta``: the consumers release
+# the attempt's lease when that worker's heartbeat stops (``bridge.liveness``).
 # Returns {attempt (1, 2, …) or refusal, the stored request}: -3 unknown, -2 finished, -1 held by a live attempt,
 # -4 its model is one of those to check first (nothing claimed). The request comes with the claim so that a task
 # starts in one round trip.
@@ -43,13 +45,13 @@ local state = redis.call('HMGET', KEYS[1], 'terminal', 'request', 'model')
 if state[1] then return {-2, false} end
 -- The request has a key of its own; ``:meta`` held it before.
 state[2] = redis.call('GET', KEYS[4]) or state[2]
-for i = 5, #ARGV do
+for i = 6, #ARGV do
   if ARGV[i] == state[3] then return {-4, state[2]} end
 end
 if redis.call('EXISTS', KEYS[2]) == 1 then return {-1, state[2]} end
 local attempt = redis.call('HINCRBY', KEYS[1], 'attempt', 1)
 redis.call('SET', KEYS[2], attempt, 'PX', ARGV[1])
-redis.call('HSET', KEYS[1], 'started_at', ARGV[2], 'wseq', 0)
+redis.call('HSET', KEYS[1], 'started_at', ARGV[2], 'wseq', 0, 'worker', ARGV[5])
 if redis.call('HGET', KEYS[1], 'status') == 'queued' then
   redis.call('HSET', KEYS[1], 'status', 'running')
 end
@@ -623,6 +625,7 @@ def claim_attempt(
     max_length: int,
     reason: str,
     check_first: Sequence[str] = (),
+    worker: str = "",
 ) -> tuple[int, str | None]:
     """Start a new attempt: its number (1, 2, …), or the ``Claim`` that refused it; and the stored request.
 
@@ -630,7 +633,7 @@ def claim_attempt(
     """
     generation_keys = [key_names.gen_meta(generation_id), key_names.gen_lease(generation_id)]
     generation_keys += [key_names.gen_raw(generation_id), key_names.gen_request(generation_id)]
-    args = [lease_ms, repr(time.time()), max_length, reason, *check_first]
+    args = [lease_ms, repr(time.time()), max_length, reason, worker, *check_first]
     result, request = run(client, CLAIM_ATTEMPT, generation_keys, args)
     attempt = int(result)
     return (attempt if attempt > 0 else Claim(attempt)), (request or None)

@@ -354,12 +354,22 @@ class Settings(BaseSettings):
         description="How long (ms) a generation's write waits for more tokens after the first; 0 writes what is "
         "waiting at once (the writes of all generations of a process are flushed together anyway).",
     )
+    dead_after_ms: int = Field(
+        default=2500,
+        ge=200,
+        description="A `worker` or `consumer` whose heartbeat (stamped in `llm:workers` / `llm:consumers` every tenth "
+        "of this, by a thread of its own) is older than this is dead: a consumer's generations are taken over at "
+        "once, a worker's attempts start again at once. A process paused for less keeps its work. Set it the same "
+        "on `worker` and `consumer`; hosts' clocks must agree to well within it.",
+    )
     lease_ms: int = Field(
         default=15_000,
         ge=500,
-        description="Lease of a running attempt, in ms, renewed by writes and heartbeats once a third of it has "
-        "passed. A new attempt can start only after the lease runs out or is released; when it has run out, the "
-        "consumer that owns the generation starts a new attempt. Set it the same on `worker` and `consumer`.",
+        description="Lease of a running attempt, in ms, renewed by its writes and heartbeats once a third of it has "
+        "passed. A new attempt can start only after the lease runs out or is released; the consumer that owns the "
+        "generation releases it when the worker's heartbeat stops (`DEAD_AFTER_MS`), and starts a new attempt when "
+        "it has run out (the backstop, for a worker alive but stuck, or cut off from Redis). Set it the same on "
+        "`worker` and `consumer`.",
     )
     cancel_poll_ms: int = Field(
         default=200,
@@ -444,10 +454,11 @@ class Settings(BaseSettings):
         "`CONSUMER_HEARTBEAT_MS` (every process refuses to start otherwise).",
     )
     consumer_heartbeat_ms: int = Field(
-        default=2000,
+        default=1000,
         ge=50,
-        description="Interval (ms) of a consumer's heartbeat (`llm:consumers`), housekeeping and supervision of its "
-        "generations.",
+        description="Interval (ms) of a consumer's housekeeping: its registration in `llm:consumers`, the refresh of "
+        "its work entries, and the supervision of its generations' attempts (a lost worker's generation restarts "
+        "within `LEASE_MS` plus this).",
     )
     consumer_metrics_port: int | None = Field(
         default=None,

@@ -6,7 +6,7 @@ import logging
 from typing import Any
 
 from celery import Celery, current_app
-from celery.signals import setup_logging, worker_init, worker_ready
+from celery.signals import setup_logging, worker_init, worker_ready, worker_shutdown
 from prometheus_client import start_http_server
 
 from bridge.broker import use_shared_clients
@@ -19,7 +19,7 @@ from bridge.models import load_registry
 from bridge.settings import Settings
 from bridge.startup import freeze_startup_objects
 from bridge.task_queue import SHARED_BACKEND, broker_ssl_options, broker_transport_options
-from tasks import tracing
+from tasks import liveness, tracing
 
 
 def create_celery(settings: Settings) -> Celery:
@@ -101,6 +101,16 @@ def _serve_metrics(sender: Any = None, **_: Any) -> None:
 @worker_ready.connect
 def _freeze_startup_objects(**_: Any) -> None:
     freeze_startup_objects()
+
+
+@worker_ready.connect
+def _start_heartbeat(sender: Any = None, **_: Any) -> None:
+    liveness.start(_settings_of(getattr(sender, "app", None)))
+
+
+@worker_shutdown.connect
+def _stop_heartbeat(**_: Any) -> None:
+    liveness.stop()
 
 
 @setup_logging.connect

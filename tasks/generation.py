@@ -27,7 +27,7 @@ from bridge.models import ModelSpec, registry_for
 from bridge.producer import Chunk, Claim, Finish, GenerationWriter, Outcome, Scheduled, TokenSource, with_retries
 from bridge.settings import Settings
 from bridge.write_loop import WriteLoop
-from tasks import metrics, tracing
+from tasks import liveness, metrics, tracing
 from tasks.providers import provider_for
 from tasks.providers.base import Provider
 
@@ -250,6 +250,7 @@ def _writer(client: redis.Redis, settings: Settings, generation_id: str) -> Gene
         lease_ms=settings.lease_ms,
         max_length=settings.redis_stream_max_length,
         retry_s=settings.redis_retry_s,
+        worker=liveness.NAME,
     )
 
 

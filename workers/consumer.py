@@ -26,6 +26,7 @@ from bridge import keys
 from bridge.connections import UNAVAILABLE, is_cluster
 from bridge.errors import ProcessingError
 from bridge.events import Event, EventType, decode_raw
+from bridge.liveness import Heartbeat
 from bridge.memory import is_out_of_memory
 from bridge.readers import stream_reader
 from bridge.settings import Settings
@@ -81,6 +82,10 @@ class ConsumerWorker:
         self._batches: list[Batch] = []
         self._stopping = threading.Event()
         self._next_housekeeping = 0.0
+        # This consumer's proof of life, stamped by a thread of its own while ``run`` runs (``workers.liveness``),
+        # and when it next looks for consumers whose proof stopped.
+        self.heartbeat = Heartbeat(client, keys.CONSUMERS_ZSET, self.name, dead_after_ms=settings.dead_after_ms)
+        self._next_death_check = 0.0
         self._group_ready = False
         self._resync = False
         # Generations whose commit was refused as stale (``scripts.COMMIT``'s fence): recovered before the next read.
@@ -111,6 +116,7 @@ class ConsumerWorker:
 
     def run(self) -> None:
         logger.info("Consumer %s started (group %s).", self.name, self.group)
+        self.heartbeat.start()
         if self.events is not None:
             self.events.start()
         backoff_s = 0.1
@@ -127,6 +133,7 @@ class ConsumerWorker:
                     logger.exception("Consumer %s loop failed; retrying in %.1fs.", self.name, backoff_s)
                 self._stopping.wait(backoff_s)
                 backoff_s = min(backoff_s * 2, _UNAVAILABLE_BACKOFF_MAX_S if isinstance(exc, UNAVAILABLE) else 5.0)
+        self.heartbeat.stop()  # hand_back strikes this consumer off
         self.ownership.hand_back()
         self.chain.close()
         if self.events is not None:
@@ -140,8 +147,12 @@ class ConsumerWorker:
         """Housekeeping when due, then one blocking read and its processing. Returns entries processed."""
         self._prepare()
         block = block_ms if block_ms is not None else self.settings.consumer_block_ms
-        # Never block past the next heartbeat: a consumer that waits must still look alive.
-        block = max(1, min(block, int((self._next_housekeeping - time.monotonic()) * 1000) + 1))
+        # Never block past the next heartbeat (a consumer that waits must still look alive), nor past the next look
+        # for dead consumers (their readers wait for it).
+        due = self._next_housekeeping
+        if self.heartbeat.running:
+            due = min(due, self._next_death_check)
+        block = max(1, min(block, int((due - time.monotonic()) * 1000) + 1))
         streams, block = self._streams_to_read(block)
         try:
             reply = self._read(streams, block)
@@ -187,6 +198,16 @@ class ConsumerWorker:
         if time.monotonic() >= self._next_housekeeping:
             self._housekeeping_unless_full()
             self._next_housekeeping = time.monotonic() + self.settings.consumer_heartbeat_ms / 1000
+        if self.heartbeat.running and time.monotonic() >= self._next_death_check:
+            self._take_over_the_dead()
+            self._next_death_check = time.monotonic() + self.heartbeat.interval_s
+
+    def _take_over_the_dead(self) -> None:
+        """Take over the generations of consumers whose heartbeat stopped (one ``ZRANGEBYSCORE`` when none did)."""
+        if not self.heartbeat.may_judge_others():
+            return
+        for owned in self.ownership.take_over_dead():
+            self._process_left_over(owned.generation_id)
 
     def _housekeeping_unless_full(self) -> None:
         """Housekeeping, skipped for this round when Redis at maxmemory refuses one of its writes: commits
@@ -227,7 +248,10 @@ class ConsumerWorker:
         self._claim_stranded()
         self.dead_letters.apply_decisions(list(self.owned.values()))
         self._after_commit([])  # counts a processor still holds (a token budget) are written when due
-        self.supervisor.supervise([gid for gid, owned in self.owned.items() if not owned.gen.finished])
+        running = [gid for gid, owned in self.owned.items() if not owned.gen.finished]
+        if self.heartbeat.may_judge_others():
+            self.supervisor.release_dead_workers(running)
+        self.supervisor.supervise(running)
         self._measure()
         self.alerter.tick()
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import redis
 
-from bridge import keys
+from bridge import keys, liveness
 from bridge.cluster import MOVING, node_client, refresh_if_moved
 from bridge.events import FINISHED_STATUSES
 from bridge.settings import Settings
@@ -137,6 +137,38 @@ class Ownership:
                     adopted += filter(None, [self.adopt(gid, work_id, taken_over=True, work_stream=stream)])
                 if start == "0-0":
                     break
+        return adopted
+
+    def take_over_dead(self) -> list[OwnedGeneration]:
+        """Claim the work entries of the consumers whose heartbeat stopped (``workers.liveness``); returns the
+        generations taken over. A consumer left with nothing pending is struck off ``llm:consumers``."""
+        adopted: list[OwnedGeneration] = []
+        dead_after_ms = self.settings.dead_after_ms
+        for dead in liveness.dead(self.client, keys.CONSUMERS_ZSET, dead_after_ms, but=self.name):
+            left = 0
+            for stream in self.work_streams:
+                pending: Any = self.client.xpending_range(stream, self.group, "-", "+", PAGE, consumername=dead)
+                ids = [entry["message_id"] for entry in pending]
+                if not ids:
+                    continue
+                left += len(ids)
+                # Half the death time idle at least: two consumers that notice at once do not both take an entry.
+                claimed: Any = self.client.xclaim(stream, self.group, self.name, dead_after_ms // 2, ids)
+                for work_id, fields in claimed:
+                    if not fields:
+                        self.release_work(stream, work_id)  # deleted while pending
+                        continue
+                    gid = fields.get("generation_id", "")
+                    logger.info(
+                        "Taking over generation %s from consumer %s, whose heartbeat stopped.",
+                        gid,
+                        dead,
+                        extra={"generation_id": gid},
+                    )
+                    metrics.TAKEOVERS.inc()
+                    adopted += filter(None, [self.adopt(gid, work_id, taken_over=True, work_stream=stream)])
+            if not left:
+                self.client.zrem(keys.CONSUMERS_ZSET, dead)
         return adopted
 
     def hand_back(self) -> None:

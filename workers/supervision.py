@@ -11,13 +11,14 @@ its turn there, and a copy would only lengthen the queue.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from typing import Any
 
 import orjson
 import redis
 
-from bridge import keys, scripts
+from bridge import keys, liveness, scripts
 from bridge.events import EventType
 from bridge.scripts import Supervision
 from bridge.settings import Settings
@@ -53,6 +54,30 @@ class Supervisor:
         self.settings = settings
         self.enqueue = enqueue
         self.waiting_tasks = waiting_tasks
+
+    def release_dead_workers(self, generation_ids: list[str]) -> None:
+        """Release the leases of the attempts whose worker's heartbeat stopped (``bridge.liveness``), so that
+        ``supervise`` starts their new attempts now, not when the leases run out. One ``ZRANGEBYSCORE`` when no
+        worker died; a worker dead for long is struck off, once every consumer has had time to look."""
+        dead_after_ms = self.settings.dead_after_ms
+        dead = set(liveness.dead(self.client, keys.WORKERS_ZSET, dead_after_ms))
+        if not dead or not generation_ids:
+            return
+        pipe = self.client.pipeline(transaction=False)
+        for gid in generation_ids:
+            pipe.hmget(keys.gen_meta(gid), "worker", "attempt")
+        for gid, (worker, attempt) in zip(generation_ids, pipe.execute(), strict=True):
+            if worker in dead and attempt and scripts.release_lease(self.client, gid, int(attempt)):
+                logger.warning(
+                    "Generation %s: worker %s stopped (no heartbeat for %s ms); attempt %s released.",
+                    gid,
+                    worker,
+                    dead_after_ms,
+                    attempt,
+                    extra={"generation_id": gid},
+                )
+        forget_before = int(time.time() * 1000) - dead_after_ms - 10 * self.settings.consumer_heartbeat_ms
+        self.client.zremrangebyscore(keys.WORKERS_ZSET, "-inf", forget_before)
 
     def supervise(self, generation_ids: list[str]) -> None:
         """Restart or end generations whose attempt stopped renewing its lease, or that never started."""
