@@ -77,7 +77,9 @@ def tracing_cost(start: StartStack, measure: MeasureStep, *, rounds: int = 2) ->
             "rounds": rounds,
             "cpu_us_per_token": result,
             "added_us_per_token": round(result["on"]["pipeline"] - result["off"]["pipeline"], 1),
-            "p99_ms": {name: median(row["latency_ms"]["p99"] for row in rows) for name, rows in steps.items()},
+            "p99_ms": {
+                name: round(median(row["latency_ms"]["p99"] for row in rows), 1) for name, rows in steps.items()
+            },
             "exported_bytes_per_token": round(sink.bytes / max(1, delivered), 1),
             "exports": sink.requests,
         }
