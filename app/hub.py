@@ -23,6 +23,7 @@ import redis
 
 from app import metrics
 from bridge import keys
+from bridge.connections import UNAVAILABLE_RETRY_MAX_S
 from bridge.events import ClientEvent, decode_out
 from bridge.readers import StreamReader
 from bridge.sessions import SessionResolver
@@ -205,7 +206,7 @@ class Hub:
                 self.last_error = str(exc)
                 logger.warning("Hub read failed (%s); retrying in %.1fs.", exc, backoff_s)
                 self._stopping.wait(backoff_s)
-                backoff_s = min(backoff_s * 2, 5.0)
+                backoff_s = min(backoff_s * 2, UNAVAILABLE_RETRY_MAX_S)
             except Exception:
                 self.healthy = False
                 logger.exception("Hub read failed; retrying.")

@@ -13,11 +13,13 @@ Every process that talks to a Redis broker calls ``use_shared_clients`` when it 
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import kombu.transport
 import redis
 from kombu.transport import redis as kombu_redis
+from kombu.utils import functional as kombu_functional
 
 
 class _SharedClient:
@@ -66,3 +68,17 @@ def use_shared_clients() -> None:
     resolved: dict[str, Any] = getattr(kombu.transport, "_transport_cache", {})
     for alias in _TRANSPORTS:  # kombu keeps each alias's class once resolved
         resolved.pop(alias, None)
+    cooperative_retry_waits()
+
+
+def cooperative_retry_waits() -> None:
+    """Make kombu's retry waits (``retry_over_time``: Celery's "Trying again in 2.00 seconds…" while it reconnects to
+    its broker) yield to the other greenlets under gevent, as ``time.sleep`` does once patched.
+
+    gevent's ``patch_all`` patches threading before time, and while it looks for existing locks it touches
+    Celery's lazy proxies, which import kombu: ``kombu.utils.functional`` then holds the blocking ``time.sleep``.
+    Every wait for the broker froze the whole worker (no token written by any generation for 2, then 4, 6 … s
+    after a Redis failover). A no-op where time is not patched.
+    """
+    if getattr(kombu_functional, "sleep", time.sleep) is not time.sleep:
+        setattr(kombu_functional, "sleep", time.sleep)  # noqa: B010 (the stubs do not name it)

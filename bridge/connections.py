@@ -28,6 +28,11 @@ UNAVAILABLE: tuple[type[Exception], ...] = (
     redis.exceptions.SlotNotCoveredError,
     redis.exceptions.RedisClusterException,
 )
+
+# Longest wait between two tries of the stream store while it cannot answer, in every loop that writes or reads
+# tokens (worker, consumer, web's hub): each resumes within this of Redis answering again (after a failover, the
+# promotion). A try costs one refused connection, or one question to the sentinels.
+UNAVAILABLE_RETRY_MAX_S = 0.5
 # Redis down now, or an ACL user without INFO: the version cannot be told.
 _VERSION_UNREADABLE: tuple[type[Exception], ...] = (*UNAVAILABLE, redis.ResponseError)
 

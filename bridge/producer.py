@@ -20,7 +20,7 @@ import orjson
 import redis
 
 from bridge import scripts
-from bridge.connections import UNAVAILABLE
+from bridge.connections import UNAVAILABLE, UNAVAILABLE_RETRY_MAX_S
 from bridge.errors import ProviderError
 from bridge.events import TERMINAL_EVENTS, EventType
 from bridge.memory import OUT_OF_MEMORY_CODE, is_out_of_memory
@@ -132,6 +132,7 @@ class GenerationWriter:
         self._renewed_at = 0.0
         # The last write failed: it may not have been applied (see ``settle``).
         self._unsure = False
+        self._quiet_retries = False  # the retries at the longest wait were logged once already
         # What this writer wrote, for metrics: tokens, and the code of an error entry.
         self.tokens = 0
         self.error_code: str | None = None
@@ -197,6 +198,7 @@ class GenerationWriter:
             again.out_of_memory = pending.out_of_memory
             return again
         self._unsure = False
+        self._quiet_retries = False
         if result in (scripts.Write.WRITTEN, scripts.Write.REPEATED):
             # A repeat was written by the first try.
             if pending.renew:
@@ -230,18 +232,23 @@ class GenerationWriter:
                 raise reply
             self.log_retry(reply, delay_s)
             time.sleep(delay_s)
-            delay_s = min(delay_s * 2, 2.0)
+            delay_s = min(delay_s * 2, UNAVAILABLE_RETRY_MAX_S)
 
     def heartbeat(self) -> WriteResult:
         """Renew the lease and check for cancellation without writing a token."""
         return self.write([])
 
     def log_retry(self, error: BaseException, delay_s: float) -> None:
+        """One warning per try while the wait grows, then one for all the tries at the longest wait."""
+        if self._quiet_retries:
+            return
+        self._quiet_retries = delay_s >= UNAVAILABLE_RETRY_MAX_S
         logger.warning(
-            "Generation %s: Redis unavailable (%s); retrying in %.2fs.",
+            "Generation %s: Redis unavailable (%s); retrying in %.2fs%s.",
             self.generation_id,
             error,
             delay_s,
+            ", then as often until it answers" if self._quiet_retries else "",
             extra={"generation_id": self.generation_id},
         )
 
@@ -284,7 +291,7 @@ class GenerationWriter:
                     raise
                 self.log_retry(exc, delay_s)
                 time.sleep(delay_s)
-                delay_s = min(delay_s * 2, 2.0)
+                delay_s = min(delay_s * 2, UNAVAILABLE_RETRY_MAX_S)
 
 
 class Outcome(Enum):

@@ -26,6 +26,7 @@ from typing import Any
 import redis
 
 from bridge import scripts
+from bridge.connections import UNAVAILABLE_RETRY_MAX_S
 from bridge.errors import ProviderError
 from bridge.events import EventType
 from bridge.producer import (
@@ -47,8 +48,6 @@ logger = logging.getLogger(__name__)
 Send = Callable[[list[scripts.Call]], list[Any]]
 
 _END = object()
-# Longest wait between two tries of a write while Redis cannot answer.
-_BACKOFF_MAX_S = 2.0
 # Scheduled chunks due this soon are produced with those due now: one write for many streams' tokens, not one
 # wake-up and flush per token (a model's pacing is this much coarser; each token is stamped when produced).
 _SCHEDULE_AHEAD_S = 0.005
@@ -191,9 +190,11 @@ class WriteLoop:
         for running in self._produce_due(now):
             self._dirty.add(running)
         with self._lock:
-            ready, self._dirty = self._dirty, set()
-            ready |= {r for r in self._retrying if r.retry_at <= now}
-            self._retrying -= ready
+            # A write waiting out its backoff stays in ``_retrying`` until it is due, however many tokens mark it
+            # meanwhile: taken out early, it would never be sent again.
+            retries = {r for r in self._retrying if r.retry_at <= now}
+            self._retrying -= retries
+            ready, self._dirty = self._dirty | retries, set()
             if now >= self._next_tick:
                 self._next_tick = now + min((r.poll_s for r in self._running), default=1.0)
                 ready |= {r for r in self._running if r.due(now)}
@@ -383,7 +384,7 @@ class _Running:
             return
         self.writer.log_retry(error, self._backoff_s)
         self.retry_at = now + self._backoff_s
-        self._backoff_s = min(self._backoff_s * 2, _BACKOFF_MAX_S)
+        self._backoff_s = min(self._backoff_s * 2, UNAVAILABLE_RETRY_MAX_S)
         self.loop.retry(self)
 
     def _end(self, outcome: Outcome) -> None:

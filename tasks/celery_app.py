@@ -37,6 +37,8 @@ def create_celery(settings: Settings) -> Celery:
         # A generation that the worker loses is handled by its lease, not by Celery's redelivery.
         task_reject_on_worker_lost=False,
         worker_prefetch_multiplier=1,
+        # Back on the broker within a second of it being reachable again (Celery waits 2, 4, 6 … s).
+        worker_consumer="tasks.reconnect:Consumer",
         task_default_queue=GENERATION_QUEUE,
         task_routes={GENERATE_TASK: {"queue": GENERATION_QUEUE}},
         broker_connection_retry_on_startup=True,

@@ -23,7 +23,7 @@ from typing import Any
 import redis
 
 from bridge import keys
-from bridge.connections import UNAVAILABLE, is_cluster
+from bridge.connections import UNAVAILABLE, UNAVAILABLE_RETRY_MAX_S, is_cluster
 from bridge.errors import ProcessingError
 from bridge.events import Event, EventType, decode_raw
 from bridge.liveness import Heartbeat
@@ -42,9 +42,6 @@ from workers.processors import Chain, Processor
 from workers.supervision import Enqueue, Supervisor, WaitingTasks
 
 logger = logging.getLogger(__name__)
-# Longest wait between two tries while Redis cannot answer: a Sentinel failover or a restart is over in
-# seconds, and a consumer that waits longer than that stalls every reader (a try costs one connection attempt).
-_UNAVAILABLE_BACKOFF_MAX_S = 1.0
 
 __all__ = ["Batch", "ConsumerWorker", "Enqueue", "default_consumer_name"]
 
@@ -132,7 +129,7 @@ class ConsumerWorker:
                 else:
                     logger.exception("Consumer %s loop failed; retrying in %.1fs.", self.name, backoff_s)
                 self._stopping.wait(backoff_s)
-                backoff_s = min(backoff_s * 2, _UNAVAILABLE_BACKOFF_MAX_S if isinstance(exc, UNAVAILABLE) else 5.0)
+                backoff_s = min(backoff_s * 2, UNAVAILABLE_RETRY_MAX_S if isinstance(exc, UNAVAILABLE) else 5.0)
         self.heartbeat.stop()  # hand_back strikes this consumer off
         self.ownership.hand_back()
         self.chain.close()

@@ -21,8 +21,8 @@ class RecordingWriter(GenerationWriter):
     """A writer whose writes go to a recording stand-in for Redis instead (``send``): each reply is the next of
     ``results`` (written when there are none left)."""
 
-    def __init__(self, results: list[WriteResult] | None = None) -> None:
-        super().__init__(None, "gen_test", lease_ms=10_000, max_length=1000, retry_s=0)  # type: ignore[arg-type]
+    def __init__(self, results: list[WriteResult | Exception] | None = None, retry_s: float = 0) -> None:
+        super().__init__(None, "gen_test", lease_ms=10_000, max_length=1000, retry_s=retry_s)  # type: ignore[arg-type]
         self.attempt = 1
         self.writes: list[list[tuple[str, dict[str, Any]]]] = []
         self.heartbeats = 0
@@ -38,6 +38,10 @@ class RecordingWriter(GenerationWriter):
             else:
                 self.heartbeats += 1
             result = self.results.pop(0) if self.results else WriteResult.WRITTEN
+            if isinstance(result, Exception):  # Redis did not answer: nothing was written
+                self.writes.pop() if entries else None
+                replies.append(result)
+                continue
             replies.append(_REPLIES[result](len(entries)))
         return replies
 
@@ -230,3 +234,20 @@ def test_a_cancelled_scheduled_answer_produces_nothing_more() -> None:
     started = time.monotonic()
     assert pump(writer, Scheduled(chunks), poll_s=0.5) is Outcome.CANCELLED
     assert time.monotonic() - started < 1 and len(writer.writes) == 2
+
+
+def test_tokens_that_come_while_a_write_waits_to_be_retried_do_not_strand_it() -> None:
+    # Given a Redis that does not answer the first write, and an answer whose next tokens come during the backoff
+    chunks = [(0.0, "a "), (0.01, "b "), (0.02, "c"), (0.03, Finish("stop", {"prompt_tokens": 1}))]
+    writer = RecordingWriter(results=[redis.ConnectionError("down")], retry_s=5)
+    outcome: list[Outcome] = []
+    # When the loop runs it
+    runner = threading.Thread(
+        target=lambda: outcome.append(pump(writer, Scheduled(iter(chunks)), poll_s=5)), daemon=True
+    )
+    runner.start()
+    runner.join(3)
+    # Then the write is sent again once its backoff is over, and the answer ends whole, in order
+    assert outcome == [Outcome.FINISHED], "the generation stalled: its write was never sent again"
+    entries = [e for batch in writer.writes for e in batch]
+    assert [e[1].get("content") for e in entries[:-1]] == ["a ", "b ", "c"]
