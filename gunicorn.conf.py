@@ -46,11 +46,12 @@ def child_exit(server: Any, worker: Any) -> None:
 def post_worker_init(worker: Any) -> None:
     import gevent
 
-    from app.gunicorn_errors import answer_in_json
+    from app.gunicorn_errors import answer_in_json, log_unanswered
     from bridge.startup import freeze_startup_objects
 
     # What gunicorn refuses itself (a request line over limit_request_line: 414, ...) is answered in JSON, not HTML.
     answer_in_json(worker)
+    log_unanswered(worker)  # gunicorn closes a request that met a socket error with a debug line at most
     freeze_startup_objects()  # the app is loaded: no later collection scans it
     idle = track_idle_connections(worker)
 

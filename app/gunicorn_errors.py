@@ -1,8 +1,12 @@
-"""The errors gunicorn answers itself, before the app runs, as JSON like every other error (not its HTML page).
+"""The errors gunicorn answers itself, before the app runs, as JSON like every other error (not its HTML page); and a
+warning for every request it closes without an answer.
 
 gunicorn refuses a request it cannot parse, or one over its limits (a request line over ``limit_request_line``,
 4094 bytes: 414; headers over ``limit_request_fields`` or ``limit_request_field_size``: 431), with a page of HTML.
 ``gunicorn.conf.py`` puts ``handle_error`` in place of the worker's own, once per worker (``post_worker_init``).
+
+A socket error (a reset, a broken pipe) raised while a request is handled ends its connection with a debug line
+at most, answered or not. ``log_unanswered`` logs the requests that got nothing, and why.
 """
 
 from __future__ import annotations
@@ -10,6 +14,7 @@ from __future__ import annotations
 import functools
 import socket
 import ssl
+import threading
 import time
 from datetime import datetime, timedelta
 from typing import Any
@@ -58,6 +63,33 @@ _ANSWERS: tuple[tuple[tuple[type[BaseException], ...], tuple[int, str, str, str]
 def answer_in_json(worker: Any) -> None:
     """Make ``worker`` (a gunicorn worker) answer the requests it refuses itself with a JSON error."""
     worker.handle_error = functools.partial(handle_error, worker)
+
+
+def log_unanswered(worker: Any) -> None:
+    """Make ``worker`` log a warning for each request whose connection ends before the app began an answer, naming the
+    request's method and path (never its query) and the reason."""
+    state = threading.local()  # one request at a time per greenlet (gevent patches threading first)
+    app, handle_request = worker.wsgi, worker.handle_request
+
+    def wsgi(environ: dict[str, Any], start_response: Any) -> Any:
+        def start(*args: Any) -> Any:
+            state.answered = True
+            return start_response(*args)
+
+        return app(environ, start)
+
+    @functools.wraps(handle_request)
+    def handling(listener_name: Any, req: Any, sock: Any, addr: Any) -> Any:
+        state.answered = False
+        try:
+            return handle_request(listener_name, req, sock, addr)
+        except OSError as exc:  # gunicorn answers other errors itself (handle_error), or a response had begun
+            if not state.answered:
+                reason = f"{type(exc).__name__}" + (f" (errno {exc.errno})" if getattr(exc, "errno", None) else "")
+                worker.log.warning("Closed %s %s without an answer: %s.", req.method, req.path, reason)
+            raise
+
+    worker.wsgi, worker.handle_request = wsgi, handling
 
 
 def answer_to(exc: BaseException, cfg: Any) -> tuple[int, str, str, str]:

@@ -65,3 +65,41 @@ def test_the_answer_is_whole_json_and_the_client_reads_it_all() -> None:
     }
     # And the log names the kind of refusal, not the request line (which may hold a ?token=)
     assert worker.log.lines == ["Invalid request from ip=127.0.0.1: LimitRequestLine (414)"]
+
+
+class _Worker:
+    """The parts of a gunicorn worker that ``log_unanswered`` wraps: an app, and the handling of a request."""
+
+    def __init__(self, fails: BaseException, *, after_answer: bool) -> None:
+        self.log = _Log()
+        self.fails, self.after_answer = fails, after_answer
+        self.wsgi = lambda environ, start_response: [start_response("200 OK", []), b"{}"][1:]
+
+    def handle_request(self, listener_name: Any, req: Any, sock: Any, addr: Any) -> None:
+        if self.after_answer:
+            self.wsgi({}, lambda *args: None)  # the app began its answer
+        raise self.fails
+
+
+@pytest.mark.parametrize(
+    ("fails", "after_answer", "logged"),
+    [
+        (ConnectionResetError(104, "Connection reset by peer"), False, "ConnectionResetError (errno 104)"),
+        (BrokenPipeError(32, "Broken pipe"), True, None),  # a client that left mid-stream: not web's doing
+    ],
+)
+def test_a_request_closed_without_an_answer_is_logged_with_its_reason(
+    fails: BaseException, after_answer: bool, logged: str | None
+) -> None:
+    from app.gunicorn_errors import log_unanswered
+
+    # Given a worker whose handling of a request ends on a socket error, before or after the app answered
+    worker = _Worker(fails, after_answer=after_answer)
+    log_unanswered(worker)
+    req = SimpleNamespace(method="GET", path="/v1/generations/gen_1/events")
+    # When it handles the request
+    with pytest.raises(OSError):
+        worker.handle_request(None, req, None, None)
+    # Then a request that got nothing is logged with its reason (the path, never the query), and only such a one
+    expected = [f"Closed GET /v1/generations/gen_1/events without an answer: {logged}."] if logged else []
+    assert worker.log.lines == expected
