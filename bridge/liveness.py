@@ -72,8 +72,10 @@ class Heartbeat:
         return self._thread.is_alive()
 
     def start(self) -> None:
-        beat(self.client, self.registry, self.name)  # alive at once: nobody takes the work of one that just started
+        """Stamp now (nobody takes the work of one that just started), then from the thread. Redis away at start
+        (restarting, or loading its data) is an outage like any other: the thread stamps once it answers."""
         self._steady_since = time.monotonic()
+        self._stamp()
         self._thread.start()
 
     def may_judge_others(self) -> bool:
@@ -92,16 +94,19 @@ class Heartbeat:
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval_s):
-            try:
-                beat(self.client, self.registry, self.name)
-            except _MISSED as exc:
-                # Redis away (or at maxmemory): every consumer misses its beats alike, and the idle takeover
-                # backstop does not fire while Redis cannot answer. Logged once per outage.
-                if not self._failing:
-                    logger.warning("%s could not stamp its heartbeat: %s", self.name, exc)
-                self._failing = True
-                continue
-            if self._failing:
-                logger.info("%s stamps its heartbeat again.", self.name)
-                self._steady_since = time.monotonic()
-            self._failing = False
+            self._stamp()
+
+    def _stamp(self) -> None:
+        try:
+            beat(self.client, self.registry, self.name)
+        except _MISSED as exc:
+            # Redis away (or at maxmemory): every consumer misses its beats alike, and the idle takeover
+            # backstop does not fire while Redis cannot answer. Logged once per outage.
+            if not self._failing:
+                logger.warning("%s could not stamp its heartbeat: %s", self.name, exc)
+            self._failing = True
+            return
+        if self._failing:
+            logger.info("%s stamps its heartbeat again.", self.name)
+            self._steady_since = time.monotonic()
+        self._failing = False

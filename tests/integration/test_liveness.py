@@ -9,6 +9,7 @@ from typing import Any
 import redis
 
 from bridge import keys, liveness
+from bridge.embedded import EmbeddedRedis
 from bridge.producer import GenerationWriter
 from bridge.settings import Settings
 from tests.support import new_generation, wait_for
@@ -117,3 +118,23 @@ def test_the_attempt_of_a_worker_whose_heartbeat_stopped_is_released_and_started
     assert r.hget(keys.gen_meta(dead_gid), "worker") == "w3"
     restart: Any = r.xrange(keys.gen_raw(dead_gid))[-1][1]
     assert restart["type"] == "restart"
+
+
+def test_a_process_started_while_redis_is_away_stamps_once_it_answers(tmp_path: Any) -> None:
+    # Given a Redis that is not up yet (restarting, or loading its data), and a heartbeat on it
+    server = EmbeddedRedis(tmp_path, appendonly=False)
+    client = redis.Redis(port=server.port, socket_connect_timeout=1, decode_responses=True)
+    beat = liveness.Heartbeat(client, keys.CONSUMERS_ZSET, "c1", dead_after_ms=DEAD_AFTER_MS)
+    try:
+        # When the process starts, it does not fail for that
+        beat.start()
+        assert beat.running and not beat.may_judge_others()
+        # Then once Redis is up it is stamped, and judges others only after a whole death time of stamps
+        server.start()
+        wait_for(lambda: client.zscore(keys.CONSUMERS_ZSET, "c1") is not None, timeout_s=10)
+        assert not beat.may_judge_others()
+        wait_for(beat.may_judge_others, timeout_s=5)
+    finally:
+        beat.stop()
+        client.close()
+        server.stop()
