@@ -30,7 +30,7 @@ GROUP = "llm:processors"
 
 
 def stack_env(config: Config) -> dict[str, str]:
-    """No limits in the way of the load; short takeover times so that a fault is noticed within seconds."""
+    """No limits in the way of the load; the recovery settings of ``config`` (the shipped ones by default)."""
     return {
         "RATE_LIMIT": "",
         "MAX_RUNNING_PER_KEY": "0",
@@ -39,7 +39,8 @@ def stack_env(config: Config) -> dict[str, str]:
         "LOG_LEVEL": "WARNING",
         "SSE_KEEPALIVE_S": "1",
         "PRESENCE_INTERVAL_S": "2",
-        "CONSUMER_HEARTBEAT_MS": str(max(50, config.claim_idle_ms // 4)),
+        "DEAD_AFTER_MS": str(config.dead_after_ms),
+        "CONSUMER_HEARTBEAT_MS": str(config.heartbeat_ms),
         "CONSUMER_CLAIM_IDLE_MS": str(config.claim_idle_ms),
         "LEASE_MS": str(config.lease_ms),
         "TASK_RESEND_S": str(3 * config.lease_ms / 1000),
@@ -86,7 +87,7 @@ def run(config: Config) -> tuple[LoadResult, Verdict, FaultLog, float]:
     )
     faults = FaultSchedule(
         stack, random.Random(config.seed + 1), interval_s=config.fault_interval_s or 1e9,
-        claim_idle_ms=config.claim_idle_ms, lease_ms=config.lease_ms,
+        dead_after_ms=config.dead_after_ms,
     )  # fmt: skip
     load = Load(config, rng, list(stack.web_ports), API_KEY)
     started = time.monotonic()

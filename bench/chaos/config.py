@@ -26,8 +26,12 @@ class Config:
     second_reader_share: float = 0.2  # generations read by a second reader at once
     drop_share: float = 0.3  # readers that disconnect at random and resume
     session_share: float = 0.3  # sessions followed by a session reader
-    claim_idle_ms: int = 3000
-    lease_ms: int = 5000
+    # The recovery settings, as shipped: a dead process's work moves on its heartbeat (DEAD_AFTER_MS); the idle time
+    # and the lease are the backstops.
+    dead_after_ms: int = 2500
+    heartbeat_ms: int = 1000
+    claim_idle_ms: int = 10_000
+    lease_ms: int = 15_000
     # A task message a worker took but never started (it died, or lost the broker, first) waits in the Redis
     # broker's unacknowledged set for this long before it is delivered again (the default is 3600 s).
     visibility_timeout_s: int = 30

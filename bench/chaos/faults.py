@@ -2,7 +2,8 @@
 
 Faults: SIGKILL of a consumer, a Celery worker or a web process (started again after a moment); a rolling
 SIGTERM of every web process, one after the other, as a deploy does; SIGTERM of a consumer or a worker;
-SIGSTOP of a process for longer than the claim idle time (and a worker's lease), then SIGCONT; Redis stopped
+SIGSTOP of a process for half to three times DEAD_AFTER_MS (some pauses move its work, some must not), then
+SIGCONT; Redis stopped
 and started again with its AOF on the same port. A fault never takes the last healthy process of a type, so a
 peer is always there to take over. A process that exits when no fault touched it is a finding: counted as a
 crash and started again.
@@ -52,12 +53,12 @@ class FaultLog:
 
 
 class FaultSchedule(threading.Thread):
-    def __init__(self, stack: Stack, rng: random.Random, *, interval_s: float, claim_idle_ms: int, lease_ms: int):
+    def __init__(self, stack: Stack, rng: random.Random, *, interval_s: float, dead_after_ms: int):
         super().__init__(daemon=True, name="chaos-faults")
         self.stack = stack
         self.rng = rng
         self.interval_s = interval_s
-        self.pause_s = (max(claim_idle_ms, lease_ms) / 1000 * 1.2, max(claim_idle_ms, lease_ms) / 1000 * 2)
+        self.pause_s = (dead_after_ms / 1000 * 0.5, dead_after_ms / 1000 * 3)
         self.log = FaultLog()
         self.stopping = threading.Event()
         self.lock = threading.Lock()
