@@ -51,6 +51,7 @@ def post_worker_init(worker: Any) -> None:
 
     # What gunicorn refuses itself (a request line over limit_request_line: 414, ...) is answered in JSON, not HTML.
     answer_in_json(worker)
+    app = worker.wsgi  # the Flask app (log_unanswered wraps worker.wsgi)
     log_unanswered(worker)  # gunicorn closes a request that met a socket error with a debug line at most
     freeze_startup_objects()  # the app is loaded: no later collection scans it
     idle = track_idle_connections(worker)
@@ -58,7 +59,7 @@ def post_worker_init(worker: Any) -> None:
     def end_streams_on_shutdown() -> None:
         while worker.alive:
             gevent.sleep(0.2)
-        services = getattr(worker.wsgi, "extensions", {}).get("tokenbridge")
+        services = getattr(app, "extensions", {}).get("tokenbridge")
         if services is not None:
             services.hub.stop(timeout_s=2.0)
             services.presence.close()  # its readers are gone: stop counting them at once
