@@ -33,6 +33,7 @@ UNAVAILABLE: tuple[type[Exception], ...] = (
 # tokens (worker, consumer, web's hub): each resumes within this of Redis answering again (after a failover, the
 # promotion). A try costs one refused connection, or one question to the sentinels.
 UNAVAILABLE_RETRY_MAX_S = 0.5
+
 # Redis down now, or an ACL user without INFO: the version cannot be told.
 _VERSION_UNREADABLE: tuple[type[Exception], ...] = (*UNAVAILABLE, redis.ResponseError)
 

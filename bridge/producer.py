@@ -132,7 +132,7 @@ class GenerationWriter:
         self._renewed_at = 0.0
         # The last write failed: it may not have been applied (see ``settle``).
         self._unsure = False
-        self._quiet_retries = False  # the retries at the longest wait were logged once already
+        self._quiet_retries = False  # this outage's tries at the longest wait were logged once already
         # What this writer wrote, for metrics: tokens, and the code of an error entry.
         self.tokens = 0
         self.error_code: str | None = None
@@ -198,7 +198,6 @@ class GenerationWriter:
             again.out_of_memory = pending.out_of_memory
             return again
         self._unsure = False
-        self._quiet_retries = False
         if result in (scripts.Write.WRITTEN, scripts.Write.REPEATED):
             # A repeat was written by the first try.
             if pending.renew:
@@ -240,9 +239,10 @@ class GenerationWriter:
 
     def log_retry(self, error: BaseException, delay_s: float) -> None:
         """One warning per try while the wait grows, then one for all the tries at the longest wait."""
-        if self._quiet_retries:
+        at_longest = delay_s >= UNAVAILABLE_RETRY_MAX_S  # a new outage starts again from the shortest wait
+        if at_longest and self._quiet_retries:
             return
-        self._quiet_retries = delay_s >= UNAVAILABLE_RETRY_MAX_S
+        self._quiet_retries = at_longest
         logger.warning(
             "Generation %s: Redis unavailable (%s); retrying in %.2fs%s.",
             self.generation_id,

@@ -3,10 +3,9 @@
 Faults: SIGKILL of a consumer, a Celery worker or a web process (started again after a moment); a rolling
 SIGTERM of every web process, one after the other, as a deploy does; SIGTERM of a consumer or a worker;
 SIGSTOP of a process for half to three times DEAD_AFTER_MS (some pauses move its work, some must not), then
-SIGCONT; Redis stopped
-and started again with its AOF on the same port. A fault never takes the last healthy process of a type, so a
-peer is always there to take over. A process that exits when no fault touched it is a finding: counted as a
-crash and started again.
+SIGCONT; Redis stopped and started again with its AOF on the same port. A fault never takes the last healthy
+process of a type, so a peer is always there to take over. A process that exits when no fault touched it is a
+finding: counted as a crash and started again.
 """
 
 from __future__ import annotations

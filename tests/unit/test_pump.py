@@ -39,7 +39,8 @@ class RecordingWriter(GenerationWriter):
                 self.heartbeats += 1
             result = self.results.pop(0) if self.results else WriteResult.WRITTEN
             if isinstance(result, Exception):  # Redis did not answer: nothing was written
-                self.writes.pop() if entries else None
+                if entries:
+                    self.writes.pop()
                 replies.append(result)
                 continue
             replies.append(_REPLIES[result](len(entries)))
