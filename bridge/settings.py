@@ -416,7 +416,8 @@ class Settings(BaseSettings):
         default=15.0,
         ge=0,
         description="On SIGTERM, seconds a `worker` lets running generations go on before it hands them back (lease "
-        "released, message requeued). 0 turns the grace period off.",
+        "released, message requeued). 0 turns the grace period off. A worker still stopping 10 s after it (a broker "
+        "that does not answer) exits anyway.",
     )
     celery_sent_events: bool = Field(
         default=False,

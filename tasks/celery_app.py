@@ -19,7 +19,7 @@ from bridge.models import load_registry
 from bridge.settings import Settings
 from bridge.startup import freeze_startup_objects
 from bridge.task_queue import SHARED_BACKEND, broker_ssl_options, broker_transport_options
-from tasks import liveness, tracing
+from tasks import liveness, shutdown, tracing
 
 
 def create_celery(settings: Settings) -> Celery:
@@ -103,6 +103,12 @@ def _serve_metrics(sender: Any = None, **_: Any) -> None:
 @worker_ready.connect
 def _freeze_startup_objects(**_: Any) -> None:
     freeze_startup_objects()
+
+
+@worker_ready.connect
+def _soft_shutdown_under_gevent(sender: Any = None, **_: Any) -> None:
+    # Celery installed its signal handlers before the consumer was ready (``install_platform_tweaks``).
+    shutdown.run_shutdown_handlers_in_greenlets(_settings_of(getattr(sender, "app", None)).celery_soft_shutdown_s)
 
 
 @worker_ready.connect

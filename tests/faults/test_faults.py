@@ -18,6 +18,7 @@ import httpx
 import pytest
 
 from bridge import keys
+from tasks.shutdown import SHUTDOWN_GRACE_S
 from tests.fault_processors import FixablePoison
 from tests.reader import ReadOutcome, ResumingReader, read_all
 from tests.stack import ADMIN_KEY, Stack
@@ -299,6 +300,60 @@ def test_graceful_deploy_of_web_consumer_and_worker_loses_nothing(
     assert timings["web-a"] < 5 and timings["consumer-a"] < 5
     # And web's graceful stop logged no error (an idle keep-alive connection closed is not one)
     assert "Error handling request" not in (stack.logs / "web-a.log").read_text()
+
+
+def test_a_worker_given_sigterm_hands_its_generations_back_after_its_soft_shutdown(
+    make_stack: Callable[..., Stack], record: Callable[..., None]
+) -> None:
+    # Given answers that need 12 s, running on worker A (gevent pool, REMAP_SIGTERM=SIGQUIT as in the Procfile), and
+    # worker B ready beside it
+    stack = make_stack(**DEFAULTS, CELERY_SOFT_SHUTDOWN_S="2")
+    stack.start("web")
+    stack.start("consumer")
+    stack.start("worker-a", "worker")
+    stack.wait_ready()
+    generations = [stack.create(model="echo", prompt=WORDS, options={"delay_ms": 200}) for _ in range(3)]
+    readers = _readers(stack, generations)
+    for reader in readers:
+        reader.start()
+    _wait_streaming(readers, events=3)
+    stack.start("worker-b", "worker")
+    stack.wait_ready(workers=2)
+    # When A gets SIGTERM while they run (A is idle between tokens: the signal lands in gevent's event loop)
+    stack.signal("worker-a", signal.SIGTERM)
+    stopped_s = stack.wait_stopped("worker-a", 30)
+    stack.processes["gone-worker-a"] = stack.processes.pop("worker-a")
+    outcomes = read_all(readers)
+    record(scenario="worker SIGTERM, answers longer than its soft shutdown", stop_s=round(stopped_s, 2))
+    # Then A stopped once its 2 s of soft shutdown were over (plus Celery's 2 s loop turn), not when the answers
+    # ended, and its soft shutdown ran (it used to fail in the event loop: "Unrecoverable error")
+    assert stopped_s < 8
+    log = (stack.logs / "worker-a.log").read_text()
+    assert "Unrecoverable error" not in log and "BlockingSwitchOutError" not in log
+    # And B ran them again from the start: every reader has the whole text after its restart
+    _assert_exact(outcomes, WORDS)
+    assert all(o.restarts >= 1 for o in outcomes)
+
+
+def test_a_worker_given_sigterm_exits_even_when_redis_is_gone(make_stack: Callable[..., Stack]) -> None:
+    # Given a worker running generations (Redis is its broker too); its 3 s of soft shutdown span one of Celery's
+    # worker heartbeats (every 2 s), whose publish then retries while holding the lock the shutdown needs
+    stack = make_stack(**DEFAULTS, CELERY_SOFT_SHUTDOWN_S="3")
+    stack.start("web")
+    stack.start("consumer")
+    stack.start("worker")
+    stack.wait_ready()
+    for _ in range(5):
+        stack.create(model="echo", prompt=WORDS, options={"delay_ms": 200})
+    time.sleep(2)
+    # When Redis dies for good and the worker gets SIGTERM
+    assert stack.redis.process is not None
+    stack.redis.process.kill()
+    stack.signal("worker", signal.SIGTERM)
+    # Then the worker still exits, soon after its soft shutdown (tasks.shutdown.SHUTDOWN_GRACE_S): it used to wait
+    # on its broker for ever (Celery's heartbeat retried its publish holding the lock its shutdown waited for)
+    stopped_s = stack.wait_stopped("worker", 30)
+    assert stopped_s < 3 + SHUTDOWN_GRACE_S + 3
 
 
 def _late_readers(port: int, generation: dict[str, object], headers: dict[str, str]) -> threading.Thread:
