@@ -160,6 +160,9 @@ def report(config: Config, result: LoadResult, verdict: Verdict, faults: FaultLo
         "errors_by_code": dict(verdict.errors),
         "longest_stall_s": round(result.longest_stall[0], 2),
         "longest_stall_generation": result.longest_stall[1],
+        "longest_stall_ended_by": result.longest_stall[2],
+        "longest_first_wait_s": round(result.longest_first_wait[0], 2),
+        "longest_first_wait_generation": result.longest_first_wait[1],
         "restarts": verdict.restarts,
         "reconnects": verdict.reconnects,
         "planned_drops": verdict.drops,
@@ -189,7 +192,11 @@ def _print(summary: dict[str, Any], result: LoadResult, faults: FaultLog) -> Non
         f"pending {s['pending']}"
     )
     print(f"  errors by code {s['errors_by_code']}")
-    print(f"  longest reader stall {s['longest_stall_s']} s ({s['longest_stall_generation']})")
+    print(
+        f"  longest reader stall {s['longest_stall_s']} s ({s['longest_stall_generation']}, ended by"
+        f" {s['longest_stall_ended_by'] or '-'}); longest wait for a first event {s['longest_first_wait_s']} s"
+        f" ({s['longest_first_wait_generation']})"
+    )
     print(
         f"  restarts {s['restarts']}, reconnects {s['reconnects']}, planned drops {s['planned_drops']}, "
         f"submissions given up {s['submit_failed']}, producer {s['producer']}, "

@@ -109,7 +109,10 @@ class LoadResult:
     submit_failed: int = 0
     producer_problems: Counter[str] = field(default_factory=Counter)
     client_errors: Counter[str] = field(default_factory=Counter)
-    longest_stall: tuple[float, str] = (0.0, "")
+    # Between two events of one reader (a reconnect included): (seconds, generation, the event that ended it).
+    longest_stall: tuple[float, str, str] = (0.0, "", "")
+    # From a reader's start to its first event: the queue wait, a lost task sent again, a worker restarted.
+    longest_first_wait: tuple[float, str, str] = (0.0, "", "")
 
 
 class Load:
@@ -122,12 +125,17 @@ class Load:
         self.stop_at = 0.0
         self.http: httpx.AsyncClient | None = None
         self._session_tasks: list[asyncio.Task[None]] = []
+        # Where ``run`` is, told when the drain times out.
+        self.stage = "running the users"
         self._users: list[asyncio.Task[None]] = []
 
     def unfinished(self) -> list[str]:
         """What the run still waits for (told when the drain times out): users, and session readers with the
         generations whose end they have not seen."""
-        waiting = [f"{sum(1 for task in self._users if not task.done())} users still in a generation"]
+        waiting = [
+            f"{self.stage}: {sum(1 for task in self._users if not task.done())} users still in a generation, "
+            f"{sum(1 for task in self._session_tasks if not task.done())} session readers still reading"
+        ]
         for watch in self.result.sessions:
             if not watch.finished():
                 missing = sorted(set(watch.generations) - watch.terminals)
@@ -145,7 +153,10 @@ class Load:
         async with httpx.AsyncClient(headers=self.headers, timeout=10, limits=limits) as self.http:
             self._users = [asyncio.create_task(self._user(n)) for n in range(self.config.concurrency)]
             await asyncio.gather(*self._users)
+            self.stage = "waiting for the session readers"
             await asyncio.gather(*self._session_tasks)
+            self.stage = "closing the HTTP client"
+        self.stage = "done"
         return self.result
 
     async def _user(self, number: int) -> None:
@@ -361,7 +372,7 @@ class Load:
         async for event in stream:
             now = time.monotonic()
             reading.last_event_at = now
-            self._stall(reading, now - state.last_arrival, gen.id)
+            self._stall(reading, now - state.last_arrival, gen.id, event.event, first=state.count == 0)
             state.last_arrival = now
             state.apply(reading, event)
             if reading.terminal is not None:
@@ -372,10 +383,14 @@ class Load:
                 return
         reading.ended_without_terminal += 1
 
-    def _stall(self, reading: Reading, stall_s: float, gid: str) -> None:
+    def _stall(self, reading: Reading, stall_s: float, gid: str, event: str, *, first: bool) -> None:
+        if first:
+            if stall_s > self.result.longest_first_wait[0]:
+                self.result.longest_first_wait = (stall_s, gid, event)
+            return
         reading.longest_stall_s = max(reading.longest_stall_s, stall_s)
         if stall_s > self.result.longest_stall[0]:
-            self.result.longest_stall = (stall_s, gid)
+            self.result.longest_stall = (stall_s, gid, event)
 
     def _watch(self, watch: SessionWatch, gen: Generation) -> None:
         watch.generations.append(gen.id)
