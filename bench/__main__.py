@@ -73,7 +73,7 @@ from bench import costs, report
 from bench.client import hold_idle
 from bench.memory import redis_memory
 from bench.plan import PARTS, Plan
-from bench.profile import cpu_seconds, profile_table, python_pid, share, start_profiles
+from bench.profile import command_stats, cpu_seconds, profile_table, python_pid, share, start_profiles
 from bench.tracing import tracing_cost
 from bench.ttft import measure as measure_ttft
 from bench.upstream_tls import TlsUpstream, keepalive, tls_upstream
@@ -144,7 +144,7 @@ def _measured_load(
 ) -> dict[str, Any]:
     """One load step, with the CPU each process spent per delivered token (and a profile when asked)."""
     before = {name: cpu_seconds(pid) for name, pid in cpu_pids.items()}
-    commands_before = _command_stats(redis_client) if redis_client is not None else {}
+    commands_before = command_stats(redis_client) if redis_client is not None else {}
     profilers = []
     if profile is not None:
         # Sample the middle of the step: streams last tokens / rate seconds after a ramp of about a second.
@@ -168,7 +168,7 @@ def _measured_load(
     row["cpu_us_per_token"] = per_token
     if redis_client is not None:
         # Where Redis spends its time, per delivered token: the commands (scripts count as EVALSHA).
-        after = _command_stats(redis_client)
+        after = command_stats(redis_client)
         spent = {
             name: (stats[0] - commands_before.get(name, (0, 0))[0], stats[1] - commands_before.get(name, (0, 0))[1])
             for name, stats in after.items()
@@ -179,12 +179,6 @@ def _measured_load(
             for name, (calls, usec) in top
         }
     return row
-
-
-def _command_stats(client: redis.Redis) -> dict[str, tuple[int, int]]:
-    """Calls and microseconds of each command since the server started."""
-    stats: dict[str, Any] = client.info("commandstats")
-    return {name.removeprefix("cmdstat_"): (int(v["calls"]), int(v["usec"])) for name, v in stats.items()}
 
 
 @contextmanager

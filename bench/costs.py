@@ -1,7 +1,8 @@
 """What a generation costs apart from its tokens, on a running stack.
 
 - ``generation_cpu``: the CPU every process (web, worker, consumer, Redis, children included) spends on one
-  generation with an empty answer, from its POST to its ``done`` read by an SSE client.
+  generation with an empty answer, from its POST to its ``done`` read by an SSE client; with what explains it:
+  the Redis commands of a generation, and web's CPU for a bare HTTP request (a generation makes two).
 - ``burst``: many submissions at once, each read by an SSE client: how long until each gets its first token.
 """
 
@@ -14,7 +15,7 @@ from typing import Any
 import httpx
 
 from bench.client import StreamResult, quantiles, raise_fd_limit, read_sse, submit
-from bench.profile import cpu_seconds
+from bench.profile import command_stats, cpu_seconds
 from bridge.embedded import EmbeddedRedis
 from tests.stack import Stack
 
@@ -77,10 +78,13 @@ def generation_cpu(stack: Stack, count: int, *, concurrency: int = 20, idle_s: f
     time.sleep(idle_s)
     idle_ms_per_s = sum(cpu_seconds(pid) - idle_before[name] for name, pid in pids.items()) * 1000 / idle_s
     results = [StreamResult() for _ in range(count)]
+    redis_client = stack.client()
+    commands_before = command_stats(redis_client)
     before, started = _cpu(pids), time.monotonic()
     asyncio.run(_submit_and_read(stack, EMPTY_ANSWER, results, concurrency, read_under_limit=True))
     elapsed = time.monotonic() - started
     spent = {name: cpu_seconds(pid) - before[name] for name, pid in pids.items()}
+    commands = _per_generation(commands_before, command_stats(redis_client), count)
     per = {name: round(seconds * 1000 / count, 3) for name, seconds in spent.items()}
     per["total"] = round(sum(spent.values()) * 1000 / count, 3)
     return {
@@ -94,7 +98,42 @@ def generation_cpu(stack: Stack, count: int, *, concurrency: int = 20, idle_s: f
         "cpu_ms_per_generation": per,
         "idle_cpu_ms_per_s": round(idle_ms_per_s, 2),
         "idle_cpu_ms_per_generation": round(idle_ms_per_s * elapsed / count, 3),
+        "redis_commands_per_generation": commands,
+        "bare_request_web_ms": bare_request_cpu(stack),
     }
+
+
+def _per_generation(
+    before: dict[str, tuple[int, int]], after: dict[str, tuple[int, int]], count: int
+) -> dict[str, float]:
+    """Calls per generation of each Redis command (a script's own commands counted apart too), most first."""
+    calls = {name: (c - before.get(name, (0, 0))[0]) / count for name, (c, _) in after.items()}
+    return {name: round(n, 2) for name, n in sorted(calls.items(), key=lambda item: -item[1]) if n >= 0.05}
+
+
+def bare_request_cpu(stack: Stack, count: int = 1000, *, concurrency: int = 20) -> dict[str, float]:
+    """web's CPU (ms) per bare ``GET /healthz``: on kept-alive connections (as the POSTs here go) and on a new
+    connection each (as each SSE reader here connects)."""
+    web = stack_pids(stack)["web"]
+
+    async def hit(keep_alive: bool) -> None:
+        limits = httpx.Limits(max_keepalive_connections=concurrency if keep_alive else 0)
+        async with httpx.AsyncClient(base_url=stack.base_url, limits=limits, timeout=30) as client:
+            semaphore = asyncio.Semaphore(concurrency)
+
+            async def one() -> None:
+                async with semaphore:
+                    (await client.get("/healthz")).raise_for_status()
+
+            await asyncio.gather(*(one() for _ in range(count)))
+
+    measured = {}
+    for name, keep_alive in (("kept_alive", True), ("new_connection", False)):
+        asyncio.run(hit(keep_alive))  # warm
+        before = cpu_seconds(web)
+        asyncio.run(hit(keep_alive))
+        measured[name] = round((cpu_seconds(web) - before) * 1000 / count, 3)
+    return measured
 
 
 def burst(stack: Stack, count: int, *, concurrency: int = 50, tokens: int = 20, rate: float = 20.0) -> dict[str, Any]:

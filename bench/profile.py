@@ -11,6 +11,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import psutil
 
@@ -29,6 +30,12 @@ def cpu_seconds(pid: int) -> float:
         return total
     except psutil.NoSuchProcess:
         return 0.0
+
+
+def command_stats(client: Any) -> dict[str, tuple[int, int]]:
+    """Calls and microseconds of each Redis command since the server started (``INFO commandstats``)."""
+    stats: dict[str, Any] = client.info("commandstats")
+    return {name.removeprefix("cmdstat_"): (int(v["calls"]), int(v["usec"])) for name, v in stats.items()}
 
 
 def python_pid(root_pid: int, marker: str) -> int:

@@ -135,9 +135,33 @@ def generation_cpu_line(g: dict[str, Any]) -> str:
     parts = ", ".join(f"{name} {value}" for name, value in per.items() if name != "total")
     complete = g["done"] == g["generations"]
     note = "" if complete else f"; only {g['done']} of {g['generations']} ended with done"
+    met = complete and per["total"] <= 4
     return (
         f"- CPU per generation (all processes, {g['generations']} empty answers read to done): {per['total']} ms "
-        f"({parts}) (≤ 4){note}: {verdict(complete and per['total'] <= 4)}"
+        f"({parts}) (≤ 4){note}: {verdict(met)}{'' if met else _generation_cause(g)}"
+    )
+
+
+# Round trips to Redis that only Celery (kombu's Redis transport) makes for a task on a single Redis: web's publish,
+# the worker's fetch, and one MULTI/EXEC for its unacknowledged-message bookkeeping at delivery, one at the ack.
+_CELERY_ROUND_TRIPS = ("lpush", "brpop", "exec")
+
+
+def _generation_cause(g: dict[str, Any]) -> str:
+    """What the figures of this run say a generation's CPU is made of (older reports lack the measurements)."""
+    commands, bare = g.get("redis_commands_per_generation"), g.get("bare_request_web_ms")
+    if not commands or not bare:
+        return ""
+    per = g["cpu_ms_per_generation"]
+    celery = sum(commands.get(name, 0.0) for name in _CELERY_ROUND_TRIPS)
+    requests = bare["kept_alive"] + bare["new_connection"]
+    return (
+        f" (measured cause: web {per['web']} ms holds two HTTP requests, {requests:.2f} ms for two bare ones"
+        f" ({bare['kept_alive']} kept alive, {bare['new_connection']} on a new connection), then the submission"
+        f" and the reader's catch-up; Redis {per['redis']} ms runs {sum(commands.values()):.1f} commands per"
+        f" generation, scripts' own included ({commands.get('evalsha', 0)} scripts); Celery adds {celery:.1f} round"
+        f" trips of its own ({', '.join(f'{n.upper()} {commands[n]}' for n in _CELERY_ROUND_TRIPS if n in commands)}),"
+        f" and the worker's {per['worker']} ms is Celery's task machinery around one claim and one write)"
     )
 
 
@@ -230,6 +254,25 @@ before and after, divided by the generations. The stack idles at {g["idle_cpu_ms
 Errors: {g["errors"] or "none"}.
 
 | process | CPU ms per generation |
+| --- | --- |
+{rows}
+{_generation_parts(g)}"""
+
+
+def _generation_parts(g: dict[str, Any]) -> str:
+    """web's CPU for a bare request and the Redis commands of a generation (reports from 2026-12-07-3 on)."""
+    commands, bare = g.get("redis_commands_per_generation"), g.get("bare_request_web_ms")
+    if not commands or not bare:
+        return ""
+    rows = "\n".join(f"| {name.upper()} | {calls} |" for name, calls in commands.items())
+    return f"""
+A bare `GET /healthz` costs web {bare["kept_alive"]} ms of CPU on a kept-alive connection (as the POSTs here go) and
+{bare["new_connection"]} ms on a new connection (as each reader here connects): a generation makes one of each.
+
+Redis commands per generation (`INFO commandstats`; a script counts as `EVALSHA` and each command it runs counts
+too; heartbeats and presence of the run included):
+
+| command | calls per generation |
 | --- | --- |
 {rows}
 """

@@ -145,6 +145,30 @@ def test_cpu_per_generation_at_most_4_ms_and_every_generation_done() -> None:
     assert line.endswith(": MISSED")
 
 
+def test_cpu_per_generation_missed_says_what_a_generation_is_made_of() -> None:
+    # Given a run that measured a bare request and the Redis commands of a generation
+    measured = {
+        **_generation_cpu(5.6),
+        "bare_request_web_ms": {"kept_alive": 0.25, "new_connection": 0.33},
+        "redis_commands_per_generation": {"evalsha": 4.05, "exec": 2.0, "brpop": 1.0, "lpush": 1.0, "hset": 7.0},
+    }
+    # When its CPU per generation misses the target
+    line = report.generation_cpu_line(measured)
+    # Then the line gives the cause from those measurements: two bare requests, the commands, Celery's round trips
+    assert ": MISSED (measured cause: web 1.0 ms holds two HTTP requests, 0.58 ms for two bare ones" in line
+    assert "15.1 commands per generation" in line and "Celery adds 4.0 round trips of its own" in line
+    assert "LPUSH 1.0, BRPOP 1.0, EXEC 2.0" in line
+    # And the section lists the commands
+    assert "| EVALSHA | 4.05 |" in report.costs_section({"generation_cpu": {**measured, **_section_fields()}})
+    # And an older run without those measurements keeps its plain line
+    assert report.generation_cpu_line(_generation_cpu(5.6)).endswith(": MISSED")
+
+
+def _section_fields() -> dict[str, Any]:
+    return {"concurrency": 20, "request": {}, "elapsed_s": 1.0, "errors": [], "idle_cpu_ms_per_s": 20.0,
+            "idle_cpu_ms_per_generation": 0.1}  # fmt: skip
+
+
 def test_burst_first_token_p50_at_most_one_and_a_half_seconds_from_each_post() -> None:
     assert report.burst_line(_burst(1.5)).endswith(": met")
     assert report.burst_line(_burst(1.6)).endswith(": MISSED")
