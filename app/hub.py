@@ -196,15 +196,21 @@ class Hub:
 
     def _run(self) -> None:
         backoff_s = 0.1
+        quiet = False  # the warning of the tries at the longest wait was logged (once per outage)
         while not self._stopping.is_set():
             try:
                 self._read_once()
                 backoff_s = 0.1
+                quiet = False
                 self.healthy = True
             except (redis.ConnectionError, redis.TimeoutError, redis.ResponseError) as exc:
                 self.healthy = False
                 self.last_error = str(exc)
-                logger.warning("Hub read failed (%s); retrying in %.1fs.", exc, backoff_s)
+                at_longest = backoff_s >= UNAVAILABLE_RETRY_MAX_S
+                if not (at_longest and quiet):
+                    then = ", then as often until it answers" if at_longest else ""
+                    logger.warning("Hub read failed (%s); retrying in %.1fs%s.", exc, backoff_s, then)
+                quiet = at_longest
                 self._stopping.wait(backoff_s)
                 backoff_s = min(backoff_s * 2, UNAVAILABLE_RETRY_MAX_S)
             except Exception:

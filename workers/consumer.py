@@ -117,15 +117,21 @@ class ConsumerWorker:
         if self.events is not None:
             self.events.start()
         backoff_s = 0.1
+        quiet = False  # the warning of the tries at the longest wait was logged (once per outage)
         while not self._stopping.is_set():
             try:
                 self.run_once()
                 backoff_s = 0.1
+                quiet = False
             except Exception as exc:
                 # Whatever was in flight may or may not have been committed: re-read our pending entries.
                 self._resync = True
                 if isinstance(exc, UNAVAILABLE):
-                    logger.warning("Redis unavailable (%s); retrying in %.1fs.", exc, backoff_s)
+                    at_longest = backoff_s >= UNAVAILABLE_RETRY_MAX_S
+                    if not (at_longest and quiet):
+                        then = ", then as often until it answers" if at_longest else ""
+                        logger.warning("Redis unavailable (%s); retrying in %.1fs%s.", exc, backoff_s, then)
+                    quiet = at_longest
                 else:
                     logger.exception("Consumer %s loop failed; retrying in %.1fs.", self.name, backoff_s)
                 self._stopping.wait(backoff_s)

@@ -196,3 +196,47 @@ def test_delivery_latency_is_observed_once_per_live_token_not_per_reader(hub: Hu
         reader.join(5)
     # Then the histogram counted the two live tokens once each: not the replayed one, not once per reader
     assert observed() - before == 2
+
+
+class _Outage:
+    """A reader of a Redis that cannot answer until ``up`` is set, then has nothing new."""
+
+    def __init__(self) -> None:
+        self.up = threading.Event()
+        self.tries = 0
+
+    def read(self, streams: object, **_: object) -> list[object]:
+        self.tries += 1
+        if not self.up.is_set():
+            raise redis.ConnectionError("Connection refused.")
+        time.sleep(0.01)
+        return []
+
+    def wake(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def test_an_outage_logs_a_warning_per_growing_wait_then_one_for_all_the_tries(caplog: pytest.LogCaptureFixture) -> None:
+    # Given a hub watching a stream of a Redis that cannot answer
+    reader = _Outage()
+    hub = Hub(reader, block_ms=50)  # type: ignore[arg-type]
+    caplog.set_level("WARNING", logger="app.hub")
+    sub, _ = hub.subscribe("llm:gen:{a}:out", "0")
+    try:
+        # When it tries for a second and a half
+        wait_for(lambda: reader.tries >= 6, timeout_s=5)
+        warnings = [r.getMessage() for r in caplog.records if r.name == "app.hub"]
+        # Then it logged the 0.1 s wait, and the longest one once, saying it goes on at that pace
+        assert len(warnings) == 2, warnings
+        assert warnings[-1].endswith("retrying in 0.2s, then as often until it answers.")
+        # And after Redis answers again, the next outage is logged again
+        reader.up.set()
+        wait_for(lambda: hub.healthy, timeout_s=5)
+        reader.up.clear()
+        wait_for(lambda: len([r for r in caplog.records if r.name == "app.hub"]) >= 3, timeout_s=5)
+    finally:
+        hub.unsubscribe(sub)
+        hub.stop()
