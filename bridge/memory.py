@@ -3,7 +3,7 @@
 With ``maxmemory-policy noeviction`` Redis refuses writes that may grow memory (``OOM command not
 allowed``) and never drops data. New generations are refused first, once memory passes
 ``REDIS_MEMORY_HEADROOM`` of ``maxmemory``, so that those already running have room to finish; the writes
-that end a generation are made so that Redis accepts them even when full (``bridge/scripts.py``).
+that end a generation are made so that Redis accepts them even when full (``bridge/lua/write.lua``).
 """
 
 from __future__ import annotations

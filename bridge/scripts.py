@@ -1,6 +1,7 @@
-"""Lua scripts that make producer writes atomic and fenced.
+"""Lua scripts that make producer writes atomic and fenced, and how they are run.
 
-Every script touches only the keys of one generation (one hash slot). A write is accepted only from the
+The scripts are the files of ``bridge/lua/``, one per script, each headed by its KEYS, ARGV and replies. Every
+script touches only the keys of one generation (one hash slot). A write is accepted only from the
 attempt that ``:meta`` names as current, and never after a terminal entry: that is the fence that keeps a
 redelivered or stale task from interleaving with the live one.
 
@@ -23,6 +24,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import IntEnum
 from functools import cache
+from pathlib import Path
 from typing import Any
 
 import redis
@@ -33,392 +35,27 @@ from redis.exceptions import NoScriptError
 from bridge import keys as key_names
 from bridge.cluster import MOVING, refresh_if_moved
 
-# KEYS: meta, lease, raw, request   ARGV: lease_ms, now, maxlen, reason, worker, then the models claimed only after a
-# check. ``worker`` (the claiming process's name in ``llm:workers``, or '') is kept in ``:meta``: the consumers release
-# the attempt's lease when that worker's heartbeat stops (``bridge.liveness``).
-# Returns {attempt (1, 2, …) or refusal, the stored request}: -3 unknown, -2 finished, -1 held by a live attempt,
-# -4 its model is one of those to check first (nothing claimed). The request comes with the claim so that a task
-# starts in one round trip.
-CLAIM_ATTEMPT = """
-if redis.call('EXISTS', KEYS[1]) == 0 then return {-3, false} end
-local state = redis.call('HMGET', KEYS[1], 'terminal', 'request', 'model')
-if state[1] then return {-2, false} end
--- The request has a key of its own; ``:meta`` held it before.
-state[2] = redis.call('GET', KEYS[4]) or state[2]
-for i = 6, #ARGV do
-  if ARGV[i] == state[3] then return {-4, state[2]} end
-end
-if redis.call('EXISTS', KEYS[2]) == 1 then return {-1, state[2]} end
-local attempt = redis.call('HINCRBY', KEYS[1], 'attempt', 1)
-redis.call('SET', KEYS[2], attempt, 'PX', ARGV[1])
-redis.call('HSET', KEYS[1], 'started_at', ARGV[2], 'wseq', 0, 'worker', ARGV[5])
-if redis.call('HGET', KEYS[1], 'status') == 'queued' then
-  redis.call('HSET', KEYS[1], 'status', 'running')
-end
-if attempt > 1 then
-  redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[3], '*', 'type', 'restart', 'attempt', attempt,
-             'data', cjson.encode({reason = ARGV[4]}))
-  HINT(KEYS[3])
-end
-return {attempt, state[2]}
-"""
+_LUA = Path(__file__).parent / "lua"
 
-# KEYS: meta, lease, raw, cancel   ARGV: attempt, lease_ms, maxlen, batch, renew, then type/data pairs
-# Returns the number of entries written, -1 fenced, -2 cancelled, -4 this batch was already written, -5 an
-# earlier batch is missing (acknowledged by a primary that died before its replica had it: the attempt must
-# start again rather than leave a hole in the text).
-# ``batch`` numbers the writes of an attempt (1, 2, …; 0 for a heartbeat): a write retried after a lost
-# reply is recognised and not applied twice. The lease is renewed only when ``renew`` is 1 (the writer asks
-# for it on a timer, a fraction of the lease time): a token costs no lease write. A claim changes
-# ``attempt`` and an end sets ``terminal``, so these two fields alone fence a stale attempt off.
-WRITE = """
-local meta, lease, raw, cancel = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
-local attempt = ARGV[1]
-local batch = tonumber(ARGV[4])
-local state = redis.call('HMGET', meta, 'attempt', 'wseq', 'terminal')
-if state[1] ~= attempt or state[3] then return -1 end
-if batch > 0 and batch <= tonumber(state[2] or '0') then return -4 end
-if batch > tonumber(state[2] or '0') + 1 then return -5 end
-if redis.call('EXISTS', cancel) == 1 then
-  redis.call('DEL', lease)
-  redis.call('XADD', raw, 'MAXLEN', '~', ARGV[3], '*', 'type', 'cancelled', 'attempt', attempt, 'data', '{}')
-  redis.call('HSET', meta, 'terminal', 'cancelled')
-  HINT(raw)
-  return -2
-end
-local ending = ARGV[#ARGV - 1]
-if ending == 'done' or ending == 'error' or ending == 'cancelled' then
-  -- A write that does not grow memory comes first: Redis at maxmemory (noeviction) refuses a script only
-  -- at its first write, so a batch that ends the generation gets through (bridge/memory.py).
-  redis.call('DEL', lease)
-end
-local written = 0
-local last_type = nil
-for i = 6, #ARGV, 2 do
-  redis.call('XADD', raw, 'MAXLEN', '~', ARGV[3], '*', 'type', ARGV[i], 'attempt', attempt, 'data', ARGV[i + 1])
-  last_type = ARGV[i]
-  written = written + 1
-end
-if batch > 0 then redis.call('HSET', meta, 'wseq', batch) end
-if written > 0 then HINT_BATCHED(raw) end
-if last_type == 'done' or last_type == 'error' or last_type == 'cancelled' then
-  redis.call('HSET', meta, 'terminal', last_type)
-  redis.call('DEL', lease)
-elseif ARGV[5] == '1' then
-  redis.call('SET', lease, attempt, 'PX', ARGV[2])
-end
-return written
-"""
 
-# Ends a generation whatever holds it (the supervisor and the poison handler use it); the live attempt, if
-# any, is fenced off by the terminal marker.
-# KEYS: meta, lease, raw   ARGV: type, data, maxlen      Returns 0 unknown id, -1 already finished, 1 written.
-FAIL = """
-if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
-if redis.call('HEXISTS', KEYS[1], 'terminal') == 1 then return -1 end
-local attempt = redis.call('HGET', KEYS[1], 'attempt') or '0'
-redis.call('DEL', KEYS[2])  -- a write first: Redis at maxmemory then lets the end through (bridge/memory.py)
-redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[3], '*', 'type', ARGV[1], 'attempt', attempt, 'data', ARGV[2])
-redis.call('HSET', KEYS[1], 'terminal', ARGV[1])
-HINT(KEYS[3])
-return 1
-"""
+def _lua(name: str) -> str:
+    """The source of ``bridge/lua/<name>.lua`` (its header says its KEYS, ARGV and replies)."""
+    return (_LUA / f"{name}.lua").read_text()
 
-# What the supervisor should do about a generation whose attempt may be dead.
-# KEYS: meta, lease   ARGV: now_ms, max_attempts, queue_timeout_ms, resend_ms, max_resends
-# Returns 0 nothing, 1 enqueue a new attempt (marked), 2 attempts exhausted, 3 not started in time,
-# 4 an external producer went silent, 5 send the waiting attempt's task again (marked). Attempts are counted
-# when they start (claim), not when enqueued: a new attempt that waits in a busy queue is given QUEUE_TIMEOUT
-# to start. A task message can be lost between the queue and the claim (a worker killed, or cut off from
-# Redis, after taking it): an attempt still waiting ``resend_ms`` after its task was last sent gets it sent
-# again, at most ``max_resends`` times per attempt, the wait doubling each time. A copy too many is harmless:
-# CLAIM_ATTEMPT refuses it once an attempt runs.
-SUPERVISE = """
-if redis.call('EXISTS', KEYS[1]) == 0 or redis.call('HEXISTS', KEYS[1], 'terminal') == 1 then return 0 end
-if redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
-local now = tonumber(ARGV[1])
-local attempt = tonumber(redis.call('HGET', KEYS[1], 'attempt') or '0')
-local external = redis.call('HGET', KEYS[1], 'model') == 'external'
-if external and attempt > 0 then return 4 end
-local requeued_attempt = tonumber(redis.call('HGET', KEYS[1], 'requeued_attempt') or '-1')
-local waiting_since
-if attempt == 0 and requeued_attempt < 0 then
-  waiting_since = tonumber(redis.call('HGET', KEYS[1], 'created_at') or '0') * 1000
-elseif requeued_attempt == attempt then
-  waiting_since = tonumber(redis.call('HGET', KEYS[1], 'requeued_at') or '0')
-end
-if waiting_since then
-  if now - waiting_since > tonumber(ARGV[3]) then return 3 end
-  local resend_ms = tonumber(ARGV[4])
-  local resends = tonumber(redis.call('HGET', KEYS[1], 'resends') or '0')
-  -- An external generation has no task: it waits for its producer's first token.
-  if external or resend_ms <= 0 or resends >= tonumber(ARGV[5]) then return 0 end
-  local sent_at = math.max(waiting_since, tonumber(redis.call('HGET', KEYS[1], 'sent_at') or '0'))
-  if now - sent_at <= resend_ms * 2 ^ resends then return 0 end
-  redis.call('HSET', KEYS[1], 'sent_at', ARGV[1], 'resends', resends + 1)
-  return 5
-end
-if attempt >= tonumber(ARGV[2]) then return 2 end
--- The new attempt's task gets its own re-sends.
-redis.call('HSET', KEYS[1], 'requeued_attempt', attempt, 'requeued_at', ARGV[1], 'resends', 0)
-redis.call('HINCRBY', KEYS[1], 'requeues', 1)
-return 1
-"""
 
-# A task deferred by its model's concurrency limit is sent again by Celery itself (a retry): it tells SUPERVISE
-# so, which then does not send a copy of a task that is alive.  KEYS: meta   ARGV: now_ms
-MARK_SENT = """
-if redis.call('EXISTS', KEYS[1]) == 1 and redis.call('HEXISTS', KEYS[1], 'terminal') == 0 then
-  redis.call('HSET', KEYS[1], 'sent_at', ARGV[1])
-end
-return 0
-"""
-
-# Undoes SUPERVISE's mark when the new attempt could not be enqueued.  KEYS: meta   ARGV: attempt
-UNMARK_REQUEUE = """
-if redis.call('HGET', KEYS[1], 'requeued_attempt') == ARGV[1] then
-  redis.call('HDEL', KEYS[1], 'requeued_attempt', 'requeued_at')
-  redis.call('HINCRBY', KEYS[1], 'requeues', -1)
-end
-return 0
-"""
-
-# Ends a generation that no live attempt holds (queued, or its worker is gone).
-# KEYS: meta, lease, raw, cancel   ARGV: type, data, maxlen, cancel_ttl_ms
-# Returns 0 unknown id, -1 already finished, 1 terminal written, 2 cancel requested from the live attempt.
-ABORT = """
-if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
-if redis.call('HEXISTS', KEYS[1], 'terminal') == 1 then return -1 end
--- An external producer's lease only measures its silence: nobody would read a cancel request.
-if redis.call('EXISTS', KEYS[2]) == 1 and redis.call('HGET', KEYS[1], 'model') ~= 'external' then
-  if ARGV[1] == 'cancelled' then
-    redis.call('SET', KEYS[4], '1', 'PX', ARGV[4])
-    return 2
-  end
-  return -1
-end
-local attempt = redis.call('HGET', KEYS[1], 'attempt') or '0'
-redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[3], '*', 'type', ARGV[1], 'attempt', attempt, 'data', ARGV[2])
-redis.call('HSET', KEYS[1], 'terminal', ARGV[1])
-HINT(KEYS[3])
-return 1
-"""
-
-# Appends a batch of an external producer's tokens, once: ``index`` is the position of the batch's first
-# token; tokens already accepted are skipped, a batch that would leave a gap is refused.
-# KEYS: meta, raw, lease   ARGV: index, maxlen, idle_ms, ts, tokens...
-# Returns {status, next_index}: 0 unknown, -5 not external, -1 finished, -2 gap, 1 duplicate, 2 appended.
-EXTERNAL_APPEND = """
-if redis.call('EXISTS', KEYS[1]) == 0 then return {0, 0} end
-if redis.call('HGET', KEYS[1], 'model') ~= 'external' then return {-5, 0} end
-local next_index = tonumber(redis.call('HGET', KEYS[1], 'ext_next') or '0')
-if redis.call('HEXISTS', KEYS[1], 'terminal') == 1 then return {-1, next_index} end
-local index = tonumber(ARGV[1])
-local count = #ARGV - 4
-if index > next_index then return {-2, next_index} end
-if index + count <= next_index then return {1, next_index} end
-if redis.call('HGET', KEYS[1], 'attempt') == '0' then
-  redis.call('HSET', KEYS[1], 'attempt', 1, 'started_at', ARGV[4], 'status', 'running')
-end
-local ts = tonumber(ARGV[4])
-for i = next_index - index + 1, count do
-  redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*', 'type', 'token', 'attempt', 1,
-             'data', cjson.encode({content = ARGV[4 + i], ts = ts}))
-end
-redis.call('HSET', KEYS[1], 'ext_next', index + count)
-HINT(KEYS[2])
-redis.call('SET', KEYS[3], 1, 'PX', ARGV[3])
-return {2, index + count}
-"""
-
-# Commits a batch of one generation, processed by a consumer: its client events into ``:out`` (same ids as
-# in ``:raw``), the text they add to ``:text``, ``XACK :raw`` and the raw entries committed trimmed away (once
-# over 100 are kept), the ``:meta`` fields the batch changed, and on a single Redis the events' place in the
-# session stream (an entry that points at each: ``n`` the generation's place in the session, ``i`` the ``:out``
-# id, ``e`` the event unless a token; a generation stored before pointers, with no ``session_n``, gets whole
-# copies). After the terminal event the raw stream is deleted, ``:out``, ``:request`` and the session stream
-# expire after the resume window, the record (``:meta``, ``:text``, and ``:end``, the terminal event as readers
-# got it) after the retention time.
-# A session stream written to while it was to expire (another generation of it ended) is kept again.
-# A batch, or the part of one, that another consumer committed already (``:meta`` ``last_id`` is at or past it)
-# writes nothing again. The batch is fenced on continuity: it was processed from the state of the commit that
-# ``:meta`` ``last_id`` names (``base``: a consumer paused past a takeover holds an older one, and with it stale
-# ``seq`` numbers), and no entry between that commit and the batch's first one is still pending (one delivered to
-# another consumer, e.g. a stale owner's last read, would be skipped for good). Otherwise it writes and
-# acknowledges nothing and returns -1: the consumer reloads its state and claims every pending entry, or lets go.
-# KEYS: out, raw, meta, text, cancel, lease, request, end [, session out, session generations]
-# ARGV: group, maxlen, retention_ms (0: not the end), window_ms, generation_id, session_n ('' : none), n_outs,
-#       n_acked, base ('' : none yet), end ('<event> <id> <data>' of the terminal event, or ''),
-#       then id, event, data, content of each out, then the acked ids, then meta field/value pairs.
-# Returns the number of events written, or -1 when refused.
-COMMIT = """
-local maxlen, retention, window, gid, sn = ARGV[2], tonumber(ARGV[3]), ARGV[4], ARGV[5], ARGV[6]
-local n_outs, n_acked = tonumber(ARGV[7]), tonumber(ARGV[8])
-local last = redis.call('HGET', KEYS[3], 'last_id')
-local first_acked = 11 + 4 * n_outs
-if (last or '') ~= ARGV[9] then return -1 end
-local start = last and ('(' .. last) or '-'
-local gap = redis.pcall('XPENDING', KEYS[2], ARGV[1], start, '(' .. ARGV[first_acked], 1)
-if gap.err == nil and #gap > 0 then return -1 end
-local function after(a, b)
-  if not b then return true end
-  local ams, aseq = string.match(a, '(%d+)-(%d+)')
-  local bms, bseq = string.match(b, '(%d+)-(%d+)')
-  if tonumber(ams) ~= tonumber(bms) then return tonumber(ams) > tonumber(bms) end
-  return tonumber(aseq) > tonumber(bseq)
-end
-local session = #KEYS > 8
--- The end of a generation gets through Redis at maxmemory: see WRITE (and PEXPIRE comes below anyway).
-if retention > 0 then redis.call('PEXPIRE', KEYS[5], retention) end
-local parts = {}
-local written = 0
-for i = 11, first_acked - 1, 4 do
-  local id, event, data = ARGV[i], ARGV[i + 1], ARGV[i + 2]
-  if after(id, last) then
-    redis.call('XADD', KEYS[1], 'MAXLEN', '~', maxlen, id, 'event', event, 'data', data)
-    if session and sn == '' then
-      local tagged = string.sub(data, 1, -2) .. ',"generation_id":"' .. gid .. '"}'
-      redis.call('XADD', KEYS[9], 'MAXLEN', '~', maxlen, '*', 'event', event, 'data', tagged, 'entry_id', id)
-    elseif session and event == 'token' then
-      redis.call('XADD', KEYS[9], 'MAXLEN', '~', maxlen, '*', 'n', sn, 'i', id)
-    elseif session then
-      redis.call('XADD', KEYS[9], 'MAXLEN', '~', maxlen, '*', 'n', sn, 'i', id, 'e', event)
-    end
-    if event == 'restart' then
-      parts = {}
-      redis.call('SET', KEYS[4], '')
-    elseif ARGV[i + 3] ~= '' then
-      parts[#parts + 1] = ARGV[i + 3]
-    end
-    written = written + 1
-  end
-end
-if session and written > 0 and redis.call('PTTL', KEYS[9]) > 0 then redis.call('PERSIST', KEYS[9]) end
-if #parts > 0 then redis.call('APPEND', KEYS[4], table.concat(parts)) end
-local last_acked = ARGV[first_acked + n_acked - 1]
-redis.call('XACK', KEYS[2], ARGV[1], unpack(ARGV, first_acked, first_acked + n_acked - 1))
-if after(last_acked, last) then
-  local fields = {'last_id', last_acked}
-  for i = first_acked + n_acked, #ARGV do fields[#fields + 1] = ARGV[i] end
-  redis.call('HSET', KEYS[3], unpack(fields))
-end
-if retention > 0 then
-  redis.call('DEL', KEYS[2])
-  redis.call('PEXPIRE', KEYS[1], window)
-  for i = 3, 6 do redis.call('PEXPIRE', KEYS[i], retention) end
-  redis.call('PEXPIRE', KEYS[7], window)
-  if ARGV[10] ~= '' then redis.call('SET', KEYS[8], ARGV[10], 'PX', retention) end
-  if session then
-    redis.call('PEXPIRE', KEYS[9], window)
-    redis.call('PEXPIRE', KEYS[10], retention * 2)
-  end
-elseif redis.call('XLEN', KEYS[2]) > 100 then
-  -- Raw entries committed go, a node's worth at a time (a trim is a write the AOF keeps: not one per commit).
-  local ms, seq = string.match(last_acked, '(%d+)-(%d+)')
-  redis.call('XTRIM', KEYS[2], 'MINID', ms .. '-' .. (tonumber(seq) + 1))
-end
-if written > 0 then HINT_BATCHED(KEYS[1]) end
-if session and written > 0 then HINT_BATCHED(KEYS[9]) end
-return written
-"""
-
-# A submission on a single Redis, in one round trip: the model's circuit, the session's owner, the API key's cap on
-# running generations and the cap of its end user (the request's ``user``), then the generation stored (its record,
-# its request, its raw stream opened to the processors, its place in the session's list, which ``:meta``
-# ``session_n`` keeps) and its work entry (and the consumers' hint). Nothing is written when a check refuses.
-# KEYS: meta, raw, work, session generations (a list), session owner, circuit, running (a key never written when
-#       no cap), request, user running (the same when no cap)
-# ARGV: group, session_ttl_ms, index_ttl_ms, owner ('': the caller checked it), generation_id, now_ms, check_circuit,
-#       running_limit, running_expire_ms (of both caps), request, user_running_limit, then the meta field/value pairs.
-# Returns {'created'}, {'circuit_open'}, {'session_taken'}, {'too_many_running'} or {'user_too_many_running'}.
-SUBMIT = """
-local now = tonumber(ARGV[6])
-if ARGV[7] == '1' then
-  local open_until = redis.call('HGET', KEYS[6], 'open_until')
-  if open_until and tonumber(open_until) > now then return {'circuit_open'} end
-end
-if ARGV[4] ~= '' and not redis.call('SET', KEYS[5], ARGV[4], 'NX', 'PX', ARGV[2]) then
-  if redis.call('GET', KEYS[5]) ~= ARGV[4] then return {'session_taken'} end
-  redis.call('PEXPIRE', KEYS[5], ARGV[2])
-end
-local limit, user_limit = tonumber(ARGV[8]), tonumber(ARGV[11])
-if limit > 0 then
-  redis.call('ZREMRANGEBYSCORE', KEYS[7], '-inf', now)
-  if redis.call('ZCARD', KEYS[7]) >= limit then return {'too_many_running'} end
-end
-if user_limit > 0 then
-  redis.call('ZREMRANGEBYSCORE', KEYS[9], '-inf', now)
-  if redis.call('ZCARD', KEYS[9]) >= user_limit then return {'user_too_many_running'} end
-  redis.call('ZADD', KEYS[9], now + tonumber(ARGV[9]), ARGV[5])
-end
-if limit > 0 then redis.call('ZADD', KEYS[7], now + tonumber(ARGV[9]), ARGV[5]) end
-local place = redis.call('RPUSH', KEYS[4], ARGV[5]) - 1
-redis.call('PEXPIRE', KEYS[4], ARGV[3])
-redis.call('HSET', KEYS[1], 'session_n', place, unpack(ARGV, 12))
-redis.call('SET', KEYS[8], ARGV[10])
-redis.call('XGROUP', 'CREATE', KEYS[2], ARGV[1], '0', 'MKSTREAM')
-redis.call('XADD', KEYS[3], '*', 'generation_id', ARGV[5])
-HINT(KEYS[3])
-return {'created'}
-"""
-
-# A place among the generations of one model that may run at once (the registry's ``concurrency``).
-# KEYS: running zset   ARGV: generation_id, now_ms, limit, expire_ms      Returns 1 taken, 0 full.
-TAKE_SLOT = """
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[2])
-if not redis.call('ZSCORE', KEYS[1], ARGV[1]) and redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[3]) then
-  return 0
-end
-redis.call('ZADD', KEYS[1], tonumber(ARGV[2]) + tonumber(ARGV[4]), ARGV[1])
-return 1
-"""
-
-# KEYS: lease   ARGV: attempt      Deletes the lease only if this attempt holds it.
-RELEASE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
-"""
-
-# Adds a batch of one generation's committed client events to its session stream, once: an event at or before the
-# last one added (by its ``:out`` id) is skipped, so a batch added again (after a takeover) adds nothing twice.
-# Used where it cannot share a transaction with the generation's commit (Redis Cluster: the session is another
-# slot), after the commit. The entries point at the events, as COMMIT's do (whole copies for a generation stored
-# before pointers, with no ``session_n``).
-# KEYS: session out, session copied (hash: generation -> last :out id added)
-# ARGV: generation_id, maxlen, ttl_ms, session_n, then event, data (the whole copy; '' with a session_n), :out id
-# of each event.   Returns the number of events appended.
-SESSION_APPEND = """
-local sn = ARGV[4]
-local last = redis.call('HGET', KEYS[2], ARGV[1])
-if last and not string.match(last, '^%d+%-%d+$') then last = nil end
-local function after(a, b)
-  if not b then return true end
-  local ams, aseq = string.match(a, '(%d+)-(%d+)')
-  local bms, bseq = string.match(b, '(%d+)-(%d+)')
-  if tonumber(ams) ~= tonumber(bms) then return tonumber(ams) > tonumber(bms) end
-  return tonumber(aseq) > tonumber(bseq)
-end
-local written = 0
-for i = 5, #ARGV, 3 do
-  local event, id = ARGV[i], ARGV[i + 2]
-  if after(id, last) then
-    if sn == '' then
-      redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], '*', 'event', event, 'data', ARGV[i + 1], 'entry_id', id)
-    elseif event == 'token' then
-      redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], '*', 'n', sn, 'i', id)
-    else
-      redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], '*', 'n', sn, 'i', id, 'e', event)
-    end
-    last = id
-    written = written + 1
-  end
-end
-if last then redis.call('HSET', KEYS[2], ARGV[1], last) end
-redis.call('PEXPIRE', KEYS[2], ARGV[3])
-if written > 0 and redis.call('PTTL', KEYS[1]) > 0 then redis.call('PERSIST', KEYS[1]) end
-if written > 0 then HINT(KEYS[1]) end
-return written
-"""
+CLAIM_ATTEMPT = _lua("claim_attempt")
+WRITE = _lua("write")
+FAIL = _lua("fail")
+SUPERVISE = _lua("supervise")
+MARK_SENT = _lua("mark_sent")
+UNMARK_REQUEUE = _lua("unmark_requeue")
+ABORT = _lua("abort")
+EXTERNAL_APPEND = _lua("external_append")
+COMMIT = _lua("commit")
+SUBMIT = _lua("submit")
+TAKE_SLOT = _lua("take_slot")
+RELEASE = _lua("release")
+SESSION_APPEND = _lua("session_append")
 
 
 _HINT = re.compile(r"HINT(_BATCHED)?\(([^()]*)\)")

@@ -123,3 +123,18 @@ def test_the_place_of_a_worker_that_died_frees_itself(fake_redis: fakeredis.Fake
     assert _take(fake_redis, "gen_b", now_ms=now_ms + 999, limit=1) == 0
     assert _take(fake_redis, "gen_b", now_ms=now_ms + 1001, limit=1) == 1
     assert fake_redis.zrange("slots", 0, -1) == ["gen_b"]
+
+
+def test_every_lua_file_is_a_script_with_its_keys_in_its_header() -> None:
+    from pathlib import Path
+
+    from bridge import scripts
+
+    directory = Path(scripts.__file__).parent / "lua"
+    for path in sorted(directory.glob("*.lua")):
+        # Each file is the source of the constant named after it
+        assert getattr(scripts, path.stem.upper()) == path.read_text(), path.name
+        # And its header, the comment lines before its first statement, says which KEYS it takes
+        lines = path.read_text().splitlines()
+        header = lines[: next(i for i, line in enumerate(lines) if not line.startswith("--"))]
+        assert any("KEYS" in line for line in header), path.name

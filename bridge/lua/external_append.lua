@@ -1,0 +1,24 @@
+-- Appends a batch of an external producer's tokens, once: ``index`` is the position of the batch's first
+-- token; tokens already accepted are skipped, a batch that would leave a gap is refused.
+-- KEYS: meta, raw, lease   ARGV: index, maxlen, idle_ms, ts, tokens...
+-- Returns {status, next_index}: 0 unknown, -5 not external, -1 finished, -2 gap, 1 duplicate, 2 appended.
+if redis.call('EXISTS', KEYS[1]) == 0 then return {0, 0} end
+if redis.call('HGET', KEYS[1], 'model') ~= 'external' then return {-5, 0} end
+local next_index = tonumber(redis.call('HGET', KEYS[1], 'ext_next') or '0')
+if redis.call('HEXISTS', KEYS[1], 'terminal') == 1 then return {-1, next_index} end
+local index = tonumber(ARGV[1])
+local count = #ARGV - 4
+if index > next_index then return {-2, next_index} end
+if index + count <= next_index then return {1, next_index} end
+if redis.call('HGET', KEYS[1], 'attempt') == '0' then
+  redis.call('HSET', KEYS[1], 'attempt', 1, 'started_at', ARGV[4], 'status', 'running')
+end
+local ts = tonumber(ARGV[4])
+for i = next_index - index + 1, count do
+  redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*', 'type', 'token', 'attempt', 1,
+             'data', cjson.encode({content = ARGV[4 + i], ts = ts}))
+end
+redis.call('HSET', KEYS[1], 'ext_next', index + count)
+HINT(KEYS[2])
+redis.call('SET', KEYS[3], 1, 'PX', ARGV[3])
+return {2, index + count}
