@@ -23,7 +23,7 @@ import redis
 
 from app import metrics
 from bridge import keys
-from bridge.connections import UNAVAILABLE_RETRY_MAX_S
+from bridge.connections import Outage
 from bridge.events import ClientEvent, decode_out
 from bridge.readers import StreamReader
 from bridge.sessions import SessionResolver
@@ -195,40 +195,36 @@ class Hub:
         self.reader.wake()
 
     def _run(self) -> None:
-        backoff_s = 0.1
-        quiet = False  # the warning of the tries at the longest wait was logged (once per outage)
+        outage = Outage(logger, "Hub read failed", "Hub reads again")
+        backoff_s = 0.1  # after a failure that is not Redis being away: a flaw, retried more slowly
         while not self._stopping.is_set():
             try:
-                self._read_once()
+                if self._read_once():
+                    outage.answered()
                 backoff_s = 0.1
-                quiet = False
                 self.healthy = True
             except (redis.ConnectionError, redis.TimeoutError, redis.ResponseError) as exc:
                 self.healthy = False
                 self.last_error = str(exc)
-                at_longest = backoff_s >= UNAVAILABLE_RETRY_MAX_S
-                if not (at_longest and quiet):
-                    then = ", then as often until it answers" if at_longest else ""
-                    logger.warning("Hub read failed (%s); retrying in %.1fs%s.", exc, backoff_s, then)
-                quiet = at_longest
-                self._stopping.wait(backoff_s)
-                backoff_s = min(backoff_s * 2, UNAVAILABLE_RETRY_MAX_S)
+                self._stopping.wait(outage.failed(exc))
             except Exception:
                 self.healthy = False
                 logger.exception("Hub read failed; retrying.")
                 self._stopping.wait(backoff_s)
                 backoff_s = min(backoff_s * 2, 5.0)
 
-    def _read_once(self) -> None:
+    def _read_once(self) -> bool:
+        """One read of the watched streams, delivered; False when nothing is watched (Redis was not asked)."""
         self._changed.clear()
         with self._lock:
             streams = dict(self._positions)
         if not streams:
             self._changed.wait(1.0)
-            return
+            return False
         reply = self.reader.read(streams, count=self.count, block_ms=self.block_ms, interrupt=self._changed)
         self.last_read_at = time.time()
         self._deliver(streams, reply)
+        return True
 
     def _deliver(self, streams: dict[str, str], reply: Any) -> None:
         now = time.time()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import re
+import time
 from typing import Any, cast
 
 import redis
@@ -32,9 +33,46 @@ UNAVAILABLE: tuple[type[Exception], ...] = (
 # Longest wait between two tries of the stream store while it cannot answer, in every loop that writes or reads
 # tokens (worker, consumer, web's hub): each resumes within this of Redis answering again (after a failover, the
 # promotion). A try costs one refused connection, or one question to the sentinels. The three loops wait in turn
-# for a token to reach a reader: after a Sentinel failover tokens flowed again 0.1 s after the promotion with 0.2 s
-# (3 runs of 4 of tests/faults/test_failover.py; 1.1 s in the fourth), 1.4-1.9 s with 0.5 s (3 runs).
+# for a token to reach a reader: after a Sentinel failover tokens flowed again 0.01-0.38 s after the promotion
+# with 0.2 s (7 runs of tests/faults/test_failover.py), 1.4-1.9 s with 0.5 s (3 runs).
 UNAVAILABLE_RETRY_MAX_S = 0.2
+
+
+class Outage:
+    """The waits of one loop while Redis cannot answer, and what it logs of them: the wait doubles from
+    ``first_s`` up to ``UNAVAILABLE_RETRY_MAX_S``; a warning per growing wait, then one for all the tries at the
+    longest; and one line when Redis answers again, saying how long it did not (once per outage)."""
+
+    def __init__(self, log: logging.Logger, failed: str, answered: str, *, first_s: float = 0.1) -> None:
+        self.log = log
+        self.failed_text = failed  # "Hub read failed": "<failed> (<error>); retrying in 0.2s."
+        self.answered_text = answered  # "Hub reads again": "<answered> after 2.4 s (13 tries)."
+        self.first_s = first_s
+        self.wait_s = first_s
+        self.tries = 0
+        self.since = 0.0
+        self._quiet = False
+
+    def failed(self, error: BaseException) -> float:
+        """Note a failed try; returns how long to wait before the next."""
+        if not self.tries:
+            self.since = time.monotonic()
+        self.tries += 1
+        wait_s = self.wait_s
+        at_longest = wait_s >= UNAVAILABLE_RETRY_MAX_S
+        if not (at_longest and self._quiet):
+            then = ", then as often until it answers" if at_longest else ""
+            self.log.warning("%s (%s); retrying in %.1fs%s.", self.failed_text, error, wait_s, then)
+        self._quiet = at_longest
+        self.wait_s = min(wait_s * 2, UNAVAILABLE_RETRY_MAX_S)
+        return wait_s
+
+    def answered(self) -> None:
+        """Redis answered: the outage, if there was one, is over."""
+        if self.tries:
+            self.log.info("%s after %.1f s (%d tries).", self.answered_text, time.monotonic() - self.since, self.tries)
+        self.wait_s, self.tries, self._quiet = self.first_s, 0, False
+
 
 # Redis down now, or an ACL user without INFO: the version cannot be told.
 _VERSION_UNREADABLE: tuple[type[Exception], ...] = (*UNAVAILABLE, redis.ResponseError)

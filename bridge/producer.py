@@ -252,6 +252,16 @@ class GenerationWriter:
             extra={"generation_id": self.generation_id},
         )
 
+    def log_answered(self, outage_s: float) -> None:
+        """Redis took a write again after ``outage_s`` of tries (logged once per outage, like its start)."""
+        self._quiet_retries = False
+        logger.info(
+            "Generation %s: Redis answers again after %.1f s.",
+            self.generation_id,
+            outage_s,
+            extra={"generation_id": self.generation_id},
+        )
+
     def _count(self, entries: list[tuple[str, dict[str, Any]]]) -> None:
         """What a write that was applied wrote, for metrics: its tokens, and the code of an error."""
         for event_type, data in entries:

@@ -369,6 +369,8 @@ class _Running:
         ended = self.pending.ends
         self.pending = None
         self.last_write = now
+        if self._retry_until:
+            self.writer.log_answered(now - (self._retry_until - self.writer.retry_s))
         self._retry_until, self._backoff_s = 0.0, 0.05
         if settled is not WriteResult.WRITTEN or ended:
             self._end(_outcome(settled, self.writer))

@@ -23,7 +23,7 @@ from typing import Any
 import redis
 
 from bridge import keys
-from bridge.connections import UNAVAILABLE, UNAVAILABLE_RETRY_MAX_S, is_cluster
+from bridge.connections import UNAVAILABLE, Outage, is_cluster
 from bridge.errors import ProcessingError
 from bridge.events import Event, EventType, decode_raw
 from bridge.liveness import Heartbeat
@@ -116,26 +116,22 @@ class ConsumerWorker:
         self.heartbeat.start()
         if self.events is not None:
             self.events.start()
-        backoff_s = 0.1
-        quiet = False  # the warning of the tries at the longest wait was logged (once per outage)
+        outage = Outage(logger, "Redis unavailable", f"Consumer {self.name} reaches Redis again")
+        backoff_s = 0.1  # after a failure that is not Redis being away: a flaw, retried more slowly
         while not self._stopping.is_set():
             try:
                 self.run_once()
+                outage.answered()
                 backoff_s = 0.1
-                quiet = False
             except Exception as exc:
                 # Whatever was in flight may or may not have been committed: re-read our pending entries.
                 self._resync = True
                 if isinstance(exc, UNAVAILABLE):
-                    at_longest = backoff_s >= UNAVAILABLE_RETRY_MAX_S
-                    if not (at_longest and quiet):
-                        then = ", then as often until it answers" if at_longest else ""
-                        logger.warning("Redis unavailable (%s); retrying in %.1fs%s.", exc, backoff_s, then)
-                    quiet = at_longest
-                else:
-                    logger.exception("Consumer %s loop failed; retrying in %.1fs.", self.name, backoff_s)
+                    self._stopping.wait(outage.failed(exc))
+                    continue
+                logger.exception("Consumer %s loop failed; retrying in %.1fs.", self.name, backoff_s)
                 self._stopping.wait(backoff_s)
-                backoff_s = min(backoff_s * 2, UNAVAILABLE_RETRY_MAX_S if isinstance(exc, UNAVAILABLE) else 5.0)
+                backoff_s = min(backoff_s * 2, 5.0)
         self.heartbeat.stop()  # hand_back strikes this consumer off
         self.ownership.hand_back()
         self.chain.close()
