@@ -47,6 +47,8 @@ MOVING = (redis.exceptions.AskError, redis.exceptions.TryAgainError)  # MovedErr
 _RETRY_S = 0.05
 # Hints taken in one go before reading: a flood of them must not starve the reads.
 _MAX_HINTS = 10_000
+# Longest wait for Redis to confirm a new subscription before reading the keys it hints.
+_CONFIRM_S = 1.0
 
 
 class NotifiedReader(StreamReader):
@@ -114,6 +116,11 @@ class NotifiedReader(StreamReader):
         if not due:
             return []
         self._hinted.difference_update(due)
+        if group is not None:
+            # A read of a key's pending entries brings none of its new ones, whose hint may be gone (sent while a
+            # reconnect had no subscription, and this read used up the sweep that follows one): read them next time.
+            # After a failover the first tokens otherwise waited a whole sweep (CONSUMER_BLOCK_MS) in the consumer.
+            self._hinted.update(key for key in due if streams[key] != ">")
         return self._collect(due, self._read_keys(due, streams, count, group), streams, count, group)
 
     def _mark_due(self, streams: dict[str, str], now: float, deadline: float, group: tuple[str, str] | None) -> float:
@@ -233,20 +240,44 @@ class NotifiedReader(StreamReader):
             self._pubsubs[node].unsubscribe(*node_keys)  # type: ignore[no-untyped-call]
         for node, node_keys in new.items():
             # Subscribed before read: a write after this moment sends a hint, one before it is read now.
-            self._pubsub(node).subscribe(*node_keys)
+            pubsub = self._pubsub(node)
+            pubsub.subscribe(*node_keys)
+            self._confirm(pubsub, len(node_keys))
             self._subscribed.update(dict.fromkeys(node_keys, node))
             self._hinted.update(node_keys)
 
     def _watch_shared(self, keys: set[str]) -> None:
         """A single Redis: one subscription to the shared channel; new keys are read at once, as on a cluster."""
         if "" not in self._pubsubs:
-            self._pubsub("").subscribe(self.hints)
+            pubsub = self._pubsub("")
+            pubsub.subscribe(self.hints)
+            self._confirm(pubsub, 1)
         for key in set(self._subscribed).difference(keys):
             del self._subscribed[key]
             self._hinted.discard(key)
         new = keys.difference(self._subscribed)
         self._subscribed.update(dict.fromkeys(new, ""))
         self._hinted.update(new)
+
+    def _confirm(self, pubsub: PubSub, channels: int) -> None:
+        """Wait (at most ``_CONFIRM_S``) until Redis has confirmed ``channels`` new subscriptions of ``pubsub``.
+
+        Only then is a read of the keys safe from a lost hint: a SUBSCRIBE is sent on a connection of its own, and
+        Redis may serve the read first; a write landing between the two was missed by the read, and its hint by the
+        subscription (after a failover, the first commits raced the hub's new subscription: a reader waited for the
+        next sweep). Hints that arrive meanwhile are kept."""
+        deadline = time.monotonic() + _CONFIRM_S
+        while channels > 0:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            message = pubsub.get_message(timeout=remaining)
+            if message is None:
+                continue
+            if message.get("type") == "subscribe":
+                channels -= 1
+            elif message.get("type") == "message":
+                self._hint(message)
 
     def _pubsub(self, node: str) -> PubSub:
         pubsub = self._pubsubs.get(node)

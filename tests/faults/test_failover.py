@@ -127,6 +127,12 @@ def _wait(condition: Callable[[], bool], *, timeout_s: float, what: str) -> floa
     return time.monotonic() - started
 
 
+def _tokens_again(outcomes: list[ReadOutcome], promoted_at: float) -> float | None:
+    """How long after the promotion the reader that waited longest got its next event (monotonic times)."""
+    ends = [b for o in outcomes for a, b in zip(o.arrivals, o.arrivals[1:], strict=False) if a < promoted_at < b]
+    return round(max(ends) - promoted_at, 2) if ends else None
+
+
 def _summary(outcomes: list[ReadOutcome]) -> dict[str, Any]:
     terminals = Counter(
         (o.terminal.event if o.terminal.event != "error" else f"error:{o.terminal.data.get('code')}")
@@ -179,6 +185,7 @@ def test_the_stack_follows_a_sentinel_failover_under_load(
     accepted_after = [at for at, _ in load.readers if at > killed_at]
     summary = {
         "promoted_s": round(promoted_s, 2),
+        "tokens_again_after_promotion_s": _tokens_again(before, killed_at + promoted_s),
         "followed_s": round(followed_s, 2),
         "first_accepted_after_kill_s": round(min(accepted_after) - killed_at, 2) if accepted_after else None,
         "refused_submissions": dict(refused),

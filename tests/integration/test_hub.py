@@ -232,11 +232,35 @@ def test_an_outage_logs_a_warning_per_growing_wait_then_one_for_all_the_tries(ca
         # Then it logged the 0.1 s wait, and the longest one once, saying it goes on at that pace
         assert len(warnings) == 2, warnings
         assert warnings[-1].endswith("retrying in 0.2s, then as often until it answers.")
-        # And after Redis answers again, the next outage is logged again
+        # And when Redis answers again, it says so once, with how long it did not
+        caplog.set_level("INFO", logger="app.hub")
         reader.up.set()
         wait_for(lambda: hub.healthy, timeout_s=5)
+        wait_for(lambda: any("Hub reads again after" in r.getMessage() for r in caplog.records), timeout_s=5)
+        again = [r.getMessage() for r in caplog.records if "Hub reads again" in r.getMessage()]
+        assert len(again) == 1 and again[0].endswith(" tries)."), again
+        # And the next outage is logged again
         reader.up.clear()
-        wait_for(lambda: len([r for r in caplog.records if r.name == "app.hub"]) >= 3, timeout_s=5)
+        wait_for(lambda: len([r for r in caplog.records if r.levelname == "WARNING"]) >= 3, timeout_s=5)
     finally:
         hub.unsubscribe(sub)
         hub.stop()
+
+
+def test_a_group_read_of_pending_entries_is_followed_by_a_read_of_the_new_ones(r: redis.Redis) -> None:
+    # Given a consumer group's reader that has just reconnected (its sweep is due) and a raw stream with an entry
+    # written while it was away, whose hint it never got
+    key = "llm:gen:{pending}:raw"
+    r.xgroup_create(key, "g", id="0", mkstream=True)
+    r.xadd(key, {"type": "token", "data": "{}"})
+    reader = NotifiedReader(r, sweep_s=30, hints=keys.RAW_HINTS)
+    try:
+        # When its first read after the reconnect asks for its pending entries, as a consumer that resyncs does
+        assert reader.read({key: "0"}, count=10, block_ms=10, group=("g", "c")) == [(key, [])]
+        # Then its next read of new entries gets the one written meanwhile at once, not after the 30 s sweep
+        started = time.monotonic()
+        reply = reader.read({key: ">"}, count=10, block_ms=5_000, group=("g", "c"))
+        assert reply and reply[0][0] == key and len(reply[0][1]) == 1
+        assert time.monotonic() - started < 1
+    finally:
+        reader.close()
