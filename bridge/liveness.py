@@ -47,9 +47,14 @@ def beat(client: redis.Redis, registry: str, name: str) -> None:
 
 def dead(client: redis.Redis, registry: str, dead_after_ms: int, *, but: str = "") -> list[str]:
     """The processes of ``registry`` whose last stamp is older than ``dead_after_ms``."""
+    return [name for name in last_stamps_of_dead(client, registry, dead_after_ms) if name != but]
+
+
+def last_stamps_of_dead(client: redis.Redis, registry: str, dead_after_ms: int) -> dict[str, int]:
+    """The last stamp (ms) of each process of ``registry`` whose last stamp is older than ``dead_after_ms``."""
     before = int(time.time() * 1000) - dead_after_ms
-    names: Any = client.zrangebyscore(registry, "-inf", f"({before}")
-    return [name.decode() if isinstance(name, bytes) else name for name in names if name not in (but, but.encode())]
+    found: Any = client.zrangebyscore(registry, "-inf", f"({before}", withscores=True)
+    return {(name.decode() if isinstance(name, bytes) else name): int(stamp) for name, stamp in found}
 
 
 class Heartbeat:

@@ -323,11 +323,13 @@ def supervise(
     queue_timeout_ms: int,
     resend_ms: int = 0,
     max_resends: int = 0,
+    lost_before_ms: int = 0,
 ) -> dict[str, Supervision]:
     """SUPERVISE for many generations in one round trip per node; a generation whose slot is moving is left out
     (supervised again at the next heartbeat, on its new node). ``resend_ms`` 0: a waiting task is never sent
-    again."""
-    args = [int(time.time() * 1000), max_attempts, queue_timeout_ms, resend_ms, max_resends]
+    again. ``lost_before_ms``: a waiting task sent before then may have been taken by a worker that died since,
+    and is sent again at once."""
+    args = [int(time.time() * 1000), max_attempts, queue_timeout_ms, resend_ms, max_resends, lost_before_ms]
     calls = [Call(SUPERVISE, [key_names.gen_meta(gid), key_names.gen_lease(gid)], args) for gid in generation_ids]
     verdicts: dict[str, Supervision] = {}
     for gid, result in zip(generation_ids, run_batch(client, calls), strict=True):

@@ -551,10 +551,11 @@ class Settings(BaseSettings):
         ge=0,
         description="Seconds after which the consumer that owns a generation sends its Celery task again when no "
         "worker has started it: a worker killed, or cut off from Redis, after taking the task message loses it. "
-        "The wait doubles at each re-send, at most `TASK_MAX_RESENDS` times per attempt; a copy too many is "
-        "refused by the running attempt. Not while tasks wait in the broker's queue: a generation waiting its turn "
-        "there is not lost, and its re-send waits until the queue has drained. `QUEUE_TIMEOUT_S` still ends a "
-        "generation that never starts. 0 turns re-sending off.",
+        "When a worker's heartbeat stops (`DEAD_AFTER_MS`), the tasks sent before then and not started are sent "
+        "again at once. The wait doubles at each re-send, at most `TASK_MAX_RESENDS` times per attempt; a copy "
+        "too many is refused by the running attempt. Not while tasks wait in the broker's queue: a generation "
+        "waiting its turn there is not lost, and its re-send waits until the queue has drained. `QUEUE_TIMEOUT_S` "
+        "still ends a generation that never starts. 0 turns re-sending off.",
     )
     task_max_resends: int = Field(
         default=3,

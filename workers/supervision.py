@@ -4,8 +4,9 @@ An attempt renews its lease while it runs. One whose lease ran out (its Celery w
 or, after ``GENERATION_MAX_ATTEMPTS``, ended with ``worker_lost``; one that no worker started in time ends with
 ``queue_timeout``, an external producer that went quiet with ``producer_timeout``. The task of an attempt
 still waiting to start ``TASK_RESEND_S`` after it was sent is sent again: its message may have been lost
-between the queue and the claim. Not while tasks wait in the broker's queue: the attempt may just be waiting
-its turn there, and a copy would only lengthen the queue.
+between the queue and the claim; at once when a worker has died since it was sent (the worker may have taken it).
+Not while tasks wait in the broker's queue: the attempt may just be waiting its turn there, and a copy would only
+lengthen the queue.
 """
 
 from __future__ import annotations
@@ -54,13 +55,22 @@ class Supervisor:
         self.settings = settings
         self.enqueue = enqueue
         self.waiting_tasks = waiting_tasks
+        # Set by ``release_dead_workers`` for the ``supervise`` that follows it (see there).
+        self._lost_before_ms = 0
 
     def release_dead_workers(self, generation_ids: list[str]) -> None:
         """Release the leases of the attempts whose worker's heartbeat stopped (``bridge.liveness``), so that
-        ``supervise`` starts their new attempts now, not when the leases run out. One ``ZRANGEBYSCORE`` when no
-        worker died; a worker dead for long is struck off, once every consumer has had time to look."""
+        ``supervise`` starts their new attempts now, not when the leases run out, and sends again at once the tasks
+        not started that such a worker may have taken. One ``ZRANGEBYSCORE`` when no worker died; a worker dead for
+        long is struck off, once every consumer has had time to look."""
         dead_after_ms = self.settings.dead_after_ms
-        dead = set(liveness.dead(self.client, keys.WORKERS_ZSET, dead_after_ms))
+        stamps = liveness.last_stamps_of_dead(self.client, keys.WORKERS_ZSET, dead_after_ms)
+        # A dead worker may have taken a task it never claimed: one sent before it stopped stamping is sent again
+        # by this round's ``supervise``, not TASK_RESEND_S later.
+        self._lost_before_ms = max(stamps.values(), default=0)
+        if self._lost_before_ms:
+            self._lost_before_ms += int(liveness.beat_interval_s(dead_after_ms) * 1000)
+        dead = set(stamps)
         if not dead or not generation_ids:
             return
         pipe = self.client.pipeline(transaction=False)
@@ -91,7 +101,9 @@ class Supervisor:
             queue_timeout_ms=int(settings.queue_timeout_s * 1000),
             resend_ms=int(settings.task_resend_s * 1000) if self.enqueue is not None else 0,
             max_resends=settings.task_max_resends,
+            lost_before_ms=self._lost_before_ms,
         )
+        self._lost_before_ms = 0
         # The broker is asked only when a task is due to be sent again (rare): never at every heartbeat.
         due = [gid for gid, verdict in verdicts.items() if verdict is Supervision.RESEND]
         if due and self._backlog():

@@ -120,6 +120,29 @@ def test_the_attempt_of_a_worker_whose_heartbeat_stopped_is_released_and_started
     assert restart["type"] == "restart"
 
 
+def test_a_task_not_started_that_a_dead_worker_may_have_taken_is_sent_again_at_once(
+    r: redis.Redis, settings: Settings
+) -> None:
+    # Given re-sends after a minute, and two generations not started: one sent before worker w1 stopped stamping
+    # (w1 may have taken its task and died before claiming it), one sent after
+    settings = _settings(settings).model_copy(update={"task_resend_s": 60, "queue_timeout_s": 600})
+    now_ms = int(time.time() * 1000)
+    w1_last_stamp = now_ms - DEAD_AFTER_MS - 100
+    maybe_taken, sent_after = new_generation(r, settings, "gen_1"), new_generation(r, settings, "gen_2")
+    r.hset(keys.gen_meta(maybe_taken), "created_at", (w1_last_stamp - 1_000) / 1000)
+    r.zadd(keys.WORKERS_ZSET, {"w1": w1_last_stamp})
+    sent: list[str] = []
+    supervisor = Supervisor(r, settings, sent.append)
+    # When a consumer supervises them, twice
+    for _ in range(2):
+        supervisor.release_dead_workers([maybe_taken, sent_after])
+        supervisor.supervise([maybe_taken, sent_after])
+    # Then the task w1 may have taken is sent again at once, and only once; the other one is left to wait
+    assert sent == [maybe_taken]
+    assert r.hget(keys.gen_meta(maybe_taken), "resends") == "1"
+    assert r.hget(keys.gen_meta(sent_after), "resends") in (None, "0")
+
+
 def test_a_process_started_while_redis_is_away_stamps_once_it_answers(tmp_path: Any) -> None:
     # Given a Redis that is not up yet (restarting, or loading its data), and a heartbeat on it
     server = EmbeddedRedis(tmp_path, appendonly=False)
