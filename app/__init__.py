@@ -12,6 +12,7 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 from app import (
     api,
     dead_letters,
+    durable_streams,
     health,
     models_api,
     openai_compat,
@@ -108,7 +109,17 @@ def _warn_at_start(settings: Settings) -> None:
 
 
 # The /v1 blueprints: each counts against the API key's rate limit.
-_V1 = (api.bp, sse.bp, websocket.bp, producers.bp, openai_compat.bp, models_api.bp, stats.bp, dead_letters.bp)
+_V1 = (
+    api.bp,
+    sse.bp,
+    websocket.bp,
+    durable_streams.bp,
+    producers.bp,
+    openai_compat.bp,
+    models_api.bp,
+    stats.bp,
+    dead_letters.bp,
+)
 
 
 def _register_blueprints(app: Flask, settings: Settings) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Generator
 from contextlib import closing
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import orjson
@@ -22,7 +23,7 @@ from bridge.events import FINISHED_STATUSES, ClientEvent, EventType
 
 logger = logging.getLogger(__name__)
 
-Transport = Literal["sse", "ws"]
+Transport = Literal["sse", "ws", "durable"]
 
 Batches = Generator[list[ClientEvent] | None, None, None]
 
@@ -35,6 +36,8 @@ def client_events(
     stop_at_terminal: bool = True,
     on_gap: GapHandler | None = None,
     trace: str = "",
+    max_duration_s: float | None = None,
+    keepalive_s: float | None = None,
     **watched: str,
 ) -> Batches:
     """The batches of ``key`` after ``cursor`` for one client (None: time for a keep-alive), as ``follow`` reads them.
@@ -42,12 +45,19 @@ def client_events(
     Counts the resume at once (call it in the request); the open stream, its reader (``watched``: what it reads,
     for presence) and its events while it is iterated. A batch counts as sent once the next one is asked for:
     the transport has written it by then. ``trace``: the generation's trace context, for a span of its delivery
-    to this reader (when tracing is on).
+    to this reader (when tracing is on). ``max_duration_s`` and ``keepalive_s``: ``STREAM_MAX_DURATION_S`` and
+    ``SSE_KEEPALIVE_S`` unless given.
     """
     s = services()
     if cursor != "0":
         metrics.RESUMES.labels(transport).inc()
-    batches = _counted(s, transport, key, cursor, stop_at_terminal=stop_at_terminal, on_gap=on_gap, watched=watched)
+    follow_for = _Follow(
+        stop_at_terminal=stop_at_terminal,
+        on_gap=on_gap,
+        keepalive_s=keepalive_s or s.settings.sse_keepalive_s,
+        max_duration_s=max_duration_s or s.settings.stream_max_duration_s,
+    )
+    batches = _counted(s, transport, key, cursor, follow_for, watched=watched)
     return _traced(batches, trace, transport, cursor) if trace and tracing.enabled() else batches
 
 
@@ -70,15 +80,18 @@ def _traced(batches: Batches, trace: str, transport: Transport, cursor: str) -> 
         tracing.end(span, events=sent, end="disconnected")
 
 
+@dataclass(frozen=True, slots=True)
+class _Follow:
+    """How ``follow`` reads for one client."""
+
+    stop_at_terminal: bool
+    on_gap: GapHandler | None
+    keepalive_s: float
+    max_duration_s: float
+
+
 def _counted(
-    s: Services,
-    transport: Transport,
-    key: str,
-    cursor: str,
-    *,
-    stop_at_terminal: bool,
-    on_gap: GapHandler | None,
-    watched: dict[str, str],
+    s: Services, transport: Transport, key: str, cursor: str, how: _Follow, *, watched: dict[str, str]
 ) -> Batches:
     sent = metrics.BufferedCount(metrics.EVENTS_SENT.labels(transport))
     open_streams = metrics.OPEN_STREAMS.labels(transport)
@@ -88,10 +101,10 @@ def _counted(
         s.redis,
         key,
         cursor,
-        keepalive_s=s.settings.sse_keepalive_s,
-        max_duration_s=s.settings.stream_max_duration_s,
-        stop_at_terminal=stop_at_terminal,
-        on_gap=on_gap,
+        keepalive_s=how.keepalive_s,
+        max_duration_s=how.max_duration_s,
+        stop_at_terminal=how.stop_at_terminal,
+        on_gap=how.on_gap,
     )
     still_there = _existence_check(s, watched.get("generation_id"))
     try:

@@ -32,6 +32,8 @@ ROUTE_ACTIONS: dict[str, Action] = {
     "websocket.generation_ws": Action.READ,
     "api.generation_token": Action.MINT,
     "sse.session_events": Action.READ,
+    "durable_streams.generation_stream": Action.READ,
+    "durable_streams.session_stream": Action.READ,
     "api.session_generations": Action.READ,
     "api.session_token": Action.MINT,
     "producers.append": Action.FEED,

@@ -104,7 +104,14 @@ def document() -> dict[str, Any]:
             "schemas": dict(_schemas()[1]),
         },
         "security": [{"bearer": []}],
-        "paths": {**_generation_paths(), **_producer_paths(), **_session_paths(), **_openai_paths(), **_admin_paths()},
+        "paths": {
+            **_generation_paths(),
+            **_producer_paths(),
+            **_session_paths(),
+            **_durable_stream_paths(),
+            **_openai_paths(),
+            **_admin_paths(),
+        },
     }
 
 
@@ -207,6 +214,36 @@ def _session_paths() -> dict[str, Any]:
                 "responses": {"200": _json(schemas.StreamToken), **_errors()},
             }
         },
+    }
+
+
+def _durable_stream_read(summary: str, parameter: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "get": {
+            "summary": summary,
+            "description": "The Durable Streams protocol's read path (docs/durable-streams.md): an application/json "
+            "stream of the events, read from `offset` (-1, now, or a Stream-Next-Offset), live by long-poll or SSE.",
+            "parameters": [parameter, _query("offset"), _query("live"), _query("cursor"), _query("token")],
+            "responses": {
+                "200": {
+                    "description": "The events after the offset, as a JSON array (or an SSE stream with live=sse)",
+                    "content": {"application/json": {"schema": {"type": "array"}}, **_SSE},
+                },
+                "204": {"description": "Long-poll: nothing new within the timeout, or the stream is closed"},
+                "304": {"description": "Not modified (If-None-Match)"},
+                "410": {"description": "The offset is older than what is kept"},
+                **_errors(),
+            },
+        }
+    }
+
+
+def _durable_stream_paths() -> dict[str, Any]:
+    return {
+        "/v1/stream/generations/{generation_id}": _durable_stream_read(
+            "A generation as a Durable Stream", _GENERATION_ID
+        ),
+        "/v1/stream/sessions/{session_id}": _durable_stream_read("A session as a Durable Stream", _SESSION_ID),
     }
 
 

@@ -48,7 +48,7 @@ def session_events(session_id: str) -> Response:
 
 def _event_stream(key: str, events: Batches) -> Response:
     """The SSE response of ``events``: a ``retry`` hint, then one write per batch, and a comment to keep alive."""
-    _bound_writes(request.environ.get("gunicorn.socket"), services().settings.sse_send_timeout_s)
+    bound_writes(request.environ.get("gunicorn.socket"), services().settings.sse_send_timeout_s)
 
     def body() -> Iterator[str]:
         yield "retry: 1000\n\n"
@@ -63,7 +63,7 @@ def _event_stream(key: str, events: Batches) -> Response:
     return Response(body(), mimetype="text/event-stream", headers=STREAM_HEADERS)
 
 
-def _bound_writes(sock: Any, timeout_s: float) -> None:
+def bound_writes(sock: Any, timeout_s: float) -> None:
     """Make a write to a client that stopped reading, or vanished without a FIN, fail within ``timeout_s``.
 
     The socket timeout bounds a write blocked on a full buffer; TCP_USER_TIMEOUT bounds data left

@@ -223,6 +223,13 @@ class Settings(BaseSettings):
         description="Longest life of one SSE response or WebSocket, in seconds. After it (noticed within half of "
         "`SSE_KEEPALIVE_S`) the stream ends without a terminal event and the client resumes.",
     )
+    durable_streams_long_poll_s: float = Field(
+        default=20.0,
+        gt=0,
+        le=300.0,
+        description="Longest wait of a Durable Streams `live=long-poll` read that finds nothing new before it answers "
+        "`204` ([durable-streams.md](durable-streams.md)); keep it below the idle timeout of any proxy in front.",
+    )
     hub_block_ms: int = Field(
         default=5000,
         ge=10,

@@ -63,5 +63,7 @@ api_key_env = "FAKE_ANTHROPIC_KEY"
         # Every test of the session uses this stack with one key: more than the default 600 requests a minute.
         # (The limit itself is tested on stacks of their own: test_security, test_openai_models.)
         RATE_LIMIT="20000/minute",
+        # A Durable Streams long-poll that finds nothing answers 204 after this long (20 s by default).
+        DURABLE_STREAMS_LONG_POLL_S="1",
     ) as stack:
         yield stack

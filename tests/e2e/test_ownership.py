@@ -33,6 +33,8 @@ def _routes(gen: dict[str, Any]) -> list[tuple[str, str, Any]]:
         ("POST", f"/v1/generations/{gid}/tokens", {"index": 0, "tokens": ["x"]}),
         ("POST", f"/v1/generations/{gid}/complete", {"finish_reason": "stop"}),
         ("GET", f"/v1/sessions/{sid}/events", None),
+        ("GET", f"/v1/stream/generations/{gid}", None),
+        ("GET", f"/v1/stream/sessions/{sid}", None),
         ("GET", f"/v1/sessions/{sid}/generations", None),
         ("POST", f"/v1/sessions/{sid}/token", None),
     ]

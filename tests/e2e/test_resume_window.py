@@ -113,3 +113,26 @@ def test_a_session_reader_after_a_generations_window_gets_its_reset_and_the_othe
     assert of_first == [("reset", WORDS), ("done", None)]
     of_second = [e.data["seq"] for e in got.events if e.data["generation_id"] == second["id"]]
     assert of_second == [e.data["seq"] for e in second_events]
+
+
+def test_after_the_window_a_durable_streams_read_from_the_start_gets_the_reset_and_an_old_offset_gets_410(
+    stack: Stack,
+) -> None:
+    # Given a finished generation whose resume window has passed
+    generation, events = _finished(stack)
+    gid = str(generation["id"])
+    _gone(stack, gid)
+    path = f"/v1/stream/generations/{gid}"
+    # When a Durable Streams client reads it from the start
+    whole = stack.get(path, params={"offset": "-1"})
+    # Then it gets the reset with the whole text and the terminal event, and the stream is closed
+    assert [(m["event"], m["data"]) for m in whole.json()] == [
+        ("reset", {"reason": "cursor_trimmed", "text": WORDS, "next_seq": events[-1][2]["seq"]}),
+        ("done", events[-1][2]),
+    ]
+    assert whole.headers["stream-closed"] == "true"
+    # And its end offset reads as the end; an offset from the middle of the answer is gone (410)
+    assert stack.get(path, params={"offset": whole.headers["stream-next-offset"]}).json() == []
+    ms, _, seq = events[1][0].partition("-")
+    old = stack.get(path, params={"offset": f"{int(ms):016d}_{int(seq):020d}"})
+    assert old.status_code == 410 and old.json()["error"]["code"] == "offset_gone"
