@@ -120,7 +120,7 @@ def take_running_slots(generation_id: str, user: str) -> tuple[str, ...]:
         if cap is None:
             continue
         slot = scripts.take_slot(client, cap.key, generation_id, limit=cap.limit, expire_ms=cap.expire_ms)
-        if slot is scripts.Slot.FULL:
+        if slot is scripts.Status.FULL:
             for key in taken:
                 client.zrem(key, generation_id)
             raise refusal()

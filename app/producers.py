@@ -10,8 +10,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from app.errors import ApiError, invalid
 from app.inputs import authenticate, json_body, load_meta, validation_details
 from app.services import services
-from bridge.external import AppendStatus, append_tokens, finish
-from bridge.scripts import Ended
+from bridge.external import append_tokens, finish
+from bridge.scripts import Status
 
 bp = Blueprint("producers", __name__, url_prefix="/v1")
 bp.before_request(authenticate)
@@ -64,20 +64,20 @@ def append(generation_id: str) -> tuple[Response, int]:
     batch: TokenBatch = _parse(TokenBatch, json_body())
     s = services()
     result = append_tokens(s.redis, generation_id, batch.index, batch.tokens, settings=s.settings)
-    if result.status is AppendStatus.GAP:
+    if result.status is Status.GAP:
         raise ApiError(
             409,
             "index_gap",
             f"This batch starts at {batch.index}, but the next token expected is {result.next_index}.",
             details={"expected_index": result.next_index},
         )
-    if result.status is AppendStatus.FINISHED:
+    if result.status is Status.FINISHED:
         raise ApiError(409, "already_finished", "The generation has already finished.")
-    if result.status is AppendStatus.UNKNOWN:
+    if result.status is Status.UNKNOWN:
         raise ApiError(404, "not_found", f"No generation with id {generation_id!r}.")
-    if result.status is AppendStatus.NOT_EXTERNAL:
+    if result.status is Status.NOT_EXTERNAL:
         raise ApiError(409, "not_external", "Only generations created with model 'external' take tokens over HTTP.")
-    body = {"id": generation_id, "next_index": result.next_index, "duplicate": result.status is AppendStatus.DUPLICATE}
+    body = {"id": generation_id, "next_index": result.next_index, "duplicate": result.status is Status.DUPLICATE}
     return jsonify(body), 202
 
 
@@ -94,8 +94,8 @@ def complete(generation_id: str) -> tuple[Response, int]:
         error=completion.error.model_dump() if completion.error else None,
         usage=completion.usage,
     )
-    if result is Ended.FINISHED:
+    if result is Status.FINISHED:
         raise ApiError(409, "already_finished", "The generation has already finished.")
-    if result is Ended.UNKNOWN:
+    if result is Status.UNKNOWN:
         raise ApiError(404, "not_found", f"No generation with id {generation_id!r}.")
     return jsonify({"id": generation_id, "status": "completing"}), 202

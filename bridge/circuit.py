@@ -31,20 +31,6 @@ _FORGET_AFTER_COOLDOWNS = 10
 # circuit that much later.
 SUCCESS_DELAY_S = 1.0
 
-RECORD = """
--- KEYS: circuit hash   ARGV: failed (1/0), now_ms, threshold, cooldown_ms, forget_ms
-if ARGV[1] == '0' then
-  redis.call('DEL', KEYS[1])
-  return 0
-end
-local failures = redis.call('HINCRBY', KEYS[1], 'failures', 1)
-if failures >= tonumber(ARGV[3]) then
-  redis.call('HSET', KEYS[1], 'open_until', tonumber(ARGV[2]) + tonumber(ARGV[4]))
-end
-redis.call('PEXPIRE', KEYS[1], ARGV[5])
-return failures
-"""
-
 
 @dataclass(frozen=True, slots=True)
 class CircuitState:
@@ -88,7 +74,7 @@ class Circuits:
         calls = [self._call(model, failed=False)] if failed and self._take_success(model) else []
         calls.append(self._call(model, failed=failed))
         results = scripts.run_batch(self.client, calls, raise_on_error=True)
-        return int(results[-1])
+        return scripts.decode_count(results[-1], scripts.Status.RECORDED)
 
     def succeeded(self, model: str) -> None:
         """A success, written within ``success_delay_s`` with the others of the process: a success only resets the
@@ -131,7 +117,7 @@ class Circuits:
     def _call(self, model: str, *, failed: bool) -> scripts.Call:
         forget_ms = self.cooldown_ms * _FORGET_AFTER_COOLDOWNS
         args = [1 if failed else 0, int(time.time() * 1000), self.threshold, self.cooldown_ms, forget_ms]
-        return scripts.Call(RECORD, [keys.model_circuit(model)], args)
+        return scripts.Call(scripts.CIRCUIT_RECORD, [keys.model_circuit(model)], args)
 
     def states(self, models: list[str]) -> dict[str, CircuitState]:
         pipe = self.client.pipeline(transaction=False)

@@ -28,15 +28,14 @@ from bridge import keys, scripts, streams
 from bridge.errors import TokenbridgeError
 from bridge.events import EventType
 from bridge.generation import GenerationRequest, new_generation_id, new_session_id
+from bridge.scripts import Status
 from bridge.settings import Settings
-
-# EXTERNAL_APPEND's status: appended, duplicate (written before), gap, finished, unknown or not external.
-AppendStatus = scripts.Append
 
 
 @dataclass(frozen=True, slots=True)
 class AppendResult:
-    status: AppendStatus
+    # APPENDED, DUPLICATE (written before), GAP, FINISHED, UNKNOWN or NOT_EXTERNAL.
+    status: Status
     next_index: int
 
 
@@ -67,8 +66,9 @@ def finish(
     finish_reason: str | None = "stop",
     error: dict[str, str] | None = None,
     usage: dict[str, int] | None = None,
-) -> scripts.Ended:
-    """Write the terminal entry (``done``, or ``error`` when ``error`` is given). Returns FAIL's result."""
+) -> Status:
+    """Write the terminal entry (``done``, or ``error`` when ``error`` is given): ``WRITTEN``, ``FINISHED`` or
+    ``UNKNOWN``."""
     data: dict[str, Any]
     if error is not None:
         event, data = EventType.ERROR.value, {"code": error["code"], "message": error["message"]}
@@ -94,8 +94,8 @@ class ExternalGeneration:
         if not tokens:
             return
         result = append_tokens(self.client, self.id, self.index, list(tokens), settings=self.settings)
-        if result.status not in (AppendStatus.APPENDED, AppendStatus.DUPLICATE):
-            raise ExternalProducerError(f"generation {self.id}: write refused ({result.status.name.lower()})")
+        if result.status not in (Status.APPENDED, Status.DUPLICATE):
+            raise ExternalProducerError(f"generation {self.id}: write refused ({result.status.value})")
         self.index = result.next_index
 
     def complete(self, finish_reason: str = "stop", usage: dict[str, int] | None = None) -> None:

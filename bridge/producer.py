@@ -13,7 +13,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import Enum, StrEnum
 from typing import Any
 
 import orjson
@@ -24,19 +24,40 @@ from bridge.connections import UNAVAILABLE, UNAVAILABLE_RETRY_MAX_S
 from bridge.errors import ProviderError
 from bridge.events import TERMINAL_EVENTS, EventType
 from bridge.memory import OUT_OF_MEMORY_CODE, is_out_of_memory
-from bridge.scripts import Claim as Claim  # re-exported: the claim refusals callers see
+from bridge.scripts import Status
 
 logger = logging.getLogger(__name__)
 
 
-class WriteResult(Enum):
+class Outcome(StrEnum):
+    """What happened, one type all the way: a write's settled reply (``GenerationWriter.settle``), how an attempt
+    ended (``WriteLoop.run``), and a task's result (what Celery and Flower show)."""
+
+    # A write went through: the attempt goes on.
     WRITTEN = "written"
-    FENCED = "fenced"
+    # How an attempt ended.
+    FINISHED = "finished"
     CANCELLED = "cancelled"
-    # Redis refused the write at maxmemory; the generation was ended with ``redis_out_of_memory`` instead.
-    OUT_OF_MEMORY = "out_of_memory"
+    FENCED = "fenced"  # another attempt is current, or the generation was ended for it
     # An earlier write of this attempt is not in Redis any more (lost in a failover): the attempt must restart.
     LOST = "lost"
+    # Redis refused a write at maxmemory; the generation was ended with ``redis_out_of_memory`` instead.
+    OUT_OF_MEMORY = "out_of_memory"
+    # A task that ran no attempt.
+    DEFERRED = "deferred"  # its model is at its concurrency limit: Celery sends the task again
+    INVALID = "failed"  # its request cannot run: the generation ended with ``invalid_request``
+    SKIPPED_EXTERNAL = "skipped:external"  # fed by an external producer, never by a task
+    SKIPPED_UNKNOWN = "skipped:unknown"  # no such generation (any more)
+    SKIPPED_FINISHED = "skipped:finished"  # it has ended (a copy of its task)
+    SKIPPED_HELD = "skipped:held"  # a live attempt runs it (a copy of its task)
+
+
+# The outcome of a task whose claim was refused.
+NOT_STARTED = {
+    Status.UNKNOWN: Outcome.SKIPPED_UNKNOWN,
+    Status.FINISHED: Outcome.SKIPPED_FINISHED,
+    Status.HELD: Outcome.SKIPPED_HELD,
+}
 
 
 @dataclass(slots=True)
@@ -137,11 +158,12 @@ class GenerationWriter:
         self.tokens = 0
         self.error_code: str | None = None
 
-    def claim(self, *, reason: str = "retry", check_first: Sequence[str] = ()) -> int:
-        """Start a new attempt. Returns its number (1, 2, …) or a negative ``Claim`` when refused; ``request`` is
-        then the stored request. A generation of a model in ``check_first`` is not claimed: ``Claim.CHECK_FIRST``."""
+    def claim(self, *, reason: str = "retry", check_first: Sequence[str] = ()) -> Status:
+        """Start a new attempt: ``CLAIMED`` (``attempt`` is its number, 1, 2, …), or why not (``UNKNOWN``,
+        ``FINISHED``, ``HELD``; ``CHECK_FIRST`` for a model in ``check_first``); ``request`` is then the stored
+        request."""
         claimed_at = time.monotonic()
-        claimed: tuple[int, str | None] = self._retrying(
+        claimed: scripts.Claimed = self._retrying(
             lambda: scripts.claim_attempt(
                 self.client,
                 self.generation_id,
@@ -152,12 +174,12 @@ class GenerationWriter:
                 worker=self.worker,
             )
         )
-        result, self.request = claimed
-        if result > 0:
-            self.attempt = result
+        self.request = claimed.request
+        if claimed.status is Status.CLAIMED:
+            self.attempt = claimed.attempt
             self.batch = 0
             self._renewed_at = claimed_at
-        return result
+        return claimed.status
 
     def prepare(self, entries: list[tuple[str, dict[str, Any]]]) -> PendingWrite:
         """The next write: ``entries`` (none for a heartbeat), renewing the lease when due."""
@@ -175,7 +197,7 @@ class GenerationWriter:
             args.append(orjson.dumps(data))
         return PendingWrite(scripts.write_call(self.generation_id, args), entries, now, renew)
 
-    def settle(self, pending: PendingWrite, reply: Any) -> WriteResult | PendingWrite | Retry:
+    def settle(self, pending: PendingWrite, reply: Any) -> Outcome | PendingWrite | Retry:
         """What ``pending``'s reply means: a result, another write to send instead, or ``Retry`` (send it again).
 
         Raises what cannot be retried. After a write that failed, a hole of one batch is that write, not a lost one:
@@ -189,8 +211,8 @@ class GenerationWriter:
             if isinstance(reply, redis.ResponseError) and is_out_of_memory(reply) and not pending.ends:
                 return self._out_of_memory()
             raise reply
-        result = scripts.decode_write(reply)
-        if result is scripts.Write.GAP and self._unsure:
+        result = scripts.decode_status(reply)
+        if result is Status.GAP and self._unsure:
             # The write that failed before this one was never applied: this one takes its number.
             self._unsure = False
             self.batch -= 1
@@ -198,19 +220,19 @@ class GenerationWriter:
             again.out_of_memory = pending.out_of_memory
             return again
         self._unsure = False
-        if result in (scripts.Write.WRITTEN, scripts.Write.REPEATED):
+        if result in (Status.WRITTEN, Status.REPEATED):
             # A repeat was written by the first try.
             if pending.renew:
                 self._renewed_at = pending.at
             self._count(pending.entries)
-            return WriteResult.OUT_OF_MEMORY if pending.out_of_memory else WriteResult.WRITTEN
-        if result is scripts.Write.FENCED:
-            return WriteResult.FENCED
-        if result is scripts.Write.CANCELLED:
-            return WriteResult.CANCELLED
-        return WriteResult.LOST
+            return Outcome.OUT_OF_MEMORY if pending.out_of_memory else Outcome.WRITTEN
+        if result is Status.FENCED:
+            return Outcome.FENCED
+        if result is Status.CANCELLED:
+            return Outcome.CANCELLED
+        return Outcome.LOST
 
-    def write(self, entries: list[tuple[str, dict[str, Any]]]) -> WriteResult:
+    def write(self, entries: list[tuple[str, dict[str, Any]]]) -> Outcome:
         """Append entries in one round trip of its own (renewing the lease when due), unless fenced or cancelled."""
         pending = self.prepare(entries)
         deadline = time.monotonic() + self.retry_s
@@ -222,7 +244,7 @@ class GenerationWriter:
             except Exception as exc:
                 reply = exc
             settled = self.settle(pending, reply)
-            if isinstance(settled, WriteResult):
+            if isinstance(settled, Outcome):
                 return settled
             if isinstance(settled, PendingWrite):
                 pending = settled
@@ -233,7 +255,7 @@ class GenerationWriter:
             time.sleep(delay_s)
             delay_s = min(delay_s * 2, UNAVAILABLE_RETRY_MAX_S)
 
-    def heartbeat(self) -> WriteResult:
+    def heartbeat(self) -> Outcome:
         """Renew the lease and check for cancellation without writing a token."""
         return self.write([])
 
@@ -302,13 +324,6 @@ class GenerationWriter:
                 self.log_retry(exc, delay_s)
                 time.sleep(delay_s)
                 delay_s = min(delay_s * 2, UNAVAILABLE_RETRY_MAX_S)
-
-
-class Outcome(Enum):
-    FINISHED = "finished"
-    CANCELLED = "cancelled"
-    FENCED = "fenced"
-    LOST = "lost"
 
 
 def with_retries(

@@ -22,7 +22,7 @@ import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from enum import IntEnum
+from enum import StrEnum
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -56,6 +56,7 @@ SUBMIT = _lua("submit")
 TAKE_SLOT = _lua("take_slot")
 RELEASE = _lua("release")
 SESSION_APPEND = _lua("session_append")
+CIRCUIT_RECORD = _lua("circuit_record")
 
 
 _HINT = re.compile(r"HINT(_BATCHED)?\(([^()]*)\)")
@@ -178,80 +179,86 @@ def _by_node(client: redis.Redis, calls: list[Call]) -> list[tuple[redis.Redis, 
     return [(client.get_redis_connection(client.get_node(node_name=name)), group) for name, group in groups.items()]
 
 
-# -- typed wrappers: each script's reply is decoded here, once, into an IntEnum ----------------------------
+# -- replies: every script answers a status word, alone or first in a table with its values -----------------
 
 
-class Claim(IntEnum):
-    """CLAIM_ATTEMPT's refusals (a claim that succeeds returns the new attempt's number, 1, 2, …)."""
+class Status(StrEnum):
+    """The status words the scripts reply with: one table for all of them, and a word means the same in each."""
 
-    CHECK_FIRST = -4
-    UNKNOWN = -3
-    FINISHED = -2
-    HELD = -1
-
-
-class Write(IntEnum):
-    """WRITE's reply: written (any number of entries, 0 for a heartbeat), fenced, cancelled, a repeat, or a
-    gap (an earlier batch of the attempt is missing: lost in a failover)."""
-
-    WRITTEN = 0
-    FENCED = -1
-    CANCELLED = -2
-    REPEATED = -4
-    GAP = -5
-
-
-class Ended(IntEnum):
-    """FAIL's and ABORT's reply (``REQUESTED``: ABORT only)."""
-
-    UNKNOWN = 0
-    FINISHED = -1
-    WRITTEN = 1
-    REQUESTED = 2
-
-
-class Supervision(IntEnum):
-    """SUPERVISE's verdict on a generation whose attempt may be dead."""
-
-    NOTHING = 0
-    REQUEUE = 1
-    EXHAUSTED = 2
-    QUEUE_TIMEOUT = 3
-    PRODUCER_SILENT = 4
-    RESEND = 5
-
-
-class Append(IntEnum):
-    """EXTERNAL_APPEND's status (the reply also carries the next index expected)."""
-
-    UNKNOWN = 0
-    NOT_EXTERNAL = -5
-    FINISHED = -1
-    GAP = -2
-    DUPLICATE = 1
-    APPENDED = 2
+    # The generation a script was asked about.
+    UNKNOWN = "unknown"  # no such generation
+    FINISHED = "finished"  # it has ended already
+    HELD = "held"  # a live attempt holds it
+    NOT_EXTERNAL = "not_external"  # it is not fed by an external producer
+    # Claims, writes and ends.
+    CLAIMED = "claimed"  # a new attempt started (its number follows)
+    CHECK_FIRST = "check_first"  # its model is checked before a claim: nothing claimed
+    WRITTEN = "written"  # the entries (or the terminal entry) were written
+    FENCED = "fenced"  # the attempt is not the current one (or holds no lease) any more
+    CANCELLED = "cancelled"  # a cancel was waiting: the attempt wrote the generation's end instead
+    REPEATED = "repeated"  # this batch was written before (a retry after a lost reply)
+    GAP = "gap"  # an earlier batch, or earlier tokens, are missing
+    CANCEL_REQUESTED = "cancel_requested"  # the live attempt is asked to cancel
+    RELEASED = "released"  # the attempt's lease was let go
+    # Commits and appends (the number written follows; an append, the next index expected).
+    COMMITTED = "committed"
+    REFUSED = "refused"  # a commit processed from a state that is not the last commit's: nothing written
+    APPENDED = "appended"
+    DUPLICATE = "duplicate"  # every token was accepted before
+    RECORDED = "recorded"  # a circuit's outcome (the failures in a row follow)
+    # A model's concurrency slot.
+    TAKEN = "taken"
+    FULL = "full"
+    # What supervision should do about a generation whose attempt may be dead.
+    NOTHING = "nothing"
+    REQUEUE = "requeue"  # enqueue a new attempt (marked)
+    EXHAUSTED = "exhausted"  # no attempt left: it ends with worker_lost
+    QUEUE_TIMEOUT = "queue_timeout"  # not started in time
+    PRODUCER_SILENT = "producer_silent"  # an external producer sent nothing for too long
+    RESEND = "resend"  # send the waiting attempt's task again (marked)
+    # A submission.
+    CREATED = "created"
+    CIRCUIT_OPEN = "circuit_open"
+    SESSION_TAKEN = "session_taken"
+    TOO_MANY_RUNNING = "too_many_running"
+    USER_TOO_MANY_RUNNING = "user_too_many_running"
+    OK = "ok"
 
 
-class Slot(IntEnum):
-    """TAKE_SLOT's reply."""
-
-    FULL = 0
-    TAKEN = 1
-
-
-class Commit(IntEnum):
-    """COMMIT's reply: committed (any number of events, 0 when another consumer had written them all), or
-    refused by its continuity fence (processed from a state that is not the last commit's)."""
-
-    COMMITTED = 0
-    REFUSED = -1
+def decode(reply: Any) -> tuple[Status, list[Any]]:
+    """A script's reply: its status word and the values that follow it."""
+    head, values = (reply[0], list(reply[1:])) if isinstance(reply, list) else (reply, [])
+    return Status(head.decode() if isinstance(head, bytes) else head), values
 
 
-def decode_commit(reply: Any) -> Commit | None:
-    """COMMIT's reply as a ``Commit``; None for an error a pipeline answered with (the caller checks it)."""
+def decode_status(reply: Any) -> Status:
+    return decode(reply)[0]
+
+
+def decode_count(reply: Any, expected: Status) -> int:
+    """The number that follows ``expected`` in a reply (a commit's events written, a circuit's failures)."""
+    status, values = decode(reply)
+    if status is not expected:
+        raise ValueError(f"expected {expected.value!r}, got {status.value!r}")
+    return int(values[0])
+
+
+def decode_commit(reply: Any) -> Status | None:
+    """COMMIT's status (``COMMITTED`` or ``REFUSED``); None for an error a pipeline answered with (the caller
+    checks it)."""
     if isinstance(reply, Exception):
         return None
-    return Commit.REFUSED if reply == Commit.REFUSED else Commit.COMMITTED
+    return decode_status(reply)
+
+
+@dataclass(frozen=True, slots=True)
+class Claimed:
+    """CLAIM_ATTEMPT's answer: ``CLAIMED`` with the new attempt's number, or the refusal (``UNKNOWN``, ``FINISHED``,
+    ``HELD``, ``CHECK_FIRST``: ``attempt`` 0); and the stored request, when there is one."""
+
+    status: Status
+    attempt: int = 0
+    request: str | None = None
 
 
 def claim_attempt(
@@ -263,17 +270,18 @@ def claim_attempt(
     reason: str,
     check_first: Sequence[str] = (),
     worker: str = "",
-) -> tuple[int, str | None]:
-    """Start a new attempt: its number (1, 2, …), or the ``Claim`` that refused it; and the stored request.
+) -> Claimed:
+    """Start a new attempt, or say why not; with the stored request.
 
-    A generation of a model in ``check_first`` is not claimed (``Claim.CHECK_FIRST``): its caller checks first.
+    A generation of a model in ``check_first`` is not claimed (``CHECK_FIRST``): its caller checks first.
     """
     generation_keys = [key_names.gen_meta(generation_id), key_names.gen_lease(generation_id)]
     generation_keys += [key_names.gen_raw(generation_id), key_names.gen_request(generation_id)]
     args = [lease_ms, repr(time.time()), max_length, reason, worker, *check_first]
-    result, request = run(client, CLAIM_ATTEMPT, generation_keys, args)
-    attempt = int(result)
-    return (attempt if attempt > 0 else Claim(attempt)), (request or None)
+    status, values = decode(run(client, CLAIM_ATTEMPT, generation_keys, args))
+    if status is Status.CLAIMED:
+        return Claimed(status, int(values[0]), values[1] or None)
+    return Claimed(status, 0, (values[0] if values else None) or None)
 
 
 def write_call(generation_id: str, args: list[Any]) -> Call:
@@ -289,30 +297,27 @@ def write_call(generation_id: str, args: list[Any]) -> Call:
     return Call(WRITE, generation_keys, args, hints)
 
 
-def decode_write(reply: Any) -> Write:
-    """WRITE's reply: the entries it wrote are not needed, only whether it wrote."""
-    result = int(reply)
-    return Write.WRITTEN if result >= 0 else Write(result)
-
-
-def fail(client: redis.Redis, generation_id: str, event_type: str, data: bytes, *, max_length: int) -> Ended:
-    """Write a terminal entry whatever attempt holds the generation (the attempt is fenced off)."""
+def fail(client: redis.Redis, generation_id: str, event_type: str, data: bytes, *, max_length: int) -> Status:
+    """Write a terminal entry whatever attempt holds the generation (the attempt is fenced off): ``WRITTEN``,
+    ``FINISHED`` or ``UNKNOWN``."""
     generation_keys = [key_names.gen_meta(generation_id), key_names.gen_lease(generation_id)]
     generation_keys.append(key_names.gen_raw(generation_id))
-    return Ended(int(run(client, FAIL, generation_keys, [event_type, data, max_length])))
+    return decode_status(run(client, FAIL, generation_keys, [event_type, data, max_length]))
 
 
 def abort(
     client: redis.Redis, generation_id: str, event_type: str, data: bytes, *, max_length: int, cancel_ttl_ms: int
-) -> Ended:
-    """End a generation no live attempt holds, or ask the live attempt to cancel (``event_type`` cancelled)."""
+) -> Status:
+    """End a generation no live attempt holds (``WRITTEN``), or ask the live attempt to cancel (``event_type``
+    cancelled: ``CANCEL_REQUESTED``); ``HELD`` when a live attempt holds it and ``event_type`` is another end,
+    ``FINISHED`` or ``UNKNOWN``."""
     generation_keys = [
         key_names.gen_meta(generation_id),
         key_names.gen_lease(generation_id),
         key_names.gen_raw(generation_id),
         key_names.gen_cancel(generation_id),
     ]
-    return Ended(int(run(client, ABORT, generation_keys, [event_type, data, max_length, cancel_ttl_ms])))
+    return decode_status(run(client, ABORT, generation_keys, [event_type, data, max_length, cancel_ttl_ms]))
 
 
 def supervise(
@@ -324,20 +329,20 @@ def supervise(
     resend_ms: int = 0,
     max_resends: int = 0,
     lost_before_ms: int = 0,
-) -> dict[str, Supervision]:
+) -> dict[str, Status]:
     """SUPERVISE for many generations in one round trip per node; a generation whose slot is moving is left out
     (supervised again at the next heartbeat, on its new node). ``resend_ms`` 0: a waiting task is never sent
     again. ``lost_before_ms``: a waiting task sent before then may have been taken by a worker that died since,
     and is sent again at once."""
     args = [int(time.time() * 1000), max_attempts, queue_timeout_ms, resend_ms, max_resends, lost_before_ms]
     calls = [Call(SUPERVISE, [key_names.gen_meta(gid), key_names.gen_lease(gid)], args) for gid in generation_ids]
-    verdicts: dict[str, Supervision] = {}
+    verdicts: dict[str, Status] = {}
     for gid, result in zip(generation_ids, run_batch(client, calls), strict=True):
         if isinstance(result, MOVING):
             continue
         if isinstance(result, Exception):
             raise result
-        verdicts[gid] = Supervision(int(result))
+        verdicts[gid] = decode_status(result)
     return verdicts
 
 
@@ -353,21 +358,23 @@ def unmark_requeue(client: redis.Redis, generation_id: str, attempt: str) -> Non
 
 def external_append(
     client: redis.Redis, generation_id: str, index: int, tokens: list[str], *, max_length: int, idle_ms: int
-) -> tuple[Append, int]:
-    """Append an external producer's tokens from position ``index``: the status and the next index expected."""
+) -> tuple[Status, int]:
+    """Append an external producer's tokens from position ``index``: ``APPENDED``, ``DUPLICATE``, ``GAP``,
+    ``FINISHED``, ``NOT_EXTERNAL`` or ``UNKNOWN``, and the next index expected."""
     generation_keys = [key_names.gen_meta(generation_id), key_names.gen_raw(generation_id)]
     generation_keys.append(key_names.gen_lease(generation_id))
-    result: Any = run(
-        client, EXTERNAL_APPEND, generation_keys, [index, max_length, idle_ms, repr(time.time()), *tokens]
-    )
-    return Append(int(result[0])), int(result[1])
+    reply = run(client, EXTERNAL_APPEND, generation_keys, [index, max_length, idle_ms, repr(time.time()), *tokens])
+    status, values = decode(reply)
+    return status, int(values[0])
 
 
-def take_slot(client: redis.Redis, running_key: str, generation_id: str, *, limit: int, expire_ms: int) -> Slot:
-    """A place for ``generation_id`` among at most ``limit`` in ``running_key``, lapsing after ``expire_ms``."""
-    return Slot(int(run(client, TAKE_SLOT, [running_key], [generation_id, int(time.time() * 1000), limit, expire_ms])))
+def take_slot(client: redis.Redis, running_key: str, generation_id: str, *, limit: int, expire_ms: int) -> Status:
+    """A place for ``generation_id`` among at most ``limit`` in ``running_key`` (``TAKEN`` or ``FULL``), lapsing
+    after ``expire_ms``."""
+    args = [generation_id, int(time.time() * 1000), limit, expire_ms]
+    return decode_status(run(client, TAKE_SLOT, [running_key], args))
 
 
 def release_lease(client: redis.Redis, generation_id: str, attempt: int) -> bool:
     """Delete the generation's lease if ``attempt`` holds it; whether it did."""
-    return bool(run(client, RELEASE, [key_names.gen_lease(generation_id)], [attempt]))
+    return decode_status(run(client, RELEASE, [key_names.gen_lease(generation_id)], [attempt])) is Status.RELEASED

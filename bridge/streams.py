@@ -18,7 +18,6 @@ from bridge.connections import is_cluster
 from bridge.events import ClientEvent, EventType, decode_out
 
 # What ``abort`` and ``cancel`` return (ABORT's reply): ``REQUESTED`` when the live attempt was asked.
-AbortResult = scripts.Ended
 
 
 def ensure_group(client: redis.Redis, stream: str, group: str) -> None:
@@ -317,14 +316,14 @@ def abort(
     *,
     max_length: int,
     cancel_ttl_ms: int = 3_600_000,
-) -> scripts.Ended:
-    """End a generation no live attempt holds, or ask the live attempt to cancel. Returns an AbortResult."""
+) -> scripts.Status:
+    """End a generation no live attempt holds, or ask the live attempt to cancel (``scripts.abort``'s status)."""
     return scripts.abort(
         client, generation_id, event_type, orjson.dumps(data), max_length=max_length, cancel_ttl_ms=cancel_ttl_ms
     )
 
 
-def cancel(client: redis.Redis, generation_id: str, *, max_length: int) -> scripts.Ended:
+def cancel(client: redis.Redis, generation_id: str, *, max_length: int) -> scripts.Status:
     """Request cancellation: written at once when no attempt runs, otherwise signalled to the running attempt."""
     return abort(client, generation_id, EventType.CANCELLED.value, {}, max_length=max_length)
 

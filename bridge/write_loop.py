@@ -39,7 +39,6 @@ from bridge.producer import (
     Retry,
     Scheduled,
     TokenSource,
-    WriteResult,
 )
 from bridge.ticker import StopEvent
 
@@ -372,7 +371,7 @@ class _Running:
         if self._retry_until:
             self.writer.log_answered(now - (self._retry_until - self.writer.retry_s))
         self._retry_until, self._backoff_s = 0.0, 0.05
-        if settled is not WriteResult.WRITTEN or ended:
+        if settled is not Outcome.WRITTEN or ended:
             self._end(_outcome(settled, self.writer))
         elif self.inbox:
             self.loop.mark(self)  # more came while this write was on the wire
@@ -463,13 +462,14 @@ def _limit_reached(
     return None
 
 
-def _outcome(result: WriteResult, writer: GenerationWriter) -> Outcome:
-    if result is WriteResult.CANCELLED:
+def _outcome(result: Outcome, writer: GenerationWriter) -> Outcome:
+    """How the attempt ended, from the reply of its last write (an end written at maxmemory is a finish)."""
+    if result is Outcome.CANCELLED:
         return Outcome.CANCELLED
-    if result is WriteResult.FENCED:
+    if result is Outcome.FENCED:
         logger.warning("Generation %s attempt %s was fenced off.", writer.generation_id, writer.attempt)
         return Outcome.FENCED
-    if result is WriteResult.LOST:
+    if result is Outcome.LOST:
         # The lease is given up so that the consumer starts a new attempt at once (readers get `restart`).
         logger.warning(
             "Generation %s attempt %s lost acknowledged writes (Redis failed over); restarting it.",

@@ -24,7 +24,17 @@ from bridge.errors import UnknownModelError
 from bridge.events import EventType
 from bridge.generation import GenerationRequest
 from bridge.models import ModelSpec, registry_for
-from bridge.producer import Chunk, Claim, Finish, GenerationWriter, Outcome, Scheduled, TokenSource, with_retries
+from bridge.producer import (
+    NOT_STARTED,
+    Chunk,
+    Finish,
+    GenerationWriter,
+    Outcome,
+    Scheduled,
+    TokenSource,
+    with_retries,
+)
+from bridge.scripts import Status
 from bridge.settings import Settings
 from bridge.write_loop import WriteLoop
 from tasks import liveness, metrics, tracing
@@ -52,34 +62,31 @@ def _write_loop() -> WriteLoop:
 
 @shared_task(name=GENERATE_TASK, ignore_result=True, acks_late=True, bind=True, max_retries=None)
 def generate(self: Task, generation_id: str) -> str:  # type: ignore[type-arg]
-    """Run one generation. Returns what happened (for logs and Flower)."""
+    """Run one generation. Returns what happened (an ``Outcome``, for logs and Flower)."""
     tracing.queue_wait(self.request, generation_id)
     outcome = run_generation(_client(), _settings(), generation_id, loop=_write_loop())
     bridge_tracing.annotate(generation_id=generation_id, outcome=outcome)
-    if outcome == DEFERRED:
+    if outcome is Outcome.DEFERRED:
         # The model is at its concurrency limit: try again shortly (QUEUE_TIMEOUT_S bounds the wait).
         raise self.retry(countdown=0.5)
-    return outcome
-
-
-DEFERRED = "deferred"
+    return outcome.value
 
 
 def run_generation(
     client: redis.Redis, settings: Settings, generation_id: str, *, loop: WriteLoop | None = None
-) -> str:
+) -> Outcome:
     """Claim an attempt and run it (what happened, for the task's result). Most generations start in one round
     trip: the claim reads the request. A model checked before its claim (an external one, fed by its producer;
     one with a ``concurrency`` limit, whose slot comes first) goes through ``_check_then_run``."""
     writer = _writer(client, settings, generation_id)
     registry = registry_for(settings.models_file)
-    attempt = writer.claim(reason="worker_lost", check_first=_checked_first(registry))
-    if attempt == Claim.CHECK_FIRST:
+    claimed = writer.claim(reason="worker_lost", check_first=_checked_first(registry))
+    if claimed is Status.CHECK_FIRST:
         return _check_then_run(client, settings, writer, registry, loop)
-    if attempt <= 0:
-        return _not_started(generation_id, attempt)
+    if claimed is not Status.CLAIMED:
+        return _not_started(generation_id, claimed)
     parsed = _parse(writer, registry)
-    if isinstance(parsed, str):
+    if isinstance(parsed, Outcome):
         return parsed
     return _run_attempt(client, settings, writer, parsed, loop)
 
@@ -96,7 +103,7 @@ class _Parsed:
     provider: Provider
 
 
-def _parse(writer: GenerationWriter, registry: dict[str, ModelSpec]) -> _Parsed | str:
+def _parse(writer: GenerationWriter, registry: dict[str, ModelSpec]) -> _Parsed | Outcome:
     """The stored request, its model and provider; a request that cannot run ends with ``invalid_request``."""
     try:
         raw = orjson.loads(writer.request or "{}")
@@ -105,13 +112,13 @@ def _parse(writer: GenerationWriter, registry: dict[str, ModelSpec]) -> _Parsed 
         if spec is None:
             raise UnknownModelError(f"model {request.model!r} is not configured on this worker")
         if spec.provider == "external":
-            return "skipped:external"  # fed over HTTP or by bridge.external, never by a task
+            return Outcome.SKIPPED_EXTERNAL  # fed over HTTP or by bridge.external, never by a task
         return _Parsed(request, raw, spec, provider_for(spec))
     except (ValueError, UnknownModelError) as exc:
-        if writer.attempt > 0 or writer.claim() > 0:
+        if writer.attempt > 0 or writer.claim() is Status.CLAIMED:
             logger.error("Generation %s cannot start: %s", writer.generation_id, exc, extra=_log(writer))
             writer.write([(EventType.ERROR.value, {"code": "invalid_request", "message": str(exc)})])
-        return "failed"
+        return Outcome.INVALID
 
 
 def _check_then_run(
@@ -120,36 +127,35 @@ def _check_then_run(
     writer: GenerationWriter,
     registry: dict[str, ModelSpec],
     loop: WriteLoop | None,
-) -> str:
+) -> Outcome:
     """A model that is checked before the claim: not at all for an external one, its slot first for one with a
     ``concurrency`` limit (deferred while the model is full)."""
     parsed = _parse(writer, registry)
-    if isinstance(parsed, str):
+    if isinstance(parsed, Outcome):
         return parsed
     generation_id, spec = writer.generation_id, parsed.spec
     slot = keys.model_running(spec.name) if spec.concurrency else None
     if slot is not None and not _take_slot(client, slot, generation_id, spec.concurrency or 0, settings):
         # Celery's retry sends this task again: the consumer need not send a copy of it.
         scripts.mark_sent(client, generation_id)
-        return DEFERRED
+        return Outcome.DEFERRED
     holds_slot = True
     try:
-        attempt = writer.claim(reason="worker_lost")
-        if attempt <= 0:
+        claimed = writer.claim(reason="worker_lost")
+        if claimed is not Status.CLAIMED:
             # A copy of the task (redelivered, or sent again) refused because an attempt runs: the slot, keyed by
             # generation, is that attempt's, and stays taken until it ends.
-            holds_slot = attempt != Claim.HELD
-            return _not_started(generation_id, attempt)
+            holds_slot = claimed is not Status.HELD
+            return _not_started(generation_id, claimed)
         return _run_attempt(client, settings, writer, parsed, loop)
     finally:
         if slot is not None and holds_slot:
             client.zrem(slot, generation_id)
 
 
-def _not_started(generation_id: str, attempt: int) -> str:
-    reason = Claim(attempt).name.lower()
-    logger.info("Generation %s not started: %s.", generation_id, reason, extra={"generation_id": generation_id})
-    return f"skipped:{reason}"
+def _not_started(generation_id: str, refusal: Status) -> Outcome:
+    logger.info("Generation %s not started: %s.", generation_id, refusal.value, extra={"generation_id": generation_id})
+    return NOT_STARTED[refusal]
 
 
 def _log(writer: GenerationWriter) -> dict[str, object]:
@@ -158,7 +164,7 @@ def _log(writer: GenerationWriter) -> dict[str, object]:
 
 def _run_attempt(
     client: redis.Redis, settings: Settings, writer: GenerationWriter, parsed: _Parsed, loop: WriteLoop | None
-) -> str:
+) -> Outcome:
     """Stream the model's answer (or the cached one) through the write loop until the attempt ends."""
     spec, generation_id = parsed.spec, writer.generation_id
     logger.info("Generation %s started (model %s).", generation_id, spec.name, extra=_log(writer))
@@ -184,7 +190,7 @@ def _run_attempt(
     _count(spec.name, outcome, writer)
     if cached is None:
         _record_circuit(client, settings, spec.name, outcome, writer.error_code)
-    return outcome.value
+    return outcome
 
 
 def _cached_answer(client: redis.Redis, spec: ModelSpec, request: dict[str, Any]) -> CachedAnswer | None:
@@ -280,7 +286,7 @@ def _count(model: str, outcome: Outcome, writer: GenerationWriter) -> None:
 def _take_slot(client: redis.Redis, slot: str, generation_id: str, limit: int, settings: Settings) -> bool:
     # A slot outlives a killed worker by at most the generation's maximum duration.
     expire_ms = int((settings.generation_max_duration_s + 60) * 1000)
-    return scripts.take_slot(client, slot, generation_id, limit=limit, expire_ms=expire_ms) is scripts.Slot.TAKEN
+    return scripts.take_slot(client, slot, generation_id, limit=limit, expire_ms=expire_ms) is scripts.Status.TAKEN
 
 
 __all__ = ["Outcome", "generate", "run_generation"]

@@ -71,7 +71,7 @@ class Committer:
         failure: Exception | None = None
         for batch, result in zip(batches, results, strict=True):
             batch.owned.gen.meta_updates = {}
-            if scripts.decode_commit(result) is scripts.Commit.REFUSED:
+            if scripts.decode_commit(result) is scripts.Status.REFUSED:
                 logger.warning(
                     "Generation %s: commit refused (another consumer committed since, or an entry before the"
                     " batch is pending); reloaded before the next read.",

@@ -21,7 +21,7 @@ import redis
 
 from bridge import keys, liveness, scripts
 from bridge.events import EventType
-from bridge.scripts import Supervision
+from bridge.scripts import Status
 from bridge.settings import Settings
 from workers import metrics
 
@@ -105,13 +105,13 @@ class Supervisor:
         )
         self._lost_before_ms = 0
         # The broker is asked only when a task is due to be sent again (rare): never at every heartbeat.
-        due = [gid for gid, verdict in verdicts.items() if verdict is Supervision.RESEND]
+        due = [gid for gid, verdict in verdicts.items() if verdict is Status.RESEND]
         if due and self._backlog():
             self._hold_back(due)
-            verdicts = {gid: verdict for gid, verdict in verdicts.items() if verdict is not Supervision.RESEND}
+            verdicts = {gid: verdict for gid, verdict in verdicts.items() if verdict is not Status.RESEND}
         for gid in generation_ids:
             # One whose slot is moving has no verdict: supervised at the next heartbeat, on its new node.
-            self._act(gid, verdicts.get(gid, Supervision.NOTHING))
+            self._act(gid, verdicts.get(gid, Status.NOTHING))
 
     def _hold_back(self, generation_ids: list[str]) -> None:
         """Re-sends not made while tasks wait in the queue are not used up: the same wait again, then the queue is
@@ -132,19 +132,19 @@ class Supervisor:
             logger.warning("Could not count the tasks waiting in the broker's queue: %s", exc)
             return False
 
-    def _act(self, gid: str, verdict: Supervision) -> None:
-        if verdict is Supervision.REQUEUE and self.enqueue is not None:
+    def _act(self, gid: str, verdict: Status) -> None:
+        if verdict is Status.REQUEUE and self.enqueue is not None:
             logger.warning("Generation %s lost its worker; enqueuing a new attempt.", gid, extra={"generation_id": gid})
             self._requeue(gid)
-        elif verdict in (Supervision.REQUEUE, Supervision.EXHAUSTED):
+        elif verdict in (Status.REQUEUE, Status.EXHAUSTED):
             self._fail(gid, "worker_lost", "The worker running this generation stopped, and it was not retried.")
-        elif verdict is Supervision.QUEUE_TIMEOUT:
+        elif verdict is Status.QUEUE_TIMEOUT:
             timeout_s = self.settings.queue_timeout_s
             self._fail(gid, "queue_timeout", f"No worker started this generation within {timeout_s:g} s.")
-        elif verdict is Supervision.RESEND:
+        elif verdict is Status.RESEND:
             logger.warning("Generation %s was not started; sending its task again.", gid, extra={"generation_id": gid})
             self._resend(gid)
-        elif verdict is Supervision.PRODUCER_SILENT:
+        elif verdict is Status.PRODUCER_SILENT:
             self._fail(gid, "producer_timeout", "The external producer sent nothing for too long.")
 
     def _fail(self, generation_id: str, code: str, message: str) -> None:

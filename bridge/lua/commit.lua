@@ -12,20 +12,20 @@
 -- ``:meta`` ``last_id`` names (``base``: a consumer paused past a takeover holds an older one, and with it stale
 -- ``seq`` numbers), and no entry between that commit and the batch's first one is still pending (one delivered to
 -- another consumer, e.g. a stale owner's last read, would be skipped for good). Otherwise it writes and
--- acknowledges nothing and returns -1: the consumer reloads its state and claims every pending entry, or lets go.
+-- acknowledges nothing and returns 'refused': the consumer reloads its state and claims every pending entry, or lets go.
 -- KEYS: out, raw, meta, text, cancel, lease, request, end [, session out, session generations]
 -- ARGV: group, maxlen, retention_ms (0: not the end), window_ms, generation_id, session_n ('' : none), n_outs,
 -- n_acked, base ('' : none yet), end ('<event> <id> <data>' of the terminal event, or ''),
 -- then id, event, data, content of each out, then the acked ids, then meta field/value pairs.
--- Returns the number of events written, or -1 when refused.
+-- Returns {'committed', the number of events written} or 'refused'.
 local maxlen, retention, window, gid, sn = ARGV[2], tonumber(ARGV[3]), ARGV[4], ARGV[5], ARGV[6]
 local n_outs, n_acked = tonumber(ARGV[7]), tonumber(ARGV[8])
 local last = redis.call('HGET', KEYS[3], 'last_id')
 local first_acked = 11 + 4 * n_outs
-if (last or '') ~= ARGV[9] then return -1 end
+if (last or '') ~= ARGV[9] then return 'refused' end
 local start = last and ('(' .. last) or '-'
 local gap = redis.pcall('XPENDING', KEYS[2], ARGV[1], start, '(' .. ARGV[first_acked], 1)
-if gap.err == nil and #gap > 0 then return -1 end
+if gap.err == nil and #gap > 0 then return 'refused' end
 local function after(a, b)
   if not b then return true end
   local ams, aseq = string.match(a, '(%d+)-(%d+)')
@@ -85,4 +85,4 @@ elseif redis.call('XLEN', KEYS[2]) > 100 then
 end
 if written > 0 then HINT_BATCHED(KEYS[1]) end
 if session and written > 0 then HINT_BATCHED(KEYS[9]) end
-return written
+return {'committed', written}

@@ -1,15 +1,15 @@
 -- Appends a batch of an external producer's tokens, once: ``index`` is the position of the batch's first
 -- token; tokens already accepted are skipped, a batch that would leave a gap is refused.
 -- KEYS: meta, raw, lease   ARGV: index, maxlen, idle_ms, ts, tokens...
--- Returns {status, next_index}: 0 unknown, -5 not external, -1 finished, -2 gap, 1 duplicate, 2 appended.
-if redis.call('EXISTS', KEYS[1]) == 0 then return {0, 0} end
-if redis.call('HGET', KEYS[1], 'model') ~= 'external' then return {-5, 0} end
+-- Returns {status, next_index}, status 'unknown', 'not_external', 'finished', 'gap', 'duplicate' or 'appended'.
+if redis.call('EXISTS', KEYS[1]) == 0 then return {'unknown', 0} end
+if redis.call('HGET', KEYS[1], 'model') ~= 'external' then return {'not_external', 0} end
 local next_index = tonumber(redis.call('HGET', KEYS[1], 'ext_next') or '0')
-if redis.call('HEXISTS', KEYS[1], 'terminal') == 1 then return {-1, next_index} end
+if redis.call('HEXISTS', KEYS[1], 'terminal') == 1 then return {'finished', next_index} end
 local index = tonumber(ARGV[1])
 local count = #ARGV - 4
-if index > next_index then return {-2, next_index} end
-if index + count <= next_index then return {1, next_index} end
+if index > next_index then return {'gap', next_index} end
+if index + count <= next_index then return {'duplicate', next_index} end
 if redis.call('HGET', KEYS[1], 'attempt') == '0' then
   redis.call('HSET', KEYS[1], 'attempt', 1, 'started_at', ARGV[4], 'status', 'running')
 end
@@ -21,4 +21,4 @@ end
 redis.call('HSET', KEYS[1], 'ext_next', index + count)
 HINT(KEYS[2])
 redis.call('SET', KEYS[3], 1, 'PX', ARGV[3])
-return {2, index + count}
+return {'appended', index + count}

@@ -5,7 +5,7 @@
 -- before pointers, with no ``session_n``).
 -- KEYS: session out, session copied (hash: generation -> last :out id added)
 -- ARGV: generation_id, maxlen, ttl_ms, session_n, then event, data (the whole copy; '' with a session_n), :out id
--- of each event.   Returns the number of events appended.
+-- of each event.   Returns {'appended', the number of events appended}.
 local sn = ARGV[4]
 local last = redis.call('HGET', KEYS[2], ARGV[1])
 if last and not string.match(last, '^%d+%-%d+$') then last = nil end
@@ -35,4 +35,4 @@ if last then redis.call('HSET', KEYS[2], ARGV[1], last) end
 redis.call('PEXPIRE', KEYS[2], ARGV[3])
 if written > 0 and redis.call('PTTL', KEYS[1]) > 0 then redis.call('PERSIST', KEYS[1]) end
 if written > 0 then HINT(KEYS[1]) end
-return written
+return {'appended', written}

@@ -1,7 +1,7 @@
 -- KEYS: meta, lease, raw, cancel   ARGV: attempt, lease_ms, maxlen, batch, renew, then type/data pairs
--- Returns the number of entries written, -1 fenced, -2 cancelled, -4 this batch was already written, -5 an
--- earlier batch is missing (acknowledged by a primary that died before its replica had it: the attempt must
--- start again rather than leave a hole in the text).
+-- Returns 'written', 'fenced', 'cancelled', 'repeated' (this batch was already written) or 'gap' (an earlier batch
+-- is missing: acknowledged by a primary that died before its replica had it; the attempt must start again rather
+-- than leave a hole in the text).
 -- ``batch`` numbers the writes of an attempt (1, 2, …; 0 for a heartbeat): a write retried after a lost
 -- reply is recognised and not applied twice. The lease is renewed only when ``renew`` is 1 (the writer asks
 -- for it on a timer, a fraction of the lease time): a token costs no lease write. A claim changes
@@ -10,15 +10,15 @@ local meta, lease, raw, cancel = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local attempt = ARGV[1]
 local batch = tonumber(ARGV[4])
 local state = redis.call('HMGET', meta, 'attempt', 'wseq', 'terminal')
-if state[1] ~= attempt or state[3] then return -1 end
-if batch > 0 and batch <= tonumber(state[2] or '0') then return -4 end
-if batch > tonumber(state[2] or '0') + 1 then return -5 end
+if state[1] ~= attempt or state[3] then return 'fenced' end
+if batch > 0 and batch <= tonumber(state[2] or '0') then return 'repeated' end
+if batch > tonumber(state[2] or '0') + 1 then return 'gap' end
 if redis.call('EXISTS', cancel) == 1 then
   redis.call('DEL', lease)
   redis.call('XADD', raw, 'MAXLEN', '~', ARGV[3], '*', 'type', 'cancelled', 'attempt', attempt, 'data', '{}')
   redis.call('HSET', meta, 'terminal', 'cancelled')
   HINT(raw)
-  return -2
+  return 'cancelled'
 end
 local ending = ARGV[#ARGV - 1]
 if ending == 'done' or ending == 'error' or ending == 'cancelled' then
@@ -41,4 +41,4 @@ if last_type == 'done' or last_type == 'error' or last_type == 'cancelled' then
 elseif ARGV[5] == '1' then
   redis.call('SET', lease, attempt, 'PX', ARGV[2])
 end
-return written
+return 'written'

@@ -7,7 +7,8 @@ import pytest
 import redis
 
 from bridge import keys
-from bridge.external import AppendStatus, ExternalProducerError, append_tokens, open_generation
+from bridge.external import ExternalProducerError, append_tokens, open_generation
+from bridge.scripts import Status
 from bridge.settings import Settings
 from tests.support import new_generation, wait_for
 from workers.consumer import ConsumerWorker
@@ -49,12 +50,12 @@ def test_an_exception_in_the_producer_ends_the_generation_with_an_error(r: redis
 def test_batches_are_accepted_once_and_gaps_refused(r: redis.Redis, settings: Settings) -> None:
     with open_generation(r, settings, prompt="q") as generation:
         gid = generation.id
-        assert append_tokens(r, gid, 0, ["a", "b"], settings=settings).status is AppendStatus.APPENDED
-        assert append_tokens(r, gid, 0, ["a", "b"], settings=settings).status is AppendStatus.DUPLICATE
+        assert append_tokens(r, gid, 0, ["a", "b"], settings=settings).status is Status.APPENDED
+        assert append_tokens(r, gid, 0, ["a", "b"], settings=settings).status is Status.DUPLICATE
         overlap = append_tokens(r, gid, 1, ["b", "c"], settings=settings)
-        assert (overlap.status, overlap.next_index) == (AppendStatus.APPENDED, 3)
+        assert (overlap.status, overlap.next_index) == (Status.APPENDED, 3)
         gap = append_tokens(r, gid, 5, ["x"], settings=settings)
-        assert (gap.status, gap.next_index) == (AppendStatus.GAP, 3)
+        assert (gap.status, gap.next_index) == (Status.GAP, 3)
         generation.index = 3
     assert [orjson.loads(f["data"])["content"] for _, f in r.xrange(keys.gen_raw(gid)) if f["type"] == "token"] == [
         "a",

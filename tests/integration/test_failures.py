@@ -10,7 +10,8 @@ import redis
 
 from bridge import keys, streams
 from bridge.events import Event
-from bridge.producer import GenerationWriter, WriteResult
+from bridge.producer import GenerationWriter, Outcome
+from bridge.scripts import Status
 from bridge.settings import Settings
 from tests.support import Moderation, new_generation, out_events, status_of, wait_for, write_entries
 from workers.consumer import ConsumerWorker
@@ -42,7 +43,7 @@ def test_a_poison_entry_goes_to_the_dead_letter_stream_and_ends_its_generation(
     assert events[-1][1]["code"] == "poison_entry"
     assert [d["seq"] for _, d in events] == [0, 1]
     # And the producer is fenced off, nothing stays pending, the other generation flowed
-    assert writer.write([("token", {"content": "more", "ts": 1.0})]) is WriteResult.FENCED
+    assert writer.write([("token", {"content": "more", "ts": 1.0})]) is Outcome.FENCED
     assert not r.exists(keys.gen_raw(bad))  # nothing pending: acknowledged, deleted with the end
     assert [e for e, _ in out_events(r, good)] == ["token", "token", "done"]
 
@@ -93,7 +94,7 @@ def test_an_attempt_whose_lease_ran_out_is_enqueued_again(r: redis.Redis, settin
     assert enqueued == [gid]
     # And the new attempt starts over with a restart event
     new = GenerationWriter(r, gid, lease_ms=10_000, max_length=1000)
-    assert new.claim(reason="worker_lost") == 2
+    assert new.claim(reason="worker_lost") is Status.CLAIMED and new.attempt == 2
     new.write([("token", {"content": "uno ", "ts": 2.0}), ("done", {"finish_reason": "stop", "usage": {}})])
     wait_for(lambda: status_of(r, gid) == "completed", step=lambda: worker.run_once(block_ms=20))
     assert [e for e, _ in out_events(r, gid)] == ["token", "token", "restart", "token", "done"]
@@ -106,7 +107,7 @@ def test_a_generation_that_keeps_losing_its_worker_ends_with_worker_lost(r: redi
     worker = ConsumerWorker(r, settings, default_processors(r), enqueue=lambda g: None)
     for attempt in (1, 2):
         writer = GenerationWriter(r, gid, lease_ms=500, max_length=1000)
-        assert writer.claim() == attempt
+        assert writer.claim() is Status.CLAIMED and writer.attempt == attempt
         r.delete(keys.gen_lease(gid))  # the worker dies at once
         if attempt == 1:
             wait_for(lambda: r.hget(keys.gen_meta(gid), "requeues") == "1", step=lambda: worker.run_once(block_ms=20))

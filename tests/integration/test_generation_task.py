@@ -12,6 +12,7 @@ import redis
 
 from bridge import keys
 from bridge.producer import GenerationWriter
+from bridge.scripts import Status
 from bridge.settings import Settings
 from tasks.generation import run_generation
 from tests.support import new_generation
@@ -94,7 +95,8 @@ def test_a_refused_copy_of_the_task_leaves_the_running_attempts_slot_taken(
     gid = new_generation(r, settings, "gen_running", model="one-at-a-time")
     _set_request(r, gid, {"model": "one-at-a-time", "prompt": "x"})
     r.zadd(slot, {gid: 10**15})
-    assert GenerationWriter(r, gid, lease_ms=10_000, max_length=1000).claim() == 1
+    holder = GenerationWriter(r, gid, lease_ms=10_000, max_length=1000)
+    assert holder.claim() is Status.CLAIMED and holder.attempt == 1
     # When a copy of its task runs (redelivered, or sent again)
     assert run_generation(r, settings, gid) == "skipped:held"
     # Then the copy is refused and the running attempt keeps its slot: no other generation of the model starts

@@ -11,6 +11,7 @@ import redis
 from bridge import keys, liveness
 from bridge.embedded import EmbeddedRedis
 from bridge.producer import GenerationWriter
+from bridge.scripts import Status
 from bridge.settings import Settings
 from tests.support import new_generation, wait_for
 from workers.consumer import ConsumerWorker
@@ -114,7 +115,7 @@ def test_the_attempt_of_a_worker_whose_heartbeat_stopped_is_released_and_started
     assert r.get(keys.gen_lease(live_gid)) == "1"
     # And the new attempt, claimed by another worker, is named by it and restarts the generation
     writer = GenerationWriter(r, dead_gid, lease_ms=60_000, max_length=100, worker="w3")
-    assert writer.claim(reason="worker_lost") == 2
+    assert writer.claim(reason="worker_lost") is Status.CLAIMED and writer.attempt == 2
     assert r.hget(keys.gen_meta(dead_gid), "worker") == "w3"
     restart: Any = r.xrange(keys.gen_raw(dead_gid))[-1][1]
     assert restart["type"] == "restart"

@@ -13,7 +13,7 @@ import redis
 
 from bridge import scripts
 from bridge.errors import ProviderError
-from bridge.producer import Chunk, Finish, GenerationWriter, Outcome, Scheduled, WriteResult, with_retries
+from bridge.producer import Chunk, Finish, GenerationWriter, Outcome, Scheduled, with_retries
 from bridge.write_loop import WriteLoop
 
 
@@ -21,7 +21,7 @@ class RecordingWriter(GenerationWriter):
     """A writer whose writes go to a recording stand-in for Redis instead (``send``): each reply is the next of
     ``results`` (written when there are none left)."""
 
-    def __init__(self, results: list[WriteResult | Exception] | None = None, retry_s: float = 0) -> None:
+    def __init__(self, results: list[Outcome | Exception] | None = None, retry_s: float = 0) -> None:
         super().__init__(None, "gen_test", lease_ms=10_000, max_length=1000, retry_s=retry_s)  # type: ignore[arg-type]
         self.attempt = 1
         self.writes: list[list[tuple[str, dict[str, Any]]]] = []
@@ -37,23 +37,24 @@ class RecordingWriter(GenerationWriter):
                 self.writes.append(entries)
             else:
                 self.heartbeats += 1
-            result = self.results.pop(0) if self.results else WriteResult.WRITTEN
+            result = self.results.pop(0) if self.results else Outcome.WRITTEN
             if isinstance(result, Exception):  # Redis did not answer: nothing was written
                 if entries:
                     self.writes.pop()
                 replies.append(result)
                 continue
-            replies.append(_REPLIES[result](len(entries)))
+            replies.append(_REPLIES[result])
         return replies
 
     def release(self) -> None:
         self.released = True
 
 
+# What WRITE would answer for each outcome a test scripts.
 _REPLIES = {
-    WriteResult.WRITTEN: lambda n: n,
-    WriteResult.FENCED: lambda n: int(scripts.Write.FENCED),
-    WriteResult.CANCELLED: lambda n: int(scripts.Write.CANCELLED),
+    Outcome.WRITTEN: scripts.Status.WRITTEN.value,
+    Outcome.FENCED: scripts.Status.FENCED.value,
+    Outcome.CANCELLED: scripts.Status.CANCELLED.value,
 }
 
 
@@ -120,7 +121,7 @@ def test_cancellation_seen_at_a_heartbeat_stops_the_source() -> None:
             yield "never"
         stopped.set()
 
-    writer = RecordingWriter(results=[WriteResult.CANCELLED])
+    writer = RecordingWriter(results=[Outcome.CANCELLED])
     started = time.monotonic()
     assert pump(writer, endless, poll_s=0.05) is Outcome.CANCELLED
     assert time.monotonic() - started < 1
@@ -128,7 +129,7 @@ def test_cancellation_seen_at_a_heartbeat_stops_the_source() -> None:
 
 
 def test_a_fenced_attempt_stops_writing() -> None:
-    writer = RecordingWriter(results=[WriteResult.FENCED])
+    writer = RecordingWriter(results=[Outcome.FENCED])
     assert pump(writer, _burst(1000), flush_window_s=0) is Outcome.FENCED
     assert len(writer.writes) == 1
 
@@ -230,7 +231,7 @@ def test_a_scheduled_answer_is_written_on_time_by_the_loop_itself() -> None:
 
 
 def test_a_cancelled_scheduled_answer_produces_nothing_more() -> None:
-    writer = RecordingWriter(results=[WriteResult.WRITTEN, WriteResult.CANCELLED])
+    writer = RecordingWriter(results=[Outcome.WRITTEN, Outcome.CANCELLED])
     chunks = ((i * 0.01, f"t{i} ") for i in range(1000))
     started = time.monotonic()
     assert pump(writer, Scheduled(chunks), poll_s=0.5) is Outcome.CANCELLED

@@ -11,7 +11,8 @@ import fakeredis
 import orjson
 
 from bridge import keys, scripts
-from bridge.producer import Claim, GenerationWriter, WriteResult
+from bridge.producer import GenerationWriter, Outcome
+from bridge.scripts import Status
 
 
 def _new(client: fakeredis.FakeRedis, gid: str = "gen_a") -> str:
@@ -32,13 +33,13 @@ def _token(text: str) -> tuple[str, dict[str, str]]:
 
 
 def test_one_attempt_at_a_time_and_none_for_an_unknown_generation(fake_redis: fakeredis.FakeRedis) -> None:
-    assert _writer(fake_redis, "gen_missing").claim() == Claim.UNKNOWN
+    assert _writer(fake_redis, "gen_missing").claim() is Status.UNKNOWN
     gid = _new(fake_redis)
     first = _writer(fake_redis, gid)
-    assert first.claim() == 1
+    assert first.claim() is Status.CLAIMED and first.attempt == 1
     assert fake_redis.hget(keys.gen_meta(gid), "status") == "running"
     # A redelivered task finds the lease of the live attempt: refused, nothing written
-    assert _writer(fake_redis, gid).claim() == Claim.HELD
+    assert _writer(fake_redis, gid).claim() is Status.HELD
     assert fake_redis.hget(keys.gen_meta(gid), "attempt") == "1" and _raw(fake_redis) == []
 
 
@@ -47,14 +48,14 @@ def test_a_new_attempt_fences_the_old_one_and_tells_readers_to_restart(fake_redi
     gid = _new(fake_redis)
     old = _writer(fake_redis, gid)
     old.claim()
-    assert old.write([_token("a")]) == WriteResult.WRITTEN
+    assert old.write([_token("a")]) == Outcome.WRITTEN
     fake_redis.delete(keys.gen_lease(gid))
     # When attempt 2 starts
     new = _writer(fake_redis, gid)
-    assert new.claim(reason="worker_lost") == 2
+    assert new.claim(reason="worker_lost") is Status.CLAIMED and new.attempt == 2
     # Then the old attempt can write nothing more, and the stream says where attempt 2 begins
-    assert old.write([_token("stale")]) == WriteResult.FENCED
-    assert new.write([_token("b")]) == WriteResult.WRITTEN
+    assert old.write([_token("stale")]) == Outcome.FENCED
+    assert new.write([_token("b")]) == Outcome.WRITTEN
     assert [(t, a) for t, a, _ in _raw(fake_redis)] == [("token", "1"), ("restart", "2"), ("token", "2")]
     assert orjson.loads(_raw(fake_redis)[1][2]) == {"reason": "worker_lost"}
 
@@ -65,7 +66,7 @@ def test_a_write_retried_after_a_lost_reply_is_applied_once(fake_redis: fakeredi
     writer.claim()
     writer.write([_token("a"), _token("b")])
     writer.batch -= 1  # the same batch sent again, as after a reply lost on the wire
-    assert writer.write([_token("a"), _token("b")]) == WriteResult.WRITTEN
+    assert writer.write([_token("a"), _token("b")]) == Outcome.WRITTEN
     assert len(_raw(fake_redis)) == 2
 
 
@@ -76,8 +77,8 @@ def test_the_terminal_entry_ends_the_generation_for_every_attempt(fake_redis: fa
     writer.write([_token("a"), ("done", {"finish_reason": "stop"})])
     assert fake_redis.hget(keys.gen_meta(gid), "terminal") == "done"
     assert not fake_redis.exists(keys.gen_lease(gid))
-    assert writer.write([_token("late")]) == WriteResult.FENCED
-    assert _writer(fake_redis, gid).claim() == Claim.FINISHED
+    assert writer.write([_token("late")]) == Outcome.FENCED
+    assert _writer(fake_redis, gid).claim() is Status.FINISHED
     assert [t for t, _, _ in _raw(fake_redis)] == ["token", "done"]
 
 
@@ -87,10 +88,10 @@ def test_a_cancel_request_ends_the_attempt_at_its_next_write(fake_redis: fakered
     writer.claim()
     writer.write([_token("a")])
     fake_redis.set(keys.gen_cancel(gid), 1)
-    assert writer.heartbeat() == WriteResult.CANCELLED
+    assert writer.heartbeat() == Outcome.CANCELLED
     assert [t for t, _, _ in _raw(fake_redis)] == ["token", "cancelled"]
     assert fake_redis.hget(keys.gen_meta(gid), "terminal") == "cancelled"
-    assert writer.write([_token("b")]) == WriteResult.FENCED
+    assert writer.write([_token("b")]) == Outcome.FENCED
 
 
 def test_a_released_lease_lets_a_new_attempt_start_at_once(fake_redis: fakeredis.FakeRedis) -> None:
@@ -98,14 +99,16 @@ def test_a_released_lease_lets_a_new_attempt_start_at_once(fake_redis: fakeredis
     first, second = _writer(fake_redis, gid), _writer(fake_redis, gid)
     first.claim()
     # Only the attempt that holds the lease can release it
-    assert scripts.run(fake_redis, scripts.RELEASE, [keys.gen_lease(gid)], [2]) == 0
-    assert second.claim() == Claim.HELD
+    assert not scripts.release_lease(fake_redis, gid, 2)
+    assert second.claim() is Status.HELD
     first.release()
-    assert second.claim() == 2
+    assert second.claim() is Status.CLAIMED and second.attempt == 2
 
 
 def _take(client: fakeredis.FakeRedis, gid: str, *, now_ms: int, limit: int = 2, expire_ms: int = 60_000) -> int:
-    return int(scripts.run(client, scripts.TAKE_SLOT, ["slots"], [gid, now_ms, limit, expire_ms]))
+    """1 when the place is taken, 0 when the model is full."""
+    reply = scripts.run(client, scripts.TAKE_SLOT, ["slots"], [gid, now_ms, limit, expire_ms])
+    return {Status.TAKEN: 1, Status.FULL: 0}[scripts.decode_status(reply)]
 
 
 def test_a_model_runs_at_most_its_concurrency(fake_redis: fakeredis.FakeRedis) -> None:
@@ -138,3 +141,23 @@ def test_every_lua_file_is_a_script_with_its_keys_in_its_header() -> None:
         lines = path.read_text().splitlines()
         header = lines[: next(i for i, line in enumerate(lines) if not line.startswith("--"))]
         assert any("KEYS" in line for line in header), path.name
+
+
+def test_every_script_replies_with_a_status_word_of_the_one_table() -> None:
+    import re
+    from pathlib import Path
+
+    directory = Path(scripts.__file__).parent / "lua"
+    words = {status.value for status in Status}
+    for path in sorted(directory.glob("*.lua")):
+        source = path.read_text()
+        # Given every reply of the script: a word alone, or first in a table with its values
+        replies = re.findall(r"\breturn\s+(\{\s*)?'(\w+)'", source)
+        assert replies, path.name
+        # Then each word is one the table decodes, and no reply is a bare number (a code whose meaning depends on
+        # the script)
+        assert {word for _, word in replies} <= words, path.name
+        assert not re.search(r"\breturn\s+\{?\s*-?\d", source), path.name
+    # And the values that follow the word come with it
+    assert scripts.decode(["claimed", 2, None]) == (Status.CLAIMED, [2, None])
+    assert scripts.decode(b"full") == (Status.FULL, [])
