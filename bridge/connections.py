@@ -43,8 +43,17 @@ class Outage:
     ``first_s`` up to ``UNAVAILABLE_RETRY_MAX_S``; a warning per growing wait, then one for all the tries at the
     longest; and one line when Redis answers again, saying how long it did not (once per outage)."""
 
-    def __init__(self, log: logging.Logger, failed: str, answered: str, *, first_s: float = 0.1) -> None:
+    def __init__(
+        self,
+        log: logging.Logger,
+        failed: str,
+        answered: str,
+        *,
+        first_s: float = 0.1,
+        extra: dict[str, str] | None = None,
+    ) -> None:
         self.log = log
+        self.extra = extra  # the log records' extra fields (a generation's id)
         self.failed_text = failed  # "Hub read failed": "<failed> (<error>); retrying in 0.2s."
         self.answered_text = answered  # "Hub reads again": "<answered> after 2.4 s (13 tries)."
         self.first_s = first_s
@@ -62,15 +71,21 @@ class Outage:
         at_longest = wait_s >= UNAVAILABLE_RETRY_MAX_S
         if not (at_longest and self._quiet):
             then = ", then as often until it answers" if at_longest else ""
-            self.log.warning("%s (%s); retrying in %.1fs%s.", self.failed_text, error, wait_s, then)
+            self.log.warning("%s (%s); retrying in %.2gs%s.", self.failed_text, error, wait_s, then, extra=self.extra)
         self._quiet = at_longest
         self.wait_s = min(wait_s * 2, UNAVAILABLE_RETRY_MAX_S)
         return wait_s
 
+    def gives_up(self, within_s: float, now: float | None = None) -> bool:
+        """Whether the next wait would end past ``within_s`` from the outage's first failed try (or from now)."""
+        now = time.monotonic() if now is None else now
+        return now + self.wait_s > (self.since if self.tries else now) + within_s
+
     def answered(self) -> None:
         """Redis answered: the outage, if there was one, is over."""
         if self.tries:
-            self.log.info("%s after %.1f s (%d tries).", self.answered_text, time.monotonic() - self.since, self.tries)
+            outage_s = time.monotonic() - self.since
+            self.log.info("%s after %.1f s (%d tries).", self.answered_text, outage_s, self.tries, extra=self.extra)
         self.wait_s, self.tries, self._quiet = self.first_s, 0, False
 
 

@@ -20,7 +20,7 @@ import orjson
 import redis
 
 from bridge import scripts
-from bridge.connections import UNAVAILABLE, UNAVAILABLE_RETRY_MAX_S
+from bridge.connections import UNAVAILABLE, Outage
 from bridge.errors import ProviderError
 from bridge.events import TERMINAL_EVENTS, EventType
 from bridge.memory import OUT_OF_MEMORY_CODE, is_out_of_memory
@@ -153,7 +153,14 @@ class GenerationWriter:
         self._renewed_at = 0.0
         # The last write failed: it may not have been applied (see ``settle``).
         self._unsure = False
-        self._quiet_retries = False  # this outage's tries at the longest wait were logged once already
+        # The tries while Redis cannot answer, and what is logged of them.
+        self.outage = Outage(
+            logger,
+            f"Generation {generation_id}: Redis unavailable",
+            f"Generation {generation_id}: Redis answers again",
+            first_s=0.05,
+            extra={"generation_id": generation_id},
+        )
         # What this writer wrote, for metrics: tokens, and the code of an error entry.
         self.tokens = 0
         self.error_code: str | None = None
@@ -235,8 +242,6 @@ class GenerationWriter:
     def write(self, entries: list[tuple[str, dict[str, Any]]]) -> Outcome:
         """Append entries in one round trip of its own (renewing the lease when due), unless fenced or cancelled."""
         pending = self.prepare(entries)
-        deadline = time.monotonic() + self.retry_s
-        delay_s = 0.05
         while True:
             try:
                 call = pending.call
@@ -245,44 +250,18 @@ class GenerationWriter:
                 reply = exc
             settled = self.settle(pending, reply)
             if isinstance(settled, Outcome):
+                self.outage.answered()
                 return settled
             if isinstance(settled, PendingWrite):
                 pending = settled
                 continue
-            if time.monotonic() + delay_s > deadline:
+            if self.outage.gives_up(self.retry_s):
                 raise reply
-            self.log_retry(reply, delay_s)
-            time.sleep(delay_s)
-            delay_s = min(delay_s * 2, UNAVAILABLE_RETRY_MAX_S)
+            time.sleep(self.outage.failed(reply))
 
     def heartbeat(self) -> Outcome:
         """Renew the lease and check for cancellation without writing a token."""
         return self.write([])
-
-    def log_retry(self, error: BaseException, delay_s: float) -> None:
-        """One warning per try while the wait grows, then one for all the tries at the longest wait."""
-        at_longest = delay_s >= UNAVAILABLE_RETRY_MAX_S  # a new outage starts again from the shortest wait
-        if at_longest and self._quiet_retries:
-            return
-        self._quiet_retries = at_longest
-        logger.warning(
-            "Generation %s: Redis unavailable (%s); retrying in %.2fs%s.",
-            self.generation_id,
-            error,
-            delay_s,
-            ", then as often until it answers" if self._quiet_retries else "",
-            extra={"generation_id": self.generation_id},
-        )
-
-    def log_answered(self, outage_s: float) -> None:
-        """Redis took a write again after ``outage_s`` of tries (logged once per outage, like its start)."""
-        self._quiet_retries = False
-        logger.info(
-            "Generation %s: Redis answers again after %.1f s.",
-            self.generation_id,
-            outage_s,
-            extra={"generation_id": self.generation_id},
-        )
 
     def _count(self, entries: list[tuple[str, dict[str, Any]]]) -> None:
         """What a write that was applied wrote, for metrics: its tokens, and the code of an error."""
@@ -313,17 +292,16 @@ class GenerationWriter:
             logger.warning("Generation %s could not release its lease: %s", self.generation_id, exc)
 
     def _retrying(self, call: Callable[[], Any]) -> Any:
-        deadline = time.monotonic() + self.retry_s
-        delay_s = 0.05
         while True:
             try:
-                return call()
+                result = call()
             except UNAVAILABLE as exc:
-                if time.monotonic() + delay_s > deadline:
+                if self.outage.gives_up(self.retry_s):
                     raise
-                self.log_retry(exc, delay_s)
-                time.sleep(delay_s)
-                delay_s = min(delay_s * 2, UNAVAILABLE_RETRY_MAX_S)
+                time.sleep(self.outage.failed(exc))
+                continue
+            self.outage.answered()
+            return result
 
 
 def with_retries(

@@ -26,7 +26,6 @@ from typing import Any
 import redis
 
 from bridge import scripts
-from bridge.connections import UNAVAILABLE_RETRY_MAX_S
 from bridge.errors import ProviderError
 from bridge.events import EventType
 from bridge.producer import (
@@ -261,8 +260,6 @@ class _Running:
         # The write on its way (or waiting to be sent again), and when to send it again.
         self.pending: PendingWrite | None = None
         self.retry_at = 0.0
-        self._retry_until = 0.0
-        self._backoff_s = 0.05
         self.completion_tokens = 0
         self.started = self.last_item = self.last_write = time.monotonic()
         self._thread: threading.Thread | None = None
@@ -368,9 +365,7 @@ class _Running:
         ended = self.pending.ends
         self.pending = None
         self.last_write = now
-        if self._retry_until:
-            self.writer.log_answered(now - (self._retry_until - self.writer.retry_s))
-        self._retry_until, self._backoff_s = 0.0, 0.05
+        self.writer.outage.answered()
         if settled is not Outcome.WRITTEN or ended:
             self._end(_outcome(settled, self.writer))
         elif self.inbox:
@@ -378,14 +373,11 @@ class _Running:
 
     def _again(self, error: BaseException, now: float) -> None:
         """Redis could not answer: the same write again after a backoff, for up to the writer's ``retry_s``."""
-        if not self._retry_until:
-            self._retry_until = now + self.writer.retry_s
-        if now + self._backoff_s > self._retry_until:
+        outage = self.writer.outage
+        if outage.gives_up(self.writer.retry_s, now):
             self.fail(error)
             return
-        self.writer.log_retry(error, self._backoff_s)
-        self.retry_at = now + self._backoff_s
-        self._backoff_s = min(self._backoff_s * 2, UNAVAILABLE_RETRY_MAX_S)
+        self.retry_at = now + outage.failed(error)
         self.loop.retry(self)
 
     def _end(self, outcome: Outcome) -> None:

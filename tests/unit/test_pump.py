@@ -253,3 +253,22 @@ def test_tokens_that_come_while_a_write_waits_to_be_retried_do_not_strand_it() -
     assert outcome == [Outcome.FINISHED], "the generation stalled: its write was never sent again"
     entries = [e for batch in writer.writes for e in batch]
     assert [e[1].get("content") for e in entries[:-1]] == ["a ", "b ", "c"]
+
+
+def test_an_outage_is_logged_as_it_starts_and_once_when_redis_answers_again(caplog: pytest.LogCaptureFixture) -> None:
+    # Given a Redis that does not answer three writes in a row
+    down = [redis.ConnectionError("down")] * 3
+    writer = RecordingWriter(results=list(down), retry_s=5)
+    # When the loop writes an answer through it
+    with caplog.at_level("INFO", logger="bridge.producer"):
+        assert pump(writer, _burst(3)) is Outcome.FINISHED
+    # Then each failed try was logged with its growing wait, and Redis answering again once, with the tries
+    lines = [r.getMessage() for r in caplog.records if r.name == "bridge.producer"]
+    assert [line.split(";")[1] for line in lines if "unavailable" in line] == [
+        " retrying in 0.05s.",
+        " retrying in 0.1s.",
+        " retrying in 0.2s, then as often until it answers.",
+    ]
+    answered = [line for line in lines if "answers again" in line]
+    assert len(answered) == 1 and answered[0].endswith("(3 tries).")
+    assert all(r.generation_id == "gen_test" for r in caplog.records if r.name == "bridge.producer")
