@@ -38,9 +38,15 @@ from bridge.cluster import MOVING, refresh_if_moved
 _LUA = Path(__file__).parent / "lua"
 
 
+# A line that stands for a file of ``bridge/lua/lib/`` (Lua shared by several scripts, e.g. comparing stream ids).
+_INCLUDE = re.compile(r"^-- include (lib/\w+\.lua)$", re.MULTILINE)
+
+
 def _lua(name: str) -> str:
-    """The source of ``bridge/lua/<name>.lua`` (its header says its KEYS, ARGV and replies)."""
-    return (_LUA / f"{name}.lua").read_text()
+    """The source of ``bridge/lua/<name>.lua`` (its header says its KEYS, ARGV and replies), each ``-- include``
+    line replaced by the file it names."""
+    source = (_LUA / f"{name}.lua").read_text()
+    return _INCLUDE.sub(lambda match: (_LUA / match[1]).read_text().rstrip("\n"), source)
 
 
 CLAIM_ATTEMPT = _lua("claim_attempt")

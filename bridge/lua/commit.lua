@@ -26,13 +26,7 @@ if (last or '') ~= ARGV[9] then return 'refused' end
 local start = last and ('(' .. last) or '-'
 local gap = redis.pcall('XPENDING', KEYS[2], ARGV[1], start, '(' .. ARGV[first_acked], 1)
 if gap.err == nil and #gap > 0 then return 'refused' end
-local function after(a, b)
-  if not b then return true end
-  local ams, aseq = string.match(a, '(%d+)-(%d+)')
-  local bms, bseq = string.match(b, '(%d+)-(%d+)')
-  if tonumber(ams) ~= tonumber(bms) then return tonumber(ams) > tonumber(bms) end
-  return tonumber(aseq) > tonumber(bseq)
-end
+-- include lib/after.lua
 local session = #KEYS > 8
 -- The end of a generation gets through Redis at maxmemory: see write.lua (and PEXPIRE comes below anyway).
 if retention > 0 then redis.call('PEXPIRE', KEYS[5], retention) end

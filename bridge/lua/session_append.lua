@@ -9,13 +9,7 @@
 local sn = ARGV[4]
 local last = redis.call('HGET', KEYS[2], ARGV[1])
 if last and not string.match(last, '^%d+%-%d+$') then last = nil end
-local function after(a, b)
-  if not b then return true end
-  local ams, aseq = string.match(a, '(%d+)-(%d+)')
-  local bms, bseq = string.match(b, '(%d+)-(%d+)')
-  if tonumber(ams) ~= tonumber(bms) then return tonumber(ams) > tonumber(bms) end
-  return tonumber(aseq) > tonumber(bseq)
-end
+-- include lib/after.lua
 local written = 0
 for i = 5, #ARGV, 3 do
   local event, id = ARGV[i], ARGV[i + 2]
