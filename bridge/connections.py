@@ -39,9 +39,10 @@ UNAVAILABLE_RETRY_MAX_S = 0.2
 
 
 class Outage:
-    """The waits of one loop while Redis cannot answer, and what it logs of them: the wait doubles from
-    ``first_s`` up to ``UNAVAILABLE_RETRY_MAX_S``; a warning per growing wait, then one for all the tries at the
-    longest; and one line when Redis answers again, saying how long it did not (once per outage)."""
+    """The waits of one loop while Redis (or the broker) cannot answer, and what it logs of them: the wait doubles
+    from ``first_s`` up to ``max_s`` (``UNAVAILABLE_RETRY_MAX_S`` by default); a warning per growing wait, then one
+    for all the tries at the longest; and one line when it answers again, saying how long it did not (once per
+    outage). Every loop that waits out an outage uses one."""
 
     def __init__(
         self,
@@ -50,6 +51,7 @@ class Outage:
         answered: str,
         *,
         first_s: float = 0.1,
+        max_s: float = UNAVAILABLE_RETRY_MAX_S,
         extra: dict[str, str] | None = None,
     ) -> None:
         self.log = log
@@ -57,6 +59,7 @@ class Outage:
         self.failed_text = failed  # "Hub read failed": "<failed> (<error>); retrying in 0.2s."
         self.answered_text = answered  # "Hub reads again": "<answered> after 2.4 s (13 tries)."
         self.first_s = first_s
+        self.max_s = max_s
         self.wait_s = first_s
         self.tries = 0
         self.since = 0.0
@@ -68,12 +71,12 @@ class Outage:
             self.since = time.monotonic()
         self.tries += 1
         wait_s = self.wait_s
-        at_longest = wait_s >= UNAVAILABLE_RETRY_MAX_S
+        at_longest = wait_s >= self.max_s
         if not (at_longest and self._quiet):
             then = ", then as often until it answers" if at_longest else ""
             self.log.warning("%s (%s); retrying in %.2gs%s.", self.failed_text, error, wait_s, then, extra=self.extra)
         self._quiet = at_longest
-        self.wait_s = min(wait_s * 2, UNAVAILABLE_RETRY_MAX_S)
+        self.wait_s = min(wait_s * 2, self.max_s)
         return wait_s
 
     def gives_up(self, within_s: float, now: float | None = None) -> bool:

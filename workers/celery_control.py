@@ -43,6 +43,7 @@ from kombu.common import ignore_errors
 from kombu.pidbox import Node
 from kombu.utils.url import maybe_sanitize_url
 
+from bridge.connections import Outage
 from workers.celery_events import PROCESS_TASK, SOFTWARE_INFO, CeleryEvents, OwnedTask
 
 logger = logging.getLogger(__name__)
@@ -90,7 +91,13 @@ class RemoteControl:
         self.broker: dict[str, Any] = {}
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
-        self._backoff_s = 0.5
+        self._outage = Outage(
+            logger,
+            f"Consumer {events.consumer_name} cannot answer Celery's remote control",
+            f"Consumer {events.consumer_name} answers Celery's remote control again",
+            first_s=0.5,
+            max_s=_BACKOFF_MAX_S,
+        )
 
     # -- lifecycle -----------------------------------------------------------------------------------
 
@@ -120,14 +127,7 @@ class RemoteControl:
             except Exception as exc:
                 if self._stopping.is_set():
                     return
-                logger.warning(
-                    "Consumer %s cannot answer Celery's remote control (%s); retrying in %.1fs.",
-                    self.events.consumer_name,
-                    exc,
-                    self._backoff_s,
-                )
-                self._stopping.wait(self._backoff_s)
-                self._backoff_s = min(self._backoff_s * 2, _BACKOFF_MAX_S)
+                self._stopping.wait(self._outage.failed(exc))
 
     def _listen(self, connection: Any) -> None:
         mailbox: Any = self.app.control.mailbox  # type: ignore[attr-defined]
@@ -137,7 +137,7 @@ class RemoteControl:
         try:
             info = connection.info()
             self.broker = {field: info.get(field) for field in _BROKER_FIELDS}
-            self._backoff_s = 0.5
+            self._outage.answered()
             logger.info("Consumer %s answers Celery's remote control as %s.", self.events.consumer_name, self.hostname)
             while not self._stopping.is_set():
                 with contextlib.suppress(TimeoutError):

@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 from celery import Celery
 
+from bridge.connections import Outage
 from bridge.events import Event, EventType
 from workers.processors import GenerationState
 
@@ -105,7 +106,14 @@ class CeleryEvents:
         self._beat_now = threading.Event()
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
-        self._backoff_s = 0.5
+        # The waits while the broker cannot take events, and what is logged of them.
+        self._outage = Outage(
+            logger,
+            f"Consumer {consumer_name} cannot send Celery events",
+            f"Consumer {consumer_name} sends Celery events again",
+            first_s=0.5,
+            max_s=_BACKOFF_MAX_S,
+        )
         # Answers Flower's inspect calls (``GET /api/workers``, a worker's page) from a thread of its own.
         self.control: RemoteControl | None = None
         if remote_control:
@@ -235,18 +243,11 @@ class CeleryEvents:
                 if self._stopping.is_set():
                     logger.warning("Consumer %s could not send worker-offline to Flower: %s", self.consumer_name, exc)
                     return
-                logger.warning(
-                    "Consumer %s cannot send Celery events (%s); retrying in %.1fs.",
-                    self.consumer_name,
-                    exc,
-                    self._backoff_s,
-                )
-                self._stopping.wait(self._backoff_s)
-                self._backoff_s = min(self._backoff_s * 2, _BACKOFF_MAX_S)
+                self._stopping.wait(self._outage.failed(exc))
 
     def _serve(self, dispatcher: Any) -> None:
         dispatcher.send("worker-online", **self._worker_fields())
-        self._backoff_s = 0.5
+        self._outage.answered()
         next_beat = time.monotonic() + self.heartbeat_s
         while not self._stopping.is_set():
             if self.pending:
