@@ -79,7 +79,7 @@ from bench.ttft import measure as measure_ttft
 from bench.upstream_tls import TlsUpstream, keepalive, tls_upstream
 from bench.ws import web_cpu_per_event
 from bridge.embedded import EmbeddedRedis, free_port
-from tests.stack import API_KEY, Stack, build_stack
+from tests.support.stack import API_KEY, Stack, build_stack
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"

@@ -23,8 +23,8 @@ import redis
 
 from bench.__main__ import RESULTS, ROOT, STACK_ENV, _load, _rss_mb
 from bridge.embedded import EmbeddedRedis
-from tests.cluster import EmbeddedCluster
-from tests.stack import API_KEY, build_stack
+from tests.support.cluster import EmbeddedCluster
+from tests.support.stack import API_KEY, build_stack
 
 PROCESSES = ("web-a", "web-b", "consumer-a", "consumer-b", "worker-a", "worker-b")
 

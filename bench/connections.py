@@ -25,8 +25,8 @@ import psutil
 import redis
 
 from bridge.embedded import EmbeddedRedis, free_port
-from tests.procfile import ROOT
-from tests.stack import Stack, build_stack
+from tests.support.procfile import ROOT
+from tests.support.stack import Stack, build_stack
 
 FLOWER_AUTH = ("bench", "connections")
 PROMPT = " ".join(f"word{i}" for i in range(60))  # 60 tokens at 50 ms: 3 s per generation

@@ -17,7 +17,7 @@ import httpx
 from bench.client import StreamResult, quantiles, raise_fd_limit, read_sse, submit
 from bench.profile import command_stats, cpu_seconds
 from bridge.embedded import EmbeddedRedis
-from tests.stack import Stack
+from tests.support.stack import Stack
 
 # An answer with no token: ``echo`` of an empty user message ends with ``done`` at once. (``max_tokens`` 0 and
 # an empty ``prompt`` are refused with 422.)

@@ -18,7 +18,7 @@ import redis
 
 from bench.client import StreamResult, submit
 from bridge import keys
-from tests.stack import Stack
+from tests.support.stack import Stack
 
 FINISHED = {"completed", "failed", "cancelled"}
 

@@ -41,7 +41,7 @@ from wsproto.events import AcceptConnection, CloseConnection, Ping, RejectConnec
 
 from bridge.embedded import EmbeddedRedis
 from bridge.settings import Settings
-from tests.stack import API_KEY, Stack, build_stack
+from tests.support.stack import API_KEY, Stack, build_stack
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"

@@ -11,7 +11,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from statistics import median
 from typing import Any
 
-from tests.stack import Stack
+from tests.support.stack import Stack
 
 StartStack = Callable[[str, dict[str, str]], AbstractContextManager[Stack]]
 MeasureStep = Callable[[Stack], dict[str, Any]]

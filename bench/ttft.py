@@ -8,7 +8,7 @@ import time
 
 import httpx
 
-from tests.sse import iter_messages
+from tests.support.sse import iter_messages
 
 # Runs not counted: the first requests of fresh processes (their first Celery task, first commit, first hub read).
 _WARM_UP = 10

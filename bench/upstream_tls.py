@@ -1,6 +1,6 @@
 """Connections to a model API: does a generation open a new TLS connection, or reuse one kept alive?
 
-A local OpenAI-compatible upstream (``tests.fake_upstream``, which keeps connections alive) served over TLS with
+A local OpenAI-compatible upstream (``tests.support.fake_upstream``, which keeps connections alive) served over TLS with
 a self-signed certificate made at run time, counting the TCP connections it accepts and the TLS handshakes
 that complete. The registry names it as the model ``tls-fake`` (``MODELS_FILE``); the worker trusts the
 certificate through ``SSL_CERT_FILE``, which httpx reads (the model registry has no CA setting).
@@ -21,8 +21,8 @@ from typing import Any
 import httpx
 
 from bench.client import StreamResult, read_sse, submit
-from tests.fake_upstream import FakeUpstream
-from tests.stack import Stack
+from tests.support.fake_upstream import FakeUpstream
+from tests.support.stack import Stack
 
 MODEL = "tls-fake"
 PROMPT = "one two three four five six seven eight"

@@ -20,7 +20,7 @@ import httpx
 
 from bench.client import StreamResult, raise_fd_limit, read_sse, submit
 from bench.profile import cpu_seconds, python_pid
-from tests.stack import Stack
+from tests.support.stack import Stack
 
 TEXT, CLOSE, PING, PONG, CONTINUATION = 0x1, 0x8, 0x9, 0xA, 0x0
 

@@ -14,7 +14,7 @@ import redis
 from bridge.connections import close
 from bridge.embedded import EmbeddedRedis, embedded_binary
 from bridge.settings import Settings
-from tests.cluster import EmbeddedCluster, cluster_unavailable
+from tests.support.cluster import EmbeddedCluster, cluster_unavailable
 
 if TYPE_CHECKING:
     from playwright.sync_api import Browser

@@ -23,7 +23,7 @@ from bench.chaos.config import Config
 from bench.chaos.faults import FaultLog, FaultSchedule
 from bench.chaos.load import Load, LoadResult
 from bench.chaos.verify import Verdict, verify
-from tests.stack import API_KEY, Stack, build_stack
+from tests.support.stack import API_KEY, Stack, build_stack
 
 ROOT = Path(__file__).resolve().parents[2]
 GROUP = "llm:processors"

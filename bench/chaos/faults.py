@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 import httpx
 
-from tests.stack import Stack
+from tests.support.stack import Stack
 
 logger = logging.getLogger("chaos.faults")
 

@@ -8,8 +8,8 @@ from typing import TYPE_CHECKING
 import pytest
 
 from tests.browser.support import checked_page
-from tests.procfile import ROOT
-from tests.stack import Stack, running_stack
+from tests.support.procfile import ROOT
+from tests.support.stack import Stack, running_stack
 
 if TYPE_CHECKING:
     from playwright.sync_api import Browser, Page

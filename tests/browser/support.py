@@ -15,12 +15,12 @@ import httpx
 from itsdangerous import TimestampSigner, URLSafeTimedSerializer
 
 from app.auth import _SALT
-from tests.procfile import ROOT
+from tests.support.procfile import ROOT
 
 if TYPE_CHECKING:
     from playwright.sync_api import Browser, Page
 
-    from tests.stack import Stack
+    from tests.support.stack import Stack
 
 CHROMIUM = Path("/usr/bin/chromium")
 LAUNCH_ARGS = [

@@ -8,7 +8,7 @@ import pytest
 
 from bridge.producer import GenerationWriter
 from tests.browser.support import missing
-from tests.stack import Stack
+from tests.support.stack import Stack
 
 if TYPE_CHECKING:
     from playwright.sync_api import Page

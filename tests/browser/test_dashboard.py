@@ -9,7 +9,7 @@ import httpx
 import pytest
 
 from tests.browser.support import UPDATE_DOCS, missing, publish, screenshot_path
-from tests.stack import API_KEY, Stack
+from tests.support.stack import API_KEY, Stack
 
 if TYPE_CHECKING:
     from playwright.sync_api import Page

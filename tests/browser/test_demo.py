@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from tests.browser.support import missing, publish, screenshot_path
-from tests.stack import API_KEY, Stack
+from tests.support.stack import API_KEY, Stack
 
 if TYPE_CHECKING:
     from playwright.sync_api import Page, WebSocket

@@ -10,8 +10,8 @@ import pytest
 
 from bridge.embedded import free_port
 from tests.browser.support import missing, screenshot_path
-from tests.stack import API_KEY, Stack
 from tests.support import quietly, wait_for
+from tests.support.stack import API_KEY, Stack
 
 if TYPE_CHECKING:
     from playwright.sync_api import Browser

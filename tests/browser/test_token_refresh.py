@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from tests.browser.support import expired_token, missing
-from tests.stack import API_KEY, Stack
+from tests.support.stack import API_KEY, Stack
 
 if TYPE_CHECKING:
     from playwright.sync_api import Page

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 from bridge.embedded import free_port
-from tests.procfile import ROOT
-from tests.stack import Stack, running_stack
+from tests.support.procfile import ROOT
+from tests.support.stack import Stack, running_stack
 
 CLIENT_SOURCE = ROOT / "clients" / "python" / "src"
 APP_PORT = free_port()

@@ -11,9 +11,9 @@ import pytest
 
 from bridge.embedded import free_port
 from tests.browser.support import expired_token
-from tests.scripted_server import ScriptedServer, hang_up, status
-from tests.stack import API_KEY, Stack
 from tests.support import run_in_own_loop
+from tests.support.scripted_server import ScriptedServer, hang_up, status
+from tests.support.stack import API_KEY, Stack
 from tokenbridge.async_client import AsyncTokenbridgeClient, acollect_text
 from tokenbridge.client import TokenbridgeAPIError, TokenbridgeConnectionError
 

@@ -13,8 +13,8 @@ from werkzeug.serving import make_server
 
 from tests.browser.support import checked_page, expired_token, missing
 from tests.clients.conftest import APP_ORIGIN, APP_PORT
-from tests.procfile import ROOT
-from tests.stack import API_KEY, Stack
+from tests.support.procfile import ROOT
+from tests.support.stack import API_KEY, Stack
 
 if TYPE_CHECKING:
     from playwright.sync_api import Browser, Page, Route

@@ -15,8 +15,8 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.procfile import ROOT
-from tests.stack import API_KEY, Stack
+from tests.support.procfile import ROOT
+from tests.support.stack import API_KEY, Stack
 from tokenbridge.client import TokenbridgeClient, collect_text
 
 pytestmark = pytest.mark.e2e

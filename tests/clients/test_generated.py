@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from tests.procfile import ROOT
+from tests.support.procfile import ROOT
 
 
 def test_the_generated_clients_are_up_to_date() -> None:

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from tests.procfile import ROOT
+from tests.support.procfile import ROOT
 
 PACKAGE = ROOT / "clients" / "js"
 STATIC = ROOT / "app" / "static"

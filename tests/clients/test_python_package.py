@@ -17,8 +17,8 @@ import pytest
 from packaging.requirements import Requirement
 
 from tests.clients.conftest import CLIENT_SOURCE
-from tests.procfile import ROOT
-from tests.stack import API_KEY, Stack
+from tests.support.procfile import ROOT
+from tests.support.stack import API_KEY, Stack
 
 DISTRIBUTION = ROOT / "clients" / "python"
 SERVER_PACKAGES = ("bridge", "app", "flask", "celery", "redis", "gevent", "pydantic")

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.procfile import ROOT
+from tests.support.procfile import ROOT
 
 pytestmark = pytest.mark.slow
 

@@ -6,10 +6,10 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.cluster import cluster_unavailable
-from tests.fake_upstream import FakeUpstream
-from tests.procfile import ROOT
-from tests.stack import API_KEY, OTHER_KEY, Stack, running_stack
+from tests.support.cluster import cluster_unavailable
+from tests.support.fake_upstream import FakeUpstream
+from tests.support.procfile import ROOT
+from tests.support.stack import API_KEY, OTHER_KEY, Stack, running_stack
 
 __all__ = ["API_KEY", "OTHER_KEY", "Stack"]
 

@@ -13,9 +13,9 @@ import orjson
 import pytest
 
 from bridge import dead_letters
-from tests.stack import ADMIN_KEY, API_KEY, API_KEY_OWNER, OTHER_KEY, READER_KEY, Stack
 from tests.support import wait_for
-from tests.ws_client import Client, ConnectionClosed
+from tests.support.stack import ADMIN_KEY, API_KEY, API_KEY_OWNER, OTHER_KEY, READER_KEY, Stack
+from tests.support.ws_client import Client, ConnectionClosed
 
 pytestmark = pytest.mark.e2e
 

@@ -10,9 +10,9 @@ import httpx
 import pytest
 
 from bridge.circuit import Circuits
-from tests.procfile import ROOT
-from tests.sse import read_sse
-from tests.stack import Stack, build_stack
+from tests.support.procfile import ROOT
+from tests.support.sse import read_sse
+from tests.support.stack import Stack, build_stack
 
 pytestmark = pytest.mark.e2e
 

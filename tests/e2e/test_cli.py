@@ -12,8 +12,8 @@ from typing import Any
 import orjson
 import pytest
 
-from tests.procfile import ROOT
-from tests.stack import API_KEY, Stack
+from tests.support.procfile import ROOT
+from tests.support.stack import API_KEY, Stack
 
 pytestmark = pytest.mark.e2e
 

@@ -10,8 +10,8 @@ import httpx
 import orjson
 import pytest
 
-from tests.sse import iter_messages
-from tests.stack import Stack
+from tests.support.sse import iter_messages
+from tests.support.stack import Stack
 
 pytestmark = pytest.mark.e2e
 

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from durable_streams import stream as ds_stream
 
-from tests.stack import Stack
+from tests.support.stack import Stack
 
 pytestmark = pytest.mark.e2e
 

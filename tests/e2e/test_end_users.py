@@ -8,10 +8,10 @@ from typing import Any
 
 import pytest
 
-from tests.cluster import cluster_unavailable
-from tests.procfile import ROOT
-from tests.stack import Stack, running_stack
 from tests.support import wait_for
+from tests.support.cluster import cluster_unavailable
+from tests.support.procfile import ROOT
+from tests.support.stack import Stack, running_stack
 
 pytestmark = pytest.mark.e2e
 

@@ -8,7 +8,7 @@ import httpx
 import orjson
 import pytest
 
-from tests.stack import OTHER_KEY, Stack
+from tests.support.stack import OTHER_KEY, Stack
 
 pytestmark = pytest.mark.e2e
 

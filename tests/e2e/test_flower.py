@@ -17,9 +17,9 @@ import httpx
 import pytest
 
 from bridge.embedded import free_port
-from tests.procfile import ROOT
-from tests.stack import Stack, build_stack
 from tests.support import AMQP_URL, quietly, rabbitmq_listens, wait_for
+from tests.support.procfile import ROOT
+from tests.support.stack import Stack, build_stack
 from workers.celery_events import PROCESS_TASK
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]

@@ -14,9 +14,9 @@ import pytest
 from bridge import keys
 from bridge.connections import close
 from bridge.version import VERSION
-from tests.sse import SseEvent, read_sse
-from tests.stack import API_KEY_OWNER, Stack
 from tests.support import wait_for
+from tests.support.sse import SseEvent, read_sse
+from tests.support.stack import API_KEY_OWNER, Stack
 
 pytestmark = pytest.mark.e2e
 

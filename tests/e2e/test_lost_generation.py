@@ -9,9 +9,9 @@ import pytest
 
 from bridge import keys
 from bridge.connections import close
-from tests.sse import iter_messages
-from tests.stack import Stack
 from tests.support import wait_for
+from tests.support.sse import iter_messages
+from tests.support.stack import Stack
 
 pytestmark = pytest.mark.e2e
 

@@ -21,10 +21,10 @@ import pytest
 import redis
 
 from bridge.embedded import EmbeddedRedis, free_port
-from tests.procfile import ROOT
-from tests.reader import ReadOutcome, ResumingReader
-from tests.stack import Stack, build_stack
 from tests.support import quietly, wait_for
+from tests.support.procfile import ROOT
+from tests.support.reader import ReadOutcome, ResumingReader
+from tests.support.stack import Stack, build_stack
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 

@@ -15,7 +15,7 @@ import pytest
 import redis
 
 from bridge.connections import require_redis_version
-from tests.procfile import ROOT, procfile_commands
+from tests.support.procfile import ROOT, procfile_commands
 
 pytestmark = pytest.mark.e2e
 

@@ -16,9 +16,9 @@ from openai import (
     UnprocessableEntityError,
 )
 
-from tests.procfile import ROOT
-from tests.sse import iter_messages
-from tests.stack import API_KEY, Stack, running_stack
+from tests.support.procfile import ROOT
+from tests.support.sse import iter_messages
+from tests.support.stack import API_KEY, Stack, running_stack
 
 pytestmark = pytest.mark.e2e
 

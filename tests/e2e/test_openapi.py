@@ -7,7 +7,7 @@ import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
 
-from tests.stack import API_KEY, Stack
+from tests.support.stack import API_KEY, Stack
 
 pytestmark = pytest.mark.e2e
 

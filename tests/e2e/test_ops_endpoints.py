@@ -10,9 +10,9 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.procfile import ROOT
-from tests.stack import Stack, running_stack
 from tests.support import wait_for
+from tests.support.procfile import ROOT
+from tests.support.stack import Stack, running_stack
 
 pytestmark = pytest.mark.e2e
 

@@ -10,9 +10,9 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.sse import read_sse
-from tests.stack import ADMIN_KEY, API_KEY_OWNER, BUDGET_KEY, OTHER_KEY, PRODUCER_KEY, READER_KEY, Stack
 from tests.support import wait_for
+from tests.support.sse import read_sse
+from tests.support.stack import ADMIN_KEY, API_KEY_OWNER, BUDGET_KEY, OTHER_KEY, PRODUCER_KEY, READER_KEY, Stack
 
 pytestmark = pytest.mark.e2e
 

@@ -14,10 +14,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.procfile import ROOT
-from tests.sse import read_sse
-from tests.stack import API_KEY, build_stack
 from tests.support import quietly, wait_for
+from tests.support.procfile import ROOT
+from tests.support.sse import read_sse
+from tests.support.stack import API_KEY, build_stack
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 

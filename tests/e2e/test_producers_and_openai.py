@@ -6,8 +6,8 @@ import httpx
 import pytest
 from openai import APIError, OpenAI
 
-from tests.sse import read_sse
-from tests.stack import API_KEY, Stack
+from tests.support.sse import read_sse
+from tests.support.stack import API_KEY, Stack
 
 pytestmark = pytest.mark.e2e
 

@@ -6,9 +6,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.procfile import ROOT
-from tests.stack import Stack, running_stack
 from tests.support import AMQP_URL, rabbitmq_listens
+from tests.support.procfile import ROOT
+from tests.support.stack import Stack, running_stack
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 

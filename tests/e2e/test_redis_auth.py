@@ -7,8 +7,8 @@ from collections.abc import Iterator
 import pytest
 import redis
 
-from tests.procfile import ROOT
-from tests.stack import Stack, build_stack
+from tests.support.procfile import ROOT
+from tests.support.stack import Stack, build_stack
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 

@@ -14,7 +14,7 @@ import redis
 from bridge import keys
 from bridge.embedded import EmbeddedRedis
 from bridge.layout import LAYOUT_VERSION, UPGRADE_NOTE
-from tests.procfile import ROOT, procfile_commands
+from tests.support.procfile import ROOT, procfile_commands
 
 pytestmark = pytest.mark.e2e
 

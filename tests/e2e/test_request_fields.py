@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 from openai import OpenAI
 
-from tests.fake_upstream import FakeUpstream
-from tests.stack import API_KEY, Stack
+from tests.support.fake_upstream import FakeUpstream
+from tests.support.stack import API_KEY, Stack
 
 pytestmark = pytest.mark.e2e
 

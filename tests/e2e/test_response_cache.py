@@ -10,10 +10,10 @@ import pytest
 
 from bridge import cache, keys
 from bridge.models import ModelSpec
-from tests.fake_upstream import FakeUpstream
-from tests.sse import read_sse
-from tests.stack import Stack
 from tests.support import wait_for
+from tests.support.fake_upstream import FakeUpstream
+from tests.support.sse import read_sse
+from tests.support.stack import Stack
 
 pytestmark = pytest.mark.e2e
 

@@ -11,9 +11,9 @@ from collections.abc import Iterator
 import pytest
 
 from bridge import keys
-from tests.procfile import ROOT
-from tests.stack import Stack, running_stack
 from tests.support import wait_for
+from tests.support.procfile import ROOT
+from tests.support.stack import Stack, running_stack
 
 pytestmark = [pytest.mark.e2e]
 

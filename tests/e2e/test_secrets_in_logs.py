@@ -11,10 +11,10 @@ import httpx
 import pytest
 
 from bridge.embedded import free_port
-from tests.fake_upstream import FakeUpstream
-from tests.procfile import ROOT
-from tests.stack import Stack, build_stack
 from tests.support import wait_for
+from tests.support.fake_upstream import FakeUpstream
+from tests.support.procfile import ROOT
+from tests.support.stack import Stack, build_stack
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 

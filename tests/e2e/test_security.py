@@ -10,10 +10,10 @@ import httpx
 import pytest
 
 from bridge.embedded import free_port
-from tests.cluster import cluster_unavailable
-from tests.procfile import ROOT, procfile_commands
-from tests.stack import API_KEY, OTHER_KEY, Stack, build_stack
 from tests.support import quietly, wait_for
+from tests.support.cluster import cluster_unavailable
+from tests.support.procfile import ROOT, procfile_commands
+from tests.support.stack import API_KEY, OTHER_KEY, Stack, build_stack
 
 pytestmark = pytest.mark.e2e
 

@@ -8,8 +8,8 @@ import json
 import pytest
 from openai import OpenAI
 
-from tests.sse import read_sse
-from tests.stack import API_KEY, Stack
+from tests.support.sse import read_sse
+from tests.support.stack import API_KEY, Stack
 
 pytestmark = pytest.mark.e2e
 

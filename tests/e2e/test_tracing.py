@@ -19,9 +19,9 @@ import pytest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from bridge import keys, tracing
-from tests.fake_upstream import FakeUpstream
-from tests.procfile import ROOT
-from tests.stack import Stack, running_stack
+from tests.support.fake_upstream import FakeUpstream
+from tests.support.procfile import ROOT
+from tests.support.stack import Stack, running_stack
 
 pytestmark = pytest.mark.e2e
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from tests.fake_upstream import FakeUpstream
-from tests.stack import Stack
+from tests.support.fake_upstream import FakeUpstream
+from tests.support.stack import Stack
 
 pytestmark = pytest.mark.e2e
 

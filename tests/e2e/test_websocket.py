@@ -9,8 +9,8 @@ import httpx
 import orjson
 import pytest
 
-from tests.stack import API_KEY, Stack
-from tests.ws_client import Client, ConnectionClosed
+from tests.support.stack import API_KEY, Stack
+from tests.support.ws_client import Client, ConnectionClosed
 
 pytestmark = pytest.mark.e2e
 

@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from tests.procfile import ROOT
-from tests.stack import Stack, build_stack
+from tests.support.procfile import ROOT
+from tests.support.stack import Stack, build_stack
 
 pytestmark = [pytest.mark.slow, pytest.mark.faults]
 

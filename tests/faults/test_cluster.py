@@ -16,10 +16,10 @@ import pytest
 
 from bridge import keys
 from bridge.connections import close
-from tests.cluster import EmbeddedCluster, cluster_unavailable
-from tests.reader import ResumingReader, read_all
-from tests.stack import Stack
 from tests.support import wait_for
+from tests.support.cluster import EmbeddedCluster, cluster_unavailable
+from tests.support.reader import ResumingReader, read_all
+from tests.support.stack import Stack
 
 pytestmark = [
     pytest.mark.slow,

@@ -12,9 +12,9 @@ import pytest
 import redis
 
 from bridge import keys
-from tests.cluster import EmbeddedCluster, cluster_unavailable
-from tests.reader import ResumingReader, read_all
-from tests.stack import Stack
+from tests.support.cluster import EmbeddedCluster, cluster_unavailable
+from tests.support.reader import ResumingReader, read_all
+from tests.support.stack import Stack
 
 pytestmark = [
     pytest.mark.slow,

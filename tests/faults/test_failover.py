@@ -21,11 +21,11 @@ import pytest
 import redis
 
 from bridge.embedded import free_port
-from tests.procfile import ROOT
-from tests.reader import ReadOutcome, ResumingReader
-from tests.sentinel import MASTER_NAME, SentinelSetup, sentinel_binary
-from tests.stack import Stack, build_stack
 from tests.support import wait_for
+from tests.support.procfile import ROOT
+from tests.support.reader import ReadOutcome, ResumingReader
+from tests.support.sentinel import MASTER_NAME, SentinelSetup, sentinel_binary
+from tests.support.stack import Stack, build_stack
 
 pytestmark = [pytest.mark.slow, pytest.mark.faults]
 

@@ -19,15 +19,15 @@ import pytest
 
 from bridge import keys
 from tasks.shutdown import SHUTDOWN_GRACE_S
-from tests.fault_processors import FixablePoison
-from tests.reader import ReadOutcome, ResumingReader, read_all
-from tests.stack import ADMIN_KEY, Stack
 from tests.support import wait_for
+from tests.support.fault_processors import FixablePoison
+from tests.support.reader import ReadOutcome, ResumingReader, read_all
+from tests.support.stack import ADMIN_KEY, Stack
 
 pytestmark = [pytest.mark.slow, pytest.mark.faults]
 
 WORDS = " ".join(f"word{i}" for i in range(60))
-# The recovery settings as shipped (tests/stack.py speeds housekeeping up for the other tests): what a user gets.
+# The recovery settings as shipped (tests/support/stack.py speeds housekeeping up for the others): what a user gets.
 DEFAULTS = {"CONSUMER_HEARTBEAT_MS": "1000", "CONSUMER_CLAIM_IDLE_MS": "10000"}
 
 
@@ -204,7 +204,7 @@ def test_a_redelivered_task_never_interleaves_with_the_live_one(
 def test_a_poison_entry_is_dead_lettered_and_other_generations_flow(
     make_stack: Callable[..., Stack], record: Callable[..., None]
 ) -> None:
-    stack = make_stack(PROCESSORS="tests.fault_processors:PoisonOnMarker", DEAD_LETTER_AFTER="3")
+    stack = make_stack(PROCESSORS="tests.support.fault_processors:PoisonOnMarker", DEAD_LETTER_AFTER="3")
     for name in ("web", "worker", "consumer"):
         stack.start(name)
     stack.wait_ready()
@@ -453,7 +453,7 @@ def test_a_held_generation_waits_for_the_operator_and_continues_after_a_replay(
 ) -> None:
     # Given a moderation step that fails on one token until it is repaired, and generations held on failure
     stack = make_stack(
-        PROCESSORS="tests.fault_processors:FixablePoison", DEAD_LETTER_AFTER="2", DEAD_LETTER_HOLD_S="120"
+        PROCESSORS="tests.support.fault_processors:FixablePoison", DEAD_LETTER_AFTER="2", DEAD_LETTER_HOLD_S="120"
     )
     for name in ("web", "worker", "consumer"):
         stack.start(name)
@@ -488,7 +488,7 @@ def test_a_held_generation_waits_for_the_operator_and_continues_after_a_replay(
 def test_a_dead_letter_of_an_ended_generation_cannot_be_replayed_but_can_be_dropped(
     make_stack: Callable[..., Stack],
 ) -> None:
-    stack = make_stack(PROCESSORS="tests.fault_processors:PoisonOnMarker", DEAD_LETTER_AFTER="2")
+    stack = make_stack(PROCESSORS="tests.support.fault_processors:PoisonOnMarker", DEAD_LETTER_AFTER="2")
     for name in ("web", "worker", "consumer"):
         stack.start(name)
     stack.wait_ready()

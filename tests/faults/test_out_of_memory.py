@@ -12,8 +12,8 @@ import httpx
 import pytest
 import redis
 
-from tests.reader import ResumingReader
-from tests.stack import Stack
+from tests.support.reader import ResumingReader
+from tests.support.stack import Stack
 
 pytestmark = [pytest.mark.slow, pytest.mark.faults]
 

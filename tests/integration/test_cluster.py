@@ -18,8 +18,8 @@ from bridge.events import Event, decode_out
 from bridge.producer import GenerationWriter
 from bridge.sessions import SessionResolver
 from bridge.settings import Settings
-from tests.cluster import EmbeddedCluster
 from tests.support import wait_for
+from tests.support.cluster import EmbeddedCluster
 from workers.commit import Batch
 from workers.consumer import ConsumerWorker
 from workers.owned import OwnedGeneration

@@ -14,8 +14,8 @@ import redis
 from bridge import keys
 from bridge.embedded import EmbeddedRedis
 from bridge.settings import Settings
-from tests.procfile import ROOT, procfile_commands
 from tests.support import new_generation, wait_for
+from tests.support.procfile import ROOT, procfile_commands
 
 
 def test_consumer_process_processes_then_exits_cleanly_on_sigterm(

@@ -20,8 +20,8 @@ from flask.testing import FlaskClient
 from app import create_app
 from bridge import keys
 from bridge.settings import Settings
-from tests.cluster import EmbeddedCluster, cluster_unavailable
 from tests.support import wait_for
+from tests.support.cluster import EmbeddedCluster, cluster_unavailable
 from workers.consumer import ConsumerWorker
 from workers.processors import default_processors
 

@@ -9,8 +9,8 @@ from typing import Any
 import fakeredis
 import pytest
 
-from tests.scripted_server import Responder, ScriptedServer
-from tests.scripted_upstream import Script, ScriptedUpstream
+from tests.support.scripted_server import Responder, ScriptedServer
+from tests.support.scripted_upstream import Script, ScriptedUpstream
 from tokenbridge.client import TokenbridgeClient
 
 

@@ -17,7 +17,7 @@ import pytest
 
 from bridge.connections import redis_client
 from bridge.settings import Settings
-from tests.scripted_server import ScriptedServer, run_cli, status
+from tests.support.scripted_server import ScriptedServer, run_cli, status
 from tokenbridge import cli, devserver
 
 pytestmark = pytest.mark.usefixtures("no_ambient_config")

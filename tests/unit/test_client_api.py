@@ -8,7 +8,7 @@ from typing import Any
 import orjson
 import pytest
 
-from tests.scripted_server import ScriptedServer, api_error, hang_up, status
+from tests.support.scripted_server import ScriptedServer, api_error, hang_up, status
 from tokenbridge.client import TokenbridgeAPIError, TokenbridgeClient, TokenbridgeConnectionError
 
 Serve = Callable[..., ScriptedServer]

@@ -10,7 +10,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from tests.scripted_server import ScriptedServer, api_error, chunked, done, frame, run_cli, status, token
+from tests.support.scripted_server import ScriptedServer, api_error, chunked, done, frame, run_cli, status, token
 from tokenbridge import cli
 from tokenbridge.client import TokenbridgeClient
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from tests.scripted_server import ScriptedServer, api_error, chunked, done, status, token, until_close
+from tests.support.scripted_server import ScriptedServer, api_error, chunked, done, status, token, until_close
 from tokenbridge.client import (
     Event,
     SseMessage,

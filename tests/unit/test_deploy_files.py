@@ -20,7 +20,7 @@ from packaging.specifiers import SpecifierSet
 from packaging.utils import canonicalize_name
 
 from app.pages import FLOWER_PORT_OFFSET
-from tests.procfile import ROOT, procfile_commands
+from tests.support.procfile import ROOT, procfile_commands
 
 COMPOSE = ROOT / "docker-compose.yml"
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from tests.procfile import ROOT
+from tests.support.procfile import ROOT
 
 SCRIPT = """
 import sys, time

@@ -16,7 +16,7 @@ from bridge.models import ModelSpec
 from bridge.producer import Chunk, Delta, Finish
 from tasks.providers.anthropic import AnthropicMessagesProvider
 from tasks.providers.connections import new_client
-from tests.scripted_upstream import (
+from tests.support.scripted_upstream import (
     Exchange,
     Script,
     cut,
@@ -24,7 +24,7 @@ from tests.scripted_upstream import (
     run,
     split_finish,
 )
-from tests.wire_formats import (
+from tests.support.wire_formats import (
     MESSAGE_STOP,
     PING,
     block_delta,

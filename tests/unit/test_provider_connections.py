@@ -23,8 +23,8 @@ from bridge.generation import GenerationRequest
 from bridge.producer import Chunk, Finish
 from tasks.providers.connections import CANCEL_POLL_S, ConnectionGuard, client_for, close_clients, new_client
 from tasks.providers.upstream import UpstreamProvider
-from tests.scripted_upstream import Exchange, Script, ScriptedUpstream, run, split_finish, stop_later
-from tests.wire_formats import ANTHROPIC, OPENAI
+from tests.support.scripted_upstream import Exchange, Script, ScriptedUpstream, run, split_finish, stop_later
+from tests.support.wire_formats import ANTHROPIC, OPENAI
 
 # A cancelled generation ends within a few polls of its guard; generous, for a loaded machine.
 PROMPTLY_S = CANCEL_POLL_S + 0.45
@@ -334,7 +334,7 @@ def test_a_connection_shut_down_after_its_response_ended_is_not_lent_again(
 @pytest.mark.slow
 def test_the_shared_client_serves_many_greenlets_at_once(certificate: tuple[Path, Path]) -> None:
     # Given the worker's setting: gevent's monkey-patching, and one shared client for the upstream
-    command = [sys.executable, "-m", "tests.greenlet_upstream", *map(str, certificate), str(GENERATIONS)]
+    command = [sys.executable, "-m", "tests.support.greenlet_upstream", *map(str, certificate), str(GENERATIONS)]
 
     # When rounds of generations stream at once, one of each round cancelled, then one waiting for its headers
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=90, check=False)

@@ -18,7 +18,7 @@ from bridge.producer import Chunk, Delta, Finish
 from tasks.providers.connections import new_client
 from tasks.providers.openai import OpenAIChatProvider
 from tasks.providers.sse import iter_events
-from tests.scripted_upstream import (
+from tests.support.scripted_upstream import (
     Exchange,
     cut,
     no_watcher_left,
@@ -26,7 +26,7 @@ from tests.scripted_upstream import (
     split_finish,
     streaming,
 )
-from tests.wire_formats import DONE, KEEP_ALIVE, chat_chunk, usage_chunk
+from tests.support.wire_formats import DONE, KEEP_ALIVE, chat_chunk, usage_chunk
 
 
 @pytest.fixture

@@ -17,8 +17,16 @@ from bridge.generation import GenerationRequest
 from bridge.producer import Chunk, with_retries
 from tasks.providers.connections import close_clients, new_client
 from tasks.providers.upstream import UpstreamProvider
-from tests.scripted_upstream import Exchange, Script, no_watcher_left, refused_base_url, run, split_finish, stop_later
-from tests.wire_formats import ANTHROPIC, OPENAI, WireFormat
+from tests.support.scripted_upstream import (
+    Exchange,
+    Script,
+    no_watcher_left,
+    refused_base_url,
+    run,
+    split_finish,
+    stop_later,
+)
+from tests.support.wire_formats import ANTHROPIC, OPENAI, WireFormat
 
 PROMPT = GenerationRequest(model="any", prompt="Say hello")
 

@@ -23,8 +23,8 @@ from bridge.producer import Finish
 from tasks.providers.anthropic import AnthropicMessagesProvider
 from tasks.providers.connections import new_client
 from tasks.providers.upstream import UpstreamProvider
-from tests.scripted_upstream import run, split_finish, streaming
-from tests.wire_formats import (
+from tests.support.scripted_upstream import run, split_finish, streaming
+from tests.support.wire_formats import (
     ANTHROPIC,
     DONE,
     MESSAGE_STOP,

@@ -1,5 +1,5 @@
 """Many generations at once on one upstream's shared client, under gevent's monkey-patching as in the worker's
-``--pool gevent``: ``python -m tests.greenlet_upstream CERT KEY GENERATIONS`` prints what it measured as JSON.
+``--pool gevent``: ``python -m tests.support.greenlet_upstream CERT KEY GENERATIONS`` prints what it measured as JSON.
 
 It must run in a process of its own, since it patches the standard library. Two rounds of GENERATIONS greenlets
 stream from a keep-alive TLS upstream while one more, stalled after its first token, is cancelled; then a
@@ -21,8 +21,8 @@ import gevent  # noqa: E402
 
 from bridge.generation import GenerationRequest  # noqa: E402
 from tasks.providers.connections import close_clients  # noqa: E402
-from tests.scripted_upstream import Exchange, ScriptedUpstream, run  # noqa: E402
-from tests.wire_formats import OPENAI  # noqa: E402
+from tests.support.scripted_upstream import Exchange, ScriptedUpstream, run  # noqa: E402
+from tests.support.wire_formats import OPENAI  # noqa: E402
 
 WORDS = [f"w{i} " for i in range(10)]
 

@@ -10,7 +10,7 @@ from typing import Any
 
 import httpx
 
-from tests.sse import TERMINAL, SseEvent, iter_sse
+from tests.support.sse import TERMINAL, SseEvent, iter_sse
 
 
 @dataclass

@@ -1,4 +1,6 @@
-"""Helpers shared by the tests: waiting for a condition, and generations written and read on a real Redis."""
+"""Helpers shared by the tests: waiting for a condition, and generations written and read on a real Redis (here);
+the stack of Procfile processes, Redis Cluster and Sentinel, SSE and WebSocket readers, scripted servers and model
+APIs (the modules of this package)."""
 
 from __future__ import annotations
 

@@ -21,10 +21,10 @@ import httpx
 import redis
 
 from bridge.embedded import EmbeddedRedis, free_port
-from tests.cluster import EmbeddedCluster
-from tests.procfile import ROOT, procfile_commands
-from tests.sse import SseResult, read_sse
 from tests.support import quietly, wait_for
+from tests.support.cluster import EmbeddedCluster
+from tests.support.procfile import ROOT, procfile_commands
+from tests.support.sse import SseResult, read_sse
 
 API_KEY = "e2e-key"
 OTHER_KEY = "e2e-other"
