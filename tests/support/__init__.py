@@ -76,6 +76,31 @@ def wait_for(
     return value
 
 
+def holds_for(
+    condition: Callable[[], object],
+    *,
+    window_s: float,
+    why: str,
+    interval_s: float = 0.1,
+    step: Callable[[], object] | None = None,
+) -> None:
+    """Assert that ``condition`` stays true for a whole observation window of ``window_s``, checked every
+    ``interval_s`` (and at the end), for a test that asserts something does *not* happen: ``why`` says what the
+    window covers (the interval at which the thing would happen). Fails at the first check that is false.
+
+    Between checks it runs ``step`` when given (a browser test lets the page run: ``page.wait_for_timeout``)."""
+    deadline = time.monotonic() + window_s
+    while True:
+        if not condition():
+            raise AssertionError(f"no longer true after {window_s - (deadline - time.monotonic()):.2f} s: {why}")
+        if time.monotonic() >= deadline:
+            return
+        if step is not None:
+            step()
+        else:
+            time.sleep(min(interval_s, max(0.0, deadline - time.monotonic())))
+
+
 class Moderation(Processor):
     """A critical processor that cannot handle one particular token."""
 
