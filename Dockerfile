@@ -8,6 +8,8 @@ RUN python -m venv /venv
 ENV PATH=/venv/bin:$PATH
 
 WORKDIR /src
+# The Python client, a dependency installed from its folder (requirements.txt names it as ./clients/python).
+COPY clients/python ./clients/python
 COPY requirements.txt ./
 RUN pip install -r requirements.txt
 

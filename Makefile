@@ -6,7 +6,7 @@ PORT   ?= 8000
 
 HOST   ?= 127.0.0.1
 
-.PHONY: install install-run lock dev test test-fast lint format bench bench-cluster soak chaos clean
+.PHONY: install install-run lock dev test test-fast lint format bench bench-cluster soak chaos clean editable
 
 # Installs come from the lock (scripts/lock.py): the exact versions in requirements.txt (what running needs, as a
 # PaaS deploy installs it) and requirements-dev.txt (plus the test, lint and benchmark tools), never whatever is
@@ -24,17 +24,21 @@ $(VENV)/bin/python:
 	@$(BIN)/python -m pip install --quiet --disable-pip-version-check "pip==$(PIP_VERSION)"
 
 # The project itself goes in last, without its dependencies (they came from the lock) and built by the locked setuptools.
-$(VENV)/.installed-run: pyproject.toml requirements.txt | $(VENV)/bin/python
+$(VENV)/.installed-run: pyproject.toml requirements.txt clients/python/pyproject.toml | $(VENV)/bin/python
 	@echo "Installing tokenbridge and what it needs to run into $(VENV), from requirements.txt (the first time takes about 30 s) ..."
 	@$(BIN)/python -m pip install --quiet -r requirements.txt
-	@PYTHONWARNINGS=ignore $(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
+	@$(MAKE) --no-print-directory editable
 	@touch $@
 
-$(VENV)/.installed: pyproject.toml requirements.txt requirements-dev.txt | $(VENV)/bin/python
+$(VENV)/.installed: pyproject.toml requirements.txt requirements-dev.txt clients/python/pyproject.toml | $(VENV)/bin/python
 	@echo "Installing tokenbridge with its test and lint tools into $(VENV), from requirements-dev.txt (the first time takes a minute or two) ..."
 	@$(BIN)/python -m pip install --quiet -r requirements-dev.txt
-	@PYTHONWARNINGS=ignore $(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
+	@$(MAKE) --no-print-directory editable
 	@touch $@ $(VENV)/.installed-run
+
+# The project and its Python client (clients/python, one source) as editable installs: the checkout's code runs.
+editable:
+	@PYTHONWARNINGS=ignore $(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e ./clients/python -e .
 
 lock: install-run
 	$(BIN)/python scripts/lock.py $(if $(UPGRADE),--upgrade)

@@ -11,8 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
-
-from tokenbridge.client import SseMessage, SseParser
+from tokenbridge_client.client import SseMessage, SseParser
 
 TERMINAL = {"done", "error", "cancelled"}
 

@@ -1,11 +1,8 @@
-"""Writes the client copies that ship on their own, from the files the server uses.
+"""Writes the ES module of the browser client, ``app/static/tokenbridge.mjs``, from ``app/static/tokenbridge.js``,
+the plain script. (The Python client has one source, ``clients/python``: the server's command line imports it.)
 
-- ``clients/python/src/tokenbridge_client/{client,async_client,_errors}.py`` from ``tokenbridge/`` (the
-  ``tokenbridge-client`` distribution: the Python client without the server's dependencies or the command line);
-- ``app/static/tokenbridge.mjs``, the ES module, from ``app/static/tokenbridge.js``, the plain script.
-
-Run it after editing any of those sources: ``python clients/generate.py``. ``--check`` exits with 1 and names
-the stale copies instead of writing them (a test runs it).
+Run it after editing the script: ``python clients/generate.py``. ``--check`` exits with 1 and names a stale copy
+instead of writing it (a test runs it).
 """
 
 from __future__ import annotations
@@ -14,14 +11,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-PACKAGE = ROOT / "clients" / "python" / "src" / "tokenbridge_client"
 STATIC = ROOT / "app" / "static"
-
-# The only imports of its own package the Python client has, and what they become in the copy.
-PYTHON_IMPORTS = {
-    "from tokenbridge.errors import TokenbridgeError\n": "from ._errors import TokenbridgeError\n",
-    "from tokenbridge.client import (\n": "from .client import (\n",
-}
 
 MODULE_HEADER = """\
 /**
@@ -44,16 +34,6 @@ SCRIPT_END = '  global.Tokenbridge = { stream: stream, socket: socket, version: 
 MODULE_END = 'export { socket, stream };\nexport const version = "1";\n'
 
 
-def python_copy(source: Path) -> str:
-    text = source.read_text()
-    for old, new in PYTHON_IMPORTS.items():
-        text = text.replace(old, new)
-    if any(f"{verb} {package}" in text for verb in ("from", "import") for package in ("bridge", "tokenbridge")):
-        raise SystemExit(f"{source.relative_to(ROOT)} imports a package the copy does not have: it would not run alone")
-    header = f"# Generated from {source.relative_to(ROOT)} by clients/generate.py: edit that file, then run it.\n"
-    return header + text
-
-
 def module_copy(script: Path) -> str:
     """The body of the script's IIFE, at the top level of a module that exports what the script assigns."""
     text = script.read_text()
@@ -68,9 +48,6 @@ def module_copy(script: Path) -> str:
 
 def outputs() -> dict[Path, str]:
     return {
-        PACKAGE / "_errors.py": python_copy(ROOT / "tokenbridge" / "errors.py"),
-        PACKAGE / "client.py": python_copy(ROOT / "tokenbridge" / "client.py"),
-        PACKAGE / "async_client.py": python_copy(ROOT / "tokenbridge" / "async_client.py"),
         STATIC / "tokenbridge.mjs": module_copy(STATIC / "tokenbridge.js"),
     }
 

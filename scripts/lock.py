@@ -41,6 +41,8 @@ HEADER = """\
 # Written by `make lock` (scripts/lock.py) from pyproject.toml; do not edit by hand. Resolved for
 # Python {python} on Linux (see .python-version); `make lock UPGRADE=1` moves to newer releases.
 """
+# Distributions of this repository that tokenbridge depends on: installed from their folder, never from an index.
+LOCAL = {"tokenbridge-client": "./clients/python"}
 RUNTIME_WHAT = " of what running needs: PaaS buildpacks, the Dockerfile and make dev install it"
 DEV_WHAT = " of the test, lint and benchmark tools, on top of requirements.txt: make install and make test"
 
@@ -62,10 +64,13 @@ def declared(extra: str | None = None, path: Path = ROOT / "pyproject.toml") -> 
 def read_pins(path: Path) -> dict[str, str]:
     """The ``name==version`` lines of a lock file, by canonical name (``-r`` lines are followed)."""
     pins: dict[str, str] = {}
+    local = {folder: name for name, folder in LOCAL.items()}
     for raw in path.read_text().splitlines():
         line = raw.split("#", 1)[0].strip()
         if line.startswith("-r "):
             pins.update(read_pins(path.parent / line[3:].strip()))
+        elif line in local:
+            pins[local[line]] = line
         elif line:
             name, _, version = line.partition("==")
             pins[canonicalize_name(name)] = version.strip()
@@ -79,6 +84,8 @@ def unsatisfied(requirements: Iterable[Requirement], pins: dict[str, str]) -> li
         name = canonicalize_name(requirement.name)
         if name not in pins:
             problems.append(f"{name} ({requirement}) is not pinned")
+        elif name in LOCAL:
+            continue  # installed from its folder: the version is the repository's
         elif not requirement.specifier.contains(pins[name], prereleases=True):
             problems.append(f"{name}=={pins[name]} is outside {requirement}")
     return problems
@@ -106,7 +113,7 @@ def _kept_pins(upgrade: bool) -> list[str]:
     return [
         f"{name}=={version}"
         for name, version in read_pins(source).items()
-        if name not in ranges or ranges[name].contains(version, prereleases=True)
+        if name not in LOCAL and (name not in ranges or ranges[name].contains(version, prereleases=True))
     ]
 
 
@@ -118,6 +125,7 @@ def _report(upgrade: bool) -> list[dict[str, Any]]:
         build = [str(r) for r in declared() if canonicalize_name(r.name) == "setuptools"]
         command = [sys.executable, "-m", "pip", "install", "--quiet", "--dry-run", "--ignore-installed"]
         command += ["--report", str(report), "-c", str(constraints), f".[{','.join(EXTRAS)}]", *build]
+        command += LOCAL.values()  # found in their folders, not looked for on an index
         result = subprocess.run(command, cwd=ROOT)
         if result.returncode:
             raise SystemExit("pip could not resolve the lock (a kept pin may conflict: try `make lock UPGRADE=1`)")
@@ -159,7 +167,8 @@ def resolve(upgrade: bool = False) -> tuple[dict[str, str], dict[str, str]]:
 def render(pins: dict[str, str], what: str, include: str | None = None) -> str:
     python = f"{sys.version_info.major}.{sys.version_info.minor}"
     head = HEADER.format(what=what, python=python) + (f"-r {include}\n" if include else "")
-    return head + "".join(f"{name}=={version}\n" for name, version in pins.items())
+    lines = (f"{LOCAL[name]}\n" if name in LOCAL else f"{name}=={version}\n" for name, version in pins.items())
+    return head + "".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -10,15 +10,15 @@ from dataclasses import dataclass, field
 from typing import Any, TextIO
 
 import orjson
-
-from bridge.version import VERSION
-from tokenbridge.client import (
+from tokenbridge_client.client import (
     Event,
     TokenbridgeAPIError,
     TokenbridgeClient,
     TokenbridgeClientError,
     Transcript,
 )
+
+from bridge.version import VERSION
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 DEV_HOST = "127.0.0.1"  # `tokenbridge dev` is reachable from this machine only unless told otherwise

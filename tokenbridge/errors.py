@@ -1,7 +1,10 @@
-"""The root of the client's exceptions: the client package imports nothing of the server's."""
+"""Deprecated name of the Python client: import ``tokenbridge_client`` (the ``tokenbridge-client`` distribution,
+which this one depends on). ``tokenbridge.errors`` keeps working, with a warning, until the next minor release."""
 
 from __future__ import annotations
 
+import warnings
 
-class TokenbridgeError(Exception):
-    """Raised when tokenbridge fails; the root of every exception of this package."""
+from tokenbridge_client import *  # noqa: F403  (every public name of the client)
+
+warnings.warn("tokenbridge.errors is deprecated: import tokenbridge_client instead", DeprecationWarning, stacklevel=2)

@@ -8,14 +8,14 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 import pytest
+from tokenbridge_client.async_client import AsyncTokenbridgeClient, acollect_text
+from tokenbridge_client.client import TokenbridgeAPIError, TokenbridgeConnectionError
 
 from bridge.embedded import free_port
 from tests.browser.support import expired_token
 from tests.support import run_in_own_loop
 from tests.support.scripted_server import ScriptedServer, hang_up, status
 from tests.support.stack import API_KEY, Stack
-from tokenbridge.async_client import AsyncTokenbridgeClient, acollect_text
-from tokenbridge.client import TokenbridgeAPIError, TokenbridgeConnectionError
 
 pytestmark = pytest.mark.e2e
 

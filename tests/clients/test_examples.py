@@ -14,10 +14,10 @@ from typing import Any
 
 import httpx
 import pytest
+from tokenbridge_client.client import TokenbridgeClient, collect_text
 
 from tests.support.procfile import ROOT
 from tests.support.stack import API_KEY, Stack
-from tokenbridge.client import TokenbridgeClient, collect_text
 
 pytestmark = pytest.mark.e2e
 

@@ -1,4 +1,4 @@
-"""The copies clients/generate.py writes (the standalone Python client, the ES module) match their sources."""
+"""The copy clients/generate.py writes (the ES module of the browser client) matches its source."""
 
 from __future__ import annotations
 

@@ -9,8 +9,7 @@ from typing import Any
 
 import httpx
 import orjson
-
-from tokenbridge.client import SseMessage, SseParser
+from tokenbridge_client.client import SseMessage, SseParser
 
 
 @dataclass

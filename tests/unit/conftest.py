@@ -8,10 +8,10 @@ from typing import Any
 
 import fakeredis
 import pytest
+from tokenbridge_client.client import TokenbridgeClient
 
 from tests.support.scripted_server import Responder, ScriptedServer
 from tests.support.scripted_upstream import Script, ScriptedUpstream
-from tokenbridge.client import TokenbridgeClient
 
 
 @pytest.fixture

@@ -193,6 +193,8 @@ def _without_the_project(directory: Path) -> Path:
     for entry in site_packages.iterdir():
         if not entry.name.lower().startswith(("tokenbridge", "__editable__")) and entry.suffix != ".pth":
             (directory / entry.name).symlink_to(entry)
+    # requirements.txt installs the Python client from its folder (./clients/python).
+    (directory / "tokenbridge_client").symlink_to(ROOT / "clients" / "python" / "src" / "tokenbridge_client")
     return directory
 
 

@@ -1,4 +1,4 @@
-"""tokenbridge.client: submit, get, cancel and status against a real HTTP server on a loopback socket."""
+"""tokenbridge_client.client: submit, get, cancel and status against a real HTTP server on a loopback socket."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ from typing import Any
 
 import orjson
 import pytest
+from tokenbridge_client.client import TokenbridgeAPIError, TokenbridgeClient, TokenbridgeConnectionError
 
 from tests.support.scripted_server import ScriptedServer, api_error, hang_up, status
-from tokenbridge.client import TokenbridgeAPIError, TokenbridgeClient, TokenbridgeConnectionError
 
 Serve = Callable[..., ScriptedServer]
 MakeClient = Callable[..., TokenbridgeClient]
@@ -235,3 +235,18 @@ def test_a_key_reused_with_another_body_is_not_sent_again(serve: Serve, make_cli
         client.submit("echo", "Hello", idempotency_key="k1")
 
     assert len(server.requests) == 1
+
+
+def test_the_old_module_names_still_import_the_client_with_a_warning() -> None:
+    import importlib
+    import sys
+
+    import pytest
+    import tokenbridge_client
+
+    for name in ("tokenbridge.client", "tokenbridge.async_client", "tokenbridge.errors"):
+        sys.modules.pop(name, None)
+        with pytest.warns(DeprecationWarning, match="import tokenbridge_client instead"):
+            module = importlib.import_module(name)
+        assert module.TokenbridgeClient is tokenbridge_client.TokenbridgeClient
+        assert module.TokenbridgeError is tokenbridge_client.TokenbridgeError

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import orjson
 import pytest
+from tokenbridge_client.client import TokenbridgeClient
 
 from tests.support.scripted_server import ScriptedServer, api_error, chunked, done, frame, run_cli, status, token
 from tokenbridge import cli
-from tokenbridge.client import TokenbridgeClient
 
 pytestmark = pytest.mark.usefixtures("no_ambient_config")
 

@@ -1,4 +1,4 @@
-"""tokenbridge.client: the SSE parser, and resume against a real HTTP server on a loopback socket."""
+"""tokenbridge_client.client: the SSE parser, and resume against a real HTTP server on a loopback socket."""
 
 from __future__ import annotations
 
@@ -7,9 +7,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-
-from tests.support.scripted_server import ScriptedServer, api_error, chunked, done, status, token, until_close
-from tokenbridge.client import (
+from tokenbridge_client.client import (
     Event,
     SseMessage,
     SseParser,
@@ -20,6 +18,8 @@ from tokenbridge.client import (
     Transcript,
     collect_text,
 )
+
+from tests.support.scripted_server import ScriptedServer, api_error, chunked, done, status, token, until_close
 
 # -- the parser ------------------------------------------------------------------------------------
 

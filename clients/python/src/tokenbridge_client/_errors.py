@@ -1,4 +1,3 @@
-# Generated from tokenbridge/errors.py by clients/generate.py: edit that file, then run it.
 """The root of the client's exceptions: the client package imports nothing of the server's."""
 
 from __future__ import annotations

@@ -1,4 +1,3 @@
-# Generated from tokenbridge/async_client.py by clients/generate.py: edit that file, then run it.
 """The Python client on ``httpx.AsyncClient``: the same API as ``TokenbridgeClient``, awaited.
 
 ```python

@@ -1,4 +1,3 @@
-# Generated from tokenbridge/client.py by clients/generate.py: edit that file, then run it.
 """A Python client for the tokenbridge HTTP API, with SSE resume built in.
 
 ```python
