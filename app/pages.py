@@ -10,6 +10,7 @@ from urllib.parse import urlsplit
 
 from flask import Blueprint, Response, g, jsonify, render_template, request
 
+from app.client_module import module
 from app.inputs import authenticate
 from app.services import services
 from bridge import dead_letters
@@ -30,6 +31,17 @@ def index() -> str:
         if spec.provider != "external"
     ]
     return render_template("index.html", models=models)
+
+
+@bp.get("/static/tokenbridge.mjs")
+def client_module() -> Response:
+    """The browser client as an ES module, made from ``tokenbridge.js`` (``app.client_module``)."""
+    text, etag = module()
+    response = Response(text, mimetype="text/javascript")
+    response.set_etag(etag)
+    response.headers["Cache-Control"] = "no-cache"  # revalidated with the ETag, as the static files are
+    response.make_conditional(request)
+    return response
 
 
 @bp.get("/dashboard")

@@ -8,12 +8,12 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 import pytest
-from flask import Flask, Response, send_file
+from flask import Flask, Response
 from werkzeug.serving import make_server
 
+from app.client_module import module
 from tests.browser.support import checked_page, expired_token, missing
 from tests.clients.conftest import APP_ORIGIN, APP_PORT
-from tests.support.procfile import ROOT
 from tests.support.stack import API_KEY, Stack
 
 if TYPE_CHECKING:
@@ -25,7 +25,6 @@ if reason:
 
 pytestmark = [pytest.mark.browser, pytest.mark.e2e]
 
-MODULE = ROOT / "app" / "static" / "tokenbridge.mjs"
 PROMPT = "The page asks its backend, then reads the answer from tokenbridge."
 
 
@@ -59,7 +58,7 @@ def app_with_module() -> Iterator[str]:
     """An app's page that imports the client as an ES module, from its own copy (what a bundler would ship)."""
     app = Flask(__name__)
     app.add_url_rule("/module.html", "page", lambda: Response(MODULE_PAGE, mimetype="text/html"))
-    app.add_url_rule("/tokenbridge.mjs", "module", lambda: send_file(MODULE, mimetype="text/javascript"))
+    app.add_url_rule("/tokenbridge.mjs", "module", lambda: Response(module()[0], mimetype="text/javascript"))
     with _serving(app) as origin:
         yield origin
 

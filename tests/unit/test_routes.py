@@ -47,3 +47,17 @@ def test_every_v1_route_is_in_the_api_reference(app: Flask) -> None:
             if not re.search(rf"`{method} {path}`", reference):
                 missing.append(f"{method} {rule.rule}")
     assert missing == []
+
+
+def test_the_browser_module_is_served_made_from_the_script(app: Flask) -> None:
+    from app.client_module import SCRIPT, module_from_script
+
+    client = app.test_client()
+    served = client.get("/static/tokenbridge.mjs")
+    assert served.status_code == 200 and served.mimetype == "text/javascript"
+    text = served.get_data(as_text=True)
+    assert text == module_from_script(SCRIPT.read_text())
+    assert "export { socket, stream };" in text and "global.Tokenbridge" not in text
+    # And a browser that has it gets 304
+    again = client.get("/static/tokenbridge.mjs", headers={"If-None-Match": served.headers["ETag"]})
+    assert again.status_code == 304
