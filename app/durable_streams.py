@@ -146,10 +146,10 @@ def _answer(stream: _Stream) -> Response:
         after_id = _START if offset == "-1" else offset
     if live == "sse":
         return _sse(stream, after_id, initial=_empty_page(stream, after_id) if offset == "now" else None)
-    page = _page(stream, after_id)
     if live == "long-poll":
-        return _long_poll(stream, after_id, page if offset != "now" else _empty_page(stream, after_id))
-    return _catch_up(stream, offset, page)
+        page = _empty_page(stream, after_id) if offset == "now" else _page(stream, after_id)
+        return _long_poll(stream, after_id, page)
+    return _catch_up(stream, offset, _page(stream, after_id))
 
 
 def _read_params() -> tuple[str, str | None]:

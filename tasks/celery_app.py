@@ -61,7 +61,7 @@ def create_celery(settings: Settings) -> Celery:
     return app
 
 
-def _settings_of(app: Any) -> Settings:
+def settings_of(app: Any) -> Settings:
     """The settings ``create_celery`` gave ``app`` (read once per process), or the environment's."""
     settings = getattr(getattr(app, "conf", None), "tokenbridge_settings", None)
     return settings if isinstance(settings, Settings) else Settings()
@@ -71,7 +71,7 @@ def _settings_of(app: Any) -> Settings:
 def _check_redis_version(sender: Any = None, **_: Any) -> None:
     """Stop a worker started against a Redis older than tokenbridge needs, or holding another layout of keys
     (``bridge.layout``), before it takes any task."""
-    settings = _settings_of(getattr(sender, "app", None))
+    settings = settings_of(getattr(sender, "app", None))
     try:
         client = redis_client(settings, max_connections=4, client_name="tokenbridge-worker")
     except UNAVAILABLE as exc:  # a cluster client connects as it is made
@@ -95,7 +95,7 @@ def _trace(**_: Any) -> None:
 
 @worker_init.connect
 def _serve_metrics(sender: Any = None, **_: Any) -> None:
-    port = _settings_of(getattr(sender, "app", None)).worker_metrics_port
+    port = settings_of(getattr(sender, "app", None)).worker_metrics_port
     if port:
         start_http_server(port)
 
@@ -108,12 +108,12 @@ def _freeze_startup_objects(**_: Any) -> None:
 @worker_ready.connect
 def _soft_shutdown_under_gevent(sender: Any = None, **_: Any) -> None:
     # Celery installed its signal handlers before the consumer was ready (``install_platform_tweaks``).
-    shutdown.run_shutdown_handlers_in_greenlets(_settings_of(getattr(sender, "app", None)).celery_soft_shutdown_s)
+    shutdown.run_shutdown_handlers_in_greenlets(settings_of(getattr(sender, "app", None)).celery_soft_shutdown_s)
 
 
 @worker_ready.connect
 def _start_heartbeat(sender: Any = None, **_: Any) -> None:
-    liveness.start(_settings_of(getattr(sender, "app", None)))
+    liveness.start(settings_of(getattr(sender, "app", None)))
 
 
 @worker_shutdown.connect
@@ -123,7 +123,7 @@ def _stop_heartbeat(**_: Any) -> None:
 
 @setup_logging.connect
 def _configure_logging(**_: Any) -> None:
-    settings = _settings_of(current_app)
+    settings = settings_of(current_app)
     configure_logging(settings.log_format, settings.log_level, process="worker")
     for problem in settings.order_problems():
         logging.getLogger(__name__).warning(problem)

@@ -11,7 +11,7 @@ from typing import Any
 
 import orjson
 import redis
-from celery import Task, shared_task
+from celery import Task, current_app, shared_task
 
 from bridge import cache as response_cache
 from bridge import keys, scripts
@@ -38,6 +38,7 @@ from bridge.scripts import Status
 from bridge.settings import Settings
 from bridge.write_loop import WriteLoop
 from tasks import liveness, metrics, tracing
+from tasks.celery_app import settings_of
 from tasks.providers import provider_for
 from tasks.providers.base import Provider
 
@@ -46,7 +47,8 @@ logger = logging.getLogger(__name__)
 
 @cache
 def _settings() -> Settings:
-    return Settings()
+    """The settings the Celery app was made with (read once per process), not a second reading."""
+    return settings_of(current_app)
 
 
 @cache

@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import ssl
+import subprocess
+import sys
 
 import orjson
 import pytest
@@ -233,3 +235,26 @@ def test_a_tls_broker_verifies_its_certificate_unless_told_otherwise() -> None:
     assert broker_ssl_options(Settings(celery_broker_url="amqp://b//")) == {}
     with pytest.raises(ValueError, match="ssl_cert_reqs"):
         broker_ssl_options(Settings(celery_broker_url=f"{broker}?ssl_cert_reqs=maybe"))
+
+
+def test_the_celery_worker_reads_its_settings_once() -> None:
+    # Given a worker process that counts every reading of the environment (a process of its own: importing
+    # ``tasks`` makes the Celery app)
+    script = """
+from bridge.settings import Settings
+readings = []
+original = Settings.__init__
+def counted(self, **values):
+    original(self, **values)
+    readings.append(self)
+Settings.__init__ = counted
+import tasks
+from tasks import generation
+# When its task asks for its settings
+settings = generation._settings()
+# Then they were read once: the Celery app's
+print(len(readings), settings is tasks.celery_app.conf.tokenbridge_settings)
+"""
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=False)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.split() == ["1", "True"]
