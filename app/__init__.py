@@ -25,6 +25,7 @@ from app import (
     websocket,
 )
 from app.audit import REQUEST_ID_HEADER, assign_request_id, record_request
+from app.durable_streams import HEADERS as DURABLE_STREAMS_HEADERS
 from app.errors import error_response, register_error_handlers
 from app.extensions import cors, limiter, sock
 from app.services import Services
@@ -71,7 +72,7 @@ def create_app(settings: Settings | None = None) -> Flask:
         cors.init_app(
             app,
             resources={r"/v1/*": {"origins": settings.cors_origin_list}},
-            allow_headers=["Authorization", "Content-Type", "Last-Event-ID", "Idempotency-Key"],
+            allow_headers=["Authorization", "Content-Type", "Last-Event-ID", "Idempotency-Key", "If-None-Match"],
             expose_headers=[
                 "Location",
                 "Retry-After",
@@ -79,6 +80,8 @@ def create_app(settings: Settings | None = None) -> Flask:
                 "Idempotent-Replayed",
                 "x-tokenbridge-dropped-params",
                 REQUEST_ID_HEADER,
+                # what a Durable Streams client reads (docs/durable-streams.md)
+                *DURABLE_STREAMS_HEADERS,
             ],
             max_age=600,
         )

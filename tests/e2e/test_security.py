@@ -94,6 +94,28 @@ def test_cors_answers_only_allowed_origins(strict: Stack) -> None:
     assert "access-control-allow-origin" not in refused.headers
 
 
+def test_a_page_of_an_allowed_origin_reads_a_durable_stream_s_headers(strict: Stack) -> None:
+    # Given a finished generation, read by a Durable Streams client on a page of an allowed origin
+    gen = strict.post("/v1/generations", {"model": "echo", "prompt": "cors"}, headers=_as(THIRD_KEY)).json()
+    path = f"/v1/stream/generations/{gen['id']}"
+    preflight = {
+        "Access-Control-Request-Method": "GET",
+        "Access-Control-Request-Headers": "authorization,if-none-match",
+    }
+    allowed = httpx.options(strict.url(path), headers={"Origin": "https://app.example", **preflight})
+    # Then its preflight lets it send its credentials and If-None-Match
+    assert {h.strip() for h in allowed.headers["access-control-allow-headers"].lower().split(",")} >= {
+        "authorization",
+        "if-none-match",
+    }
+    # And the answer lets the page read the protocol's headers
+    read = httpx.get(
+        strict.url(path), params={"offset": "-1"}, headers={"Origin": "https://app.example", **_as(THIRD_KEY)}
+    )
+    exposed = {h.strip().lower() for h in read.headers["access-control-expose-headers"].split(",")}
+    assert {"stream-next-offset", "stream-cursor", "stream-up-to-date", "stream-closed", "etag"} <= exposed
+
+
 def test_websocket_from_a_foreign_origin_is_refused_before_the_upgrade(strict: Stack) -> None:
     gen = strict.post("/v1/generations", {"model": "external", "prompt": "ws"}, headers=_as(THIRD_KEY)).json()
     upgrade = {
