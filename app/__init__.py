@@ -67,24 +67,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.after_request(record_request)
     limiter.init_app(app)
     sock.init_app(app)
-    if settings.cors_origin_list:
-        # Browsers on these origins may call the API; none by default.
-        cors.init_app(
-            app,
-            resources={r"/v1/*": {"origins": settings.cors_origin_list}},
-            allow_headers=["Authorization", "Content-Type", "Last-Event-ID", "Idempotency-Key", "If-None-Match"],
-            expose_headers=[
-                "Location",
-                "Retry-After",
-                "x-tokenbridge-generation-id",
-                "Idempotent-Replayed",
-                "x-tokenbridge-dropped-params",
-                REQUEST_ID_HEADER,
-                # what a Durable Streams client reads (docs/durable-streams.md)
-                *DURABLE_STREAMS_HEADERS,
-            ],
-            max_age=600,
-        )
+    _allow_origins(app, settings)
     _register_blueprints(app, settings)
     register_error_handlers(app, retry_after_s=settings.redis_retry_after_s)
     tracing.instrument(app)
@@ -98,6 +81,29 @@ def create_app(settings: Settings | None = None) -> Flask:
         )
 
     return app
+
+
+def _allow_origins(app: Flask, settings: Settings) -> None:
+    """CORS on /v1 for the origins of ``CORS_ORIGINS`` (none by default)."""
+    if not settings.cors_origin_list:
+        return
+    # Browsers on these origins may call the API; none by default.
+    cors.init_app(
+        app,
+        resources={r"/v1/*": {"origins": settings.cors_origin_list}},
+        allow_headers=["Authorization", "Content-Type", "Last-Event-ID", "Idempotency-Key", "If-None-Match"],
+        expose_headers=[
+            "Location",
+            "Retry-After",
+            "x-tokenbridge-generation-id",
+            "Idempotent-Replayed",
+            "x-tokenbridge-dropped-params",
+            REQUEST_ID_HEADER,
+            # what a Durable Streams client reads (docs/durable-streams.md)
+            *DURABLE_STREAMS_HEADERS,
+        ],
+        max_age=600,
+    )
 
 
 def _warn_at_start(settings: Settings) -> None:
