@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import warnings
 
-from tokenbridge_client import *  # noqa: F403  (every public name of the client)
+from tokenbridge_client.async_client import *  # noqa: F403  (every public name the module had)
 
 warnings.warn(
     "tokenbridge.async_client is deprecated: import tokenbridge_client instead", DeprecationWarning, stacklevel=2

@@ -5,6 +5,6 @@ from __future__ import annotations
 
 import warnings
 
-from tokenbridge_client import *  # noqa: F403  (every public name of the client)
+from tokenbridge_client.client import *  # noqa: F403  (every public name the module had)
 
 warnings.warn("tokenbridge.client is deprecated: import tokenbridge_client instead", DeprecationWarning, stacklevel=2)

@@ -242,11 +242,16 @@ def test_the_old_module_names_still_import_the_client_with_a_warning() -> None:
     import sys
 
     import pytest
-    import tokenbridge_client
+    from tokenbridge_client import _errors, async_client, client
 
-    for name in ("tokenbridge.client", "tokenbridge.async_client", "tokenbridge.errors"):
+    expected = {
+        "tokenbridge.client": (client, ("TokenbridgeClient", "SseMessage", "collect_text")),
+        "tokenbridge.async_client": (async_client, ("AsyncTokenbridgeClient", "acollect_text")),
+        "tokenbridge.errors": (_errors, ("TokenbridgeError",)),
+    }
+    for name, (source, names) in expected.items():
         sys.modules.pop(name, None)
         with pytest.warns(DeprecationWarning, match="import tokenbridge_client instead"):
             module = importlib.import_module(name)
-        assert module.TokenbridgeClient is tokenbridge_client.TokenbridgeClient
-        assert module.TokenbridgeError is tokenbridge_client.TokenbridgeError
+        for attribute in names:
+            assert getattr(module, attribute) is getattr(source, attribute), (name, attribute)
