@@ -248,9 +248,8 @@ class ConsumerWorker:
         self.dead_letters.apply_decisions(list(self.owned.values()))
         self._after_commit([])  # counts a processor still holds (a token budget) are written when due
         running = [gid for gid, owned in self.owned.items() if not owned.gen.finished]
-        if self.heartbeat.may_judge_others():
-            self.supervisor.release_dead_workers(running)
-        self.supervisor.supervise(running)
+        lost_before_ms = self.supervisor.release_dead_workers(running) if self.heartbeat.may_judge_others() else 0
+        self.supervisor.supervise(running, lost_before_ms=lost_before_ms)
         self._measure()
         self.alerter.tick()
 

@@ -55,29 +55,26 @@ class Supervisor:
         self.settings = settings
         self.enqueue = enqueue
         self.waiting_tasks = waiting_tasks
-        # Set by ``release_dead_workers`` for the ``supervise`` that follows it (see there).
-        self._lost_before_ms = 0
 
-    def release_dead_workers(self, generation_ids: list[str]) -> None:
+    def release_dead_workers(self, generation_ids: list[str]) -> int:
         """Release the leases of the attempts whose worker's heartbeat stopped (``bridge.liveness``), so that
-        ``supervise`` starts their new attempts now, not when the leases run out, and sends again at once the tasks
-        not started that such a worker may have taken. One ``ZRANGEBYSCORE`` when no worker died; a worker dead for
+        ``supervise`` starts their new attempts now, not when the leases run out. Returns when a worker that has
+        since died may last have taken a task (0: none died), for ``supervise`` to send again at once the tasks
+        not started that were sent before then. One ``ZRANGEBYSCORE`` when no worker died; a worker dead for
         long is struck off, once every consumer has had time to look."""
         dead_after_ms = self.settings.dead_after_ms
         stamps = liveness.last_stamps_of_dead(self.client, keys.WORKERS_ZSET, dead_after_ms)
-        # A dead worker may have taken a task it never claimed: one sent before it stopped stamping is sent again
-        # by this round's ``supervise``, not TASK_RESEND_S later.
-        self._lost_before_ms = max(stamps.values(), default=0)
-        if self._lost_before_ms:
-            self._lost_before_ms += int(liveness.beat_interval_s(dead_after_ms) * 1000)
-        dead = set(stamps)
-        if not dead or not generation_ids:
-            return
+        if not stamps:
+            return 0
+        # A worker dies between its last stamp and the next one it would have made.
+        lost_before_ms = max(stamps.values()) + int(liveness.beat_interval_s(dead_after_ms) * 1000)
+        if not generation_ids:
+            return lost_before_ms
         pipe = self.client.pipeline(transaction=False)
         for gid in generation_ids:
             pipe.hmget(keys.gen_meta(gid), "worker", "attempt")
         for gid, (worker, attempt) in zip(generation_ids, pipe.execute(), strict=True):
-            if worker in dead and attempt and scripts.release_lease(self.client, gid, int(attempt)):
+            if worker in stamps and attempt and scripts.release_lease(self.client, gid, int(attempt)):
                 logger.warning(
                     "Generation %s: worker %s stopped (no heartbeat for %s ms); attempt %s released.",
                     gid,
@@ -88,9 +85,12 @@ class Supervisor:
                 )
         forget_before = int(time.time() * 1000) - dead_after_ms - 10 * self.settings.consumer_heartbeat_ms
         self.client.zremrangebyscore(keys.WORKERS_ZSET, "-inf", forget_before)
+        return lost_before_ms
 
-    def supervise(self, generation_ids: list[str]) -> None:
-        """Restart or end generations whose attempt stopped renewing its lease, or that never started."""
+    def supervise(self, generation_ids: list[str], *, lost_before_ms: int = 0) -> None:
+        """Restart or end generations whose attempt stopped renewing its lease, or that never started;
+        ``lost_before_ms`` (``release_dead_workers``): a task not started that was sent before then may have been
+        taken by a worker that died, and is sent again at once."""
         if not generation_ids:
             return
         settings = self.settings
@@ -101,9 +101,8 @@ class Supervisor:
             queue_timeout_ms=int(settings.queue_timeout_s * 1000),
             resend_ms=int(settings.task_resend_s * 1000) if self.enqueue is not None else 0,
             max_resends=settings.task_max_resends,
-            lost_before_ms=self._lost_before_ms,
+            lost_before_ms=lost_before_ms,
         )
-        self._lost_before_ms = 0
         # The broker is asked only when a task is due to be sent again (rare): never at every heartbeat.
         due = [gid for gid, verdict in verdicts.items() if verdict is Status.RESEND]
         if due and self._backlog():

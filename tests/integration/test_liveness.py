@@ -136,8 +136,8 @@ def test_a_task_not_started_that_a_dead_worker_may_have_taken_is_sent_again_at_o
     supervisor = Supervisor(r, settings, sent.append)
     # When a consumer supervises them, twice
     for _ in range(2):
-        supervisor.release_dead_workers([maybe_taken, sent_after])
-        supervisor.supervise([maybe_taken, sent_after])
+        lost_before_ms = supervisor.release_dead_workers([maybe_taken, sent_after])
+        supervisor.supervise([maybe_taken, sent_after], lost_before_ms=lost_before_ms)
     # Then the task w1 may have taken is sent again at once, and only once; the other one is left to wait
     assert sent == [maybe_taken]
     assert r.hget(keys.gen_meta(maybe_taken), "resends") == "1"
