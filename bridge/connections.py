@@ -85,10 +85,11 @@ class Outage:
         return now + self.wait_s > (self.since if self.tries else now) + within_s
 
     def answered(self) -> None:
-        """Redis answered: the outage, if there was one, is over."""
-        if self.tries:
-            outage_s = time.monotonic() - self.since
-            self.log.info("%s after %.1f s (%d tries).", self.answered_text, outage_s, self.tries, extra=self.extra)
+        """Redis answered: the outage, if there was one, is over (nothing to do otherwise: every write calls it)."""
+        if not self.tries:
+            return
+        outage_s = time.monotonic() - self.since
+        self.log.info("%s after %.1f s (%d tries).", self.answered_text, outage_s, self.tries, extra=self.extra)
         self.wait_s, self.tries, self._quiet = self.first_s, 0, False
 
 
