@@ -23,16 +23,23 @@ $(VENV)/bin/python:
 	@$(PYTHON) -m venv $(VENV)
 	@$(BIN)/python -m pip install --quiet --disable-pip-version-check "pip==$(PIP_VERSION)"
 
+# requirements.txt names the Python client by its folder, which pip builds in an environment of its own: PIP_CONSTRAINT
+# holds that environment's setuptools to the lock's pin too.
+BUILD_PINS := $(CURDIR)/$(VENV)/build-pins.txt
+LOCKED_PIP := PIP_CONSTRAINT=$(BUILD_PINS) $(BIN)/python -m pip install --quiet
+
 # The project itself goes in last, without its dependencies (they came from the lock) and built by the locked setuptools.
 $(VENV)/.installed-run: pyproject.toml requirements.txt clients/python/pyproject.toml | $(VENV)/bin/python
 	@echo "Installing tokenbridge and what it needs to run into $(VENV), from requirements.txt (the first time takes about 30 s) ..."
-	@$(BIN)/python -m pip install --quiet -r requirements.txt
+	@grep -E '^setuptools==' requirements.txt > $(BUILD_PINS)
+	@$(LOCKED_PIP) -r requirements.txt
 	@$(MAKE) --no-print-directory editable
 	@touch $@
 
 $(VENV)/.installed: pyproject.toml requirements.txt requirements-dev.txt clients/python/pyproject.toml | $(VENV)/bin/python
 	@echo "Installing tokenbridge with its test and lint tools into $(VENV), from requirements-dev.txt (the first time takes a minute or two) ..."
-	@$(BIN)/python -m pip install --quiet -r requirements-dev.txt
+	@grep -E '^setuptools==' requirements.txt > $(BUILD_PINS)
+	@$(LOCKED_PIP) -r requirements-dev.txt
 	@$(MAKE) --no-print-directory editable
 	@touch $@ $(VENV)/.installed-run
 
