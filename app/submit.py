@@ -25,7 +25,7 @@ from bridge.connections import is_cluster
 from bridge.events import EventType
 from bridge.generation import GenerationRequest, new_generation_id, new_session_id, recorded_user
 from bridge.replication import confirm_replicated
-from bridge.task_queue import send_generation
+from bridge.task_queue import prepared_generation_task, send_generation
 
 logger = logging.getLogger(__name__)
 
@@ -62,11 +62,13 @@ class _Accepted:
 
 @dataclass(frozen=True, slots=True)
 class _Stored:
-    """What ``_store`` stored: the request as it runs, the model it fell back from, the running slots it took."""
+    """What ``_store`` stored: the request as it runs, the model it fell back from, the running slots it took, and
+    whether its task was pushed with it (a broker on the Redis of the streams)."""
 
     accepted: _Accepted
     fallback_from: str | None
     running: tuple[str, ...]
+    enqueued: bool = False
 
 
 def submit_generation(body: dict[str, Any]) -> Submitted:
@@ -85,7 +87,7 @@ def submit_generation(body: dict[str, Any]) -> Submitted:
     stored: _Stored | None = None
     try:
         stored = _store(accepted, generation_id, session_id)
-        if s.models[stored.accepted.model].provider != "external":
+        if not stored.enqueued and s.models[stored.accepted.model].provider != "external":
             enqueue(generation_id)
     except Exception:
         if idempotency_key is not None:
@@ -154,8 +156,8 @@ def _new_generation(accepted: _Accepted, generation_id: str, session_id: str) ->
 def _store(accepted: _Accepted, generation_id: str, session_id: str) -> _Stored:
     """Check the model's circuit, the session's owner and the running caps of the key and of its end user, and store
     the generation: the request as it runs (on a fallback model while its own is open), the model it fell back from,
-    and the running slots taken. One round trip on a single Redis; a step at a time on a cluster (its keys are in
-    several slots)."""
+    and the running slots taken. One round trip on a single Redis, the task pushed in it when the broker is that
+    Redis; a step at a time on a cluster (its keys are in several slots)."""
     s = services()
     new = _new_generation(accepted, generation_id, session_id)
     if is_cluster(s.redis):
@@ -163,7 +165,9 @@ def _store(accepted: _Accepted, generation_id: str, session_id: str) -> _Stored:
     cap, user_cap = limits.running_cap(), limits.user_running_cap(new.user)
     fallback_from = None
     check = _circuit_checked(accepted.request)
+    task = prepared_generation_task(s.celery, generation_id) if s.settings.broker_is_streams_redis else None
     while True:
+        runs = s.models[accepted.model].provider != "external"
         result = streams.submit(
             s.redis,
             new,
@@ -174,6 +178,7 @@ def _store(accepted: _Accepted, generation_id: str, session_id: str) -> _Stored:
             running=cap,
             user_running=user_cap,
             work_shards=s.settings.work_shard_count,
+            task=task if runs else None,
         )
         if result is not streams.Submission.CIRCUIT_OPEN:
             break
@@ -187,7 +192,8 @@ def _store(accepted: _Accepted, generation_id: str, session_id: str) -> _Stored:
         raise limits.too_many_running()
     if result is streams.Submission.USER_TOO_MANY_RUNNING:
         raise limits.user_too_many_running()
-    return _Stored(accepted, fallback_from, tuple(c.key for c in (cap, user_cap) if c is not None))
+    running = tuple(c.key for c in (cap, user_cap) if c is not None)
+    return _Stored(accepted, fallback_from, running, enqueued=task is not None and runs)
 
 
 def _store_step_by_step(accepted: _Accepted, new: streams.NewGeneration) -> _Stored:

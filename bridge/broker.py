@@ -9,17 +9,40 @@ when kombu replaces the channel's pool (after a connection error). The clients o
 the fanout subscription) are built as before.
 
 Every process that talks to a Redis broker calls ``use_shared_clients`` when it configures Celery.
+
+``captured_messages`` lets a caller that shares the broker's Redis take what a publish would push onto a queue
+instead of pushing it, to push it in a script of its own: ``web`` stores a generation and enqueues its task in one
+round trip (``bridge.task_queue.prepared_generation_task``).
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import kombu.transport
 import redis
 from kombu.transport import redis as kombu_redis
 from kombu.utils import functional as kombu_functional
+from kombu.utils import json as kombu_json
+
+# While set (per greenlet or thread: each has its own context), what ``_put`` would push: (queue key, message).
+_captured: contextvars.ContextVar[list[tuple[str, bytes]] | None] = contextvars.ContextVar("captured", default=None)
+
+
+@contextlib.contextmanager
+def captured_messages() -> Iterator[list[tuple[str, bytes]]]:
+    """Within it, a message published to a queue of a Redis broker is not pushed: ``(key, payload)`` is added to the
+    list it gives, the key and the bytes kombu would have ``LPUSH``ed, for the caller to push itself."""
+    messages: list[tuple[str, bytes]] = []
+    token = _captured.set(messages)
+    try:
+        yield messages
+    finally:
+        _captured.reset(token)
 
 
 class _SharedClient:
@@ -34,6 +57,17 @@ class _SharedClient:
         if shared is None or shared.connection_pool is not self.pool:  # type: ignore[attr-defined]
             shared = self._shared_client = super()._create_client()  # type: ignore[misc]
         return shared
+
+    def _put(self, queue: str, message: dict[str, Any], **kwargs: Any) -> None:
+        captured = _captured.get()
+        if captured is None:
+            super()._put(queue, message, **kwargs)  # type: ignore[misc]
+            return
+        if kwargs.get("_publish_batch") is not None or queue in (self._expires or {}):  # type: ignore[attr-defined]
+            raise RuntimeError(f"a message to {queue!r} cannot be captured: it is batched or its queue expires")
+        priority = self._get_message_priority(message, reverse=False)  # type: ignore[attr-defined]
+        key = self._q_for_pri(queue, priority)  # type: ignore[attr-defined]
+        captured.append((key, kombu_json.dumps(message).encode()))
 
 
 class Channel(_SharedClient, kombu_redis.Channel):

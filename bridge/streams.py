@@ -101,11 +101,13 @@ def submit(
     user_running: RunningCap | None = None,
     work_shards: int = 1,
     claim_session: bool = True,
+    task: tuple[str, bytes] | None = None,
 ) -> Submission:
     """Check and store a new generation in one round trip (``scripts.SUBMIT``): the model's circuit (when
-    ``check_circuit``), the session's owner (claimed for a new session, renewed for the owner's own), the key's
-    running cap and its end user's, then everything ``create_generation`` writes. A single Redis only: a cluster
-    holds these keys in several slots, so its caller checks each step on its own and calls ``create_generation``."""
+        ``check_circuit``), the session's owner (claimed for a new session, renewed for the owner's own), the key's
+        running cap and its end user's, then everything ``create_generation`` writes, and ``task`` (a broker queue's key and
+    a message, from ``task_queue.prepared_generation_task``) pushed when given. A single Redis only: a cluster
+        holds these keys in several slots, so its caller checks each step on its own and calls ``create_generation``."""
     gid, sid = new.generation_id, new.session_id
     script_keys = [
         keys.gen_meta(gid),
@@ -117,6 +119,7 @@ def submit(
         running.key if running is not None else keys.gen_lease(gid),
         keys.gen_request(gid),
         user_running.key if user_running is not None else keys.gen_lease(gid),
+        task[0] if task is not None else keys.gen_lease(gid),
     ]
     owner = (new.owner or new.api_key) if claim_session else ""
     args: list[Any] = [group, session_ttl_ms, retention_ms * 2, owner, gid]
@@ -124,6 +127,7 @@ def submit(
     expire_ms = max((cap.expire_ms for cap in (running, user_running) if cap is not None), default=0)
     args += [running.limit if running is not None else 0, expire_ms]
     args += [orjson.dumps(new.request), user_running.limit if user_running is not None else 0]
+    args.append(task[1] if task is not None else "")
     for item in new.meta().items():
         args.extend(item)
     reply = scripts.run(client, scripts.SUBMIT, script_keys, args)

@@ -10,7 +10,7 @@ from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 from bridge import tracing
-from bridge.broker import use_shared_clients
+from bridge.broker import captured_messages, use_shared_clients
 from bridge.constants import GENERATE_TASK, GENERATION_QUEUE
 from bridge.settings import Settings
 
@@ -104,6 +104,17 @@ def send_generation(celery: Any, generation_id: str) -> None:
         retry_policy={"max_retries": 2, "interval_start": 0, "interval_step": 0.2, "interval_max": 0.5},
         **traced,
     )
+
+
+def prepared_generation_task(celery: Any, generation_id: str) -> tuple[str, bytes]:
+    """The generation task as ``send_generation`` would send it to a Redis broker (Celery's publish signals, task
+    headers and sent event included), but not pushed: the broker queue's key and the message, for a script that
+    stores the generation to push in the same round trip. Only for a broker on the Redis of the streams."""
+    with captured_messages() as messages:
+        send_generation(celery, generation_id)
+    if len(messages) != 1:
+        raise RuntimeError(f"publishing the task of {generation_id} gave {len(messages)} messages, not one")
+    return messages[0]
 
 
 def waiting_tasks(celery: Any) -> int:

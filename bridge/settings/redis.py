@@ -111,7 +111,8 @@ class RedisSettings(BaseSettings):
     celery_broker_url: str | None = Field(
         default=None,
         description="Celery broker (Redis, or RabbitMQ `amqp://`); default the Redis URL. `web` and `consumer` send "
-        "tasks to it, `worker` takes them from it. Required with `REDIS_CLUSTER`.",
+        "tasks to it, `worker` takes them from it. Required with `REDIS_CLUSTER`. On the Redis of the streams (the "
+        "default), `web` pushes a generation's task in the script that stores it: one round trip per submission.",
     )
 
     @cached_property
@@ -163,6 +164,13 @@ class RedisSettings(BaseSettings):
             if cert_reqs:
                 options["ssl_cert_reqs"] = cert_reqs
         return f"redis+cluster://{parsed.netloc}", options
+
+    @property
+    def broker_is_streams_redis(self) -> bool:
+        """Whether Celery's broker is the database of the streams (no CELERY_BROKER_URL, or the same URL), not on a
+        cluster: a generation's task is then pushed by the script that stores it (``streams.submit``)."""
+        same = not self.celery_broker_url or self._with_cert_reqs(self.celery_broker_url) == self.resolved_redis_url
+        return same and not self.redis_cluster
 
     @cached_property
     def broker_url(self) -> str:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import base64
+import json
+from collections.abc import Callable, Iterator
 from unittest import mock
 
 import pytest
@@ -10,10 +12,11 @@ import redis
 from celery import Celery
 from kombu import Connection, Exchange, Queue
 
-from bridge import broker
+from bridge import broker, keys, streams
+from bridge.constants import GENERATE_TASK, GENERATION_QUEUE
 from bridge.embedded import EmbeddedRedis
 from bridge.settings import Settings
-from bridge.task_queue import celery_client_options
+from bridge.task_queue import celery_client_options, prepared_generation_task, send_generation
 from tasks.celery_app import create_celery
 
 
@@ -81,3 +84,44 @@ def test_the_transport_follows_the_brokers_scheme(url: str, transport: type) -> 
 def test_rabbitmq_keeps_its_own_transport() -> None:
     broker.use_shared_clients()
     assert not issubclass(Connection("amqp://guest:guest@localhost:5672//").get_transport_cls(), broker.Transport)
+
+
+def test_a_generation_stored_with_its_task_pushes_what_celery_would_send_and_a_refused_one_pushes_nothing(
+    settings: Settings, r: redis.Redis
+) -> None:
+    # Given web's Celery app on a broker that is the Redis of the streams
+    assert settings.broker_is_streams_redis
+    web = Celery("web", broker=settings.broker_url)
+    web.conf.update(celery_client_options(settings))
+    cap = streams.RunningCap(keys.key_running("k"), limit=1, expire_ms=60_000)
+
+    def submit(generation_id: str) -> streams.Submission:
+        task = prepared_generation_task(web, generation_id)
+        new = streams.NewGeneration(generation_id, "s1", "echo", {"model": "echo"}, api_key="k")
+        return streams.submit(
+            r, new, group="g", retention_ms=60_000, session_ttl_ms=60_000, check_circuit=False, running=cap, task=task
+        )
+
+    # When a task is prepared, nothing is pushed yet
+    prepared_generation_task(web, "gen-0")
+    assert r.llen(GENERATION_QUEUE) == 0
+    # When a generation is stored with its task, the queue holds one Celery message running it
+    assert submit("gen-1") is streams.Submission.CREATED
+    (raw,) = r.lrange(GENERATION_QUEUE, 0, -1)
+    message = json.loads(raw)
+    assert message["headers"]["task"] == GENERATE_TASK
+    assert json.loads(base64.b64decode(message["body"]))[0] == ["gen-1"]
+    assert message["properties"]["delivery_info"]["routing_key"] == GENERATION_QUEUE
+    # And when the key's cap refuses the next one, neither it nor its task is stored
+    assert submit("gen-2") is streams.Submission.TOO_MANY_RUNNING
+    assert r.llen(GENERATION_QUEUE) == 1 and not r.exists(keys.gen_meta("gen-2"))
+    # And a publish outside the capture still goes straight to the broker
+    send_generation(web, "gen-3")
+    assert r.llen(GENERATION_QUEUE) == 2
+
+
+def test_a_broker_of_its_own_or_a_cluster_gets_its_tasks_sent_as_before(make_settings: Callable[..., Settings]) -> None:
+    assert not make_settings(celery_broker_url="amqp://guest@127.0.0.1//").broker_is_streams_redis
+    same = make_settings().resolved_redis_url
+    assert make_settings(celery_broker_url=same).broker_is_streams_redis
+    assert not make_settings(celery_broker_url=same, redis_cluster=True).broker_is_streams_redis
