@@ -6,7 +6,7 @@ PORT   ?= 8000
 
 HOST   ?= 127.0.0.1
 
-.PHONY: install install-run lock dev test test-fast lint format bench bench-cluster soak chaos clean editable
+.PHONY: install install-run lock dev test test-fast lint format bench bench-cluster soak chaos conformance clean editable
 
 # Installs come from the lock (scripts/lock.py): the exact versions in requirements.txt (what running needs, as a
 # PaaS deploy installs it) and requirements-dev.txt (plus the test, lint and benchmark tools), never whatever is
@@ -82,6 +82,11 @@ soak: install
 # CHAOS_DURATION_S, CHAOS_CONCURRENCY, CHAOS_FAULT_INTERVAL_S, CHAOS_SEED, ...: python -m bench.chaos --help
 chaos: install
 	$(BIN)/python -m bench.chaos
+
+# The official Durable Streams server conformance suite (npm, pinned; needs Node.js and npm) against the Procfile's
+# processes; writes docs/conformance-results.md. CONFORMANCE_ARGS: --url <base URL> tests a server already running.
+conformance: install
+	$(BIN)/python scripts/conformance.py $(CONFORMANCE_ARGS)
 
 clean:
 	rm -rf $(VENV) .tokenbridge .pytest_cache .mypy_cache .ruff_cache *.egg-info

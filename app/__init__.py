@@ -12,6 +12,7 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 from app import (
     api,
     dead_letters,
+    durable_store,
     durable_streams,
     health,
     models_api,
@@ -113,6 +114,11 @@ def _warn_at_start(settings: Settings) -> None:
         logger.warning("AUTH_DISABLED is set: every /v1 request is allowed. Development only.")
     elif not settings.api_key_set and not settings.api_keys_file:
         logger.warning("API_KEYS is empty: every /v1 request will get 401.")
+    if settings.durable_streams_public:
+        logger.warning(
+            "DURABLE_STREAMS_PUBLIC is set: anyone may create, write, read and delete streams under /v1/stream/ "
+            "without credentials. For the conformance suite and local tests only."
+        )
     if not settings.ops_token:
         logger.warning("OPS_TOKEN is not set: /metrics and the checks of /readyz answer anyone.")
 
@@ -123,6 +129,7 @@ _V1 = (
     sse.bp,
     websocket.bp,
     durable_streams.bp,
+    durable_store.bp,
     producers.bp,
     openai_compat.bp,
     models_api.bp,

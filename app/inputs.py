@@ -34,6 +34,9 @@ ROUTE_ACTIONS: dict[str, Action] = {
     "sse.session_events": Action.READ,
     "durable_streams.generation_stream": Action.READ,
     "durable_streams.session_stream": Action.READ,
+    "durable_store.read_stream": Action.READ,
+    "durable_store.write_stream": Action.FEED,
+    "durable_store.delete_stream": Action.FEED,
     "api.session_generations": Action.READ,
     "api.session_token": Action.MINT,
     "producers.append": Action.FEED,
@@ -111,7 +114,13 @@ def json_body() -> dict[str, Any]:
 
 # The routes that read a JSON body (with json_body); every other route takes none (refuse_body).
 BODY_ENDPOINTS = frozenset(
-    {"api.create_generation", "producers.append", "producers.complete", "openai.chat_completions"}
+    {
+        "api.create_generation",
+        "producers.append",
+        "producers.complete",
+        "openai.chat_completions",
+        "durable_store.write_stream",
+    }
 )
 
 

@@ -244,6 +244,55 @@ def _durable_stream_paths() -> dict[str, Any]:
             "A generation as a Durable Stream", _GENERATION_ID
         ),
         "/v1/stream/sessions/{session_id}": _durable_stream_read("A session as a Durable Stream", _SESSION_ID),
+        "/v1/stream/{name}": _durable_stream_store(),
+    }
+
+
+def _durable_stream_store() -> dict[str, Any]:
+    """A stream clients create and write over the protocol (docs/durable-streams.md#streams-you-write)."""
+    name = {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}
+    body = {"required": False, "content": {"*/*": {"schema": {"type": "string", "format": "binary"}}}}
+    read = _durable_stream_read("Read a stream written over the protocol", name)["get"]
+    read["description"] = (
+        "Catch-up, long-poll or SSE read of the stream's messages (a JSON array in JSON mode, the bytes otherwise)."
+    )
+    read["responses"]["200"]["content"] = {"*/*": {"schema": {"type": "string", "format": "binary"}}, **_SSE}
+    return {
+        "put": {
+            "summary": "Create a stream (Durable Streams protocol)",
+            "description": "Content-Type, Stream-TTL or Stream-Expires-At, Stream-Closed; the body is its first "
+            "content.",
+            "parameters": [name],
+            "requestBody": body,
+            "responses": {
+                "201": {"description": "Created"},
+                "200": {"description": "The same stream exists"},
+                "409": {"description": "A stream with another configuration exists"},
+                **_errors(),
+            },
+        },
+        "post": {
+            "summary": "Append to a stream, or close it (Durable Streams protocol)",
+            "description": "Stream-Seq, Stream-Closed, and the idempotent producer's Producer-Id, Producer-Epoch, "
+            "Producer-Seq.",
+            "parameters": [name],
+            "requestBody": body,
+            "responses": {
+                "200": {"description": "Appended by an idempotent producer"},
+                "204": {"description": "Appended, closed, or a producer's duplicate"},
+                "403": {"description": "A stale producer epoch"},
+                "409": {
+                    "description": "Closed, another content type, a producer sequence gap or a Stream-Seq regression"
+                },
+                **_errors(),
+            },
+        },
+        "delete": {
+            "summary": "Delete a stream (Durable Streams protocol)",
+            "parameters": [name],
+            "responses": {"204": {"description": "Deleted"}, **_errors()},
+        },
+        "get": read,
     }
 
 

@@ -214,6 +214,13 @@ def stats(model: str) -> str:
     return f"{STATS_PREFIX}:{model}"
 
 
+def durable_stream(name: str, part: str) -> str:
+    """A key of a stream created over the Durable Streams protocol (``bridge.durable_store``): ``meta`` (hash),
+    ``out`` (its messages, read by the hub like a generation's) or ``producers`` (hash). The name is any text of a
+    URL: the hash tag is a digest of it."""
+    return f"llm:ds:{{{hashlib.sha256(name.encode()).hexdigest()[:32]}}}:{part}"
+
+
 def generation_id_from_key(key: str) -> str:
     """The generation id inside a ``llm:gen:{G}:...`` key."""
     return _tag(key)

@@ -63,6 +63,8 @@ TAKE_SLOT = _lua("take_slot")
 RELEASE = _lua("release")
 SESSION_APPEND = _lua("session_append")
 CIRCUIT_RECORD = _lua("circuit_record")
+DS_CREATE = _lua("ds_create")
+DS_APPEND = _lua("ds_append")
 
 
 _HINT = re.compile(r"HINT(_BATCHED)?\(([^()]*)\)")
@@ -229,6 +231,13 @@ class Status(StrEnum):
     TOO_MANY_RUNNING = "too_many_running"
     USER_TOO_MANY_RUNNING = "user_too_many_running"
     OK = "ok"
+    # A stream of the Durable Streams protocol (bridge.durable_store).
+    EXISTS = "exists"  # the same configuration: nothing written
+    CONFLICT = "conflict"  # another configuration, owner or content type
+    CLOSED = "closed"  # it takes no more appends
+    STALE_EPOCH = "stale_epoch"  # a producer's epoch older than the one known (fenced)
+    BAD_EPOCH_SEQ = "bad_epoch_seq"  # a producer's new epoch that does not start at 0
+    SEQ_CONFLICT = "seq_conflict"  # Stream-Seq not above the last one
 
 
 def decode(reply: Any) -> tuple[Status, list[Any]]:

@@ -104,10 +104,11 @@ def submit(
     task: tuple[str, bytes] | None = None,
 ) -> Submission:
     """Check and store a new generation in one round trip (``scripts.SUBMIT``): the model's circuit (when
-        ``check_circuit``), the session's owner (claimed for a new session, renewed for the owner's own), the key's
-        running cap and its end user's, then everything ``create_generation`` writes, and ``task`` (a broker queue's key and
-    a message, from ``task_queue.prepared_generation_task``) pushed when given. A single Redis only: a cluster
-        holds these keys in several slots, so its caller checks each step on its own and calls ``create_generation``."""
+    ``check_circuit``), the session's owner (claimed for a new session, renewed for the owner's own), the key's
+    running cap and its end user's, then everything ``create_generation`` writes, and ``task`` (a broker queue's
+    key and a message, from ``task_queue.prepared_generation_task``) pushed when given. A single Redis only: a
+    cluster holds these keys in several slots, so its caller checks each step on its own and calls
+    ``create_generation``."""
     gid, sid = new.generation_id, new.session_id
     script_keys = [
         keys.gen_meta(gid),

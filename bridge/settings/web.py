@@ -42,6 +42,13 @@ class WebSettings(BaseSettings):
         description="Longest wait of a Durable Streams `live=long-poll` read that finds nothing new before it answers "
         "`204` ([durable-streams.md](durable-streams.md)); keep it below the idle timeout of any proxy in front.",
     )
+    durable_streams_public: bool = Field(
+        default=False,
+        description="`1`/`true`: a request under `/v1/stream/` without credentials may create, write, read and delete "
+        "streams that belong to nobody (never tokenbridge's generations or sessions, nor a key's streams): for the "
+        "Durable Streams conformance suite and local tests only; `web` warns at start while it is on "
+        "([durable-streams.md](durable-streams.md)).",
+    )
     hub_block_ms: int = Field(
         default=5000,
         ge=10,

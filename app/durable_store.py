@@ -1,0 +1,483 @@
+"""Streams of the Durable Streams protocol that clients create and write: ``PUT``, ``POST``, ``DELETE``, ``GET`` and
+``HEAD /v1/stream/{name}`` (any name but ``generations/…`` and ``sessions/…``, which are tokenbridge's own, read
+only: ``app.durable_streams``).
+
+What they keep is ``bridge.durable_store``'s; this module speaks the protocol: its headers, status codes, JSON
+mode, idempotent producers, closure, TTL and expiry, catch-up, long-poll and SSE reads. Live reads go through the hub,
+as every other reader's: one Redis reader per process. A stream belongs to the API key's owner that created it;
+with ``DURABLE_STREAMS_PUBLIC``, a request without credentials may create and use streams that belong to nobody
+(for the protocol's conformance suite and local tests, never a deployment).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import re
+import time
+from collections.abc import Generator, Iterator
+from contextlib import closing
+from datetime import datetime
+
+import orjson
+from flask import Blueprint, Response, g, request
+
+from app.durable_streams import IMMUTABLE, LIVE_TICK_S, SSE_MAX_S, id_of, next_cursor, offset_of
+from app.errors import ApiError
+from app.inputs import authenticate, refuse_body
+from app.services import services
+from app.sse import bound_writes
+from app.streaming import CATCH_UP_BATCH, KEEPALIVE_FRAME, follow
+from bridge import durable_store as store
+from bridge import keys
+from bridge.durable_store import Info, Producer
+from bridge.events import ClientEvent
+from bridge.scripts import Status
+
+bp = Blueprint("durable_store", __name__, url_prefix="/v1/stream")
+
+# Names tokenbridge serves itself (read only).
+RESERVED = ("generations/", "sessions/", "__ds/")
+# The protocol's integers: digits only, no sign, no leading zero, at most 2^53 - 1 (JavaScript's safe integers).
+_INTEGER = re.compile(r"0|[1-9][0-9]*")
+_MAX_SAFE = 2**53 - 1
+_MEDIA_TYPE = re.compile(r"^[\w.+-]+/[\w.+-]+")
+# How many messages one catch-up read returns at most (the rest on the next read, from its offset).
+PAGE = CATCH_UP_BATCH
+_START = store.START_ID
+_LINE_BREAK = re.compile(r"\r\n|\r|\n")
+
+
+@bp.before_request
+def _identify() -> None:
+    """An API key or stream token as on every route; without credentials, with ``DURABLE_STREAMS_PUBLIC``, the
+    public streams only."""
+    if request.method in ("PUT", "POST", "DELETE"):
+        _name((request.view_args or {}).get("name", ""))  # tokenbridge's own streams: 405 before anything else
+    credentials = request.headers.get("Authorization") or request.args.get("token")
+    g.ds_public = services().settings.durable_streams_public and not credentials
+    if g.ds_public:
+        refuse_body()
+    else:
+        authenticate()
+
+
+@bp.after_request
+def _security_headers(response: Response) -> Response:
+    response.headers["X-Content-Type-Options"] = "nosniff"
+    response.headers["Cross-Origin-Resource-Policy"] = "cross-origin"
+    if response.status_code in (204, 304):
+        response.headers.pop("Content-Type", None)  # no body, no type (Flask's default would say text/html)
+    return response
+
+
+def _owner() -> str:
+    """Whom a stream created now belongs to ('' for a public one)."""
+    if g.ds_public:
+        return ""
+    principal = g.principal
+    if principal.kind == "stream_token":
+        raise ApiError(403, "forbidden", "A stream token reads its generation only; use an API key for streams.")
+    return str(principal.owner or principal.name)
+
+
+def _visible(info: Info | None) -> Info:
+    """The stream, when it exists and the caller may use it; else 404 (another owner's is answered the same)."""
+    if info is None:
+        raise ApiError(404, "not_found", "No stream at this URL.")
+    if g.ds_public:
+        if info.owner:
+            raise ApiError(404, "not_found", "No stream at this URL.")
+        return info
+    principal = g.principal
+    if principal.kind == "stream_token" or not (principal.sees_everything or info.owner == _owner()):
+        raise ApiError(404, "not_found", "No stream at this URL.")
+    return info
+
+
+def _name(name: str) -> str:
+    if name.startswith(RESERVED) or name in ("generations", "sessions", "__ds"):
+        raise ApiError(405, "method_not_allowed", f"{name!r} is read only here (tokenbridge's own streams).")
+    return name
+
+
+# -- writes ----------------------------------------------------------------------------------------------------
+
+
+@bp.route("/<path:name>", methods=["PUT", "POST"])
+def write_stream(name: str) -> Response:
+    name = _name(name)
+    if request.method == "PUT":
+        return _create(name)
+    return _append(name)
+
+
+@bp.route("/<path:name>", methods=["DELETE"])
+def delete_stream(name: str) -> Response:
+    name = _name(name)
+    _visible(store.info(services().redis, name))
+    store.delete(services().redis, name)
+    return Response(status=204)
+
+
+def _closed_header() -> bool:
+    return request.headers.get("Stream-Closed", "").strip().lower() == "true"
+
+
+def _create(name: str) -> Response:
+    s = services()
+    content_type = request.headers.get("Content-Type", "")
+    if not _MEDIA_TYPE.match(content_type.strip()):
+        content_type = store.OCTETS
+    kind = store.media_type(content_type)
+    ttl_s, expires_at, expire_at_ms = _expiry()
+    try:
+        messages = store.messages_of(kind, request.get_data(), append=False)
+    except store.BadBody as exc:
+        raise ApiError(400, "invalid_body", str(exc)) from None
+    created = store.create(
+        s.redis,
+        name,
+        kind,
+        messages,
+        closed=_closed_header(),
+        ttl_s=ttl_s,
+        expires_at=expires_at,
+        expire_at_ms=expire_at_ms,
+        retention_ms=s.settings.redis_stream_retention_ms,
+        owner=_owner(),
+        now_ms=int(time.time() * 1000),
+    )
+    if created.status is Status.CONFLICT:
+        raise ApiError(409, "stream_exists", "A stream with another configuration is at this URL.")
+    headers = {"Content-Type": content_type, "Stream-Next-Offset": offset_of(created.tail)}
+    if created.closed:
+        headers["Stream-Closed"] = "true"
+    if created.status is Status.CREATED:
+        headers["Location"] = request.base_url
+        return Response(status=201, headers=headers)
+    return Response(status=200, headers=headers)
+
+
+def _expiry() -> tuple[int | None, str, int]:
+    """``Stream-TTL`` (seconds) or ``Stream-Expires-At`` (as given, and in ms), never both; 400 for a bad value."""
+    ttl, expires = request.headers.get("Stream-TTL"), request.headers.get("Stream-Expires-At")
+    if ttl is not None and expires is not None:
+        raise ApiError(400, "invalid_expiry", "Give Stream-TTL or Stream-Expires-At, not both.")
+    if ttl is not None:
+        if not _INTEGER.fullmatch(ttl) or int(ttl) > _MAX_SAFE:
+            raise ApiError(400, "invalid_ttl", "Stream-TTL must be a whole number of seconds (digits only).")
+        return int(ttl), "", 0
+    if expires is not None:
+        try:
+            at = datetime.fromisoformat(expires.strip().replace("Z", "+00:00").replace("z", "+00:00"))
+        except ValueError:
+            raise ApiError(400, "invalid_expires_at", "Stream-Expires-At must be an RFC 3339 time.") from None
+        if at.tzinfo is None:
+            raise ApiError(400, "invalid_expires_at", "Stream-Expires-At needs a time zone (Z or an offset).")
+        return None, expires, max(1, int(at.timestamp() * 1000))
+    return None, "", 0
+
+
+def _producer() -> Producer | None:
+    """The idempotent producer's headers: all three or none (400)."""
+    given = [request.headers.get(h) for h in ("Producer-Id", "Producer-Epoch", "Producer-Seq")]
+    if all(value is None for value in given):
+        return None
+    producer_id, epoch, seq = given
+    if producer_id is None or epoch is None or seq is None:
+        raise ApiError(400, "invalid_producer", "Producer-Id, Producer-Epoch and Producer-Seq go together.")
+    if not producer_id:
+        raise ApiError(400, "invalid_producer", "Producer-Id must not be empty.")
+    for header, value in (("Producer-Epoch", epoch), ("Producer-Seq", seq)):
+        if not re.fullmatch(r"[0-9]+", value) or int(value) > _MAX_SAFE:
+            raise ApiError(400, "invalid_producer", f"{header} must be a whole number from 0 to 2^53 - 1.")
+    return Producer(producer_id, int(epoch), int(seq))
+
+
+def _append(name: str) -> Response:
+    s = services()
+    producer = _producer()
+    body = request.get_data()
+    close = _closed_header()
+    info = _visible(store.info(s.redis, name))
+    if not body and not close:
+        raise ApiError(400, "empty_body", "An append needs a body (or Stream-Closed: true to close).")
+    given_type = request.headers.get("Content-Type")
+    if body and not given_type:
+        raise ApiError(400, "missing_content_type", "An append needs a Content-Type.")
+    messages: list[tuple[str, str]] = []
+    if body:
+        kind = store.media_type(given_type)
+        if not info.closed and kind == info.content_type:
+            try:
+                messages = store.messages_of(kind, body, append=True)
+            except store.BadBody as exc:
+                raise ApiError(400, "invalid_body", str(exc)) from None
+        else:
+            messages = [(store.BYTES, "")]  # refused by the script: closed first, then the type
+    keep_ms = int(info.ttl) * 1000 if info.ttl not in ("", "0") else 0
+    result = store.append(
+        s.redis,
+        name,
+        store.media_type(given_type),
+        messages,
+        close=close,
+        stream_seq=request.headers.get("Stream-Seq"),
+        producer=producer,
+        keep_ms=keep_ms,
+    )
+    return _appended(result, producer)
+
+
+def _appended(result: store.Appended, producer: Producer | None) -> Response:
+    status, values = result.status, result.values
+    if status is Status.UNKNOWN:
+        raise ApiError(404, "not_found", "No stream at this URL.")
+    if status is Status.CLOSED:
+        headers = {"Stream-Closed": "true", "Stream-Next-Offset": offset_of(values[0])}
+        raise ApiError(409, "stream_closed", "The stream is closed: it takes no more appends.", headers=headers)
+    if status is Status.CONFLICT:
+        raise ApiError(409, "content_type_mismatch", "The Content-Type is not the stream's.")
+    if status is Status.STALE_EPOCH:
+        raise ApiError(
+            403, "stale_epoch", "A newer epoch of this producer writes.", headers={"Producer-Epoch": values[0]}
+        )
+    if status is Status.BAD_EPOCH_SEQ:
+        raise ApiError(400, "invalid_producer", "A new epoch starts at Producer-Seq 0.")
+    if status is Status.GAP:
+        headers = {"Producer-Expected-Seq": values[0], "Producer-Received-Seq": values[1]}
+        raise ApiError(409, "sequence_gap", "An earlier Producer-Seq of this epoch is missing.", headers=headers)
+    if status is Status.SEQ_CONFLICT:
+        raise ApiError(409, "sequence_conflict", "Stream-Seq must be above the last one this stream took.")
+    headers = {"Stream-Next-Offset": offset_of(values[0])}
+    if values[1] == "1":
+        headers["Stream-Closed"] = "true"
+    if producer is not None:
+        headers["Producer-Epoch"] = str(producer.epoch)
+        headers["Producer-Seq"] = values[3] if status is Status.DUPLICATE and values[3] else str(producer.seq)
+    # 200 for a producer's new data; 204 for an append without one, a close without data, or a duplicate.
+    appended_data = status is Status.APPENDED and result.messages
+    code = 200 if producer is not None and appended_data else 204
+    return Response(status=code, headers=headers)
+
+
+# -- reads -----------------------------------------------------------------------------------------------------
+
+
+@bp.route("/<path:name>", methods=["GET", "HEAD"])
+def read_stream(name: str) -> Response:
+    s = services()
+    info = _visible(store.info(s.redis, name))
+    if request.method == "HEAD":
+        return _head(info)
+    offset, live = _read_params()
+    store.touch(s.redis, name, info.ttl)
+    if offset == "now":
+        if live is None or info.closed:
+            return _now(info, live)
+        after_id = info.tail
+    else:
+        after_id = _START if offset == "-1" else offset
+    if live == "sse":
+        return _sse(info, after_id)
+    page = _page(info, after_id)
+    if live == "long-poll":
+        return _long_poll(info, after_id, page)
+    return _catch_up(info, offset, page)
+
+
+def _read_params() -> tuple[str, str | None]:
+    offsets = request.args.getlist("offset")
+    live = request.args.get("live") or None
+    if len(offsets) > 1:
+        raise ApiError(400, "invalid_offset", "Give one offset parameter.")
+    if live not in (None, "long-poll", "sse"):
+        raise ApiError(400, "invalid_live", "live must be long-poll or sse.")
+    if not offsets:
+        if live is not None:
+            raise ApiError(400, "invalid_offset", f"live={live} needs an offset (-1 for the start, now for the tail).")
+        return "-1", None
+    offset = offsets[0]
+    if offset in ("-1", "now"):
+        return offset, live
+    entry_id = id_of(offset)
+    if entry_id is None:
+        raise ApiError(400, "invalid_offset", "offset must be -1, now, or a Stream-Next-Offset this stream gave.")
+    return entry_id, live
+
+
+class _Page:
+    __slots__ = ("closed", "entries", "next_id", "up_to_date")
+
+    def __init__(self, entries: list[tuple[str, str]], next_id: str, up_to_date: bool, closed: bool) -> None:
+        self.entries = entries  # (event, data) of each message
+        self.next_id = next_id
+        self.up_to_date = up_to_date
+        self.closed = closed
+
+
+def _page(info: Info, after_id: str, batch: list[tuple[str, str, str]] | None = None) -> _Page:
+    """The messages after ``after_id`` (read now, or ``batch`` as the hub brought them), up to a page of them."""
+    entries = batch if batch is not None else store.read(services().redis, info.name, after_id, PAGE + 1)
+    closed = any(event == store.CLOSED_MARKER for _, event, _ in entries)
+    messages = [(entry_id, event, data) for entry_id, event, data in entries if event != store.CLOSED_MARKER]
+    full = batch is None and len(messages) > PAGE
+    messages = messages[:PAGE]
+    next_id = messages[-1][0] if messages else after_id
+    at_end = not full
+    return _Page([(e, d) for _, e, d in messages], next_id, up_to_date=at_end, closed=closed and at_end)
+
+
+def _body(info: Info, page: _Page) -> bytes:
+    if info.json:
+        return b"[" + b",".join(data.encode() for _, data in page.entries) + b"]"
+    return b"".join(store.payload(event, data) for event, data in page.entries)
+
+
+def _headers(page: _Page) -> dict[str, str]:
+    headers = {"Stream-Next-Offset": offset_of(page.next_id)}
+    if page.up_to_date:
+        headers["Stream-Up-To-Date"] = "true"
+    if page.closed:
+        headers["Stream-Closed"] = "true"
+    return headers
+
+
+def _etag(info: Info, start: str, end_id: str, closed: bool) -> str:
+    first = start if start == "-1" else offset_of(start)
+    stream = hashlib.sha256(info.name.encode()).hexdigest()[:16]
+    return f'"{stream}:{first}:{offset_of(end_id)}{":c" if closed else ""}"'
+
+
+def _head(info: Info) -> Response:
+    headers = {
+        "Content-Type": info.content_type,
+        "Stream-Next-Offset": offset_of(info.tail),
+        "Cache-Control": "no-store",
+    }
+    if info.closed:
+        headers["Stream-Closed"] = "true"
+    if info.ttl:
+        headers["Stream-TTL"] = info.ttl
+    if info.expires_at:
+        headers["Stream-Expires-At"] = info.expires_at
+    return Response(status=200, headers=headers)
+
+
+def _now(info: Info, live: str | None) -> Response:
+    page = _Page([], info.tail, up_to_date=True, closed=info.closed)
+    headers = {**_headers(page), "Cache-Control": "no-store"}
+    if live == "long-poll":
+        return Response(status=204, headers=headers)
+    if live == "sse":
+        return Response(_sse_events(info, page, ""), status=200, content_type="text/event-stream", headers=headers)
+    return Response(b"[]" if info.json else b"", status=200, content_type=info.content_type, headers=headers)
+
+
+def _catch_up(info: Info, offset: str, page: _Page) -> Response:
+    etag = _etag(info, offset, page.next_id, page.closed)
+    headers = {**_headers(page), "ETag": etag}
+    headers["Cache-Control"] = IMMUTABLE if page.closed or not page.up_to_date else "no-cache"
+    if request.headers.get("If-None-Match") == etag:
+        return Response(status=304, headers={"ETag": etag, "Cache-Control": headers["Cache-Control"]})
+    return Response(_body(info, page), status=200, content_type=info.content_type, headers=headers)
+
+
+def _long_poll(info: Info, after_id: str, page: _Page) -> Response:
+    cursor = next_cursor(request.args.get("cursor"))
+    if not page.entries and not page.closed:
+        page = _wait(info, after_id)
+    headers = {**_headers(page), "Cache-Control": "no-cache"}
+    if not page.closed:
+        headers["Stream-Cursor"] = cursor
+    if not page.entries:
+        headers["Stream-Up-To-Date"] = "true"
+        return Response(status=204, headers=headers)
+    headers["ETag"] = _etag(info, after_id, page.next_id, page.closed)
+    return Response(_body(info, page), status=200, content_type=info.content_type, headers=headers)
+
+
+def _live(info: Info, after_id: str, max_duration_s: float) -> Generator[list[tuple[str, str, str]] | None]:
+    """What the hub brings after ``after_id`` (None: quiet for a while), until ``max_duration_s`` has passed. Made
+    in the request (it needs the app), read in the body."""
+    s = services()
+    key = keys.durable_stream(info.name, "out")
+    keepalive_s = LIVE_TICK_S * 2
+    batches = follow(
+        s.hub, s.redis, key, after_id, keepalive_s=keepalive_s, max_duration_s=max_duration_s, stop_at_terminal=False
+    )
+    return _entries(batches)
+
+
+def _entries(batches: Generator[list[ClientEvent] | None]) -> Generator[list[tuple[str, str, str]] | None]:
+    with closing(batches):
+        for batch in batches:
+            yield None if batch is None else [(event.id, event.event, event.data) for event in batch]
+
+
+def _wait(info: Info, after_id: str) -> _Page:
+    with closing(_live(info, after_id, services().settings.durable_streams_long_poll_s)) as batches:
+        for batch in batches:
+            if batch:
+                return _page(info, after_id, batch)
+    return _Page([], after_id, up_to_date=True, closed=False)
+
+
+def _sse(info: Info, after_id: str) -> Response:
+    """``data`` and ``control`` events: the catch-up first, then what the hub brings, until the stream closes or a
+    minute has passed."""
+    first = _page(info, after_id)
+    bound_writes(request.environ.get("gunicorn.socket"), services().settings.sse_send_timeout_s)
+    client_cursor = request.args.get("cursor")
+    live = None if first.closed else _live(info, first.next_id, SSE_MAX_S)
+
+    def body() -> Iterator[str]:
+        yield _sse_events(info, first, next_cursor(client_cursor))
+        if live is None:
+            return
+        position = first.next_id
+        with closing(live):
+            for batch in live:
+                if batch is None:
+                    yield KEEPALIVE_FRAME
+                    continue
+                page = _page(info, position, batch)
+                position = page.next_id
+                if not page.entries and not page.closed:
+                    continue
+                yield _sse_events(info, page, next_cursor(client_cursor))
+                if page.closed:
+                    return
+
+    headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+    if not store.is_text(info.content_type):
+        headers["Stream-SSE-Data-Encoding"] = "base64"
+    return Response(body(), status=200, content_type="text/event-stream", headers=headers)
+
+
+def _sse_events(info: Info, page: _Page, cursor: str) -> str:
+    """A ``data`` event with the page's messages (when it has any), then its ``control`` event. Each line of the data
+    is a ``data:`` line of its own, whatever ends it (``\\r\\n``, ``\\r`` or ``\\n``): no payload can start an event."""
+    control: dict[str, object] = {"streamNextOffset": offset_of(page.next_id)}
+    if page.closed:
+        control["streamClosed"] = True
+    elif cursor:
+        control["streamCursor"] = cursor
+    if page.up_to_date or page.closed:
+        control["upToDate"] = True
+    text = ""
+    if page.entries:
+        if info.json:
+            data = "[" + ",".join(d for _, d in page.entries) + "]"
+        elif store.is_text(info.content_type):
+            data = _body(info, page).decode()
+        else:
+            data = base64.b64encode(_body(info, page)).decode()
+        lines = "".join(f"data:{line}\n" for line in _LINE_BREAK.split(data))
+        text = f"event: data\n{lines}\n"
+    return f"{text}event: control\ndata:{_json(control)}\n\n"
+
+
+def _json(value: object) -> str:
+    return orjson.dumps(value).decode()
