@@ -95,6 +95,14 @@ def _visible(info: Info | None) -> Info:
     return info
 
 
+def _live_stream(info: Info | None) -> Info:
+    """``_visible``, and not deleted: a stream deleted while forks of it live answers 410."""
+    visible = _visible(info)
+    if visible.deleted:
+        raise ApiError(410, "stream_deleted", "This stream was deleted (forks of it still read what they inherited).")
+    return visible
+
+
 def _name(name: str) -> str:
     if name.startswith(RESERVED) or name in ("generations", "sessions", "__ds"):
         raise ApiError(405, "method_not_allowed", f"{name!r} is read only here (tokenbridge's own streams).")
@@ -115,7 +123,7 @@ def write_stream(name: str) -> Response:
 @bp.route("/<path:name>", methods=["DELETE"])
 def delete_stream(name: str) -> Response:
     name = _name(name)
-    _visible(store.info(services().redis, name))
+    _live_stream(store.info(services().redis, name))
     store.delete(services().redis, name)
     return Response(status=204)
 
@@ -126,20 +134,34 @@ def _closed_header() -> bool:
 
 def _create(name: str) -> Response:
     s = services()
-    content_type = request.headers.get("Content-Type", "")
-    if not _MEDIA_TYPE.match(content_type.strip()):
-        content_type = store.OCTETS
+    fork = _fork()
+    source = _visible(store.info(s.redis, fork.source)) if fork else None
+    if source is not None and source.deleted:
+        raise ApiError(409, "stream_deleted", "The source stream was deleted: it cannot be forked.")
+    given = request.headers.get("Content-Type", "").strip()
+    content_type = given if _MEDIA_TYPE.match(given) else (source.content_type if source else store.OCTETS)
     kind = store.media_type(content_type)
-    ttl_s, expires_at, expire_at_ms = _expiry()
+    if source is not None and kind != source.content_type:
+        raise ApiError(409, "content_type_mismatch", "A fork has its source's Content-Type.")
+    ttl_s, expires_at, expire_at_ms = _expiry(source)
     try:
         messages = store.messages_of(kind, request.get_data(), append=False)
     except store.BadBody as exc:
         raise ApiError(400, "invalid_body", str(exc)) from None
+    inherited: list[tuple[str, str, str]] = []
+    if fork is not None and source is not None:
+        fork = store.Fork(fork.source, fork.at_id or source.tail, fork.sub, fork.offset)
+        try:
+            inherited = store.inherited(s.redis, source, fork.at_id, fork.sub)
+        except store.BadFork as exc:
+            raise ApiError(exc.status, "invalid_fork", str(exc)) from None
     created = store.create(
         s.redis,
         name,
         kind,
         messages,
+        inherited=inherited,
+        fork=fork,
         closed=_closed_header(),
         ttl_s=ttl_s,
         expires_at=expires_at,
@@ -159,9 +181,42 @@ def _create(name: str) -> Response:
     return Response(status=200, headers=headers)
 
 
-def _expiry() -> tuple[int | None, str, int]:
-    """``Stream-TTL`` (seconds) or ``Stream-Expires-At`` (as given, and in ms), never both; 400 for a bad value."""
+def _fork() -> store.Fork | None:
+    """``Stream-Forked-From`` (a path of this server's streams), ``Stream-Fork-Offset`` and
+    ``Stream-Fork-Sub-Offset``, checked; None for a plain stream."""
+    source = request.headers.get("Stream-Forked-From")
+    offset = request.headers.get("Stream-Fork-Offset")
+    sub = request.headers.get("Stream-Fork-Sub-Offset")
+    if source is None:
+        if offset is not None or sub is not None:
+            raise ApiError(
+                400, "invalid_fork", "Stream-Fork-Offset and Stream-Fork-Sub-Offset need Stream-Forked-From."
+            )
+        return None
+    name = source.strip().removeprefix(bp.url_prefix or "").lstrip("/")
+    if not name or name.startswith(RESERVED):
+        raise ApiError(404, "not_found", "Stream-Forked-From names no stream of this server.")
+    at_id = ""
+    if offset is not None:
+        at_id = id_of(offset.strip()) or ""
+        if not at_id:
+            raise ApiError(400, "invalid_fork", "Stream-Fork-Offset must be a Stream-Next-Offset of the source.")
+    count = 0
+    if sub is not None:
+        if not _INTEGER.fullmatch(sub.strip()) or int(sub) > _MAX_SAFE:
+            raise ApiError(400, "invalid_fork", "Stream-Fork-Sub-Offset must be a whole number.")
+        count = int(sub)
+        if count and offset is None:
+            raise ApiError(400, "invalid_fork", "Stream-Fork-Sub-Offset needs Stream-Fork-Offset.")
+    return store.Fork(name, at_id, count, offset.strip() if offset else "")
+
+
+def _expiry(source: Info | None = None) -> tuple[int | None, str, int]:
+    """``Stream-TTL`` (seconds) or ``Stream-Expires-At`` (as given, and in ms), never both; 400 for a bad value. A
+    fork given neither has its source's (the protocol's table)."""
     ttl, expires = request.headers.get("Stream-TTL"), request.headers.get("Stream-Expires-At")
+    if ttl is None and expires is None and source is not None:
+        ttl, expires = source.ttl or None, source.expires_at or None
     if ttl is not None and expires is not None:
         raise ApiError(400, "invalid_expiry", "Give Stream-TTL or Stream-Expires-At, not both.")
     if ttl is not None:
@@ -200,7 +255,7 @@ def _append(name: str) -> Response:
     producer = _producer()
     body = request.get_data()
     close = _closed_header()
-    info = _visible(store.info(s.redis, name))
+    info = _live_stream(store.info(s.redis, name))
     if not body and not close:
         raise ApiError(400, "empty_body", "An append needs a body (or Stream-Closed: true to close).")
     given_type = request.headers.get("Content-Type")
@@ -268,7 +323,7 @@ def _appended(result: store.Appended, producer: Producer | None) -> Response:
 @bp.route("/<path:name>", methods=["GET", "HEAD"])
 def read_stream(name: str) -> Response:
     s = services()
-    info = _visible(store.info(s.redis, name))
+    info = _live_stream(store.info(s.redis, name))
     if request.method == "HEAD":
         return _head(info)
     offset, live = _read_params()

@@ -54,7 +54,7 @@ IMMUTABLE = "private, max-age=60, stale-while-revalidate=300"
 # The response headers a client of the protocol reads (a browser page of another origin needs them exposed).
 HEADERS = ("Stream-Next-Offset", "Stream-Cursor", "Stream-Up-To-Date", "Stream-Closed", "ETag")
 
-_OFFSET = re.compile(r"(\d{16})_(\d{20})")
+_OFFSET = re.compile(r"(\d{1,20})_(\d{1,20})")
 _START = "0-0"
 
 

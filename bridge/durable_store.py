@@ -12,6 +12,7 @@ ids (``app.durable_streams.offset_of``): appends are ordered by Redis, the same 
 from __future__ import annotations
 
 import base64
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,8 +25,10 @@ from bridge.scripts import Status
 JSON = "application/json"
 OCTETS = "application/octet-stream"
 START_ID = "0-0"
-# Entry kinds (``event`` of an ``out`` entry).
-JSON_MESSAGE, TEXT, BYTES, CLOSED_MARKER = "j", "t", "b", "closed"
+# Entry kinds (``event`` of an ``out`` entry): a JSON message (``J`` for the last one of its append, so that a fork
+# knows where a batch ends), text, bytes, and the marker after the last message of a closed stream.
+JSON_MESSAGE, JSON_LAST, TEXT, BYTES, CLOSED_MARKER = "j", "J", "t", "b", "closed"
+JSON_KINDS = (JSON_MESSAGE, JSON_LAST)
 
 
 class BadBody(ValueError):
@@ -58,7 +61,10 @@ def messages_of(content_type: str, body: bytes, *, append: bool) -> list[tuple[s
         values = value if isinstance(value, list) else [value]
         if append and isinstance(value, list) and not value:
             raise BadBody("An append of an empty JSON array adds nothing.")
-        return [(JSON_MESSAGE, orjson.dumps(v).decode()) for v in values]
+        messages = [(JSON_MESSAGE, orjson.dumps(v).decode()) for v in values]
+        if messages:
+            messages[-1] = (JSON_LAST, messages[-1][1])
+        return messages
     if not body:
         return []
     if media_type(content_type).startswith("text/"):
@@ -87,6 +93,10 @@ class Info:
     ttl: str
     expires_at: str
     owner: str
+    # Deleted while forks of it live (the protocol's soft delete): 410 to everyone until the last fork goes.
+    deleted: bool = False
+    forks: int = 0
+    forked_from: str = ""
 
     @property
     def json(self) -> bool:
@@ -105,6 +115,9 @@ def info(client: redis.Redis, name: str) -> Info | None:
         ttl=meta.get("ttl", ""),
         expires_at=meta.get("expires_at", ""),
         owner=meta.get("owner", ""),
+        deleted=meta.get("deleted") == "1",
+        forks=int(meta.get("forks") or 0),
+        forked_from=meta.get("forked_from", ""),
     )
 
 
@@ -119,12 +132,24 @@ class Created:
     closed: bool = False
 
 
+@dataclass(frozen=True, slots=True)
+class Fork:
+    """Where a fork diverges from its source: the source's name, the offset's id and the sub-offset."""
+
+    source: str
+    at_id: str
+    sub: int = 0
+    offset: str = ""  # the Stream-Fork-Offset as given ('' when it defaulted to the source's tail)
+
+
 def create(
     client: redis.Redis,
     name: str,
     content_type: str,
     messages: list[tuple[str, str]],
     *,
+    inherited: Sequence[tuple[str, str, str]] = (),
+    fork: Fork | None = None,
     closed: bool,
     ttl_s: int | None,
     expires_at: str,
@@ -137,11 +162,16 @@ def create(
     keep_ms = ttl_s * 1000 if ttl_s else (0 if expire_at_ms else retention_ms)
     args: list[Any] = [name, content_type, "1" if closed else "", "" if ttl_s is None else str(ttl_s), expires_at]
     args += [expire_at_ms, keep_ms, owner, now_ms]
+    args += [fork.source, fork.offset, fork.sub or ""] if fork else ["", "", ""]
+    for entry in inherited:
+        args += entry
     for event, data in messages:
-        args += [event, data]
+        args += ["*", event, data]
     status, values = scripts.decode(scripts.run(client, scripts.DS_CREATE, _keys(name), args))
     if status is Status.CONFLICT:
         return Created(status)
+    if status is Status.CREATED and fork is not None:
+        client.hincrby(keys.durable_stream(fork.source, "meta"), "forks", 1)
     return Created(status, values[0], values[1] == "1")
 
 
@@ -182,9 +212,81 @@ def append(
     return Appended(status, [str(v) for v in values], len(messages))
 
 
-def delete(client: redis.Redis, name: str) -> bool:
-    """``DELETE``: whether there was a stream to delete."""
-    return bool(client.delete(*_keys(name)))
+def delete(client: redis.Redis, name: str) -> None:
+    """``DELETE``: the stream goes, or, while forks of it live, is marked deleted (its data goes, its record stays
+    as the forks' source: each fork holds a copy of what it inherited). A fork that goes releases its source, and a
+    deleted source released by its last fork goes too, up the chain. Each step is its own round trip (a fork and its
+    source are in different slots of a cluster): a crash between two leaves a record that expires with its stream."""
+    current: Info | None = info(client, name)
+    while current is not None:
+        if current.forks > 0 and not current.deleted:
+            meta, out, producers = _keys(current.name)
+            client.hset(meta, "deleted", "1")
+            client.delete(out, producers)
+            return
+        client.delete(*_keys(current.name))
+        if not current.forked_from:
+            return
+        source_meta = keys.durable_stream(current.forked_from, "meta")
+        if not client.exists(source_meta):
+            return
+        left = int(client.hincrby(source_meta, "forks", -1))
+        source = info(client, current.forked_from)
+        current = source if source is not None and source.deleted and left <= 0 else None
+
+
+class BadFork(ValueError):
+    """A fork the source cannot give: ``status`` (400, 404 or 409) and why."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def inherited(client: redis.Redis, source: Info, at_id: str, sub: int) -> list[tuple[str, str, str]]:
+    """The entries a fork of ``source`` at ``at_id`` (and ``sub`` messages or bytes of the next append) copies, with
+    their ids: at most ``MAX_FORK_ENTRIES``. Raises ``BadFork``."""
+    if at_id != START_ID and _after(at_id, source.tail):
+        raise BadFork(400, "Stream-Fork-Offset is past the source stream's tail.")
+    out = keys.durable_stream(source.name, "out")
+    entries: Any = client.xrange(out, "-", at_id, count=MAX_FORK_ENTRIES + 1) if at_id != START_ID else []
+    copied = [(i, f.get("event", BYTES), f.get("data", "")) for i, f in entries if f.get("event") != CLOSED_MARKER]
+    if len(copied) > MAX_FORK_ENTRIES:
+        raise BadFork(400, f"A fork inherits at most {MAX_FORK_ENTRIES} messages.")
+    if sub:
+        copied += _partial(client, source, out, at_id, sub)
+    return copied
+
+
+# A fork copies what it inherits (copy-on-fork, so that it reads and lives on its own, in any slot of a cluster).
+MAX_FORK_ENTRIES = 10_000
+
+
+def _partial(client: redis.Redis, source: Info, out: str, at_id: str, sub: int) -> list[tuple[str, str, str]]:
+    """The first ``sub`` messages (JSON) or bytes of the append after ``at_id``."""
+    start = "-" if at_id == START_ID else f"({at_id}"
+    batch: Any = client.xrange(out, start, "+", count=MAX_FORK_ENTRIES)
+    following = [(i, f.get("event", BYTES), f.get("data", "")) for i, f in batch if f.get("event") != CLOSED_MARKER]
+    if not following:
+        raise BadFork(400, "Stream-Fork-Sub-Offset goes past the source stream's tail.")
+    if source.json:
+        end = next((n for n, (_, event, _) in enumerate(following) if event == JSON_LAST), len(following) - 1)
+        if sub > end + 1:
+            raise BadFork(400, "Stream-Fork-Sub-Offset is past the messages of the next append.")
+        taken = following[:sub]
+        return [*taken[:-1], (taken[-1][0], JSON_LAST, taken[-1][2])]
+    entry_id, event, data = following[0]
+    content = payload(event, data)
+    if sub > len(content):
+        raise BadFork(400, "Stream-Fork-Sub-Offset is past the bytes of the next append.")
+    return [(entry_id, BYTES, base64.b64encode(content[:sub]).decode())]
+
+
+def _after(a: str, b: str) -> bool:
+    """Whether stream id ``a`` comes after ``b``."""
+    a_ms, _, a_seq = a.partition("-")
+    b_ms, _, b_seq = b.partition("-")
+    return (int(a_ms), int(a_seq or 0)) > (int(b_ms), int(b_seq or 0))
 
 
 def touch(client: redis.Redis, name: str, ttl: str) -> None:

@@ -56,8 +56,12 @@ local keep = tonumber(ARGV[7])
 if keep > 0 then
   for _, key in ipairs({meta, out, producers}) do redis.call('PEXPIRE', key, keep) end
 else
+  -- The record's expiry (a fixed time, or the retention) holds for its messages and producers too.
   local ttl = redis.call('PTTL', meta)
-  if ttl > 0 then redis.call('PEXPIRE', producers, ttl) end
+  if ttl > 0 then
+    redis.call('PEXPIRE', out, ttl)
+    if redis.call('EXISTS', producers) == 1 then redis.call('PEXPIRE', producers, ttl) end
+  end
 end
 HINT(out)
 return {'appended', tail, ARGV[2], ARGV[5], ARGV[6]}

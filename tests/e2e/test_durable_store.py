@@ -134,3 +134,33 @@ def test_a_stream_is_its_owners_and_a_deleted_one_is_gone(stack: Stack) -> None:
         # And once its owner deletes it, it is gone
         assert mine.delete(path).status_code == 204
         assert mine.get(path).status_code == 404
+
+
+def test_a_fork_reads_its_source_up_to_where_it_diverged_and_outlives_it(stack: Stack) -> None:
+    with _client(stack) as http:
+        source, fork = _name(), _name()
+        text = {"Content-Type": "text/plain"}
+        at = http.put(source, content=b"abc", headers=text).headers["stream-next-offset"]
+        http.post(source, content=b"def", headers=text).raise_for_status()
+        # Given a fork of the source after "abc" and two bytes of the next append
+        created = http.put(
+            fork, headers={"Stream-Forked-From": source, "Stream-Fork-Offset": at, "Stream-Fork-Sub-Offset": "2"}
+        )
+        assert created.status_code == 201 and created.headers["content-type"] == "text/plain"
+        # When each is appended to
+        http.post(fork, content=b"XY", headers=text).raise_for_status()
+        http.post(source, content=b"ghi", headers=text).raise_for_status()
+        # Then the fork reads what it inherited, then its own; the source is untouched
+        assert http.get(fork, params={"offset": "-1"}).content == b"abcdeXY"
+        assert http.get(source, params={"offset": "-1"}).content == b"abcdefghi"
+        # And a fork past the source's next append, or of another type, is refused
+        too_far = {"Stream-Forked-From": source, "Stream-Fork-Offset": at, "Stream-Fork-Sub-Offset": "4"}
+        assert http.put(_name(), headers=too_far).status_code == 400
+        assert http.put(_name(), headers={"Stream-Forked-From": source, **JSON}).status_code == 409
+        # And once the source is deleted, it answers 410 (its name cannot be taken) while the fork still reads
+        assert http.delete(source).status_code == 204
+        assert http.get(source).status_code == 410 and http.put(source, headers=text).status_code == 409
+        assert http.get(fork, params={"offset": "-1"}).content == b"abcdeXY"
+        # When the last fork goes, so does the deleted source
+        assert http.delete(fork).status_code == 204
+        assert http.get(source).status_code == 404

@@ -15,8 +15,10 @@ def test_offsets_sort_as_stream_ids_do_and_turn_back_into_them() -> None:
 
 
 def test_only_offsets_of_this_shape_are_ids() -> None:
-    for bad in ("", "-1", "now", "1700000000000-1", "12_3", "0001700000000000_0000000000000000001x"):
+    for bad in ("", "-1", "now", "1700000000000-1", "12_", "_3", "0001700000000000_0000000000000000001x", "1_2_3"):
         assert id_of(bad) is None
+    # Fewer digits name the same id: the protocol's own examples write the start as 16 + 16 zeros
+    assert id_of("0000000000000000_0000000000000000") == "0-0" and id_of("12_3") == "12-3"
 
 
 def test_a_cursor_is_the_interval_unless_the_client_is_not_behind_it() -> None:
