@@ -5,7 +5,6 @@ running answer, saving its offset, and resuming from it live to the end of the s
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,13 +13,12 @@ from typing import Any
 import pytest
 from durable_streams import stream as ds_stream
 
+from tests.support import npm
 from tests.support.stack import Stack
 
 pytestmark = pytest.mark.e2e
 
 PROMPT = "An answer read by a client that knows nothing of tokenbridge, resumed from where it stopped."
-# The npm client, pinned: the version these tests were written against.
-NPM_CLIENT = "@durable-streams/client@0.2.7"
 
 NODE_READER = """
 import { stream } from "@durable-streams/client";
@@ -85,18 +83,8 @@ def test_the_python_client_reads_part_of_an_answer_and_resumes_from_its_saved_of
 @pytest.fixture(scope="module")
 def node_reader(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """A Node script that uses the npm client, installed with npm once (skipped without npm)."""
-    npm = shutil.which("npm")
-    if npm is None or shutil.which("node") is None:
-        pytest.skip("node and npm are not installed: the npm client is not tried")
     prefix = tmp_path_factory.mktemp("durable-streams-client")
-    install = subprocess.run(
-        [npm, "install", "--silent", "--no-audit", "--no-fund", "--prefix", str(prefix), NPM_CLIENT],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    if install.returncode != 0:
-        pytest.skip(f"{NPM_CLIENT} could not be installed with npm: {install.stderr.strip()[-300:]}")
+    npm.install(npm.DURABLE_STREAMS_CLIENT, prefix)
     script = prefix / "reader.mjs"
     script.write_text(NODE_READER)
     yield script
