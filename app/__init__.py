@@ -12,6 +12,7 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 from app import (
     api,
     dead_letters,
+    durable_external,
     durable_store,
     durable_streams,
     health,
@@ -129,6 +130,7 @@ _V1 = (
     sse.bp,
     websocket.bp,
     durable_streams.bp,
+    durable_external.bp,
     durable_store.bp,
     producers.bp,
     openai_compat.bp,

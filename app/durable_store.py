@@ -22,7 +22,16 @@ from datetime import datetime
 import orjson
 from flask import Blueprint, Response, g, request
 
-from app.durable_streams import IMMUTABLE, LIVE_TICK_S, SSE_MAX_S, id_of, next_cursor, offset_of
+from app.durable_streams import (
+    IMMUTABLE,
+    LIVE_TICK_S,
+    SSE_MAX_S,
+    closed_header,
+    id_of,
+    next_cursor,
+    offset_of,
+    producer_headers,
+)
 from app.errors import ApiError
 from app.inputs import authenticate, refuse_body
 from app.services import services
@@ -128,10 +137,6 @@ def delete_stream(name: str) -> Response:
     return Response(status=204)
 
 
-def _closed_header() -> bool:
-    return request.headers.get("Stream-Closed", "").strip().lower() == "true"
-
-
 def _create(name: str) -> Response:
     s = services()
     fork = _fork()
@@ -162,7 +167,7 @@ def _create(name: str) -> Response:
         messages,
         inherited=inherited,
         fork=fork,
-        closed=_closed_header(),
+        closed=closed_header(),
         ttl_s=ttl_s,
         expires_at=expires_at,
         expire_at_ms=expire_at_ms,
@@ -234,27 +239,11 @@ def _expiry(source: Info | None = None) -> tuple[int | None, str, int]:
     return None, "", 0
 
 
-def _producer() -> Producer | None:
-    """The idempotent producer's headers: all three or none (400)."""
-    given = [request.headers.get(h) for h in ("Producer-Id", "Producer-Epoch", "Producer-Seq")]
-    if all(value is None for value in given):
-        return None
-    producer_id, epoch, seq = given
-    if producer_id is None or epoch is None or seq is None:
-        raise ApiError(400, "invalid_producer", "Producer-Id, Producer-Epoch and Producer-Seq go together.")
-    if not producer_id:
-        raise ApiError(400, "invalid_producer", "Producer-Id must not be empty.")
-    for header, value in (("Producer-Epoch", epoch), ("Producer-Seq", seq)):
-        if not re.fullmatch(r"[0-9]+", value) or int(value) > _MAX_SAFE:
-            raise ApiError(400, "invalid_producer", f"{header} must be a whole number from 0 to 2^53 - 1.")
-    return Producer(producer_id, int(epoch), int(seq))
-
-
 def _append(name: str) -> Response:
     s = services()
-    producer = _producer()
+    producer = producer_headers()
     body = request.get_data()
-    close = _closed_header()
+    close = closed_header()
     info = _live_stream(store.info(s.redis, name))
     if not body and not close:
         raise ApiError(400, "empty_body", "An append needs a body (or Stream-Closed: true to close).")

@@ -34,6 +34,7 @@ from app.services import services
 from app.sse import bound_writes
 from app.streaming import CATCH_UP_BATCH, KEEPALIVE_FRAME, GapHandler, first_event, ws_frame
 from bridge import keys, streams
+from bridge.durable_store import Producer
 from bridge.events import FINISHED_STATUSES, ClientEvent
 from bridge.streams import parse_stream_id, read_events
 
@@ -83,6 +84,31 @@ def next_cursor(client_cursor: str | None, now: float | None = None) -> str:
         return str(current)
     # Jitter of 1 s to an hour, in intervals: a cached empty answer cannot come back for ever.
     return str(theirs + max(1, -(-random.randint(1, 3600) // CURSOR_INTERVAL_S)))
+
+
+# The protocol's integers (Producer-Epoch, Producer-Seq, Stream-TTL) are at most 2^53 - 1 (JavaScript's safe ones).
+MAX_SAFE_INTEGER = 2**53 - 1
+
+
+def closed_header() -> bool:
+    """Whether the request says ``Stream-Closed: true`` (any other value is no header at all, as the protocol asks)."""
+    return request.headers.get("Stream-Closed", "").strip().lower() == "true"
+
+
+def producer_headers() -> Producer | None:
+    """The idempotent producer's headers: all three or none (400)."""
+    given = [request.headers.get(h) for h in ("Producer-Id", "Producer-Epoch", "Producer-Seq")]
+    if all(value is None for value in given):
+        return None
+    producer_id, epoch, seq = given
+    if producer_id is None or epoch is None or seq is None:
+        raise ApiError(400, "invalid_producer", "Producer-Id, Producer-Epoch and Producer-Seq go together.")
+    if not producer_id:
+        raise ApiError(400, "invalid_producer", "Producer-Id must not be empty.")
+    for header, value in (("Producer-Epoch", epoch), ("Producer-Seq", seq)):
+        if not re.fullmatch(r"[0-9]+", value) or int(value) > MAX_SAFE_INTEGER:
+            raise ApiError(400, "invalid_producer", f"{header} must be a whole number from 0 to 2^53 - 1.")
+    return Producer(producer_id, int(epoch), int(seq))
 
 
 @dataclass(slots=True)

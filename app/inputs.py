@@ -37,6 +37,7 @@ ROUTE_ACTIONS: dict[str, Action] = {
     "durable_store.read_stream": Action.READ,
     "durable_store.write_stream": Action.FEED,
     "durable_store.delete_stream": Action.FEED,
+    "durable_external.append_generation": Action.FEED,
     "api.session_generations": Action.READ,
     "api.session_token": Action.MINT,
     "producers.append": Action.FEED,
@@ -120,6 +121,7 @@ BODY_ENDPOINTS = frozenset(
         "producers.complete",
         "openai.chat_completions",
         "durable_store.write_stream",
+        "durable_external.append_generation",
     }
 )
 

@@ -240,9 +240,23 @@ def _durable_stream_read(summary: str, parameter: dict[str, Any]) -> dict[str, A
 
 def _durable_stream_paths() -> dict[str, Any]:
     return {
-        "/v1/stream/generations/{generation_id}": _durable_stream_read(
-            "A generation as a Durable Stream", _GENERATION_ID
-        ),
+        "/v1/stream/generations/{generation_id}": {
+            **_durable_stream_read("A generation as a Durable Stream", _GENERATION_ID),
+            "post": {
+                "summary": "Append tokens to an external generation (Durable Streams protocol)",
+                "description": "application/json: a token's text, or an array of them; Stream-Closed: true ends "
+                "the generation; Producer-Id, Producer-Epoch and Producer-Seq make each batch idempotent.",
+                "parameters": [_GENERATION_ID],
+                "requestBody": {"required": False, "content": {"application/json": {"schema": {}}}},
+                "responses": {
+                    "200": {"description": "Appended by an idempotent producer"},
+                    "204": {"description": "Appended, ended, or a producer's duplicate"},
+                    "403": {"description": "A stale producer epoch"},
+                    "409": {"description": "Ended, not external, another content type, or a producer sequence gap"},
+                    **_errors(),
+                },
+            },
+        },
         "/v1/stream/sessions/{session_id}": _durable_stream_read("A session as a Durable Stream", _SESSION_ID),
         "/v1/stream/{name}": _durable_stream_store(),
     }

@@ -16,6 +16,7 @@ would leave a gap is refused with the index expected.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -56,6 +57,32 @@ def append_tokens(
         idle_ms=int(settings.external_idle_timeout_s * 1000),
     )
     return AppendResult(status, next_index)
+
+
+@dataclass(frozen=True, slots=True)
+class StreamAppend:
+    """``EXTERNAL_DS_APPEND``'s answer: its status and what follows it (bridge/lua/external_ds_append.lua)."""
+
+    status: Status
+    values: list[str]
+
+
+def append_stream_batch(
+    client: redis.Redis,
+    generation_id: str,
+    tokens: list[str],
+    *,
+    settings: Settings,
+    producer: tuple[str, int, int] | None = None,
+) -> StreamAppend:
+    """Append ``tokens`` where the generation has come to, once per batch of an idempotent producer (id, epoch,
+    sequence; the Durable Streams protocol's): a Durable Streams client writing an external generation."""
+    generation_keys = [keys.gen_meta(generation_id), keys.gen_raw(generation_id), keys.gen_lease(generation_id)]
+    pid, epoch, seq = producer or ("", 0, 0)
+    args: list[Any] = [pid, epoch, seq, settings.redis_stream_max_length, int(settings.external_idle_timeout_s * 1000)]
+    args += [repr(time.time()), *tokens]
+    status, values = scripts.decode(scripts.run(client, scripts.EXTERNAL_DS_APPEND, generation_keys, args))
+    return StreamAppend(status, [str(v) for v in values])
 
 
 def finish(

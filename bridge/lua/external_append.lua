@@ -2,6 +2,7 @@
 -- token; tokens already accepted are skipped, a batch that would leave a gap is refused.
 -- KEYS: meta, raw, lease   ARGV: index, maxlen, idle_ms, ts, tokens...
 -- Returns {status, next_index}, status 'unknown', 'not_external', 'finished', 'gap', 'duplicate' or 'appended'.
+-- include lib/external_tokens.lua
 if redis.call('EXISTS', KEYS[1]) == 0 then return {'unknown', 0} end
 if redis.call('HGET', KEYS[1], 'model') ~= 'external' then return {'not_external', 0} end
 local next_index = tonumber(redis.call('HGET', KEYS[1], 'ext_next') or '0')
@@ -10,15 +11,7 @@ local index = tonumber(ARGV[1])
 local count = #ARGV - 4
 if index > next_index then return {'gap', next_index} end
 if index + count <= next_index then return {'duplicate', next_index} end
-if redis.call('HGET', KEYS[1], 'attempt') == '0' then
-  redis.call('HSET', KEYS[1], 'attempt', 1, 'started_at', ARGV[4], 'status', 'running')
-end
-local ts = tonumber(ARGV[4])
-for i = next_index - index + 1, count do
-  redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*', 'type', 'token', 'attempt', 1,
-             'data', cjson.encode({content = ARGV[4 + i], ts = ts}))
-end
-redis.call('HSET', KEYS[1], 'ext_next', index + count)
-HINT(KEYS[2])
-redis.call('SET', KEYS[3], 1, 'PX', ARGV[3])
-return {'appended', index + count}
+local tokens = {unpack(ARGV, 5)}
+local written = external_tokens(KEYS[1], KEYS[2], KEYS[3], next_index, tokens, next_index - index + 1, ARGV[2],
+                                ARGV[3], ARGV[4])
+return {'appended', written}

@@ -164,3 +164,32 @@ def test_a_fork_reads_its_source_up_to_where_it_diverged_and_outlives_it(stack: 
         # When the last fork goes, so does the deleted source
         assert http.delete(fork).status_code == 204
         assert http.get(source).status_code == 404
+
+
+def test_a_protocol_producer_writes_an_external_generation_that_readers_get_through_the_chain(stack: Stack) -> None:
+    with _client(stack) as http:
+        # Given an external generation, and its Durable Stream
+        gen = stack.create(model="external", prompt="fed over the protocol")
+        path = f"/v1/stream/generations/{gen['id']}"
+
+        def send(body: bytes, seq: int, **headers: str) -> httpx.Response:
+            producer = {"Producer-Id": "model-1", "Producer-Epoch": "0", "Producer-Seq": str(seq)}
+            return http.post(path, content=body, headers={**JSON, **producer, **headers})
+
+        # When an idempotent producer appends two batches, one of them twice, then ends it
+        first = send(b'["Hel", "lo"]', 0)
+        assert first.status_code == 200 and first.headers["producer-seq"] == "0"
+        assert send(b'["Hel", "lo"]', 0).status_code == 204  # a retry: written once
+        assert send(b'" world"', 2).status_code == 409  # a gap
+        assert send(b'" world"', 1).status_code == 200
+        assert http.post(path, content=b"[1]", headers=JSON).status_code == 400  # a token is a JSON string
+        ended = send(b"", 2, **{"Stream-Closed": "true"})
+        assert ended.status_code == 204 and ended.headers["stream-closed"] == "true"
+        # Then every reader gets each token once, then done, as the processor chain committed them
+        assert stack.events(gen).ended_by_server
+        events = http.get(path, params={"offset": "-1"}).json()
+        assert "".join(e["data"]["content"] for e in events if e["event"] == "token") == "Hello world"
+        assert events[-1]["event"] == "done"
+        # And an append after the end is refused with the stream closed
+        late = send(b'"!"', 3)
+        assert late.status_code == 409 and late.headers["stream-closed"] == "true"

@@ -185,8 +185,13 @@ def test_a_session_reads_as_an_open_stream_and_an_idle_long_poll_answers_204_wit
     assert _text(more) == "more"
 
 
-def test_writing_to_a_generation_stream_is_refused_with_405(stack: Stack) -> None:
+def test_a_generation_stream_is_not_created_or_deleted_and_only_an_external_one_appended_to(stack: Stack) -> None:
     gen = _finished(stack)
-    for method in ("PUT", "POST", "DELETE"):
+    for method in ("PUT", "DELETE"):
         answer = httpx.request(method, stack.url(_path(gen)), headers=stack.headers, content=b"[1]", timeout=10)
         assert answer.status_code == 405 and answer.json()["error"]["code"] == "method_not_allowed", method
+    # An append is for external generations only
+    answer = httpx.post(
+        stack.url(_path(gen)), headers={**stack.headers, "Content-Type": "application/json"}, content=b'"x"'
+    )
+    assert answer.status_code == 409 and answer.json()["error"]["code"] == "not_external"
