@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
+from tokenbridge_client import SseParser
 from wsproto import ConnectionType, WSConnection
 from wsproto.events import AcceptConnection, CloseConnection, Ping, RejectConnection, Request, TextMessage
 
@@ -75,14 +76,10 @@ async def sse_events(
             return
         if status != 200:
             raise RefusedError(status)
-        buffer = b""
+        parser = SseParser()  # the client library's, as every SSE reader of this project
         async for data in _body(reader, chunked, idle_s):
-            buffer += data
-            while b"\n\n" in buffer:
-                frame, buffer = buffer.split(b"\n\n", 1)
-                event = _parse_frame(frame)
-                if event is not None:
-                    yield event
+            for message in parser.feed(data):
+                yield WireEvent(message.id, message.event, json.loads(message.data))
         raise EndedError("response ended")
     finally:
         writer.close()
@@ -103,24 +100,6 @@ async def _body(reader: asyncio.StreamReader, chunked: bool, idle_s: float) -> A
             if not data:
                 return
         yield data
-
-
-def _parse_frame(frame: bytes) -> WireEvent | None:
-    fields: dict[str, str] = {}
-    data_lines: list[str] = []
-    for raw in frame.decode().split("\n"):
-        line = raw.rstrip("\r")
-        if not line or line.startswith(":"):
-            continue
-        name, _, value = line.partition(":")
-        value = value[1:] if value.startswith(" ") else value
-        if name == "data":
-            data_lines.append(value)
-        else:
-            fields[name] = value
-    if not data_lines:
-        return None
-    return WireEvent(fields.get("id", ""), fields.get("event", "message"), json.loads("\n".join(data_lines)))
 
 
 class WebSocket:

@@ -322,3 +322,15 @@ def test_tool_calls_and_results_are_sent_back_upstream_as_given(upstream: Any, p
     ]
     run(provider(server.base_url), GenerationRequest.model_validate({"model": "gpt", "messages": messages}))
     assert server.requests[0].body["messages"] == messages
+
+
+def test_an_oversized_upstream_event_or_line_is_a_provider_error_not_a_token() -> None:
+    from bridge.errors import ProviderError
+    from tasks.providers.sse import MAX_EVENT_BYTES
+
+    half = b"data: " + b"x" * (MAX_EVENT_BYTES // 2 + 1) + b"\n"
+    for wire in (half * 2 + b"\n", b"data: " + b"y" * (MAX_EVENT_BYTES + 1)):
+        with pytest.raises(ProviderError, match="oversized"):
+            list(iter_events(wire[i : i + 65536] for i in range(0, len(wire), 65536)))
+    # Just under the cap is an event like any other
+    assert [len(e.data) for e in iter_events([half + b"\n"])] == [MAX_EVENT_BYTES // 2 + 1]

@@ -20,6 +20,8 @@ from ._errors import TokenbridgeError
 from .async_client import AsyncTokenbridgeClient, acollect_text
 from .client import (
     Event,
+    SseEventTooLarge,
+    SseMessage,
     SseParser,
     TokenbridgeAPIError,
     TokenbridgeClient,
@@ -39,6 +41,8 @@ except PackageNotFoundError:  # imported from a checkout, not installed
 __all__ = [
     "AsyncTokenbridgeClient",
     "Event",
+    "SseEventTooLarge",
+    "SseMessage",
     "SseParser",
     "TokenbridgeAPIError",
     "TokenbridgeClient",

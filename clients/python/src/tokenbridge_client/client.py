@@ -66,6 +66,10 @@ class TokenbridgeProtocolError(TokenbridgeClientError):
     """Raised when the server sends what the contract rules out (event data that is not a JSON object)."""
 
 
+class SseEventTooLarge(ValueError):
+    """Raised by an ``SseParser`` given ``max_event_bytes`` when a line or an event is longer."""
+
+
 @dataclass(frozen=True, slots=True)
 class Event:
     """One event of a generation: its stream entry id, its name and its data."""
@@ -93,11 +97,15 @@ class SseParser:
 
     Lines end with CRLF, LF or CR (also when a CRLF is split between two chunks); ``data:`` lines are joined
     with LF; comments and unknown fields are skipped; an event without data is not dispatched but its ``id``
-    still counts; an event left incomplete at the end of the body is discarded. Lines are split on bytes,
-    not with ``str.splitlines``, which would also split JSON data on U+2028 and friends.
+    still counts; an event left incomplete at the end of the body is discarded, unless the caller asks for it
+    with ``finish``. Lines are split on bytes, not with ``str.splitlines``, which would also split JSON data on
+    U+2028 and friends. ``max_event_bytes``: a longer line or event raises ``SseEventTooLarge`` (a reader of an
+    untrusted server keeps its memory bounded).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *, max_event_bytes: int | None = None) -> None:
+        self.max_event_bytes = max_event_bytes
+        self._size = 0
         self.last_event_id = ""
         self.retry_ms: int | None = None
         self._buffer = b""
@@ -123,6 +131,16 @@ class SseParser:
             if message is not None:
                 messages.append(message)
         self._buffer = self._buffer[start:]
+        if self.max_event_bytes is not None and len(self._buffer) > self.max_event_bytes:
+            raise SseEventTooLarge(f"an SSE line longer than {self.max_event_bytes} bytes")
+        return messages
+
+    def finish(self) -> list[SseMessage]:
+        """The end of the body, read leniently: a last line without its line end, and a last event without the
+        blank line after it, still count (what an upstream that closes abruptly leaves)."""
+        line = self._buffer.decode("utf-8", errors="replace")
+        self._buffer = b""
+        messages = [m for m in (self._line(line) if line else None, self._dispatch()) if m is not None]
         return messages
 
     def _line(self, line: str) -> SseMessage | None:
@@ -137,6 +155,9 @@ class SseParser:
         if colon:
             value = value.removeprefix(" ")
         if name == "data":
+            self._size += len(value)
+            if self.max_event_bytes is not None and self._size > self.max_event_bytes:
+                raise SseEventTooLarge(f"an SSE event larger than {self.max_event_bytes} bytes")
             self._data.append(value)
         elif name == "event":
             self._event = value
@@ -148,7 +169,7 @@ class SseParser:
 
     def _dispatch(self) -> SseMessage | None:
         data, event = self._data, self._event or "message"
-        self._data, self._event = [], ""
+        self._data, self._event, self._size = [], "", 0
         if not data:
             return None
         return SseMessage(self.last_event_id, event, "\n".join(data))
