@@ -31,8 +31,10 @@ from app.durable_streams import (
     next_cursor,
     offset_of,
     producer_headers,
+    read_headers,
+    read_params,
 )
-from app.errors import ApiError
+from app.errors import ApiError, out_of_memory
 from app.inputs import authenticate, refuse_body
 from app.services import services
 from app.sse import bound_writes
@@ -137,8 +139,16 @@ def delete_stream(name: str) -> Response:
     return Response(status=204)
 
 
+def _room() -> None:
+    """503 while Redis is nearly full (``REDIS_MEMORY_HEADROOM``): the generations running have room to finish."""
+    s = services()
+    if s.memory.full():
+        raise out_of_memory(s.settings.redis_retry_after_s)
+
+
 def _create(name: str) -> Response:
     s = services()
+    _room()
     fork = _fork()
     source = _visible(store.info(s.redis, fork.source)) if fork else None
     if source is not None and source.deleted:
@@ -247,6 +257,8 @@ def _append(name: str) -> Response:
     info = _live_stream(store.info(s.redis, name))
     if not body and not close:
         raise ApiError(400, "empty_body", "An append needs a body (or Stream-Closed: true to close).")
+    if body:
+        _room()
     given_type = request.headers.get("Content-Type")
     if body and not given_type:
         raise ApiError(400, "missing_content_type", "An append needs a Content-Type.")
@@ -315,7 +327,7 @@ def read_stream(name: str) -> Response:
     info = _live_stream(store.info(s.redis, name))
     if request.method == "HEAD":
         return _head(info)
-    offset, live = _read_params()
+    offset, live = read_params()
     store.touch(s.redis, name, info.ttl)
     if offset == "now":
         if live is None or info.closed:
@@ -329,26 +341,6 @@ def read_stream(name: str) -> Response:
     if live == "long-poll":
         return _long_poll(info, after_id, page)
     return _catch_up(info, offset, page)
-
-
-def _read_params() -> tuple[str, str | None]:
-    offsets = request.args.getlist("offset")
-    live = request.args.get("live") or None
-    if len(offsets) > 1:
-        raise ApiError(400, "invalid_offset", "Give one offset parameter.")
-    if live not in (None, "long-poll", "sse"):
-        raise ApiError(400, "invalid_live", "live must be long-poll or sse.")
-    if not offsets:
-        if live is not None:
-            raise ApiError(400, "invalid_offset", f"live={live} needs an offset (-1 for the start, now for the tail).")
-        return "-1", None
-    offset = offsets[0]
-    if offset in ("-1", "now"):
-        return offset, live
-    entry_id = id_of(offset)
-    if entry_id is None:
-        raise ApiError(400, "invalid_offset", "offset must be -1, now, or a Stream-Next-Offset this stream gave.")
-    return entry_id, live
 
 
 class _Page:
@@ -380,12 +372,7 @@ def _body(info: Info, page: _Page) -> bytes:
 
 
 def _headers(page: _Page) -> dict[str, str]:
-    headers = {"Stream-Next-Offset": offset_of(page.next_id)}
-    if page.up_to_date:
-        headers["Stream-Up-To-Date"] = "true"
-    if page.closed:
-        headers["Stream-Closed"] = "true"
-    return headers
+    return read_headers(page.next_id, up_to_date=page.up_to_date, closed=page.closed)
 
 
 def _etag(info: Info, start: str, end_id: str, closed: bool) -> str:

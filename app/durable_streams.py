@@ -163,7 +163,7 @@ def _security_headers(response: Response) -> Response:
 
 
 def _answer(stream: _Stream) -> Response:
-    offset, live = _read_params()
+    offset, live = read_params()
     if request.method == "HEAD":
         return _head(stream)
     if offset == "now":
@@ -181,7 +181,7 @@ def _answer(stream: _Stream) -> Response:
     return _catch_up(stream, offset, _page(stream, after_id))
 
 
-def _read_params() -> tuple[str, str | None]:
+def read_params() -> tuple[str, str | None]:
     """``offset`` (``-1``, ``now`` or a stream id) and ``live`` (None, ``long-poll`` or ``sse``); unknown parameters
     are ignored, as the protocol asks."""
     offsets = request.args.getlist("offset")
@@ -255,10 +255,15 @@ def _body(events: list[ClientEvent]) -> str:
 
 
 def _headers(page: _Page) -> dict[str, str]:
-    headers = {"Stream-Next-Offset": offset_of(page.next_id)}
-    if page.up_to_date:
+    return read_headers(page.next_id, up_to_date=page.up_to_date, closed=page.closed)
+
+
+def read_headers(next_id: str, *, up_to_date: bool, closed: bool) -> dict[str, str]:
+    """The protocol's headers of a read that ends at ``next_id``."""
+    headers = {"Stream-Next-Offset": offset_of(next_id)}
+    if up_to_date:
         headers["Stream-Up-To-Date"] = "true"
-    if page.closed:
+    if closed:
         headers["Stream-Closed"] = "true"
     return headers
 

@@ -8,6 +8,7 @@
 -- epoch, last seq} (a producer's retry, or the request that closed the stream, again: 204); {'conflict', tail} (the
 -- content type differs); {'stale_epoch', epoch} (403); {'bad_epoch_seq'} (a new epoch not at 0: 400);
 -- {'gap', expected, received} (409); {'seq_conflict'} (Stream-Seq not above the last: 409).
+-- include lib/producer.lua
 local meta, out, producers = KEYS[1], KEYS[2], KEYS[3]
 local m = redis.call('HMGET', meta, 'type', 'closed', 'tail', 'sseq', 'closed_by')
 if not m[1] then return {'unknown'} end
@@ -23,21 +24,9 @@ if closed then
 end
 if has_body and ARGV[1] ~= m[1] then return {'conflict', tail} end
 if pid ~= '' then
-  local state = redis.call('HGET', producers, pid)
-  if not state then
-    if seq ~= 0 then return {'gap', '0', ARGV[6]} end
-  else
-    local sep = string.find(state, ' ', 1, true)
-    local known_epoch, last = tonumber(string.sub(state, 1, sep - 1)), tonumber(string.sub(state, sep + 1))
-    if epoch < known_epoch then return {'stale_epoch', tostring(known_epoch)} end
-    if epoch > known_epoch then
-      if seq ~= 0 then return {'bad_epoch_seq'} end
-    elseif seq <= last then
-      return {'duplicate', tail, '', ARGV[5], tostring(last)}
-    elseif seq > last + 1 then
-      return {'gap', tostring(last + 1), ARGV[6]}
-    end
-  end
+  local refused, a, b = producer_check(producers, pid, epoch, seq)
+  if refused == 'duplicate' then return {'duplicate', tail, '', ARGV[5], a} end
+  if refused then return {refused, a, b} end
 end
 if ARGV[3] ~= '' and m[4] and ARGV[3] <= m[4] then return {'seq_conflict'} end
 for i = 8, #ARGV, 2 do

@@ -6,6 +6,7 @@
 -- Returns {'appended', next_index, last id}; {'duplicate', last seq} (a batch the producer sent before); {'unknown'};
 -- {'not_external'}; {'finished'}; {'stale_epoch', epoch}; {'bad_epoch_seq'}; {'gap', expected seq, received seq}.
 -- include lib/external_tokens.lua
+-- include lib/producer.lua
 local meta = KEYS[1]
 local m = redis.call('HMGET', meta, 'model', 'ext_next', 'terminal')
 if not m[1] then return {'unknown'} end
@@ -13,21 +14,8 @@ if m[1] ~= 'external' then return {'not_external'} end
 local pid, epoch, seq = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 local field = 'dsp:' .. pid
 if pid ~= '' then
-  local state = redis.call('HGET', meta, field)
-  if not state then
-    if seq ~= 0 then return {'gap', '0', ARGV[3]} end
-  else
-    local sep = string.find(state, ' ', 1, true)
-    local known_epoch, last = tonumber(string.sub(state, 1, sep - 1)), tonumber(string.sub(state, sep + 1))
-    if epoch < known_epoch then return {'stale_epoch', tostring(known_epoch)} end
-    if epoch > known_epoch then
-      if seq ~= 0 then return {'bad_epoch_seq'} end
-    elseif seq <= last then
-      return {'duplicate', tostring(last)}
-    elseif seq > last + 1 then
-      return {'gap', tostring(last + 1), ARGV[3]}
-    end
-  end
+  local refused, a, b = producer_check(meta, field, epoch, seq)
+  if refused then return {refused, a, b} end
 end
 if m[3] then return {'finished'} end
 local next_index, last_id = tonumber(m[2] or '0'), ''

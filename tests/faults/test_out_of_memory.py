@@ -61,6 +61,8 @@ def test_redis_out_of_memory_refuses_new_work_ends_running_work_cleanly_and_reco
     stack.wait_ready()
     client = stack.client()
     try:
+        # Given a Durable Stream created before, to append to later
+        assert httpx.put(stack.url("/v1/stream/oom-kept"), headers=stack.headers, timeout=10).status_code == 201
         # Given two generations running, one short and one long
         short = _reader(stack, stack.create(model="echo", prompt=WORDS, options={"delay_ms": 40}))
         long = _reader(stack, stack.create(model="echo", prompt=WORDS, options={"delay_ms": 400}))
@@ -80,6 +82,15 @@ def test_redis_out_of_memory_refuses_new_work_ends_running_work_cleanly_and_reco
         assert external.status_code == 503 and external.json()["error"]["code"] == "redis_out_of_memory"
         chat = stack.post("/v1/chat/completions", {"model": "echo", "messages": [{"role": "user", "content": "x"}]})
         assert chat.status_code == 503 and chat.json()["error"]["code"] == "redis_out_of_memory"
+        streamed = httpx.put(stack.url("/v1/stream/oom-new"), headers=stack.headers, timeout=10)
+        assert streamed.status_code == 503 and streamed.json()["error"]["code"] == "redis_out_of_memory"
+        appended = httpx.post(
+            stack.url("/v1/stream/oom-kept"),
+            content=b"x",
+            headers={**stack.headers, "Content-Type": "application/octet-stream"},
+            timeout=10,
+        )
+        assert appended.status_code == 503 and appended.headers["retry-after"]
         # And the generation already running finishes in the room kept for it
         short.join(60)
         assert short.outcome.terminal is not None and short.outcome.terminal.event == "done"
