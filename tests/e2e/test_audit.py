@@ -197,5 +197,6 @@ def test_a_keys_file_reload_is_recorded_with_the_names_it_changed(stack: Stack) 
         timeout_s=10,
         interval_s=0.2,
         message="no keys.reload record names the key removed",
+        # pacing: a request now and then makes web look at the keys file again (at most once a second)
         step=lambda: (time.sleep(0.2), httpx.get(stack.url("/v1/stats"), headers=_as(API_KEY))),
     )

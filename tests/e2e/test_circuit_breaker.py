@@ -73,7 +73,7 @@ def test_a_model_that_keeps_failing_fails_fast_then_gets_a_trial_after_the_cool_
     assert ready["status"] == "degraded" and ready["checks"]["models"]["models"]["flaky-solo"]["circuit"] == "open"
     assert 'tokenbridge_model_circuit_open{model="flaky-solo"} 1.0' in httpx.get(breaker.url("/metrics")).text
     # And after the cool-down a trial goes through; its success closes the circuit
-    time.sleep(COOLDOWN_S)
+    time.sleep(COOLDOWN_S)  # a fixed wait, the scenario: the cool-down passes
     trial = breaker.create(model="flaky-solo", prompt="x", max_tokens=3, options={"tokens_per_second": 1000})
     assert read_sse(breaker.url(trial["events_url"]), headers=breaker.headers).events[-1].event == "done"
     again = breaker.post("/v1/generations", {"model": "flaky-solo", "prompt": "x", "max_tokens": 3})

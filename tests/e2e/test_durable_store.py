@@ -90,6 +90,7 @@ def test_a_live_reader_gets_appends_by_long_poll_and_sse_until_the_stream_closes
         tail = http.put(path, headers=JSON).headers["stream-next-offset"]
 
         def later() -> None:
+            # pacing: each append comes while a reader already waits at the tail
             time.sleep(0.5)
             http.post(path, content=b'{"n": 1}', headers=JSON).raise_for_status()
             time.sleep(0.5)

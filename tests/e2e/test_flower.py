@@ -137,7 +137,7 @@ def test_flower_shows_consumers_and_their_generations_and_a_killed_consumer_goes
     def generate_task_listed() -> bool:
         probe = stack_.create(model="echo", prompt="probe")
         _finish(stack_, probe)
-        time.sleep(0.5)
+        time.sleep(0.5)  # pacing: the probe's task events reach Flower before it is asked, then a new probe
         tasks = flower.tasks().values()
         return any(t.get("name") == GENERATE_TASK and t.get("args") == repr([probe["id"]]) for t in tasks)
 

@@ -173,7 +173,7 @@ def test_a_connection_idle_longer_than_gunicorns_default_keep_alive_takes_the_ne
         connection.request("GET", "/healthz")
         assert orjson.loads(connection.getresponse().read())["status"] == "ok"
         first_socket = connection.sock
-        time.sleep(2.5)
+        time.sleep(2.5)  # a fixed wait, the scenario: idle past gunicorn's 2 s default keep-alive
         # When a submission is sent on it
         connection.request("POST", "/v1/generations", body=body, headers=headers)
         response = connection.getresponse()

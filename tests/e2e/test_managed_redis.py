@@ -151,7 +151,7 @@ def test_a_burst_stays_within_the_plans_connection_limit(managed: tuple[Stack, s
     def sample() -> None:
         while not stop.is_set():
             peak[0] = max(peak[0], int(client.info("clients")["connected_clients"]))
-            time.sleep(0.05)
+            time.sleep(0.05)  # pacing of the sampler
 
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()

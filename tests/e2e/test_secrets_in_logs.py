@@ -96,7 +96,7 @@ def test_no_log_line_of_any_process_holds_a_secret(guarded: tuple[Stack, FakeUps
     # When the keys file gets entries that do not validate, with key-like values in them
     keys_file = Path(stack.env["API_KEYS_FILE"])
     keys_file.write_text(BROKEN_KEYS_FILE)
-    time.sleep(1.2)
+    time.sleep(1.2)  # a fixed wait: web looks at the keys file again once KEYS_FILE_CHECK_S (1 s) has passed
     for _ in range(4):  # each web process reads it again
         httpx.get(stack.url("/v1/stats"), headers=key)
     wait_for(

@@ -105,7 +105,7 @@ class OtlpReceiver(ThreadingHTTPServer):
             spans = self.trace(trace_id)
             if names <= {s.name for s in spans}:
                 return spans
-            time.sleep(0.1)
+            time.sleep(0.1)  # polling: the processes export their spans in batches
         spans = self.trace(trace_id)
         missing = names - {s.name for s in spans}
         raise AssertionError(f"spans {sorted(missing)} never arrived; got {sorted((s.service, s.name) for s in spans)}")

@@ -164,7 +164,7 @@ def test_the_stack_follows_a_sentinel_failover_under_load(
     load = Load(stack)
     submitter = threading.Thread(target=load.run, daemon=True)
     submitter.start()
-    time.sleep(4)
+    time.sleep(4)  # a fixed wait, the scenario: 4 s of load, generations in flight when the primary dies
     # When the primary crashes mid-load
     killed_at = time.monotonic()
     setup.kill_primary()
@@ -177,7 +177,7 @@ def test_the_stack_follows_a_sentinel_failover_under_load(
         what="a generation after the failover",
     )
     followed_s = time.monotonic() - killed_at
-    time.sleep(4)
+    time.sleep(4)  # a fixed wait, the scenario: 4 s more of load on the promoted replica, the generations checked below
     load.finish(submitter, readers_within_s=60)
     before = [r.outcome for at, r in load.readers if at < killed_at]
     during = [r.outcome for at, r in load.readers if killed_at <= at]
@@ -219,14 +219,14 @@ def test_what_a_failover_to_a_stale_replica_loses(
     load = Load(stack, delay_ms=100)
     submitter = threading.Thread(target=load.run, daemon=True)
     submitter.start()
-    time.sleep(3)
+    time.sleep(3)  # a fixed wait, the scenario: 3 s of load before the replica is cut off
     # Given a replica that stopped receiving writes a second ago (its link dropped by the primary: what the
     # kernel had buffered for it before is all it will ever get)
     assert setup.replica.process is not None
     os.kill(setup.replica.process.pid, signal.SIGSTOP)
     with redis.Redis(host="127.0.0.1", port=setup.primary.port) as primary:
         primary.client_kill_filter(_type="replica")
-    time.sleep(1)
+    time.sleep(1)  # a fixed wait, the scenario: the second of acknowledged writes that the replica misses
     # When the primary dies and the stale replica is promoted
     killed_at = time.monotonic()
     setup.kill_primary()
@@ -240,7 +240,7 @@ def test_what_a_failover_to_a_stale_replica_loses(
         what="a generation after the failover",
     )
     followed_s = time.monotonic() - killed_at
-    time.sleep(3)
+    time.sleep(3)  # a fixed wait, the scenario: 3 s more of load on the promoted replica, the generations checked below
     load.finish(submitter, readers_within_s=30)
     paused_at = killed_at - 1
     summary = {

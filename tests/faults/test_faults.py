@@ -97,13 +97,16 @@ def test_a_consumer_paused_for_2_s_keeps_its_generations(
     _wait_streaming(readers, events=5)
     stack.start("consumer-b", "consumer")
     stack.wait_ready(consumers=2)
-    time.sleep(3)  # B has watched for longer than CONSUMER_DEAD_AFTER_MS: it may judge A
+    # A fixed wait (B's own heartbeat is not observable from here): B has watched for longer than
+    # CONSUMER_DEAD_AFTER_MS (2.5 s), so it may judge A
+    time.sleep(3)
     # When A stops for 2 s (SIGSTOP: a CPU-starved host, a long pause), then goes on
     stack.signal("consumer-a", signal.SIGSTOP)
-    time.sleep(2)
+    time.sleep(2)  # a fixed wait, the scenario: the pause, shorter than CONSUMER_DEAD_AFTER_MS
     stack.signal("consumer-a", signal.SIGCONT)
     outcomes = read_all(readers)
-    # Then every reader has the exact text, and A kept its generations: nobody took them over
+    # Then every reader has the exact text, and A kept its generations: nobody took them over (observed until every
+    # generation ended, after which there is nothing left to take over)
     _assert_exact(outcomes, WORDS)
     logs = "".join((stack.logs / f"{name}.log").read_text() for name in ("consumer-a", "consumer-b"))
     record(scenario="consumer SIGSTOP 2 s", takeovers=logs.count("Taking over generation"), lost=0, duplicated=0)
@@ -158,10 +161,11 @@ def test_a_worker_paused_for_2_s_keeps_its_generations(
     stack.wait_ready(workers=2)
     # When worker A stops for 2 s, then goes on
     stack.signal("worker-a", signal.SIGSTOP)
-    time.sleep(2)
+    time.sleep(2)  # a fixed wait, the scenario: the pause, shorter than DEAD_AFTER_MS (2.5 s)
     stack.signal("worker-a", signal.SIGCONT)
     outcomes = read_all(readers)
-    # Then no generation started again: each reader has the exact text of its first attempt
+    # Then no generation started again: each reader has the exact text of its first attempt (observed until every
+    # generation ended)
     _assert_exact(outcomes, WORDS)
     restarts = sum(o.restarts for o in outcomes)
     record(scenario="celery worker SIGSTOP 2 s", restarts=restarts, lost=0, duplicated=0)
@@ -186,7 +190,7 @@ def test_a_redelivered_task_never_interleaves_with_the_live_one(
         reader.start()
     _wait_streaming(readers, events=3)
     # When the broker's sweep redelivers the still-running tasks (kombu's own restore of unacked messages)
-    time.sleep(2.5)
+    time.sleep(2.5)  # a fixed wait, the scenario: the visibility timeout (2 s) runs out while the tasks run
     celery = Celery(broker=stack.redis.url)
     celery.conf.broker_transport_options = {"visibility_timeout": 2}
     with celery.connection_for_write() as connection:
@@ -237,10 +241,10 @@ def test_redis_outage_then_everything_recovers_without_restarts(
     # When Redis is stopped for 6 s
     stack.redis.stop()
     down_at = time.monotonic()
-    time.sleep(1)
+    time.sleep(1)  # a fixed wait, the scenario: the requests below are made 1 s into the outage
     create = stack.post("/v1/generations", {"model": "echo", "prompt": "x"})
     ready = stack.get("/readyz")
-    time.sleep(max(0.0, 6 - (time.monotonic() - down_at)))
+    time.sleep(max(0.0, 6 - (time.monotonic() - down_at)))  # a fixed wait, the scenario: the rest of the 6 s
     stack.redis.start()
     up_at = time.monotonic()
     # Then the API answered 503 with Retry-After meanwhile, and every reader ends with the exact text
@@ -343,9 +347,13 @@ def test_a_worker_given_sigterm_exits_even_when_redis_is_gone(make_stack: Callab
     stack.start("consumer")
     stack.start("worker")
     stack.wait_ready()
-    for _ in range(5):
-        stack.create(model="echo", prompt=WORDS, options={"delay_ms": 200})
-    time.sleep(2)
+    generations = [stack.create(model="echo", prompt=WORDS, options={"delay_ms": 200}) for _ in range(5)]
+    wait_for(
+        lambda: all(stack.get(f"/v1/generations/{g['id']}").json()["text"] for g in generations),
+        timeout_s=30,
+        interval_s=0.2,
+        message="the generations never started on the worker",
+    )
     # When Redis dies for good and the worker gets SIGTERM
     assert stack.redis.process is not None
     stack.redis.process.kill()
@@ -376,7 +384,7 @@ def _late_readers(port: int, generation: dict[str, object], headers: dict[str, s
             thread = threading.Thread(target=read_one, daemon=True)
             thread.start()
             threads.append(thread)
-            time.sleep(0.05)
+            time.sleep(0.05)  # pacing: a new reader every 50 ms
         for thread in threads:
             thread.join(30)
 

@@ -26,7 +26,7 @@ def _wait(condition: Callable[[], object], timeout_s: float, what: str) -> float
     while not condition():
         if time.monotonic() - started > timeout_s:
             raise AssertionError(f"{what} not met within {timeout_s}s")
-        time.sleep(0.1)
+        time.sleep(0.1)  # polling the condition
     return time.monotonic() - started
 
 

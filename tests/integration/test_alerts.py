@@ -16,7 +16,7 @@ import redis
 from bridge import keys
 from bridge.producer import GenerationWriter
 from bridge.settings import Settings
-from tests.support import new_generation, wait_for
+from tests.support import holds_for, new_generation, wait_for
 from workers.consumer import ConsumerWorker
 from workers.processors import default_processors
 
@@ -63,9 +63,19 @@ def test_the_webhook_hears_once_of_trouble_and_once_of_recovery(
         # When it finishes
         writer.write([("done", {"finish_reason": "stop", "usage": {}})])
         wait_for(lambda: r.hget(keys.gen_meta(gid), "status") == "completed", step=lambda: worker.run_once(block_ms=20))
-        for _ in range(5):
-            time.sleep(0.02)
+
+        def check() -> None:
+            time.sleep(0.02)  # a health check is due every ALERT_INTERVAL_S (0.01 s)
             worker.housekeeping()
-    # Then exactly two alerts were posted: trouble, then recovery
+
+        # Then the next health check posts the recovery, and the checks after it post nothing more
+        wait_for(lambda: len(received) >= 2, timeout_s=5, step=check, message="no recovery alert")
+        holds_for(
+            lambda: len(received) == 2,
+            window_s=0.1,
+            step=check,
+            why="about five health checks after the recovery: a repeated alert would be posted by the next one",
+        )
+    # And exactly two alerts were posted: trouble, then recovery
     assert [body["status"] for body in received] == ["unhealthy", "healthy"]
     assert "running for" in received[0]["problems"][0]

@@ -62,7 +62,7 @@ class Monitor:
 
 def _probe(dispatcher: Any) -> None:
     dispatcher.send("worker-heartbeat", freq=1.0)
-    time.sleep(0.05)
+    time.sleep(0.05)  # pacing of the probes while the monitor subscribes
 
 
 @pytest.fixture

@@ -80,7 +80,7 @@ def test_a_hint_wakes_the_reader_and_reads_keys_of_every_node(rc: redis.Redis) -
     key = "llm:gen:{g7}:out"
 
     def write() -> None:
-        time.sleep(0.2)
+        time.sleep(0.2)  # a fixed wait, the scenario: the entry comes while the reader is blocked
         rc.xadd(key, {"event": "token", "data": "{}"})
         rc.publish(key, "")
 
@@ -194,7 +194,7 @@ def test_the_hub_follows_streams_of_every_node(rc: redis.Redis, redis_cluster: E
         for i in range(20):
             rc.xadd(key, {"event": "token", "data": orjson.dumps({"seq": i, "content": f"{i} "}).decode()})
             rc.publish(key, "")
-            time.sleep(0.01)
+            time.sleep(0.01)  # pacing: tokens arrive one by one while the readers follow
         rc.xadd(key, {"event": "done", "data": orjson.dumps({"seq": 20}).decode()})
         rc.publish(key, "")
 
@@ -263,8 +263,8 @@ def test_the_backlog_adds_up_every_work_shard(rc: redis.Redis, cluster_settings:
     # Then they are waiting, none running (Redis 6.2 cannot tell the lag)
     pending, lag, oldest_s = streams.work_backlog(rc, group, shards)
     assert pending == 0 and lag in (3, None) and oldest_s == 0.0
-    # When a consumer takes them
-    time.sleep(0.05)
+    # When a consumer takes them, a moment later
+    time.sleep(0.05)  # a fixed wait, the scenario: the oldest entry ages 0.05 s, which its age must show
     for stream in keys.work_streams(shards):
         rc.xreadgroup(group, "c1", {stream: ">"})
     # Then all three are running, the oldest since its creation

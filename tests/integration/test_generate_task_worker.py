@@ -218,7 +218,7 @@ def test_a_redelivered_task_is_fenced_while_the_first_delivery_runs(
     wait_for(lambda: r.xlen(keys.gen_raw(gid)) >= 3)
     # When the broker's sweep of unacknowledged messages gives the still-running task to the worker again
     # (kombu's own restore, as in celery#5935)
-    time.sleep(_VISIBILITY_TIMEOUT_S + 0.2)
+    time.sleep(_VISIBILITY_TIMEOUT_S + 0.2)  # a fixed wait, the scenario: the visibility timeout runs out
     with celery_app.connection_for_write() as connection:
         connection.default_channel.qos.restore_visible(num=100, interval=1)
     # Then the copy finds the first delivery's lease and returns without writing, while that one goes on

@@ -39,7 +39,7 @@ def _produce(r: redis.Redis, key: str, count: int, *, interval_s: float) -> thre
     def run() -> None:
         for i in range(count):
             _append(r, key, "token", i)
-            time.sleep(interval_s)
+            time.sleep(interval_s)  # pacing: a producer writing at its own speed
         _append(r, key, "done", count)
 
     thread = threading.Thread(target=run, daemon=True)
@@ -53,7 +53,7 @@ def _collect(hub: Hub, r: redis.Redis, key: str, after: str = "0", *, slow_s: fl
         if event is not None:
             events.append(event)
             if slow_s:
-                time.sleep(slow_s)
+                time.sleep(slow_s)  # a fixed wait, the scenario: a reader slower than the producer
     return events
 
 
@@ -71,7 +71,7 @@ def test_readers_joining_at_any_moment_get_every_event_once_in_order(hub: Hub, r
         thread = threading.Thread(target=reader)
         thread.start()
         threads.append(thread)
-        time.sleep(0.08)
+        time.sleep(0.08)  # pacing: readers join one after another while the stream is written
     producer.join()
     for thread in threads:
         thread.join(20)
@@ -209,7 +209,7 @@ class _Outage:
         self.tries += 1
         if not self.up.is_set():
             raise redis.ConnectionError("Connection refused.")
-        time.sleep(0.01)
+        time.sleep(0.01)  # a fixed wait standing in for a blocking read that finds nothing
         return []
 
     def wake(self) -> None:

@@ -13,7 +13,7 @@ from bridge.embedded import EmbeddedRedis
 from bridge.producer import GenerationWriter
 from bridge.scripts import Status
 from bridge.settings import Settings
-from tests.support import new_generation, wait_for
+from tests.support import holds_for, new_generation, wait_for
 from workers.consumer import ConsumerWorker
 from workers.processors import default_processors
 from workers.supervision import Supervisor
@@ -36,8 +36,12 @@ def test_a_heartbeat_stamps_its_process_until_stopped_and_then_it_is_dead(r: red
     beat.start()
     try:
         # Then for longer than its death time it stays alive, stamped by its own thread
-        time.sleep(DEAD_AFTER_MS * 2 / 1000)
-        assert liveness.dead(r, keys.WORKERS_ZSET, DEAD_AFTER_MS) == []
+        holds_for(
+            lambda: liveness.dead(r, keys.WORKERS_ZSET, DEAD_AFTER_MS) == [],
+            window_s=DEAD_AFTER_MS * 2 / 1000,
+            interval_s=0.05,
+            why="two death times (DEAD_AFTER_MS): without its thread's stamps it would be dead after one",
+        )
         assert beat.may_judge_others()
     finally:
         beat.stop()
@@ -83,11 +87,13 @@ def test_a_consumer_that_stamps_keeps_its_generations(r: redis.Redis, settings: 
     b.heartbeat.start()
     try:
         a.run_once(block_ms=50)
-        # When B looks for the dead for three death times
-        until = time.monotonic() + 3 * DEAD_AFTER_MS / 1000
-        while time.monotonic() < until:
-            assert b.ownership.take_over_dead() == []
-            time.sleep(0.05)
+        # When B looks for the dead for three death times, it takes nothing over
+        holds_for(
+            lambda: b.ownership.take_over_dead() == [],
+            window_s=3 * DEAD_AFTER_MS / 1000,
+            interval_s=0.05,
+            why="three death times (DEAD_AFTER_MS): had A's stamps stopped counting, B would have taken over by then",
+        )
     finally:
         a.heartbeat.stop()
         b.heartbeat.stop()

@@ -156,7 +156,7 @@ def test_the_lease_is_renewed_on_a_timer_not_by_every_write(r: redis.Redis, sett
     # When it writes at once, then again after a third of the lease
     writer.write([("token", {"content": "a", "ts": 1.0})])
     assert int(r.pttl(keys.gen_lease(gid))) > 3000
-    time.sleep(1.05)
+    time.sleep(1.05)  # a fixed wait, the scenario: a third of the lease passes, so the renewal timer is due
     writer.write([("token", {"content": "b", "ts": 1.0})])
     # Then only the second write renewed it
     assert 0 < int(r.pttl(keys.gen_lease(gid))) <= 3000

@@ -15,6 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from app import create_app
 from bridge import keys, metrics_relay
 from bridge.settings import Settings
+from tests.support import wait_for
 from workers.metrics import MetricsPublisher
 
 OPS_TOKEN = "ops-token-0123456789abcdef"
@@ -148,9 +149,7 @@ def test_a_consumer_pushes_its_registry_with_a_short_expiry_and_withdraws_it_at_
     publisher = MetricsPublisher(r, "c-push", interval_s=0.05)
     publisher.start()
     key = keys.consumer_metrics("c-push")
-    deadline = time.monotonic() + 5
-    while not r.exists(key) and time.monotonic() < deadline:
-        time.sleep(0.01)
+    wait_for(lambda: r.exists(key), timeout_s=5, message="the consumer's registry was never pushed")
     text = r.get(key)
     assert text is not None and "tokenbridge_consumer_entries_total" in str(text)
     ttl_ms = r.pttl(key)

@@ -21,8 +21,10 @@ import pytest
 from bridge.errors import ProviderError
 from bridge.generation import GenerationRequest
 from bridge.producer import Chunk, Finish
+from tasks.providers import connections
 from tasks.providers.connections import CANCEL_POLL_S, ConnectionGuard, client_for, close_clients, new_client
 from tasks.providers.upstream import UpstreamProvider
+from tests.support import holds_for, wait_for
 from tests.support.scripted_upstream import Exchange, Script, ScriptedUpstream, run, split_finish, stop_later
 from tests.support.wire_formats import ANTHROPIC, OPENAI
 
@@ -91,6 +93,20 @@ def client(certificate: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch) -> I
     client.close()
 
 
+@pytest.fixture
+def shut_downs(monkeypatch: pytest.MonkeyPatch) -> list[object]:
+    """The connections that a guard shuts down during the test, each noted once its socket is shut down."""
+    noted: list[object] = []
+    shut_down = connections._GuardedStream.shut_down
+
+    def noting(stream: connections._GuardedStream) -> None:
+        shut_down(stream)
+        noted.append(stream)
+
+    monkeypatch.setattr(connections._GuardedStream, "shut_down", noting)
+    return noted
+
+
 def model(base_url: str, client: httpx.Client, **fields: Any) -> UpstreamProvider:
     return OPENAI.provider(OPENAI.spec(base_url, **fields), client=client)
 
@@ -125,7 +141,7 @@ def test_sequential_generations_share_one_connection_and_one_handshake(tls_upstr
 
 
 def test_a_generation_stopped_once_its_answer_came_keeps_its_connection(
-    tls_upstream: Any, client: httpx.Client
+    tls_upstream: Any, client: httpx.Client, shut_downs: list[object]
 ) -> None:
     # Given generations whose consumer stops them as soon as their Finish comes, as the worker does when done
     server = tls_upstream(answer("ok"))
@@ -138,7 +154,13 @@ def test_a_generation_stopped_once_its_answer_came_keeps_its_connection(
             chunks.append(chunk)
             if isinstance(chunk, Finish):
                 stop.set()
-                time.sleep(CANCEL_POLL_S * 2)  # the guard would have acted on the stop by now
+                holds_for(
+                    lambda: not shut_downs,
+                    window_s=CANCEL_POLL_S * 2,
+                    interval_s=CANCEL_POLL_S / 5,
+                    why="two polls of the guard (CANCEL_POLL_S): a guard still watching this request would have "
+                    "shut its connection down on the stop by then",
+                )
                 break
         stream.close()
         assert split_finish(chunks)[0] == ["ok"]
@@ -251,9 +273,7 @@ def test_a_cancel_ends_only_its_own_stream(tls_upstream: Any, client: httpx.Clie
     stalled_thread, _ = in_thread(lambda: stalled.extend(provider.stream(prompt("stall"), stop)))
 
     # When the stalled one is cancelled while it waits for its next token
-    deadline = time.monotonic() + 5
-    while not stalled and time.monotonic() < deadline:
-        time.sleep(0.01)
+    wait_for(lambda: stalled, timeout_s=5, message="the stalled generation's first token never came")
     cancelled_at = time.monotonic()
     stop.set()
     stalled_thread.join(timeout=5)
@@ -304,7 +324,7 @@ def test_a_cancel_while_waiting_for_headers_on_a_reused_connection_ends_it_promp
 
 
 def test_a_connection_shut_down_after_its_response_ended_is_not_lent_again(
-    tls_upstream: Any, client: httpx.Client
+    tls_upstream: Any, client: httpx.Client, shut_downs: list[object]
 ) -> None:
     # Given a response read to its end whose connection a cancel shuts down before the response is closed (a cancel
     # racing the end of an answer)
@@ -316,7 +336,8 @@ def test_a_connection_shut_down_after_its_response_ended_is_not_lent_again(
             response = client.send(request, stream=True)
         response.read()
         stop.set()
-        time.sleep(CANCEL_POLL_S * 4)
+        # The guard shuts the connection down at its next poll of the stop (every CANCEL_POLL_S)
+        wait_for(lambda: shut_downs, timeout_s=5, message="the guard did not shut the connection down")
     response.close()
 
     # When the next generation runs

@@ -156,7 +156,7 @@ def test_length_finish_without_usage_and_a_slow_first_token(upstream: Any, provi
     # Given an upstream that thinks for a while before its first token and reports no usage
     def script(ex: Exchange) -> None:
         ex.start_stream()
-        time.sleep(0.4)
+        time.sleep(0.4)  # a fixed wait, the scenario: the upstream thinks before its first token
         ex.send(chat_chunk(role="assistant"), chat_chunk("Once"), chat_chunk(" upon", finish_reason="length"), DONE)
         ex.end_stream()
 

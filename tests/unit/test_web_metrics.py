@@ -37,7 +37,7 @@ def test_a_buffered_count_reaches_the_counter_within_its_interval_and_at_flush()
     buffered = BufferedCount(counter, interval_s=0.05)
     buffered.add(3)
     assert registry.get_sample_value("sent_total") == 0
-    time.sleep(0.06)
+    time.sleep(0.06)  # a fixed wait, the scenario: the interval (0.05 s) passes, so the next add is due to flush
     buffered.add(2)
     assert registry.get_sample_value("sent_total") == 5
     buffered.add(1)
