@@ -148,6 +148,7 @@ def _room() -> None:
 
 def _create(name: str) -> Response:
     s = services()
+    body = request.get_data()  # first: a body over MAX_BODY_BYTES is a 413 before anything else
     _room()
     fork = _fork()
     source = _visible(store.info(s.redis, fork.source)) if fork else None
@@ -160,7 +161,7 @@ def _create(name: str) -> Response:
         raise ApiError(409, "content_type_mismatch", "A fork has its source's Content-Type.")
     ttl_s, expires_at, expire_at_ms = _expiry(source)
     try:
-        messages = store.messages_of(kind, request.get_data(), append=False)
+        messages = store.messages_of(kind, body, append=False)
     except store.BadBody as exc:
         raise ApiError(400, "invalid_body", str(exc)) from None
     inherited: list[tuple[str, str, str]] = []
