@@ -15,11 +15,11 @@ import orjson
 import redis
 
 from app import metrics
-from app.hub import id_after
 from app.services import Services, services
 from app.streaming import GapHandler, follow
 from bridge import ends, keys, streams, tracing
 from bridge.events import FINISHED_STATUSES, ClientEvent, EventType
+from bridge.streams import id_after
 
 logger = logging.getLogger(__name__)
 

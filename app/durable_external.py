@@ -13,7 +13,7 @@ from __future__ import annotations
 import orjson
 from flask import Blueprint, Response, request
 
-from app.durable_streams import closed_header, offset_of, producer_headers
+from app.durable_streams import closed_header, offset_of, producer_headers, security_headers
 from app.errors import ApiError
 from app.inputs import authenticate, load_meta
 from app.producers import MAX_BATCH, MAX_TOKEN_CHARS
@@ -26,13 +26,7 @@ bp = Blueprint("durable_external", __name__, url_prefix="/v1/stream")
 bp.before_request(authenticate)
 
 
-@bp.after_request
-def _security_headers(response: Response) -> Response:
-    response.headers["X-Content-Type-Options"] = "nosniff"
-    response.headers["Cross-Origin-Resource-Policy"] = "cross-origin"
-    if response.status_code == 204:
-        response.headers.pop("Content-Type", None)
-    return response
+bp.after_request(security_headers)
 
 
 @bp.post("/generations/<generation_id>")

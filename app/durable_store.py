@@ -17,6 +17,7 @@ import re
 import time
 from collections.abc import Generator, Iterator
 from contextlib import closing
+from dataclasses import dataclass
 from datetime import datetime
 
 import orjson
@@ -33,6 +34,7 @@ from app.durable_streams import (
     producer_headers,
     read_headers,
     read_params,
+    security_headers,
 )
 from app.errors import ApiError, out_of_memory
 from app.inputs import authenticate, refuse_body
@@ -73,13 +75,7 @@ def _identify() -> None:
         authenticate()
 
 
-@bp.after_request
-def _security_headers(response: Response) -> Response:
-    response.headers["X-Content-Type-Options"] = "nosniff"
-    response.headers["Cross-Origin-Resource-Policy"] = "cross-origin"
-    if response.status_code in (204, 304):
-        response.headers.pop("Content-Type", None)  # no body, no type (Flask's default would say text/html)
-    return response
+bp.after_request(security_headers)
 
 
 def _owner() -> str:
@@ -344,14 +340,12 @@ def read_stream(name: str) -> Response:
     return _catch_up(info, offset, page)
 
 
+@dataclass(slots=True)
 class _Page:
-    __slots__ = ("closed", "entries", "next_id", "up_to_date")
-
-    def __init__(self, entries: list[tuple[str, str]], next_id: str, up_to_date: bool, closed: bool) -> None:
-        self.entries = entries  # (event, data) of each message
-        self.next_id = next_id
-        self.up_to_date = up_to_date
-        self.closed = closed
+    entries: list[tuple[str, str]]  # (event, data) of each message
+    next_id: str
+    up_to_date: bool
+    closed: bool
 
 
 def _page(info: Info, after_id: str, batch: list[tuple[str, str, str]] | None = None) -> _Page:

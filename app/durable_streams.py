@@ -28,7 +28,6 @@ from flask import Blueprint, Response, request
 
 from app.client_events import Batches, client_events, ended_before, generation_reset
 from app.errors import ApiError
-from app.hub import id_after
 from app.inputs import authenticate, check_session, load_meta
 from app.services import services
 from app.sse import bound_writes
@@ -36,7 +35,7 @@ from app.streaming import CATCH_UP_BATCH, KEEPALIVE_FRAME, GapHandler, first_eve
 from bridge import keys, streams
 from bridge.durable_store import Producer
 from bridge.events import FINISHED_STATUSES, ClientEvent
-from bridge.streams import parse_stream_id, read_events
+from bridge.streams import id_after, parse_stream_id, read_events
 
 bp = Blueprint("durable_streams", __name__, url_prefix="/v1/stream")
 bp.before_request(authenticate)
@@ -154,12 +153,17 @@ def session_stream(session_id: str) -> Response:
     return _answer(_Stream(keys.session_out(session_id), f"sessions/{session_id}", ident=session_id))
 
 
-@bp.after_request
-def _security_headers(response: Response) -> Response:
-    """The protocol's browser headers (section 10.7), on every answer, errors included."""
+def security_headers(response: Response) -> Response:
+    """The protocol's browser headers (section 10.7), on every answer, errors included; an answer without a body
+    (204, 304) has no Content-Type (Flask's default would say text/html)."""
     response.headers["X-Content-Type-Options"] = "nosniff"
     response.headers["Cross-Origin-Resource-Policy"] = "cross-origin"
+    if response.status_code in (204, 304):
+        response.headers.pop("Content-Type", None)
     return response
+
+
+bp.after_request(security_headers)
 
 
 def _answer(stream: _Stream) -> Response:

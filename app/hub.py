@@ -27,16 +27,8 @@ from bridge.connections import Outage
 from bridge.events import ClientEvent, decode_out
 from bridge.readers import StreamReader
 from bridge.sessions import SessionResolver
-from bridge.streams import parse_stream_id
 
 logger = logging.getLogger(__name__)
-
-
-def id_after(a: str, b: str) -> bool:
-    """True when stream id ``a`` comes strictly after ``b``."""
-    pa, pb = parse_stream_id(a), parse_stream_id(b)
-    assert pa is not None and pb is not None
-    return pa > pb
 
 
 class Subscription:

@@ -10,9 +10,9 @@ from dataclasses import dataclass
 import redis
 
 from app import metrics
-from app.hub import Hub, id_after
+from app.hub import Hub
 from bridge.events import ClientEvent
-from bridge.streams import read_events
+from bridge.streams import id_after, read_events
 from bridge.ticker import Ticker
 
 CATCH_UP_BATCH = 500

@@ -21,6 +21,7 @@ import redis
 
 from bridge import keys, scripts
 from bridge.scripts import Status
+from bridge.streams import id_after
 
 JSON = "application/json"
 OCTETS = "application/octet-stream"
@@ -246,7 +247,7 @@ class BadFork(ValueError):
 def inherited(client: redis.Redis, source: Info, at_id: str, sub: int) -> list[tuple[str, str, str]]:
     """The entries a fork of ``source`` at ``at_id`` (and ``sub`` messages or bytes of the next append) copies, with
     their ids: at most ``MAX_FORK_ENTRIES``. Raises ``BadFork``."""
-    if at_id != START_ID and _after(at_id, source.tail):
+    if at_id != START_ID and id_after(at_id, source.tail):
         raise BadFork(400, "Stream-Fork-Offset is past the source stream's tail.")
     out = keys.durable_stream(source.name, "out")
     entries: Any = client.xrange(out, "-", at_id, count=MAX_FORK_ENTRIES + 1) if at_id != START_ID else []
@@ -263,30 +264,23 @@ MAX_FORK_ENTRIES = 10_000
 
 
 def _partial(client: redis.Redis, source: Info, out: str, at_id: str, sub: int) -> list[tuple[str, str, str]]:
-    """The first ``sub`` messages (JSON) or bytes of the append after ``at_id``."""
+    """The first ``sub`` messages (JSON) or bytes of the append after ``at_id``: what is read is what is needed."""
     start = "-" if at_id == START_ID else f"({at_id}"
-    batch: Any = client.xrange(out, start, "+", count=MAX_FORK_ENTRIES)
+    wanted = min(sub, MAX_FORK_ENTRIES) if source.json else 1
+    batch: Any = client.xrange(out, start, "+", count=wanted)
     following = [(i, f.get("event", BYTES), f.get("data", "")) for i, f in batch if f.get("event") != CLOSED_MARKER]
     if not following:
         raise BadFork(400, "Stream-Fork-Sub-Offset goes past the source stream's tail.")
     if source.json:
-        end = next((n for n, (_, event, _) in enumerate(following) if event == JSON_LAST), len(following) - 1)
-        if sub > end + 1:
+        # Past the append's messages: fewer than ``sub`` of them, or its last one before the ``sub``-th.
+        if len(following) < sub or any(event == JSON_LAST for _, event, _ in following[:-1]):
             raise BadFork(400, "Stream-Fork-Sub-Offset is past the messages of the next append.")
-        taken = following[:sub]
-        return [*taken[:-1], (taken[-1][0], JSON_LAST, taken[-1][2])]
+        return [*following[:-1], (following[-1][0], JSON_LAST, following[-1][2])]
     entry_id, event, data = following[0]
     content = payload(event, data)
     if sub > len(content):
         raise BadFork(400, "Stream-Fork-Sub-Offset is past the bytes of the next append.")
     return [(entry_id, BYTES, base64.b64encode(content[:sub]).decode())]
-
-
-def _after(a: str, b: str) -> bool:
-    """Whether stream id ``a`` comes after ``b``."""
-    a_ms, _, a_seq = a.partition("-")
-    b_ms, _, b_seq = b.partition("-")
-    return (int(a_ms), int(a_seq or 0)) > (int(b_ms), int(b_seq or 0))
 
 
 def touch(client: redis.Redis, name: str, ttl: str) -> None:

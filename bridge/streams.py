@@ -358,6 +358,13 @@ def parse_stream_id(value: str) -> tuple[int, int] | None:
     return int(ms), int(seq or 0)
 
 
+def id_after(a: str, b: str) -> bool:
+    """True when stream id ``a`` comes strictly after ``b``."""
+    pa, pb = parse_stream_id(a), parse_stream_id(b)
+    assert pa is not None and pb is not None
+    return pa > pb
+
+
 def previous_id(entry_id: str) -> str:
     """The greatest stream id smaller than ``entry_id``."""
     parsed = parse_stream_id(entry_id)

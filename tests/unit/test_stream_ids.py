@@ -2,8 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from app.hub import id_after
-from bridge.streams import parse_stream_id, previous_id
+from bridge.streams import id_after, parse_stream_id, previous_id
 
 
 @pytest.mark.parametrize(
