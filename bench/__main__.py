@@ -51,7 +51,6 @@ from __future__ import annotations
 
 import asyncio
 import datetime
-import itertools
 import json
 import os
 import signal
@@ -66,69 +65,20 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import psutil
 import redis
 
-from bench import costs, report
+from bench import costs, report, tables
 from bench.client import hold_idle
+from bench.deployment import RESULTS, ROOT, STACK_ENV, redis_connections, rss_mb, run_load, web_worker_pid
 from bench.memory import redis_memory
 from bench.plan import PARTS, Plan
-from bench.profile import command_stats, cpu_seconds, profile_table, python_pid, share, start_profiles
+from bench.profile import command_stats, cpu_seconds, profile_table, python_pid, start_profiles
 from bench.tracing import tracing_cost
 from bench.ttft import measure as measure_ttft
 from bench.upstream_tls import TlsUpstream, keepalive, tls_upstream
 from bench.ws import web_cpu_per_event
 from bridge.embedded import EmbeddedRedis, free_port
 from tests.support.stack import API_KEY, Stack, build_stack
-
-ROOT = Path(__file__).resolve().parent.parent
-RESULTS = ROOT / "bench" / "results"
-
-# The deployment under load: no limits in the way, one gevent worker per web process, quiet logs, the
-# production defaults for keep-alives and consumer heartbeats.
-STACK_ENV = {
-    "RATE_LIMIT": "",
-    "MAX_RUNNING_PER_KEY": "0",
-    "WEB_CONCURRENCY": "1",
-    "CELERY_CONCURRENCY": "1000",
-    "LOG_LEVEL": "WARNING",
-    "SSE_KEEPALIVE_S": "15",
-    "CONSUMER_HEARTBEAT_MS": "2000",
-    "CONSUMER_CLAIM_IDLE_MS": "10000",
-}
-
-
-def _rss_mb(pid: int) -> float:
-    try:
-        process = psutil.Process(pid)
-        return float(sum(p.memory_info().rss for p in [process, *process.children(recursive=True)]) / 2**20)
-    except psutil.NoSuchProcess:
-        return 0.0
-
-
-def _web_worker_pid(stack_pid: int) -> int:
-    """The gunicorn worker under the ``sh`` that runs the Procfile line."""
-    children = psutil.Process(stack_pid).children(recursive=True)
-    workers = [p for p in children if p.name().startswith("gunicorn") or "gunicorn" in " ".join(p.cmdline())]
-    return workers[-1].pid if workers else stack_pid
-
-
-def _load(system: str, url: str, credential: str, streams: int, rate: float, tokens: int) -> dict[str, Any]:
-    out = subprocess.run(
-        [sys.executable, "-m", "bench.load", system, url, credential, str(streams), str(rate), str(tokens)],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        cwd=ROOT,
-    )
-    if out.returncode != 0:
-        raise RuntimeError(out.stderr[-2000:])
-    result: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
-    return result
-
-
-def _redis_connections(client: redis.Redis, name: str) -> int:
-    return sum(1 for c in client.client_list() if c.get("name", "").startswith(name))
 
 
 def _measured_load(
@@ -153,7 +103,7 @@ def _measured_load(
             2.0, lambda: profilers.extend(start_profiles(profile[0], profile[1], duration_s=duration_s))
         )
         timer.start()
-    row = _load(system, url, credential, streams, rate, tokens)
+    row = run_load(system, url, credential, streams, rate, tokens)
     if profile is not None:
         timer.join()
         for profiler in profilers:
@@ -298,8 +248,8 @@ def _latency(
     for streams in levels:
         print(f"  tokenbridge: {streams} streams …", flush=True)
         row = _measured_load("ours", stack.base_url, API_KEY, streams, rate, tokens, cpu_pids, None, client)
-        row["rss_mb"] = {name: round(_rss_mb(p.pid), 1) for name, p in stack.processes.items()}
-        row["redis_connections_web"] = _redis_connections(client, "tokenbridge-web")
+        row["rss_mb"] = {name: round(rss_mb(p.pid), 1) for name, p in stack.processes.items()}
+        row["redis_connections_web"] = redis_connections(client, "tokenbridge-web")
         rows.append(row)
         print(
             f"    p50 {row['latency_ms']['p50']} ms, p99 {row['latency_ms']['p99']} ms, "
@@ -331,7 +281,7 @@ def _long_answer(stack: Stack, client: redis.Redis, cpu_pids: dict[str, int], to
     holder: dict[str, Any] = {}
 
     def read() -> None:
-        holder["row"] = _load("ours", stack.base_url, API_KEY, 1, rate, tokens)
+        holder["row"] = run_load("ours", stack.base_url, API_KEY, 1, rate, tokens)
 
     generation_ids_before = set(client.scan_iter("llm:gen:*:meta"))
     reader = threading.Thread(target=read)
@@ -368,8 +318,8 @@ def _long_answer(stack: Stack, client: redis.Redis, cpu_pids: dict[str, int], to
 def _idle_test(stack: Stack, client: redis.Redis, count: int) -> dict[str, Any]:
     """Many idle SSE clients on one web process: RSS per connection, Redis connections before and after."""
     generation = stack.create(model="external", prompt="idle")  # never fed: its stream stays idle
-    worker = _web_worker_pid(stack.processes["web"].pid)
-    before_rss, before_conns = _rss_mb(worker), _redis_connections(client, "tokenbridge-web")
+    worker = web_worker_pid(stack.processes["web"].pid)
+    before_rss, before_conns = rss_mb(worker), redis_connections(client, "tokenbridge-web")
     opened: list[int] = []
 
     async def hold() -> None:
@@ -389,8 +339,8 @@ def _idle_test(stack: Stack, client: redis.Redis, count: int) -> dict[str, Any]:
         while len(opened) < count and time.monotonic() < deadline and not all(t.done() for t in tasks):
             await asyncio.sleep(0.5)
         await asyncio.sleep(2)
-        measured["rss"] = _rss_mb(worker)
-        measured["conns"] = _redis_connections(client, "tokenbridge-web")
+        measured["rss"] = rss_mb(worker)
+        measured["conns"] = redis_connections(client, "tokenbridge-web")
         stop.set()
         await asyncio.gather(*tasks, return_exceptions=True)
 
@@ -456,7 +406,7 @@ def run_baseline(levels: list[int], rate: float, tokens: int) -> list[dict[str, 
         for streams in levels:
             print(f"  Flask-SSE: {streams} streams …", flush=True)
             row = _measured_load("baseline", url, server.url, streams, rate, tokens, cpu_pids, None, client)
-            row["rss_mb"] = {"web": round(_rss_mb(web.pid), 1)}
+            row["rss_mb"] = {"web": round(rss_mb(web.pid), 1)}
             row["redis_connections_web"] = len(client.client_list()) - 1
             rows.append(row)
         client.close()
@@ -465,132 +415,6 @@ def run_baseline(levels: list[int], rate: float, tokens: int) -> list[dict[str, 
         web.wait(30)
         server.stop()
     return rows
-
-
-def _flower_cost(profiles: Path, rows: list[dict[str, Any]]) -> str:
-    """What the consumer spends on Flower (its Celery events and remote control), from its profile."""
-    fraction = share(profiles / "consumer.txt", ("workers/celery_events.py", "workers/celery_control.py"))
-    if fraction is None or not rows:
-        return ""
-    consumer_us = rows[0]["cpu_us_per_token"]["consumer"]
-    return (
-        f"Flower in the consumer (Celery events and remote control, waits left out): {fraction * 100:.1f} % of its "
-        f"busy samples, about {fraction * consumer_us:.2f} µs of its {consumer_us} µs per delivered token "
-        "(task events are sent per generation, never per token)."
-    )
-
-
-def _profiled(extra: dict[str, Any]) -> str:
-    """The profiled run's own figures, so that they are not taken for the measured step's."""
-    step = extra.get("profiled_step")
-    if not step:
-        return "no profiled run"
-    latency, cpu = step["latency_ms"], step["cpu_us_per_token"]
-    return f"that run's p50 {latency['p50']} ms, p99 {latency['p99']} ms, pipeline {cpu['pipeline']} µs per token"
-
-
-def _table(ours: list[dict[str, Any]], baseline: list[dict[str, Any]]) -> str:
-    columns = ["streams", "system", "p50 ms", "p90 ms", "p99 ms", "max ms", "p99 ms after 1 s"]
-    columns += ["delivered / expected", "gaps", "dups"]
-    columns += ["tokens/s", "load CPU s", "web RSS MB", "Redis conns (web)"]
-    lines = ["| " + " | ".join(columns) + " |", "|" + "|".join(" --- " for _ in columns) + "|"]
-    # Both systems' rows of each step side by side; a run of one system alone keeps all of its rows.
-    for row in [r for pair in itertools.zip_longest(ours, baseline) for r in pair if r is not None]:
-        lat = row["latency_ms"]
-        throughput = row["delivered"] / row["elapsed_s"] if row["elapsed_s"] else 0
-        name = "tokenbridge" if row["system"] == "ours" else "Flask-SSE"
-        lines.append(
-            f"| {row['streams']} | {name} | {lat['p50']} | {lat['p90']} | {lat['p99']} | {lat['max']} | "
-            f"{row.get('latency_ms_after_first_second', {}).get('p99', '')} | "
-            f"{row['delivered']} / {row['expected']} | {row['gaps']} | {row['duplicates']} | {throughput:.0f} | "
-            f"{row['client_cpu_s']:.1f} | {row['rss_mb'].get('web')} | {row['redis_connections_web']} |"
-        )
-    return "\n".join(lines)
-
-
-def _plot(ours: list[dict[str, Any]], baseline: list[dict[str, Any]], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figure, axis = plt.subplots(figsize=(8, 5))
-    for rows, label, style in ((ours, "tokenbridge", "-"), (baseline, "Flask-SSE", "--")):
-        for quantile, marker in (("p50", "o"), ("p99", "s")):
-            xs = [r["streams"] for r in rows]
-            ys = [r["latency_ms"][quantile] for r in rows]
-            axis.plot(xs, ys, style, marker=marker, label=f"{label} {quantile}")
-    axis.set_xscale("log")
-    axis.set_yscale("log")
-    axis.set_xlabel("concurrent streams (20 tokens/s each)")
-    axis.set_ylabel("delivery latency, producer → client (ms)")
-    axis.grid(True, which="both", alpha=0.3)
-    axis.legend()
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-
-
-def _cpu_table(rows: list[dict[str, Any]]) -> str:
-    names = ["web", "worker", "consumer", "publisher", "redis", "pipeline", "load client"]
-    names = [n for n in names if any(n in r.get("cpu_us_per_token", {}) for r in rows)]
-    lines = [
-        "| streams | system | " + " | ".join(names) + " |",
-        "|" + "|".join(" --- " for _ in range(len(names) + 2)) + "|",
-    ]
-    for row in rows:
-        cpu = row.get("cpu_us_per_token", {})
-        name = "tokenbridge" if row["system"] == "ours" else "Flask-SSE"
-        lines.append(f"| {row['streams']} | {name} | " + " | ".join(str(cpu.get(n, "")) for n in names) + " |")
-    return "\n".join(lines)
-
-
-def _targets(ours: list[dict[str, Any]], baseline: list[dict[str, Any]], extra: dict[str, Any]) -> list[str]:
-    """One line per target: met, or MISSED with the figure."""
-
-    def verdict(ok: bool) -> str:
-        return "met" if ok else "MISSED"
-
-    lines = report.peer_targets(ours, baseline) + report.cost_targets(extra)
-    ttft = extra.get("ttft_echo_ms")
-    if ttft:
-        lines.append(f"- POST → first token unloaded: p99 {ttft['p99']} ms (≤ 30): {verdict(ttft['p99'] <= 30)}")
-    row = report.at(ours, 1000)
-    if row is not None and row["ttft_ms"]["p50"] is not None:
-        p50 = row["ttft_ms"]["p50"]
-        lines.append(f"- time to first token at 1,000 streams: p50 {p50} ms (≤ 250): {verdict(p50 <= 250)}")
-    idle = extra.get("idle")
-    if idle:
-        per = idle["rss_per_connection_kb"]
-        constant = idle["redis_connections_before"] == idle["redis_connections_after"]
-        lines.append(
-            f"- {idle['opened']} idle SSE connections: {per} KB RSS each (≤ 20), Redis connections "
-            f"{idle['redis_connections_before']} → {idle['redis_connections_after']}: "
-            f"{verdict(per <= 20 and constant and idle['opened'] == idle['requested'])}"
-        )
-    long = extra.get("long_answer")
-    if long:
-        first, last = long["pipeline_cpu_us_per_token_first_fifth"], long["pipeline_cpu_us_per_token_last_fifth"]
-        flat = first is not None and last is not None and last <= first * 1.25
-        lines.append(
-            f"- one answer of {long['tokens']} tokens: pipeline CPU {first} µs/token in its first fifth, "
-            f"{last} in its last: {verdict(flat)}"
-        )
-    return lines
-
-
-def _before(result: dict[str, Any]) -> str:
-    """BENCH_BEFORE (an earlier run's JSON): its CPU per token per process, and its headline figures next to
-    this run's."""
-    if not os.environ.get("BENCH_BEFORE"):
-        return ""
-    earlier = json.loads(Path(os.environ["BENCH_BEFORE"]).read_text())
-    parts = [f"## Before and after\n\nThe earlier run: `{os.environ['BENCH_BEFORE']}` (same harness)."]
-    if earlier.get("ours"):
-        parts.append(_cpu_table(earlier["ours"]))
-    figures = report.before_after(earlier, result)
-    if figures:
-        parts.append(figures)
-    return "\n\n".join(parts) + "\n"
 
 
 # Long: mostly the report's Markdown template.
@@ -615,12 +439,12 @@ def main() -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     plot = RESULTS / f"{stamp}.png"
     if ours or baseline:
-        _plot(ours, baseline, plot)
-    table = _table(ours, baseline)
-    targets = "\n".join(_targets(ours, baseline, extra))
-    before = _before(result)
+        tables.plot(ours, baseline, plot)
+    table = tables.latency_table(ours, baseline)
+    targets = "\n".join(tables.targets(ours, baseline, extra))
+    before = tables.before(result)
     profile = profile_table(profiles, ["web", "worker", "consumer"])
-    flower = _flower_cost(profiles, [row for row in ours if row["streams"] == profile_at])
+    flower = tables.flower_cost(profiles, [row for row in ours if row["streams"] == profile_at])
     markdown = f"""# Benchmark {stamp}
 
 Machine: {os.cpu_count()} cores, everything on one box (embedded Redis {EmbeddedRedis(Path(".")).version()}).
@@ -650,7 +474,7 @@ One long answer: {json.dumps(extra.get("long_answer"))}
 "pipeline" adds up every process but the load client (for Flask-SSE: its web process, Redis and the
 publisher that stands in for the model).
 
-{_cpu_table(ours + baseline)}
+{tables.cpu_table(ours + baseline)}
 
 ## Costs per generation, per event and per token held in Redis (tokenbridge)
 
@@ -661,7 +485,7 @@ Flask-SSE has no submissions, no WebSocket, keeps nothing in Redis and calls no 
 ## Where the time goes at {profile_at} streams (py-spy, self time, busy samples only)
 
 Sampled at 200 Hz in a run of its own after the measured steps (py-spy's CPU shares the cores:
-{_profiled(extra)}).
+{tables.profiled(extra)}).
 Raw stacks: `{profiles.relative_to(ROOT)}/`.
 
 {profile}

@@ -21,7 +21,7 @@ from typing import Any
 
 import redis
 
-from bench.__main__ import RESULTS, ROOT, STACK_ENV, _load, _rss_mb
+from bench.deployment import RESULTS, ROOT, STACK_ENV, rss_mb, run_load
 from bridge.embedded import EmbeddedRedis
 from tests.support.cluster import EmbeddedCluster
 from tests.support.stack import API_KEY, build_stack
@@ -56,11 +56,11 @@ def run(cluster: bool, levels: list[int], rate: float, tokens: int) -> list[dict
         for streams in levels:
             print(f"  {name}: {streams} streams …", flush=True)
             before = _commands(nodes)
-            row = _load("ours", urls, API_KEY, streams, rate, tokens)
+            row = run_load("ours", urls, API_KEY, streams, rate, tokens)
             after = _commands(nodes)
             row["topology"] = "3-master cluster" if cluster else "single Redis"
             row["node_commands"] = [b - a for a, b in zip(before, after, strict=True)]
-            row["rss_mb"] = {p: round(_rss_mb(stack.processes[p].pid), 1) for p in PROCESSES}
+            row["rss_mb"] = {p: round(rss_mb(stack.processes[p].pid), 1) for p in PROCESSES}
             rows.append(row)
         for node in nodes:
             node.close()

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from bench.__main__ import _flower_cost, _table
 from bench.profile import share
+from bench.tables import flower_cost, latency_table
 
 CONSUMER_LOOP = "main (workers/__main__.py:41);ConsumerWorker.run_once (workers/consumer.py:192)"
 SENDER = "Thread._bootstrap (threading.py:1002);CeleryEvents._run (workers/celery_events.py:229)"
@@ -30,7 +30,7 @@ def _row(system: str) -> dict[str, object]:
 
 
 def test_a_run_of_one_system_keeps_its_rows() -> None:
-    table = _table([_row("ours")], [])
+    table = latency_table([_row("ours")], [])
 
     assert "| 300 | tokenbridge | 1 | 2 | 3 | 4 | 2 | 10 / 10 |" in table
 
@@ -39,7 +39,7 @@ def test_a_row_of_an_earlier_run_has_no_figure_after_the_first_second() -> None:
     row = _row("ours")
     del row["latency_ms_after_first_second"]
 
-    assert "| 300 | tokenbridge | 1 | 2 | 3 | 4 |  | 10 / 10 |" in _table([row], [])
+    assert "| 300 | tokenbridge | 1 | 2 | 3 | 4 |  | 10 / 10 |" in latency_table([row], [])
 
 
 def test_the_flower_share_counts_cpu_not_waits(tmp_path: Path) -> None:
@@ -54,9 +54,9 @@ def test_the_flower_share_counts_cpu_not_waits(tmp_path: Path) -> None:
     # Then the share is the sending only, of all busy samples
     assert share(profile, ("workers/celery_events.py",)) == 0.06
     # And the report turns it into µs per token of the consumer's own figure
-    assert "about 3.00 µs of its 50.0 µs" in _flower_cost(tmp_path, [_row("ours")])
+    assert "about 3.00 µs of its 50.0 µs" in flower_cost(tmp_path, [_row("ours")])
 
 
 def test_no_profile_no_flower_line(tmp_path: Path) -> None:
     assert share(tmp_path / "consumer.txt", ("x",)) is None
-    assert _flower_cost(tmp_path, [_row("ours")]) == ""
+    assert flower_cost(tmp_path, [_row("ours")]) == ""
