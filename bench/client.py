@@ -32,12 +32,19 @@ class StreamResult:
     posted_at: float | None = None
     post_s: float | None = None
     close_code: int | None = None
+    # Of each token with a stream id: how long after its producer ts the worker wrote it to ``:raw`` (the id's
+    # milliseconds; ``:out`` reuses it), so that a latency splits into the worker's part and the rest.
+    written_s: list[float] = field(default_factory=list)
     # A WebSocket whose messages came compressed (the server accepted permessage-deflate).
     compressed: bool = False
 
     def record(self, message: SseMessage, received: float) -> None:
         """Count one SSE event: its place in the sequence, and a token's latency (receipt - producer ts)."""
-        self.record_event(message.event, json.loads(message.data), received)
+        body = json.loads(message.data)
+        counted = len(self.latencies_s)
+        self.record_event(message.event, body, received)
+        if len(self.latencies_s) > counted and message.id:
+            self.written_s.append(int(message.id.partition("-")[0]) / 1000 - float(body["ts"]))
 
     def record_event(self, event: str, body: dict[str, Any], received: float) -> None:
         """Count one event, whatever carried it (SSE, WebSocket)."""

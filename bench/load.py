@@ -29,6 +29,21 @@ def _quantiles(latencies_s: list[float]) -> dict[str, float | None]:
     }
 
 
+def latency_split(results: list[StreamResult], rate: float) -> dict[str, dict[str, float | None]] | None:
+    """Each token's latency in two: producer ts to the raw write (the worker), raw write to receipt (the consumer,
+    the hub, web and the network); for every token and for each stream's first second (the starts)."""
+    if not any(r.written_s and len(r.written_s) == len(r.latencies_s) for r in results):
+        return None
+    kept = [r for r in results if len(r.written_s) == len(r.latencies_s)]
+    split: dict[str, dict[str, float | None]] = {}
+    for name, stop in (("", None), ("_first_second", int(rate))):
+        written = [w for r in kept for w in r.written_s[:stop]]
+        rest = [x - w for r in kept for x, w in zip(r.latencies_s[:stop], r.written_s[:stop], strict=True)]
+        split[f"to_raw{name}"] = _quantiles(written)
+        split[f"raw_to_reader{name}"] = _quantiles(rest)
+    return split
+
+
 def _raise_fd_limit() -> None:
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
@@ -125,6 +140,9 @@ def main() -> None:
         # Each stream's tokens after its first second: what a reader sees once the step's starts are over (the
         # starts of every stream of a step come together, and their CPU delays the first tokens).
         "latency_ms_after_first_second": _quantiles([x for r in results for x in r.latencies_s[int(rate) :]]),
+        # Where a token's latency went: from its producer ts to the worker's raw write (the stream id's clock, the
+        # Redis server's), and from there to the reader. Tokenbridge only (Flask-SSE's events carry no id).
+        "latency_split_ms": latency_split(results, rate) if system == "ours" else None,
         "ttft_ms": {
             name: round(sorted(ttft)[min(len(ttft) - 1, int(q * len(ttft)))] * 1000, 2) if ttft else None
             for name, q in (("p50", 0.5), ("p99", 0.99))

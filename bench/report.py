@@ -52,7 +52,19 @@ def _tail_cause(row: dict[str, Any], peer: dict[str, Any], limit: float) -> str:
     cause = (
         f" (measured cause: each stream's tokens after its first second have p99 {after} ms, Flask-SSE's {theirs} ms"
     )
-    return cause + (": the tail is the step's starts)" if after <= limit else ")")
+    return cause + (": the tail is the step's starts" if after <= limit else "") + _split_cause(row) + ")"
+
+
+def _split_cause(row: dict[str, Any]) -> str:
+    """Which side of the raw write a token's first-second latency went: the worker's, or the rest's."""
+    split = row.get("latency_split_ms") or {}
+    to_raw, rest = split.get("to_raw_first_second"), split.get("raw_to_reader_first_second")
+    if not to_raw or not rest:
+        return ""
+    return (
+        f"; in each stream's first second, producer → raw write p99 {to_raw['p99']} ms (the worker), raw write → "
+        f"reader p99 {rest['p99']} ms (consumer, hub, web)"
+    )
 
 
 def latency_line(row: dict[str, Any], peer: dict[str, Any] | None) -> str:

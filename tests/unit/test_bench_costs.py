@@ -4,11 +4,15 @@ WebSocket framing of the load client. No process is started."""
 from __future__ import annotations
 
 import asyncio
+import json
 from typing import Any
 
 import pytest
+from tokenbridge_client.client import SseMessage
 
 from bench import report
+from bench.client import StreamResult
+from bench.load import latency_split
 from bench.plan import PARTS, Plan
 from bench.ws import CLOSE, TEXT, client_frame, read_frame
 from tests.support import run_in_own_loop
@@ -105,6 +109,12 @@ def test_a_missed_target_says_where_the_difference_is() -> None:
     assert report.latency_line(ours, peer).endswith(
         ": MISSED (measured cause: each stream's tokens after its first second have p99 28 ms, Flask-SSE's 46 ms: "
         "the tail is the step's starts)"
+    )
+    # ... and which side of the raw write the starts' latency went
+    ours["latency_split_ms"] = {"to_raw_first_second": {"p99": 12}, "raw_to_reader_first_second": {"p99": 150}}
+    assert report.latency_line(ours, peer).endswith(
+        "the tail is the step's starts; in each stream's first second, producer → raw write p99 12 ms (the worker), "
+        "raw write → reader p99 150 ms (consumer, hub, web))"
     )
     # capacity: what it would be by that p99
     steps = [_row("ours", streams=100, p99=50), _row("ours", streams=300, p99=160)]
@@ -249,3 +259,21 @@ def test_an_unmasked_server_frame_reads_as_is() -> None:
         return await read_frame(reader)
 
     assert run_in_own_loop(read()) == (True, CLOSE, b"\x03\xe8")
+
+
+def test_a_tokens_latency_splits_at_its_raw_write() -> None:
+    # Given a stream whose tokens were written 2 ms after their producer ts and read 10 ms after that
+    result = StreamResult()
+    for n in range(40):
+        ts = 1000.0 + n * 0.05
+        body = {"seq": n, "content": "x", "ts": ts}
+        message = SseMessage(event="token", data=json.dumps(body), id=f"{round((ts + 0.002) * 1000)}-0")
+        result.record(message, received=ts + 0.012)
+
+    # When the load process splits the latencies
+    split = latency_split([result], rate=20)
+
+    # Then the worker's part and the rest's are told apart, for every token and for the first second
+    assert split is not None
+    assert split["to_raw"]["p99"] == split["to_raw_first_second"]["p99"] == pytest.approx(2, abs=0.01)
+    assert split["raw_to_reader"]["p50"] == pytest.approx(10, abs=0.01)
