@@ -60,7 +60,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.extensions["tokenbridge"] = Services.build(settings)
     app.config.update(
         RATELIMIT_ENABLED=bool(settings.rate_limit),
-        RATELIMIT_STORAGE_URI=settings.rate_limit_storage[0],
+        RATELIMIT_STORAGE_URI=settings.redis.rate_limit_storage[0],
         RATELIMIT_STORAGE_OPTIONS=app.extensions["tokenbridge"].rate_limit_storage_options,
         RATELIMIT_KEY_PREFIX=keys.RATELIMIT_PREFIX,
     )

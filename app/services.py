@@ -37,7 +37,7 @@ class Services:
 
     @classmethod
     def build(cls, settings: Settings) -> Services:
-        commands = redis_client(settings, max_connections=64, client_name="tokenbridge-web")
+        commands = redis_client(settings.redis, max_connections=64, client_name="tokenbridge-web")
         require_redis_version(commands)  # a Redis that is too old stops the gunicorn worker, hence web, at start
         require_layout_version(commands)  # so does one that holds another layout of keys
         hub = Hub(
@@ -66,7 +66,7 @@ class Services:
         """Flask-Limiter's storage options: on a single Redis, this process' own bounded pool, so that
         ``REDIS_MAX_CONNECTIONS`` bounds both and a burst waits for a connection instead of skipping the limit."""
         if is_cluster(self.redis):
-            return self.settings.rate_limit_storage[1]
+            return self.settings.redis.rate_limit_storage[1]
         return {"connection_pool": self.redis.connection_pool}
 
 

@@ -1,4 +1,4 @@
-"""Redis client factory: one place that turns settings into a client."""
+"""Redis client factory: one place that turns the Redis settings (a ``RedisTarget``) into a client."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from redis.connection import parse_url
 from redis.sentinel import Sentinel, SentinelConnectionPool
 
 from bridge.errors import RedisVersionError
-from bridge.settings import Settings
+from bridge.settings.redis import RedisTarget
 
 logger = logging.getLogger(__name__)
 
@@ -98,7 +98,7 @@ _VERSION_UNREADABLE: tuple[type[Exception], ...] = (*UNAVAILABLE, redis.Response
 
 
 def redis_client(
-    settings: Settings,
+    target: RedisTarget,
     *,
     socket_timeout_s: float | None = 10.0,
     max_connections: int = 64,
@@ -106,7 +106,7 @@ def redis_client(
     single_connection: bool = False,
     client_name: str = "tokenbridge",
 ) -> redis.Redis:
-    """A client on ``settings``' Redis with string replies and bounded waits.
+    """A client on ``target`` (``settings.redis``) with string replies and bounded waits.
 
     The pool is bounded and blocking: a caller waits up to ``pool_timeout_s`` for a free connection instead
     of opening more. ``socket_timeout_s`` must exceed the longest ``BLOCK`` a caller uses on this client.
@@ -116,8 +116,8 @@ def redis_client(
     ``REDIS_MAX_CONNECTIONS``, when set, replaces ``max_connections``: every process honours one limit.
     A ``rediss://`` URL is TLS; ``?ssl_cert_reqs=none`` accepts a managed Redis' self-signed certificate.
     """
-    if settings.redis_max_connections:
-        max_connections = settings.redis_max_connections
+    if target.max_connections:
+        max_connections = target.max_connections
     options = {
         "decode_responses": True,
         "socket_connect_timeout": 5.0,
@@ -128,14 +128,12 @@ def redis_client(
         "timeout": pool_timeout_s,
         "client_name": client_name,
     }
-    if settings.redis_cluster:
-        cluster = redis.RedisCluster.from_url(
-            settings.resolved_redis_url, connection_pool_class=redis.BlockingConnectionPool, **options
-        )
+    if target.cluster:
+        cluster = redis.RedisCluster.from_url(target.url, connection_pool_class=redis.BlockingConnectionPool, **options)
         return cast(redis.Redis, cluster)
-    if settings.sentinel_addresses:
-        return _sentinel_master(settings, options, single_connection=single_connection)
-    pool = redis.BlockingConnectionPool.from_url(settings.resolved_redis_url, **options)
+    if target.sentinels:
+        return _sentinel_master(target, options, single_connection=single_connection)
+    pool = redis.BlockingConnectionPool.from_url(target.url, **options)
     return redis.Redis(connection_pool=pool, single_connection_client=single_connection)
 
 
@@ -144,13 +142,13 @@ class SentinelBlockingConnectionPool(SentinelConnectionPool, redis.BlockingConne
     bounded and blocking like the pool of a single Redis."""
 
 
-def _sentinel_master(settings: Settings, options: dict[str, Any], *, single_connection: bool) -> redis.Redis:
+def _sentinel_master(target: RedisTarget, options: dict[str, Any], *, single_connection: bool) -> redis.Redis:
     """A client of the master that ``REDIS_SENTINELS`` name, which follows its promotion.
 
     A new connection asks the sentinels where the master is; one that meets a demoted master (READONLY) is
     dropped with a ``ConnectionError``, which callers already treat as Redis being briefly unavailable.
     """
-    master: dict[str, Any] = parse_url(settings.resolved_redis_url)  # type: ignore[no-untyped-call]
+    master: dict[str, Any] = parse_url(target.url)  # type: ignore[no-untyped-call]
     for unused in ("host", "port", "path"):
         master.pop(unused, None)
     if master.pop("connection_class", None) is redis.SSLConnection:
@@ -160,11 +158,11 @@ def _sentinel_master(settings: Settings, options: dict[str, Any], *, single_conn
         "socket_timeout": 5.0,
         "socket_keepalive": True,
     }
-    if settings.redis_sentinel_password:
-        sentinel_options["password"] = settings.redis_sentinel_password
-    sentinel = Sentinel(settings.sentinel_addresses, sentinel_kwargs=sentinel_options)  # type: ignore[no-untyped-call]
+    if target.sentinel_password:
+        sentinel_options["password"] = target.sentinel_password
+    sentinel = Sentinel(list(target.sentinels), sentinel_kwargs=sentinel_options)  # type: ignore[no-untyped-call]
     client = sentinel.master_for(  # type: ignore[no-untyped-call]
-        settings.redis_sentinel_master,
+        target.sentinel_master,
         connection_pool_class=SentinelBlockingConnectionPool,
         **master,
         **options,

@@ -83,9 +83,10 @@ def sentinel_transport_options(settings: Settings) -> dict[str, Any]:
     """With a ``sentinel://`` broker: the master's name and the sentinels' own password."""
     if not settings.broker_url.startswith("sentinel://"):
         return {}
-    options: dict[str, Any] = {"master_name": settings.redis_sentinel_master}
-    if settings.redis_sentinel_password:
-        options["sentinel_kwargs"] = {"password": settings.redis_sentinel_password}
+    target = settings.redis
+    options: dict[str, Any] = {"master_name": target.sentinel_master}
+    if target.sentinel_password:
+        options["sentinel_kwargs"] = {"password": target.sentinel_password}
     return options
 
 

@@ -73,7 +73,7 @@ def _check_redis_version(sender: Any = None, **_: Any) -> None:
     (``bridge.layout``), before it takes any task."""
     settings = settings_of(getattr(sender, "app", None))
     try:
-        client = redis_client(settings, max_connections=4, client_name="tokenbridge-worker")
+        client = redis_client(settings.redis, max_connections=4, client_name="tokenbridge-worker")
     except UNAVAILABLE as exc:  # a cluster client connects as it is made
         logging.getLogger(__name__).warning("Could not read the Redis version (%s).", exc)
         return

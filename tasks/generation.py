@@ -53,7 +53,7 @@ def _settings() -> Settings:
 
 @cache
 def _client() -> redis.Redis:
-    return redis_client(_settings(), max_connections=256)
+    return redis_client(_settings().redis, max_connections=256)
 
 
 @cache

@@ -22,7 +22,7 @@ def start(settings: Settings) -> None:
     global _heartbeat
     if _heartbeat is not None:
         return
-    client = redis_client(settings, max_connections=2, client_name="tokenbridge-worker-heartbeat")
+    client = redis_client(settings.redis, max_connections=2, client_name="tokenbridge-worker-heartbeat")
     _heartbeat = Heartbeat(client, keys.WORKERS_ZSET, NAME, dead_after_ms=settings.dead_after_ms)
     _heartbeat.start()
 

@@ -27,7 +27,7 @@ def main() -> None:
     configure_logging(settings.log_format, settings.log_level, process="consumer")
     tracing.setup("consumer")
     # The socket timeout must outlast the longest blocking read.
-    client = redis_client(settings, socket_timeout_s=settings.consumer_block_ms / 1000 + 10)
+    client = redis_client(settings.redis, socket_timeout_s=settings.consumer_block_ms / 1000 + 10)
     _refuse_an_incompatible_redis(client)
     celery = Celery("tokenbridge-supervisor", broker=settings.broker_url)
     celery.conf.update(celery_client_options(settings))

@@ -8,6 +8,10 @@ What ties them together (the seed names' mapping, checks across concerns, the or
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from functools import cached_property
+from typing import Any, Self
+
 from pydantic import PrivateAttr, model_validator
 from pydantic_settings import SettingsConfigDict
 
@@ -58,6 +62,17 @@ class Settings(
             raise ValueError("REDIS_SENTINELS and REDIS_CLUSTER exclude each other: a cluster fails over by itself.")
         _ = self.sentinel_addresses  # a malformed address stops the process at start
         return self
+
+    def model_copy(self, *, update: Mapping[str, Any] | None = None, deep: bool = False) -> Self:
+        """A copy; with ``update``, what is derived from the fields and cached (``redis``, ``broker_url``, …) is
+        derived again from the copy's fields instead of carried over."""
+        copied = super().model_copy(update=update, deep=deep)
+        if update:
+            for klass in type(self).__mro__:
+                for name, attr in vars(klass).items():
+                    if isinstance(attr, cached_property):
+                        copied.__dict__.pop(name, None)
+        return copied
 
     @property
     def session_ttl_ms(self) -> int:

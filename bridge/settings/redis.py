@@ -2,12 +2,47 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Literal
 from urllib.parse import parse_qsl, quote, urlsplit
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+@dataclass(frozen=True)
+class RedisTarget:
+    """Everything needed to reach the Redis of streams and state, resolved once from the settings
+    (``Settings.redis``) and taken by whatever builds a client of it (``bridge.connections.redis_client``)."""
+
+    # REDIS_URL, or one built from REDIS_HOST/PORT/PASSWORD/DB; REDIS_SSL_CERT_REQS applied to a rediss:// URL.
+    # Kept out of the repr, as the sentinels' password is: either may hold a password.
+    url: str = field(repr=False)
+    cluster: bool = False
+    # Sentinels as (host, port); empty without Sentinel. With them, ``url``'s host and port are ignored.
+    sentinels: tuple[tuple[str, int], ...] = ()
+    sentinel_master: str = "mymaster"
+    sentinel_password: str | None = field(default=None, repr=False)
+    # REDIS_MAX_CONNECTIONS: replaces each pool's own size when set.
+    max_connections: int | None = None
+
+    @property
+    def rate_limit_storage(self) -> tuple[str, dict[str, object]]:
+        """Flask-Limiter's storage URI and options: this Redis (its cluster client on a cluster)."""
+        options: dict[str, object] = {}
+        if self.max_connections:
+            options["max_connections"] = self.max_connections
+        if not self.cluster:
+            return self.url, options
+        parsed = urlsplit(self.url)
+        if parsed.scheme == "rediss":
+            options["ssl"] = True
+            # The cluster URI loses the query, so a managed Redis' `?ssl_cert_reqs=none` is carried over here.
+            cert_reqs = dict(parse_qsl(parsed.query)).get("ssl_cert_reqs")
+            if cert_reqs:
+                options["ssl_cert_reqs"] = cert_reqs
+        return f"redis+cluster://{parsed.netloc}", options
 
 
 class RedisSettings(BaseSettings):
@@ -148,41 +183,37 @@ class RedisSettings(BaseSettings):
             url += f"{'&' if '?' in url else '?'}ssl_cert_reqs={self.redis_ssl_cert_reqs}"
         return url
 
-    @property
-    def rate_limit_storage(self) -> tuple[str, dict[str, object]]:
-        """Flask-Limiter's storage URI and options: the streams' Redis (its cluster client on a cluster)."""
-        options: dict[str, object] = {}
-        if self.redis_max_connections:
-            options["max_connections"] = self.redis_max_connections
-        if not self.redis_cluster:
-            return self.resolved_redis_url, options
-        parsed = urlsplit(self.resolved_redis_url)
-        if parsed.scheme == "rediss":
-            options["ssl"] = True
-            # The cluster URI loses the query, so a managed Redis' `?ssl_cert_reqs=none` is carried over here.
-            cert_reqs = dict(parse_qsl(parsed.query)).get("ssl_cert_reqs")
-            if cert_reqs:
-                options["ssl_cert_reqs"] = cert_reqs
-        return f"redis+cluster://{parsed.netloc}", options
+    @cached_property
+    def redis(self) -> RedisTarget:
+        """The Redis of streams and state, as every client of it is built."""
+        return RedisTarget(
+            url=self.resolved_redis_url,
+            cluster=self.redis_cluster,
+            sentinels=tuple(self.sentinel_addresses),
+            sentinel_master=self.redis_sentinel_master,
+            sentinel_password=self.redis_sentinel_password,
+            max_connections=self.redis_max_connections,
+        )
 
     @property
     def broker_is_streams_redis(self) -> bool:
         """Whether Celery's broker is the database of the streams (no CELERY_BROKER_URL, or the same URL), not on a
         cluster: a generation's task is then pushed by the script that stores it (``streams.submit``)."""
-        same = not self.celery_broker_url or self._with_cert_reqs(self.celery_broker_url) == self.resolved_redis_url
-        return same and not self.redis_cluster
+        same = not self.celery_broker_url or self._with_cert_reqs(self.celery_broker_url) == self.redis.url
+        return same and not self.redis.cluster
 
     @cached_property
     def broker_url(self) -> str:
         if self.celery_broker_url:
             # A second Redis over TLS (CELERY_BROKER_URL=rediss://…) is usually the same kind of managed Redis.
             return self._with_cert_reqs(self.celery_broker_url)
-        if self.sentinel_addresses:
+        target = self.redis
+        if target.sentinels:
             # kombu's Sentinel transport: one `sentinel://` URL per sentinel joined by `;`, each carrying the
             # master's credentials and database; the master's name comes in the transport options.
-            parsed = urlsplit(self.resolved_redis_url)
+            parsed = urlsplit(target.url)
             auth = parsed.netloc.rpartition("@")[0]
             auth = f"{auth}@" if auth else ""
             db = parsed.path.lstrip("/") or "0"
-            return ";".join(f"sentinel://{auth}{host}:{port}/{db}" for host, port in self.sentinel_addresses)
-        return self.resolved_redis_url
+            return ";".join(f"sentinel://{auth}{host}:{port}/{db}" for host, port in target.sentinels)
+        return target.url

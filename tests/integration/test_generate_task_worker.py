@@ -95,7 +95,7 @@ def celery_worker_parameters() -> Mapping[str, Any]:
 @pytest.fixture(autouse=True)
 def worker_process_state(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """The task's process-wide settings, client and write loop, on this test's Redis; logging restored."""
-    client = redis_client(settings, max_connections=64)
+    client = redis_client(settings.redis, max_connections=64)
     loop = WriteLoop(client)
     monkeypatch.setattr(generation, "_settings", lambda: settings)
     monkeypatch.setattr(generation, "_client", lambda: client)

@@ -80,7 +80,7 @@ def test_a_client_without_decoded_responses_reads_the_same(r: redis.Redis) -> No
 
 def test_a_redis_that_cannot_answer_now_is_a_warning(caplog: pytest.LogCaptureFixture) -> None:
     # Given no Redis listening (a process may start before Redis does; its reads retry later)
-    down = redis_client(Settings(redis_url="redis://127.0.0.1:1"))
+    down = redis_client(Settings(redis_url="redis://127.0.0.1:1").redis)
     # When the process checks the layout, it goes on, saying it could not
     with caplog.at_level(logging.WARNING, logger="bridge.layout"):
         require_layout_version(down)

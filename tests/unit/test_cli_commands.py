@@ -143,11 +143,14 @@ def test_dev_binds_loopback_unless_told_otherwise(monkeypatch: pytest.MonkeyPatc
 
 
 def test_redis_max_connections_sizes_every_processs_pool() -> None:
-    assert redis_client(Settings(redis_url="redis://h:1/0"), max_connections=256).connection_pool.max_connections == 256
+    assert (
+        redis_client(Settings(redis_url="redis://h:1/0").redis, max_connections=256).connection_pool.max_connections
+        == 256
+    )
     limited = Settings(redis_url="redis://h:1/0", redis_max_connections=6)
     for default in (64, 256):
-        assert redis_client(limited, max_connections=default).connection_pool.max_connections == 6
-    assert limited.rate_limit_storage == ("redis://h:1/0", {"max_connections": 6})
+        assert redis_client(limited.redis, max_connections=default).connection_pool.max_connections == 6
+    assert limited.redis.rate_limit_storage == ("redis://h:1/0", {"max_connections": 6})
     with pytest.raises(ValueError):
         Settings(redis_max_connections=1)
 
@@ -170,10 +173,10 @@ def test_a_managed_redis_self_signed_certificate_is_accepted_by_url_or_setting()
         "?ssl_cert_reqs=required"
     )
     assert Settings(redis_url="redis://h:1/0", redis_ssl_cert_reqs="none").resolved_redis_url == "redis://h:1/0"
-    pool = redis_client(Settings(redis_url=f"{url}?ssl_cert_reqs=none")).connection_pool
+    pool = redis_client(Settings(redis_url=f"{url}?ssl_cert_reqs=none").redis).connection_pool
     assert pool.connection_kwargs["ssl_cert_reqs"] == "none"
     cluster = Settings(redis_url=f"{url}?ssl_cert_reqs=none", redis_cluster=True, celery_broker_url="amqp://b//")
-    assert cluster.rate_limit_storage == ("redis+cluster://:pw@h:6380", {"ssl": True, "ssl_cert_reqs": "none"})
+    assert cluster.redis.rate_limit_storage == ("redis+cluster://:pw@h:6380", {"ssl": True, "ssl_cert_reqs": "none"})
 
 
 # -- documentation and `python -m tokenbridge` -----------------------------------------------------

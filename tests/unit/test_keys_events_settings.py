@@ -146,11 +146,11 @@ def test_a_cluster_needs_a_broker_of_its_own() -> None:
 
 
 def test_rate_limits_share_the_streams_redis_cluster_included() -> None:
-    assert Settings(redis_url="redis://h:1/0").rate_limit_storage == ("redis://h:1/0", {})
+    assert Settings(redis_url="redis://h:1/0").redis.rate_limit_storage == ("redis://h:1/0", {})
     cluster = Settings(redis_url="redis://:pw@h:7000/0", redis_cluster=True, celery_broker_url="amqp://b//")
-    assert cluster.rate_limit_storage == ("redis+cluster://:pw@h:7000", {})
+    assert cluster.redis.rate_limit_storage == ("redis+cluster://:pw@h:7000", {})
     tls = Settings(redis_url="rediss://h:7000", redis_cluster=True, celery_broker_url="amqp://b//")
-    assert tls.rate_limit_storage == ("redis+cluster://h:7000", {"ssl": True})
+    assert tls.redis.rate_limit_storage == ("redis+cluster://h:7000", {"ssl": True})
 
 
 def test_the_seed_designs_poll_settings_are_honoured_in_seconds(monkeypatch: pytest.MonkeyPatch) -> None:

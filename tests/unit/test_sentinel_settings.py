@@ -45,7 +45,7 @@ def test_sentinels_and_a_cluster_exclude_each_other() -> None:
 
 def test_the_client_asks_the_sentinels_for_the_master_with_a_bounded_pool() -> None:
     settings = Settings(redis_url="redis://:pw@ignored/3", redis_sentinels="s1:1", redis_sentinel_master="main")
-    client = redis_client(settings, max_connections=7)
+    client = redis_client(settings.redis, max_connections=7)
     pool = client.connection_pool
     assert isinstance(pool, SentinelBlockingConnectionPool)
     assert pool.service_name == "main" and pool.max_connections == 7
