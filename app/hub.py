@@ -30,6 +30,11 @@ from bridge.sessions import SessionResolver
 
 logger = logging.getLogger(__name__)
 
+# Entries per stream per read (the hub's XREAD COUNT).
+HUB_READ_COUNT = 1000
+# Events buffered per subscriber: a client that falls further behind re-reads from Redis instead of slowing the hub.
+CLIENT_QUEUE_SIZE = 1024
+
 
 class Subscription:
     """One client's view of one key: a bounded buffer that the hub fills and the client drains."""
@@ -79,8 +84,8 @@ class Hub:
         reader: StreamReader,
         *,
         block_ms: int = 2000,
-        count: int = 1000,
-        queue_size: int = 1024,
+        count: int = HUB_READ_COUNT,
+        queue_size: int = CLIENT_QUEUE_SIZE,
         sessions: SessionResolver | None = None,
     ) -> None:
         self.reader = reader

@@ -9,7 +9,7 @@ from celery import Celery
 from flask import current_app
 
 from app.auth import Authenticator
-from app.hub import Hub
+from app.hub import CLIENT_QUEUE_SIZE, HUB_READ_COUNT, Hub
 from app.presence import Presence
 from bridge import keys
 from bridge.circuit import Circuits
@@ -43,8 +43,9 @@ class Services:
         hub = Hub(
             stream_reader(commands, sweep_s=settings.hub_block_ms / 1000, hints=keys.OUT_HINTS),
             block_ms=settings.hub_block_ms,
-            count=settings.hub_read_count,
-            queue_size=settings.client_queue_size,
+            # Deprecated settings, honoured while they are read (bridge/settings/deprecated.py).
+            count=settings.hub_read_count or HUB_READ_COUNT,
+            queue_size=settings.client_queue_size or CLIENT_QUEUE_SIZE,
             sessions=SessionResolver(commands),
         )
         celery = Celery("tokenbridge-web", broker=settings.broker_url)

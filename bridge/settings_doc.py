@@ -26,6 +26,14 @@ SECTIONS = {
     "flush_window_ms": "Generation tasks (`worker`)",
     "consumer_name": "Consumer workers (`consumer`)",
     "redis_poll_delay": "Names from the original design",
+    "hub_read_count": "Deprecated",
+}
+
+# A paragraph under a section's title, by the section's first field.
+SECTION_NOTES = {
+    "hub_read_count": "Read, and honoured, until the next minor release, which removes them. `web`, `worker` and "
+    "`consumer` log a warning at start for each one that is set. Each was internal tuning, now a constant beside the "
+    "code it tunes: unset them.",
 }
 
 MIN_REDIS = ".".join(map(str, MIN_REDIS_VERSION))
@@ -56,8 +64,8 @@ FOOTER = """\
 - `CONSUMER_CLAIM_IDLE_MS` must be at least three times `CONSUMER_HEARTBEAT_MS`. This one is enforced: every
   process refuses to start otherwise.
 
-`web`, `worker` and `consumer` log a warning at start for each of the first two problems, and for each
-name from the original design that has no meaning here.
+`web`, `worker` and `consumer` log a warning at start for each of the first two problems, for each
+name from the original design that has no meaning here, and for each [deprecated](#deprecated) setting that is set.
 
 """
 
@@ -126,9 +134,8 @@ def markdown() -> str:
     out = [HEADER]
     for name, field in Settings.model_fields.items():
         if name in SECTIONS:
-            out.append(
-                f"\n## {SECTIONS[name]}\n\n| variable | default | limits | meaning |\n| --- | --- | --- | --- |\n"
-            )
+            note = f"{SECTION_NOTES[name]}\n\n" if name in SECTION_NOTES else ""
+            out.append(f"\n## {SECTIONS[name]}\n\n{note}{TABLE_HEAD}")
         description = field.description or ""
         out.append(f"| `{name.upper()}` | {default_text(field)} | {limits_text(field)} | {_cell(description)} |\n")
     out.append("\n" + FOOTER.rstrip() + "\n")

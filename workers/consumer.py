@@ -43,6 +43,10 @@ from workers.supervision import Enqueue, Supervisor, WaitingTasks
 
 logger = logging.getLogger(__name__)
 
+# Entries per read (the XREADGROUP's COUNT), over the work stream and every owned generation's raw stream: what one
+# read brings is processed and committed in one round trip.
+CONSUMER_BATCH = 256
+
 __all__ = ["Batch", "ConsumerWorker", "Enqueue", "default_consumer_name"]
 
 
@@ -91,6 +95,8 @@ class ConsumerWorker:
         self.work_streams = self.ownership.work_streams
         # Reads woken by the writers' hints: a read costs what it brings back, not the generations owned.
         self.reader = stream_reader(client, sweep_s=settings.consumer_block_ms / 1000, hints=keys.RAW_HINTS)
+        # CONSUMER_BATCH, or the deprecated setting while it is read (bridge/settings/deprecated.py).
+        self.batch = settings.consumer_batch or CONSUMER_BATCH
 
     @property
     def owned(self) -> dict[str, OwnedGeneration]:
@@ -220,7 +226,7 @@ class ConsumerWorker:
 
     def _read(self, streams: dict[str, str], block_ms: int) -> Any:
         group = (self.group, self.name)
-        return self.reader.read(streams, count=self.settings.consumer_batch, block_ms=block_ms, group=group)
+        return self.reader.read(streams, count=self.batch, block_ms=block_ms, group=group)
 
     def _streams_to_read(self, block_ms: int) -> tuple[dict[str, str], int]:
         """New entries for most generations; our own pending ones (id 0) for those that must retry."""

@@ -2,7 +2,8 @@
 
 One ``Settings`` reads them all (every process reads the same environment); its fields are declared by concern, one
 module each: ``redis`` (Redis and the broker), ``web_keys`` and ``web`` (``web``), ``streams`` (streams and logs),
-``worker`` (generation tasks), ``consumer`` (consumer workers) and ``seed_names`` (the original design's names).
+``worker`` (generation tasks), ``consumer`` (consumer workers), ``seed_names`` (the original design's names) and
+``deprecated`` (settings read until the next minor release).
 What ties them together (the seed names' mapping, checks across concerns, the order of timeouts) is here.
 """
 
@@ -16,6 +17,7 @@ from pydantic import PrivateAttr, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from bridge.settings.consumer import ConsumerSettings
+from bridge.settings.deprecated import DeprecatedSettings
 from bridge.settings.redis import RedisSettings
 from bridge.settings.seed_names import SeedNameSettings
 from bridge.settings.streams import StreamSettings
@@ -25,7 +27,14 @@ from bridge.settings.worker import WorkerSettings
 
 
 class Settings(
-    SeedNameSettings, ConsumerSettings, WorkerSettings, WebSettings, StreamSettings, WebKeySettings, RedisSettings
+    DeprecatedSettings,
+    SeedNameSettings,
+    ConsumerSettings,
+    WorkerSettings,
+    WebSettings,
+    StreamSettings,
+    WebKeySettings,
+    RedisSettings,
 ):
     """Configuration shared by web, worker and consumer. Field names map to upper-case environment variables."""
 
@@ -82,7 +91,8 @@ class Settings(
         return self.redis_stream_retention_ms * 2 + int(longest_s * 1000)
 
     def order_problems(self) -> list[str]:
-        """Timeouts whose order defeats the failure model (logged as warnings at start)."""
+        """Timeouts whose order defeats the failure model, names that are ignored, and deprecated settings that are
+        set (logged as warnings at start by ``web``, ``worker`` and ``consumer``)."""
         problems = []
         if self.celery_visibility_timeout_s <= self.celery_time_limit_s:
             problems.append(
@@ -102,6 +112,7 @@ class Settings(
                 "counts of a dead web process lapse after 3 x PRESENCE_INTERVAL_S."
             )
         problems.extend(self._seed_overridden)
+        problems.extend(self.deprecations())
         return problems
 
 

@@ -22,11 +22,6 @@ class ConsumerSettings(BaseSettings):
         ge=10,
         description="`BLOCK` time of the consumer's `XREADGROUP`, in ms.",
     )
-    consumer_batch: int = Field(
-        default=256,
-        ge=1,
-        description="`COUNT` of the consumer's `XREADGROUP`.",
-    )
     consumer_claim_idle_ms: int = Field(
         default=10_000,
         ge=100,

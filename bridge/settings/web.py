@@ -63,16 +63,6 @@ class WebSettings(BaseSettings):
         description="How often each web process publishes its reader counts (`readers` of records and `/v1/stats`), "
         "in seconds; a process that stops publishing is no longer counted after three intervals.",
     )
-    hub_read_count: int = Field(
-        default=1000,
-        ge=1,
-        description="`COUNT` of the hub's `XREAD` (entries per stream per read).",
-    )
-    client_queue_size: int = Field(
-        default=1024,
-        ge=8,
-        description="Events buffered per client. A client that falls further behind re-reads from Redis.",
-    )
     max_body_bytes: int = Field(
         default=1_048_576,
         ge=1024,
