@@ -9,6 +9,9 @@ Every step also reports the CPU each process spent per delivered token (web, wor
 client); the step of BENCH_PROFILE_AT streams then runs once more, profiled with py-spy (raw stacks under
 ``bench/results/<date>-profiles/``, summary in the report), so that the profiler's CPU stays out of the measured one.
 A last step streams one long answer and compares the cost per token at its start and at its end.
+Each token's latency is also split at its raw write (``latency_split_ms``: producer ts to the stream id's
+clock, the worker's part; from there to receipt, the consumer's, the hub's and web's), for every token and for each
+stream's first second, so that a missed p99 says which side of the raw write it went.
 
 Then what a generation costs besides its tokens (tokenbridge only; Flask-SSE has no submissions, no WebSocket,
 keeps nothing in Redis and calls no model), each part in its own module:
