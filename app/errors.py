@@ -13,10 +13,12 @@ import re
 from typing import Any
 
 import redis
-from flask import Flask, Response, has_request_context, jsonify, request
+from flask import Flask, Response, has_request_context, request
 from werkzeug.exceptions import HTTPException, NotFound
 from werkzeug.routing import RequestRedirect
 
+from app.responses import json_response
+from app.schemas import ErrorInfo, ErrorResponse, OpenAIErrorResponse
 from bridge.connections import UNAVAILABLE
 from bridge.memory import is_out_of_memory
 
@@ -109,14 +111,12 @@ def _param(details: Any) -> str | None:
 def error_response(
     status: int, code: str, message: str, details: Any = None, headers: dict[str, str] | None = None
 ) -> Response:
+    body: ErrorResponse | OpenAIErrorResponse
     if has_request_context() and speaks_openai(request.path):
-        response = jsonify({"error": openai_error(status, code, message, details)})
+        body = OpenAIErrorResponse.model_validate({"error": openai_error(status, code, message, details)})
     else:
-        response = jsonify({"error": {"code": code, "message": message, "details": details}})
-    response.status_code = status
-    for name, value in (headers or {}).items():
-        response.headers[name] = value
-    return response
+        body = ErrorResponse(error=ErrorInfo(code=code, message=message, details=details))
+    return json_response(body, status, headers)
 
 
 def under_v1(path: str) -> bool:

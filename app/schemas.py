@@ -1,4 +1,5 @@
-"""The bodies the API answers with, as pydantic models: the one source of the OpenAPI document's responses.
+"""The bodies the API answers with, as pydantic models: the routes write them (``app.responses.json_response``), and
+the OpenAPI document describes them, from the same models.
 
 Request bodies are the models that validate them (``GenerationRequest``, ``TokenBatch``, ``Completion``).
 """
@@ -10,6 +11,10 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from bridge.generation import GenerationRecord
+
+
+def _is_none(value: object) -> bool:
+    return value is None
 
 
 class _Response(BaseModel):
@@ -34,7 +39,7 @@ class OpenAIErrorInfo(BaseModel):
     type: str
     param: str | None
     code: str | None
-    details: Any = None
+    details: Any = Field(default=None, exclude_if=_is_none)
 
 
 class OpenAIErrorResponse(BaseModel):
@@ -55,7 +60,9 @@ class GenerationCreated(BaseModel):
     stream_token: str
     session_events_url: str
     session_stream_token: str
-    fallback_from: str | None = Field(default=None, description="the model asked for, while its circuit is open")
+    fallback_from: str | None = Field(
+        default=None, exclude_if=_is_none, description="the model asked for, while its circuit is open"
+    )
 
 
 class Generation(GenerationRecord):
@@ -65,6 +72,11 @@ class Generation(GenerationRecord):
 
     attempt: int = Field(default=0, exclude=True)
     readers: int = Field(ge=0, description="live readers across every web process")
+
+    @classmethod
+    def of(cls, record: GenerationRecord, readers: int) -> Generation:
+        """``record`` with its live reader count."""
+        return cls(**dict(record), readers=readers)
 
 
 class SessionGenerations(_Response):
@@ -130,6 +142,17 @@ class DeadLetterList(_Response):
     total: int
 
 
+class RecentDeadLetters(_Response):
+    total: int
+    recent: list[DeadLetterView]
+
+
+class DashboardData(_Response):
+    """``GET /dashboard/data``: what the dashboard cannot read from /readyz, /metrics or /v1/stats."""
+
+    dead_letters: RecentDeadLetters
+
+
 class ReplayAccepted(_Response):
     id: str
     generation_id: str
@@ -179,14 +202,14 @@ class TokenUsage(_Response):
 class Stats(BaseModel):
     models: dict[str, ModelStats]
     readers: ReadersSummary
-    usage: TokenUsage | None = Field(default=None, description="only for an API key")
+    usage: TokenUsage | None = Field(default=None, exclude_if=_is_none, description="only for an API key")
 
 
 class ChatMessage(BaseModel):
     role: Literal["assistant"]
     content: str | None
-    reasoning_content: str | None = None
-    tool_calls: list[dict[str, Any]] | None = None
+    reasoning_content: str | None = Field(default=None, exclude_if=_is_none)
+    tool_calls: list[dict[str, Any]] | None = Field(default=None, exclude_if=_is_none)
 
 
 class ChatChoice(_Response):
@@ -210,3 +233,17 @@ class ChatCompletion(_Response):
     model: str
     choices: list[ChatChoice]
     usage: ChatUsage
+
+
+class Health(_Response):
+    """``GET /healthz``: alive, and the running release."""
+
+    status: Literal["ok"]
+    version: str
+
+
+class Readiness(BaseModel):
+    """``GET /readyz``: the verdict, and each check's when the caller may see them."""
+
+    status: Literal["healthy", "degraded", "unhealthy"]
+    checks: dict[str, dict[str, Any]] | None = Field(default=None, exclude_if=_is_none)
