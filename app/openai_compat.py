@@ -15,10 +15,12 @@ from typing import Any
 
 import orjson
 import redis
-from flask import Blueprint, Response, jsonify
+from flask import Blueprint, Response
 
 from app.errors import ApiError, invalid, openai_error
 from app.inputs import authenticate, json_body
+from app.responses import json_response
+from app.schemas import ChatChoice, ChatCompletion, ChatMessage, ChatUsage
 from app.services import services
 from app.streaming import KEEPALIVE_FRAME, follow, one_by_one
 from app.submit import submit_generation
@@ -118,20 +120,20 @@ def _events(generation_id: str) -> Iterator[ClientEvent | None]:
 
 
 @bp.post("/chat/completions")
-def chat_completions() -> Response | tuple[Response, int, dict[str, str]]:
+def chat_completions() -> Response:
     body = json_body()
     submitted = submit_generation(_to_generation(body))
     generation_id = submitted.generation_id
     headers = {**submitted.headers, "x-tokenbridge-generation-id": generation_id}
     options: dict[str, Any] = body["stream_options"] if isinstance(body.get("stream_options"), dict) else {}
-    reply = _Reply(generation_id, str(submitted.payload["model"]), int(time.time()), bool(options.get("include_usage")))
+    reply = _Reply(generation_id, submitted.payload.model, int(time.time()), bool(options.get("include_usage")))
     events = _events(generation_id)
     if body.get("stream"):
         response = Response(_stream(reply, events), mimetype="text/event-stream", headers=headers)
         response.headers["Cache-Control"] = "no-cache"
         response.headers["X-Accel-Buffering"] = "no"
         return response
-    return jsonify(_completion(reply, events, headers)), 200, headers
+    return json_response(_completion(reply, events, headers), 200, headers)
 
 
 @dataclass(frozen=True, slots=True)
@@ -233,17 +235,17 @@ class _Answer:
         elif event.event == EventType.RESTART.value:
             self.text, self.reasoning, self.calls = "", "", {}
 
-    def message(self) -> dict[str, Any]:
+    def message(self) -> ChatMessage:
         """Its text, and its reasoning and tool calls when it has them."""
-        message: dict[str, Any] = {"role": "assistant", "content": self.text if self.text or not self.calls else None}
-        if self.reasoning:
-            message["reasoning_content"] = self.reasoning
-        if self.calls:
-            message["tool_calls"] = [self.calls[index] for index in sorted(self.calls)]
-        return message
+        return ChatMessage(
+            role="assistant",
+            content=self.text if self.text or not self.calls else None,
+            reasoning_content=self.reasoning or None,
+            tool_calls=[self.calls[index] for index in sorted(self.calls)] if self.calls else None,
+        )
 
 
-def _completion(reply: _Reply, events: Iterator[ClientEvent | None], headers: dict[str, str]) -> dict[str, Any]:
+def _completion(reply: _Reply, events: Iterator[ClientEvent | None], headers: dict[str, str]) -> ChatCompletion:
     """The whole chat.completion once the generation ended; 504 when it did not in time, 502 when it failed."""
     answer = _Answer()
     terminal = None
@@ -259,11 +261,11 @@ def _completion(reply: _Reply, events: Iterator[ClientEvent | None], headers: di
     data = terminal.json()
     if terminal.event == EventType.ERROR.value:
         raise ApiError(502, str(data.get("code") or "provider_error"), str(data.get("message", "")), headers=headers)
-    return {
-        "id": reply.id,
-        "object": "chat.completion",
-        "created": reply.created,
-        "model": reply.model,
-        "choices": [{"index": 0, "message": answer.message(), "finish_reason": _finish_reason(terminal, data)}],
-        "usage": _usage(data),
-    }
+    return ChatCompletion(
+        id=reply.id,
+        object="chat.completion",
+        created=reply.created,
+        model=reply.model,
+        choices=[ChatChoice(index=0, message=answer.message(), finish_reason=_finish_reason(terminal, data))],
+        usage=ChatUsage(**_usage(data)),
+    )

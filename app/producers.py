@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from flask import Blueprint, Response, jsonify
+from flask import Blueprint, Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from app.errors import ApiError, invalid
 from app.inputs import authenticate, json_body, load_meta, validation_details
+from app.responses import json_response
+from app.schemas import CompleteAccepted, TokensAccepted
 from app.services import services
 from bridge.external import append_tokens, finish
 from bridge.scripts import Status
@@ -59,7 +61,7 @@ def _parse(model: type[BaseModel], body: dict[str, Any]) -> Any:
 
 
 @bp.post("/generations/<generation_id>/tokens")
-def append(generation_id: str) -> tuple[Response, int]:
+def append(generation_id: str) -> Response:
     _external(generation_id)
     batch: TokenBatch = _parse(TokenBatch, json_body())
     s = services()
@@ -77,12 +79,12 @@ def append(generation_id: str) -> tuple[Response, int]:
         raise ApiError(404, "not_found", f"No generation with id {generation_id!r}.")
     if result.status is Status.NOT_EXTERNAL:
         raise ApiError(409, "not_external", "Only generations created with model 'external' take tokens over HTTP.")
-    body = {"id": generation_id, "next_index": result.next_index, "duplicate": result.status is Status.DUPLICATE}
-    return jsonify(body), 202
+    duplicate = result.status is Status.DUPLICATE
+    return json_response(TokensAccepted(id=generation_id, next_index=result.next_index, duplicate=duplicate), 202)
 
 
 @bp.post("/generations/<generation_id>/complete")
-def complete(generation_id: str) -> tuple[Response, int]:
+def complete(generation_id: str) -> Response:
     _external(generation_id)
     completion: Completion = _parse(Completion, json_body())
     s = services()
@@ -98,4 +100,4 @@ def complete(generation_id: str) -> tuple[Response, int]:
         raise ApiError(409, "already_finished", "The generation has already finished.")
     if result is Status.UNKNOWN:
         raise ApiError(404, "not_found", f"No generation with id {generation_id!r}.")
-    return jsonify({"id": generation_id, "status": "completing"}), 202
+    return json_response(CompleteAccepted(id=generation_id, status="completing"), 202)

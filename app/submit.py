@@ -18,6 +18,7 @@ from pydantic import ValidationError
 from app import limits, metrics
 from app.errors import ApiError, invalid, out_of_memory
 from app.inputs import model_errors, validation_details
+from app.schemas import GenerationCreated
 from app.services import services
 from bridge import capabilities, keys, streams, tracing
 from bridge.budgets import Budget
@@ -34,13 +35,12 @@ logger = logging.getLogger(__name__)
 class Submitted:
     """A generation just created (or found again through its Idempotency-Key)."""
 
-    payload: dict[str, Any]
+    payload: GenerationCreated
     headers: dict[str, str]
 
     @property
     def generation_id(self) -> str:
-        value: str = self.payload["id"]
-        return value
+        return self.payload.id
 
 
 # The header that names what a model's drop_params dropped from the request (docs/API.md).
@@ -81,8 +81,8 @@ def submit_generation(body: dict[str, Any]) -> Submitted:
     session_id = accepted.request.session_id or new_session_id()
     headers = {DROPPED_HEADER: ", ".join(accepted.dropped)} if accepted.dropped else {}
     idempotency_key = claim_idempotency_key(body, generation_id, session_id)
-    if isinstance(idempotency_key, dict):
-        headers |= {"Location": f"/v1/generations/{idempotency_key['id']}", "Idempotent-Replayed": "true"}
+    if isinstance(idempotency_key, GenerationCreated):
+        headers |= {"Location": f"/v1/generations/{idempotency_key.id}", "Idempotent-Replayed": "true"}
         return Submitted(idempotency_key, headers)
     stored: _Stored | None = None
     try:
@@ -108,9 +108,7 @@ def submit_generation(body: dict[str, Any]) -> Submitted:
         model,
         extra={"generation_id": generation_id, "session_id": session_id, "api_key": g.principal.name},
     )
-    payload = created(generation_id, session_id, model, "queued")
-    if stored.fallback_from is not None:
-        payload["fallback_from"] = stored.fallback_from
+    payload = created(generation_id, session_id, model, "queued", fallback_from=stored.fallback_from)
     if stored.accepted.dropped:
         headers[DROPPED_HEADER] = ", ".join(stored.accepted.dropped)
     return Submitted(payload, {**headers, "Location": f"/v1/generations/{generation_id}"})
@@ -277,22 +275,25 @@ def _past_open_circuit(accepted: _Accepted) -> tuple[_Accepted, str | None]:
     )
 
 
-def created(generation_id: str, session_id: str, model: str, status: str) -> dict[str, Any]:
+def created(
+    generation_id: str, session_id: str, model: str, status: str, *, fallback_from: str | None = None
+) -> GenerationCreated:
     auth = services().auth
-    return {
-        "id": generation_id,
-        "session_id": session_id,
-        "status": status,
-        "model": model,
-        "events_url": f"/v1/generations/{generation_id}/events",
-        "ws_url": f"/v1/generations/{generation_id}/ws",
-        "stream_token": auth.stream_token(generation_id=generation_id),
-        "session_events_url": f"/v1/sessions/{session_id}/events",
-        "session_stream_token": auth.stream_token(session_id=session_id),
-    }
+    return GenerationCreated(
+        id=generation_id,
+        session_id=session_id,
+        status=status,
+        model=model,
+        events_url=f"/v1/generations/{generation_id}/events",
+        ws_url=f"/v1/generations/{generation_id}/ws",
+        stream_token=auth.stream_token(generation_id=generation_id),
+        session_events_url=f"/v1/sessions/{session_id}/events",
+        session_stream_token=auth.stream_token(session_id=session_id),
+        fallback_from=fallback_from,
+    )
 
 
-def claim_idempotency_key(body: dict[str, Any], generation_id: str, session_id: str) -> str | dict[str, Any] | None:
+def claim_idempotency_key(body: dict[str, Any], generation_id: str, session_id: str) -> str | GenerationCreated | None:
     """Reserve the request's Idempotency-Key for this generation (its Redis key), or the earlier response."""
     value = request.headers.get("Idempotency-Key")
     if value is None:
