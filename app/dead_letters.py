@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from flask import Blueprint, Response, jsonify, request
+from flask import Blueprint, Response, request
 
 from app import audit
 from app.errors import ApiError
 from app.inputs import authenticate, limit_arg
+from app.responses import json_response
+from app.schemas import DeadLetterDropped, DeadLetterList, DeadLetterView, ReplayAccepted
 from app.services import services
 from bridge import dead_letters
 from bridge.dead_letters import DeadLetter, Decision
@@ -37,11 +39,11 @@ def list_dead_letters() -> Response:
         raise ApiError(400, "invalid_cursor", "before must be the id of a dead letter.")
     limit = limit_arg(default=50, most=500)
     letters, total = dead_letters.list_dead_letters(services().redis, limit=limit, before=before)
-    return jsonify({"data": [letter.public() for letter in letters], "total": total})
+    return json_response(DeadLetterList(data=[DeadLetterView(**letter.public()) for letter in letters], total=total))
 
 
 @bp.post("/dead-letters/<dead_letter_id>/replay")
-def replay_dead_letter(dead_letter_id: str) -> tuple[Response, int]:
+def replay_dead_letter(dead_letter_id: str) -> Response:
     letter = _letter(dead_letter_id)
     if not letter.held:
         raise ApiError(
@@ -50,8 +52,7 @@ def replay_dead_letter(dead_letter_id: str) -> tuple[Response, int]:
             "Its generation has ended: nothing can follow its terminal event. Drop the dead letter instead.",
         )
     dead_letters.decide(services().redis, letter, Decision.REPLAY, ttl_ms=_decision_ttl_ms())
-    body = {"id": letter.id, "generation_id": letter.generation_id, "status": "replaying"}
-    return jsonify(body), 202
+    return json_response(ReplayAccepted(id=letter.id, generation_id=letter.generation_id, status="replaying"), 202)
 
 
 @bp.delete("/dead-letters/<dead_letter_id>")
@@ -59,4 +60,5 @@ def drop_dead_letter(dead_letter_id: str) -> Response:
     letter = _letter(dead_letter_id)
     dead_letters.decide(services().redis, letter, Decision.DROP, ttl_ms=_decision_ttl_ms())
     # A held generation now ends with poison_entry; a finished one stays as it was.
-    return jsonify({"id": letter.id, "generation_id": letter.generation_id, "dropped": True, "ended": letter.held})
+    dropped = DeadLetterDropped(id=letter.id, generation_id=letter.generation_id, dropped=True, ended=letter.held)
+    return json_response(dropped)

@@ -7,12 +7,13 @@ has OpenAI's fields; tokenbridge's own ride in a ``tokenbridge`` object, which t
 from __future__ import annotations
 
 import os
-from typing import Any
 
-from flask import Blueprint, Response, jsonify
+from flask import Blueprint, Response
 
 from app.errors import ApiError
 from app.inputs import authenticate
+from app.responses import json_response
+from app.schemas import ModelInfo, ModelList, ModelObject
 from app.services import services
 from bridge.models import BUILTIN, ModelSpec
 from bridge.settings import Settings
@@ -34,16 +35,16 @@ def _created(settings: Settings) -> int:
         return BUILTIN_CREATED
 
 
-def _model_object(spec: ModelSpec, settings: Settings, configured_at: int) -> dict[str, Any]:
+def _model_object(spec: ModelSpec, settings: Settings, configured_at: int) -> ModelObject:
     builtin = spec.name in BUILTIN
     ceiling = min(spec.max_tokens or settings.max_tokens_limit, settings.max_tokens_limit)
-    return {
-        "id": spec.name,
-        "object": "model",
-        "created": BUILTIN_CREATED if builtin else configured_at,
-        "owned_by": "tokenbridge" if builtin else spec.provider,
-        "tokenbridge": {"provider": spec.provider, "max_tokens": ceiling},
-    }
+    return ModelObject(
+        id=spec.name,
+        object="model",
+        created=BUILTIN_CREATED if builtin else configured_at,
+        owned_by="tokenbridge" if builtin else spec.provider,
+        tokenbridge=ModelInfo(provider=spec.provider, max_tokens=ceiling),
+    )
 
 
 @bp.get("/models")
@@ -51,7 +52,7 @@ def list_models() -> Response:
     s = services()
     configured_at = _created(s.settings)
     data = [_model_object(spec, s.settings, configured_at) for spec in s.models.values()]
-    return jsonify({"object": "list", "data": data})
+    return json_response(ModelList(object="list", data=data))
 
 
 @bp.get("/models/<path:model_id>")
@@ -60,4 +61,4 @@ def get_model(model_id: str) -> Response:
     spec = s.models.get(model_id)
     if spec is None:
         raise ApiError(404, "model_not_found", f"The model {model_id!r} does not exist.")
-    return jsonify(_model_object(spec, s.settings, _created(s.settings)))
+    return json_response(_model_object(spec, s.settings, _created(s.settings)))
