@@ -6,11 +6,13 @@ import time
 from typing import Any
 
 import redis
-from flask import Blueprint, Response, jsonify, request
+from flask import Blueprint, Response, request
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from app.errors import ApiError
 from app.metrics import CONSUMERS_ALIVE, MODEL_CIRCUIT_OPEN, REDIS_UP, render
+from app.responses import json_response
+from app.schemas import Health, Readiness
 from app.services import Services, services
 from bridge import keys, metrics_relay, streams
 from bridge.version import VERSION
@@ -23,7 +25,7 @@ _celery_cache: dict[str, Any] = {"at": 0.0, "result": None}
 
 @bp.get("/healthz")
 def healthz() -> Response:
-    return jsonify({"status": "ok", "version": VERSION})
+    return json_response(Health(status="ok", version=VERSION))
 
 
 def _check_redis(s: Services) -> dict[str, Any]:
@@ -105,7 +107,7 @@ def _shows_details(s: Services) -> bool:
 
 
 @bp.get("/readyz")
-def readyz() -> tuple[Response, int, dict[str, str]]:
+def readyz() -> Response:
     s = services()
     details = _shows_details(s)
     checks: dict[str, Any] = {}
@@ -115,12 +117,12 @@ def readyz() -> tuple[Response, int, dict[str, str]]:
         checks["models"] = _check_models(s)
     except redis.RedisError as exc:
         checks["redis"] = {"status": "unhealthy", "error": str(exc)}
-        body = {"status": "unhealthy", "checks": checks} if details else {"status": "unhealthy"}
-        return jsonify(body), 503, {"Retry-After": str(s.settings.redis_retry_after_s)}
+        body = Readiness(status="unhealthy", checks=checks if details else None)
+        return json_response(body, 503, {"Retry-After": str(s.settings.redis_retry_after_s)})
     checks["celery"] = _check_celery(s)
     checks["hub"] = _check_hub(s)
     status = "healthy" if all(c["status"] == "healthy" for c in checks.values()) else "degraded"
-    return jsonify({"status": status, "checks": checks} if details else {"status": status}), 200, {}
+    return json_response(Readiness(status=status, checks=checks if details else None))
 
 
 @bp.get("/metrics")

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 from urllib.parse import urlsplit
 
-from flask import Blueprint, Response, g, jsonify, render_template, request
+from flask import Blueprint, Response, g, render_template, request
 
 from app.client_module import module
 from app.inputs import authenticate
+from app.responses import json_response
+from app.schemas import DashboardData, DeadLetterView, RecentDeadLetters
 from app.services import services
 from bridge import dead_letters
 from bridge.version import VERSION
@@ -57,8 +59,8 @@ def dashboard_data() -> Response:
     """
     authenticate()
     letters, total = dead_letters.list_dead_letters(services().redis, limit=RECENT_DEAD_LETTERS)
-    recent = [letter.public() for letter in letters if g.principal.owns(letter.owner)]
-    return jsonify({"dead_letters": {"total": total, "recent": recent}})
+    recent = [DeadLetterView(**letter.public()) for letter in letters if g.principal.owns(letter.owner)]
+    return json_response(DashboardData(dead_letters=RecentDeadLetters(total=total, recent=recent)))
 
 
 def _flower_url() -> str:
