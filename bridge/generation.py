@@ -255,6 +255,3 @@ class GenerationRecord(BaseModel):
             user=meta.get("user") or None,
             attempt=int(meta.get("attempt", 0)),
         )
-
-    def public(self) -> dict[str, Any]:
-        return self.model_dump(mode="json", exclude={"attempt"})
