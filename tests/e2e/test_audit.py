@@ -27,7 +27,8 @@ def _as(key: str, request_id: str | None = None) -> dict[str, str]:
 def _audit(stack: Stack) -> list[dict[str, Any]]:
     """Every audit record web has written so far (its log is JSON lines, mixed with gunicorn's own lines)."""
     records = []
-    for line in (stack.logs / "web.log").read_text(errors="replace").splitlines():
+    # Split on newlines only: a value may hold a U+2028 (a path a fuzzer sent), which splitlines() would cut at.
+    for line in (stack.logs / "web.log").read_text(errors="replace").split("\n"):
         if line.startswith("{") and '"tokenbridge.audit"' in line:
             records.append(orjson.loads(line))
     return records
