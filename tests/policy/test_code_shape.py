@@ -1,4 +1,4 @@
-"""The shape of the code: functions a newcomer can read (complexity is ruff's C90 rule, max 12)."""
+"""The shape of the code: functions a newcomer can read (complexity is ruff's C90 rule, max 12), modules of one job."""
 
 from __future__ import annotations
 
@@ -29,3 +29,14 @@ def _long_functions_without_a_reason() -> list[str]:
 
 def test_every_function_over_60_lines_says_why_next_to_it() -> None:
     assert _long_functions_without_a_reason() == [], f"split it, or write '{REASON}<why>' on the line above"
+
+
+def test_no_server_module_is_over_500_lines() -> None:
+    # The server's packages read as small modules: one over 500 lines holds more than one job.
+    long = [
+        f"{path.relative_to(ROOT)} ({count} lines)"
+        for package in ("app", "bridge", "tasks", "workers")
+        for path in sorted((ROOT / package).rglob("*.py"))
+        if (count := len(path.read_text().splitlines())) > 500
+    ]
+    assert long == [], "split it along a seam of its own"
