@@ -15,7 +15,14 @@ from dataclasses import dataclass
 import orjson
 from flask import Response, request
 
-from app.durable_streams import IMMUTABLE, LIVE_TICK_S, SSE_MAX_S, next_cursor, offset_of, read_headers
+from app.durable_streams import (
+    LIVE_TICK_S,
+    SSE_MAX_S,
+    catch_up_response,
+    next_cursor,
+    offset_of,
+    read_headers,
+)
 from app.services import services
 from app.sse import bound_writes
 from app.streaming import CATCH_UP_BATCH, KEEPALIVE_FRAME, follow
@@ -111,11 +118,14 @@ def _now(info: Info, live: str | None) -> Response:
 
 def _catch_up(info: Info, offset: str, page: _Page) -> Response:
     etag = _etag(info, offset, page.next_id, page.closed)
-    headers = {**_headers(page), "ETag": etag}
-    headers["Cache-Control"] = IMMUTABLE if page.closed or not page.up_to_date else "no-cache"
-    if request.headers.get("If-None-Match") == etag:
-        return Response(status=304, headers={"ETag": etag, "Cache-Control": headers["Cache-Control"]})
-    return Response(_body(info, page), status=200, content_type=info.content_type, headers=headers)
+    return catch_up_response(
+        etag,
+        page.next_id,
+        up_to_date=page.up_to_date,
+        closed=page.closed,
+        body=_body(info, page),
+        content_type=info.content_type,
+    )
 
 
 def _long_poll(info: Info, after_id: str, page: _Page) -> Response:

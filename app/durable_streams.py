@@ -292,11 +292,27 @@ def _etag(stream: _Stream, start: str, end_id: str, closed: bool) -> str:
 
 def _catch_up(stream: _Stream, offset: str, page: _Page) -> Response:
     etag = _etag(stream, offset, page.next_id, page.closed)
-    headers = {**_headers(page), "ETag": etag}
-    headers["Cache-Control"] = IMMUTABLE if page.closed or not page.up_to_date else "no-cache"
+    return catch_up_response(
+        etag,
+        page.next_id,
+        up_to_date=page.up_to_date,
+        closed=page.closed,
+        body=_body(page.events),
+        content_type=CONTENT_TYPE,
+    )
+
+
+def catch_up_response(
+    etag: str, next_id: str, *, up_to_date: bool, closed: bool, body: str | bytes, content_type: str
+) -> Response:
+    """A catch-up read's answer, of a generation's stream or a written one: 304 when the client has this page
+    (``If-None-Match``), else ``body``; a page that will not change (the stream closed, or more after it) may be
+    cached."""
+    headers = {**read_headers(next_id, up_to_date=up_to_date, closed=closed), "ETag": etag}
+    headers["Cache-Control"] = IMMUTABLE if closed or not up_to_date else "no-cache"
     if request.headers.get("If-None-Match") == etag:
         return Response(status=304, headers={"ETag": etag, "Cache-Control": headers["Cache-Control"]})
-    return Response(_body(page.events), status=200, content_type=CONTENT_TYPE, headers=headers)
+    return Response(body, status=200, content_type=content_type, headers=headers)
 
 
 def _long_poll(stream: _Stream, after_id: str, page: _Page) -> Response:
