@@ -180,7 +180,8 @@ def test_a_dead_consumers_generation_is_taken_over_from_the_first_unacknowledged
     gid = new_generation(r, settings, "gen_1")
     words = [f"w{i} " for i in range(10)]
     _write_tokens(r, gid, words)
-    a = _worker(r, settings.model_copy(update={"consumer_batch": 3}), name="consumer-a")
+    a = _worker(r, settings, name="consumer-a")
+    a.batch = 3  # reads of three entries (CONSUMER_BATCH for this consumer)
     a.run_once(block_ms=50)  # adopts
     a.run_once(block_ms=50)  # processes w0..w2
     assert streams.load_text(r, gid) == "w0 w1 w2 "
