@@ -1,8 +1,9 @@
 """The commit of processed batches: one round trip for everything a read brought (one per node on a cluster).
 
 Each generation's batch is one script, atomic on its own: the batch's client events into ``:out`` (same ids),
-``XACK :raw``, ``:meta`` and ``:text`` (``scripts.COMMIT``). On a single Redis the session copy and the
-end-of-generation expiry are part of it. On a cluster the session is another slot: the copy goes first, fenced
+``XACK :raw``, ``:meta`` and ``:text`` (``scripts.COMMIT``). On a single Redis the session copy, the
+end-of-generation expiry and the release of what the generation held (its work entry, its running slots) are part
+of it. On a cluster the session is another slot: the copy goes first, fenced
 by ``seq`` so that a batch committed again after a crash copies nothing twice.
 """
 
@@ -68,6 +69,8 @@ class Committer:
         ended = []
         refused = []
         committed = []
+        # Ended and still to release: on a single Redis the commit released them, unless its script failed midway.
+        unreleased = []
         failure: Exception | None = None
         for batch, result in zip(batches, results, strict=True):
             batch.owned.gen.meta_updates = {}
@@ -90,11 +93,13 @@ class Committer:
             committed.append(batch)
             if batch.terminal is not None:
                 ended.append(batch)
+                if self.cluster or isinstance(result, Exception):
+                    unreleased.append(batch)
         if self.cluster:
             # After the commit: a commit refused (processed from a stale state) adds nothing to the session.
             self.copy_to_sessions(committed)
-        if ended:
-            self._end(ended)
+        if unreleased:
+            self._end(unreleased)
         return ended, failure, refused
 
     def copy_to_sessions(self, batches: list[Batch]) -> None:
@@ -211,11 +216,14 @@ class Committer:
         commit_keys = batch.owned.commit_keys
         # The streams a reader is told about (with every other commit of the flush, on a single Redis).
         hints = (commit_keys[0], commit_keys[8]) if len(commit_keys) > 8 else (commit_keys[0],)
-        return scripts.Call(scripts.COMMIT, commit_keys, args, hints if batch.outs else ())
+        end_keys = _end_keys(batch.owned) if batch.terminal is not None and not self.cluster else []
+        args[10:10] = [len(end_keys), batch.owned.work_id if end_keys else ""]
+        return scripts.Call(scripts.COMMIT, commit_keys + end_keys, args, hints if batch.outs else ())
 
     def _end(self, ended: list[Batch]) -> None:
         """After the terminal event's commit, in one round trip for every generation that ended: its work entry is
-        done, the running slots of its key and of its end user released, the session expired (cluster)."""
+        done, the running slots of its key and of its end user released, the session expired. On a cluster (other
+        slots than the commit's), or when the commit's script failed; on a single Redis the commit does it."""
         retention_ms = self.settings.redis_stream_retention_ms
         pipe = self.client.pipeline(transaction=False)
         for batch in ended:
@@ -232,6 +240,18 @@ class Committer:
                 pipe.pexpire(keys.session_generations(gen.session_id), retention_ms * 2)
         if len(pipe):
             self.check("(end of generations)", pipe.execute(raise_on_error=False))
+
+
+def _end_keys(owned: OwnedGeneration) -> list[str]:
+    """What the commit that ends a generation releases on a single Redis (``scripts.COMMIT``'s ``n_end`` keys): its
+    work stream, and the running sets of its key and of its end user."""
+    gen = owned.gen
+    end_keys = [owned.work_stream]
+    if gen.api_key:
+        end_keys.append(keys.key_running(gen.api_key))
+        if gen.user:
+            end_keys.append(keys.user_running(gen.api_key, gen.user))
+    return end_keys
 
 
 def _commit_keys(generation_id: str, session_id: str) -> list[str]:

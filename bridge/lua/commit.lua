@@ -13,26 +13,33 @@
 -- ``seq`` numbers), and no entry between that commit and the batch's first one is still pending (one delivered to
 -- another consumer, e.g. a stale owner's last read, would be skipped for good). Otherwise it writes and
 -- acknowledges nothing and returns 'refused': the consumer reloads its state and claims every pending entry, or lets go.
+-- On a single Redis, the batch that ends the generation also releases what it held (``n_end`` keys after the
+-- generation's and its session's): its work entry is acknowledged and deleted, and it leaves the running sets of
+-- its key and end user (0 keys: the consumer does it after the commit, as on a cluster, where they are other slots).
 -- KEYS: out, raw, meta, text, cancel, lease, request, end [, session out, session generations]
+--   [, work stream [, key running [, user running]]]
 -- ARGV: group, maxlen, retention_ms (0: not the end), window_ms, generation_id, session_n ('' : none), n_outs,
--- n_acked, base ('' : none yet), end ('<event> <id> <data>' of the terminal event, or ''),
+-- n_acked, base ('' : none yet), end ('<event> <id> <data>' of the terminal event, or ''), n_end, work id,
 -- then id, event, data, content of each out, then the acked ids, then meta field/value pairs.
 -- Returns {'committed', the number of events written} or 'refused'.
 local maxlen, retention, window, gid, sn = ARGV[2], tonumber(ARGV[3]), ARGV[4], ARGV[5], ARGV[6]
 local n_outs, n_acked = tonumber(ARGV[7]), tonumber(ARGV[8])
 local last = redis.call('HGET', KEYS[3], 'last_id')
-local first_acked = 11 + 4 * n_outs
+local first_out = 13
+local first_acked = first_out + 4 * n_outs
+local n_end = tonumber(ARGV[11])
+local n_own = #KEYS - n_end
 if (last or '') ~= ARGV[9] then return 'refused' end
 local start = last and ('(' .. last) or '-'
 local gap = redis.pcall('XPENDING', KEYS[2], ARGV[1], start, '(' .. ARGV[first_acked], 1)
 if gap.err == nil and #gap > 0 then return 'refused' end
 -- include lib/after.lua
-local session = #KEYS > 8
+local session = n_own > 8
 -- The end of a generation gets through Redis at maxmemory: see write.lua (and PEXPIRE comes below anyway).
 if retention > 0 then redis.call('PEXPIRE', KEYS[5], retention) end
 local parts = {}
 local written = 0
-for i = 11, first_acked - 1, 4 do
+for i = first_out, first_acked - 1, 4 do
   local id, event, data = ARGV[i], ARGV[i + 1], ARGV[i + 2]
   if after(id, last) then
     redis.call('XADD', KEYS[1], 'MAXLEN', '~', maxlen, id, 'event', event, 'data', data)
@@ -71,6 +78,11 @@ if retention > 0 then
   if session then
     redis.call('PEXPIRE', KEYS[9], window)
     redis.call('PEXPIRE', KEYS[10], retention * 2)
+  end
+  if n_end > 0 then
+    redis.call('XACK', KEYS[n_own + 1], ARGV[1], ARGV[12])
+    redis.call('XDEL', KEYS[n_own + 1], ARGV[12])
+    for i = n_own + 2, #KEYS do redis.call('ZREM', KEYS[i], gid) end
   end
 elseif redis.call('XLEN', KEYS[2]) > 100 then
   -- Raw entries committed go, a node's worth at a time (a trim is a write the AOF keeps: not one per commit).

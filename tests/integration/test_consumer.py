@@ -276,6 +276,36 @@ def test_every_generation_of_one_read_is_committed_in_one_round_trip(
     assert all([d["seq"] for *_, d in _out(r, gid)] == [0, 1, 2] for gid in gids)
 
 
+def test_the_commit_that_ends_a_generation_releases_its_work_entry_and_running_slots(
+    r: redis.Redis, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a running generation of an API key and an end user, holding a slot in each's running set
+    gid = new_generation(r, settings, "gen_slots")
+    r.hset(keys.gen_meta(gid), mapping={"api_key": "team", "user": "alice"})
+    r.zadd(keys.key_running("team"), {gid: 1, "gen_other": 1})
+    r.zadd(keys.user_running("team", "alice"), {gid: 1})
+    worker = _worker(r, settings)
+    wait_for(lambda: gid in worker.owned, step=lambda: worker.run_once(block_ms=50))
+    sent: list[str] = []
+    execute = redis.client.Pipeline.execute
+
+    def recording(pipe: redis.client.Pipeline, *args: Any, **kw: Any) -> Any:
+        sent.extend(str(command[0][0]) for command in pipe.command_stack)
+        return execute(pipe, *args, **kw)
+
+    monkeypatch.setattr(redis.client.Pipeline, "execute", recording)
+    # When its last tokens and its end are committed
+    _write_tokens(r, gid, ["a ", "b"])
+    wait_for(_finished(r, gid), step=lambda: worker.run_once(block_ms=50))
+    # Then that commit released everything the generation held, with no round trip of its own after it
+    assert not {"XACK", "XDEL", "ZREM"} & set(sent)
+    assert r.xpending(keys.WORK_STREAM, settings.redis_consumer_group)["pending"] == 0
+    assert r.xlen(keys.WORK_STREAM) == 0
+    assert r.zrange(keys.key_running("team"), 0, -1) == ["gen_other"]
+    assert r.exists(keys.user_running("team", "alice")) == 0
+    assert gid not in worker.owned
+
+
 def test_a_generation_committed_before_the_text_key_existed_keeps_its_text(r: redis.Redis, settings: Settings) -> None:
     # Given a generation whose text an earlier version kept in :meta
     gid = new_generation(r, settings, "gen_old")
