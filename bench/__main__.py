@@ -11,7 +11,9 @@ client); the step of BENCH_PROFILE_AT streams then runs once more, profiled with
 A last step streams one long answer and compares the cost per token at its start and at its end.
 Each token's latency is also split at its raw write (``latency_split_ms``: producer ts to the stream id's
 clock, the worker's part; from there to receipt, the consumer's, the hub's and web's), for every token and for each
-stream's first second, so that a missed p99 says which side of the raw write it went.
+stream's first second, so that a missed p99 says which side of the raw write it went; and counted from when its
+reader's stream was answered, for a token written before (``latency_ms_once_connected``, with the share of such
+tokens): Flask-SSE publishes nothing before every reader is subscribed, tokenbridge's answers start when submitted.
 
 Then what a generation costs besides its tokens (tokenbridge only; Flask-SSE has no submissions, no WebSocket,
 keeps nothing in Redis and calls no model), each part in its own module:

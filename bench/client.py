@@ -37,6 +37,11 @@ class StreamResult:
     written_s: list[float] = field(default_factory=list)
     # A WebSocket whose messages came compressed (the server accepted permessage-deflate).
     compressed: bool = False
+    # When the reader's stream was answered (its status line came), and each token's latency counted from then
+    # when it was written before: a token cannot reach a reader that is not there yet (Flask-SSE's publisher
+    # waits for every reader before its first token; tokenbridge's answer starts when it is submitted).
+    connected_at: float | None = None
+    once_connected_s: list[float] = field(default_factory=list)
 
     def record(self, message: SseMessage, received: float) -> None:
         """Count one SSE event: its place in the sequence, and a token's latency (receipt - producer ts)."""
@@ -58,6 +63,7 @@ class StreamResult:
         if event == "token" or (event == "message" and "content" in body):
             self.tokens += 1
             self.latencies_s.append(received - float(body["ts"]))
+            self.once_connected_s.append(received - max(float(body["ts"]), self.connected_at or 0.0))
             if self.first_token_at is None:
                 self.first_token_at = received
         elif event in TERMINAL:
@@ -100,7 +106,7 @@ async def _read(host: str, port: int, path: str, headers: dict[str, str], result
         writer.write(f"GET {path} HTTP/1.1\r\nHost: {host}\r\nAccept: text/event-stream\r\n{head}\r\n".encode())
         await writer.drain()
         parser = SseParser()
-        async for data in _body(reader):
+        async for data in _body(reader, result):
             received = time.time()
             for message in parser.feed(data):
                 result.record(message, received)
@@ -110,11 +116,13 @@ async def _read(host: str, port: int, path: str, headers: dict[str, str], result
         writer.close()
 
 
-async def _body(reader: asyncio.StreamReader) -> AsyncIterator[bytes]:
-    """The body of a 200 response, chunk by chunk as it arrives (chunked, or until the server closes)."""
+async def _body(reader: asyncio.StreamReader, result: StreamResult) -> AsyncIterator[bytes]:
+    """The body of a 200 response, chunk by chunk as it arrives (chunked, or until the server closes); when its
+    status line came goes in ``result.connected_at``."""
     status = await reader.readline()
     if b" 200 " not in status:
         raise ValueError(f"status {status!r}")
+    result.connected_at = time.time()
     chunked = False
     while (line := await reader.readline()) not in (b"\r\n", b"\n", b""):
         if line.lower().startswith(b"transfer-encoding:") and b"chunked" in line.lower():

@@ -44,6 +44,14 @@ def latency_split(results: list[StreamResult], rate: float) -> dict[str, dict[st
     return split
 
 
+def written_before_reader_pct(results: list[StreamResult]) -> float:
+    """The share of tokens (percent) written before their reader's stream was answered."""
+    counted = [(r.latencies_s, r.once_connected_s) for r in results if len(r.once_connected_s) == len(r.latencies_s)]
+    total = sum(len(latencies) for latencies, _ in counted)
+    before = sum(1 for latencies, once in counted for x, y in zip(latencies, once, strict=True) if y < x)
+    return round(100 * before / total, 2) if total else 0.0
+
+
 def _raise_fd_limit() -> None:
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
@@ -140,6 +148,11 @@ def main() -> None:
         # Each stream's tokens after its first second: what a reader sees once the step's starts are over (the
         # starts of every stream of a step come together, and their CPU delays the first tokens).
         "latency_ms_after_first_second": _quantiles([x for r in results for x in r.latencies_s[int(rate) :]]),
+        # Each token's latency counted from when its reader's stream was answered, when it was written before: the
+        # starts' tail without the wait for a reader that was not there yet (Flask-SSE publishes nothing before
+        # every reader is subscribed); and the share of tokens written before their reader was answered.
+        "latency_ms_once_connected": _quantiles([x for r in results for x in r.once_connected_s]),
+        "written_before_reader_pct": written_before_reader_pct(results),
         # Where a token's latency went: from its producer ts to the worker's raw write (the stream id's clock, the
         # Redis server's), and from there to the reader. Tokenbridge only (Flask-SSE's events carry no id).
         "latency_split_ms": latency_split(results, rate) if system == "ours" else None,

@@ -61,9 +61,15 @@ def _split_cause(row: dict[str, Any]) -> str:
     to_raw, rest = split.get("to_raw_first_second"), split.get("raw_to_reader_first_second")
     if not to_raw or not rest:
         return ""
+    waited = ""
+    if (once := _p99(row, "latency_ms_once_connected")) is not None:
+        waited = (
+            f"; counted from when its reader's stream was answered, for the {row.get('written_before_reader_pct')} % "
+            f"of tokens written before (Flask-SSE publishes nothing before every reader is there), p99 {once} ms"
+        )
     return (
         f"; in each stream's first second, producer → raw write p99 {to_raw['p99']} ms (the worker), raw write → "
-        f"reader p99 {rest['p99']} ms (consumer, hub, web)"
+        f"reader p99 {rest['p99']} ms (consumer, hub, web){waited}"
     )
 
 

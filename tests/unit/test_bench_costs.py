@@ -12,7 +12,7 @@ from tokenbridge_client.client import SseMessage
 
 from bench import report
 from bench.client import StreamResult
-from bench.load import latency_split
+from bench.load import latency_split, written_before_reader_pct
 from bench.plan import PARTS, Plan
 from bench.ws import CLOSE, TEXT, client_frame, read_frame
 from tests.support import run_in_own_loop
@@ -115,6 +115,12 @@ def test_a_missed_target_says_where_the_difference_is() -> None:
     assert report.latency_line(ours, peer).endswith(
         "the tail is the step's starts; in each stream's first second, producer → raw write p99 12 ms (the worker), "
         "raw write → reader p99 150 ms (consumer, hub, web))"
+    )
+    # ... and what is left of it once the wait for readers not there yet is counted out
+    ours["latency_ms_once_connected"], ours["written_before_reader_pct"] = {"p99": 90}, 2.5
+    assert report.latency_line(ours, peer).endswith(
+        "(consumer, hub, web); counted from when its reader's stream was answered, for the 2.5 % of tokens written "
+        "before (Flask-SSE publishes nothing before every reader is there), p99 90 ms)"
     )
     # capacity: what it would be by that p99
     steps = [_row("ours", streams=100, p99=50), _row("ours", streams=300, p99=160)]
@@ -277,3 +283,15 @@ def test_a_tokens_latency_splits_at_its_raw_write() -> None:
     assert split is not None
     assert split["to_raw"]["p99"] == split["to_raw_first_second"]["p99"] == pytest.approx(2, abs=0.01)
     assert split["raw_to_reader"]["p50"] == pytest.approx(10, abs=0.01)
+
+
+def test_a_token_written_before_its_reader_was_there_counts_from_when_it_was() -> None:
+    # Given a stream answered at t=1000.1: two tokens written before (caught up at once), two after
+    result = StreamResult(connected_at=1000.1)
+    for n, (ts, received) in enumerate([(1000.0, 1000.12), (1000.05, 1000.13), (1000.1, 1000.11), (1000.15, 1000.16)]):
+        result.record(SseMessage(event="token", data=json.dumps({"seq": n, "content": "x", "ts": ts}), id=""), received)
+
+    # Then their latency from the producer ts stays as it is, and once connected counts from the answer
+    assert result.latencies_s == pytest.approx([0.12, 0.08, 0.01, 0.01])
+    assert result.once_connected_s == pytest.approx([0.02, 0.03, 0.01, 0.01])
+    assert written_before_reader_pct([result]) == 50.0
