@@ -77,7 +77,14 @@ from bench.client import hold_idle
 from bench.deployment import RESULTS, ROOT, STACK_ENV, redis_connections, rss_mb, run_load, web_worker_pid
 from bench.memory import redis_memory
 from bench.plan import PARTS, Plan
-from bench.profile import command_stats, cpu_seconds, profile_table, python_pid, start_profiles
+from bench.profile import (
+    command_stats,
+    cpu_seconds,
+    machine_yardstick_ms,
+    profile_table,
+    python_pid,
+    start_profiles,
+)
 from bench.tracing import tracing_cost
 from bench.ttft import measure as measure_ttft
 from bench.upstream_tls import TlsUpstream, keepalive, tls_upstream
@@ -434,13 +441,14 @@ def main() -> None:
     plan = Plan.from_env()
     stamp = os.environ.get("BENCH_NAME") or datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d")
     profiles = RESULTS / f"{stamp}-profiles"
+    yardstick_ms = machine_yardstick_ms()
     print(f"Benchmark: {levels} streams x {rate:g} tokens/s x {tokens} tokens, {os.cpu_count()} cores")
     print(f"Parts: {', '.join(part for part in PARTS if plan.wants(part))}")
     ours, extra = (
         run_ours(levels, rate, tokens, idle, profile_at, long_tokens, profiles, plan) if "ours" in systems else ([], {})
     )
     baseline = run_baseline(levels, rate, tokens) if "baseline" in systems and plan.wants("latency") else []
-    result = {"ours": ours, "baseline": baseline, "extra": extra}
+    result = {"ours": ours, "baseline": baseline, "extra": extra, "machine": {"yardstick_ms": yardstick_ms}}
     RESULTS.mkdir(parents=True, exist_ok=True)
     plot = RESULTS / f"{stamp}.png"
     if ours or baseline:
@@ -452,7 +460,8 @@ def main() -> None:
     flower = tables.flower_cost(profiles, [row for row in ours if row["streams"] == profile_at])
     markdown = f"""# Benchmark {stamp}
 
-Machine: {os.cpu_count()} cores, everything on one box (embedded Redis {EmbeddedRedis(Path(".")).version()}).
+Machine: {os.cpu_count()} cores, everything on one box (embedded Redis {EmbeddedRedis(Path(".")).version()}); a fixed
+pure-Python loop took {yardstick_ms} ms of CPU before the run (compare reports through it: a shared host's speed moves).
 Load: {levels} concurrent streams x {rate:g} tokens/s x {tokens} tokens. Both systems: gunicorn, one gevent
 worker. tokenbridge runs its full pipeline (Celery worker, consumer worker, hub); Flask-SSE publishes with
 Redis pub/sub. Latency is per token, from the producer's timestamp to receipt by the load process.

@@ -10,6 +10,7 @@ import collections
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,19 @@ def cpu_seconds(pid: int) -> float:
         return total
     except psutil.NoSuchProcess:
         return 0.0
+
+
+def machine_yardstick_ms() -> float:
+    """CPU milliseconds this machine takes for a fixed pure-Python loop (the best of three): reports from different
+    machines, or from one machine on different days (a shared host's speed moves), compare only through it."""
+    best = float("inf")
+    for _ in range(3):
+        started = time.process_time()
+        total = 0
+        for n in range(2_000_000):
+            total += n
+        best = min(best, time.process_time() - started)
+    return round(best * 1000, 1)
 
 
 def command_stats(client: Any) -> dict[str, tuple[int, int]]:

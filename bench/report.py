@@ -445,6 +445,8 @@ def figures(result: dict[str, Any]) -> dict[str, Any]:
     row = at(result.get("ours") or [], 300) or {}
     peer = at(result.get("baseline") or [], 300) or {}
     found = {
+        # The machine's speed: the same code runs slower on a slower (or busier) host.
+        "machine yardstick: a fixed Python loop (ms of CPU)": _dig(result, "machine", "yardstick_ms"),
         "p50 at 300 streams (ms)": _dig(row, "latency_ms", "p50"),
         "p99 at 300 streams (ms)": _dig(row, "latency_ms", "p99"),
         "pipeline CPU per token at 300 streams (µs)": _dig(row, "cpu_us_per_token", "pipeline"),

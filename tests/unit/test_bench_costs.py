@@ -232,6 +232,9 @@ def test_before_and_after_shows_what_the_earlier_run_has() -> None:
     assert "| CPU per generation, total (ms) | 16.0 | 3.5 |" in table
     assert "burst" not in table  # the earlier run has no burst
     assert report.before_after({"extra": {}}, now) == ""
+    # Reports from machines of different speeds say so
+    earlier["machine"], now["machine"] = {"yardstick_ms": 50.0}, {"yardstick_ms": 120.0}
+    assert "| machine yardstick: a fixed Python loop (ms of CPU) | 50.0 | 120.0 |" in report.before_after(earlier, now)
 
 
 def test_the_plan_runs_everything_by_default_and_one_part_alone() -> None:
