@@ -128,6 +128,7 @@ def _measured_load(
     per_token = {name: round(seconds * 1e6 / delivered, 1) for name, seconds in cpu.items()}
     per_token["pipeline"] = round(sum(v for k, v in per_token.items() if k != "load client"), 1)
     row["cpu_us_per_token"] = per_token
+    row["cores"] = os.cpu_count()
     if redis_client is not None:
         # Where Redis spends its time, per delivered token: the commands (scripts count as EVALSHA).
         after = command_stats(redis_client)

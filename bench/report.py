@@ -12,6 +12,9 @@ Rows = list[dict[str, Any]]
 NOT_JUDGED = "not judged"
 
 
+# The machine's speed, in the before/after table even when the earlier run did not measure it.
+YARDSTICK = "machine yardstick: a fixed Python loop (ms of CPU)"
+
 # A load step's latencies of each stream's tokens after its first second (bench.load).
 AFTER_FIRST_SECOND = "latency_ms_after_first_second"
 
@@ -86,7 +89,21 @@ def latency_line(row: dict[str, Any], peer: dict[str, Any] | None) -> str:
     ok = p50_ok and p99 is not None and p99 <= limit
     return (
         f"- 300 streams: p50 {p50} ms (≤ 15), p99 {p99} ms (≤ 1.5 x Flask-SSE's {peer['latency_ms']['p99']} = "
-        f"{limit}): {verdict(ok)}{'' if ok or not p50_ok else _tail_cause(row, peer, limit)}"
+        f"{limit}): {verdict(ok)}{'' if ok else _tail_cause(row, peer, limit) if p50_ok else _saturation(row)}"
+    )
+
+
+def _saturation(row: dict[str, Any]) -> str:
+    """A p50 over its bound: whether the step asked more CPU than the machine has (the load client's included)."""
+    cpu = row.get("cpu_us_per_token") or {}
+    if "pipeline" not in cpu or not row.get("cores"):
+        return ""
+    offered, machine = row["streams"] * row["rate"], row["cores"]
+    cores = (cpu["pipeline"] + cpu.get("load client", 0)) * offered / 1e6
+    return (
+        f" (measured cause: the step's {offered:g} tokens/s at {cpu['pipeline']} µs of pipeline CPU each, and the load "
+        f"client's {cpu.get('load client', 0)}, ask {cores:.2f} cores of this machine's {machine}"
+        f"{': it is saturated' if cores >= 0.9 * machine else ''})"
     )
 
 
@@ -200,10 +217,16 @@ def ws_line(w: dict[str, Any]) -> str:
     sse, ws, ratio = w["sse"], w["ws"], w["ws_over_sse"]
     complete = sse["done"] == w["readers"] and ws["done"] == w["readers"]
     note = "" if complete else f"; done: SSE {sse['done']}, WebSocket {ws['done']} of {w['readers']}"
+    ok = complete and ratio is not None and ratio <= 1.2
+    rounds = ""
+    if not ok and sse.get("each_round_us_per_event"):
+        rounds = (
+            f" (measured cause: each round, SSE {sse['each_round_us_per_event']} µs, WebSocket "
+            f"{ws['each_round_us_per_event']} µs)"
+        )
     return (
         f"- web CPU per event, {w['readers']} readers x {w['tokens']} tokens: WebSocket {ws['web_cpu_us_per_event']} "
-        f"µs, SSE {sse['web_cpu_us_per_event']} µs = {ratio} x (≤ 1.2 x){note}: "
-        f"{verdict(complete and ratio is not None and ratio <= 1.2)}"
+        f"µs, SSE {sse['web_cpu_us_per_event']} µs = {ratio} x (≤ 1.2 x){note}: {verdict(ok)}{rounds}"
     )
 
 
@@ -217,14 +240,29 @@ def memory_lines(m: dict[str, Any]) -> list[str]:
             "window, so the first ones' window may have passed before this reading"
         )
     allowance = m["allowance_after_window"]
+    after_ok = complete and m["bytes_after_window"] <= allowance
     return [
         f"- Redis memory right after {m['answers']} answers x {m['tokens_per_answer']} tokens: "
         f"{m['bytes_per_token']} bytes per token (≤ 150){note}: {verdict(complete and m['bytes_per_token'] <= 150)}",
         f"- Redis memory {m['resume_window_s']:g} s + 3 s after the resume window: {m['bytes_after_window']} bytes = "
         f"{m['bytes_per_token_after_window']} per token (≤ text {m['text_bytes']} bytes + 1 KB x {m['accepted']} = "
         f"{allowance} bytes, {allowance / max(1, m['tokens']):.1f} per token): "
-        f"{verdict(complete and m['bytes_after_window'] <= allowance)}",
+        f"{verdict(after_ok)}{'' if after_ok else _memory_cause(m)}",
     ]
+
+
+def _memory_cause(m: dict[str, Any]) -> str:
+    """What a missed reading after the window holds: the keys left (by ``MEMORY USAGE``), and the rest."""
+    keys = m.get("key_bytes_after_window")
+    if keys is None:
+        return ""
+    rest = m["bytes_after_window"] - keys
+    overhead = (m.get("deltas_after_window") or {}).get("used_memory_overhead")
+    return (
+        f" (measured cause: the keys left hold {keys} bytes, {keys / max(1, m['tokens']):.1f} per token"
+        f"{', within it' if keys <= m['allowance_after_window'] else ''}; the other {rest} bytes belong to no key"
+        f"{f' ({overhead} of them in used_memory_overhead: key tables, buffers)' if overhead is not None else ''})"
+    )
 
 
 def upstream_line(u: dict[str, Any]) -> str:
@@ -315,17 +353,19 @@ Errors: {b["errors"] or "none"}.
 
 def _ws_section(w: dict[str, Any]) -> str:
     rows = "\n".join(
-        f"| {name} | {r['web_cpu_us_per_event']} | {r['measured_events']} of {r['events']} | {r['measured_s']} | "
-        f"{r['done']} | {r['gaps']} | {r['duplicates']} | {r['close_codes']} |"
+        f"| {name} | {r['web_cpu_us_per_event']} | {r.get('each_round_us_per_event', '')} | {r['measured_events']} of "
+        f"{r['events']} | {r['measured_s']} | {r['done']} | {r['gaps']} | {r['duplicates']} | {r['close_codes']} |"
         for name, r in (("SSE", w["sse"]), ("WebSocket", w["ws"]))
     )
+    rounds = w.get("rounds", 1)
     return f"""### WebSocket vs SSE
 
-{w["readers"]} readers x {w["tokens"]} tokens at {w["rate"]:g} tokens/s on one web process, once over each transport.
-Web CPU is its gunicorn worker's, from the moment every reader had its first event to the last one's end.
+{w["readers"]} readers x {w["tokens"]} tokens at {w["rate"]:g} tokens/s on one web process, {rounds} round(s) over
+each transport (SSE, WebSocket, WebSocket, SSE: a drift of the host's speed weighs on both alike). Web CPU is its
+gunicorn worker's, in each round from the moment every reader had its first event to the last one's end.
 
-| transport | web CPU µs per event | events measured | seconds | done | gaps | dups | close codes |
-| --- | --- | --- | --- | --- | --- | --- | --- |
+| transport | web CPU µs per event | each round | events measured | seconds | done | gaps | dups | close codes |
+| --- | --- | --- | --- | --- | --- | --- | --- | --- |
 {rows}
 
 Errors: SSE {w["sse"]["errors"] or "none"}, WebSocket {w["ws"]["errors"] or "none"}.
@@ -446,7 +486,7 @@ def figures(result: dict[str, Any]) -> dict[str, Any]:
     peer = at(result.get("baseline") or [], 300) or {}
     found = {
         # The machine's speed: the same code runs slower on a slower (or busier) host.
-        "machine yardstick: a fixed Python loop (ms of CPU)": _dig(result, "machine", "yardstick_ms"),
+        YARDSTICK: _dig(result, "machine", "yardstick_ms"),
         "p50 at 300 streams (ms)": _dig(row, "latency_ms", "p50"),
         "p99 at 300 streams (ms)": _dig(row, "latency_ms", "p99"),
         "pipeline CPU per token at 300 streams (µs)": _dig(row, "cpu_us_per_token", "pipeline"),
@@ -473,9 +513,9 @@ def before_after(earlier: dict[str, Any], now: dict[str, Any]) -> str:
     """A table of every headline figure the earlier run has, next to this run's ("—" where this one lacks it)."""
     before, after = figures(earlier), figures(now)
     rows = [
-        f"| {label} | {value} | {'—' if after[label] is None else after[label]} |"
+        f"| {label} | {'—' if value is None else value} | {'—' if after[label] is None else after[label]} |"
         for label, value in before.items()
-        if value is not None
+        if value is not None or (label == YARDSTICK and after[label] is not None)
     ]
     if not rows:
         return ""

@@ -14,7 +14,7 @@ from bench import report
 from bench.client import StreamResult
 from bench.load import latency_split, written_before_reader_pct
 from bench.plan import PARTS, Plan
-from bench.ws import CLOSE, TEXT, client_frame, read_frame
+from bench.ws import CLOSE, TEXT, client_frame, pooled, read_frame
 from tests.support import run_in_own_loop
 
 
@@ -138,7 +138,7 @@ def test_latency_at_300_streams_is_judged_against_the_peers_p99() -> None:
     # 1.5 x 35 = 52.5
     assert report.latency_line(_row("ours", p50=15, p99=52.5), peer).endswith(": met")
     assert report.latency_line(_row("ours", p50=15, p99=53), peer).endswith(": MISSED")  # no figure after 1 s
-    assert report.latency_line(_row("ours", p50=16, p99=20), peer).endswith(": MISSED")
+    assert report.latency_line(_row("ours", p50=16, p99=20), peer).endswith(": MISSED")  # cores unknown: no cause
     assert report.latency_line(_row("ours"), None).endswith(": not judged")
 
 
@@ -232,6 +232,8 @@ def test_before_and_after_shows_what_the_earlier_run_has() -> None:
     assert "| CPU per generation, total (ms) | 16.0 | 3.5 |" in table
     assert "burst" not in table  # the earlier run has no burst
     assert report.before_after({"extra": {}}, now) == ""
+    now["machine"] = {"yardstick_ms": 120.0}
+    assert "| machine yardstick: a fixed Python loop (ms of CPU) | — | 120.0 |" in report.before_after(earlier, now)
     # Reports from machines of different speeds say so
     earlier["machine"], now["machine"] = {"yardstick_ms": 50.0}, {"yardstick_ms": 120.0}
     assert "| machine yardstick: a fixed Python loop (ms of CPU) | 50.0 | 120.0 |" in report.before_after(earlier, now)
@@ -298,3 +300,49 @@ def test_a_token_written_before_its_reader_was_there_counts_from_when_it_was() -
     assert result.latencies_s == pytest.approx([0.12, 0.08, 0.01, 0.01])
     assert result.once_connected_s == pytest.approx([0.02, 0.03, 0.01, 0.01])
     assert written_before_reader_pct([result]) == 50.0
+
+
+def test_a_saturated_step_says_how_many_cores_it_asked_for() -> None:
+    # Given a 300-stream step whose p50 is far over 15 ms on a 2-core machine
+    ours, peer = _row("ours", p50=400, p99=2000, pipeline=400), _row("baseline", p99=500)
+    ours["cpu_us_per_token"]["load client"] = 60
+    ours["cores"] = 2
+
+    # Then the miss names the CPU the step asked for against the machine's
+    assert report.latency_line(ours, peer).endswith(
+        "MISSED (measured cause: the step's 6000 tokens/s at 400 µs of pipeline CPU each, and the load client's 60, "
+        "ask 2.76 cores of this machine's 2: it is saturated)"
+    )
+
+
+def test_a_missed_memory_reading_tells_the_keys_from_the_rest() -> None:
+    memory = _memory(120, 230_000) | {"key_bytes_after_window": 190_000}
+    memory["deltas_after_window"] = {"used_memory_overhead": 30_000}
+
+    line = report.memory_lines(memory)[1]
+
+    assert line.endswith(
+        "MISSED (measured cause: the keys left hold 190000 bytes, 9.5 per token, within it; the other 40000 bytes "
+        "belong to no key (30000 of them in used_memory_overhead: key tables, buffers))"
+    )
+    assert report.memory_lines(_memory(120, 200_000) | {"key_bytes_after_window": 190_000})[1].endswith(": met")
+
+
+def test_websocket_and_sse_are_pooled_over_their_rounds() -> None:
+    rounds = [
+        {"events": 100, "measured_events": 90, "measured_s": 5.0, "web_cpu_s": 0.009, "web_cpu_us_per_event": 100.0}
+        | {"done": 10, "gaps": 0, "duplicates": 0, "close_codes": [], "compressed": 0, "errors": []},
+        {"events": 100, "measured_events": 110, "measured_s": 5.0, "web_cpu_s": 0.022, "web_cpu_us_per_event": 200.0}
+        | {"done": 9, "gaps": 1, "duplicates": 0, "close_codes": [1000], "compressed": 0, "errors": ["late"]},
+    ]
+
+    both = pooled(rounds)
+
+    # CPU per event over both rounds' events, not the mean of the two rounds' figures
+    assert both["web_cpu_us_per_event"] == 155.0
+    assert both["each_round_us_per_event"] == [100.0, 200.0]
+    assert (both["done"], both["gaps"], both["errors"]) == (9, 1, ["late"])
+    # A miss shows each round
+    w = _ws(100, 130)
+    w["sse"]["each_round_us_per_event"], w["ws"]["each_round_us_per_event"] = [95, 105], [120, 140]
+    assert report.ws_line(w).endswith("MISSED (measured cause: each round, SSE [95, 105] µs, WebSocket [120, 140] µs)")
