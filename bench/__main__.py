@@ -45,8 +45,9 @@ stream), BENCH_TOKENS (200 per stream), BENCH_IDLE (idle connections, default 10
 BENCH_LONG_TOKENS (20000 tokens of the long answer, 0 to skip), BENCH_SYSTEMS ("ours,baseline"), the sizes
 above (0 skips a part), BENCH_ONLY (a comma-separated list of parts to run alone: latency (the load levels
 against Flask-SSE, the unloaded first token, the long answer, the idle connections), generations, burst, ws,
-memory, upstream, tracing; default all), BENCH_NAME (the report's name instead of the date), BENCH_BEFORE (an earlier
-run's JSON: its CPU per token and its headline figures shown next to this run's).
+memory, upstream, tracing; default all), BENCH_NAME (the report's name instead of the date, or of the date with -2,
+-3, … when a report of that day exists), BENCH_BEFORE (an earlier run's JSON: its CPU per token and its headline
+figures shown next to this run's).
 
 One part alone, small: ``BENCH_ONLY=memory BENCH_MEMORY_ANSWERS=10 BENCH_MEMORY_TOKENS=50 BENCH_NAME=trial
 python -m bench``.
@@ -74,7 +75,16 @@ import redis
 
 from bench import costs, report, tables
 from bench.client import hold_idle
-from bench.deployment import RESULTS, ROOT, STACK_ENV, redis_connections, rss_mb, run_load, web_worker_pid
+from bench.deployment import (
+    RESULTS,
+    ROOT,
+    STACK_ENV,
+    redis_connections,
+    report_name,
+    rss_mb,
+    run_load,
+    web_worker_pid,
+)
 from bench.memory import redis_memory
 from bench.plan import PARTS, Plan
 from bench.profile import (
@@ -440,7 +450,7 @@ def main() -> None:
     long_tokens = int(os.environ.get("BENCH_LONG_TOKENS", "20000"))
     systems = os.environ.get("BENCH_SYSTEMS", "ours,baseline").split(",")
     plan = Plan.from_env()
-    stamp = os.environ.get("BENCH_NAME") or datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d")
+    stamp = os.environ.get("BENCH_NAME") or report_name(datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d"))
     profiles = RESULTS / f"{stamp}-profiles"
     yardstick_ms = machine_yardstick_ms()
     print(f"Benchmark: {levels} streams x {rate:g} tokens/s x {tokens} tokens, {os.cpu_count()} cores")

@@ -29,6 +29,15 @@ STACK_ENV = {
 }
 
 
+def report_name(day: str, results: Path = RESULTS) -> str:
+    """The name of a run's report: its day, or ``<day>-2``, ``<day>-3``, … when a report of that day is there."""
+    name, n = day, 1
+    while (results / f"{name}.md").exists() or (results / f"{name}.json").exists():
+        n += 1
+        name = f"{day}-{n}"
+    return name
+
+
 def rss_mb(pid: int) -> float:
     try:
         process = psutil.Process(pid)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -12,6 +13,7 @@ from tokenbridge_client.client import SseMessage
 
 from bench import report
 from bench.client import StreamResult
+from bench.deployment import report_name
 from bench.load import latency_split, written_before_reader_pct
 from bench.plan import PARTS, Plan
 from bench.ws import CLOSE, TEXT, client_frame, pooled, read_frame
@@ -346,3 +348,11 @@ def test_websocket_and_sse_are_pooled_over_their_rounds() -> None:
     w = _ws(100, 130)
     w["sse"]["each_round_us_per_event"], w["ws"]["each_round_us_per_event"] = [95, 105], [120, 140]
     assert report.ws_line(w).endswith("MISSED (measured cause: each round, SSE [95, 105] µs, WebSocket [120, 140] µs)")
+
+
+def test_a_second_run_of_a_day_gets_a_report_of_its_own(tmp_path: Path) -> None:
+    assert report_name("2026-12-08", tmp_path) == "2026-12-08"
+    (tmp_path / "2026-12-08.md").write_text("first")
+    assert report_name("2026-12-08", tmp_path) == "2026-12-08-2"
+    (tmp_path / "2026-12-08-2.json").write_text("{}")
+    assert report_name("2026-12-08", tmp_path) == "2026-12-08-3"
