@@ -228,13 +228,12 @@ class Committer:
         pipe = self.client.pipeline(transaction=False)
         for batch in ended:
             owned = batch.owned
-            pipe.xack(owned.work_stream, self.group, owned.work_id)
-            pipe.xdel(owned.work_stream, owned.work_id)
+            work_stream, *running = _end_keys(owned)
+            pipe.xack(work_stream, self.group, owned.work_id)
+            pipe.xdel(work_stream, owned.work_id)
+            for key in running:
+                pipe.zrem(key, owned.generation_id)
             gen = owned.gen
-            if gen.api_key:
-                pipe.zrem(keys.key_running(gen.api_key), gen.generation_id)
-            if gen.api_key and gen.user:
-                pipe.zrem(keys.user_running(gen.api_key, gen.user), gen.generation_id)
             if gen.session_id and self.cluster:
                 pipe.pexpire(keys.session_out(gen.session_id), self.settings.resume_window_ms)
                 pipe.pexpire(keys.session_generations(gen.session_id), retention_ms * 2)
@@ -243,8 +242,8 @@ class Committer:
 
 
 def _end_keys(owned: OwnedGeneration) -> list[str]:
-    """What the commit that ends a generation releases on a single Redis (``scripts.COMMIT``'s ``n_end`` keys): its
-    work stream, and the running sets of its key and of its end user."""
+    """What the end of a generation releases: its work stream, and the running sets of its key and of its end user
+    (``scripts.COMMIT``'s ``n_end`` keys on a single Redis; ``Committer._end`` on a cluster)."""
     gen = owned.gen
     end_keys = [owned.work_stream]
     if gen.api_key:
